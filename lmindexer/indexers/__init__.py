@@ -1,0 +1,65 @@
+"""Indexers, chosen by method name, and snapshot loading."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lmindexer.errors import ConfigError, SnapshotError
+from lmindexer.indexers.base import Indexer, IndexerConfig, read_snapshot_document
+from lmindexer.indexers.hkmeans import HKMeansIndexer
+from lmindexer.indexers.rq_kmeans import RQKMeansIndexer
+from lmindexer.indexers.rqvae import RQVAEIndexer
+from lmindexer.storage.s3 import is_s3_uri
+
+INDEXERS: dict[str, type[Indexer]] = {
+    RQKMeansIndexer.method: RQKMeansIndexer,
+    HKMeansIndexer.method: HKMeansIndexer,
+    RQVAEIndexer.method: RQVAEIndexer,
+}
+DEFAULT_METHOD = RQKMeansIndexer.method
+
+
+def available_methods() -> list[str]:
+    return sorted(INDEXERS)
+
+
+def indexer_class(method: str) -> type[Indexer]:
+    try:
+        return INDEXERS[method]
+    except KeyError:
+        raise ConfigError(f"unknown indexer method {method!r}; available: {', '.join(available_methods())}") from None
+
+
+def create_indexer(method: str, config: Mapping[str, Any] | None = None) -> Indexer:
+    return indexer_class(method)(config)
+
+
+def load_snapshot(location: str | os.PathLike[str]) -> Indexer:
+    """Load a snapshot from a local directory or an ``s3://`` prefix."""
+    if is_s3_uri(location):
+        from lmindexer.storage.s3 import download_prefix  # noqa: PLC0415
+
+        with tempfile.TemporaryDirectory(prefix="lmindexer-snapshot-") as tmp:
+            download_prefix(str(location), Path(tmp))
+            return load_snapshot(tmp)
+    directory = Path(location)
+    if not directory.is_dir():
+        raise SnapshotError(f"snapshot not found: {location}")
+    document = read_snapshot_document(directory)
+    return indexer_class(document["method"]).from_snapshot_document(directory, document)
+
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "INDEXERS",
+    "Indexer",
+    "IndexerConfig",
+    "available_methods",
+    "create_indexer",
+    "indexer_class",
+    "load_snapshot",
+]

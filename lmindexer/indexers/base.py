@@ -1,0 +1,252 @@
+"""The Indexer interface, typed configs and the snapshot format.
+
+An indexer turns catalogue items into L learned codes (code i in ``[0, K_i)``). It is fitted on items, produces codes
+for any items, and persists as a *snapshot* directory: ``snapshot.json`` (method, config, version, manifest) plus
+``weights.safetensors``. Nothing in a snapshot is pickled, so loading one never runs code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from safetensors.torch import load_file, save_file
+
+import lmindexer
+from lmindexer.catalog.items import Item
+from lmindexer.errors import ConfigError, SnapshotError
+from lmindexer.text import DEFAULT_TEMPLATE, TextTemplate
+
+SNAPSHOT_FORMAT = "lmindexer-snapshot"
+SNAPSHOT_FORMAT_VERSION = 1
+SNAPSHOT_FILE = "snapshot.json"
+WEIGHTS_FILE = "weights.safetensors"
+MAX_LEVELS = 8
+MAX_CODEBOOK_SIZE = 65536
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+class IndexerConfig(BaseModel):
+    """Options every indexer shares. ``codebook_size`` is one K for all levels or one per level."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    levels: int = Field(3, ge=1, le=MAX_LEVELS, description="number of learned code positions L")
+    codebook_size: list[int] = Field(
+        default_factory=lambda: [32], description="K per level (a single value applies to every level)"
+    )
+    text_template: str = Field(DEFAULT_TEMPLATE, description="how an item's fields become the indexed text")
+    seed: int = Field(0, ge=0, description="random seed for fitting")
+
+    @field_validator("codebook_size", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+    @field_validator("text_template")
+    @classmethod
+    def _valid_template(cls, value: str) -> str:
+        TextTemplate(value)
+        return value
+
+    @model_validator(mode="after")
+    def _sizes_per_level(self) -> IndexerConfig:
+        sizes = self.codebook_size
+        if len(sizes) == 1 and self.levels > 1:
+            object.__setattr__(self, "codebook_size", sizes * self.levels)
+        elif len(sizes) != self.levels:
+            raise ValueError(f"codebook_size has {len(sizes)} values but levels is {self.levels}")
+        for size in self.codebook_size:
+            if not 2 <= size <= MAX_CODEBOOK_SIZE:
+                raise ValueError(f"each codebook size must be between 2 and {MAX_CODEBOOK_SIZE}, got {size}")
+        return self
+
+
+def parse_config(config_class: type[ConfigT], values: Mapping[str, Any] | BaseModel | None) -> ConfigT:
+    """Validate options into ``config_class``, turning pydantic's report into one readable :class:`ConfigError`."""
+    if isinstance(values, config_class):
+        return values
+    if isinstance(values, BaseModel):
+        values = values.model_dump()
+    try:
+        return config_class.model_validate(dict(values or {}))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "config"
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}")
+        raise ConfigError("invalid indexer config: " + "; ".join(problems)) from None
+
+
+class Indexer(ABC):
+    """Fits on items, produces codes for items, saves and loads as a snapshot."""
+
+    method: ClassVar[str]
+    config_class: ClassVar[type[IndexerConfig]] = IndexerConfig
+
+    def __init__(self, config: Mapping[str, Any] | IndexerConfig | None = None) -> None:
+        self.config = parse_config(self.config_class, config)
+        self.template = TextTemplate(self.config.text_template)
+        self.version: str | None = None
+        self.manifest: dict[str, Any] = {}
+        self._fitted = False
+
+    @property
+    def levels(self) -> int:
+        return self.config.levels
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        return tuple(self.config.codebook_size)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._fitted
+
+    def texts(self, items: Sequence[Item]) -> list[str]:
+        return [self.template.render(item) for item in items]
+
+    # -- the interface -------------------------------------------------------------------------------------------
+
+    def fit(self, items: Sequence[Item], *, progress: bool = True) -> dict[str, Any]:
+        """Learn the code space from ``items`` (tombstones are ignored). Returns training statistics."""
+        live = [item for item in items if not item.deleted]
+        minimum = max(self.codebook_sizes)
+        if len(live) < minimum:
+            raise ConfigError(f"fitting needs at least {minimum} items (the largest codebook size); got {len(live)}")
+        started = time.perf_counter()
+        stats = self.fit_texts(self.texts(live), progress=progress) or {}
+        self._fitted = True
+        self.version = None
+        self.manifest = {"items": len(live), "fit_seconds": round(time.perf_counter() - started, 3), **stats}
+        return self.manifest
+
+    def codes(self, items: Sequence[Item], *, progress: bool = False) -> np.ndarray:
+        """The learned codes of ``items`` as an ``(n, L)`` int64 array. A pure function of each item's text."""
+        return self.codes_for_texts(self.texts(items), progress=progress)
+
+    def codes_for_texts(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        if not self._fitted:
+            raise SnapshotError(f"the {self.method} indexer is not fitted; fit it or load a snapshot")
+        if not texts:
+            return np.zeros((0, self.levels), dtype=np.int64)
+        codes = np.asarray(self.encode_texts(list(texts), progress=progress), dtype=np.int64)
+        if codes.shape != (len(texts), self.levels):
+            raise RuntimeError(f"{self.method} produced codes of shape {codes.shape}, expected {(len(texts), self.levels)}")
+        sizes = np.asarray(self.codebook_sizes)
+        if (codes < 0).any() or (codes >= sizes).any():
+            raise RuntimeError(f"{self.method} produced a code outside its codebook")
+        return codes
+
+    @abstractmethod
+    def fit_texts(self, texts: Sequence[str], *, progress: bool) -> dict[str, Any] | None:
+        """Fit on rendered texts; may return statistics for the manifest."""
+
+    @abstractmethod
+    def encode_texts(self, texts: Sequence[str], *, progress: bool) -> np.ndarray:
+        """Codes for rendered texts, independent of batch composition and order."""
+
+    @abstractmethod
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything learned, as named tensors (saved with safetensors)."""
+
+    @abstractmethod
+    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned."""
+
+    def snapshot_metadata(self) -> dict[str, Any]:
+        """Extra facts a snapshot must record (e.g. the frozen encoder's fingerprint)."""
+        return {}
+
+    def check_snapshot_metadata(self, metadata: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Refuse a snapshot whose recorded facts do not hold here (e.g. a different encoder)."""
+
+    # -- persistence ---------------------------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike[str], *, extra_manifest: Mapping[str, Any] | None = None) -> str:
+        """Write the snapshot atomically and return its version (``<method>-<UTC time>-<content hash>``)."""
+        if not self._fitted:
+            raise SnapshotError("cannot save an indexer that has not been fitted")
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {name: t.detach().cpu().contiguous() for name, t in self.state_tensors().items()}
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            save_file(tensors, str(staging / WEIGHTS_FILE))
+            config = self.config.model_dump(mode="json")
+            digest = hashlib.sha256((staging / WEIGHTS_FILE).read_bytes())
+            digest.update(json.dumps(config, sort_keys=True).encode())
+            now = dt.datetime.now(dt.UTC)
+            version = f"{self.method}-{now:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
+            document = {
+                "format": SNAPSHOT_FORMAT,
+                "format_version": SNAPSHOT_FORMAT_VERSION,
+                "method": self.method,
+                "version": version,
+                "created_at": now.isoformat(),
+                "lmindexer_version": lmindexer.__version__,
+                "config": config,
+                "metadata": self.snapshot_metadata(),
+                "manifest": {**self.manifest, **dict(extra_manifest or {})},
+                "weights": WEIGHTS_FILE,
+            }
+            (staging / SNAPSHOT_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+            if target.exists():
+                if not (target / SNAPSHOT_FILE).is_file():
+                    raise SnapshotError(f"{target} exists and is not a snapshot; refusing to overwrite it")
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.version = version
+        return version
+
+    @classmethod
+    def from_snapshot_document(cls, directory: Path, document: Mapping[str, Any]) -> Indexer:
+        indexer = cls(document.get("config") or {})
+        indexer.check_snapshot_metadata(document.get("metadata") or {})
+        try:
+            tensors = load_file(str(directory / document.get("weights", WEIGHTS_FILE)))
+        except (OSError, ValueError) as exc:  # safetensors raises its own error type, derived from these
+            raise SnapshotError(f"cannot read the weights of snapshot {directory}: {exc}") from exc
+        indexer.load_state_tensors(tensors)
+        indexer._fitted = True
+        indexer.version = document["version"]
+        indexer.manifest = dict(document.get("manifest") or {})
+        return indexer
+
+
+def read_snapshot_document(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(directory) / SNAPSHOT_FILE
+    if not path.is_file():
+        raise SnapshotError(f"not a snapshot directory (no {SNAPSHOT_FILE}): {directory}")
+    try:
+        document = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SnapshotError(f"{path} is not valid JSON: {exc}") from exc
+    if document.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"{path} is not an lmindexer snapshot")
+    if document.get("format_version") != SNAPSHOT_FORMAT_VERSION:
+        raise SnapshotError(
+            f"{path} has snapshot format version {document.get('format_version')}; "
+            f"this release reads version {SNAPSHOT_FORMAT_VERSION}"
+        )
+    for key in ("method", "version", "config"):
+        if key not in document:
+            raise SnapshotError(f"{path} lacks the {key!r} entry")
+    return document

@@ -1,0 +1,40 @@
+"""k-means (faiss) and the one distance every baseline uses to assign codes.
+
+Fitting and assignment must agree on the metric: centroids are fitted under L2 and codes are the L2-nearest
+centroid, computed in float64 so that an item's code does not depend on which other items share its batch.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+
+def fit_kmeans(points: np.ndarray, k: int, *, seed: int, iterations: int = 25) -> np.ndarray:
+    """Centroids ``(min(k, n), d)`` of ``points``; with no more points than ``k`` the points are the centroids."""
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    n, dim = points.shape
+    if n == 0:
+        raise ValueError("k-means needs at least one point")
+    if n <= k:
+        return points.copy()
+    kmeans = faiss.Kmeans(
+        dim,
+        k,
+        niter=iterations,
+        seed=seed,
+        verbose=False,
+        # faiss warns below 39 points per centroid; small clusters are expected deep in a hierarchy.
+        min_points_per_centroid=1,
+        max_points_per_centroid=1 << 20,
+    )
+    kmeans.train(points)
+    return np.asarray(kmeans.centroids, dtype=np.float32).copy()
+
+
+def nearest_centroid(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the L2-nearest centroid for each point (ties go to the lowest index)."""
+    x = np.asarray(points, dtype=np.float64)
+    c = np.asarray(centroids, dtype=np.float64)
+    distances = (c * c).sum(axis=1)[None, :] - 2.0 * (x @ c.T)
+    return distances.argmin(axis=1).astype(np.int64)

@@ -1,0 +1,1 @@
+"""Object storage (local files and S3)."""

@@ -1,0 +1,197 @@
+"""S3 access: one client factory and streaming helpers.
+
+Endpoint and credentials come from the standard AWS chain (environment, profile, instance role), so the same code
+talks to Amazon S3 and to a local S3 server (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` or ``endpoint_url``).
+Transient errors are retried by botocore's standard retry mode.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from lmindexer.errors import UserError
+
+S3_SCHEME = "s3://"
+
+
+class StorageError(UserError):
+    """An object store location cannot be read or written."""
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Location:
+        if not uri.startswith(S3_SCHEME):
+            raise StorageError(f"not an s3:// URI: {uri!r}")
+        bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+        if not bucket:
+            raise StorageError(f"s3 URI has no bucket: {uri!r}")
+        return cls(bucket=bucket, key=key)
+
+    def __str__(self) -> str:
+        return f"{S3_SCHEME}{self.bucket}/{self.key}"
+
+
+def is_s3_uri(location: str | os.PathLike[str]) -> bool:
+    return isinstance(location, str) and location.startswith(S3_SCHEME)
+
+
+def s3_client(
+    *,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
+    max_attempts: int = 5,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 60.0,
+    **session_kwargs: Any,
+) -> Any:
+    """A boto3 S3 client with standard retries. ``endpoint_url=None`` defers to the AWS configuration chain."""
+    config = Config(
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    )
+    session = boto3.session.Session(**session_kwargs)
+    region = region_name or session.region_name or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+class _StreamingBodyReader(io.RawIOBase):
+    """Adapts a botocore StreamingBody to ``io`` so it can be buffered, gunzipped and read line by line."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._body.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+@contextmanager
+def open_binary(location: str | os.PathLike[str], *, client: Any = None) -> Iterator[BinaryIO]:
+    """Open a local file or an ``s3://`` object for streaming binary reads."""
+    if is_s3_uri(location):
+        where = S3Location.parse(str(location))
+        client = client or s3_client()
+        try:
+            response = client.get_object(Bucket=where.bucket, Key=where.key)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot read {where}: {_describe(exc)}") from exc
+        stream = io.BufferedReader(_StreamingBodyReader(response["Body"]), buffer_size=1 << 20)
+        try:
+            yield stream  # type: ignore[misc]
+        finally:
+            stream.close()
+        return
+    path = Path(location)
+    if not path.is_file():
+        raise StorageError(f"no such file: {path}")
+    with path.open("rb") as handle:
+        yield handle
+
+
+@contextmanager
+def local_copy(location: str | os.PathLike[str], *, client: Any = None, suffix: str = "") -> Iterator[Path]:
+    """A local path for a file that needs random access (Parquet). S3 objects are downloaded to a temporary file,
+    so memory use stays bounded whatever the object's size."""
+    if not is_s3_uri(location):
+        path = Path(location)
+        if not path.is_file():
+            raise StorageError(f"no such file: {path}")
+        yield path
+        return
+    where = S3Location.parse(str(location))
+    client = client or s3_client()
+    with tempfile.TemporaryDirectory(prefix="lmindexer-s3-") as tmp:
+        target = Path(tmp) / ("object" + suffix)
+        try:
+            client.download_file(where.bucket, where.key, str(target))
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot read {where}: {_describe(exc)}") from exc
+        yield target
+
+
+def upload_file(path: str | os.PathLike[str], destination: str, *, client: Any = None) -> None:
+    """Copy a local file to a local path or an ``s3://`` URI (local writes are atomic)."""
+    if is_s3_uri(destination):
+        where = S3Location.parse(destination)
+        client = client or s3_client()
+        try:
+            client.upload_file(str(path), where.bucket, where.key)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot write {where}: {_describe(exc)}") from exc
+        return
+    target = Path(destination)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, target)
+
+
+def exists(location: str | os.PathLike[str], *, client: Any = None) -> bool:
+    if not is_s3_uri(location):
+        return Path(location).exists()
+    where = S3Location.parse(str(location))
+    client = client or s3_client()
+    try:
+        client.head_object(Bucket=where.bucket, Key=where.key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise StorageError(f"cannot read {where}: {_describe(exc)}") from exc
+    return True
+
+
+def download_prefix(uri: str, destination: Path, *, client: Any = None) -> int:
+    """Copy every object under an ``s3://`` prefix into ``destination``; returns the number of objects."""
+    where = S3Location.parse(uri.rstrip("/") + "/")
+    client = client or s3_client()
+    count = 0
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=where.bucket, Prefix=where.key):
+            for entry in page.get("Contents", []):
+                relative = entry["Key"][len(where.key) :]
+                if not relative or relative.endswith("/"):
+                    continue
+                target = (destination / relative).resolve()
+                if destination.resolve() not in target.parents:
+                    raise StorageError(f"refusing to write {entry['Key']} outside {destination}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(where.bucket, entry["Key"], str(target))
+                count += 1
+    except (ClientError, BotoCoreError) as exc:
+        raise StorageError(f"cannot read {where}: {_describe(exc)}") from exc
+    if count == 0:
+        raise StorageError(f"no objects under {where}")
+    return count
