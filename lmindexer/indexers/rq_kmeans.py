@@ -39,7 +39,9 @@ class RQKMeansIndexer(EmbeddingIndexer):
         total = float((residual**2).sum())
         for level in tqdm(range(self.levels), desc="rq-kmeans levels", disable=not progress, leave=False):
             centroids = fit_kmeans(
-                residual, self.codebook_sizes[level], seed=self.config.seed + level,
+                residual,
+                self.codebook_sizes[level],
+                seed=self.config.seed + level,
                 iterations=self.config.kmeans_iterations,
             )
             codes = nearest_centroid(residual, centroids)

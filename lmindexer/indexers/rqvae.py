@@ -8,6 +8,7 @@ epoch are restarted on residuals of that epoch, so the codebooks stay utilised.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,7 +44,7 @@ class RQVAEConfig(EmbeddingIndexerConfig):
 
 def _mlp(widths: list[int], dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2:
             layers.append(nn.ReLU())

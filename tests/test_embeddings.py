@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmindexer.embeddings import EmbeddingCache, TextEncoder, resolve_encoder
+from lmindexer.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    return TextEncoder(cache_path=tmp_path_factory.mktemp("emb") / "cache.sqlite", batch_size=8)
+
+
+def test_packaged_encoder_resolves_offline():
+    path = resolve_encoder("sentence-transformers/all-MiniLM-L6-v2")
+    assert path.endswith("model")
+
+
+def test_embeddings_are_normalised_and_meaningful(encoder):
+    vectors = encoder.encode(["A cat sat on the mat.", "A kitten rested on the rug.", "Stock markets fell sharply."])
+    assert vectors.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+
+
+def test_cache_serves_repeated_texts(encoder, monkeypatch):
+    texts = ["cached sentence one", "cached sentence two", "cached sentence one"]
+    first = encoder.encode(texts)
+    np.testing.assert_array_equal(first[0], first[2])
+
+    def fail(*_args, **_kwargs):
+        raise AssertionError("the encoder ran on a cached text")
+
+    monkeypatch.setattr(encoder, "_embed", fail)
+    np.testing.assert_array_equal(encoder.encode(texts[::-1]), first[::-1])
+
+
+def test_batch_composition_does_not_change_embeddings_beyond_rounding(tmp_path):
+    encoder = TextEncoder(use_cache=False, batch_size=2)
+    texts = ["short", "a much longer sentence with many more words in it than the first", "medium length text"]
+    together = encoder.encode(texts)
+    alone = np.stack([encoder.encode([t])[0] for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_cache_ignores_vectors_of_another_width(tmp_path):
+    cache = EmbeddingCache(tmp_path / "c.sqlite", dim=4)
+    cache.put_many([(b"k" * 32, np.ones(3, dtype=np.float32))])
+    assert cache.get_many([b"k" * 32]) == {}
+
+
+def test_bad_encoder_options(tmp_path):
+    with pytest.raises(ConfigError, match="max_length"):
+        TextEncoder(max_length=2)
+    with pytest.raises(ConfigError, match="cannot load encoder"):
+        TextEncoder(str(tmp_path / "no-such-model"), use_cache=False)

@@ -1,0 +1,70 @@
+"""Metric values checked by hand on tiny label sets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lmindexer.metrics import collision_stats, evaluate_codes, label_agreement, level_usage, prefix_groups
+
+
+def test_prefix_groups():
+    codes = np.array([[0, 1], [0, 2], [1, 1], [0, 1]])
+    assert prefix_groups(codes, 1).tolist() == [0, 0, 1, 0]
+    assert prefix_groups(codes, 2).tolist() == [0, 1, 2, 0]
+
+
+def test_agreement_perfect_and_independent():
+    codes = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    perfect = label_agreement(codes, ["x", "x", "y", "y"])
+    assert perfect[0]["ami"] == pytest.approx(1.0)
+    assert perfect[0]["nmi"] == pytest.approx(1.0)
+    assert perfect[0]["prefixes"] == 2
+    # level 2 splits each label in two: H(labels)=1 bit, H(groups)=2 bits, I=1 bit -> NMI = 2*1/(1+2)
+    assert perfect[1]["nmi"] == pytest.approx(2 / 3)
+    independent = label_agreement(codes, ["x", "y", "x", "y"])
+    assert independent[0]["nmi"] == pytest.approx(0.0, abs=1e-12)
+    assert independent[0]["ami"] <= 0.0
+
+
+def test_nmi_by_hand():
+    # labels a a b b, groups 0 0 0 1: I = H(L) - H(L|G) = 1 - 3/4 * H(1/3) bits
+    codes = np.array([[0], [0], [0], [1]])
+    h = lambda ps: -sum(p * math.log(p) for p in ps if p)  # noqa: E731
+    mutual = h([0.5, 0.5]) - 0.75 * h([1 / 3, 2 / 3])
+    expected = mutual / ((h([0.5, 0.5]) + h([0.75, 0.25])) / 2)
+    assert label_agreement(codes, ["a", "a", "b", "b"])[0]["nmi"] == pytest.approx(expected)
+
+
+def test_collision_stats_by_hand():
+    codes = np.array([[1, 1], [1, 1], [1, 1], [2, 0], [2, 0], [3, 3]])
+    stats = collision_stats(codes)
+    assert stats == {"collision_rate": 5 / 6, "largest_bucket": 3, "distinct_tuples": 3, "items": 6}
+    assert collision_stats(np.array([[0, 1], [1, 0]]))["collision_rate"] == 0.0
+    assert collision_stats(np.zeros((0, 2), dtype=int))["items"] == 0
+
+
+def test_level_usage_by_hand():
+    codes = np.array([[0, 0], [1, 0], [0, 0], [1, 0]])
+    level1, level2 = level_usage(codes, (4, 2))
+    assert level1["used"] == 2
+    assert level1["utilisation"] == 0.5
+    assert level1["perplexity"] == pytest.approx(2.0)
+    assert level1["entropy_bits"] == pytest.approx(1.0)
+    assert level1["counts"] == [2, 2, 0, 0]
+    assert level2["perplexity"] == pytest.approx(1.0)
+    assert level2["utilisation"] == 0.5
+
+
+def test_evaluate_codes_skips_unlabelled_items():
+    codes = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    report = evaluate_codes(codes, (2, 2), ["x", "x", None, "y"], label_name="category")
+    assert report.labelled_items == 3
+    assert report.agreement[0]["ami"] == pytest.approx(1.0)
+    markdown = report.to_markdown()
+    assert "| 1 | 1.0000 | 1.0000 | 2 | 2 / 2 | 100.0% | 2.0 |" in markdown
+    assert "Collision rate" in markdown
+    assert "counts" not in report.to_dict()["levels"][0]
+    assert "counts" in report.to_dict(with_counts=True)["levels"][0]
