@@ -24,16 +24,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from lmindexer import datasets  # noqa: E402
-from lmindexer.catalog import read_items  # noqa: E402
-from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder  # noqa: E402
-from lmindexer.indexers import available_methods, create_indexer, load_snapshot  # noqa: E402
-from lmindexer.indexers.embedding import EmbeddingIndexer  # noqa: E402
-from lmindexer.metrics import evaluate_codes  # noqa: E402
+from lmindexer import datasets
+from lmindexer.catalog import read_items
+from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
+from lmindexer.indexers import available_methods, create_indexer, load_snapshot
+from lmindexer.indexers.embedding import EmbeddingIndexer
+from lmindexer.metrics import evaluate_codes
 
 ENCODER_SAMPLE = 512
 
@@ -121,7 +121,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
-    items, summary = read_items(datasets.items_path(args.dataset, progress=False))
+    items, _ = read_items(datasets.items_path(args.dataset, progress=False))
     items = items[: args.limit] if args.limit else items
     labels = [item.field_value(args.label) for item in items]
     methods = args.methods or available_methods()

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from lmindexer.cache import cache_root
+
 DATASET_NAMES: tuple[str, ...] = ("wiki-topics", "clothing-reviews", "movielens-100k")
 
-CACHE_ENV = "LMINDEXER_CACHE_DIR"
-DEFAULT_CACHE_DIR = Path("~/.cache/lmindexer")
 MANIFEST = "manifest.json"
 
 # Bumped whenever a derivation changes, so caches written by older code are rebuilt rather than silently reused.
@@ -136,7 +136,7 @@ def fetch(
     ``out_dir`` the files are also copied there and ``out_dir`` is returned.
     """
     info = dataset_info(name)
-    ds_dir = _cache_root(cache_dir) / "datasets" / name
+    ds_dir = cache_root(cache_dir) / "datasets" / name
     if not _cache_complete(ds_dir, info):
         _build(info, ds_dir, progress=progress)
     if out_dir is None:
@@ -154,13 +154,6 @@ def items_path(name: str, **kw: Any) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------------- cache
-
-
-def _cache_root(cache_dir: str | Path | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else DEFAULT_CACHE_DIR.expanduser()
 
 
 def _manifest_expected(info: DatasetInfo) -> dict[str, Any]:

