@@ -29,6 +29,9 @@ app = typer.Typer(
 )
 datasets_app = typer.Typer(help="Public data sets for development and benchmarks.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+stack_app = typer.Typer(help="The embedded local stack (local S3 and search servers).", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+StackDirOption = Annotated[Path, typer.Option("--dir", help="Where the stack records its PIDs and logs.")]
 
 console = Console(stderr=True, soft_wrap=True)
 stdout = Console(soft_wrap=True)
@@ -246,6 +249,39 @@ def datasets_fetch(
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     stdout.print(f"{name}: {', '.join(datasets.dataset_info(name).files)} in {directory}", highlight=False)
+
+
+@stack_app.command("up")
+def stack_up(directory: StackDirOption = Path(".stack")) -> None:
+    """Start the local S3 and search servers on free loopback ports (or report the running ones)."""
+    from lmindexer import devstack
+
+    stack = devstack.start(directory)
+    stdout.print(
+        f"local S3 {stack.s3_endpoint} (pid {stack.s3_pid}); search {stack.search_url} (pid {stack.search_pid})"
+    )
+
+
+@stack_app.command("down")
+def stack_down(directory: StackDirOption = Path(".stack")) -> None:
+    """Stop the servers recorded in the stack directory."""
+    from lmindexer import devstack
+
+    stdout.print("stopped" if devstack.stop(directory) else "nothing was running")
+
+
+@stack_app.command("env")
+def stack_env(directory: StackDirOption = Path(".stack")) -> None:
+    """Print `export` lines that point the AWS chain, the library and Airflow at the running stack."""
+    import shlex
+
+    from lmindexer import devstack
+
+    stack = devstack.status(directory)
+    if stack is None:
+        raise UserError(f"no local stack is running in {directory}; start it with `lmindexer stack up`")
+    for name, value in devstack.client_env(stack).items():
+        print(f"export {name}={shlex.quote(value)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ Transient errors are retried by botocore's standard retry mode.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import shutil
@@ -52,6 +53,16 @@ def is_s3_uri(location: str | os.PathLike[str]) -> bool:
     return isinstance(location, str) and location.startswith(S3_SCHEME)
 
 
+_default_client_options: dict[str, Any] = {}
+
+
+def configure_default_client(**options: Any) -> None:
+    """Options every :func:`s3_client` call of this process starts from (endpoint, region, credentials), e.g. from
+    an orchestrator's connection. Explicit arguments still win; with none set, the AWS configuration chain applies."""
+    _default_client_options.clear()
+    _default_client_options.update({k: v for k, v in options.items() if v is not None})
+
+
 def s3_client(
     *,
     endpoint_url: str | None = None,
@@ -62,6 +73,12 @@ def s3_client(
     **session_kwargs: Any,
 ) -> Any:
     """A boto3 S3 client with standard retries. ``endpoint_url=None`` defers to the AWS configuration chain."""
+    defaults = dict(_default_client_options)
+    endpoint_url = endpoint_url or defaults.pop("endpoint_url", None)
+    region_name = region_name or defaults.pop("region_name", None)
+    defaults.pop("endpoint_url", None)
+    defaults.pop("region_name", None)
+    session_kwargs = {**defaults, **session_kwargs}
     config = Config(
         retries={"max_attempts": max_attempts, "mode": "standard"},
         connect_timeout=connect_timeout,
@@ -195,3 +212,72 @@ def download_prefix(uri: str, destination: Path, *, client: Any = None) -> int:
     if count == 0:
         raise StorageError(f"no objects under {where}")
     return count
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object. ``etag`` is unquoted; it changes whenever the object is rewritten."""
+
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    last_modified: dt.datetime
+
+    @property
+    def uri(self) -> str:
+        return f"{S3_SCHEME}{self.bucket}/{self.key}"
+
+
+def list_objects(uri: str, *, client: Any = None, page_size: int = 1000) -> Iterator[ObjectInfo]:
+    """Every object under an ``s3://`` prefix, in key order, fetched ``page_size`` keys per request (S3 caps it at
+    1000), so a prefix of any size is listed in bounded memory."""
+    if not 1 <= page_size <= 1000:
+        raise StorageError(f"page size must be between 1 and 1000, got {page_size}")
+    where = S3Location.parse(uri)
+    client = client or s3_client()
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=where.bucket, Prefix=where.key, PaginationConfig={"PageSize": page_size}
+    )
+    try:
+        for page in pages:
+            for entry in page.get("Contents", []):
+                yield ObjectInfo(
+                    bucket=where.bucket,
+                    key=entry["Key"],
+                    etag=entry["ETag"].strip('"'),
+                    size=int(entry["Size"]),
+                    last_modified=entry["LastModified"],
+                )
+    except (ClientError, BotoCoreError) as exc:
+        raise StorageError(f"cannot list {where}: {_describe(exc)}") from exc
+
+
+def write_bytes(data: bytes, destination: str | os.PathLike[str], *, client: Any = None) -> None:
+    """Write a small object to a local path (atomically) or an ``s3://`` URI (a single PUT)."""
+    if is_s3_uri(destination):
+        where = S3Location.parse(str(destination))
+        client = client or s3_client()
+        try:
+            client.put_object(Bucket=where.bucket, Key=where.key, Body=data)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot write {where}: {_describe(exc)}") from exc
+        return
+    target = Path(destination)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def remove(location: str | os.PathLike[str], *, client: Any = None) -> None:
+    """Delete a local file or an ``s3://`` object; a missing one is not an error."""
+    if not is_s3_uri(location):
+        Path(location).unlink(missing_ok=True)
+        return
+    where = S3Location.parse(str(location))
+    client = client or s3_client()
+    try:
+        client.delete_object(Bucket=where.bucket, Key=where.key)
+    except (ClientError, BotoCoreError) as exc:
+        raise StorageError(f"cannot delete {where}: {_describe(exc)}") from exc

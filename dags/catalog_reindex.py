@@ -1,0 +1,153 @@
+"""catalog_reindex: new catalogue drops in S3 -> validated -> semantic IDs (apply or retrain) -> checked -> published.
+
+Every step is a function of ``lmindexer.pipeline.steps``; this file only wires them. Each step stores its result
+under the run's state, so retrying a task or rerunning the run repeats no work; nothing becomes current before
+``commit``, and a failure before the alias swap leaves the previous index live.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, task
+from lmindexer_airflow.context import log_failure, prepare, search_config
+
+SEMANTIC_IDS = Asset(name="lmindexer_semantic_ids", uri="lmindexer://semantic-ids")
+SEARCH_INDEX = Asset(name="lmindexer_search_index", uri="lmindexer://search-index")
+
+
+def _setup():
+    return prepare(get_current_context())
+
+
+@dag(
+    dag_id="catalog_reindex",
+    description="Validate new catalogue drops, assign or retrain semantic IDs, publish them to search",
+    schedule="0 2 * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["lmindexer"],
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+        "on_failure_callback": log_failure,
+    },
+    params={
+        "mode": Param("auto", enum=["auto", "apply", "retrain"], description="apply the snapshot, retrain, or decide"),
+        "max_invalid_share": Param(None, type=["null", "number"], minimum=0, maximum=1),
+        "retrain_added_share": Param(None, type=["null", "number"], minimum=0),
+    },
+)
+def catalog_reindex() -> None:
+    @task
+    def discover() -> list[dict]:
+        from lmindexer.pipeline import steps
+
+        config, _ = _setup()
+        return steps.discover(config)
+
+    @task.short_circuit
+    def has_new_drops(drops: list[dict]) -> bool:
+        return bool(drops)
+
+    @task
+    def validate(drops: list[dict]) -> list[dict]:
+        from lmindexer.pipeline import steps
+
+        config, run_id = _setup()
+        return steps.validate_drops(config, run_id, drops)
+
+    @task
+    def merge(validated: list[dict]) -> dict:
+        from lmindexer.pipeline import steps
+
+        config, run_id = _setup()
+        return steps.merge(config, run_id, validated)
+
+    @task
+    def decide(merged: dict) -> dict:
+        from lmindexer.pipeline import steps
+
+        config, run_id = _setup()
+        return steps.decide(config, run_id, merged, get_current_context()["params"]["mode"])
+
+    @task(queue="gpu", execution_timeout=timedelta(hours=6))
+    def train(merged: dict, decision: dict) -> dict:
+        from lmindexer.pipeline import steps
+
+        config, run_id = _setup()
+        return steps.train(config, run_id, merged, decision)
+
+    @task
+    def plan_shards(merged: dict, snapshot: dict) -> list[dict]:
+        from lmindexer.pipeline import steps
+
+        config, run_id = _setup()
+        return steps.plan_shards(config, run_id, merged, snapshot)
+
+    @task(max_active_tis_per_dagrun=4)
+    def assign_shard(shard: dict, merged: dict, snapshot: dict) -> dict:
+        from lmindexer.pipeline import steps
+
+        config, run_id = _setup()
+        return steps.assign_shard(config, run_id, merged, snapshot, shard)
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def reduce_ids(snapshot: dict, coded: list[dict] | None) -> dict:
+        from lmindexer.pipeline import steps
+
+        config, run_id = _setup()
+        return steps.reduce_ids(config, run_id, snapshot, list(coded or []))
+
+    @task
+    def check(merged: dict, decision: dict, snapshot: dict, reduced: dict) -> dict:
+        from lmindexer.pipeline import steps
+
+        config, run_id = _setup()
+        return steps.check(config, run_id, merged, decision, snapshot, reduced)
+
+    @task(outlets=[SEARCH_INDEX])
+    def publish(merged: dict, decision: dict, reduced: dict, checked: dict) -> dict:
+        from lmindexer.pipeline import steps
+
+        config, run_id = _setup()
+        return steps.publish(config, search_config(), run_id, merged, decision, reduced)
+
+    @task(outlets=[SEMANTIC_IDS])
+    def commit(
+        drops: list[dict],
+        validated: list[dict],
+        merged: dict,
+        decision: dict,
+        snapshot: dict,
+        reduced: dict,
+        checked: dict,
+        published: dict,
+    ) -> dict:
+        from lmindexer.pipeline import steps
+
+        config, run_id = _setup()
+        pointer = steps.commit(config, run_id, merged, decision, snapshot, reduced, checked, published)
+        steps.mark_processed(config, run_id, drops, validated)
+        return pointer
+
+    drops = discover()
+    gate = has_new_drops(drops)
+    validated = validate(drops)
+    gate >> validated
+    merged = merge(validated)
+    decision = decide(merged)
+    snapshot = train(merged, decision)
+    shards = plan_shards(merged, snapshot)
+    coded = assign_shard.partial(merged=merged, snapshot=snapshot).expand(shard=shards)
+    reduced = reduce_ids(snapshot, coded)
+    checked = check(merged, decision, snapshot, reduced)
+    published = publish(merged, decision, reduced, checked)
+    commit(drops, validated, merged, decision, snapshot, reduced, checked, published)
+
+
+catalog_reindex()

@@ -1,0 +1,85 @@
+"""Configuration and storage layout of the reindex pipeline."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lmindexer.indexers import DEFAULT_METHOD, available_methods
+
+Mode = Literal["auto", "apply", "retrain"]
+_RUN_ID = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_run_id(run_id: str) -> str:
+    """A run id usable in object keys and index names (Airflow's contain ':' and '+')."""
+    cleaned = _RUN_ID.sub("-", run_id).strip("-.").lower()
+    if not cleaned:
+        raise ValueError(f"run id {run_id!r} has no usable characters")
+    return cleaned[:120]
+
+
+class QualityGates(BaseModel):
+    """Checks a new ID table must pass before it is published."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_level1_ami_ratio: float = Field(
+        0.9, ge=0, le=10, description="a retrained snapshot's level-1 AMI must reach this share of the previous one's"
+    )
+    min_utilisation: float = Field(0.5, ge=0, le=1, description="codes used / K at every level, after a retrain")
+    max_collision_rate: float = Field(1.0, ge=0, le=1, description="share of items sharing learned codes")
+
+
+class PipelineConfig(BaseModel):
+    """Where the pipeline reads and writes, which indexer it trains, and when it retrains."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_uri: str = Field(description="root of the catalogue store: s3://bucket[/prefix] or a local directory")
+    incoming_prefix: str = "incoming/"
+    quarantine_prefix: str = "quarantine/"
+    staged_prefix: str = "staged/"
+    models_prefix: str = "models/"
+    ids_prefix: str = "ids/"
+    catalog_prefix: str = "catalog/"
+    state_prefix: str = "state/"
+    method: str = Field(DEFAULT_METHOD, description="indexer method trained on a retrain")
+    indexer: dict[str, Any] = Field(default_factory=dict, description="options of the indexer method")
+    label: str | None = Field("category", description="label for the quality gates (None: no label gates)")
+    max_invalid_share: float = Field(0.05, ge=0, le=1, description="a drop with more invalid rows fails the run")
+    retrain_added_share: float = Field(
+        0.25, ge=0, description="retrain when items added since the last retrain exceed this share of it"
+    )
+    shard_size: int = Field(5000, ge=1, description="items per mapped assignment task")
+    train_processes: int = Field(1, ge=1, description="processes for accelerate launch")
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gates: QualityGates = Field(default_factory=QualityGates)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in available_methods():
+            raise ValueError(f"unknown indexer method {value!r}; available: {', '.join(available_methods())}")
+        return value
+
+    @field_validator(
+        "incoming_prefix",
+        "quarantine_prefix",
+        "staged_prefix",
+        "models_prefix",
+        "ids_prefix",
+        "catalog_prefix",
+        "state_prefix",
+    )
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value:
+            raise ValueError("a prefix cannot be empty")
+        return value + "/"
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([self.base_uri.rstrip("/"), *(p.strip("/") for p in parts)])

@@ -1,0 +1,45 @@
+"""Publishing semantic IDs to Elasticsearch / OpenSearch: documents, versioned indexes behind an alias, rollback."""
+
+from lmindexer.search.backend import (
+    BulkResult,
+    DocumentError,
+    IndexInfo,
+    PublishResult,
+    RollbackResult,
+    SearchBackend,
+    list_alias_indexes,
+    rollback_alias,
+)
+from lmindexer.search.config import SearchConfig, load_search_config
+from lmindexer.search.documents import (
+    build_document,
+    document_mapping,
+    index_name,
+    index_template,
+    iter_documents,
+    prefix_field,
+)
+from lmindexer.search.errors import InvalidDocumentError, PublishError, SearchConfigError, SearchError
+
+__all__ = [
+    "BulkResult",
+    "DocumentError",
+    "IndexInfo",
+    "InvalidDocumentError",
+    "PublishError",
+    "PublishResult",
+    "RollbackResult",
+    "SearchBackend",
+    "SearchConfig",
+    "SearchConfigError",
+    "SearchError",
+    "build_document",
+    "document_mapping",
+    "index_name",
+    "index_template",
+    "iter_documents",
+    "list_alias_indexes",
+    "load_search_config",
+    "prefix_field",
+    "rollback_alias",
+]

@@ -1,0 +1,137 @@
+"""Validate an ID table before it is published: one unique, in-range ID per item, and no staged item without one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from lmindexer.idtable import IdTable, format_sid
+from lmindexer.storage.s3 import local_copy, write_bytes
+from lmindexer.validation.common import ValidationFailed, dumps_document
+from lmindexer.validation.gx import run_suite
+from lmindexer.validation.suites import OUTPUT_SUITE, output_expectations
+
+_EXAMPLES = 5
+
+
+@dataclass
+class OutputValidation:
+    """The outcome of :func:`validate_ids`. ``failures`` lists each failed expectation with a few offending rows."""
+
+    success: bool
+    snapshot_version: str
+    rows: int
+    staged_items: int
+    missing_items: int
+    failures: list[dict[str, Any]]
+    expectations: list[dict[str, Any]]
+    result_uri: str | None = None
+    document: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def describe(self) -> str:
+        if self.success:
+            return f"ID table {self.snapshot_version}: {self.rows} rows, all {self.staged_items} staged items have IDs"
+        parts = [f"{f['expectation']}({f['column']}): {f['unexpected_count']} rows" for f in self.failures]
+        return f"ID table {self.snapshot_version} failed: " + "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "success": self.success,
+            "snapshot_version": self.snapshot_version,
+            "rows": self.rows,
+            "staged_items": self.staged_items,
+            "missing_items": self.missing_items,
+            "failures": self.failures,
+            "expectations": self.expectations,
+            "result_uri": self.result_uri,
+        }
+
+
+def staged_item_ids(staged_uri: str, *, live_only: bool = True, s3_client: Any = None) -> list[str]:
+    """The item_ids of a staged file (``staged/<run>/items.parquet``); tombstones are left out unless asked for."""
+    with local_copy(staged_uri, client=s3_client, suffix=".parquet") as path:
+        table = pq.read_table(path, columns=["item_id", "deleted"])
+    ids = table.column("item_id").to_pylist()
+    if not live_only:
+        return ids
+    return [item_id for item_id, deleted in zip(ids, table.column("deleted").to_pylist(), strict=True) if not deleted]
+
+
+def _frame(table: IdTable, staged: list[str]) -> tuple[Any, int]:
+    import pandas as pd
+
+    levels = table.space.levels
+    codes = [list(c) for c in table.table.column("codes").to_pylist()]
+    suffixes = table.table.column("suffix").to_pylist()
+    sids = table.table.column("sid").to_pylist()
+    item_ids = table.item_ids
+    known = set(item_ids)
+    missing = [item_id for item_id in staged if item_id not in known]
+    pad = [None] * len(missing)
+    data: dict[str, Any] = {
+        "item_id": pd.Series(item_ids + missing, dtype="object"),
+        "sid": pd.Series(sids + pad, dtype="object"),
+        "suffix": pd.Series(suffixes + pad, dtype="Int64"),
+        "snapshot_version": pd.Series(table.table.column("snapshot_version").to_pylist() + pad, dtype="object"),
+        "levels": pd.Series([len(c) for c in codes] + pad, dtype="Int64"),
+        "sid_matches_codes": pd.Series(
+            [sid == format_sid(c, s) for sid, c, s in zip(sids, codes, suffixes, strict=True)] + pad, dtype="object"
+        ),
+    }
+    for level in range(levels):
+        data[f"code_{level}"] = pd.Series([c[level] if len(c) > level else None for c in codes] + pad, dtype="Int64")
+    return pd.DataFrame(data), len(missing)
+
+
+def validate_ids(
+    table: IdTable,
+    staged_item_ids: Iterable[str] = (),
+    *,
+    run_id: str = "ids",
+    result_uri: str | None = None,
+    raise_on_failure: bool = False,
+    s3_client: Any = None,
+) -> OutputValidation:
+    """Run the output suite on ``table``; ``staged_item_ids`` are the live items that must each have a row.
+
+    With ``result_uri`` the GX result is stored there (local path or ``s3://``). With ``raise_on_failure`` a failed
+    suite raises :class:`ValidationFailed` carrying the :class:`OutputValidation`, after the result is stored.
+    """
+    staged = list(dict.fromkeys(staged_item_ids))
+    frame, missing = _frame(table, staged)
+    outcome = run_suite(
+        OUTPUT_SUITE,
+        frame,
+        output_expectations(table.space),
+        index_columns=["item_id"],
+        run_name=run_id,
+        extra_meta={
+            "run_id": run_id,
+            "snapshot_version": table.space.snapshot_version,
+            "codebook_sizes": list(table.space.codebook_sizes),
+        },
+    )
+    failures = []
+    for expectation in outcome.failed():
+        details = expectation.to_dict()
+        details["examples"] = expectation.unexpected_index[:_EXAMPLES]
+        failures.append(details)
+    result = OutputValidation(
+        success=outcome.critical_success,
+        snapshot_version=table.space.snapshot_version,
+        rows=len(table),
+        staged_items=len(staged),
+        missing_items=missing,
+        failures=failures,
+        expectations=[e.to_dict() for e in outcome.expectations],
+        result_uri=result_uri,
+        document=outcome.document,
+    )
+    if result_uri:
+        write_bytes(dumps_document(outcome.document), result_uri, client=s3_client)
+    if raise_on_failure and not result.success:
+        raise ValidationFailed(result.describe(), result)
+    return result

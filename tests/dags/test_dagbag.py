@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+SCRIPT = """
+import json
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag()
+dag = bag.dags.get("catalog_reindex")
+print(json.dumps({
+    "errors": {k: str(v)[:500] for k, v in bag.import_errors.items()},
+    "dags": sorted(bag.dag_ids),
+    "tasks": sorted(dag.task_dict) if dag else [],
+    "schedule": getattr(dag.timetable, "expression", None) if dag else None,
+    "catchup": dag.catchup if dag else None,
+    "max_active_runs": dag.max_active_runs if dag else None,
+    "train_queue": dag.task_dict["train"].queue if dag else None,
+    "params": sorted(dag.params.keys()) if dag else [],
+}))
+"""
+
+
+def test_dagbag_loads_without_import_errors(airflow_home):
+    completed = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=airflow_home, capture_output=True, text=True, timeout=300, check=True
+    )
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["errors"] == {}
+    assert "catalog_reindex" in report["dags"]
+    assert report["tasks"] == sorted(
+        [
+            "discover", "has_new_drops", "validate", "merge", "decide", "train", "plan_shards", "assign_shard",
+            "reduce_ids", "check", "publish", "commit",
+        ]
+    )  # fmt: skip
+    assert report["schedule"] == "0 2 * * *"
+    assert report["catchup"] is False
+    assert report["max_active_runs"] == 1
+    assert report["train_queue"] == "gpu"
+    assert report["params"] == ["max_invalid_share", "mode", "retrain_added_share"]
