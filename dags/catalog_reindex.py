@@ -7,6 +7,7 @@ under the run's state, so retrying a task or rerunning the run repeats no work; 
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
@@ -30,7 +31,8 @@ def _setup():
     max_active_runs=1,
     tags=["lmindexer"],
     default_args={
-        "retries": 2,
+        # Transient failures (S3, search throttling) are retried with back-off; LMINDEXER_TASK_RETRIES overrides.
+        "retries": int(os.environ.get("LMINDEXER_TASK_RETRIES", "2")),
         "retry_delay": timedelta(seconds=30),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=10),
