@@ -31,6 +31,14 @@ datasets_app = typer.Typer(help="Public data sets for development and benchmarks
 app.add_typer(datasets_app, name="datasets")
 stack_app = typer.Typer(help="The embedded local stack (local S3 and search servers).", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+search_app = typer.Typer(help="The search alias: its indexes and rollback.", no_args_is_help=True)
+app.add_typer(search_app, name="search")
+pipeline_app = typer.Typer(help="The reindex pipeline's state.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+SearchUrlOption = Annotated[
+    str | None, typer.Option("--url", help="Search node URL (default: LMINDEXER_SEARCH_HOSTS).")
+]
+AliasOption = Annotated[str | None, typer.Option("--alias", help="Search alias (default: LMINDEXER_SEARCH_ALIAS).")]
 StackDirOption = Annotated[Path, typer.Option("--dir", help="Where the stack records its PIDs and logs.")]
 
 console = Console(stderr=True, soft_wrap=True)
@@ -282,6 +290,60 @@ def stack_env(directory: StackDirOption = Path(".stack")) -> None:
         raise UserError(f"no local stack is running in {directory}; start it with `lmindexer stack up`")
     for name, value in devstack.client_env(stack).items():
         print(f"export {name}={shlex.quote(value)}")
+
+
+def _search_config(url: str | None, alias: str | None) -> Any:
+    from lmindexer.search import load_search_config
+
+    values: dict[str, Any] = {}
+    if url:
+        values["hosts"] = [url]
+    if alias:
+        values["alias"] = alias
+    return load_search_config(values)
+
+
+@search_app.command("indexes")
+def search_indexes(url: SearchUrlOption = None, alias: AliasOption = None) -> None:
+    """List the alias's indexes, newest first, and which one is live."""
+    from lmindexer.search import list_alias_indexes
+
+    for info in list_alias_indexes(_search_config(url, alias)):
+        marker = "live" if info.live else "    "
+        stdout.print(
+            f"{marker}  {info.name}  docs={info.doc_count}  snapshot={info.snapshot_version}  "
+            f"created={info.created_at}",
+            highlight=False,
+            markup=False,
+        )
+
+
+@search_app.command("rollback")
+def search_rollback(url: SearchUrlOption = None, alias: AliasOption = None) -> None:
+    """Point the alias back at its previous verified index, atomically."""
+    from lmindexer.search import rollback_alias
+
+    result = rollback_alias(_search_config(url, alias))
+    stdout.print(json.dumps(result.to_dict(), default=str), highlight=False, markup=False)
+
+
+@pipeline_app.command("status")
+def pipeline_status(
+    config: Annotated[Path, typer.Option("--config", help="Pipeline config (YAML or JSON).")],
+    url: SearchUrlOption = None,
+    alias: AliasOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON.")] = None,
+) -> None:
+    """What the last committed run did: rows in / quarantined / indexed, IDs, quality, the live index, lookups."""
+    from lmindexer.indexers.base import parse_config
+    from lmindexer.jobs import load_config_file
+    from lmindexer.pipeline import PipelineConfig
+    from lmindexer.pipeline.summary import render_summary, run_summary
+
+    pipeline = parse_config(PipelineConfig, load_config_file(config))
+    summary = run_summary(pipeline, _search_config(url, alias))
+    stdout.print(render_summary(summary), highlight=False, markup=False)
+    _write_json(json_out, summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -199,7 +199,7 @@ def client_env(stack: Stack) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY,
         "AWS_DEFAULT_REGION": LOCAL_REGION,
-        "LMINDEXER_SEARCH_URL": stack.search_url,
+        "LMINDEXER_SEARCH_HOSTS": stack.search_url,
         f"AIRFLOW_CONN_{S3_CONN_ID.upper()}": json.dumps(s3_connection),
         f"AIRFLOW_CONN_{SEARCH_CONN_ID.upper()}": json.dumps(search_connection),
     }

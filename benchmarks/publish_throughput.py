@@ -1,0 +1,327 @@
+"""Publish throughput of the search backend against a raw ``_bulk`` floor, side by side on one local search server.
+
+Three ways of loading the same N documents, in the same chunks, into a fresh index of the same local osmem server
+(started with ``lmindexer.devstack`` and stopped at the end):
+
+- ``raw _bulk``: NDJSON payloads serialised before the clock starts, POSTed one chunk at a time over one keep-alive
+  ``http.client`` connection, then one refresh. The floor: what the server itself costs.
+- ``client streaming_bulk``: opensearch-py's ``helpers.streaming_bulk`` over pre-built documents, then one refresh.
+  Separates the official client's cost (serialising, chunking, parsing responses) from the platform's own.
+- ``platform publish_full``: ``SearchBackend.publish_full(iter_documents(items, ids), ...)`` as a real publish runs
+  it: documents built from catalogue items and an ID table, the index template, index creation, the bulk load with
+  per-document accounting, refresh, count and sample check, the atomic alias swap and pruning.
+
+Item text comes from the real wiki-topics catalogue (cycled, with distinct ids, when N exceeds it); the ID rows are
+synthetic (seeded random codes, suffixes allocated by the ID table). The variants run in a rotating order within each
+repetition so drift on a shared machine spreads over all of them; the medians are compared.
+
+    python benchmarks/publish_throughput.py                          # 20,000 documents, 5 repetitions
+    python benchmarks/publish_throughput.py --docs 5000 --repeats 3   # quick run
+
+Writes <out>/publish_throughput.json, .md and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from lmindexer import datasets, devstack
+from lmindexer.catalog import read_items
+from lmindexer.catalog.items import Item
+from lmindexer.idtable import Candidate, IdSpace, IdTable
+from lmindexer.search import SearchBackend, SearchConfig, document_mapping, iter_documents
+from lmindexer.search.documents import id_rows
+
+RAW = "raw _bulk"
+CLIENT = "client streaming_bulk"
+PLATFORM = "platform publish_full"
+VARIANTS = (RAW, CLIENT, PLATFORM)
+SNAPSHOT_VERSION = "bench-publish-v1"
+ALIAS = "bench-publish"
+PACKAGES = ("lmindexer", "opensearch-py", "osmem-server", "urllib3", "pyarrow", "numpy")
+
+
+def environment() -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpu_threads_available": len(os.sched_getaffinity(0)),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "versions": versions,
+    }
+
+
+def synthetic_catalogue(count: int, seed: int, levels: int, codebook_size: int) -> tuple[list[Item], IdTable]:
+    """``count`` real wiki items (cycled with distinct ids past the catalogue's end) and an ID table for them."""
+    real, _ = read_items(datasets.items_path("wiki-topics", progress=False))
+    items = []
+    for n in range(count):
+        source = real[n % len(real)]
+        copy = n // len(real)
+        item_id = source.item_id if copy == 0 else f"{source.item_id}~{copy}"
+        items.append(Item(item_id, source.title, source.text, source.category, source.attributes, source.updated_at))
+    # Random codes are enough here: publishing cost does not depend on which codes an item has.
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, codebook_size, size=(count, levels))
+    space = IdSpace(SNAPSHOT_VERSION, "rq-kmeans", (codebook_size,) * levels)
+    candidates = [
+        Candidate(item.item_id, tuple(int(c) for c in row), f"h{n}")
+        for n, (item, row) in enumerate(zip(items, codes, strict=True))
+    ]
+    table, _ = IdTable.empty(space).allocate(candidates)
+    return items, table
+
+
+def ndjson_payloads(docs: list[dict[str, Any]], chunk_size: int) -> list[bytes]:
+    """The bulk bodies of ``docs``, ``chunk_size`` documents each, index names left to the URL."""
+    payloads = []
+    for start in range(0, len(docs), chunk_size):
+        lines = []
+        for doc in docs[start : start + chunk_size]:
+            lines.append(json.dumps({"index": {"_id": doc["item_id"]}}, separators=(",", ":")))
+            lines.append(json.dumps(doc, separators=(",", ":"), ensure_ascii=False))
+        payloads.append(("\n".join(lines) + "\n").encode())
+    return payloads
+
+
+class RawBulk:
+    """Plain HTTP against the server: one keep-alive connection, no client library."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+
+    def request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json"):
+        headers = {"Content-Type": content_type} if body is not None else {}
+        self.connection.request(method, path, body=body, headers=headers)
+        response = self.connection.getresponse()
+        data = response.read()
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
+        return json.loads(data) if data else None
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def time_raw(raw: RawBulk, payloads: list[bytes], index: str, expected: int) -> float:
+    body = json.dumps({"settings": {"index": {"refresh_interval": "-1"}}, "mappings": document_mapping()}).encode()
+    raw.request("PUT", f"/{index}", body)
+    started = time.perf_counter()
+    for payload in payloads:
+        answer = raw.request("POST", f"/{index}/_bulk", payload, "application/x-ndjson")
+        if answer.get("errors"):
+            raise RuntimeError(f"raw bulk into {index} reported item errors")
+    raw.request("POST", f"/{index}/_refresh", b"")
+    seconds = time.perf_counter() - started
+    count = raw.request("GET", f"/{index}/_count")["count"]
+    raw.request("DELETE", f"/{index}")
+    if count != expected:
+        raise RuntimeError(f"raw bulk: {index} holds {count} documents, expected {expected}")
+    return seconds
+
+
+def time_client(backend: SearchBackend, docs: list[dict[str, Any]], index: str, chunk_size: int) -> float:
+    from opensearchpy.helpers import streaming_bulk
+
+    client = backend.client
+    client.indices.create(
+        index=index, body={"settings": {"index": {"refresh_interval": "-1"}}, "mappings": document_mapping()}
+    )
+    actions = ({"_op_type": "index", "_index": index, "_id": doc["item_id"], "_source": doc} for doc in docs)
+    started = time.perf_counter()
+    ok_count = sum(ok for ok, _ in streaming_bulk(client, actions, chunk_size=chunk_size, raise_on_error=False))
+    client.indices.refresh(index=index)
+    seconds = time.perf_counter() - started
+    client.indices.delete(index=index)
+    if ok_count != len(docs):
+        raise RuntimeError(f"client streaming_bulk: {len(docs) - ok_count} documents failed")
+    return seconds
+
+
+def time_platform(backend: SearchBackend, items: list[Item], rows: Any, run_id: str, expected: int) -> float:
+    started = time.perf_counter()
+    result = backend.publish_full(iter_documents(items, rows), SNAPSHOT_VERSION, run_id, total=len(items))
+    seconds = time.perf_counter() - started
+    if result.doc_count != expected or result.bulk.failed:
+        raise RuntimeError(f"platform publish: {result.bulk.summary()}, {result.doc_count} documents live")
+    return seconds
+
+
+def markdown_table(summary: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| variant | median docs/s | min–max docs/s | median s | ratio to raw _bulk |",
+        "|---|---|---|---|---|",
+    ]
+    for name in VARIANTS:
+        row = summary[name]
+        lines.append(
+            f"| {name} | {row['median_docs_per_second']:,.0f} | {row['min_docs_per_second']:,.0f}–"
+            f"{row['max_docs_per_second']:,.0f} | {row['median_seconds']:.2f} | {row['ratio_to_raw']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, dict[str, Any]], runs: dict[str, list[float]], docs: int, path: Path, title: str) -> None:
+    fig, (ax_rate, ax_runs) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    colours = {RAW: "#777", CLIENT: "#58a", PLATFORM: "#a55"}
+    medians = [summary[name]["median_docs_per_second"] for name in VARIANTS]
+    low = [m - summary[name]["min_docs_per_second"] for m, name in zip(medians, VARIANTS, strict=True)]
+    high = [summary[name]["max_docs_per_second"] - m for m, name in zip(medians, VARIANTS, strict=True)]
+    bars = ax_rate.bar(VARIANTS, medians, yerr=[low, high], capsize=6, color=[colours[n] for n in VARIANTS])
+    for bar, name in zip(bars, VARIANTS, strict=True):
+        ax_rate.annotate(
+            f"{summary[name]['ratio_to_raw']:.2f}x",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="left",
+        )
+    ax_rate.set_ylabel("documents per second (median, min–max)")
+    ax_rate.set_title("Throughput, and ratio to the raw _bulk floor")
+    for name in VARIANTS:
+        rates = [docs / s for s in runs[name]]
+        ax_runs.plot(range(1, len(rates) + 1), rates, "o-", color=colours[name], label=name)
+    ax_runs.set_xlabel("repetition")
+    ax_runs.set_ylabel("documents per second")
+    ax_runs.set_title("Every repetition")
+    ax_runs.set_ylim(bottom=0)
+    ax_runs.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=20_000, help="documents per publish")
+    parser.add_argument("--repeats", type=int, default=5, help="repetitions of each variant (median reported)")
+    parser.add_argument("--chunk-size", type=int, default=500, help="documents per bulk request (all variants)")
+    parser.add_argument("--levels", type=int, default=3)
+    parser.add_argument("--codebook-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+
+    env = environment()
+    print(f"building {args.docs} items and their ID table", flush=True)
+    items, table = synthetic_catalogue(args.docs, args.seed, args.levels, args.codebook_size)
+    # The raw and client variants get the very documents the platform builds, serialised before the clock starts.
+    docs = list(iter_documents(items, table))
+    payloads = ndjson_payloads(docs, args.chunk_size)
+    payload_bytes = sum(len(p) for p in payloads)
+    # publish_full receives the ID table as the pipeline hands it over: rows by item_id, read once.
+    rows = id_rows(table)
+
+    runs: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    with tempfile.TemporaryDirectory(prefix="lmindexer-bench-") as state:
+        stack = devstack.start(state)
+        try:
+            config = SearchConfig(
+                hosts=[stack.search_url], alias=ALIAS, chunk_size=args.chunk_size, keep_indexes=1, timeout=120
+            )
+            with SearchBackend(config) as backend:
+                raw = RawBulk(stack.search_url)
+                try:
+                    info = backend.server_info()
+                    env["search_server"] = (
+                        info.get("version", {}).get("distribution", "osmem")
+                        + " "
+                        + str(info.get("version", {}).get("number", ""))
+                    )
+                    # One untimed round of each variant: connections, template and server warm-up.
+                    time_raw(raw, payloads[:2], "raw-warmup", min(len(docs), 2 * args.chunk_size))
+                    time_client(backend, docs[: args.chunk_size], "client-warmup", args.chunk_size)
+                    time_platform(backend, items[: args.chunk_size], rows, "warmup", min(len(docs), args.chunk_size))
+                    for rep in range(args.repeats):
+                        order = VARIANTS[rep % 3 :] + VARIANTS[: rep % 3]
+                        for name in order:
+                            if name == RAW:
+                                seconds = time_raw(raw, payloads, f"raw-{rep}", len(docs))
+                            elif name == CLIENT:
+                                seconds = time_client(backend, docs, f"client-{rep}", args.chunk_size)
+                            else:
+                                seconds = time_platform(backend, items, rows, f"run-{rep}", len(docs))
+                            runs[name].append(seconds)
+                            print(f"rep {rep + 1}: {name:24s} {seconds:6.2f} s  {len(docs) / seconds:8,.0f} docs/s")
+                finally:
+                    raw.close()
+        finally:
+            devstack.stop(state)
+    env["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    raw_median = statistics.median(runs[RAW])
+    summary = {}
+    for name in VARIANTS:
+        median = statistics.median(runs[name])
+        summary[name] = {
+            "median_seconds": round(median, 3),
+            "median_docs_per_second": round(len(docs) / median, 1),
+            "min_docs_per_second": round(len(docs) / max(runs[name]), 1),
+            "max_docs_per_second": round(len(docs) / min(runs[name]), 1),
+            "ratio_to_raw": round(raw_median / median, 3),
+            "seconds": [round(s, 3) for s in runs[name]],
+        }
+    ratio = summary[PLATFORM]["ratio_to_raw"]
+    document = {
+        "benchmark": "publish_throughput",
+        "documents": len(docs),
+        "chunk_size": args.chunk_size,
+        "payload_bytes": payload_bytes,
+        "repeats": args.repeats,
+        "aim": "platform publish_full >= 0.8x the raw _bulk throughput",
+        "platform_ratio_to_raw": ratio,
+        "aim_met": ratio >= 0.8,
+        "environment": env,
+        "command": " ".join(["python", *sys.argv]),
+        "results": summary,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / "publish_throughput"
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+    table_md = markdown_table(summary)
+    title = f"Publishing {len(docs):,} documents to a local osmem server, chunks of {args.chunk_size}"
+    stem.with_suffix(".md").write_text(
+        f"# Publish throughput — {title}\n\n"
+        f"Command: `{document['command']}`\n\n{table_md}\n\n"
+        f"Platform / raw: {ratio:.2f}x (aim >= 0.8x: {'met' if document['aim_met'] else 'not met'}). "
+        f"Median of {args.repeats} repetitions; {payload_bytes / 1e6:.1f} MB of NDJSON per publish. "
+        f"{env['cpu_threads_available']} CPU threads shared by client and server; load average "
+        f"{env['load_average_at_start']} at start, {env['load_average_at_end']} at end.\n\n"
+        f"![throughput]({stem.name}.png)\n"
+    )
+    plot(summary, runs, len(docs), stem.with_suffix(".png"), title)
+    print(table_md)
+    print(f"platform / raw: {ratio:.2f}x")
+    print(f"written: {stem}.json, .md, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

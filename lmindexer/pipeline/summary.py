@@ -1,0 +1,130 @@
+"""What the last committed run of the pipeline did, read back from the store and the search alias."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmindexer.pipeline.config import PipelineConfig
+from lmindexer.pipeline.records import current, read_json, step_uri
+
+_STEPS = ("validate", "merge", "decide", "train", "reduce", "check", "publish")
+
+
+def run_summary(
+    config: PipelineConfig, search: Any = None, *, lookups: int = 2, lookup_size: int = 6
+) -> dict[str, Any]:
+    """Counts, decisions, quality and search state of the live version; ``search`` (a SearchConfig) adds the live
+    index and a few prefix lookups (items sharing the first two codes with a recently indexed item)."""
+    live = current(config)
+    if live is None:
+        return {"published": False}
+    run_id = live["run_id"]
+    steps = {step: read_json(step_uri(config, run_id, step)) for step in _STEPS}
+    drops = [
+        {
+            "source": d["source"],
+            "rows_in": d["rows_in"],
+            "staged": d["staged"],
+            "quarantined": d["quarantined"],
+            "tombstones": d["tombstones"],
+            "rejections_by_rule": d["rejections_by_rule"],
+            "quarantine_uri": d["quarantine_uri"],
+        }
+        for d in (steps["validate"] or {}).get("drops", [])
+    ]
+    summary: dict[str, Any] = {
+        "published": True,
+        "run_id": run_id,
+        "drops": drops,
+        "catalogue": {k: (steps["merge"] or {}).get(k) for k in ("items", "new", "changed", "deleted", "unchanged")},
+        "decision": steps["decide"],
+        "snapshot_version": live["snapshot_version"],
+        "retrained": bool((steps["train"] or {}).get("trained")),
+        "ids": {k: (steps["reduce"] or {}).get(k) for k in ("rows_before", "rows_after", "newly_assigned")},
+        "quality": live.get("metrics"),
+        "stability": (steps["check"] or {}).get("stability"),
+        "publish": {k: (steps["publish"] or {}).get(k) for k in ("mode", "index", "attempted", "indexed", "deleted")},
+    }
+    if search is not None:
+        from lmindexer.search import SearchBackend
+
+        with SearchBackend(search) as backend:
+            summary["search"] = {
+                "alias": backend.alias,
+                "live_index": backend.live_index(),
+                "documents": backend.count(),
+            }
+            summary["lookups"] = _lookups(backend, config, live, lookups, lookup_size)
+    return summary
+
+
+def _lookups(backend: Any, config: PipelineConfig, live: dict[str, Any], count: int, size: int) -> list[dict]:
+    from lmindexer.idtable import IdTable
+
+    table = IdTable.read(live["ids_uri"])
+    if table.space.levels < 2 or not len(table):
+        return []
+    newest = table.table.slice(max(len(table) - count, 0)).to_pylist()
+    results = []
+    for row in newest:
+        document = backend.get(row["item_id"])
+        if document is None:
+            continue
+        neighbours = backend.items_sharing_prefix(row["sid"], 2, size=size)
+        results.append(
+            {
+                "item_id": row["item_id"],
+                "title": document.get("title"),
+                "sid": row["sid"],
+                "prefix": "-".join(str(c) for c in row["codes"][:2]),
+                "sharing_prefix": [{"sid": n.get("sid"), "title": n.get("title")} for n in neighbours],
+            }
+        )
+    return results
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    """The summary as a few readable lines."""
+    if not summary.get("published"):
+        return "nothing has been published yet"
+    lines = [f"run {summary['run_id']}: snapshot {summary['snapshot_version']}"]
+    for drop in summary["drops"]:
+        reasons = ", ".join(f"{rule}: {n}" for rule, n in sorted(drop["rejections_by_rule"].items())) or "none"
+        lines.append(
+            f"  drop {drop['source']}: {drop['rows_in']} rows in = {drop['staged']} staged + "
+            f"{drop['quarantined']} quarantined ({reasons}); {drop['tombstones']} tombstones"
+        )
+    c = summary["catalogue"]
+    lines.append(
+        f"  catalogue: {c['items']} live items ({c['new']} new, {c['changed']} changed, {c['deleted']} deleted, "
+        f"{c['unchanged']} unchanged)"
+    )
+    decision = summary["decision"] or {}
+    lines.append(f"  decision: {decision.get('mode')} ({decision.get('reason')})")
+    ids = summary["ids"]
+    lines.append(
+        f"  IDs: {ids['newly_assigned']} assigned; the ID table holds {ids['rows_after']} (IDs are never reused)"
+    )
+    quality = summary.get("quality") or {}
+    if quality:
+        ami = ", ".join(f"{a:.3f}" for a in quality.get("ami", []))
+        lines.append(
+            f"  quality: AMI per level [{ami}]; collision rate {quality['collision_rate']:.1%}; "
+            f"utilisation {', '.join(f'{u:.0%}' for u in quality['utilisation'])}"
+        )
+    stability = summary.get("stability")
+    if stability and stability.get("stability") is not None:
+        lines.append(
+            f"  ID stability vs the previous table: {stability['stability']:.1%} of {stability['common_items']}"
+        )
+    publish = summary["publish"]
+    lines.append(f"  publish: {publish['mode']} into {publish['index']}")
+    search = summary.get("search")
+    if search:
+        lines.append(
+            f"  search: alias {search['alias']} -> {search['live_index']} with {search['documents']} documents"
+        )
+    for lookup in summary.get("lookups", []):
+        lines.append(f"  items sharing prefix {lookup['prefix']} with {lookup['title']!r} ({lookup['sid']}):")
+        lines.extend(f"      {n['sid']:>12}  {n['title']}" for n in lookup["sharing_prefix"])
+    return "\n".join(lines)
