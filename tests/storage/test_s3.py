@@ -88,3 +88,21 @@ def test_local_upload_is_atomic_copy(tmp_path):
     upload_file(source, str(tmp_path / "out" / "b.bin"))
     assert (tmp_path / "out" / "b.bin").read_bytes() == b"data"
     assert list((tmp_path / "out").iterdir()) == [tmp_path / "out" / "b.bin"]
+
+
+def test_default_client_options_come_from_configuration(s3_server, monkeypatch):
+    from lmindexer.storage.s3 import configure_default_client
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    configure_default_client(
+        endpoint_url=s3_server, region_name="eu-west-1", aws_access_key_id="a", aws_secret_access_key="b"
+    )
+    try:
+        client = s3_client()
+        assert client.meta.endpoint_url == s3_server
+        assert client.meta.region_name == "eu-west-1"
+        assert s3_client(region_name="us-west-2").meta.region_name == "us-west-2"  # explicit arguments win
+    finally:
+        configure_default_client()
+    assert s3_client().meta.endpoint_url != s3_server
