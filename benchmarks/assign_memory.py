@@ -32,6 +32,7 @@ import os
 import platform
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -189,7 +190,7 @@ def seed_cache(indexer: EmbeddingIndexer, real: list[Item], items: list[Item], s
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| items | catalogue file MB | ID table file MB | ID table in memory MB | RSS at assign start MB | "
-        "RSS peak during assign MB | added by assign MB | tracemalloc peak MB | Arrow pool peak MB | "
+        "RSS peak during assign MB | added by assign MB (min–max) | tracemalloc peak MB | Arrow pool peak MB | "
         "process RSS peak MB | assign s |",
         "|" + "---|" * 11,
     ]
@@ -197,7 +198,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['items']:,} | {r['catalogue_file_bytes'] / MB:.1f} | {r['id_table_file_bytes'] / MB:.2f} | "
             f"{r['id_table_memory_bytes'] / MB:.1f} | {r['rss_at_assign_start'] / MB:.0f} | "
-            f"{r['max_rss_during_assign'] / MB:.0f} | {r['rss_added_by_assign'] / MB:.0f} | "
+            f"{r['max_rss_during_assign'] / MB:.0f} | {r['rss_added_by_assign'] / MB:.0f} "
+            f"({r['rss_added_by_assign_min_max'][0] / MB:.0f}–{r['rss_added_by_assign_min_max'][1] / MB:.0f}) | "
             f"{r['tracemalloc_peak'] / MB:.1f} | {r['arrow_pool_peak'] / MB:.1f} | {r['process_max_rss'] / MB:.0f} | "
             f"{r['assign_seconds']:.2f} |"
         )
@@ -238,6 +240,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 25_000, 50_000], help="catalogue sizes")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per size for RSS (median kept)")
     parser.add_argument("--fit-items", type=int, default=2_000, help="wiki items the snapshot is fitted on")
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--codebook-size", type=int, default=32)
@@ -278,21 +281,28 @@ def main() -> int:
             catalogue = work / f"catalogue-{size}.jsonl"
             write_jsonl(largest[:size], catalogue)
             ids = work / f"ids-{size}.parquet"
-            measured = run_child("rss", work / "snapshot", catalogue, ids, private_cache)
+            # RSS depends on what the allocator and the kernel happen to do (file pages of the encoder's weights,
+            # freed heap reused), so it is measured in several fresh processes and the median kept.
+            measured = [run_child("rss", work / "snapshot", catalogue, ids, private_cache) for _ in range(args.repeats)]
             traced = run_child("tracemalloc", work / "snapshot", catalogue, work / "traced.parquet", private_cache)
-            if measured["items"] != size or traced["items"] != size:
-                raise RuntimeError(f"expected {size} rows, got {measured['items']} and {traced['items']}")
+            if any(m["items"] != size for m in [*measured, traced]):
+                raise RuntimeError(f"expected {size} rows in every measuring process")
+            added = [m["max_rss_during_assign"] - m["rss_at_assign_start"] for m in measured]
             row = {
                 "items": size,
                 "catalogue_file_bytes": catalogue.stat().st_size,
                 "id_table_file_bytes": ids.stat().st_size,
                 "id_table_memory_bytes": IdTable.read(ids).table.nbytes,
-                "assign_seconds": measured["assign_seconds"],
-                "high_water_mark_reset": measured["high_water_mark_reset"],
-                "rss_at_assign_start": measured["rss_at_assign_start"],
-                "max_rss_during_assign": measured["max_rss_during_assign"],
-                "rss_added_by_assign": measured["max_rss_during_assign"] - measured["rss_at_assign_start"],
-                "process_max_rss": max(measured["max_rss_after_load"], measured["max_rss_during_assign"]),
+                "assign_seconds": statistics.median(m["assign_seconds"] for m in measured),
+                "high_water_mark_reset": all(m["high_water_mark_reset"] for m in measured),
+                "rss_at_assign_start": int(statistics.median(m["rss_at_assign_start"] for m in measured)),
+                "max_rss_during_assign": int(statistics.median(m["max_rss_during_assign"] for m in measured)),
+                "rss_added_by_assign": int(statistics.median(added)),
+                "rss_added_by_assign_min_max": [min(added), max(added)],
+                "process_max_rss": int(
+                    statistics.median(max(m["max_rss_after_load"], m["max_rss_during_assign"]) for m in measured)
+                ),
+                "rss_processes": measured,
                 "tracemalloc_peak": traced["tracemalloc_peak"],
                 "arrow_pool_peak": traced["arrow_pool_peak"],
                 "assign_seconds_traced": traced["assign_seconds"],
@@ -330,10 +340,10 @@ def main() -> int:
     stem.with_suffix(".md").write_text(
         f"# Assign memory — {title}\n\n"
         f"Command: `{document['command']}`\n\n{table}\n\n"
-        "MB = 10^6 bytes. RSS figures are `ru_maxrss` high-water marks in a fresh process; at the assign's start "
-        "it holds the imports and the snapshot with its frozen encoder, and the mark is reset there (process RSS peak "
-        "is the whole-life mark, including the encoder load's transient peak). The tracemalloc peak (Python objects "
-        "and numpy buffers) was taken in a second fresh process. "
+        f"MB = 10^6 bytes. RSS figures are medians over {args.repeats} fresh processes of `ru_maxrss` high-water "
+        "marks; at the assign's start a process holds the imports and the snapshot with its frozen encoder, and the "
+        "mark is reset there (process RSS peak is the whole-life mark, including the encoder load's transient peak). "
+        "The tracemalloc peak (Python objects and numpy buffers) was taken in one more fresh process. "
         f"{env['cpu_threads_available']} CPU threads; load average {env['load_average_at_start']} at start, "
         f"{env['load_average_at_end']} at end.\n\n"
         f"![assign memory]({stem.name}.png)\n"

@@ -335,12 +335,12 @@ def pipeline_status(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON.")] = None,
 ) -> None:
     """What the last committed run did: rows in / quarantined / indexed, IDs, quality, the live index, lookups."""
-    from lmindexer.indexers.base import parse_config
     from lmindexer.jobs import load_config_file
+    from lmindexer.options import parse_config
     from lmindexer.pipeline import PipelineConfig
     from lmindexer.pipeline.summary import render_summary, run_summary
 
-    pipeline = parse_config(PipelineConfig, load_config_file(config))
+    pipeline = parse_config(PipelineConfig, load_config_file(config), what="pipeline config")
     summary = run_summary(pipeline, _search_config(url, alias))
     stdout.print(render_summary(summary), highlight=False, markup=False)
     _write_json(json_out, summary)

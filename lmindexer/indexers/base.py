@@ -17,17 +17,18 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import lmindexer
 from lmindexer.catalog.items import Item
 from lmindexer.errors import ConfigError, SnapshotError
+from lmindexer.options import parse_config
 from lmindexer.text import DEFAULT_TEMPLATE, TextTemplate
 
 SNAPSHOT_FORMAT = "lmindexer-snapshot"
@@ -36,9 +37,6 @@ SNAPSHOT_FILE = "snapshot.json"
 WEIGHTS_FILE = "weights.safetensors"
 MAX_LEVELS = 8
 MAX_CODEBOOK_SIZE = 65536
-
-ConfigT = TypeVar("ConfigT", bound=BaseModel)
-
 
 class IndexerConfig(BaseModel):
     """Options every indexer shares. ``codebook_size`` is one K for all levels or one per level."""
@@ -76,23 +74,6 @@ class IndexerConfig(BaseModel):
         return self
 
 
-def parse_config(config_class: type[ConfigT], values: Mapping[str, Any] | BaseModel | None) -> ConfigT:
-    """Validate options into ``config_class``, turning pydantic's report into one readable :class:`ConfigError`."""
-    if isinstance(values, config_class):
-        return values
-    if isinstance(values, BaseModel):
-        values = values.model_dump()
-    try:
-        return config_class.model_validate(dict(values or {}))
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "config"
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {message}")
-        raise ConfigError("invalid indexer config: " + "; ".join(problems)) from None
-
-
 class Indexer(ABC):
     """Fits on items, produces codes for items, saves and loads as a snapshot."""
 
@@ -100,7 +81,7 @@ class Indexer(ABC):
     config_class: ClassVar[type[IndexerConfig]] = IndexerConfig
 
     def __init__(self, config: Mapping[str, Any] | IndexerConfig | None = None) -> None:
-        self.config = parse_config(self.config_class, config)
+        self.config = parse_config(self.config_class, config, what="indexer config")
         self.template = TextTemplate(self.config.text_template)
         self.version: str | None = None
         self.manifest: dict[str, Any] = {}

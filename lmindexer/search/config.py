@@ -22,11 +22,11 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
+from lmindexer.options import parse_config
 from lmindexer.search.errors import SearchConfigError
 
 ENV_PREFIX = "LMINDEXER_SEARCH_"
@@ -185,12 +185,4 @@ def load_search_config(
     if "url" in given:
         merged.pop("hosts", None)
     merged.update(given)
-    try:
-        return SearchConfig.model_validate(merged)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "config"
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {message}")
-        raise SearchConfigError("invalid search config: " + "; ".join(problems)) from None
+    return parse_config(SearchConfig, merged, what="search config", error=SearchConfigError)

@@ -15,14 +15,14 @@ log = logging.getLogger(__name__)
 
 def pipeline_config(params: dict[str, Any]) -> Any:
     """The pipeline config: the ``lmindexer_pipeline`` Variable (JSON), with the run's Params on top."""
-    from lmindexer.indexers.base import parse_config
+    from lmindexer.options import parse_config
     from lmindexer.pipeline import PipelineConfig
 
     values = dict(Variable.get(CONFIG_VARIABLE, deserialize_json=True))
     for option in ("max_invalid_share", "retrain_added_share"):
         if params.get(option) is not None:
             values[option] = params[option]
-    return parse_config(PipelineConfig, values)
+    return parse_config(PipelineConfig, values, what="pipeline config")
 
 
 def prepare(context: dict[str, Any]) -> tuple[Any, str]:

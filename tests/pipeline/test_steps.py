@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lmindexer.errors import ConfigError, UserError
-from lmindexer.indexers.base import parse_config
+from lmindexer.options import parse_config
 from lmindexer.pipeline import PipelineConfig, safe_run_id, steps
 from lmindexer.pipeline.records import current, remembered, set_current
 
