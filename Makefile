@@ -10,7 +10,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PIP_QUIET := 2>&1 | { grep -v -E "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: venv test lint demo bench lock infra-check clean
+.PHONY: venv test lint demo airflow ui-check bench lock infra-check clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,16 @@ test: venv lint
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
+# Airflow standalone on the local stack: UI on http://127.0.0.1:8080 (user admin; the password is printed on the
+# first start). Ctrl-C stops Airflow and the stack.
+airflow: venv
+	bash scripts/airflow_local.sh
+
+# Sign in to the Airflow UI with headless Chromium (apt-get installs it if missing), check that catalog_reindex loads
+# with no import errors, and refresh docs/images/airflow-*.png.
+ui-check: venv
+	$(BIN)/python scripts/ui_check.py
+
 bench: venv
 	$(BIN)/python benchmarks/id_quality.py
 
@@ -49,4 +59,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-output .airflow .stack .pytest_cache .ruff_cache

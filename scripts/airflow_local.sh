@@ -5,7 +5,7 @@
 #  2. migrate the SQLite database in .airflow/,
 #  3. store the connections lmindexer_s3 and lmindexer_search in the database (replaced on every start),
 #  4. set the Variable lmindexer_pipeline and create its bucket,
-#  5. run `airflow standalone` in the foreground (UI on http://127.0.0.1:${AIRFLOW__API__PORT:-8080}).
+#  5. run `airflow standalone` until Ctrl-C (UI on http://127.0.0.1:${AIRFLOW__API__PORT:-8080}).
 #
 # Ctrl-C stops Airflow; the local stack is stopped whenever this script ends. The stack is in-memory, so every start
 # begins with an empty bucket and an empty search node.
@@ -58,10 +58,19 @@ if sys.argv[1] not in {bucket["Name"] for bucket in client.list_buckets().get("B
 PY
 
 echo "== airflow standalone: http://127.0.0.1:$AIRFLOW__API__PORT (Ctrl-C stops it and the local stack)"
-# In the foreground rather than exec'd, so that the EXIT trap can stop the stack once Airflow has shut down.
-# Ctrl-C (SIGINT to the process group) is how standalone expects to be stopped: it then stops its components.
-set +e
-airflow standalone
-status=$?
-set -e
+# Airflow runs as a job in its own process group (job control on), so that Ctrl-C or a SIGTERM reaches only this
+# script, which passes SIGINT on to standalone alone; standalone then stops each component with one SIGTERM. (If
+# Ctrl-C also reached the components directly, the scheduler could get two signals in a row and hang in its
+# shutdown, waiting for its executor's workers.) Once Airflow has exited, the EXIT trap stops the local stack.
+set -m
+airflow standalone < /dev/null &
+airflow_pid=$!
+set +m
+trap 'kill -INT "$airflow_pid" 2>/dev/null || true' INT TERM HUP
+status=0
+wait "$airflow_pid" || status=$?
+while kill -0 "$airflow_pid" 2>/dev/null; do
+  status=0
+  wait "$airflow_pid" || status=$?
+done
 exit "$status"
