@@ -92,11 +92,11 @@ def catalog_reindex() -> None:
         return steps.plan_shards(config, run_id, merged, snapshot)
 
     @task(max_active_tis_per_dagrun=4)
-    def assign_shard(shard: dict, merged: dict, snapshot: dict) -> dict:
+    def assign_shard(shard: dict, snapshot: dict) -> dict:
         from lmindexer.pipeline import steps
 
         config, run_id = _setup()
-        return steps.assign_shard(config, run_id, merged, snapshot, shard)
+        return steps.assign_shard(config, run_id, snapshot, shard)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def reduce_ids(snapshot: dict, coded: list[dict] | None) -> dict:
@@ -145,7 +145,7 @@ def catalog_reindex() -> None:
     decision = decide(merged)
     snapshot = train(merged, decision)
     shards = plan_shards(merged, snapshot)
-    coded = assign_shard.partial(merged=merged, snapshot=snapshot).expand(shard=shards)
+    coded = assign_shard.partial(snapshot=snapshot).expand(shard=shards)
     reduced = reduce_ids(snapshot, coded)
     checked = check(merged, decision, snapshot, reduced)
     published = publish(merged, decision, reduced, checked)

@@ -204,8 +204,10 @@ def plan_shards(
         known = set(IdTable.read(table_uri).item_ids) if exists(table_uri) else set()
         catalogue = read_catalog(merged["catalog_uri"])
         needed = sorted(item_id for item_id in catalogue if item_id not in known)
+        # The items themselves, not just their ids: a shard then reads only the items to encode, so its cost
+        # follows the new items rather than the size of the catalogue.
         todo_uri = config.uri(config.staged_prefix, run_id, "to_assign.parquet")
-        _write_parquet(pa.table({"item_id": pa.array(needed, type=pa.string())}), todo_uri)
+        write_catalog((catalogue[item_id] for item_id in needed), todo_uri)
         shards = [
             {"shard": n, "start": start, "end": min(start + config.shard_size, len(needed)), "todo_uri": todo_uri}
             for n, start in enumerate(range(0, len(needed), config.shard_size))
@@ -216,18 +218,13 @@ def plan_shards(
 
 
 def assign_shard(
-    config: PipelineConfig,
-    run_id: str,
-    merged: Mapping[str, Any],
-    snapshot: Mapping[str, Any],
-    shard: Mapping[str, Any],
+    config: PipelineConfig, run_id: str, snapshot: Mapping[str, Any], shard: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Learned codes for one shard of items (no suffixes yet: those are allocated in one place, by ``reduce_ids``)."""
 
     def compute() -> dict[str, Any]:
-        wanted = _read_parquet(shard["todo_uri"]).column("item_id").to_pylist()[shard["start"] : shard["end"]]
-        catalogue = read_catalog(merged["catalog_uri"])
-        items = [catalogue[item_id] for item_id in wanted]
+        items = list(read_catalog(shard["todo_uri"]).values())[shard["start"] : shard["end"]]
+        wanted = [item.item_id for item in items]
         indexer = load_snapshot(snapshot["snapshot_uri"])
         texts = indexer.texts(items)
         codes = indexer.codes_for_texts(texts)
