@@ -38,6 +38,7 @@ WEIGHTS_FILE = "weights.safetensors"
 MAX_LEVELS = 8
 MAX_CODEBOOK_SIZE = 65536
 
+
 class IndexerConfig(BaseModel):
     """Options every indexer shares. ``codebook_size`` is one K for all levels or one per level."""
 
