@@ -12,17 +12,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lmindexer.errors import IdTableError
-from lmindexer.storage.s3 import is_s3_uri, local_copy, upload_file
+from lmindexer.storage.parquet import read_parquet, write_parquet
 
 SID_SEPARATOR = "-"
 _METADATA_KEY = b"lmindexer.id_space"
@@ -210,26 +207,12 @@ class IdTable:
 
     def write(self, destination: str | os.PathLike[str]) -> None:
         """Write Parquet atomically to a local path or an ``s3://`` URI."""
-        destination = str(destination)
-        target_dir = None if is_s3_uri(destination) else Path(destination).parent
-        if target_dir is not None:
-            target_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(prefix=".ids-", suffix=".parquet", dir=target_dir, delete=False) as handle:
-            staging = Path(handle.name)
-        try:
-            pq.write_table(self.table, staging, compression="zstd")
-            if target_dir is None:
-                upload_file(staging, destination)
-            else:
-                os.replace(staging, destination)
-        finally:
-            staging.unlink(missing_ok=True)
+        write_parquet(self.table, destination)
 
     @classmethod
     def read(cls, location: str | os.PathLike[str]) -> IdTable:
         try:
-            with local_copy(location, suffix=".parquet") as path:
-                table = pq.read_table(path)
+            table = read_parquet(location)
         except pa.ArrowException as exc:
             raise IdTableError(f"{location} is not a readable Parquet ID table: {exc}") from exc
         metadata = table.schema.metadata or {}

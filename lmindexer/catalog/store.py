@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lmindexer.catalog.items import Item
 from lmindexer.catalog.readers import CatalogReader
-from lmindexer.storage.s3 import is_s3_uri, upload_file
+from lmindexer.storage.parquet import write_parquet
 
 SCHEMA = pa.schema(
     [
@@ -53,20 +50,7 @@ def write_catalog(items: Iterable[Item], destination: str | os.PathLike[str]) ->
         },
         schema=SCHEMA,
     )
-    destination = str(destination)
-    local_dir = None if is_s3_uri(destination) else Path(destination).parent
-    if local_dir is not None:
-        local_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(prefix=".catalog-", suffix=".parquet", dir=local_dir, delete=False) as handle:
-        staging = Path(handle.name)
-    try:
-        pq.write_table(table, staging, compression="zstd")
-        if local_dir is None:
-            upload_file(staging, destination)
-        else:
-            os.replace(staging, destination)
-    finally:
-        staging.unlink(missing_ok=True)
+    write_parquet(table, destination)
     return len(rows)
 
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lmindexer.catalog.items import Item
 from lmindexer.catalog.store import apply_drops, read_catalog, write_catalog
@@ -31,6 +30,7 @@ from lmindexer.indexers.base import read_snapshot_document
 from lmindexer.metrics import evaluate_codes
 from lmindexer.pipeline.config import Mode, PipelineConfig
 from lmindexer.pipeline.records import current, remembered, set_current
+from lmindexer.storage.parquet import read_parquet, write_parquet
 from lmindexer.storage.s3 import exists, local_copy, upload_file
 from lmindexer.text import text_hash
 
@@ -48,18 +48,6 @@ class TrainingFailed(UserError):
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
-
-
-def _write_parquet(table: pa.Table, destination: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="lmindexer-") as tmp:
-        path = Path(tmp) / "part.parquet"
-        pq.write_table(table, path, compression="zstd")
-        upload_file(path, destination)
-
-
-def _read_parquet(location: str) -> pa.Table:
-    with local_copy(location, suffix=".parquet") as path:
-        return pq.read_table(path)
 
 
 def _copy_tree_to(source: Path, destination: str) -> None:
@@ -85,7 +73,7 @@ def merge(config: PipelineConfig, run_id: str, staged: Sequence[Mapping[str, Any
         write_catalog(merged.values(), catalog_uri)
         delta_uri = config.uri(config.staged_prefix, run_id, "delta.parquet")
         kinds = (["new"] * len(delta.new)) + (["changed"] * len(delta.changed)) + (["deleted"] * len(delta.deleted))
-        _write_parquet(pa.table({"item_id": delta.new + delta.changed + delta.deleted, "change": kinds}), delta_uri)
+        write_parquet(pa.table({"item_id": delta.new + delta.changed + delta.deleted, "change": kinds}), delta_uri)
         return {
             "catalog_uri": catalog_uri,
             "delta_uri": delta_uri,
@@ -237,7 +225,7 @@ def assign_shard(
             },
             schema=_CODES_SCHEMA,
         )
-        _write_parquet(table, codes_uri)
+        write_parquet(table, codes_uri)
         return {"shard": shard["shard"], "codes_uri": codes_uri, "items": len(wanted)}
 
     return remembered(config, run_id, f"assign-{shard['shard']:05d}", compute)
@@ -259,7 +247,7 @@ def reduce_ids(
         before = IdTable.read(table_uri) if exists(table_uri) else IdTable.empty(space)
         candidates = []
         for shard in sorted(shards, key=lambda s: s["shard"]):
-            rows = _read_parquet(shard["codes_uri"]).to_pylist()
+            rows = read_parquet(shard["codes_uri"]).to_pylist()
             candidates.extend(Candidate(r["item_id"], tuple(r["codes"]), r["text_hash"]) for r in rows)
         after, report = before.allocate(candidates, assigned_at=dt.datetime.now(dt.UTC))
         kept = after.table.slice(0, len(before)).replace_schema_metadata(None)
@@ -405,7 +393,7 @@ def publish(
     def compute() -> dict[str, Any]:
         table = IdTable.read(reduced["ids_uri"])
         catalogue = read_catalog(merged["catalog_uri"])
-        delta = _read_parquet(merged["delta_uri"]).to_pylist()
+        delta = read_parquet(merged["delta_uri"]).to_pylist()
         with SearchBackend(search) as backend:
             full = decision["mode"] == "retrain" or backend.live_index() is None
             if full:
