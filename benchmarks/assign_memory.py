@@ -1,7 +1,9 @@
 """Peak memory of assigning IDs to a whole catalogue, against the size of the catalogue file and the ID table.
 
 ``lmindexer.jobs.assign_ids`` with a fitted ``rq-kmeans`` snapshot over catalogues of 10k, 25k and 50k items (every
-item new, the job's worst case for memory), each in a fresh Python process so earlier work does not pollute it:
+item new, the job's worst case for memory), each in a fresh Python process so earlier work does not pollute it. The
+data is prepared in a process of its own too, and the parent never imports torch: on Linux a process started by
+fork + exec begins with its parent's ``ru_maxrss``, so a large parent would hide a small child's peak.
 
 - **RSS high-water mark** (``resource.getrusage(RUSAGE_SELF).ru_maxrss``): after the imports and the snapshot load
   (which loads the frozen encoder, with a transient peak of its own), the mark is reset to the current RSS through
@@ -9,7 +11,7 @@ item new, the job's worst case for memory), each in a fresh Python process so ea
   mark is reported too;
 - **tracemalloc peak** of the assign alone, in a second fresh process (tracing slows Python down and costs memory of
   its own, so it never shares a process with the RSS figure or the timing). It counts Python objects and numpy
-  buffers, not Arrow's own memory pool, whose peak is reported beside it.
+  buffers, not Arrow's own memory pool, whose peak is reported beside it, nor torch's.
 
 Embeddings are pre-cached, so the figures are those of the assign path, not of the encoder. Real text comes from the
 wiki-topics catalogue (10,033 items); beyond that, items are repeated with distinct ids and a copy number appended
@@ -45,16 +47,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import torch
 
+# Only light modules at the top: the measuring processes import torch themselves (see the module docstring).
 from lmindexer import datasets
 from lmindexer.cache import CACHE_ENV, cache_root
 from lmindexer.catalog import read_items
 from lmindexer.catalog.items import Item
-from lmindexer.embeddings import EmbeddingCache
 from lmindexer.idtable import IdTable
-from lmindexer.indexers import create_indexer
-from lmindexer.indexers.embedding import EmbeddingIndexer
 
 PACKAGES = ("lmindexer", "torch", "transformers", "pyarrow", "numpy")
 MB = 1e6
@@ -72,7 +71,6 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "cpu_threads_available": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
         "embedding_cache_source": str(cache_root()),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "versions": versions,
@@ -85,6 +83,17 @@ def environment() -> dict[str, Any]:
 def max_rss_bytes() -> int:
     # Linux reports ru_maxrss in KiB.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def vm_hwm_bytes() -> int | None:
+    """The kernel's own high-water mark of this process's memory map (``VmHWM``), as a cross-check."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def child(mode: str, snapshot: Path, catalog: Path, ids: Path) -> int:
@@ -106,6 +115,7 @@ def child(mode: str, snapshot: Path, catalog: Path, ids: Path) -> int:
     except OSError:
         reset = False
     start = max_rss_bytes()
+    start_hwm = vm_hwm_bytes()
     if mode == "tracemalloc":
         tracemalloc.start()
     started = time.perf_counter()
@@ -119,6 +129,8 @@ def child(mode: str, snapshot: Path, catalog: Path, ids: Path) -> int:
         "high_water_mark_reset": reset,
         "rss_at_assign_start": start,
         "max_rss_during_assign": max_rss_bytes(),
+        "vm_hwm_at_assign_start": start_hwm,
+        "vm_hwm_after_assign": vm_hwm_bytes(),
         "arrow_pool_peak": pa.default_memory_pool().max_memory(),
     }
     if mode == "tracemalloc":
@@ -132,10 +144,17 @@ def run_child(mode: str, snapshot: Path, catalog: Path, ids: Path, cache_dir: Pa
     ids.unlink(missing_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", mode]
     command += ["--snapshot", str(snapshot), "--catalog", str(catalog), "--ids", str(ids)]
-    env = {**os.environ, CACHE_ENV: str(cache_dir)}
+    report = run_json(command, {**os.environ, CACHE_ENV: str(cache_dir)})
+    # The parent must stay far below the child (see the module docstring); its mark is kept to show it did.
+    report["parent_max_rss"] = max_rss_bytes()
+    return report
+
+
+def run_json(command: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run a process of this script and return the JSON object on the last line of its output."""
     completed = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if completed.returncode != 0:
-        raise RuntimeError(f"measuring process failed ({completed.returncode}): {completed.stderr[-2000:]}")
+        raise RuntimeError(f"{' '.join(command[2:4])} failed ({completed.returncode}): {completed.stderr[-2000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -169,8 +188,10 @@ def write_jsonl(items: list[Item], path: Path) -> None:
             handle.write(json.dumps(item_record(item), ensure_ascii=False) + "\n")
 
 
-def seed_cache(indexer: EmbeddingIndexer, real: list[Item], items: list[Item], sources: list[int], path: Path) -> None:
+def seed_cache(indexer: Any, real: list[Item], items: list[Item], sources: list[int], path: Path) -> None:
     """Cache entries for every item's text; a copy gets the embedding of the real text it was made from."""
+    from lmindexer.embeddings import EmbeddingCache
+
     vectors = indexer.embed(indexer.texts(real), progress=True)
     encoder = indexer.encoder
     cache = EmbeddingCache(path, encoder.dim)
@@ -182,6 +203,26 @@ def seed_cache(indexer: EmbeddingIndexer, real: list[Item], items: list[Item], s
             cache.put_many(entries[start : start + 10_000])
     finally:
         cache.close()
+
+
+def prepare(work: Path, sizes: list[int], fit_items: int, levels: int, codebook_size: int, seed: int) -> int:
+    """Run in a process of its own: fit the snapshot, seed the private cache, write the catalogues; print JSON."""
+    import torch
+
+    from lmindexer.indexers import create_indexer
+
+    real, _ = read_items(datasets.items_path("wiki-topics", progress=False))
+    print(f"fitting rq-kmeans on {fit_items} wiki items (embeddings come from the cache when warm)", file=sys.stderr)
+    indexer = create_indexer("rq-kmeans", {"levels": levels, "codebook_size": codebook_size, "seed": seed})
+    indexer.fit(random.Random(seed).sample(real, fit_items), progress=True)
+    indexer.save(work / "snapshot")
+    largest, sources = catalogue_items(real, max(sizes))
+    print(f"caching embeddings for {len(largest):,} distinct texts in a private cache", file=sys.stderr)
+    seed_cache(indexer, real, largest, sources, work / "cache" / "embeddings.sqlite")
+    for size in sizes:
+        write_jsonl(largest[:size], work / f"catalogue-{size}.jsonl")
+    print(json.dumps({"torch": torch.__version__, "torch_threads": torch.get_num_threads()}))
+    return 0
 
 
 # -- reporting -----------------------------------------------------------------------------------------------------
@@ -223,9 +264,13 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax_bars.set_title("Assign memory against the data it reads")
     ax_bars.legend(fontsize=8)
     items = [r["items"] for r in rows]
-    ax_scale.plot(items, [r["process_max_rss"] / MB for r in rows], "o-", color="#333", label="process RSS peak")
     ax_scale.plot(items, [r["max_rss_during_assign"] / MB for r in rows], "o-", color="#a55", label="peak in assign")
     ax_scale.plot(items, [r["rss_at_assign_start"] / MB for r in rows], "o--", color="#777", label="at assign start")
+    # Drawn last and hollow: it coincides with the assign's peak whenever the encoder load peaked lower.
+    ax_scale.plot(
+        items, [r["process_max_rss"] / MB for r in rows], "s:", color="#333", mfc="none", ms=9, label="process peak"
+    )
+    ax_scale.set_xticks(items, [f"{i:,}" for i in items])
     ax_scale.set_xlabel("items in the catalogue")
     ax_scale.set_ylabel("MB")
     ax_scale.set_ylim(bottom=0)
@@ -251,38 +296,29 @@ def main() -> int:
     parser.add_argument("--snapshot", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--catalog", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ids", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.snapshot, args.catalog, args.ids)
     sizes = sorted(args.sizes)
+    if args.prepare:
+        return prepare(args.prepare, sizes, args.fit_items, args.levels, args.codebook_size, args.seed)
 
     env = environment()
-    real, _ = read_items(datasets.items_path("wiki-topics", progress=False))
     rows = []
     with tempfile.TemporaryDirectory(prefix="lmindexer-bench-") as tmp:
         work = Path(tmp)
-        print(
-            f"fitting rq-kmeans on {args.fit_items} wiki items (embeddings come from the cache when warm)", flush=True
-        )
-        indexer = create_indexer(
-            "rq-kmeans", {"levels": args.levels, "codebook_size": args.codebook_size, "seed": args.seed}
-        )
-        assert isinstance(indexer, EmbeddingIndexer)
-        indexer.fit(random.Random(args.seed).sample(real, args.fit_items), progress=True)
-        indexer.save(work / "snapshot")
-
-        largest, sources = catalogue_items(real, sizes[-1])
+        command = [sys.executable, str(Path(__file__).resolve()), "--prepare", str(work), "--sizes", *map(str, sizes)]
+        command += ["--fit-items", str(args.fit_items), "--levels", str(args.levels)]
+        command += ["--codebook-size", str(args.codebook_size), "--seed", str(args.seed)]
+        print("preparing the snapshot, the private embedding cache and the catalogues", flush=True)
+        env.update(run_json(command, dict(os.environ)))
         private_cache = work / "cache"
-        print(f"caching embeddings for {len(largest):,} distinct texts in a private cache", flush=True)
-        seed_cache(indexer, real, largest, sources, private_cache / "embeddings.sqlite")
-        indexer.encoder.close()
 
         for size in sizes:
             catalogue = work / f"catalogue-{size}.jsonl"
-            write_jsonl(largest[:size], catalogue)
             ids = work / f"ids-{size}.parquet"
-            # RSS depends on what the allocator and the kernel happen to do (file pages of the encoder's weights,
-            # freed heap reused), so it is measured in several fresh processes and the median kept.
+            # Several fresh processes, the median kept: page-cache and allocator effects move RSS by a few MB.
             measured = [run_child("rss", work / "snapshot", catalogue, ids, private_cache) for _ in range(args.repeats)]
             traced = run_child("tracemalloc", work / "snapshot", catalogue, work / "traced.parquet", private_cache)
             if any(m["items"] != size for m in [*measured, traced]):
@@ -302,17 +338,16 @@ def main() -> int:
                 "process_max_rss": int(
                     statistics.median(max(m["max_rss_after_load"], m["max_rss_during_assign"]) for m in measured)
                 ),
-                "rss_processes": measured,
                 "tracemalloc_peak": traced["tracemalloc_peak"],
                 "arrow_pool_peak": traced["arrow_pool_peak"],
                 "assign_seconds_traced": traced["assign_seconds"],
+                "processes": [*measured, traced],
             }
             rows.append(row)
             print(
                 f"{size:>7,} items: RSS {row['rss_at_assign_start'] / MB:.0f} -> "
                 f"{row['max_rss_during_assign'] / MB:.0f} MB, tracemalloc peak {row['tracemalloc_peak'] / MB:.1f} MB, "
-                "catalogue "
-                f"{row['catalogue_file_bytes'] / MB:.1f} MB, assign {row['assign_seconds']:.2f} s",
+                f"catalogue {row['catalogue_file_bytes'] / MB:.1f} MB, assign {row['assign_seconds']:.2f} s",
                 flush=True,
             )
 
