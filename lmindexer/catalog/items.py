@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import unicodedata
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -112,13 +112,17 @@ def raw_excerpt(value: Any) -> str:
     return text if len(text) <= _RAW_EXCERPT_CHARS else text[:_RAW_EXCERPT_CHARS] + "…"
 
 
+# Bytes that are not UTF-8 arrive as lone surrogates (surrogateescape); JSON "\ud800" escapes do too.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+
+
 def _has_lone_surrogate(value: str) -> bool:
-    # Bytes that are not UTF-8 arrive as lone surrogates (surrogateescape); JSON "\ud800" escapes do too.
-    return any("\ud800" <= ch <= "\udfff" for ch in value)
+    return _LONE_SURROGATE.search(value) is not None
 
 
 def _control_characters(value: str) -> list[str]:
-    return sorted({f"U+{ord(ch):04X}" for ch in value if unicodedata.category(ch) == "Cc"})
+    return sorted({f"U+{ord(ch):04X}" for ch in _CONTROL.findall(value)})
 
 
 def _type_name(value: Any) -> str:
