@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lmindexer.errors import IdTableError
 from lmindexer.storage.parquet import read_parquet, write_parquet
@@ -147,13 +148,30 @@ class IdTable:
     def codes_list(self) -> list[tuple[int, ...]]:
         return [tuple(c) for c in self.table.column("codes").to_pylist()]
 
-    def next_suffixes(self) -> dict[tuple[int, ...], int]:
-        """For each code tuple in use, the suffix the next item with that tuple will get."""
-        following: dict[tuple[int, ...], int] = {}
-        for codes, suffix in zip(self.codes_list(), self.table.column("suffix").to_pylist(), strict=True):
-            if suffix + 1 > following.get(codes, 0):
-                following[codes] = suffix + 1
-        return following
+    def next_suffixes(self, only: Iterable[tuple[int, ...]] | None = None) -> dict[tuple[int, ...], int]:
+        """For each code tuple in use (or each of ``only``), the suffix the next item with that tuple will get.
+
+        Computed in Arrow over the sid column, so an incremental allocation stays cheap on a large table."""
+        if not len(self):
+            return {}
+        prefixes = pc.replace_substring_regex(self.table.column("sid"), pattern=r"-[0-9]+$", replacement="")
+        table = pa.table({"prefix": prefixes, "suffix": self.table.column("suffix")})
+        if only is not None:
+            keys = pa.array(sorted({SID_SEPARATOR.join(str(c) for c in codes) for codes in only}), type=pa.string())
+            table = table.filter(pc.is_in(table["prefix"], value_set=keys))
+        grouped = table.group_by("prefix").aggregate([("suffix", "max")])
+        return {
+            tuple(int(part) for part in prefix.split(SID_SEPARATOR)): int(largest) + 1
+            for prefix, largest in zip(
+                grouped.column("prefix").to_pylist(), grouped.column("suffix_max").to_pylist(), strict=True
+            )
+        }
+
+    def codes_of(self, item_ids: Iterable[str]) -> dict[str, tuple[int, ...]]:
+        """The codes of those of ``item_ids`` that have a row."""
+        index = self._row_index()
+        column = self.table.column("codes")
+        return {i: tuple(column[index[i]].as_py()) for i in item_ids if i in index}
 
     def allocate(
         self, candidates: Iterable[Candidate], *, assigned_at: dt.datetime | None = None
@@ -161,7 +179,7 @@ class IdTable:
         """Give every candidate without an ID the next free suffix of its code tuple."""
         report = AllocationReport()
         known = self._row_index()
-        hashes = self.table.column("text_hash").to_pylist()
+        hashes = self.table.column("text_hash")
         fresh: dict[str, Candidate] = {}
         for candidate in candidates:
             report.candidates += 1
@@ -169,7 +187,7 @@ class IdTable:
             row = known.get(candidate.item_id)
             if row is not None:
                 report.already_assigned += 1
-                if hashes[row] != candidate.text_hash:
+                if hashes[row].as_py() != candidate.text_hash:
                     report.text_changed += 1
                     report.changed_item_ids.append(candidate.item_id)
                 continue
@@ -179,7 +197,7 @@ class IdTable:
         if not fresh:
             return self, report
         stamp = (assigned_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-        following = self.next_suffixes()
+        following = self.next_suffixes(only=[c.codes for c in fresh.values()])
         rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
         for candidate in sorted(fresh.values(), key=lambda c: (c.codes, c.item_id)):
             suffix = following.get(candidate.codes, 0)

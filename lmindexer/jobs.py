@@ -129,7 +129,6 @@ def assign_ids(
         raise UserError("the indexer has no snapshot version; save it before assigning IDs")
     space = IdSpace(indexer.version, indexer.method, indexer.codebook_sizes)
     table = open_id_table(ids, space)
-    existing_codes = dict(zip(table.item_ids, table.codes_list(), strict=True))
     reader = CatalogReader(catalog, strict=strict, on_reject=on_reject, batch_size=batch_size)
     candidates: list[Candidate] = []
     tombstones = 0
@@ -145,12 +144,12 @@ def assign_ids(
                 live.append(item)
         texts = indexer.texts(live)
         hashes = [text_hash(t) for t in texts]
-        unknown = [i for i, item in enumerate(live) if item.item_id not in existing_codes]
+        known = table.codes_of(item.item_id for item in live)
+        unknown = [i for i, item in enumerate(live) if item.item_id not in known]
         codes = indexer.codes_for_texts([texts[i] for i in unknown]) if unknown else np.zeros((0, indexer.levels))
-        new_codes = {live[i].item_id: tuple(int(c) for c in row) for i, row in zip(unknown, codes, strict=True)}
+        known.update({live[i].item_id: tuple(int(c) for c in row) for i, row in zip(unknown, codes, strict=True)})
         for item, digest in zip(live, hashes, strict=True):
-            item_codes = existing_codes.get(item.item_id) or new_codes[item.item_id]
-            candidates.append(Candidate(item.item_id, item_codes, digest))
+            candidates.append(Candidate(item.item_id, known[item.item_id], digest))
         bar.update(len(batch))
     bar.close()
     updated, allocation = table.allocate(candidates)
