@@ -362,22 +362,6 @@ def commit(
     return pointer
 
 
-__all__ = [
-    "QualityGateFailed",
-    "TrainingFailed",
-    "assign_shard",
-    "check",
-    "commit",
-    "decide",
-    "ids_uri",
-    "merge",
-    "plan_shards",
-    "reduce_ids",
-    "train",
-    "train_command",
-]
-
-
 def publish(
     config: PipelineConfig,
     search: Any,
@@ -465,3 +449,24 @@ def mark_processed(
         drop = Drop.from_dict(dict(data))
         recorded += [d.key for d in state.mark_processed(drop, run_id, summary=counts.get(drop.key, {}))]
     return recorded
+
+
+__all__ = [
+    "QualityGateFailed",
+    "TrainingFailed",
+    "assign_shard",
+    "check",
+    "commit",
+    "decide",
+    "discover",
+    "ids_uri",
+    "mark_processed",
+    "merge",
+    "plan_shards",
+    "publish",
+    "read_catalog_rows",
+    "reduce_ids",
+    "train",
+    "train_command",
+    "validate_drops",
+]
