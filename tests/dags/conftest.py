@@ -6,30 +6,14 @@ never imports Airflow and each run starts from a clean interpreter.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from testsupport.airflow_runs import AIRFLOW, airflow_environment
 
 from lmindexer import devstack
-
-ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-
-
-def airflow_environment(home: Path) -> dict[str, str]:
-    return {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    }
 
 
 @pytest.fixture(scope="session")
@@ -46,12 +30,3 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.S
     stack = devstack.start(directory)
     yield stack
     devstack.stop(directory)
-
-
-def run_dag(
-    env: dict[str, str], dag_id: str, conf: dict | None = None, timeout: int = 600
-) -> subprocess.CompletedProcess:
-    command = [AIRFLOW, "dags", "test", dag_id]
-    if conf:
-        command += ["--conf", json.dumps(conf)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)

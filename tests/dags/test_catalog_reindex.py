@@ -7,7 +7,7 @@ import uuid
 
 import boto3
 import pytest
-from dags.conftest import run_dag
+from testsupport.airflow_runs import run_dag
 from testsupport.fault_proxy import FaultProxy
 
 from lmindexer import devstack
