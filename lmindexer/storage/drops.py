@@ -13,25 +13,15 @@ from typing import Any
 
 from lmindexer.catalog.readers import CatalogFormat, detect_format
 from lmindexer.errors import CatalogError
-from lmindexer.storage.s3 import S3_SCHEME, S3Location, StorageError, is_s3_uri, list_objects
+from lmindexer.storage.s3 import S3_SCHEME, ObjectInfo, S3Location, StorageError, is_s3_uri, list_objects
 
 DEFAULT_INCOMING_PREFIX = "incoming/"
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
-class Drop:
+class Drop(ObjectInfo):
     """One catalogue object waiting under the incoming prefix."""
-
-    bucket: str
-    key: str
-    etag: str
-    size: int
-    last_modified: dt.datetime
-
-    @property
-    def uri(self) -> str:
-        return f"{S3_SCHEME}{self.bucket}/{self.key}"
 
     @property
     def format(self) -> CatalogFormat:
