@@ -98,11 +98,22 @@ def fit(
         str | None, typer.Option("--method", help="Indexer method (see `lmindexer methods`); default rq-kmeans.")
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML file of indexer options.")] = None,
+    warm_from: Annotated[
+        str | None,
+        typer.Option("--warm-from", help="Snapshot (directory or s3://) to start from: a warm retrain."),
+    ] = None,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint-dir",
+            help="Keep resumable training state here (default: <out>.checkpoint); rerunning the same fit resumes.",
+        ),
+    ] = None,
     strict: StrictOption = False,
     rejects: RejectsOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Fit an indexer on a catalogue and save it as a snapshot."""
+    """Fit an indexer on a catalogue and save it as a snapshot (works under `accelerate launch`)."""
     from lmindexer.jobs import fit_snapshot, load_config_file
 
     options = load_config_file(config) if config else {}
@@ -115,7 +126,11 @@ def fit(
             strict=strict,
             progress=not quiet,
             on_reject=_reject_handler(stack, rejects),
+            warm_from=warm_from,
+            checkpoint_dir=checkpoint_dir or out.with_name(out.name + ".checkpoint"),
         )
+    if result.version is None:
+        return  # a non-main process of a multi-process fit: the main process reports
     _print_read_summary(result.read)
     stdout.print(
         f"fitted {result.method} on {result.manifest['items']} items in {result.manifest['fit_seconds']:.1f}s; "
@@ -123,6 +138,13 @@ def fit(
         highlight=False,
         markup=False,
     )
+    warm = result.manifest.get("warm_start")
+    if warm:
+        stdout.print(
+            f"warm start from {warm['previous_version']}: {warm['code_stability']:.2%} of items kept their codes",
+            highlight=False,
+            markup=False,
+        )
 
 
 @app.command()

@@ -6,6 +6,7 @@ The CLI, the benchmarks and the orchestration layer all call these; none of them
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 @dataclass
 class FitResult:
     snapshot: Path
-    version: str
+    version: str | None  # None on the non-main processes of a multi-process fit, which write nothing
     method: str
     read: ReadSummary
     manifest: dict[str, Any]
@@ -58,16 +59,35 @@ def fit_snapshot(
     strict: bool = False,
     progress: bool = True,
     on_reject: RejectHandler | None = None,
+    warm_from: str | os.PathLike[str] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> FitResult:
-    """Fit an indexer on a catalogue's valid, live items and save it as a snapshot."""
+    """Fit an indexer on a catalogue's valid, live items and save it as a snapshot.
+
+    ``warm_from`` starts from an existing snapshot of the same method (a warm retrain on a grown catalogue).
+    ``checkpoint_dir`` keeps resumable training state there (methods that train in steps); a rerun of the same fit
+    resumes from it, and it is removed once the snapshot is written.
+    """
     options = dict(config or {})
-    chosen = method or options.pop("method", None) or DEFAULT_METHOD
+    chosen = method or options.pop("method", None)
     options.pop("method", None)
-    indexer = create_indexer(chosen, options)
+    previous = load_snapshot(warm_from) if warm_from is not None else None
+    if previous is not None and chosen is None:
+        chosen = previous.method
+    if previous is not None and chosen != previous.method:
+        raise ConfigError(f"cannot warm-start a {chosen} indexer from a {previous.method} snapshot ({warm_from})")
+    indexer = create_indexer(chosen or DEFAULT_METHOD, options)
+    if previous is not None:
+        indexer.warm_start(previous)
+    indexer.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     reader = CatalogReader(catalog, strict=strict, on_reject=on_reject)
     items = [item for batch in reader for item in batch if not item.deleted]
     indexer.fit(items, progress=progress)
+    if not indexer.is_main_process:
+        return FitResult(Path(out), None, indexer.method, reader.summary, indexer.manifest)
     version = indexer.save(out, extra_manifest={"catalog": str(catalog), "catalog_read": reader.summary.to_dict()})
+    if indexer.checkpoint_dir is not None:
+        shutil.rmtree(indexer.checkpoint_dir, ignore_errors=True)
     return FitResult(Path(out), version, indexer.method, reader.summary, indexer.manifest)
 
 

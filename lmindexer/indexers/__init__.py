@@ -11,6 +11,7 @@ from typing import Any
 from lmindexer.errors import ConfigError, SnapshotError
 from lmindexer.indexers.base import Indexer, IndexerConfig, read_snapshot_document
 from lmindexer.indexers.hkmeans import HKMeansIndexer
+from lmindexer.indexers.lm import LMIndexer
 from lmindexer.indexers.rq_kmeans import RQKMeansIndexer
 from lmindexer.indexers.rqvae import RQVAEIndexer
 from lmindexer.storage.s3 import is_s3_uri
@@ -19,6 +20,7 @@ INDEXERS: dict[str, type[Indexer]] = {
     RQKMeansIndexer.method: RQKMeansIndexer,
     HKMeansIndexer.method: HKMeansIndexer,
     RQVAEIndexer.method: RQVAEIndexer,
+    LMIndexer.method: LMIndexer,
 }
 DEFAULT_METHOD = RQKMeansIndexer.method
 

@@ -87,6 +87,10 @@ class Indexer(ABC):
         self.version: str | None = None
         self.manifest: dict[str, Any] = {}
         self._fitted = False
+        # Where a long fit keeps resumable state (None: it keeps none); set by the caller before fit().
+        self.checkpoint_dir: Path | None = None
+        # False on the non-main processes of a multi-process (DDP) fit, which must not write the snapshot.
+        self.is_main_process = True
 
     @property
     def levels(self) -> int:
@@ -160,6 +164,16 @@ class Indexer(ABC):
     def check_snapshot_metadata(self, metadata: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Refuse a snapshot whose recorded facts do not hold here (e.g. a different encoder)."""
 
+    def write_assets(self, directory: Path) -> None:  # noqa: B027 - optional hook
+        """Write extra snapshot files (plain data such as tokenizer JSON) into ``directory``."""
+
+    def load_assets(self, directory: Path, metadata: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Read what :meth:`write_assets` wrote; called before :meth:`load_state_tensors`."""
+
+    def warm_start(self, previous: Indexer) -> None:
+        """Start the next :meth:`fit` from a fitted snapshot of the same method instead of from scratch."""
+        raise ConfigError(f"the {self.method} method does not support warm retraining")
+
     # -- persistence ---------------------------------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike[str], *, extra_manifest: Mapping[str, Any] | None = None) -> str:
@@ -172,8 +186,12 @@ class Indexer(ABC):
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             save_file(tensors, str(staging / WEIGHTS_FILE))
+            self.write_assets(staging)
             config = self.config.model_dump(mode="json")
-            digest = hashlib.sha256((staging / WEIGHTS_FILE).read_bytes())
+            digest = hashlib.sha256()
+            for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+                digest.update(path.relative_to(staging).as_posix().encode())
+                digest.update(path.read_bytes())
             digest.update(json.dumps(config, sort_keys=True).encode())
             now = dt.datetime.now(dt.UTC)
             version = f"{self.method}-{now:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
@@ -205,6 +223,7 @@ class Indexer(ABC):
     def from_snapshot_document(cls, directory: Path, document: Mapping[str, Any]) -> Indexer:
         indexer = cls(document.get("config") or {})
         indexer.check_snapshot_metadata(document.get("metadata") or {})
+        indexer.load_assets(directory, document.get("metadata") or {})
         try:
             tensors = load_file(str(directory / document.get("weights", WEIGHTS_FILE)))
         except (OSError, ValueError, SafetensorError) as exc:

@@ -10,8 +10,12 @@ import faiss
 import numpy as np
 
 
-def fit_kmeans(points: np.ndarray, k: int, *, seed: int, iterations: int = 25) -> np.ndarray:
-    """Centroids ``(min(k, n), d)`` of ``points``; with no more points than ``k`` the points are the centroids."""
+def fit_kmeans(points: np.ndarray, k: int, *, seed: int, iterations: int = 25, spherical: bool = False) -> np.ndarray:
+    """Centroids ``(min(k, n), d)`` of ``points``; with no more points than ``k`` the points are the centroids.
+
+    ``spherical`` clusters unit vectors by cosine similarity (centroids renormalised each iteration), for callers that
+    assign codes by cosine rather than L2.
+    """
     points = np.ascontiguousarray(points, dtype=np.float32)
     n, dim = points.shape
     if n == 0:
@@ -24,6 +28,7 @@ def fit_kmeans(points: np.ndarray, k: int, *, seed: int, iterations: int = 25) -
         niter=iterations,
         seed=seed,
         verbose=False,
+        spherical=spherical,
         # faiss warns below 39 points per centroid; small clusters are expected deep in a hierarchy.
         min_points_per_centroid=1,
         max_points_per_centroid=1 << 20,

@@ -1,0 +1,245 @@
+"""The LMIndexer network: a seq2seq backbone that writes codes, one codebook per position, and a reconstructor.
+
+For position t the decoder reads a start vector followed by the vectors of the codes already chosen and cross-attends
+over the encoder's states of the item's text; its last hidden state ``h_t`` is scored against codebook t by cosine
+similarity and the code is the argmax (straight-through estimator in training). k-means initialisation, training and
+assignment all use that same cosine similarity.
+
+Training losses (per step, at the position being learned):
+
+* reconstruction: a one-layer transformer rebuilds sampled tokens of the item from its code vectors, seeing only a
+  random subset of the other tokens (``mask_rate`` per position), so the codes must carry what the text is about;
+* contrastive: two dropout views of ``h_t``; at position 1 every other item in the batch is a negative, later only
+  items sharing the same prefix are (so siblings are pushed apart); normalised, with a temperature;
+* commitment (positions >= 2): the decoder must keep predicting the codes already assigned to earlier positions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmindexer.indexers.lm.backbone import Seq2SeqBackbone
+
+IGNORE = -100
+CENTRE_MOMENTUM = 0.05
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    code_temperature: float
+    contrastive_temperature: float
+    reconstruction_weight: float
+    contrastive_weight: float
+    commitment_weight: float
+    mask_rate: tuple[float, ...]
+    reconstruct_tokens: int
+    view_dropout: float = 0.1
+
+
+class Reconstructor(nn.Module):
+    """One transformer layer: queries are the newest code vector at each target position; keys/values are the code
+    vectors and the item's tokens, each query seeing a different random subset of tokens (never its own)."""
+
+    def __init__(self, hidden: int, heads: int, max_tokens: int, levels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.heads = heads
+        self.token_position = nn.Embedding(max_tokens, hidden)
+        self.code_position = nn.Embedding(levels, hidden)
+        self.query_norm = nn.LayerNorm(hidden)
+        self.memory_norm = nn.LayerNorm(hidden)
+        self.attention = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.attention_norm = nn.LayerNorm(hidden)
+        self.feed_forward = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden))
+        self.output_norm = nn.LayerNorm(hidden)
+        self.output = nn.Linear(hidden, hidden)
+
+    def forward(
+        self,
+        codes: torch.Tensor,
+        token_embeddings: torch.Tensor,
+        token_mask: torch.Tensor,
+        targets: torch.Tensor,
+        mask_rate: float,
+        candidates: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits ``(B, R, V)`` over ``candidates`` for the token at each target position (``-1`` = padding)."""
+        batch, n_codes, _ = codes.shape
+        length = token_embeddings.size(1)
+        rows = targets.size(1)
+        positions = torch.arange(length, device=codes.device)
+        memory = torch.cat(
+            [codes + self.code_position.weight[:n_codes], token_embeddings + self.token_position(positions)], dim=1
+        )
+        memory = self.memory_norm(memory)
+        where = targets.clamp(min=0)
+        query = self.query_norm(codes[:, -1:, :] + self.token_position(where))
+        visible = token_mask[:, None, :] & (torch.rand(batch, rows, length, device=codes.device) >= mask_rate)
+        visible &= positions[None, None, :] != where[:, :, None]
+        allowed = torch.cat([visible.new_ones(batch, rows, n_codes), visible], dim=-1)
+        blocked = (~allowed).repeat_interleave(self.heads, dim=0)
+        attended, _ = self.attention(query, memory, memory, attn_mask=blocked, need_weights=False)
+        hidden = self.attention_norm(query + attended)
+        hidden = self.output_norm(hidden + self.feed_forward(hidden))
+        return self.output(hidden) @ candidates.T
+
+
+class LMIndexerModel(nn.Module):
+    def __init__(
+        self, backbone: Seq2SeqBackbone, codebook_sizes: Sequence[int], max_length: int, losses: LossSettings
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.losses = losses
+        hidden = backbone.hidden_size
+        with torch.no_grad():
+            scale = backbone.word_embeddings.weight.float().norm(dim=-1).mean().item()
+        # Code vectors enter the decoder at the scale of its word embeddings.
+        self.register_buffer("input_scale", torch.tensor(scale if math.isfinite(scale) and scale > 0 else 1.0))
+        self.start = nn.Parameter(torch.zeros(hidden))
+        self.codebooks = nn.ParameterList(
+            [nn.Parameter(F.normalize(torch.randn(size, hidden), dim=-1)) for size in codebook_sizes]
+        )
+        # Decoder states share a large common component (anisotropy), which would make every item's cosine to every
+        # code nearly equal: codes are scored on states centred per level. The centre is the catalogue mean at the
+        # start of a stage and follows the training batches while the level trains; then it is fixed.
+        self.register_buffer("level_mean", torch.zeros(len(codebook_sizes), hidden))
+        self.reconstructor = Reconstructor(hidden, backbone.num_heads, max_length, len(codebook_sizes))
+        self.special_ids = sorted(set(backbone.tokenizer.all_special_ids))
+
+    @property
+    def levels(self) -> int:
+        return len(self.codebooks)
+
+    # -- the indexer ---------------------------------------------------------------------------------------------
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode(input_ids, attention_mask)
+
+    def code_vectors(self, level: int, codes: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.codebooks[level], dim=-1)[codes]
+
+    def decoder_inputs(self, prefix: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """The start vector, then the vectors of the codes in ``prefix``, at the decoder's input scale.
+
+        The start vector carries the mean of the encoder states: a decoder warm-started from an encoder has new,
+        randomly initialised cross-attention, and a constant start input would leave every item with nearly the same
+        decoder state until that cross-attention is learned.
+        """
+        weights = memory_mask.unsqueeze(-1).to(memory.dtype)
+        pooled = (memory * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        vectors = [F.normalize(F.normalize(pooled, dim=-1) + self.start, dim=-1).unsqueeze(1)]
+        vectors += [self.code_vectors(level, prefix[:, level]).unsqueeze(1) for level in range(prefix.size(1))]
+        return torch.cat(vectors, dim=1) * self.input_scale
+
+    def hidden(self, memory: torch.Tensor, memory_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Decoder states ``(B, t+1, d)`` after the start vector and the ``t`` codes of ``prefix``."""
+        return self.backbone.decode(self.decoder_inputs(prefix, memory, memory_mask), memory, memory_mask)
+
+    def code_space(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        """Unit vectors compared with codebook ``level``: centred decoder states."""
+        return F.normalize(hidden - self.level_mean[level].to(hidden.dtype), dim=-1)
+
+    def similarity(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        return self.code_space(hidden, level) @ F.normalize(self.codebooks[level], dim=-1).T
+
+    @torch.no_grad()
+    def greedy_codes(self, memory: torch.Tensor, memory_mask: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+        """Codes position by position, each from the codes this model chose before it (no teacher forcing).
+
+        Scores are compared in float64 so that an item's code does not hinge on float32 rounding differences
+        between batch shapes.
+        """
+        levels = self.levels if levels is None else levels
+        prefix = torch.zeros(memory.size(0), 0, dtype=torch.long, device=memory.device)
+        for level in range(levels):
+            state = self.hidden(memory, memory_mask, prefix)[:, level]
+            scores = self.code_space(state.double(), level) @ F.normalize(self.codebooks[level].double(), dim=-1).T
+            prefix = torch.cat([prefix, scores.argmax(dim=-1, keepdim=True)], dim=1)
+        return prefix
+
+    # -- training ------------------------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, torch.Tensor], level: int, quantised: bool) -> dict[str, torch.Tensor]:
+        """Training losses at position ``level`` (0-based); ``batch['prefix']`` holds the codes assigned before it."""
+        settings = self.losses
+        if "memory" in batch:
+            memory = batch["memory"].float()
+        else:
+            memory = self.encode(batch["input_ids"], batch["attention_mask"])
+        mask = batch["attention_mask"]
+        prefix = batch["prefix"][:, :level]
+        dropout = settings.view_dropout if self.training else 0.0
+        views = [self.hidden(F.dropout(memory, dropout, self.training), mask, prefix) for _ in range(2)]
+        state = views[0][:, level]
+        if self.training:
+            with torch.no_grad():
+                self.level_mean[level].lerp_(state.detach().float().mean(dim=0), CENTRE_MOMENTUM)
+        out: dict[str, torch.Tensor] = {}
+
+        if quantised:
+            probabilities = torch.softmax(self.similarity(state, level) / settings.code_temperature, dim=-1)
+            hard = F.one_hot(probabilities.argmax(dim=-1), probabilities.size(-1)).to(probabilities.dtype)
+            # Straight-through: the forward pass uses the chosen code, gradients flow through the softmax.
+            weights = hard + probabilities - probabilities.detach()
+            newest = weights @ F.normalize(self.codebooks[level], dim=-1)
+            usage = probabilities.detach().mean(dim=0)
+            out["perplexity"] = torch.exp(-(usage * torch.log(usage.clamp(min=1e-12))).sum())
+        else:
+            newest = self.code_space(state, level)
+        code_vectors = [self.code_vectors(s, prefix[:, s]) for s in range(level)] + [newest]
+        out["reconstruction"] = self._reconstruction(batch, torch.stack(code_vectors, dim=1), level)
+
+        first, second = self.code_space(state, level), self.code_space(views[1][:, level], level)
+        logits = first @ second.T / settings.contrastive_temperature
+        if level > 0:
+            # Later positions separate siblings: only items with the same prefix are negatives.
+            same_prefix = (prefix[:, None, :] == prefix[None, :, :]).all(dim=-1)
+            logits = logits.masked_fill(~same_prefix, float("-inf"))
+        out["contrastive"] = F.cross_entropy(logits, torch.arange(logits.size(0), device=logits.device))
+
+        if level > 0:
+            terms = [
+                F.cross_entropy(self.similarity(views[0][:, s], s) / settings.code_temperature, prefix[:, s])
+                for s in range(level)
+            ]
+            out["commitment"] = torch.stack(terms).mean()
+        else:
+            out["commitment"] = state.new_zeros(())
+
+        out["loss"] = (
+            settings.reconstruction_weight * out["reconstruction"]
+            + settings.contrastive_weight * out["contrastive"]
+            + settings.commitment_weight * out["commitment"]
+        )
+        return out
+
+    def _reconstruction(self, batch: dict[str, torch.Tensor], codes: torch.Tensor, level: int) -> torch.Tensor:
+        input_ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+        content = mask.clone()
+        for special in self.special_ids:
+            content &= input_ids != special
+        # Sample up to R content positions per item: random scores, best R; rows with fewer get padding (-1).
+        rows = min(self.losses.reconstruct_tokens, input_ids.size(1))
+        scores = torch.rand(input_ids.shape, device=input_ids.device).masked_fill(~content, -1.0)
+        top, targets = scores.topk(rows, dim=1)
+        targets = targets.masked_fill(top < 0, -1)
+        target_ids = input_ids.gather(1, targets.clamp(min=0)).masked_fill(targets < 0, -1)
+        # The softmax runs over the batch's own vocabulary: the true token competes with every other token that
+        # occurs in these items, at a fraction of the cost of the full vocabulary.
+        vocabulary = torch.unique(target_ids[target_ids >= 0])
+        if vocabulary.numel() == 0:
+            return codes.new_zeros(())
+        embeddings = self.backbone.word_embeddings
+        candidates = embeddings(vocabulary)
+        tokens = embeddings(input_ids)
+        if not any(p.requires_grad for p in embeddings.parameters()):
+            candidates, tokens = candidates.detach(), tokens.detach()
+        logits = self.reconstructor(codes, tokens, mask, targets, self.losses.mask_rate[level], candidates)
+        labels = torch.searchsorted(vocabulary, target_ids.clamp(min=0)).masked_fill(target_ids < 0, IGNORE)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE)
