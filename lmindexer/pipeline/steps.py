@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from lmindexer.cache import cache_root
 from lmindexer.catalog.items import Item
 from lmindexer.catalog.store import apply_drops, read_catalog, write_catalog
 from lmindexer.errors import UserError
@@ -28,7 +29,7 @@ from lmindexer.idtable import Candidate, IdSpace, IdTable, id_stability
 from lmindexer.indexers import load_snapshot
 from lmindexer.indexers.base import read_snapshot_document
 from lmindexer.metrics import evaluate_codes
-from lmindexer.pipeline.config import Mode, PipelineConfig
+from lmindexer.pipeline.config import Mode, PipelineConfig, safe_run_id
 from lmindexer.pipeline.records import current, remembered, set_current
 from lmindexer.storage.parquet import read_parquet, write_parquet
 from lmindexer.storage.s3 import exists, local_copy, upload_file
@@ -121,7 +122,9 @@ def decide(config: PipelineConfig, run_id: str, merged: Mapping[str, Any], mode:
     return remembered(config, run_id, "decide", compute)
 
 
-def train_command(config: PipelineConfig, catalog: Path, out: Path, options_file: Path) -> list[str]:
+def train_command(
+    config: PipelineConfig, catalog: Path, out: Path, options_file: Path, checkpoint_dir: Path | None = None
+) -> list[str]:
     """``accelerate launch`` of the fit entry point: the same command on a CPU box and a GPU worker."""
     launcher = [
         sys.executable,
@@ -141,6 +144,7 @@ def train_command(config: PipelineConfig, catalog: Path, out: Path, options_file
     return [
         *launcher, "-m", "lmindexer.cli", "fit",
         "--method", config.method, "--catalog", str(catalog), "--out", str(out), "--config", str(options_file),
+        *(["--checkpoint-dir", str(checkpoint_dir)] if checkpoint_dir is not None else []),
         "--quiet",
     ]  # fmt: skip
 
@@ -164,7 +168,9 @@ def train(
             options = work / "options.yaml"
             options.write_text(yaml.safe_dump(dict(config.indexer)))
             out = work / "snapshot"
-            command = train_command(config, catalog, out, options)
+            # Outside the temporary directory, so that a retry of this task on the same worker resumes training.
+            checkpoint = cache_root() / "training" / safe_run_id(run_id)
+            command = train_command(config, catalog, out, options, checkpoint)
             log.info("training: %s", " ".join(command))
             completed = subprocess.run(command, capture_output=True, text=True, check=False)
             if completed.returncode != 0 or not (out / "snapshot.json").is_file():

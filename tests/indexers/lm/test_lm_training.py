@@ -1,0 +1,99 @@
+"""Training mechanics: progressive stages, resuming after a kill, and a two-process (gloo) run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from testsupport.lm import TINY_LM
+
+from lmindexer.indexers import load_snapshot
+from lmindexer.indexers.lm import LMIndexerConfig
+from lmindexer.indexers.lm.checkpoint import PROGRESS_FILE
+from lmindexer.indexers.lm.training import plan_stages
+
+CLI = [sys.executable, "-m", "lmindexer.cli"]
+
+
+def _config_file(tmp_path: Path, **options) -> Path:
+    path = tmp_path / "options.yaml"
+    path.write_text(yaml.safe_dump({**TINY_LM, **options}))
+    return path
+
+
+def _environment() -> dict[str, str]:
+    # One thread per process keeps two training processes from fighting over two cores; no GPU is used.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_stages_go_position_by_position():
+    stages = plan_stages(LMIndexerConfig(levels=4, nocode_steps=3, quantised_steps=5), warm=False)
+    assert [(s.level, s.quantised, s.steps, s.kmeans_init) for s in stages] == [
+        (level, quantised, 5 if quantised else 3, quantised) for level in range(4) for quantised in (False, True)
+    ]
+    warm = plan_stages(LMIndexerConfig(levels=2, quantised_steps=10), warm=True)
+    assert [(s.level, s.quantised, s.steps, s.kmeans_init) for s in warm] == [(0, True, 5, False), (1, True, 5, False)]
+    no_nocode = plan_stages(LMIndexerConfig(levels=2, nocode_steps=0), warm=False)
+    assert all(s.quantised for s in no_nocode)
+
+
+@pytest.mark.slow
+def test_a_killed_fit_resumes_from_its_checkpoint(wiki_sample_path, tmp_path):
+    options = _config_file(tmp_path, checkpoint_every=5, nocode_steps=20, quantised_steps=30)
+    out, checkpoint = tmp_path / "snap", tmp_path / "ckpt"
+    command = [*CLI, "fit", "--method", "lmindexer", "--catalog", str(wiki_sample_path), "--out", str(out),
+               "--config", str(options), "--checkpoint-dir", str(checkpoint), "--quiet"]  # fmt: skip
+    process = subprocess.Popen(command, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    # Kill it once it has got past the first stage: a checkpoint at step > 0 of a later stage.
+    while time.monotonic() < deadline and process.poll() is None:
+        progress = checkpoint / PROGRESS_FILE
+        if progress.is_file():
+            try:
+                state = json.loads(progress.read_text())
+            except (json.JSONDecodeError, OSError):
+                state = {}
+            if state.get("stage", 0) >= 1 and state.get("step", 0) > 0:
+                break
+        time.sleep(0.02)
+    assert process.poll() is None, f"the fit finished before it could be killed: {process.stdout.read()!r}"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "snapshot.json").exists()
+    killed_at = json.loads((checkpoint / PROGRESS_FILE).read_text())
+
+    rerun = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=300, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    document = json.loads((out / "snapshot.json").read_text())
+    resumed = document["manifest"]["training"]["resumed_from"]
+    assert resumed is not None and resumed["stage"] >= killed_at["stage"] >= 1
+    assert not checkpoint.exists(), "the checkpoint is removed once the snapshot is written"
+    # the stages finished before the kill are reported from the checkpoint, not redone
+    assert len(document["manifest"]["training"]["stages"]) == 6
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_one_snapshot(wiki_sample_path, tmp_path, wiki_items):
+    options = _config_file(tmp_path, batch_size=16, nocode_steps=5, quantised_steps=8)
+    out = tmp_path / "snap"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "lmindexer.cli", "fit", "--method", "lmindexer", "--catalog", str(wiki_sample_path),
+        "--out", str(out), "--config", str(options), "--quiet",
+    ]  # fmt: skip
+    completed = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=600, check=False)
+    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
+    assert completed.stdout.count("snapshot lmindexer-") == 1, "only the main process writes and reports"
+    training = json.loads((out / "snapshot.json").read_text())["manifest"]["training"]
+    assert training["processes"] == 2
+    codes = load_snapshot(out).codes(wiki_items)
+    assert codes.shape == (len(wiki_items), 3) and len(np.unique(codes[:, 0])) >= 2
