@@ -30,6 +30,7 @@ def loss_settings(config: LMIndexerConfig) -> LossSettings:
         reconstruction_weight=config.reconstruction_weight,
         contrastive_weight=config.contrastive_weight,
         commitment_weight=config.commitment_weight,
+        diversity_weight=config.diversity_weight,
         mask_rate=tuple(config.mask_rate or ()),
         reconstruct_tokens=config.reconstruct_tokens,
     )

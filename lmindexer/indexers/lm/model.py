@@ -11,7 +11,8 @@ Training losses (per step, at the position being learned):
   random subset of the other tokens (``mask_rate`` per position), so the codes must carry what the text is about;
 * contrastive: two dropout views of ``h_t``; at position 1 every other item in the batch is a negative, later only
   items sharing the same prefix are (so siblings are pushed apart); normalised, with a temperature;
-* commitment (positions >= 2): the decoder must keep predicting the codes already assigned to earlier positions.
+* commitment (positions >= 2): the decoder must keep predicting the codes already assigned to earlier positions;
+* diversity (quantised stages): one minus the normalised entropy of the batch's mean code distribution.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class LossSettings:
     reconstruction_weight: float
     contrastive_weight: float
     commitment_weight: float
+    diversity_weight: float
     mask_rate: tuple[float, ...]
     reconstruct_tokens: int
     view_dropout: float = 0.1
@@ -105,10 +107,15 @@ class LMIndexerModel(nn.Module):
         self.codebooks = nn.ParameterList(
             [nn.Parameter(F.normalize(torch.randn(size, hidden), dim=-1)) for size in codebook_sizes]
         )
-        # Decoder states share a large common component (anisotropy), which would make every item's cosine to every
-        # code nearly equal: codes are scored on states centred per level. The centre is the catalogue mean at the
-        # start of a stage and follows the training batches while the level trains; then it is fixed.
-        self.register_buffer("level_mean", torch.zeros(len(codebook_sizes), hidden))
+        # Codes are scored on centred states. Decoder states share a large common component (anisotropy) that would
+        # make every item's cosine to every code nearly equal; and below position 1 the items under one parent code
+        # share that parent's direction, so one shared codebook would give all siblings the same code. Position 1 is
+        # centred on the catalogue mean, position t > 1 on the mean of the items under the same code at t - 1. The
+        # centres are set from the catalogue at the start and the end of every stage and follow the training batches
+        # while their position trains (they are part of the snapshot).
+        for level in range(len(codebook_sizes)):
+            rows = 1 if level == 0 else codebook_sizes[level - 1]
+            self.register_buffer(f"centre_{level}", torch.zeros(rows, hidden))
         self.reconstructor = Reconstructor(hidden, backbone.num_heads, max_length, len(codebook_sizes))
         self.special_ids = sorted(set(backbone.tokenizer.all_special_ids))
 
@@ -141,12 +148,30 @@ class LMIndexerModel(nn.Module):
         """Decoder states ``(B, t+1, d)`` after the start vector and the ``t`` codes of ``prefix``."""
         return self.backbone.decode(self.decoder_inputs(prefix, memory, memory_mask), memory, memory_mask)
 
-    def code_space(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
-        """Unit vectors compared with codebook ``level``: centred decoder states."""
-        return F.normalize(hidden - self.level_mean[level].to(hidden.dtype), dim=-1)
+    def centres(self, level: int) -> torch.Tensor:
+        return getattr(self, f"centre_{level}")
 
-    def similarity(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
-        return self.code_space(hidden, level) @ F.normalize(self.codebooks[level], dim=-1).T
+    @staticmethod
+    def parents(prefix: torch.Tensor, level: int) -> torch.Tensor:
+        """Which centre row each item uses at ``level``: its code at ``level - 1`` (row 0 at position 1)."""
+        if level == 0:
+            return torch.zeros(prefix.size(0), dtype=torch.long, device=prefix.device)
+        return prefix[:, level - 1]
+
+    def code_space(self, hidden: torch.Tensor, level: int, parents: torch.Tensor) -> torch.Tensor:
+        """Unit vectors compared with codebook ``level``: decoder states minus their centre."""
+        return F.normalize(hidden - self.centres(level)[parents].to(hidden.dtype), dim=-1)
+
+    def similarity(self, hidden: torch.Tensor, level: int, parents: torch.Tensor) -> torch.Tensor:
+        return self.code_space(hidden, level, parents) @ F.normalize(self.codebooks[level], dim=-1).T
+
+    @torch.no_grad()
+    def follow_centres(self, states: torch.Tensor, level: int, parents: torch.Tensor) -> None:
+        table = self.centres(level)
+        sums = torch.zeros_like(table).index_add_(0, parents, states.detach().to(table.dtype))
+        counts = torch.bincount(parents, minlength=table.size(0)).to(table.dtype).unsqueeze(1)
+        seen = counts.squeeze(1) > 0
+        table[seen] = torch.lerp(table[seen], sums[seen] / counts[seen], CENTRE_MOMENTUM)
 
     @torch.no_grad()
     def greedy_codes(self, memory: torch.Tensor, memory_mask: torch.Tensor, levels: int | None = None) -> torch.Tensor:
@@ -159,7 +184,8 @@ class LMIndexerModel(nn.Module):
         prefix = torch.zeros(memory.size(0), 0, dtype=torch.long, device=memory.device)
         for level in range(levels):
             state = self.hidden(memory, memory_mask, prefix)[:, level]
-            scores = self.code_space(state.double(), level) @ F.normalize(self.codebooks[level].double(), dim=-1).T
+            space = self.code_space(state.double(), level, self.parents(prefix, level))
+            scores = space @ F.normalize(self.codebooks[level].double(), dim=-1).T
             prefix = torch.cat([prefix, scores.argmax(dim=-1, keepdim=True)], dim=1)
         return prefix
 
@@ -177,25 +203,29 @@ class LMIndexerModel(nn.Module):
         dropout = settings.view_dropout if self.training else 0.0
         views = [self.hidden(F.dropout(memory, dropout, self.training), mask, prefix) for _ in range(2)]
         state = views[0][:, level]
+        parents = self.parents(prefix, level)
         if self.training:
-            with torch.no_grad():
-                self.level_mean[level].lerp_(state.detach().float().mean(dim=0), CENTRE_MOMENTUM)
+            self.follow_centres(state, level, parents)
         out: dict[str, torch.Tensor] = {}
 
         if quantised:
-            probabilities = torch.softmax(self.similarity(state, level) / settings.code_temperature, dim=-1)
+            probabilities = torch.softmax(self.similarity(state, level, parents) / settings.code_temperature, dim=-1)
             hard = F.one_hot(probabilities.argmax(dim=-1), probabilities.size(-1)).to(probabilities.dtype)
             # Straight-through: the forward pass uses the chosen code, gradients flow through the softmax.
             weights = hard + probabilities - probabilities.detach()
             newest = weights @ F.normalize(self.codebooks[level], dim=-1)
-            usage = probabilities.detach().mean(dim=0)
-            out["perplexity"] = torch.exp(-(usage * torch.log(usage.clamp(min=1e-12))).sum())
+            usage = probabilities.mean(dim=0)
+            entropy = -(usage * torch.log(usage.clamp(min=1e-12))).sum()
+            out["perplexity"] = torch.exp(entropy.detach())
+            # Straight-through training can herd items onto a few codes; rewarding an even use of the codebook in
+            # each batch (as wav2vec 2.0's diversity loss does) keeps the codes alive.
+            out["diversity"] = 1.0 - entropy / math.log(probabilities.size(-1))
         else:
-            newest = self.code_space(state, level)
+            newest = self.code_space(state, level, parents)
         code_vectors = [self.code_vectors(s, prefix[:, s]) for s in range(level)] + [newest]
         out["reconstruction"] = self._reconstruction(batch, torch.stack(code_vectors, dim=1), level)
 
-        first, second = self.code_space(state, level), self.code_space(views[1][:, level], level)
+        first, second = self.code_space(state, level, parents), self.code_space(views[1][:, level], level, parents)
         logits = first @ second.T / settings.contrastive_temperature
         if level > 0:
             # Later positions separate siblings: only items with the same prefix are negatives.
@@ -205,7 +235,10 @@ class LMIndexerModel(nn.Module):
 
         if level > 0:
             terms = [
-                F.cross_entropy(self.similarity(views[0][:, s], s) / settings.code_temperature, prefix[:, s])
+                F.cross_entropy(
+                    self.similarity(views[0][:, s], s, self.parents(prefix, s)) / settings.code_temperature,
+                    prefix[:, s],
+                )
                 for s in range(level)
             ]
             out["commitment"] = torch.stack(terms).mean()
@@ -217,6 +250,8 @@ class LMIndexerModel(nn.Module):
             + settings.contrastive_weight * out["contrastive"]
             + settings.commitment_weight * out["commitment"]
         )
+        if "diversity" in out:
+            out["loss"] = out["loss"] + settings.diversity_weight * out["diversity"]
         return out
 
     def _reconstruction(self, batch: dict[str, torch.Tensor], codes: torch.Tensor, level: int) -> torch.Tensor:

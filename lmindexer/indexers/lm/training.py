@@ -205,18 +205,29 @@ class Trainer:
             return tensor
         return broadcast(tensor.to(self.device), from_process=0).cpu()
 
+    def _parents(self, level: int) -> torch.Tensor:
+        return LMIndexerModel.parents(self.codes, level)
+
     def centre(self, level: int) -> torch.Tensor:
-        """Set the centre of code space ``level`` to the catalogue mean of ``h_level``; returns the states."""
+        """Set the centres of code space ``level`` from the catalogue (see ``LMIndexerModel``); returns the states."""
         states = self.hidden_states(level)
-        mean = self._broadcast(states.mean(dim=0))
+        parents = self._parents(level)
+        table = self.model.centres(level)
+        sums = torch.zeros(table.shape, dtype=torch.float64).index_add_(0, parents, states.double())
+        counts = torch.bincount(parents, minlength=table.size(0)).double().unsqueeze(1)
+        # a parent code no item holds falls back to the catalogue mean
+        centres = torch.where(counts > 0, sums / counts.clamp(min=1), states.double().mean(dim=0)).float()
+        centres = self._broadcast(centres)
         with torch.no_grad():
-            self.model.level_mean[level].copy_(mean.to(self.device))
+            table.copy_(centres.to(self.device))
         return states
+
+    def code_space(self, states: torch.Tensor, level: int) -> torch.Tensor:
+        return self.model.code_space(states.to(self.device), level, self._parents(level).to(self.device)).cpu()
 
     def init_codebook(self, level: int) -> None:
         """Spherical k-means in the code space: the codebook starts where the assignment's cosine puts the items."""
-        states = self.centre(level).to(self.device)
-        states = self.model.code_space(states, level).cpu().numpy()
+        states = self.code_space(self.centre(level), level).numpy()
         centroids = fit_kmeans(
             states,
             self.config.codebook_size[level],
@@ -229,19 +240,30 @@ class Trainer:
         with torch.no_grad():
             self.model.codebooks[level].copy_(codebook.to(self.device))
 
-    def assign_level(self, level: int) -> dict[str, Any]:
-        states = self.model.code_space(self.hidden_states(level).double().to(self.device), level).cpu()
-        codebook = self.model.codebooks[level].detach().double().cpu()
-        scores = states @ torch.nn.functional.normalize(codebook, dim=-1).T
-        codes = self._broadcast(scores.argmax(dim=-1))
-        self.codes[:, level] = codes
-        counts = torch.bincount(codes, minlength=codebook.size(0)).double()
+    @torch.no_grad()
+    def assign_through(self, level: int) -> dict[str, Any]:
+        """Greedy codes for positions ``<= level`` for every item, as the snapshot would assign them.
+
+        Reassigning the earlier positions too keeps the prefixes the next stages are trained on equal to what the
+        model itself decodes.
+        """
+        self.model.eval()
+        codes = torch.empty((len(self.items), level + 1), dtype=torch.long)
+        for index in self.items.by_length(self.config.inference_batch_size):
+            batch = self.items.batch(index, self.device)
+            codes[index] = self.model.greedy_codes(self._memory(batch), batch["attention_mask"], level + 1).cpu()
+        codes = self._broadcast(codes)
+        changed = (codes[:, :level] != self.codes[:, :level]).any(dim=1).double().mean().item() if level else 0.0
+        self.codes[:, : level + 1] = codes
+        counts = torch.bincount(codes[:, level], minlength=self.config.codebook_size[level]).double()
         share = counts / counts.sum()
         entropy = -(share[share > 0] * share[share > 0].log()).sum().item()
         return {
             "codes_used": int((counts > 0).sum()),
             "utilisation": round(float((counts > 0).double().mean()), 4),
             "perplexity": round(math.exp(entropy), 2),
+            # items whose earlier codes moved while this position trained
+            "earlier_codes_changed": round(changed, 4),
         }
 
     # -- training ------------------------------------------------------------------------------------------------
@@ -427,7 +449,11 @@ class Trainer:
                 record[f"{key}_first"] = round(float(np.mean(head)), 4)
                 record[f"{key}_last"] = round(float(np.mean(tail)), 4)
         if stage.quantised:
-            record["assignment"] = self.assign_level(stage.level)
+            # Training moved the shared decoder: re-centre every position so far on the catalogue (a drift common to
+            # all items must not herd them onto one code), then decode them all again.
+            for level in range(stage.level + 1):
+                self.centre(level)
+            record["assignment"] = self.assign_through(stage.level)
         record["seconds"] = round(time.perf_counter() - stage_started, 2)
         self.history.append(record)
         log.info("%s done: %s", stage.name, record)
