@@ -63,10 +63,6 @@ class Seq2SeqBackbone(nn.Module):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
-        decoder = model.get_decoder()
-        # EncoderDecoderModel's decoder carries an LM head; the stack underneath returns hidden states.
-        self._decoder = getattr(decoder, "base_model", decoder)
-        self._encoder = model.get_encoder()
         config = model.config
         self.hidden_size = int(getattr(config, "d_model", None) or config.decoder.hidden_size)
         encoder_width = int(getattr(config, "d_model", None) or config.encoder.hidden_size)
@@ -78,6 +74,16 @@ class Seq2SeqBackbone(nn.Module):
         self.num_heads = int(heads or config.decoder.num_attention_heads)
         if len(tokenizer) < 2:
             raise ConfigError("the backbone's tokenizer has an empty vocabulary")
+
+    @property
+    def _encoder(self) -> nn.Module:
+        return self.model.get_encoder()
+
+    @property
+    def _decoder(self) -> nn.Module:
+        # EncoderDecoderModel's decoder carries an LM head; the stack underneath returns hidden states.
+        decoder = self.model.get_decoder()
+        return getattr(decoder, "base_model", decoder)
 
     @property
     def word_embeddings(self) -> nn.Embedding:

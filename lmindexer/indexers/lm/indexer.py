@@ -19,7 +19,7 @@ from lmindexer.errors import ConfigError, SnapshotError
 from lmindexer.indexers.base import Indexer, IndexerConfig
 from lmindexer.indexers.lm.backbone import backbone_from_snapshot, load_backbone
 from lmindexer.indexers.lm.config import LMIndexerConfig
-from lmindexer.indexers.lm.model import LMIndexerModel, LossSettings
+from lmindexer.indexers.lm.model import LMIndexerModel, LossSettings, tied_names
 from lmindexer.indexers.lm.training import Trainer
 
 
@@ -34,19 +34,6 @@ def loss_settings(config: LMIndexerConfig) -> LossSettings:
         mask_rate=tuple(config.mask_rate or ()),
         reconstruct_tokens=config.reconstruct_tokens,
     )
-
-
-def _tied_names(module: torch.nn.Module) -> set[str]:
-    """State-dict names whose tensor shares storage with an earlier name (tied embeddings)."""
-    seen: dict[tuple[int, int], str] = {}
-    tied = set()
-    for name, tensor in module.state_dict(keep_vars=True).items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        if key in seen:
-            tied.add(name)
-        else:
-            seen[key] = name
-    return tied
 
 
 class LMIndexer(Indexer):
@@ -142,12 +129,12 @@ class LMIndexer(Indexer):
     # -- persistence ---------------------------------------------------------------------------------------------
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        tied = _tied_names(self.model)
+        tied = tied_names(self.model)
         return {name: t for name, t in self.model.state_dict().items() if name not in tied}
 
     def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
         missing, unexpected = self.model.load_state_dict(dict(tensors), strict=False)
-        if unexpected or set(missing) - _tied_names(self.model):
+        if unexpected or set(missing) - tied_names(self.model):
             raise SnapshotError(
                 f"the snapshot's weights do not fit its lmindexer model (missing {sorted(missing)[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]})"

@@ -31,6 +31,18 @@ IGNORE = -100
 CENTRE_MOMENTUM = 0.05
 
 
+def tied_names(module: nn.Module) -> set[str]:
+    """State-dict names whose tensor shares storage with an earlier name (tied embeddings and heads)."""
+    seen: set[tuple[int, int]] = set()
+    tied = set()
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            tied.add(name)
+        seen.add(key)
+    return tied
+
+
 @dataclass(frozen=True)
 class LossSettings:
     code_temperature: float

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from lmindexer.indexers.kmeans import fit_kmeans
 from lmindexer.indexers.lm.checkpoint import find_checkpoint, save_checkpoint
 from lmindexer.indexers.lm.config import LMIndexerConfig
-from lmindexer.indexers.lm.model import LMIndexerModel
+from lmindexer.indexers.lm.model import LMIndexerModel, tied_names
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 20
@@ -306,12 +306,11 @@ class Trainer:
 
     def _trained_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must hold: every weight that training can change (a frozen encoder is left out)."""
-        state = self.accelerator.unwrap_model(self.wrapped).state_dict()
-        frozen = (
-            set()
-            if self.config.train_encoder
-            else {name for name, p in self.model.named_parameters() if not p.requires_grad}
-        )
+        model = self.accelerator.unwrap_model(self.wrapped)
+        state = model.state_dict()
+        frozen = tied_names(model)
+        if not self.config.train_encoder:
+            frozen |= {name for name, p in self.model.named_parameters() if not p.requires_grad}
         return {name: tensor for name, tensor in state.items() if name not in frozen}
 
     def _checkpoint(self, stage_index: int, step: int, optimizer: Any) -> None:
@@ -345,7 +344,7 @@ class Trainer:
             return 0, 0, None
         missing, unexpected = self.model.load_state_dict(checkpoint.model, strict=False)
         frozen = {name for name, p in self.model.named_parameters() if not p.requires_grad}
-        if unexpected or set(missing) - frozen - {"input_scale"}:
+        if unexpected or set(missing) - frozen - tied_names(self.model):
             log.warning("ignoring the checkpoint in %s: its weights do not fit this model", checkpoint.directory)
             return 0, 0, None
         if "codes" not in checkpoint.arrays or (self.warm and "warm_codes" not in checkpoint.arrays):
