@@ -247,7 +247,8 @@ def methods() -> None:
     from lmindexer.indexers import INDEXERS
 
     for name, cls in sorted(INDEXERS.items()):
-        stdout.print(f"[bold]{name}[/bold] — {(cls.__module__.rsplit('.', 1)[-1])}")
+        summary = (cls.__doc__ or "").strip().splitlines() or [cls.__module__.rsplit(".", 1)[-1]]
+        stdout.print(f"[bold]{name}[/bold] — {summary[0]}")
         for field_name, info in cls.config_class.model_fields.items():
             default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
             stdout.print(f"  {field_name} = {default!r}  {info.description or ''}", highlight=False, markup=False)

@@ -34,6 +34,8 @@ def _group_by_path(codes: np.ndarray, depth: int) -> dict[tuple[int, ...], np.nd
 
 
 class HKMeansIndexer(EmbeddingIndexer):
+    """Hierarchical k-means over frozen MiniLM embeddings (the DSI / NCI recipe)."""
+
     method = "hkmeans"
     config_class = HKMeansConfig
     config: HKMeansConfig

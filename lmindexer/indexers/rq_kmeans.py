@@ -24,6 +24,8 @@ class RQKMeansConfig(EmbeddingIndexerConfig):
 
 
 class RQKMeansIndexer(EmbeddingIndexer):
+    """Residual k-means over frozen MiniLM embeddings."""
+
     method = "rq-kmeans"
     config_class = RQKMeansConfig
     config: RQKMeansConfig

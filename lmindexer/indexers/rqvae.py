@@ -96,6 +96,8 @@ class RQVAE(nn.Module):
 
 
 class RQVAEIndexer(EmbeddingIndexer):
+    """RQ-VAE over frozen MiniLM embeddings (the TIGER recipe)."""
+
     method = "rqvae"
     config_class = RQVAEConfig
     config: RQVAEConfig

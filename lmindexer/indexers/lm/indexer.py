@@ -37,6 +37,8 @@ def loss_settings(config: LMIndexerConfig) -> LossSettings:
 
 
 class LMIndexer(Indexer):
+    """A generative seq2seq LM that writes the ID code by code, trained self-supervised (LMIndexer)."""
+
     method = "lmindexer"
     config_class = LMIndexerConfig
     config: LMIndexerConfig
