@@ -106,7 +106,7 @@ def test_a_warm_start_needs_the_same_architecture(tiny_lm, fitted):
 def test_a_fine_tuned_encoder_trains_on_live_encoder_states(wiki_items):
     indexer = create_indexer(
         "lmindexer",
-        {**TINY_LM, "levels": 2, "train_encoder": True, "nocode_steps": 8, "quantised_steps": 8},
+        {**TINY_LM, "levels": 2, "train_encoder": True, "nocode_steps": 24, "quantised_steps": 4},
     )
     indexer.fit(wiki_items[:160], progress=False)
     training = indexer.manifest["training"]
