@@ -61,7 +61,8 @@ class LMIndexerConfig(IndexerConfig):
     reconstruction_weight: float = Field(1.0, ge=0)
     contrastive_weight: float = Field(0.5, ge=0)
     commitment_weight: float = Field(1.0, ge=0)
-    diversity_weight: float = Field(1.0, ge=0, description="weight of the even-codebook-use term (quantised stages)")
+    anchor_weight: float = Field(1.0, ge=0, description="weight of pulling states towards their code vectors")
+    diversity_weight: float = Field(0.1, ge=0, description="weight of the even-codebook-use term (quantised stages)")
     mask_rate: list[float] | None = Field(
         None, description="reconstructor masking rate per position (one value for all; default 0.5 then 0.7)"
     )

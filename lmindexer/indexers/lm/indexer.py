@@ -31,6 +31,7 @@ def loss_settings(config: LMIndexerConfig) -> LossSettings:
         contrastive_weight=config.contrastive_weight,
         commitment_weight=config.commitment_weight,
         diversity_weight=config.diversity_weight,
+        anchor_weight=config.anchor_weight,
         mask_rate=tuple(config.mask_rate or ()),
         reconstruct_tokens=config.reconstruct_tokens,
     )

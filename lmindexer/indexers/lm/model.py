@@ -12,6 +12,7 @@ Training losses (per step, at the position being learned):
 * contrastive: two dropout views of ``h_t``; at position 1 every other item in the batch is a negative, later only
   items sharing the same prefix are (so siblings are pushed apart); normalised, with a temperature;
 * commitment (positions >= 2): the decoder must keep predicting the codes already assigned to earlier positions;
+* anchor: states are pulled towards the vectors of their codes (earlier positions, and this one once quantised);
 * diversity (quantised stages): one minus the normalised entropy of the batch's mean code distribution.
 """
 
@@ -50,6 +51,7 @@ class LossSettings:
     reconstruction_weight: float
     contrastive_weight: float
     commitment_weight: float
+    anchor_weight: float
     diversity_weight: float
     mask_rate: tuple[float, ...]
     reconstruct_tokens: int
@@ -116,6 +118,7 @@ class LMIndexerModel(nn.Module):
         # Code vectors enter the decoder at the scale of its word embeddings.
         self.register_buffer("input_scale", torch.tensor(scale if math.isfinite(scale) and scale > 0 else 1.0))
         self.start = nn.Parameter(torch.zeros(hidden))
+        self.summary_scale = nn.Parameter(torch.zeros(()))
         self.codebooks = nn.ParameterList(
             [nn.Parameter(F.normalize(torch.randn(size, hidden), dim=-1)) for size in codebook_sizes]
         )
@@ -143,22 +146,32 @@ class LMIndexerModel(nn.Module):
     def code_vectors(self, level: int, codes: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.codebooks[level], dim=-1)[codes]
 
-    def decoder_inputs(self, prefix: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
-        """The start vector, then the vectors of the codes in ``prefix``, at the decoder's input scale.
-
-        The start vector carries the mean of the encoder states: a decoder warm-started from an encoder has new,
-        randomly initialised cross-attention, and a constant start input would leave every item with nearly the same
-        decoder state until that cross-attention is learned.
-        """
+    @staticmethod
+    def summary(memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """The item's mean encoder state, L2-normalised (a sentence embedding)."""
         weights = memory_mask.unsqueeze(-1).to(memory.dtype)
         pooled = (memory * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        vectors = [F.normalize(F.normalize(pooled, dim=-1) + self.start, dim=-1).unsqueeze(1)]
+        return F.normalize(pooled, dim=-1)
+
+    def decoder_inputs(self, prefix: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        """The start vector, then the vectors of the codes in ``prefix``, at the decoder's input scale."""
+        vectors = [F.normalize(summary + self.start, dim=-1).unsqueeze(1)]
         vectors += [self.code_vectors(level, prefix[:, level]).unsqueeze(1) for level in range(prefix.size(1))]
         return torch.cat(vectors, dim=1) * self.input_scale
 
+    def decoder_states(self, memory: torch.Tensor, memory_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        return self.backbone.decode(self.decoder_inputs(prefix, self.summary(memory, memory_mask)), memory, memory_mask)
+
     def hidden(self, memory: torch.Tensor, memory_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """Decoder states ``(B, t+1, d)`` after the start vector and the ``t`` codes of ``prefix``."""
-        return self.backbone.decode(self.decoder_inputs(prefix, memory, memory_mask), memory, memory_mask)
+        """States ``(B, t+1, d)`` after the start vector and the ``t`` codes of ``prefix``.
+
+        A decoder warm-started from an encoder has new, randomly initialised cross-attention: at first it gives every
+        item nearly the same state. So the item's summary (its mean encoder state) enters twice: in the start vector,
+        and added to every output with a learned scale that the trainer sets before training so that the summary
+        dominates at first. The decoder then learns what to add to it.
+        """
+        states = self.decoder_states(memory, memory_mask, prefix)
+        return states + self.summary_scale * self.summary(memory, memory_mask).unsqueeze(1).to(states.dtype)
 
     def centres(self, level: int) -> torch.Tensor:
         return getattr(self, f"centre_{level}")
@@ -257,10 +270,26 @@ class LMIndexerModel(nn.Module):
         else:
             out["commitment"] = state.new_zeros(())
 
+        # Anchor (VQ-style commitment): each state is pulled towards the vector of its code, for the positions
+        # already assigned and, once quantised, for this one. Codes sitting deep inside their cell survive the
+        # later stages, which move the shared decoder.
+        anchored = list(range(level)) + ([level] if quantised else [])
+        if anchored:
+            pulls = []
+            for s in anchored:
+                chosen = prefix[:, s] if s < level else probabilities.argmax(dim=-1)
+                space = self.code_space(views[0][:, s], s, self.parents(prefix, s))
+                target = self.code_vectors(s, chosen).detach()
+                pulls.append(1.0 - (space * target).sum(dim=-1).mean())
+            out["anchor"] = torch.stack(pulls).mean()
+        else:
+            out["anchor"] = state.new_zeros(())
+
         out["loss"] = (
             settings.reconstruction_weight * out["reconstruction"]
             + settings.contrastive_weight * out["contrastive"]
             + settings.commitment_weight * out["commitment"]
+            + settings.anchor_weight * out["anchor"]
         )
         if "diversity" in out:
             out["loss"] = out["loss"] + settings.diversity_weight * out["diversity"]
