@@ -87,7 +87,8 @@ def test_bad_configs_fail_with_a_clear_message(options, message):
 
 
 def test_unknown_method():
-    with pytest.raises(ConfigError, match="unknown indexer method 'nope'; available: hkmeans, lmindexer, rq-kmeans, rqvae"):
+    available = "hkmeans, lmindexer, rq-kmeans, rqvae"
+    with pytest.raises(ConfigError, match=f"unknown indexer method 'nope'; available: {available}"):
         create_indexer("nope")
 
 
