@@ -191,13 +191,15 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def greedy_codes(self) -> torch.Tensor:
+    def greedy_codes(self, levels: int | None = None) -> torch.Tensor:
+        """Every item's codes for the first ``levels`` positions, decoded as the snapshot would (main's result)."""
+        levels = self.config.levels if levels is None else levels
         self.model.eval()
-        out = torch.empty((len(self.items), self.config.levels), dtype=torch.long)
+        out = torch.empty((len(self.items), levels), dtype=torch.long)
         for index in self.items.by_length(self.config.inference_batch_size):
             batch = self.items.batch(index, self.device)
-            out[index] = self.model.greedy_codes(self._memory(batch), batch["attention_mask"]).cpu()
-        return out
+            out[index] = self.model.greedy_codes(self._memory(batch), batch["attention_mask"], levels).cpu()
+        return self._broadcast(out)
 
     @torch.no_grad()
     def calibrate_summary(self) -> float:
@@ -205,11 +207,10 @@ class Trainer:
         ``SUMMARY_DOMINANCE`` times as much as the untrained decoder's own position-1 state."""
         self.model.eval()
         decoder, summary = [], []
-        prefix = torch.zeros((0,), dtype=torch.long)
         for index in self.items.by_length(self.config.inference_batch_size):
             batch = self.items.batch(index, self.device)
             memory, mask = self._memory(batch), batch["attention_mask"]
-            empty = prefix.new_zeros((len(index), 0)).to(self.device)
+            empty = torch.zeros((len(index), 0), dtype=torch.long, device=self.device)
             decoder.append(self.model.decoder_states(memory, mask, empty)[:, 0].float().cpu())
             summary.append(self.model.summary(memory, mask).float().cpu())
 
@@ -272,12 +273,7 @@ class Trainer:
         Reassigning the earlier positions too keeps the prefixes the next stages are trained on equal to what the
         model itself decodes.
         """
-        self.model.eval()
-        codes = torch.empty((len(self.items), level + 1), dtype=torch.long)
-        for index in self.items.by_length(self.config.inference_batch_size):
-            batch = self.items.batch(index, self.device)
-            codes[index] = self.model.greedy_codes(self._memory(batch), batch["attention_mask"], level + 1).cpu()
-        codes = self._broadcast(codes)
+        codes = self.greedy_codes(level + 1)
         changed = (codes[:, :level] != self.codes[:, :level]).any(dim=1).double().mean().item() if level else 0.0
         self.codes[:, : level + 1] = codes
         counts = torch.bincount(codes[:, level], minlength=self.config.codebook_size[level]).double()
@@ -397,7 +393,7 @@ class Trainer:
             summary_scale = round(self.calibrate_summary(), 4)
         if self.warm and checkpoint is None:
             # A warm retrain starts from the codes the previous snapshot gives every item of the grown catalogue.
-            self.codes = self._broadcast(self.greedy_codes())
+            self.codes = self.greedy_codes()
             self.warm_codes = self.codes.clone()
         for stage_index, stage in enumerate(self.stages):
             if stage_index < first_stage:
@@ -422,6 +418,8 @@ class Trainer:
         }
 
     def _run_stage(self, stage_index: int, stage: Stage, start_step: int, checkpoint: Any) -> None:
+        from accelerate.utils import set_seed
+
         stage_started = time.perf_counter()
         if stage.kmeans_init and start_step == 0:
             self.init_codebook(stage.level)
@@ -439,8 +437,6 @@ class Trainer:
         )
         self.wrapped.train()
         for step in range(start_step, stage.steps):
-            from accelerate.utils import set_seed
-
             # Masks and dropout depend only on (seed, stage, step), so a resumed run continues the same sequence.
             set_seed(self.config.seed + 7919 * stage_index + step + 1000003 * self.accelerator.process_index)
             batch = self.items.batch(batches[step], self.device)
