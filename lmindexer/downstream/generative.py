@@ -1,0 +1,473 @@
+"""Generative retrieval and recommendation over semantic IDs: build, fine-tune, decode, save and load.
+
+A :class:`GenerativeModel` couples the network (:class:`~lmindexer.downstream.model.GenerativeIdModel`) with the ID
+space it writes (:class:`~lmindexer.downstream.vocabulary.IdVocabulary`) and the trie of IDs that exist now. It is
+initialised from the snapshot that produced the IDs: an LMIndexer snapshot lends its backbone and codebooks (the
+paper's recipe); IDs of any other method get the same pretrained backbone with fresh token vectors, so the two
+compare the IDs, not the networks.
+
+Saved as ``generative.json`` (options, ID space, backbone config, the item -> ID map the trie is built from),
+``weights.safetensors`` and ``tokenizer/``: nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from lmindexer.downstream.model import GenerativeIdModel, Task
+from lmindexer.downstream.ranking import rank_metrics
+from lmindexer.downstream.trie import IdTrie
+from lmindexer.downstream.vocabulary import IdVocabulary
+from lmindexer.errors import ConfigError, SnapshotError
+from lmindexer.idtable import IdTable
+from lmindexer.indexers.base import Indexer
+from lmindexer.indexers.lm.backbone import backbone_from_snapshot, load_backbone
+from lmindexer.indexers.lm.config import PACKAGED_BACKBONE
+from lmindexer.indexers.lm.indexer import LMIndexer
+from lmindexer.indexers.lm.model import tied_names
+from lmindexer.indexers.lm.training import TokenizedItems
+
+DOCUMENT = "generative.json"
+WEIGHTS = "weights.safetensors"
+FORMAT_VERSION = 1
+
+
+class GenerativeConfig(BaseModel):
+    """Options of a generative retriever or recommender."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task = Field("retrieval", description="retrieval (text -> ID) or recommendation (history -> next ID)")
+    backbone: str = Field(PACKAGED_BACKBONE, description="backbone for IDs that do not come from an LMIndexer snapshot")
+    decoder_layers: int = Field(2, ge=1, le=24, description="decoder depth when built from an encoder")
+    max_length: int = Field(64, ge=8, le=4096, description="tokens of a query or item text the encoder reads")
+    train_encoder: bool = Field(False, description="fine-tune the text encoder (else frozen, its states cached)")
+    indexing_pairs: bool = Field(True, description="also train on (item text -> ID), as generative retrieval does")
+    history_window: int = Field(20, ge=1, le=512, description="most recent items of a history the model reads")
+    history_layers: int = Field(2, ge=1, le=12)
+    suffix_headroom: int = Field(16, ge=0, le=100000, description="spare suffix values for items indexed later")
+    epochs: int = Field(8, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=65536)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    encoder_learning_rate: float = Field(5e-5, gt=0, le=1)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    warmup_share: float = Field(0.05, ge=0, lt=1)
+    beam_size: int = Field(20, ge=1, le=1000, description="beams kept per position; also the most results returned")
+    inference_batch_size: int = Field(64, ge=1, le=65536)
+    seed: int = 0
+    device: Literal["auto", "cpu"] = "auto"
+
+
+def parse_generative_config(values: Mapping[str, Any] | GenerativeConfig | None) -> GenerativeConfig:
+    if isinstance(values, GenerativeConfig):
+        return values
+    try:
+        return GenerativeConfig(**dict(values or {}))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid generative model options: {problems}") from None
+
+
+def _device(config: GenerativeConfig) -> torch.device:
+    return torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else "cpu")
+
+
+def _lr_lambda(total: int, warmup_share: float):
+    warmup = max(1, int(total * warmup_share))
+
+    def scale(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return scale
+
+
+class GenerativeModel:
+    """A trained (or trainable) generative retriever/recommender with the trie of the IDs it may return."""
+
+    def __init__(
+        self, config: GenerativeConfig, vocabulary: IdVocabulary, network: GenerativeIdModel, sids: Mapping[str, str]
+    ) -> None:
+        self.config = config
+        self.vocabulary = vocabulary
+        self.network = network
+        self.trie: IdTrie = vocabulary.trie(sids)
+        self.device = _device(config)
+        self.network.to(self.device)
+        self.initialised_from: str = "backbone"
+        self.training: dict[str, Any] = {}
+
+    # -- construction ----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        ids: IdTable,
+        snapshot: Indexer | None = None,
+        config: Mapping[str, Any] | GenerativeConfig | None = None,
+    ) -> GenerativeModel:
+        """A model for the IDs of ``ids``; an LMIndexer ``snapshot`` (the one that made them) initialises it."""
+        options = parse_generative_config(config)
+        vocabulary = IdVocabulary.for_table(ids, suffix_headroom=options.suffix_headroom)
+        torch.manual_seed(options.seed)
+        from_indexer = isinstance(snapshot, LMIndexer)
+        if snapshot is not None and snapshot.version != ids.space.snapshot_version:
+            raise ConfigError(
+                f"the IDs come from snapshot {ids.space.snapshot_version}, not from the given {snapshot.version}"
+            )
+        if from_indexer:
+            backbone = copy.deepcopy(snapshot.model.backbone)
+        else:
+            backbone = load_backbone(options.backbone, decoder_layers=options.decoder_layers, seed=options.seed)
+        network = GenerativeIdModel(
+            backbone,
+            vocabulary.sizes,
+            task=options.task,
+            history_window=options.history_window,
+            history_layers=options.history_layers,
+        )
+        if from_indexer:
+            _copy_indexer(network, snapshot)  # type: ignore[arg-type]
+        model = cls(options, vocabulary, network, ids.sid_map())
+        model.initialised_from = f"{snapshot.method} snapshot {snapshot.version}" if from_indexer else "backbone"
+        return model
+
+    # -- the live ID set -------------------------------------------------------------------------------------------
+
+    def insert(self, item_id: str, sid: str) -> None:
+        """Make a newly indexed item retrievable (no retraining; its suffix must fit the model's vocabulary)."""
+        self.trie.insert(item_id, self.vocabulary.tokens_of_sid(sid))
+
+    def remove(self, item_id: str) -> bool:
+        """Stop returning an item; False if it was not there."""
+        return self.trie.remove(item_id)
+
+    def sync(self, ids: IdTable) -> dict[str, int]:
+        """Bring the trie in line with an ID table of the same ID space: inserts new items, drops missing ones."""
+        if ids.space.snapshot_version != self.vocabulary.snapshot_version:
+            raise ConfigError(
+                f"this model writes IDs of snapshot {self.vocabulary.snapshot_version}; the table holds "
+                f"{ids.space.snapshot_version}: retrain the model for the new ID space"
+            )
+        wanted = ids.sid_map()
+        removed = [item_id for item_id, _ in list(self.trie) if item_id not in wanted]
+        for item_id in removed:
+            self.trie.remove(item_id)
+        inserted = 0
+        for item_id, sid in wanted.items():
+            tokens = self.vocabulary.tokens_of_sid(sid)
+            if self.trie.tokens_of(item_id) != tokens:
+                self.trie.insert(item_id, tokens)
+                inserted += 1
+        return {"inserted": inserted, "removed": len(removed), "items": len(self.trie)}
+
+    def sid_of(self, item_id: str) -> str | None:
+        tokens = self.trie.tokens_of(item_id)
+        return None if tokens is None else self.vocabulary.sid(tokens)
+
+    # -- training --------------------------------------------------------------------------------------------------
+
+    def _targets(self, item_ids: Sequence[str]) -> torch.Tensor:
+        rows = []
+        for item_id in item_ids:
+            tokens = self.trie.tokens_of(item_id)
+            if tokens is None:
+                raise ConfigError(f"item {item_id!r} has no semantic ID in this model's ID table")
+            rows.append(tokens)
+        return torch.tensor(rows, dtype=torch.long)
+
+    def _optimizer(self, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        encoder = {id(p) for p in self.network.backbone.encoder_parameters()}
+        head = [p for p in self.network.parameters() if id(p) not in encoder and p.requires_grad]
+        groups = [{"params": head, "lr": self.config.learning_rate}]
+        if self.config.train_encoder and self.config.task == "retrieval":
+            groups.append(
+                {"params": self.network.backbone.encoder_parameters(), "lr": self.config.encoder_learning_rate}
+            )
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps, self.config.warmup_share))
+        return optimizer, schedule
+
+    def _freeze_encoder(self) -> bool:
+        frozen = not (self.config.train_encoder and self.config.task == "retrieval")
+        for parameter in self.network.backbone.encoder_parameters():
+            parameter.requires_grad_(not frozen)
+        return frozen
+
+    def fit_retrieval(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        item_texts: Mapping[str, str] | None = None,
+        *,
+        progress: bool = False,
+    ) -> dict[str, Any]:
+        """Fine-tune on (query text, item_id) pairs, plus (item text, item_id) indexing pairs when configured."""
+        if self.config.task != "retrieval":
+            raise ConfigError("this model is a recommender; train it with fit_recommendation")
+        examples = list(pairs)
+        if self.config.indexing_pairs:
+            if not item_texts:
+                raise ConfigError("indexing_pairs is on, so the items' texts are needed")
+            examples += [(text, item_id) for item_id, text in item_texts.items() if item_id in self.trie]
+        if not examples:
+            raise ConfigError("no training pairs")
+        texts = [text for text, _ in examples]
+        targets = self._targets([item_id for _, item_id in examples])
+        bank = TokenizedItems(self.network, texts, self.config.max_length)  # type: ignore[arg-type]
+        frozen = self._freeze_encoder()
+        started = time.perf_counter()
+        if frozen:
+            bank.cache_memory(self.network, self.config.inference_batch_size, self.device, progress)  # type: ignore[arg-type]
+        encoded_s = time.perf_counter() - started
+
+        def batch_loss(index: list[int]) -> torch.Tensor:
+            batch = bank.batch(index, self.device)
+            mask = batch["attention_mask"]
+            if frozen:
+                memory = batch["memory"].to(next(self.network.parameters()).dtype)
+            else:
+                memory = self.network.encode(batch["input_ids"], mask)
+            return self.network.loss(memory, mask, targets[index].to(self.device))
+
+        stats = self._train(len(examples), batch_loss, progress=progress)
+        stats.update({"pairs": len(pairs), "indexing_pairs": len(examples) - len(pairs), "encode_s": encoded_s})
+        self.training = stats
+        return stats
+
+    def _history_tensors(self, histories: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-aligned windows of the most recent items; unknown items are skipped, like a deleted item."""
+        window = self.config.history_window
+        tokens = torch.zeros((len(histories), window, self.vocabulary.depth), dtype=torch.long)
+        mask = torch.zeros((len(histories), window), dtype=torch.long)
+        for row, history in enumerate(histories):
+            known = [t for t in (self.trie.tokens_of(i) for i in history) if t is not None][-window:]
+            if not known:
+                raise ConfigError(f"history {row} has no item with a semantic ID in this model")
+            tokens[row, window - len(known) :] = torch.tensor(known, dtype=torch.long)
+            mask[row, window - len(known) :] = 1
+        return tokens, mask
+
+    def fit_recommendation(self, sequences: Sequence[Sequence[str]], *, progress: bool = False) -> dict[str, Any]:
+        """Train on every (prefix of a user's sequence -> the item that followed it) in ``sequences``."""
+        if self.config.task != "recommendation":
+            raise ConfigError("this model is a retriever; train it with fit_retrieval")
+        histories: list[Sequence[str]] = []
+        nexts: list[str] = []
+        for sequence in sequences:
+            known = [item_id for item_id in sequence if item_id in self.trie]
+            for t in range(1, len(known)):
+                histories.append(known[max(0, t - self.config.history_window) : t])
+                nexts.append(known[t])
+        if not histories:
+            raise ConfigError("no training examples: every sequence needs at least two items with IDs")
+        history, item_mask = self._history_tensors(histories)
+        targets = self._targets(nexts)
+        self._freeze_encoder()
+
+        def batch_loss(index: list[int]) -> torch.Tensor:
+            memory, mask = self.network.encode_history(history[index].to(self.device), item_mask[index].to(self.device))
+            return self.network.loss(memory, mask, targets[index].to(self.device))
+
+        stats = self._train(len(histories), batch_loss, progress=progress)
+        stats["examples"] = len(histories)
+        self.training = stats
+        return stats
+
+    def _train(self, examples: int, batch_loss, *, progress: bool) -> dict[str, Any]:
+        config = self.config
+        generator = torch.Generator().manual_seed(config.seed)
+        torch.manual_seed(config.seed)
+        per_epoch = math.ceil(examples / config.batch_size)
+        optimizer, schedule = self._optimizer(per_epoch * config.epochs)
+        self.network.train()
+        losses: list[float] = []
+        started = time.perf_counter()
+        bar = tqdm(total=per_epoch * config.epochs, desc="training", unit="step", disable=not progress, leave=False)
+        for _ in range(config.epochs):
+            order = torch.randperm(examples, generator=generator).tolist()
+            total = 0.0
+            for start in range(0, examples, config.batch_size):
+                loss = batch_loss(order[start : start + config.batch_size])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                total += float(loss.detach())
+                bar.update(1)
+            losses.append(total / per_epoch)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.close()
+        self.network.eval()
+        return {
+            "epochs": config.epochs,
+            "steps": per_epoch * config.epochs,
+            "epoch_loss": losses,
+            "train_s": time.perf_counter() - started,
+        }
+
+    # -- decoding --------------------------------------------------------------------------------------------------
+
+    def _check_k(self, k: int) -> None:
+        if not 1 <= k <= self.config.beam_size:
+            raise ConfigError(f"k must be between 1 and the beam size {self.config.beam_size}, got {k}")
+
+    @torch.no_grad()
+    def search(self, queries: Sequence[str], k: int = 10, *, progress: bool = False) -> list[list[tuple[str, float]]]:
+        """The top ``k`` items per query, (item_id, log-probability) best first; only IDs that exist now."""
+        if self.config.task != "retrieval":
+            raise ConfigError("this model is a recommender, not a retriever")
+        self._check_k(k)
+        self.network.eval()
+        results: list[list[tuple[str, float]]] = []
+        size = self.config.inference_batch_size
+        for start in tqdm(range(0, len(queries), size), desc="searching", disable=not progress, leave=False):
+            chunk = list(queries[start : start + size])
+            batch = self.network.backbone.tokenize(chunk, self.config.max_length)
+            mask = batch["attention_mask"].to(self.device)
+            memory = self.network.encode(batch["input_ids"].to(self.device), mask)
+            found = self.network.beam_search(memory, mask, self.trie, self.config.beam_size)
+            results.extend(ranked[:k] for ranked in found)
+        return results
+
+    @torch.no_grad()
+    def recommend(
+        self, histories: Sequence[Sequence[str]], k: int = 10, *, progress: bool = False
+    ) -> list[list[tuple[str, float]]]:
+        """The top ``k`` next items per history (item_ids, most recent last)."""
+        if self.config.task != "recommendation":
+            raise ConfigError("this model is a retriever, not a recommender")
+        self._check_k(k)
+        self.network.eval()
+        results: list[list[tuple[str, float]]] = []
+        size = self.config.inference_batch_size
+        for start in tqdm(range(0, len(histories), size), desc="recommending", disable=not progress, leave=False):
+            tokens, item_mask = self._history_tensors(histories[start : start + size])
+            memory, mask = self.network.encode_history(tokens.to(self.device), item_mask.to(self.device))
+            found = self.network.beam_search(memory, mask, self.trie, self.config.beam_size)
+            results.extend(ranked[:k] for ranked in found)
+        return results
+
+    def evaluate_retrieval(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False) -> dict[str, float]:
+        ranked = self.search([q for q, _ in pairs], k=min(10, self.config.beam_size), progress=progress)
+        return rank_metrics([[i for i, _ in r] for r in ranked], [{item_id} for _, item_id in pairs])
+
+    def evaluate_recommendation(
+        self, histories: Sequence[Sequence[str]], targets: Sequence[str], *, progress: bool = False
+    ) -> dict[str, float]:
+        ranked = self.recommend(histories, k=min(10, self.config.beam_size), progress=progress)
+        return rank_metrics([[i for i, _ in r] for r in ranked], [{t} for t in targets])
+
+    # -- persistence -----------------------------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the model atomically (a half-written directory never replaces a good one)."""
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            tied = tied_names(self.network)
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items() if k not in tied}
+            save_file(tensors, str(staging / WEIGHTS))
+            self.network.backbone.save_tokenizer(staging)
+            document = {
+                "format_version": FORMAT_VERSION,
+                "config": self.config.model_dump(mode="json"),
+                "vocabulary": json.loads(self.vocabulary.to_json()),
+                "backbone_config": self.network.backbone.config_dict(),
+                "initialised_from": self.initialised_from,
+                "training": self.training,
+                "ids": {item_id: self.vocabulary.sid(tokens) for item_id, tokens in sorted(self.trie)},
+            }
+            (staging / DOCUMENT).write_text(json.dumps(document, indent=1, default=_json_default) + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def load(
+        cls, directory: str | os.PathLike[str], *, device: Literal["auto", "cpu"] | None = None
+    ) -> GenerativeModel:
+        """Load a saved model from a local directory or an ``s3://`` prefix."""
+        from lmindexer.storage.s3 import is_s3_uri
+
+        if is_s3_uri(str(directory)):
+            from lmindexer.storage.s3 import download_prefix
+
+            with tempfile.TemporaryDirectory(prefix="lmindexer-generative-") as tmp:
+                download_prefix(str(directory), Path(tmp))
+                return cls.load(tmp, device=device)
+        path = Path(directory)
+        try:
+            document = json.loads((path / DOCUMENT).read_text())
+        except (OSError, ValueError) as exc:
+            raise SnapshotError(f"not a generative model directory: {path} ({exc})") from exc
+        if document.get("format_version") != FORMAT_VERSION:
+            raise SnapshotError(f"{path}: unsupported generative model format {document.get('format_version')!r}")
+        values = dict(document["config"])
+        if device is not None:
+            values["device"] = device
+        config = parse_generative_config(values)
+        vocabulary = IdVocabulary.from_dict(document["vocabulary"])
+        network = GenerativeIdModel(
+            backbone_from_snapshot(path, dict(document["backbone_config"])),
+            vocabulary.sizes,
+            task=config.task,
+            history_window=config.history_window,
+            history_layers=config.history_layers,
+        )
+        try:
+            tensors = load_file(str(path / WEIGHTS))
+        except (OSError, SafetensorError) as exc:
+            raise SnapshotError(f"cannot read {path / WEIGHTS}: {exc}") from exc
+        missing, unexpected = network.load_state_dict(tensors, strict=False)
+        if unexpected or set(missing) - tied_names(network):
+            raise SnapshotError(
+                f"{path}: the weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+        model = cls(config, vocabulary, network.eval(), document["ids"])
+        model.initialised_from = document.get("initialised_from", "backbone")
+        model.training = document.get("training", {})
+        return model
+
+
+def _copy_indexer(network: GenerativeIdModel, indexer: LMIndexer) -> None:
+    """Start from what the indexer learnt: its start vector, summary scale and codebooks as token vectors."""
+    source = indexer.model
+    with torch.no_grad():
+        network.start.copy_(source.start)
+        network.summary_scale.copy_(source.summary_scale)
+        for position, codebook in enumerate(source.codebooks):
+            vectors = torch.nn.functional.normalize(codebook.detach().float(), dim=-1)
+            network.token_vectors[position].copy_(vectors)
+            network.output_vectors[position].copy_(vectors)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+__all__ = ["GenerativeConfig", "GenerativeModel", "parse_generative_config"]

@@ -1,0 +1,181 @@
+"""The generative model of the downstream tasks: a source (query text or item history) -> the target's ID tokens.
+
+The decoder writes the ID one position at a time, as the LMIndexer does: it is fed a start vector (holding a summary
+of the source) and the embeddings of the tokens written so far, and its last state is scored by cosine against the
+output vectors of the next position. Initialised from an LMIndexer snapshot, the backbone, start vector and the
+per-position token vectors come from the indexer (its codebooks), so the model starts out already able to write IDs
+from text; for baseline IDs the same backbone starts from its pretrained weights with fresh token vectors.
+
+Retrieval reads text with the backbone's encoder. Recommendation reads the user's history as a sequence of ID tokens
+(each item as its tokens, most recent last) with a small transformer encoder over the same token vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmindexer.downstream.trie import IdTrie
+from lmindexer.indexers.lm.backbone import Seq2SeqBackbone
+
+Task = Literal["retrieval", "recommendation"]
+INITIAL_LOGIT_SCALE = 20.0
+
+
+class HistoryEncoder(nn.Module):
+    """Encodes a window of items, each written as its ID tokens, into states the decoder attends to."""
+
+    def __init__(self, hidden: int, heads: int, layers: int, window: int, depth: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.window = window
+        self.depth = depth
+        self.item_position = nn.Embedding(window, hidden)
+        self.token_position = nn.Embedding(depth, hidden)
+        layer = nn.TransformerEncoderLayer(
+            hidden, heads, 4 * hidden, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, token_vectors: torch.Tensor, item_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``token_vectors`` (B, W, depth, d) of a right-aligned window; ``item_mask`` (B, W), 1 for real items."""
+        batch, window, depth, hidden = token_vectors.shape
+        positions = torch.arange(window, device=token_vectors.device)
+        tokens = torch.arange(depth, device=token_vectors.device)
+        states = token_vectors + self.item_position(positions)[None, :, None] + self.token_position(tokens)[None, None]
+        states = states.reshape(batch, window * depth, hidden)
+        mask = item_mask.repeat_interleave(depth, dim=1)
+        out = self.layers(states, src_key_padding_mask=mask == 0)
+        return self.norm(out), mask
+
+
+class GenerativeIdModel(nn.Module):
+    def __init__(
+        self,
+        backbone: Seq2SeqBackbone,
+        sizes: Sequence[int],
+        *,
+        task: Task = "retrieval",
+        history_window: int = 20,
+        history_layers: int = 2,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.task = task
+        self.sizes = tuple(int(s) for s in sizes)
+        hidden = backbone.hidden_size
+        with torch.no_grad():
+            scale = backbone.word_embeddings.weight.float().norm(dim=-1).mean().item()
+        # Token vectors enter the decoder at the scale of its word embeddings, as in the indexer.
+        self.register_buffer("input_scale", torch.tensor(scale if math.isfinite(scale) and scale > 0 else 1.0))
+        self.start = nn.Parameter(torch.zeros(hidden))
+        self.summary_scale = nn.Parameter(torch.ones(()))
+        self.token_vectors = nn.ParameterList(
+            [nn.Parameter(F.normalize(torch.randn(size, hidden), dim=-1)) for size in self.sizes]
+        )
+        self.output_vectors = nn.ParameterList(
+            [nn.Parameter(vectors.detach().clone()) for vectors in self.token_vectors]
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(INITIAL_LOGIT_SCALE)))
+        self.history: HistoryEncoder | None = None
+        if task == "recommendation":
+            self.history = HistoryEncoder(hidden, backbone.num_heads, history_layers, history_window, self.depth)
+
+    @property
+    def depth(self) -> int:
+        return len(self.sizes)
+
+    # -- sources ---------------------------------------------------------------------------------------------------
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode(input_ids, attention_mask)
+
+    def embed_tokens(self, position: int, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.token_vectors[position], dim=-1)[tokens]
+
+    def encode_history(self, history: torch.Tensor, item_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``history`` (B, W, depth) tokens of the items (padding rows anything in range), ``item_mask`` (B, W)."""
+        if self.history is None:
+            raise ValueError("this model reads text, not item histories")
+        vectors = torch.stack([self.embed_tokens(p, history[..., p]) for p in range(self.depth)], dim=2)
+        return self.history(vectors * self.input_scale, item_mask)
+
+    # -- the decoder -----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def summary(memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        weights = memory_mask.unsqueeze(-1).to(memory.dtype)
+        pooled = (memory * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return F.normalize(pooled, dim=-1)
+
+    def states(self, memory: torch.Tensor, memory_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Decoder states (B, t+1, d) after the start vector and the ``t`` tokens of ``prefix``."""
+        summary = self.summary(memory, memory_mask)
+        inputs = [F.normalize(summary + self.start, dim=-1).unsqueeze(1)]
+        inputs += [self.embed_tokens(p, prefix[:, p]).unsqueeze(1) for p in range(prefix.size(1))]
+        embeds = torch.cat(inputs, dim=1) * self.input_scale
+        states = self.backbone.decode(embeds.to(memory.dtype), memory, memory_mask)
+        return states + self.summary_scale * summary.unsqueeze(1).to(states.dtype)
+
+    def logits(self, state: torch.Tensor, position: int) -> torch.Tensor:
+        """Scores (B, sizes[position]) of the next token: scaled cosine to the position's output vectors."""
+        scores = F.normalize(state.float(), dim=-1) @ F.normalize(self.output_vectors[position].float(), dim=-1).T
+        return scores * self.logit_scale.exp().clamp(max=100.0)
+
+    def loss(self, memory: torch.Tensor, memory_mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced cross-entropy of the target IDs (B, depth), averaged over positions."""
+        states = self.states(memory, memory_mask, targets[:, :-1])
+        losses = [F.cross_entropy(self.logits(states[:, p], p), targets[:, p]) for p in range(self.depth)]
+        return torch.stack(losses).mean()
+
+    # -- decoding --------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def beam_search(
+        self, memory: torch.Tensor, memory_mask: torch.Tensor, trie: IdTrie, beam_size: int
+    ) -> list[list[tuple[str, float]]]:
+        """The ``beam_size`` most likely existing IDs per source, as (item_id, log-probability), best first.
+
+        At each position only tokens that continue a prefix in ``trie`` are scored (the softmax is taken over them),
+        so every finished beam is an ID that exists and maps back to its item.
+        """
+        if trie.depth != self.depth:
+            raise ValueError(f"the trie holds IDs of {trie.depth} tokens, the model writes {self.depth}")
+        batch = memory.size(0)
+        # beams[b] = list of (tokens, score); all sources advance together, one decoder call per position.
+        beams: list[list[tuple[tuple[int, ...], float]]] = [[((), 0.0)] for _ in range(batch)]
+        for position in range(self.depth):
+            owners = [b for b in range(batch) for _ in beams[b]]
+            if not owners:
+                break
+            prefixes = [tokens for b in range(batch) for tokens, _ in beams[b]]
+            index = torch.tensor(owners, device=memory.device)
+            prefix = torch.tensor(prefixes, dtype=torch.long, device=memory.device).reshape(len(owners), position)
+            state = self.states(memory[index], memory_mask[index], prefix)[:, position]
+            logits = self.logits(state, position)
+            allowed = torch.full_like(logits, float("-inf"))
+            children = [trie.allowed(tokens) for tokens in prefixes]
+            rows = [row for row, tokens in enumerate(children) for _ in tokens]
+            cols = [token for tokens in children for token in tokens]
+            allowed[rows, cols] = 0.0
+            log_probs = torch.log_softmax(logits + allowed, dim=-1).cpu()
+            scores = [score for b in range(batch) for _, score in beams[b]]
+            candidates: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in range(batch)]
+            for row, (owner, tokens) in enumerate(zip(owners, prefixes, strict=True)):
+                for token in children[row]:
+                    candidates[owner].append(((*tokens, token), scores[row] + float(log_probs[row, token])))
+            beams = [sorted(found, key=lambda c: (-c[1], c[0]))[:beam_size] for found in candidates]
+        results: list[list[tuple[str, float]]] = []
+        for found in beams:
+            ranked = []
+            for tokens, score in found:
+                item_id = trie.item_for(tokens)
+                if item_id is not None:  # always, by construction; kept as a guard against a concurrent removal
+                    ranked.append((item_id, score))
+            results.append(ranked)
+        return results
