@@ -1,0 +1,298 @@
+"""Downstream quality of semantic IDs: generative retrieval and recommendation against the usual baselines.
+
+One run fits both ID kinds on the same catalogue at the same L and K (``lmindexer`` and ``rq-kmeans``), trains the
+same generative model on each (initialised from the LMIndexer snapshot for its IDs, from the same pretrained backbone
+for rq-kmeans IDs: the TIGER-style comparison), and evaluates everything on the same held-out split:
+
+- retrieval (wiki-topics queries-test, clothing-reviews held-out reviews): vs BM25 (bm25s) and dense MiniLM;
+- recommendation (movielens-100k, leave-last-out, full ranking): vs popularity.
+
+    python benchmarks/downstream.py                                  # wiki-topics document retrieval
+    python benchmarks/downstream.py --dataset clothing-reviews       # product search
+    python benchmarks/downstream.py --dataset movielens-100k         # sequential recommendation
+
+Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them).
+Writes <out>/downstream-<dataset>.json, .md and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from lmindexer import datasets
+from lmindexer.cache import cache_root
+from lmindexer.catalog import read_items
+from lmindexer.downstream.baselines import BM25Retriever, DenseRetriever, PopularityRecommender
+from lmindexer.downstream.generative import GenerativeModel
+from lmindexer.downstream.ranking import rank_metrics
+from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
+from lmindexer.idtable import IdTable
+from lmindexer.indexers import create_indexer, load_snapshot
+from lmindexer.jobs import assign_ids
+
+ID_METHODS = ("lmindexer", "rq-kmeans")
+RETRIEVAL_KEYS = ("recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
+RECOMMENDATION_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
+TOP_K = 10
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def ids_for(method: str, catalogue: Path, options: dict, work: Path, refit: bool) -> tuple[object, IdTable, dict]:
+    """The method's snapshot and ID table for the catalogue, fitted once and reused while the options match."""
+    snapshot_dir, ids_path = work / f"snapshot-{method}", work / f"ids-{method}.parquet"
+    recorded = work / f"options-{method}.json"
+    wanted = json.dumps(options, sort_keys=True)
+    fit_s = None
+    if refit or not ids_path.exists() or not recorded.exists() or recorded.read_text() != wanted:
+        items, _ = read_items(catalogue)
+        indexer = create_indexer(method, options)
+        started = time.perf_counter()
+        indexer.fit(items, progress=True)
+        fit_s = time.perf_counter() - started
+        indexer.save(snapshot_dir)
+        ids_path.unlink(missing_ok=True)
+        assign_ids(load_snapshot(snapshot_dir), catalogue, ids_path, progress=True)
+        recorded.write_text(wanted)
+        (work / f"fit-{method}.json").write_text(json.dumps({"fit_s": fit_s}))
+    fit_s = json.loads((work / f"fit-{method}.json").read_text())["fit_s"]
+    snapshot = load_snapshot(snapshot_dir)
+    table = IdTable.read(ids_path)
+    suffixes = table.table.column("suffix").to_pylist()
+    report = {
+        "fit_s": round(fit_s, 1),
+        "items": len(table),
+        "collision_rate": round(sum(1 for s in suffixes if s > 0) / len(suffixes), 4),
+        "largest_suffix": max(suffixes),
+    }
+    return snapshot, table, report
+
+
+def run_generative(
+    method: str, snapshot, table: IdTable, options: dict, train, evaluate, progress: bool = True
+) -> dict:
+    model = GenerativeModel.create(table, snapshot, options)
+    print(
+        f"   {method} IDs: vocabulary {model.vocabulary.sizes}, initialised from {model.initialised_from}", flush=True
+    )
+    started = time.perf_counter()
+    stats = train(model)
+    train_s = time.perf_counter() - started
+    started = time.perf_counter()
+    ranked = evaluate(model)
+    eval_s = time.perf_counter() - started
+    return {
+        "name": f"generative ({method} IDs)",
+        "ranked": ranked,
+        "train_s": round(train_s, 1),
+        "eval_s": round(eval_s, 1),
+        "epoch_loss": [round(x, 4) for x in stats["epoch_loss"]],
+        "initialised_from": model.initialised_from,
+    }
+
+
+def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: dict) -> tuple[list[dict], dict]:
+    catalogue = data_dir / "items.jsonl"
+    items = {item.item_id: item for item in read_items(catalogue)[0]}
+    train = [(q["query"], q["item_id"]) for q in read_jsonl(data_dir / "queries-train.jsonl")]
+    test = [(q["query"], q["item_id"]) for q in read_jsonl(data_dir / "queries-test.jsonl")]
+    if args.limit_queries:
+        test = test[: args.limit_queries]
+    relevant = [{item_id} for _, item_id in test]
+    queries = [q for q, _ in test]
+    rows, id_reports = [], {}
+    for method in ID_METHODS:
+        print(f"-- {method}: snapshot and IDs", flush=True)
+        snapshot, table, report = ids_for(
+            method, catalogue, {**id_options, **_method_options(method, args)}, work, args.refit
+        )
+        id_reports[method] = report
+        texts = dict(zip(table.item_ids, snapshot.texts([items[i] for i in table.item_ids]), strict=True))
+
+        def fit(model, texts=texts):
+            return model.fit_retrieval(train, texts, progress=True)
+
+        def search(model):
+            return [[i for i, _ in r] for r in model.search(queries, TOP_K, progress=True)]
+
+        print(f"-- generative model on {method} IDs", flush=True)
+        rows.append(run_generative(method, snapshot, table, gen_options, fit, search))
+
+    print("-- BM25 (bm25s)", flush=True)
+    ids = list(items)
+    texts = create_indexer("rq-kmeans").texts([items[i] for i in ids])  # the same text the indexers read
+    started = time.perf_counter()
+    bm25 = BM25Retriever.fit(ids, texts)
+    rows.append(
+        {"name": "BM25", "ranked": bm25.search(queries, TOP_K), "train_s": round(time.perf_counter() - started, 1)}
+    )
+    print("-- dense MiniLM", flush=True)
+    started = time.perf_counter()
+    dense = DenseRetriever(TextEncoder(DEFAULT_ENCODER, max_length=args.dense_max_length)).index(ids, texts)
+    rows.append(
+        {
+            "name": "dense MiniLM",
+            "ranked": dense.search(queries, TOP_K),
+            "train_s": round(time.perf_counter() - started, 1),
+        }
+    )
+    for row in rows:
+        row["metrics"] = rank_metrics(row.pop("ranked"), relevant)
+    return rows, id_reports
+
+
+def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_options: dict) -> tuple[list[dict], dict]:
+    catalogue = data_dir / "items.jsonl"
+    sequences = read_jsonl(data_dir / "sequences.jsonl")
+    train = [row["train"] + [row["valid"]] for row in sequences]  # the test item is the only thing held out
+    histories = [row["train"] + [row["valid"]] for row in sequences]
+    targets = [row["test"] for row in sequences]
+    relevant = [{t} for t in targets]
+    rows, id_reports = [], {}
+    for method in ID_METHODS:
+        print(f"-- {method}: snapshot and IDs", flush=True)
+        snapshot, table, report = ids_for(
+            method, catalogue, {**id_options, **_method_options(method, args)}, work, args.refit
+        )
+        id_reports[method] = report
+
+        def fit(model):
+            return model.fit_recommendation(train, progress=True)
+
+        def recommend(model):
+            return [[i for i, _ in r] for r in model.recommend(histories, TOP_K, progress=True)]
+
+        print(f"-- generative model on {method} IDs", flush=True)
+        rows.append(run_generative(method, snapshot, table, gen_options, fit, recommend))
+    started = time.perf_counter()
+    popularity = PopularityRecommender().fit(train)
+    rows.append(
+        {
+            "name": "popularity",
+            "ranked": popularity.recommend(histories, TOP_K),
+            "train_s": round(time.perf_counter() - started, 1),
+        }
+    )
+    for row in rows:
+        row["metrics"] = rank_metrics(row.pop("ranked"), relevant)
+    return rows, id_reports
+
+
+def _method_options(method: str, args) -> dict:
+    return {"preset": args.lm_preset} if method == "lmindexer" else {}
+
+
+def markdown(rows: list[dict], keys: tuple[str, ...]) -> str:
+    head = "| model | " + " | ".join(keys) + " | train s |"
+    lines = [head, "|" + "---|" * (len(keys) + 2)]
+    for row in rows:
+        values = " | ".join(f"{row['metrics'][k]:.4f}" for k in keys)
+        lines.append(f"| {row['name']} | {values} | {row.get('train_s', '')} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], keys: tuple[str, ...], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / max(len(rows), 1)
+    for n, row in enumerate(rows):
+        ax.bar([i + n * width for i in range(len(keys))], [row["metrics"][k] for k in keys], width, label=row["name"])
+    ax.set_xticks([i + width * (len(rows) - 1) / 2 for i in range(len(keys))], keys)
+    ax.set_ylabel("score")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--dataset", default="wiki-topics", choices=["wiki-topics", "clothing-reviews", "movielens-100k"]
+    )
+    parser.add_argument("--levels", type=int, default=3)
+    parser.add_argument("--codebook-size", type=int, default=32)
+    parser.add_argument("--lm-preset", default="fast", choices=["fast", "default"])
+    parser.add_argument("--epochs", type=int, default=None, help="generative model epochs (default per task)")
+    parser.add_argument("--limit-queries", type=int, default=None, help="evaluate only the first N test queries")
+    parser.add_argument("--dense-max-length", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refit", action="store_true", help="refit snapshots even if matching ones are kept")
+    parser.add_argument("--work", type=Path, default=None, help="where snapshots and ID tables are kept")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+
+    data_dir = datasets.fetch(args.dataset)
+    work = args.work or cache_root() / "benchmarks" / "downstream" / args.dataset
+    work.mkdir(parents=True, exist_ok=True)
+    id_options = {"levels": args.levels, "codebook_size": args.codebook_size, "seed": args.seed}
+    is_recommendation = args.dataset == "movielens-100k"
+    gen_options = {"seed": args.seed, "task": "recommendation" if is_recommendation else "retrieval"}
+    gen_options["epochs"] = args.epochs or (4 if is_recommendation else 8)
+    started = time.perf_counter()
+    if is_recommendation:
+        rows, id_reports = recommendation(args, data_dir, work, id_options, gen_options)
+        keys = RECOMMENDATION_KEYS
+        anchor = "popularity"
+    else:
+        rows, id_reports = retrieval(args, data_dir, work, id_options, gen_options)
+        keys = RETRIEVAL_KEYS
+        anchor = "generative (rq-kmeans IDs)"
+    base = next(r for r in rows if r["name"] == anchor)["metrics"]["ndcg@10"]
+    for row in rows:
+        row["ndcg@10_ratio_to_" + anchor.split()[0]] = round(row["metrics"]["ndcg@10"] / base, 3) if base else None
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"downstream-{args.dataset}"
+    document = {
+        "dataset": args.dataset,
+        "task": gen_options["task"],
+        "levels": args.levels,
+        "codebook_size": args.codebook_size,
+        "lm_preset": args.lm_preset,
+        "generative_options": gen_options,
+        "ids": id_reports,
+        "results": rows,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu_threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        },
+        "command": " ".join(["python", *sys.argv]),
+    }
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+    table = markdown(rows, keys)
+    title = f"{args.dataset}: {gen_options['task']}, L={args.levels}, K={args.codebook_size}"
+    ids_table = "\n".join(
+        f"- {m} IDs: fit {r['fit_s']} s, {r['items']} items, collision rate {r['collision_rate']:.2%}, "
+        f"largest suffix {r['largest_suffix']}"
+        for m, r in id_reports.items()
+    )
+    stem.with_suffix(".md").write_text(
+        f"# Downstream — {title}\n\nCommand: `{document['command']}`\n\n{table}\n\n{ids_table}\n\n"
+        f"![metrics]({stem.name}.png)\n"
+    )
+    plot(rows, keys, stem.with_suffix(".png"), title)
+    print(table)
+    print(ids_table)
+    print(f"written: {stem}.json, .md, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_GENERATIVE
+
+from lmindexer.downstream.generative import GenerativeModel
+from lmindexer.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def trained(rq_ids, title_pairs, item_texts):
+    """A tiny retriever trained on (title -> ID) for 200 items plus every item's (text -> ID)."""
+    snapshot, table = rq_ids
+    model = GenerativeModel.create(table, snapshot, TINY_GENERATIVE)
+    before = model.evaluate_retrieval(title_pairs[:200])
+    stats = model.fit_retrieval(title_pairs[:200], item_texts)
+    return model, before, stats
+
+
+def test_training_lowers_the_loss_and_learns_the_training_queries(trained, title_pairs):
+    model, before, stats = trained
+    assert stats["pairs"] == 200 and stats["indexing_pairs"] == 320
+    assert stats["epoch_loss"][-1] < 0.8 * stats["epoch_loss"][0]
+    after = model.evaluate_retrieval(title_pairs[:200])
+    assert after["recall@10"] > before["recall@10"] + 0.3
+    assert set(after) >= {"recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10"}
+
+
+def test_constrained_search_only_returns_ids_that_exist(trained, title_pairs, rq_ids):
+    model, _, _ = trained
+    _, table = rq_ids
+    sids = table.sid_map()
+    results = model.search([q for q, _ in title_pairs], k=10)
+    assert len(results) == len(title_pairs)
+    for ranked in results:
+        ids = [item_id for item_id, _ in ranked]
+        assert 1 <= len(ids) <= 10 and len(set(ids)) == len(ids)
+        assert all(item_id in sids for item_id in ids)
+        scores = [score for _, score in ranked]
+        assert scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores)
+    # Without the trie the same network writes tuples that are no item's ID: the constraint is doing work.
+    network = model.network
+    batch = network.backbone.tokenize([q for q, _ in title_pairs], model.config.max_length)
+    memory = network.encode(batch["input_ids"], batch["attention_mask"])
+    prefix = torch.zeros((len(title_pairs), 0), dtype=torch.long)
+    with torch.no_grad():
+        for position in range(network.depth):
+            state = network.states(memory, batch["attention_mask"], prefix)[:, position]
+            prefix = torch.cat([prefix, network.logits(state, position).argmax(-1, keepdim=True)], dim=1)
+    free = {tuple(row) for row in prefix.tolist()}
+    assert any(model.trie.item_for(tokens) is None for tokens in free)
+
+
+def test_removed_items_are_never_returned_and_inserted_ones_are(rq_ids, title_pairs, item_texts):
+    snapshot, table = rq_ids
+    model = GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "epochs": 1})
+    keep = [item_id for _, item_id in title_pairs[:3]]
+    for item_id in list(table.sid_map()):
+        if item_id not in keep:
+            assert model.remove(item_id)
+    queries = [q for q, _ in title_pairs[:40]]
+    for ranked in model.search(queries, k=10):
+        assert sorted(item_id for item_id, _ in ranked) == sorted(keep)
+    # A newly indexed item (the next suffix of an existing code tuple) is retrievable at once, no retraining.
+    codes, suffix = model.vocabulary.tokens_of_sid(table.sid_map()[keep[0]])[:-1], 0
+    taken = {tokens[-1] for _, tokens in model.trie if tokens[:-1] == codes}
+    suffix = max(taken) + 1
+    model.insert("wiki-new", "-".join(str(c) for c in (*codes, suffix)))
+    assert model.sid_of("wiki-new") == "-".join(str(c) for c in (*codes, suffix))
+    for ranked in model.search(queries, k=10):
+        assert "wiki-new" in {item_id for item_id, _ in ranked}
+    with pytest.raises(ConfigError, match=r"suffix .* outside this model's vocabulary.*retrain"):
+        model.insert("wiki-far", "-".join(str(c) for c in (*codes, model.vocabulary.sizes[-1])))
+    assert model.sync(table) == {"inserted": len(table) - 3, "removed": 1, "items": len(table)}
+
+
+def test_save_and_load_reproduce_the_rankings(trained, title_pairs, tmp_path):
+    model, _, _ = trained
+    model.remove(title_pairs[0][1])
+    directory = model.save(tmp_path / "retriever")
+    assert sorted(p.name for p in directory.iterdir()) == ["generative.json", "tokenizer", "weights.safetensors"]
+    document = json.loads((directory / "generative.json").read_text())
+    assert title_pairs[0][1] not in document["ids"] and len(document["ids"]) == len(model.trie)
+    loaded = GenerativeModel.load(directory)
+    queries = [q for q, _ in title_pairs[:50]]
+    assert loaded.search(queries, k=5) == model.search(queries, k=5)
+
+
+def test_lmindexer_snapshot_lends_its_backbone_and_codebooks(lm_ids):
+    snapshot, table = lm_ids
+    model = GenerativeModel.create(table, snapshot, TINY_GENERATIVE)
+    assert model.initialised_from == f"lmindexer snapshot {snapshot.version}"
+    assert model.vocabulary.sizes[:-1] == (8, 8, 8)
+    for position, codebook in enumerate(snapshot.model.codebooks):
+        expected = torch.nn.functional.normalize(codebook.detach(), dim=-1)
+        assert torch.allclose(model.network.token_vectors[position], expected)
+    assert torch.equal(model.network.start, snapshot.model.start)
+    source = snapshot.model.backbone.state_dict()
+    for name, tensor in model.network.backbone.state_dict().items():
+        assert torch.equal(tensor, source[name]), name
+
+
+def test_bad_options_and_mismatched_ids_fail_clearly(rq_ids, lm_ids):
+    snapshot, table = rq_ids
+    with pytest.raises(ConfigError, match="epochs"):
+        GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "epochs": 0})
+    with pytest.raises(ConfigError, match="bogus_option"):
+        GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "bogus_option": 1})
+    with pytest.raises(ConfigError, match="come from snapshot"):
+        GenerativeModel.create(table, lm_ids[0], TINY_GENERATIVE)
+    model = GenerativeModel.create(table, snapshot, TINY_GENERATIVE)
+    with pytest.raises(ConfigError, match="k must be between 1 and the beam size 10"):
+        model.search(["x"], k=11)
+    with pytest.raises(ConfigError, match="recommender"):
+        model.fit_recommendation([["a", "b"]])
+    with pytest.raises(ConfigError, match="new ID space"):
+        model.sync(lm_ids[1])
+
+
+def test_a_recommender_learns_next_items_from_real_histories(movielens_small):
+    snapshot, table, sequences = movielens_small
+    options = {**TINY_GENERATIVE, "task": "recommendation", "history_window": 8, "epochs": 3, "batch_size": 64}
+    model = GenerativeModel.create(table, snapshot, options)
+    train = [s[:-1] for s in sequences]
+    stats = model.fit_recommendation(train)
+    assert stats["examples"] == sum(len(s) - 1 for s in train)
+    assert stats["epoch_loss"][-1] < stats["epoch_loss"][0]
+    histories, targets = [s[:-1] for s in sequences], [s[-1] for s in sequences]
+    ranked = model.recommend(histories, k=10)
+    valid = set(table.sid_map())
+    assert all(1 <= len(r) <= 10 and {i for i, _ in r} <= valid for r in ranked)
+    metrics = model.evaluate_recommendation(histories, targets)
+    chance = 10 / len(valid)
+    assert metrics["recall@10"] > 2 * chance  # far above picking 10 of the catalogue at random
+    with pytest.raises(ConfigError, match="no item with a semantic ID"):
+        model.recommend([["not-an-item"]])
+    assert np.isfinite(metrics["ndcg@10"])
