@@ -61,6 +61,9 @@ class GenerativeConfig(BaseModel):
     indexing_pairs: bool = Field(True, description="also train on (item text -> ID), as generative retrieval does")
     history_window: int = Field(20, ge=1, le=512, description="most recent items of a history the model reads")
     history_layers: int = Field(2, ge=1, le=12)
+    examples_per_history: int | None = Field(
+        None, ge=1, description="train on only the last N next-item steps of each history (None: every step)"
+    )
     suffix_headroom: int = Field(16, ge=0, le=100000, description="spare suffix values for items indexed later")
     epochs: int = Field(8, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=65536)
@@ -272,7 +275,8 @@ class GenerativeModel:
         nexts: list[str] = []
         for sequence in sequences:
             known = [item_id for item_id in sequence if item_id in self.trie]
-            for t in range(1, len(known)):
+            first = 1 if self.config.examples_per_history is None else len(known) - self.config.examples_per_history
+            for t in range(max(1, first), len(known)):
                 histories.append(known[max(0, t - self.config.history_window) : t])
                 nexts.append(known[t])
         if not histories:
@@ -462,6 +466,9 @@ def _copy_indexer(network: GenerativeIdModel, indexer: LMIndexer) -> None:
             vectors = torch.nn.functional.normalize(codebook.detach().float(), dim=-1)
             network.token_vectors[position].copy_(vectors)
             network.output_vectors[position].copy_(vectors)
+            network.centre(position).copy_(source.centres(position))
+        # The indexer scores codes at temperature code_temperature; start from the same sharpness.
+        network.logit_scale.fill_(math.log(1.0 / indexer.config.code_temperature))
 
 
 def _json_default(value: Any) -> Any:

@@ -82,6 +82,12 @@ class GenerativeIdModel(nn.Module):
             [nn.Parameter(vectors.detach().clone()) for vectors in self.token_vectors]
         )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(INITIAL_LOGIT_SCALE)))
+        # States are scored after subtracting a centre chosen by the previous token, as the LMIndexer scores its
+        # codes; copied from an LMIndexer snapshot the model then writes each item's stored codes from its text at
+        # the start of fine-tuning. Zero (no effect) for IDs of other methods and for the suffix position.
+        for position in range(self.depth):
+            rows = 1 if position == 0 else self.sizes[position - 1]
+            self.register_buffer(f"centre_{position}", torch.zeros(rows, hidden))
         self.history: HistoryEncoder | None = None
         if task == "recommendation":
             self.history = HistoryEncoder(hidden, backbone.num_heads, history_layers, history_window, self.depth)
@@ -122,15 +128,26 @@ class GenerativeIdModel(nn.Module):
         states = self.backbone.decode(embeds.to(memory.dtype), memory, memory_mask)
         return states + self.summary_scale * summary.unsqueeze(1).to(states.dtype)
 
-    def logits(self, state: torch.Tensor, position: int) -> torch.Tensor:
-        """Scores (B, sizes[position]) of the next token: scaled cosine to the position's output vectors."""
-        scores = F.normalize(state.float(), dim=-1) @ F.normalize(self.output_vectors[position].float(), dim=-1).T
+    def centre(self, position: int) -> torch.Tensor:
+        return getattr(self, f"centre_{position}")
+
+    def logits(self, state: torch.Tensor, position: int, prefix: torch.Tensor) -> torch.Tensor:
+        """Scores (B, sizes[position]) of the next token: scaled cosine of the centred state to the output vectors.
+
+        ``prefix`` holds the tokens before ``position`` (at least ``position`` columns).
+        """
+        if position == 0:
+            parents = torch.zeros(state.size(0), dtype=torch.long, device=state.device)
+        else:
+            parents = prefix[:, position - 1]
+        centred = state.float() - self.centre(position)[parents].float()
+        scores = F.normalize(centred, dim=-1) @ F.normalize(self.output_vectors[position].float(), dim=-1).T
         return scores * self.logit_scale.exp().clamp(max=100.0)
 
     def loss(self, memory: torch.Tensor, memory_mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Teacher-forced cross-entropy of the target IDs (B, depth), averaged over positions."""
         states = self.states(memory, memory_mask, targets[:, :-1])
-        losses = [F.cross_entropy(self.logits(states[:, p], p), targets[:, p]) for p in range(self.depth)]
+        losses = [F.cross_entropy(self.logits(states[:, p], p, targets), targets[:, p]) for p in range(self.depth)]
         return torch.stack(losses).mean()
 
     # -- decoding --------------------------------------------------------------------------------------------------
@@ -157,7 +174,7 @@ class GenerativeIdModel(nn.Module):
             index = torch.tensor(owners, device=memory.device)
             prefix = torch.tensor(prefixes, dtype=torch.long, device=memory.device).reshape(len(owners), position)
             state = self.states(memory[index], memory_mask[index], prefix)[:, position]
-            logits = self.logits(state, position)
+            logits = self.logits(state, position, prefix)
             allowed = torch.full_like(logits, float("-inf"))
             children = [trie.allowed(tokens) for tokens in prefixes]
             rows = [row for row, tokens in enumerate(children) for _ in tokens]

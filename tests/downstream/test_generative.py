@@ -42,17 +42,25 @@ def test_constrained_search_only_returns_ids_that_exist(trained, title_pairs, rq
         assert all(item_id in sids for item_id in ids)
         scores = [score for _, score in ranked]
         assert scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores)
-    # Without the trie the same network writes tuples that are no item's ID: the constraint is doing work.
-    network = model.network
-    batch = network.backbone.tokenize([q for q, _ in title_pairs], model.config.max_length)
+
+
+def test_the_trie_is_what_keeps_an_untrained_model_on_existing_ids(rq_ids, title_pairs):
+    snapshot, table = rq_ids
+    model = GenerativeModel.create(table, snapshot, TINY_GENERATIVE)
+    queries = [q for q, _ in title_pairs]
+    network = model.network.eval()
+    batch = network.backbone.tokenize(queries, model.config.max_length)
     memory = network.encode(batch["input_ids"], batch["attention_mask"])
-    prefix = torch.zeros((len(title_pairs), 0), dtype=torch.long)
+    prefix = torch.zeros((len(queries), 0), dtype=torch.long)
     with torch.no_grad():
         for position in range(network.depth):
             state = network.states(memory, batch["attention_mask"], prefix)[:, position]
-            prefix = torch.cat([prefix, network.logits(state, position).argmax(-1, keepdim=True)], dim=1)
-    free = {tuple(row) for row in prefix.tolist()}
-    assert any(model.trie.item_for(tokens) is None for tokens in free)
+            prefix = torch.cat([prefix, network.logits(state, position, prefix).argmax(-1, keepdim=True)], dim=1)
+    unconstrained = [model.trie.item_for(tokens) for tokens in prefix.tolist()]
+    assert sum(item is None for item in unconstrained) > len(queries) // 2  # mostly IDs of no item
+    valid = set(table.sid_map())
+    for ranked in model.search(queries, k=10):
+        assert ranked and {item_id for item_id, _ in ranked} <= valid
 
 
 def test_removed_items_are_never_returned_and_inserted_ones_are(rq_ids, title_pairs, item_texts):
@@ -102,6 +110,22 @@ def test_lmindexer_snapshot_lends_its_backbone_and_codebooks(lm_ids):
     source = snapshot.model.backbone.state_dict()
     for name, tensor in model.network.backbone.state_dict().items():
         assert torch.equal(tensor, source[name]), name
+
+
+def test_from_an_lmindexer_snapshot_the_untrained_model_writes_the_stored_codes(lm_ids, wiki_items):
+    snapshot, table = lm_ids
+    model = GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "max_length": snapshot.config.max_length})
+    network = model.network.eval()
+    batch = network.backbone.tokenize(snapshot.texts(wiki_items), model.config.max_length)
+    memory = network.encode(batch["input_ids"], batch["attention_mask"])
+    prefix = torch.zeros((len(wiki_items), 0), dtype=torch.long)
+    with torch.no_grad():
+        for position in range(snapshot.levels):
+            state = network.states(memory, batch["attention_mask"], prefix)[:, position]
+            prefix = torch.cat([prefix, network.logits(state, position, prefix).argmax(-1, keepdim=True)], dim=1)
+    stored = table.codes_of(item.item_id for item in wiki_items)
+    same = sum(tuple(row) == stored[item.item_id] for row, item in zip(prefix.tolist(), wiki_items, strict=True))
+    assert same >= 0.97 * len(wiki_items)  # float32 here vs float64 in the indexer may flip a near-tie
 
 
 def test_bad_options_and_mismatched_ids_fail_clearly(rq_ids, lm_ids):
