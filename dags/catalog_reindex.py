@@ -11,11 +11,9 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, task
+from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
+from lmindexer_airflow.assets import SEARCH_INDEX, SEMANTIC_IDS
 from lmindexer_airflow.context import log_failure, prepare, search_config
-
-SEMANTIC_IDS = Asset(name="lmindexer_semantic_ids", uri="lmindexer://semantic-ids")
-SEARCH_INDEX = Asset(name="lmindexer_search_index", uri="lmindexer://search-index")
 
 
 def _setup():

@@ -35,6 +35,8 @@ search_app = typer.Typer(help="The search alias: its indexes and rollback.", no_
 app.add_typer(search_app, name="search")
 pipeline_app = typer.Typer(help="The reindex pipeline's state.", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
+retriever_app = typer.Typer(help="The generative retriever: train, evaluate, refresh.", no_args_is_help=True)
+app.add_typer(retriever_app, name="retriever")
 SearchUrlOption = Annotated[
     str | None, typer.Option("--url", help="Search node URL (default: LMINDEXER_SEARCH_HOSTS).")
 ]
@@ -367,6 +369,146 @@ def pipeline_status(
     summary = run_summary(pipeline, _search_config(url, alias))
     stdout.print(render_summary(summary), highlight=False, markup=False)
     _write_json(json_out, summary)
+
+
+@app.command()
+def serve(
+    retriever: Annotated[
+        str | None, typer.Option("--retriever", help="Generative retriever (directory or s3://) for /search.")
+    ] = None,
+    recommender: Annotated[
+        str | None, typer.Option("--recommender", help="Generative recommender (directory or s3://) for /recommend.")
+    ] = None,
+    search: Annotated[
+        bool,
+        typer.Option(
+            "--search/--no-search",
+            help="Use the search alias (--url/--alias or LMINDEXER_SEARCH_*) for /items/{id}/similar and blending.",
+        ),
+    ] = False,
+    url: SearchUrlOption = None,
+    alias: AliasOption = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    max_query_chars: Annotated[int, typer.Option("--max-query-chars", help="Longest /search query.")] = 512,
+    max_history: Annotated[int, typer.Option("--max-history", help="Most items of a /recommend history.")] = 200,
+    max_k: Annotated[
+        int | None, typer.Option("--max-k", help="Most results per request (default and upper bound: beam size).")
+    ] = None,
+) -> None:
+    """Serve generative search and recommendation, and items sharing an ID prefix, over HTTP (docs at /docs)."""
+    import logging
+
+    import uvicorn
+
+    from lmindexer.downstream.generative import GenerativeModel
+    from lmindexer.options import parse_config
+    from lmindexer.search import SearchBackend
+    from lmindexer.serving import ServingLimits, create_app
+
+    if retriever is None and recommender is None:
+        raise ConfigError("nothing to serve: give --retriever and/or --recommender")
+    if (url or alias) and not search:
+        raise ConfigError("--url and --alias choose the search backend; add --search to use one")
+    # Checked before the models load, which takes a while.
+    limits = parse_config(
+        ServingLimits,
+        {"max_query_chars": max_query_chars, "max_history": max_history, "max_k": max_k},
+        what="serving limits",
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    search_model = GenerativeModel.load(retriever) if retriever else None
+    recommend_model = GenerativeModel.load(recommender) if recommender else None
+    with ExitStack() as stack:
+        backend = None
+        if search:
+            backend = stack.enter_context(SearchBackend(_search_config(url, alias)))
+            try:
+                backend.server_info()
+            except UserError as exc:
+                # The engine may come up later; until then only the endpoints that need it answer 503.
+                console.print(f"warning: {exc}", highlight=False, markup=False)
+        application = create_app(retriever=search_model, recommender=recommend_model, backend=backend, limits=limits)
+        for role, model in (("retriever", search_model), ("recommender", recommend_model)):
+            if model is not None:
+                console.print(
+                    f"{role}: {len(model.trie)} items, IDs of snapshot {model.vocabulary.snapshot_version}",
+                    highlight=False,
+                    markup=False,
+                )
+        if backend is not None:
+            console.print(f"search: {backend.config.describe()}", highlight=False, markup=False)
+        uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+RetrieverConfigOption = Annotated[Path, typer.Option("--retriever-config", help="Retriever config (YAML or JSON).")]
+
+
+def _print_json(data: Any) -> None:
+    # Plain print: rich would read ":name:" inside a query or an item_id as an emoji code.
+    print(json.dumps(data, indent=2, default=str))
+
+
+@retriever_app.command("train")
+def retriever_train(
+    snapshot: Annotated[str, typer.Option("--snapshot", help="Snapshot (directory or s3://) that made the IDs.")],
+    ids: Annotated[str, typer.Option("--ids", help="ID table (Parquet, local or s3://).")],
+    catalog: CatalogOption,
+    queries: Annotated[str, typer.Option("--queries", help="Training queries: JSONL of {query, item_id} rows.")],
+    out: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
+    options: Annotated[
+        Path | None, typer.Option("--options", help="YAML or JSON file of generative model options.")
+    ] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Train a generative retriever for the catalogue's items in the ID table's ID space; print a JSON summary."""
+    from lmindexer.downstream.jobs import train_model
+    from lmindexer.jobs import load_config_file
+
+    values = load_config_file(options) if options else {}
+    _print_json(train_model(snapshot, ids, catalog, queries, out, values, progress=not quiet))
+
+
+@retriever_app.command("evaluate")
+def retriever_evaluate(
+    model: Annotated[str, typer.Option("--model", help="Model directory or s3:// prefix.")],
+    queries: Annotated[str, typer.Option("--queries", help="Evaluation queries: JSONL of {query, item_id} rows.")],
+    quiet: QuietOption = False,
+) -> None:
+    """Print Recall/NDCG/MRR of a retriever on (query, item_id) pairs as JSON."""
+    from lmindexer.downstream.generative import GenerativeModel
+    from lmindexer.downstream.jobs import evaluate_model, read_queries
+
+    pairs = read_queries(queries)  # before the model, which takes a while to load
+    _print_json(evaluate_model(GenerativeModel.load(model), pairs, progress=not quiet))
+
+
+@retriever_app.command("refresh")
+def retriever_refresh(
+    config: Annotated[Path, typer.Option("--config", help="Pipeline config (YAML or JSON).")],
+    retriever_config: RetrieverConfigOption,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Run id (default: cli-<UTC time>); rerunning one resumes it.")
+    ] = None,
+    mode: Annotated[str, typer.Option("--mode", help="auto, or retrain even in the same ID space.")] = "auto",
+    quiet: QuietOption = False,
+) -> None:
+    """Bring the retriever in line with the pipeline's IDs: plan, then train/evaluate/gate/promote, or sync."""
+    import datetime as dt
+
+    from lmindexer.downstream.jobs import parse_retriever_config, refresh_retriever
+    from lmindexer.jobs import load_config_file
+    from lmindexer.options import parse_config
+    from lmindexer.pipeline import PipelineConfig
+
+    pipeline = parse_config(PipelineConfig, load_config_file(config), what="pipeline config")
+    retriever = parse_retriever_config(load_config_file(retriever_config))
+    run_id = run_id or f"cli-{dt.datetime.now(dt.UTC):%Y%m%dt%H%M%S}"
+    result = refresh_retriever(pipeline, retriever, run_id, mode=mode, progress=not quiet)
+    console.print(
+        f"retriever run {result['run_id']}: {result['action']} ({result['reason']})", highlight=False, markup=False
+    )
+    _print_json(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,3 +23,11 @@ class SnapshotError(UserError):
 
 class IdTableError(UserError):
     """An ID table is missing, malformed or belongs to another ID space."""
+
+
+class RetrieverError(UserError):
+    """A retriever refresh cannot go on: unreadable queries, a step out of order, or a live model that moved."""
+
+
+class RetrieverGateFailed(RetrieverError):
+    """A newly trained retriever failed a gate; the live retriever stays in charge."""

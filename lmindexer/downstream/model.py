@@ -36,6 +36,9 @@ class HistoryEncoder(nn.Module):
         self.depth = depth
         self.item_position = nn.Embedding(window, hidden)
         self.token_position = nn.Embedding(depth, hidden)
+        # nn.Embedding's unit-variance default would drown the item vectors (norm ~ the word-embedding scale).
+        for table in (self.item_position, self.token_position):
+            nn.init.normal_(table.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(
             hidden, heads, 4 * hidden, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
         )

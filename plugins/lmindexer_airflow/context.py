@@ -1,4 +1,4 @@
-"""What every task of the reindex DAG needs from Airflow: the pipeline config, the run id, the clients."""
+"""What the DAGs' tasks need from Airflow: the pipeline and retriever configs, the run id, the clients."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from airflow.sdk import Variable
 from lmindexer_airflow.hooks import LMIndexerS3Hook, LMIndexerSearchHook
 
 CONFIG_VARIABLE = "lmindexer_pipeline"
+RETRIEVER_VARIABLE = "lmindexer_retriever"
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +32,19 @@ def prepare(context: dict[str, Any]) -> tuple[Any, str]:
 
     LMIndexerS3Hook().configure_library()
     return pipeline_config(context["params"]), safe_run_id(context["run_id"])
+
+
+def retriever_config() -> Any:
+    """The retriever config: the ``lmindexer_retriever`` Variable (JSON; AIRFLOW_VAR_LMINDEXER_RETRIEVER works)."""
+    from lmindexer.downstream.jobs import parse_retriever_config
+
+    return parse_retriever_config(Variable.get(RETRIEVER_VARIABLE, deserialize_json=True))
+
+
+def prepare_retriever(context: dict[str, Any]) -> tuple[Any, Any, str]:
+    """Configure S3 access; return (pipeline config, retriever config, run id) for a retriever_refresh task."""
+    pipeline, run_id = prepare(context)
+    return pipeline, retriever_config(), run_id
 
 
 def search_config() -> Any:

@@ -147,7 +147,7 @@ def test_bad_options_and_mismatched_ids_fail_clearly(rq_ids, lm_ids):
 
 def test_a_recommender_learns_next_items_from_real_histories(movielens_small):
     snapshot, table, sequences = movielens_small
-    options = {**TINY_GENERATIVE, "task": "recommendation", "history_window": 8, "epochs": 3, "batch_size": 64}
+    options = {**TINY_GENERATIVE, "task": "recommendation", "history_window": 8, "epochs": 4, "batch_size": 64}
     model = GenerativeModel.create(table, snapshot, options)
     train = [s[:-1] for s in sequences]
     stats = model.fit_recommendation(train)

@@ -1,0 +1,632 @@
+"""Keeping a generative retriever in step with the semantic IDs the reindex pipeline publishes.
+
+After every commit of the pipeline, :func:`plan_refresh` compares its current pointer with the live retriever:
+
+- a new ID space (a new snapshot), or no retriever yet: **retrain** -> :func:`train_retriever` ->
+  :func:`evaluate_retriever` -> :func:`gate_retriever` -> :func:`promote_retriever`;
+- the same ID space with other live items (new items, deletions): **sync** -> :func:`sync_retriever`, which brings
+  the live model's trie in line with the IDs (no training: the model already writes IDs of this space);
+- nothing that changes what the retriever may return: **none**.
+
+Layout under ``<base_uri>/<prefix>`` (``retrievers/`` by default)::
+
+    current.json              the live retriever: its model, the pipeline run and ID space it serves, its metrics
+    runs/<run>/model/         the model a run trained or synced
+    runs/<run>/<step>.json    what each step of the run did: plan, train, evaluate, gate, promote, sync
+
+Every step is idempotent per run id: a step whose record exists returns it (a retried task never retrains), and
+``current.json`` is written last, only after the gates passed, so a failure anywhere leaves the live retriever in
+charge. The retriever serves the catalogue's live items only: the pipeline keeps the IDs of deleted items reserved
+in its ID table, so the table is restricted to the pointer's catalogue before it becomes a trie.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lmindexer.downstream.generative import GenerativeModel, parse_generative_config
+from lmindexer.errors import ConfigError, RetrieverError, RetrieverGateFailed
+from lmindexer.idtable import IdTable
+from lmindexer.options import parse_config
+from lmindexer.pipeline.config import PipelineConfig, safe_run_id
+from lmindexer.pipeline.records import current as pipeline_current
+from lmindexer.pipeline.records import read_json, write_json
+from lmindexer.storage.s3 import is_s3_uri, local_copy, open_binary, upload_file
+
+CURRENT = "current.json"
+MODES = ("auto", "retrain")
+_POINTER_FIELDS = ("run_id", "snapshot_uri", "snapshot_version", "ids_uri", "catalog_uri")
+
+
+class RetrieverConfig(BaseModel):
+    """What the retriever learns from, where it lives, and what a new model must reach before it goes live."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train_queries: str = Field(description="JSONL of {query, item_id} rows to train on (local path or s3://)")
+    eval_queries: str = Field(description="JSONL of {query, item_id} rows the gates measure (local path or s3://)")
+    options: dict[str, Any] = Field(default_factory=dict, description="GenerativeModel options (a retrieval task)")
+    prefix: str = Field("retrievers/", description="where models, run records and current.json live, under base_uri")
+    min_recall_at_10: float = Field(0.0, ge=0, description="floor on the new model's recall@10 on eval_queries")
+    max_ndcg_drop: float = Field(
+        0.02,
+        ge=0,
+        description="most the new model's NDCG@10 may fall below the live one's, same eval set and ID space",
+    )
+
+    @field_validator("train_queries", "eval_queries")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a queries location cannot be empty")
+        return value.strip()
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            options = parse_generative_config(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if options.task != "retrieval":
+            raise ValueError("the refresh trains retrievers: task must be 'retrieval'")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value:
+            raise ValueError("a prefix cannot be empty")
+        return value + "/"
+
+
+def parse_retriever_config(values: Mapping[str, Any] | RetrieverConfig | None) -> RetrieverConfig:
+    """Validate a mapping into a :class:`RetrieverConfig`; one :class:`ConfigError` names every problem."""
+    return parse_config(RetrieverConfig, values, what="retriever config")
+
+
+# -- reading and writing ------------------------------------------------------------------------------------------
+
+
+def read_queries(location: str | Path) -> list[tuple[str, str]]:
+    """(query, item_id) pairs from a JSONL file (local or s3://) of ``{"query": ..., "item_id": ...}`` objects."""
+    pairs: list[tuple[str, str]] = []
+    with open_binary(str(location)) as stream:
+        for number, raw in enumerate(stream, 1):
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RetrieverError(f"{location} line {number}: not a JSON object ({exc.msg})") from None
+            query = row.get("query") if isinstance(row, dict) else None
+            item_id = row.get("item_id") if isinstance(row, dict) else None
+            if not isinstance(query, str) or not query.strip() or not isinstance(item_id, str) or not item_id:
+                raise RetrieverError(f"{location} line {number}: needs a non-empty string 'query' and 'item_id'")
+            pairs.append((query, item_id))
+    if not pairs:
+        raise RetrieverError(f"{location} holds no queries")
+    return pairs
+
+
+def _catalogue_ids(location: str) -> set[str]:
+    if str(location).endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        # The pipeline's catalogue is Parquet: its item_id column is all a plan needs, not every item's text.
+        with local_copy(location, suffix=".parquet") as path:
+            return set(pq.read_table(path, columns=["item_id"]).column("item_id").to_pylist())
+    from lmindexer.catalog.store import read_catalog
+
+    return set(read_catalog(location))
+
+
+def restrict(table: IdTable, item_ids: set[str]) -> IdTable:
+    """The rows of ``table`` for ``item_ids`` (the catalogue's live items), in the same ID space."""
+    keep = pc.is_in(table.table.column("item_id"), value_set=pa.array(sorted(item_ids), pa.string()))
+    return IdTable(table.table.filter(keep), table.space)
+
+
+def ids_fingerprint(table: IdTable) -> str:
+    """A digest of the table's item -> ID map: equal digests mean the same items with the same IDs."""
+    digest = hashlib.sha256()
+    for item_id, sid in sorted(table.sid_map().items()):
+        digest.update(f"{item_id}\t{sid}\n".encode())
+    return digest.hexdigest()
+
+
+def save_model(model: GenerativeModel, location: str) -> str:
+    """Save to a local directory, or through a local staging directory to an ``s3://`` prefix."""
+    if not is_s3_uri(location):
+        model.save(location)
+        return location
+    with tempfile.TemporaryDirectory(prefix="lmindexer-retriever-") as tmp:
+        staged = model.save(Path(tmp) / "model")
+        for path in sorted(staged.rglob("*")):
+            if path.is_file():
+                upload_file(path, f"{location.rstrip('/')}/{path.relative_to(staged).as_posix()}")
+    return location
+
+
+def _uri(pipeline: PipelineConfig, retriever: RetrieverConfig, *parts: str) -> str:
+    return pipeline.uri(retriever.prefix, *parts)
+
+
+def _run_uri(pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, *parts: str) -> str:
+    return _uri(pipeline, retriever, "runs", run_id, *parts)
+
+
+def current_retriever(pipeline: PipelineConfig, retriever: RetrieverConfig) -> dict[str, Any] | None:
+    """The live retriever's record (``current.json``), or None when none has been promoted."""
+    return read_json(_uri(pipeline, retriever, CURRENT))
+
+
+def _remembered(uri: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    stored = read_json(uri)
+    if stored is not None:
+        return stored
+    result = compute()
+    write_json(uri, result)
+    return result
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+# -- direct use: train and evaluate a model without the pipeline -------------------------------------------------
+
+
+def fit_retriever(
+    snapshot: str | Path,
+    ids: str | Path,
+    catalog: str | Path,
+    queries: str | Path,
+    options: Mapping[str, Any] | None = None,
+    *,
+    progress: bool = False,
+) -> tuple[GenerativeModel, dict[str, Any]]:
+    """Train a retriever for the catalogue's items in the ID space of ``ids`` (made by ``snapshot``).
+
+    Queries about items without a live ID are skipped and counted; the items' own texts (as the snapshot renders
+    them) are the indexing pairs. The vocabulary is sized on the whole table, deleted items included, so every
+    suffix handed out so far fits; the trie holds the live items only.
+    """
+    from lmindexer.catalog.store import read_catalog
+    from lmindexer.indexers import load_snapshot
+
+    config = parse_generative_config(options)  # before the slow loads: bad options fail at once
+    pairs = read_queries(queries)
+    indexer = load_snapshot(snapshot)
+    table = IdTable.read(ids)
+    catalogue = read_catalog(catalog)
+    live = restrict(table, set(catalogue))
+    if not len(live):
+        raise RetrieverError(f"no item of the catalogue {catalog} has an ID in {ids}")
+    known = [(query, item_id) for query, item_id in pairs if item_id in live]
+    if not known:
+        raise RetrieverError(f"none of the {len(pairs)} queries in {queries} is about an item with a live ID")
+    model = GenerativeModel.create(table, indexer, config)
+    model.sync(live)
+    item_ids = live.item_ids
+    texts = dict(zip(item_ids, indexer.texts([catalogue[i] for i in item_ids]), strict=True))
+    stats = model.fit_retrieval(known, texts, progress=progress)
+    summary = {
+        "snapshot_version": table.space.snapshot_version,
+        "method": table.space.method,
+        "initialised_from": model.initialised_from,
+        "items": len(live),
+        "ids_fingerprint": ids_fingerprint(live),
+        "suffix_capacity": model.vocabulary.sizes[-1],
+        "train_queries": str(queries),
+        "train_pairs": len(known),
+        "train_pairs_skipped": len(pairs) - len(known),
+        "training": stats,
+    }
+    return model, summary
+
+
+def train_model(
+    snapshot: str | Path,
+    ids: str | Path,
+    catalog: str | Path,
+    queries: str | Path,
+    out: str | Path,
+    options: Mapping[str, Any] | None = None,
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """:func:`fit_retriever`, then save the model to ``out`` (a directory or s3:// prefix); returns the summary."""
+    model, summary = fit_retriever(snapshot, ids, catalog, queries, options, progress=progress)
+    return {"model_uri": save_model(model, str(out)), **summary}
+
+
+def evaluate_model(model: GenerativeModel, pairs: Sequence[tuple[str, str]], *, progress: bool = False) -> dict:
+    """Recall/NDCG/MRR on the pairs about items the model can return; the others are counted as skipped."""
+    known = [(query, item_id) for query, item_id in pairs if item_id in model.trie]
+    if not known:
+        raise RetrieverError(f"none of the {len(pairs)} evaluation queries is about an item the model can return")
+    return {**model.evaluate_retrieval(known, progress=progress), "skipped_queries": len(pairs) - len(known)}
+
+
+def _align(model: GenerativeModel, target: GenerativeModel) -> None:
+    """Make ``model`` return exactly ``target``'s items under the same IDs (both write IDs of one space)."""
+    wanted = {item_id: target.vocabulary.sid(tokens) for item_id, tokens in target.trie}
+    for item_id, _ in list(model.trie):
+        if item_id not in wanted:
+            model.remove(item_id)
+    for item_id, sid in wanted.items():
+        model.insert(item_id, sid)
+
+
+# -- the refresh ---------------------------------------------------------------------------------------------------
+
+
+def plan_refresh(
+    pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str | None = None, *, mode: str = "auto"
+) -> dict[str, Any]:
+    """Retrain, sync or nothing, from the pipeline's pointer and the live retriever (see the module doc).
+
+    ``mode="retrain"`` retrains even in the same ID space (new training queries, new options). With a ``run_id``
+    the plan is stored, so a retried run follows the plan it started with.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"unknown refresh mode {mode!r}; use one of {', '.join(MODES)}")
+
+    def compute() -> dict[str, Any]:
+        pointer = pipeline_current(pipeline)
+        live = current_retriever(pipeline, retriever)
+        plan: dict[str, Any] = {
+            "run_id": run_id,
+            "mode": mode,
+            "planned_at": _now(),
+            "pointer": {k: pointer.get(k) for k in _POINTER_FIELDS} if pointer else None,
+            "live": live,
+        }
+
+        def decided(action: str, reason: str, **extra: Any) -> dict[str, Any]:
+            return {**plan, "action": action, "reason": reason, **extra}
+
+        if pointer is None:
+            return decided("none", "the pipeline has published no semantic IDs yet")
+        if live is None:
+            return decided("retrain", "no retriever has been promoted yet")
+        if live["snapshot_version"] != pointer["snapshot_version"]:
+            return decided(
+                "retrain",
+                f"the ID space changed: the live retriever writes IDs of snapshot {live['snapshot_version']}, "
+                f"the pipeline now publishes {pointer['snapshot_version']}",
+            )
+        if mode == "retrain":
+            return decided("retrain", "retrain requested")
+        if live.get("pipeline_run_id") == pointer["run_id"]:
+            return decided("none", f"the live retriever already serves pipeline run {pointer['run_id']}")
+        ids = restrict(IdTable.read(pointer["ids_uri"]), _catalogue_ids(pointer["catalog_uri"]))
+        fingerprint = ids_fingerprint(ids)
+        if fingerprint == live.get("ids_fingerprint"):
+            return decided("none", f"pipeline run {pointer['run_id']} left the live items and their IDs unchanged")
+        suffixes = ids.table.column("suffix").to_pylist()
+        largest = max(suffixes) if suffixes else -1
+        capacity = int(live.get("suffix_capacity", 0))
+        if largest >= capacity:
+            return decided(
+                "retrain",
+                f"suffix {largest} does not fit the live model's suffix vocabulary (0..{capacity - 1}); "
+                "a retrain widens it",
+            )
+        return decided(
+            "sync",
+            f"pipeline run {pointer['run_id']} changed the live items in the same ID space: {len(ids)} items now",
+            items=len(ids),
+            ids_fingerprint=fingerprint,
+        )
+
+    if run_id is None:
+        return compute()
+    run_id = safe_run_id(run_id)
+    return _remembered(_run_uri(pipeline, retriever, run_id, "plan.json"), compute)
+
+
+def _expect(plan: Mapping[str, Any], action: str, run_id: str) -> None:
+    if plan.get("action") != action:
+        raise RetrieverError(f"run {run_id} planned {plan.get('action')!r} ({plan.get('reason')}), not {action!r}")
+
+
+def _live_summary(live: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not live:
+        return None
+    keys = ("run_id", "model_uri", "snapshot_version", "pipeline_run_id", "metrics", "metrics_run_id", "eval_queries")
+    return {k: live.get(k) for k in keys}
+
+
+def train_retriever(
+    pipeline: PipelineConfig,
+    retriever: RetrieverConfig,
+    run_id: str,
+    plan: Mapping[str, Any],
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train on the pointer's snapshot, ID table and catalogue; save under ``runs/<run>/model/``. Trains once per
+    run: a rerun returns the stored result."""
+    run_id = safe_run_id(run_id)
+    _expect(plan, "retrain", run_id)
+    pointer = plan["pointer"]
+
+    def compute() -> dict[str, Any]:
+        result = train_model(
+            pointer["snapshot_uri"], pointer["ids_uri"], pointer["catalog_uri"], retriever.train_queries,
+            _run_uri(pipeline, retriever, run_id, "model"), retriever.options, progress=progress,
+        )  # fmt: skip
+        return {
+            "run_id": run_id,
+            "trained_at": _now(),
+            "pipeline_run_id": pointer["run_id"],
+            "snapshot_uri": pointer["snapshot_uri"],
+            "ids_uri": pointer["ids_uri"],
+            "catalog_uri": pointer["catalog_uri"],
+            "options": dict(retriever.options),
+            "live": _live_summary(plan.get("live")),
+            **result,
+        }
+
+    return _remembered(_run_uri(pipeline, retriever, run_id, "train.json"), compute)
+
+
+def evaluate_retriever(
+    pipeline: PipelineConfig,
+    retriever: RetrieverConfig,
+    run_id: str,
+    trained: Mapping[str, Any],
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The new model's metrics on the eval queries, and the live model's for comparison.
+
+    In the same ID space the live model is measured now, on the same queries, after its trie is given exactly the
+    new model's items: the one comparison that isolates the model. In another ID space it cannot be: the live
+    model's trie holds the old IDs and lacks the items added since, so its recorded metrics are reported as an
+    informational figure only (and :func:`gate_retriever` does not gate on them).
+    """
+    run_id = safe_run_id(run_id)
+
+    def compute() -> dict[str, Any]:
+        pairs = read_queries(retriever.eval_queries)
+        model = GenerativeModel.load(trained["model_uri"])
+        metrics = evaluate_model(model, pairs, progress=progress)
+        live = trained.get("live")
+        comparison = None
+        if live:
+            comparison = {**live, "same_id_space": live["snapshot_version"] == trained["snapshot_version"]}
+            comparison["compared"] = False
+            comparison["recorded_metrics"] = comparison.pop("metrics")
+            if comparison["same_id_space"]:
+                live_model = GenerativeModel.load(live["model_uri"])
+                try:
+                    _align(live_model, model)
+                except ConfigError as exc:
+                    comparison["note"] = f"the live model cannot hold the new model's items ({exc})"
+                else:
+                    comparison["metrics"] = evaluate_model(live_model, pairs, progress=progress)
+                    comparison["compared"] = True
+                    comparison["note"] = "measured now, on the same eval queries and the same items"
+            else:
+                comparison["note"] = (
+                    "another ID space: recorded when the live model was promoted, on the catalogue of its time; "
+                    "informational, not gated"
+                )
+        return {
+            "run_id": run_id,
+            "evaluated_at": _now(),
+            "model_uri": trained["model_uri"],
+            "snapshot_version": trained["snapshot_version"],
+            "eval_queries": retriever.eval_queries,
+            "metrics": metrics,
+            "live": comparison,
+        }
+
+    return _remembered(_run_uri(pipeline, retriever, run_id, "evaluate.json"), compute)
+
+
+def gate_retriever(
+    pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, evaluated: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Check the new model against the gates; record the outcome; raise :class:`RetrieverGateFailed` on failure.
+
+    Always: recall@10 >= ``min_recall_at_10``. Only when the live model was measured now in the same ID space (see
+    :func:`evaluate_retriever`): NDCG@10 no more than ``max_ndcg_drop`` below the live model's. Cheap and
+    deterministic given the stored evaluation, so it is recomputed on every call: a rerun with changed gates
+    applies them.
+    """
+    run_id = safe_run_id(run_id)
+    metrics = evaluated["metrics"]
+    failures: list[str] = []
+    checks: dict[str, Any] = {"recall@10": metrics["recall@10"], "min_recall_at_10": retriever.min_recall_at_10}
+    if metrics["recall@10"] < retriever.min_recall_at_10:
+        failures.append(f"recall@10 {metrics['recall@10']:.4f} is below the floor {retriever.min_recall_at_10:.4f}")
+    live = evaluated.get("live")
+    if live and live.get("compared"):
+        live_ndcg = live["metrics"]["ndcg@10"]
+        checks.update(
+            {"ndcg@10": metrics["ndcg@10"], "live_ndcg@10": live_ndcg, "max_ndcg_drop": retriever.max_ndcg_drop}
+        )
+        if metrics["ndcg@10"] < live_ndcg - retriever.max_ndcg_drop:
+            failures.append(
+                f"ndcg@10 {metrics['ndcg@10']:.4f} is more than {retriever.max_ndcg_drop:.4f} below the live "
+                f"model's {live_ndcg:.4f} on the same eval queries"
+            )
+    elif live and (live.get("recorded_metrics") or {}).get("ndcg@10") is not None:
+        recorded = live["recorded_metrics"]["ndcg@10"]
+        checks["informational"] = {
+            "ndcg@10": metrics["ndcg@10"],
+            "live_recorded_ndcg@10": recorded,
+            "difference": metrics["ndcg@10"] - recorded,
+            "note": live.get("note"),
+        }
+    result = {"run_id": run_id, "gated_at": _now(), "passed": not failures, "failures": failures, "checks": checks}
+    write_json(_run_uri(pipeline, retriever, run_id, "gate.json"), result)
+    if failures:
+        holder = f"run {live['run_id']}" if live else "none"
+        raise RetrieverGateFailed(
+            f"retriever run {run_id} failed its gates: {'; '.join(failures)}. Nothing was promoted; "
+            f"the live retriever ({holder}) stays in charge"
+        )
+    return result
+
+
+def _switch(
+    pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, planned_live: str | None, entry: dict
+) -> dict[str, Any]:
+    """Point ``current.json`` at ``entry`` (one atomic write) unless this run already did; refuse when another run
+    went live after this one planned, so an older plan never replaces a newer model."""
+    record = _run_uri(pipeline, retriever, run_id, "promote.json")
+    done = read_json(record)
+    if done is not None:
+        return done
+    live = current_retriever(pipeline, retriever)
+    live_run = live.get("run_id") if live else None
+    if live_run == run_id:
+        entry = live
+    elif live_run != planned_live:
+        raise RetrieverError(
+            f"the live retriever changed since run {run_id} planned (run {planned_live} then, run {live_run} now); "
+            "nothing was promoted: start a new refresh"
+        )
+    else:
+        write_json(_uri(pipeline, retriever, CURRENT), entry)
+    write_json(record, entry)
+    return entry
+
+
+def promote_retriever(
+    pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, gated: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Make the run's model the live retriever, once its gates passed. A rerun changes nothing."""
+    run_id = safe_run_id(run_id)
+    stored_gate = read_json(_run_uri(pipeline, retriever, run_id, "gate.json")) or {}
+    if not (gated.get("passed") and stored_gate.get("passed")):
+        raise RetrieverGateFailed(f"retriever run {run_id} has not passed its gates; nothing was promoted")
+    trained = read_json(_run_uri(pipeline, retriever, run_id, "train.json"))
+    evaluated = read_json(_run_uri(pipeline, retriever, run_id, "evaluate.json"))
+    if trained is None or evaluated is None:
+        raise RetrieverError(f"retriever run {run_id} has no stored training or evaluation to promote")
+    planned_live = (trained.get("live") or {}).get("run_id")
+    entry = {
+        "run_id": run_id,
+        "kind": "trained",
+        "promoted_at": _now(),
+        "model_uri": trained["model_uri"],
+        "trained_run_id": run_id,
+        "previous_run_id": planned_live,
+        "snapshot_version": trained["snapshot_version"],
+        "pipeline_run_id": trained["pipeline_run_id"],
+        "ids_uri": trained["ids_uri"],
+        "catalog_uri": trained["catalog_uri"],
+        "ids_fingerprint": trained["ids_fingerprint"],
+        "items": trained["items"],
+        "suffix_capacity": trained["suffix_capacity"],
+        "metrics": evaluated["metrics"],
+        "metrics_run_id": run_id,
+        "eval_queries": evaluated["eval_queries"],
+    }
+    return _switch(pipeline, retriever, run_id, planned_live, entry)
+
+
+def sync_retriever(
+    pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, plan: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Give the live model the pointer's live items (new ones in, deleted ones out), save it as the run's model
+    and make it live. No training, so no gates: the weights are the live ones. Its metrics are carried over from
+    the run that measured them."""
+    run_id = safe_run_id(run_id)
+    _expect(plan, "sync", run_id)
+    pointer, live = plan["pointer"], plan["live"]
+
+    def compute() -> dict[str, Any]:
+        model = GenerativeModel.load(live["model_uri"])
+        ids = restrict(IdTable.read(pointer["ids_uri"]), _catalogue_ids(pointer["catalog_uri"]))
+        counts = model.sync(ids)
+        return {
+            "run_id": run_id,
+            "synced_at": _now(),
+            "from_model_uri": live["model_uri"],
+            "model_uri": save_model(model, _run_uri(pipeline, retriever, run_id, "model")),
+            "pipeline_run_id": pointer["run_id"],
+            "ids_uri": pointer["ids_uri"],
+            "catalog_uri": pointer["catalog_uri"],
+            "ids_fingerprint": ids_fingerprint(ids),
+            **counts,
+        }
+
+    synced = _remembered(_run_uri(pipeline, retriever, run_id, "sync.json"), compute)
+    entry = {
+        **live,
+        "run_id": run_id,
+        "kind": "synced",
+        "promoted_at": _now(),
+        "model_uri": synced["model_uri"],
+        "trained_run_id": live.get("trained_run_id", live["run_id"]),
+        "previous_run_id": live["run_id"],
+        "pipeline_run_id": synced["pipeline_run_id"],
+        "ids_uri": synced["ids_uri"],
+        "catalog_uri": synced["catalog_uri"],
+        "ids_fingerprint": synced["ids_fingerprint"],
+        "items": synced["items"],
+    }
+    return {**synced, "current": _switch(pipeline, retriever, run_id, live["run_id"], entry)}
+
+
+def refresh_retriever(
+    pipeline: PipelineConfig,
+    retriever: RetrieverConfig,
+    run_id: str,
+    *,
+    mode: str = "auto",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The whole refresh in-process: plan, then train -> evaluate -> gate -> promote, or sync, or nothing."""
+    plan = plan_refresh(pipeline, retriever, run_id, mode=mode)
+    result: dict[str, Any] = {"run_id": safe_run_id(run_id), "action": plan["action"], "reason": plan["reason"]}
+    if plan["action"] == "retrain":
+        trained = train_retriever(pipeline, retriever, run_id, plan, progress=progress)
+        evaluated = evaluate_retriever(pipeline, retriever, run_id, trained, progress=progress)
+        gated = gate_retriever(pipeline, retriever, run_id, evaluated)
+        result.update(metrics=evaluated["metrics"], live=evaluated["live"], gate=gated)
+        result["current"] = promote_retriever(pipeline, retriever, run_id, gated)
+    elif plan["action"] == "sync":
+        synced = sync_retriever(pipeline, retriever, run_id, plan)
+        result.update(synced={k: synced[k] for k in ("inserted", "removed", "items")}, current=synced["current"])
+    return result
+
+
+__all__ = [
+    "RetrieverConfig",
+    "current_retriever",
+    "evaluate_model",
+    "evaluate_retriever",
+    "fit_retriever",
+    "gate_retriever",
+    "ids_fingerprint",
+    "parse_retriever_config",
+    "plan_refresh",
+    "promote_retriever",
+    "read_queries",
+    "refresh_retriever",
+    "restrict",
+    "save_model",
+    "sync_retriever",
+    "train_model",
+    "train_retriever",
+]

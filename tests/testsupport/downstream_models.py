@@ -1,0 +1,55 @@
+"""Builders of the tiny downstream models' inputs: real snapshots and ID tables of the sample catalogues, trained in
+seconds. Shared by the downstream and serving tests."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lmindexer.idtable import IdTable
+from lmindexer.indexers import Indexer, create_indexer, load_snapshot
+from lmindexer.jobs import assign_ids
+
+# The generative model on a tiny random backbone, encoder fine-tuned: seconds of training on the 320-item sample.
+TINY_GENERATIVE = {
+    "backbone": "tiny-random",
+    "max_length": 32,
+    "epochs": 8,
+    "batch_size": 32,
+    "beam_size": 10,
+    "train_encoder": True,
+    "encoder_learning_rate": 1e-3,
+}
+RQ_OPTIONS = {"levels": 2, "codebook_size": 8}
+
+
+def snapshot_and_ids(method: str, options: dict[str, Any], catalogue: Path, root: Path) -> tuple[Indexer, IdTable]:
+    """Fit ``method`` on ``catalogue``, save and reload the snapshot, and assign every item its ID."""
+    from lmindexer.catalog import read_items
+
+    items_dir = root / method
+    indexer = create_indexer(method, options)
+    indexer.fit(read_items(catalogue)[0], progress=False)
+    indexer.save(items_dir / "snapshot")
+    snapshot = load_snapshot(items_dir / "snapshot")
+    assign_ids(snapshot, catalogue, items_dir / "ids.parquet", progress=False)
+    return snapshot, IdTable.read(items_dir / "ids.parquet")
+
+
+def movielens_subset(root: Path, movies: int = 300) -> tuple[Indexer, IdTable, list[list[str]], Path]:
+    """MovieLens-100k cut to its ``movies`` most-watched movies: rq-kmeans IDs (L=2, K=8), each user's last 30 views
+    (users with at least 3 of them) and the cut catalogue."""
+    from lmindexer import datasets
+
+    data = datasets.fetch("movielens-100k", progress=False)
+    rows = [json.loads(line) for line in (data / "sequences.jsonl").read_text().splitlines()]
+    full = [row["train"] + [row["valid"], row["test"]] for row in rows]
+    popular = {item for item, _ in Counter(i for seq in full for i in seq).most_common(movies)}
+    catalogue = root / "items.jsonl"
+    items = [line for line in (data / "items.jsonl").read_text().splitlines() if json.loads(line)["item_id"] in popular]
+    catalogue.write_text("\n".join(items) + "\n")
+    snapshot, table = snapshot_and_ids("rq-kmeans", RQ_OPTIONS, catalogue, root)
+    sequences = [kept[-20:] for kept in ([i for i in seq if i in popular] for seq in full) if len(kept) >= 3]
+    return snapshot, table, sequences, catalogue
