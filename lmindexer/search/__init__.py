@@ -7,6 +7,7 @@ from lmindexer.search.backend import (
     PublishResult,
     RollbackResult,
     SearchBackend,
+    TextHit,
     list_alias_indexes,
     rollback_alias,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "SearchConfig",
     "SearchConfigError",
     "SearchError",
+    "TextHit",
     "build_document",
     "document_mapping",
     "index_name",

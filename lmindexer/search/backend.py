@@ -31,6 +31,7 @@ from lmindexer.search.config import SearchConfig, load_search_config
 from lmindexer.search.documents import (
     MAPPING_VERSION,
     META_KEY,
+    TEXT_FIELDS,
     index_name,
     index_template,
     parse_prefix,
@@ -193,6 +194,18 @@ class PublishResult:
         data = asdict(self)
         data["bulk"] = self.bulk.to_dict()
         return data
+
+
+@dataclass(frozen=True)
+class TextHit:
+    """One hit of a free-text search: the live document and its relevance score."""
+
+    document: dict[str, Any]
+    score: float
+
+    @property
+    def item_id(self) -> str:
+        return str(self.document["item_id"])
 
 
 @dataclass(frozen=True)
@@ -699,6 +712,39 @@ class SearchBackend:
         """The live document of an item, ``None`` if there is none."""
         with self.engine.translate(f"reading {item_id!r} from alias {self.alias!r}"):
             return self.engine.get(self.alias, item_id)
+
+    def get_many(self, item_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The live documents of those items that have one, by item_id (one request)."""
+        wanted = sorted({item_id for item_id in item_ids if isinstance(item_id, str) and item_id})
+        if not wanted:
+            return {}
+        with self.engine.translate(f"reading {len(wanted)} documents from alias {self.alias!r}"):
+            return self.engine.mget(self.alias, wanted)
+
+    def search_text(self, query: str, size: int = 10) -> list[TextHit]:
+        """Live documents matching free text on their title and text, best first (the engine's BM25 relevance).
+
+        The text goes into a structured ``multi_match`` query as data: query-string operators, field names and
+        wildcards in it are analysed as words, never interpreted.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise SearchError("a text search needs a non-empty query")
+        if not 1 <= size <= MAX_LOOKUP_SIZE:
+            raise SearchError(f"size must be between 1 and {MAX_LOOKUP_SIZE}, got {size}")
+        body = {
+            "multi_match": {
+                "query": query,
+                "fields": [f"{name}^{boost:g}" for name, boost in TEXT_FIELDS.items()],
+                "type": "best_fields",
+                # A document matching in both fields ranks above one matching as well in only one of them.
+                "tie_breaker": 0.3,
+            }
+        }
+        with self.engine.translate(f"searching alias {self.alias!r} for text"):
+            hits = self.engine.search_hits(
+                self.alias, query=body, size=size, sort=["_score", {"item_id": "asc"}], track_scores=True
+            )
+        return [TextHit(dict(hit["_source"]), float(hit.get("_score") or 0.0)) for hit in hits]
 
     def items_sharing_prefix(self, sid: str, level: int, size: int = 10) -> list[dict[str, Any]]:
         """Live documents whose semantic ID shares the first ``level`` codes of ``sid``, ordered by sid."""

@@ -154,9 +154,15 @@ class Engine(ABC):
     def mget(self, index: str, ids: list[str]) -> dict[str, dict[str, Any]]:
         """Sources of the documents found, by id."""
 
-    @abstractmethod
     def search(self, index: str, *, query: Mapping[str, Any], size: int, sort: list[Any]) -> list[dict[str, Any]]:
         """Sources of the hits, in order."""
+        return [hit["_source"] for hit in self.search_hits(index, query=query, size=size, sort=sort)]
+
+    @abstractmethod
+    def search_hits(
+        self, index: str, *, query: Mapping[str, Any], size: int, sort: list[Any], track_scores: bool = False
+    ) -> list[dict[str, Any]]:
+        """The hits as the engine returns them (``_id``, ``_score``, ``_source``), in order."""
 
     @abstractmethod
     def streaming_bulk(self, actions: Iterable[dict[str, Any]], **options: Any) -> BulkResponse: ...
@@ -245,9 +251,11 @@ class OpenSearchEngine(Engine):
         response = self.client.mget(index=index, body={"ids": ids})
         return {doc["_id"]: doc["_source"] for doc in response["docs"] if doc.get("found")}
 
-    def search(self, index: str, *, query: Mapping[str, Any], size: int, sort: list[Any]) -> list[dict[str, Any]]:
-        response = self.client.search(index=index, body={"query": dict(query), "size": size, "sort": sort})
-        return [hit["_source"] for hit in response["hits"]["hits"]]
+    def search_hits(
+        self, index: str, *, query: Mapping[str, Any], size: int, sort: list[Any], track_scores: bool = False
+    ) -> list[dict[str, Any]]:
+        body = {"query": dict(query), "size": size, "sort": sort, "track_scores": track_scores}
+        return list(self.client.search(index=index, body=body)["hits"]["hits"])
 
     def streaming_bulk(self, actions: Iterable[dict[str, Any]], **options: Any) -> BulkResponse:
         from opensearchpy.helpers import streaming_bulk
@@ -367,9 +375,11 @@ class ElasticsearchEngine(Engine):
         response = self.client.mget(index=index, ids=ids)
         return {doc["_id"]: doc["_source"] for doc in response["docs"] if doc.get("found")}
 
-    def search(self, index: str, *, query: Mapping[str, Any], size: int, sort: list[Any]) -> list[dict[str, Any]]:
-        response = self.client.search(index=index, query=dict(query), size=size, sort=sort)
-        return [hit["_source"] for hit in response["hits"]["hits"]]
+    def search_hits(
+        self, index: str, *, query: Mapping[str, Any], size: int, sort: list[Any], track_scores: bool = False
+    ) -> list[dict[str, Any]]:
+        response = self.client.search(index=index, query=dict(query), size=size, sort=sort, track_scores=track_scores)
+        return list(_body(response)["hits"]["hits"])
 
     def streaming_bulk(self, actions: Iterable[dict[str, Any]], **options: Any) -> BulkResponse:
         from elasticsearch.helpers import streaming_bulk

@@ -24,6 +24,8 @@ MAX_PREFIX_LEVELS = 8
 MAX_INDEX_NAME_BYTES = 255
 ITEM_FIELDS = ("item_id", "title", "text", "category", "attributes", "updated_at")
 ID_FIELDS = ("item_id", "codes", "suffix", "sid", "snapshot_version")
+# The analysed text fields a free-text query searches, with their boosts: a title match says more than a body match.
+TEXT_FIELDS = {"title": 2.0, "text": 1.0}
 META_KEY = "lmindexer"
 _NAME_UNSAFE = re.compile(r"[^a-z0-9._-]+")
 

@@ -139,7 +139,7 @@ def test_bad_options_and_mismatched_ids_fail_clearly(rq_ids, lm_ids):
     model = GenerativeModel.create(table, snapshot, TINY_GENERATIVE)
     with pytest.raises(ConfigError, match="k must be between 1 and the beam size 10"):
         model.search(["x"], k=11)
-    with pytest.raises(ConfigError, match="recommender"):
+    with pytest.raises(ConfigError, match="is a retriever; train it with fit_retrieval"):
         model.fit_recommendation([["a", "b"]])
     with pytest.raises(ConfigError, match="new ID space"):
         model.sync(lm_ids[1])

@@ -8,94 +8,23 @@ records the headers clients send.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from testsupport.fault_proxy import FaultProxy
 from testsupport.search_docs import make_docs
+from testsupport.search_server import SearchServer, running_search_server
 
 from lmindexer.search import SearchBackend, SearchConfig
-
-STARTUP_TIMEOUT_S = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class SearchServer:
-    url: str
-    pid: int
-
-
-def _wait_until_answering(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"osmem-server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.02)
-    raise RuntimeError(f"osmem-server did not answer at {url} within {STARTUP_TIMEOUT_S} s")
-
-
-def _stop(pid: int, process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    os.kill(pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.kill(pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
 def search_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchServer]:
     """osmem-server on a free loopback port, for the whole session; each test uses its own alias."""
-    from osmem_server import resolve_binary
-
-    port = _free_port()
-    log = tmp_path_factory.mktemp("osmem") / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                resolve_binary(),
-                "--addr",
-                f"127.0.0.1:{port}",
-                "--no-ja",
-                "--no-stdin-watch",
-                # The server exits by itself if the test process dies without running the teardown.
-                "--parent-pid",
-                str(os.getpid()),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_answering(url, process, log)
-        yield SearchServer(url=url, pid=process.pid)
-    finally:
-        _stop(process.pid, process)
+    with running_search_server(tmp_path_factory.mktemp("osmem") / "server.log") as server:
+        yield server
 
 
 @pytest.fixture

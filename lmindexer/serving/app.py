@@ -1,0 +1,527 @@
+"""The HTTP API: generative search and recommendation, items sharing an ID prefix, and health.
+
+Any of the three components may be missing; an endpoint that needs a missing one answers 503, the others keep
+working. Every error body is ``{"detail": "<message>"}``: 4xx messages say what was wrong with the request, and an
+unexpected failure is a bare ``500 internal error`` whose details (exception, traceback) go to the server log only.
+
+Endpoints are plain functions, so FastAPI runs them in its threadpool. Each model is used under its own lock: a
+Hugging Face fast tokenizer fails ("Already borrowed") when two threads use it at once, and concurrent forward
+passes would only compete for the same CPU cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lmindexer.catalog.items import MAX_ITEM_ID_LENGTH
+from lmindexer.downstream.generative import GenerativeModel
+from lmindexer.errors import ConfigError
+from lmindexer.options import parse_config
+from lmindexer.search.backend import SearchBackend, TextHit
+from lmindexer.search.errors import SearchError
+
+logger = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "internal error"
+BACKEND_UNAVAILABLE = "the search backend is unavailable"
+# /items/{id}/similar needs no model, so no beam size bounds its k.
+SIMILAR_MAX_K = 100
+_MAX_PROBLEMS = 5
+
+Source = Literal["generative", "text", "both"]
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ITEM_ID_LENGTH)]
+
+
+class ServingLimits(BaseModel):
+    """Bounds on what one request may ask for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_query_chars: int = Field(512, ge=1, le=100_000, description="longest /search query, in characters")
+    max_history: int = Field(200, ge=1, le=100_000, description="most items a /recommend history may hold")
+    max_k: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="most results a request may ask for; each model's beam size caps it further (None: the beam "
+        f"size; /items/.../similar: {SIMILAR_MAX_K})",
+    )
+    default_k: int = Field(10, ge=1, le=1000, description="results returned when a request gives no k")
+    blend_candidates: int = Field(50, ge=1, le=1000, description="text-search hits fused into a blended /search")
+    rrf_k: int = Field(60, ge=1, le=10_000, description="reciprocal rank fusion constant: 1 / (rrf_k + rank)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServingLimits:
+        if self.max_k is not None and self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        return self
+
+    def k_cap(self, beam_size: int | None) -> int:
+        """The largest k an endpoint accepts: max_k, bounded by the beam size of the model answering it."""
+        if beam_size is None:
+            return self.max_k or SIMILAR_MAX_K
+        return min(self.max_k or beam_size, beam_size)
+
+
+# -- request and response bodies --------------------------------------------------------------------------------------
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what went wrong")
+
+
+class ResultItem(BaseModel):
+    item_id: str
+    sid: str = Field(description="the item's semantic ID")
+    score: float = Field(
+        description="generative results: log-probability of the ID (<= 0); blended: reciprocal rank fusion score"
+    )
+    source: Source = Field(description="which ranking found the item: generative, text (BM25) or both")
+
+
+class SearchResponse(BaseModel):
+    query: str
+    k: int
+    blend: bool
+    results: list[ResultItem] = Field(description="best first")
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    history: list[ItemId] = Field(description="the user's item_ids, most recent last")
+    k: int | None = Field(None, description="results wanted (default: the server's default k)")
+
+
+class RecommendResponse(BaseModel):
+    k: int
+    results: list[ResultItem] = Field(description="best first")
+    unknown_items: list[str] = Field(description="history items the recommender does not know; they were skipped")
+    items_used: int = Field(description="known history items the model read (its most recent window)")
+
+
+class SimilarItem(BaseModel):
+    item_id: str
+    sid: str
+    shared_levels: int = Field(description="leading codes the item's ID shares with the requested item's")
+    title: str | None = None
+
+
+class SimilarResponse(BaseModel):
+    item_id: str
+    sid: str
+    results: list[SimilarItem] = Field(description="longest shared prefix first, then by sid")
+
+
+class ModelHealth(BaseModel):
+    loaded: bool
+    snapshot_version: str | None = Field(None, description="the ID space (snapshot) the model writes IDs of")
+    id_method: str | None = Field(None, description="the indexer method of that ID space")
+    items: int | None = Field(None, description="items the model can return")
+    beam_size: int | None = None
+    max_k: int | None = Field(None, description="the largest k a request may ask this model for")
+
+
+class SearchHealth(BaseModel):
+    configured: bool
+    reachable: bool | None = None
+    alias: str | None = None
+    live_index: str | None = None
+    snapshot_version: str | None = Field(None, description="the ID space of the live index")
+    documents: int | None = Field(None, description="documents behind the alias")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"] = Field(description="degraded: a configured component cannot be reached")
+    retriever: ModelHealth
+    recommender: ModelHealth
+    search: SearchHealth
+    warnings: list[str] = Field(default_factory=list)
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "malformed request (e.g. invalid JSON)"),
+        (404, "unknown item"),
+        (422, "invalid input"),
+        (500, "internal error (details in the server log)"),
+        (503, "a component this endpoint needs is not configured or not reachable"),
+    )
+}
+
+
+# -- the served models ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Served:
+    """A model with the bounds on k for it and the lock that serialises its use."""
+
+    model: GenerativeModel
+    cap: int
+    default_k: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def health(self) -> ModelHealth:
+        vocabulary = self.model.vocabulary
+        return ModelHealth(
+            loaded=True,
+            snapshot_version=vocabulary.snapshot_version,
+            id_method=vocabulary.method,
+            items=len(self.model.trie),
+            beam_size=self.model.config.beam_size,
+            max_k=self.cap,
+        )
+
+
+def _served(model: GenerativeModel | None, task: str, role: str, limits: ServingLimits) -> _Served | None:
+    if model is None:
+        return None
+    if model.config.task != task:
+        raise ConfigError(f"the {role} must be a {task} model; the one given is a {model.config.task} model")
+    cap = limits.k_cap(model.config.beam_size)
+    return _Served(model, cap, min(limits.default_k, cap))
+
+
+def _need(component: Any, message: str) -> Any:
+    if component is None:
+        raise HTTPException(status_code=503, detail=message)
+    return component
+
+
+def _unique(values: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _shared_levels(codes: Sequence[int], other: Sequence[int]) -> int:
+    shared = 0
+    for a, b in zip(codes, other, strict=False):
+        if a != b:
+            break
+        shared += 1
+    return shared
+
+
+def fuse(
+    generative: Sequence[tuple[str, float]],
+    text: Sequence[TextHit],
+    live: Mapping[str, Mapping[str, Any]],
+    *,
+    k: int,
+    rrf_k: int,
+) -> list[ResultItem]:
+    """Reciprocal rank fusion of the generative ranking and the text ranking, live items only.
+
+    Each list adds ``1 / (rrf_k + rank)`` for the items it ranks; a generative result without a live document
+    (deleted since the model was trained) is dropped before ranks are counted, so it takes no one's place. The sid
+    is the live document's: the index is what is live now.
+    """
+    scores: dict[str, float] = {}
+    sources: dict[str, set[str]] = {}
+    sids: dict[str, str] = {}
+    ranked = [(item_id, live[item_id]) for item_id, _ in generative if item_id in live]
+    for name, entries in (("generative", ranked), ("text", [(hit.item_id, hit.document) for hit in text])):
+        for rank, (item_id, document) in enumerate(entries, start=1):
+            if name in sources.get(item_id, ()):
+                continue
+            scores[item_id] = scores.get(item_id, 0.0) + 1.0 / (rrf_k + rank)
+            sources.setdefault(item_id, set()).add(name)
+            sids.setdefault(item_id, str(document.get("sid", "")))
+    order = sorted(scores, key=lambda item_id: (-scores[item_id], item_id))[:k]
+    return [
+        ResultItem(
+            item_id=item_id,
+            sid=sids[item_id],
+            score=scores[item_id],
+            source="both" if len(sources[item_id]) == 2 else next(iter(sources[item_id])),  # type: ignore[arg-type]
+        )
+        for item_id in order
+    ]
+
+
+# -- error handling ---------------------------------------------------------------------------------------------------
+
+_LOCATIONS = {"query": "query parameter", "path": "path parameter", "header": "header", "cookie": "cookie"}
+
+
+def _where(loc: Sequence[Any]) -> str:
+    if not loc:
+        return "request"
+    kind, rest = loc[0], list(loc[1:])
+    if kind == "body":
+        if not rest:
+            return "request body"
+        name = str(rest[0]) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest[1:])
+        return f"body field {name!r}"
+    return f"{_LOCATIONS.get(str(kind), str(kind))} {'.'.join(str(p) for p in rest)!r}"
+
+
+def describe_request_errors(errors: Sequence[Mapping[str, Any]]) -> tuple[int, str]:
+    """(status, message) for FastAPI's validation errors: 400 for a body that is not JSON, else 422.
+
+    The messages never echo the input back: it may be large, and it is the caller's own data anyway.
+    """
+    problems = []
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error")
+            return 400, "the request body is not valid JSON" + (f": {reason}" if reason else "")
+        problems.append(f"{_where(error.get('loc') or ())}: {error.get('msg', 'invalid')}")
+    more = len(problems) - _MAX_PROBLEMS
+    message = "; ".join(problems[:_MAX_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
+    return 422, message or "invalid request"
+
+
+class InternalErrors:
+    """Turns any exception that escapes the application into a bare 500; the details go to the log only.
+
+    Starlette's own handler for ``Exception`` re-raises after answering (so servers log it twice and test clients
+    raise); this middleware answers and logs once.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            logger.exception("unexpected error serving %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # the status line is out; only the server can end this response
+            await JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)(scope, receive, send)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, message = describe_request_errors(exc.errors())
+        return JSONResponse({"detail": message}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(SearchError)
+    async def search_unavailable(request: Request, exc: SearchError) -> JSONResponse:
+        # The message names hosts, indexes and engine errors: useful in the log, not to a caller.
+        logger.warning("search backend error serving %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": BACKEND_UNAVAILABLE}, status_code=503)
+
+
+# -- the application --------------------------------------------------------------------------------------------------
+
+
+def create_app(
+    *,
+    retriever: GenerativeModel | None,
+    recommender: GenerativeModel | None,
+    backend: SearchBackend | None,
+    limits: ServingLimits | Mapping[str, Any] | None = None,
+) -> FastAPI:
+    """The API over whichever components are given. The caller owns them (and closes the backend)."""
+    limits = parse_config(ServingLimits, limits, what="serving limits")
+    searcher = _served(retriever, "retrieval", "retriever", limits)
+    advisor = _served(recommender, "recommendation", "recommender", limits)
+    search_cap = searcher.cap if searcher else limits.k_cap(None)
+    search_default = searcher.default_k if searcher else min(limits.default_k, search_cap)
+    similar_cap = limits.k_cap(None)
+    similar_default = min(limits.default_k, similar_cap)
+
+    app = FastAPI(
+        title="lmindexer",
+        summary="Generative retrieval and recommendation over semantic IDs, and items sharing an ID prefix.",
+        version="1",
+        responses={500: _ERRORS[500]},
+    )
+    app.add_middleware(InternalErrors)
+    _install_error_handlers(app)
+    app.state.limits = limits
+
+    @app.get(
+        "/search",
+        response_model=SearchResponse,
+        responses={status: _ERRORS[status] for status in (422, 503)},
+        tags=["retrieval"],
+        summary="Items for a text query, decoded by the generative retriever",
+    )
+    def search(
+        q: str = Query(..., min_length=1, max_length=limits.max_query_chars, description="the query text"),
+        k: int = Query(search_default, ge=1, le=search_cap, description="results wanted"),
+        blend: bool = Query(
+            False, description="fuse with the search backend's BM25 text search (reciprocal rank fusion), live only"
+        ),
+    ) -> SearchResponse:
+        served: _Served = _need(searcher, "no retriever is loaded on this server")
+        text = q.strip()
+        if not text:
+            raise HTTPException(status_code=422, detail="query parameter 'q' must contain text, not only spaces")
+        if not blend:
+            with served.lock:
+                ranked = served.model.search([text], k=k)[0]
+                sids = {item_id: served.model.sid_of(item_id) or "" for item_id, _ in ranked}
+            results = [ResultItem(item_id=i, sid=sids[i], score=s, source="generative") for i, s in ranked]
+            return SearchResponse(query=text, k=k, blend=False, results=results)
+        search_backend: SearchBackend = _need(backend, "blend=true needs the search backend, which is not configured")
+        with served.lock:
+            # The whole beam: items that turn out deleted must not leave the fused list short.
+            ranked = served.model.search([text], k=served.cap)[0]
+        hits = search_backend.search_text(text, size=max(k, limits.blend_candidates))
+        live = search_backend.get_many(item_id for item_id, _ in ranked)
+        live.update({hit.item_id: hit.document for hit in hits})
+        results = fuse(ranked, hits, live, k=k, rrf_k=limits.rrf_k)
+        return SearchResponse(query=text, k=k, blend=True, results=results)
+
+    @app.post(
+        "/recommend",
+        response_model=RecommendResponse,
+        responses={status: _ERRORS[status] for status in (400, 422, 503)},
+        tags=["recommendation"],
+        summary="Next items for a user's history, decoded by the generative recommender",
+        description=f"At most {limits.max_history} history items; k up to "
+        f"{advisor.cap if advisor else limits.k_cap(None)}. Items the recommender does not know are skipped and "
+        "listed in unknown_items; a history with no known item is refused (422).",
+    )
+    def recommend(body: RecommendRequest) -> RecommendResponse:
+        served: _Served = _need(advisor, "no recommender is loaded on this server")
+        history = body.history
+        if not history:
+            raise HTTPException(status_code=422, detail="history is empty: give the user's item_ids, most recent last")
+        if len(history) > limits.max_history:
+            raise HTTPException(
+                status_code=422,
+                detail=f"history has {len(history)} items; at most {limits.max_history} are accepted "
+                "(send the most recent ones)",
+            )
+        k = served.default_k if body.k is None else body.k
+        if not 1 <= k <= served.cap:
+            raise HTTPException(status_code=422, detail=f"k must be between 1 and {served.cap}, got {k}")
+        trie = served.model.trie
+        known = [item_id for item_id in history if item_id in trie]
+        unknown = _unique([item_id for item_id in history if item_id not in trie])
+        if not known:
+            raise HTTPException(
+                status_code=422,
+                detail=f"none of the {len(history)} history items is known to the recommender: "
+                "nothing to recommend from",
+            )
+        try:
+            with served.lock:
+                ranked = served.model.recommend([known], k=k)[0]
+                sids = {item_id: served.model.sid_of(item_id) or "" for item_id, _ in ranked}
+        except ConfigError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        return RecommendResponse(
+            k=k,
+            results=[ResultItem(item_id=i, sid=sids[i], score=s, source="generative") for i, s in ranked],
+            unknown_items=unknown,
+            items_used=min(len(known), served.model.config.history_window),
+        )
+
+    @app.get(
+        "/items/{item_id:path}/similar",
+        response_model=SimilarResponse,
+        responses={status: _ERRORS[status] for status in (404, 422, 503)},
+        tags=["search"],
+        summary="Live items whose semantic ID shares the longest prefix with this item's",
+    )
+    def similar(
+        item_id: str = PathParam(..., min_length=1, max_length=MAX_ITEM_ID_LENGTH, description="the item"),
+        k: int = Query(similar_default, ge=1, le=similar_cap, description="results wanted"),
+    ) -> SimilarResponse:
+        search_backend: SearchBackend = _need(backend, "no search backend is configured on this server")
+        document = search_backend.get(item_id)
+        if document is None:
+            raise HTTPException(status_code=404, detail=f"item {item_id!r} is not in the live search index")
+        sid = str(document["sid"])
+        codes = [int(c) for c in document["codes"]]
+        found: dict[str, SimilarItem] = {}
+        for level in range(len(codes), 0, -1):
+            # Sorted by sid, the first k + 1 + len(found) documents of this prefix hold the k first new ones: at
+            # most len(found) + 1 of them (found earlier, or the item itself) are skipped.
+            for other in search_backend.items_sharing_prefix(sid, level, size=k + 1 + len(found)):
+                other_id = str(other["item_id"])
+                if other_id == item_id or other_id in found:
+                    continue
+                found[other_id] = SimilarItem(
+                    item_id=other_id,
+                    sid=str(other["sid"]),
+                    shared_levels=_shared_levels(codes, [int(c) for c in other["codes"]]),
+                    title=other.get("title"),
+                )
+                if len(found) == k:
+                    break
+            if len(found) == k:
+                break
+        results = sorted(found.values(), key=lambda r: (-r.shared_levels, r.sid, r.item_id))
+        return SimilarResponse(item_id=item_id, sid=sid, results=results)
+
+    @app.get("/health", response_model=HealthResponse, tags=["health"], summary="Loaded components and their state")
+    def health() -> HealthResponse:
+        warnings: list[str] = []
+        search_health = SearchHealth(configured=backend is not None)
+        if backend is not None:
+            search_health.alias = backend.alias
+            try:
+                live = next((info for info in backend.list_indexes(doc_counts=False) if info.live), None)
+                search_health.live_index = live.name if live else backend.live_index()
+                search_health.snapshot_version = live.snapshot_version if live else None
+                search_health.documents = backend.count() if search_health.live_index else None
+                search_health.reachable = True
+            except SearchError as exc:
+                logger.warning("health: %s", exc)
+                search_health.reachable = False
+            if search_health.reachable and search_health.live_index is None:
+                warnings.append(f"alias {backend.alias!r} does not exist yet: nothing is published")
+        models = {"retriever": searcher, "recommender": advisor}
+        for role, served in models.items():
+            version = served.model.vocabulary.snapshot_version if served else None
+            live_version = search_health.snapshot_version
+            if version and live_version and version != live_version:
+                warnings.append(f"the {role} writes IDs of snapshot {version}; the live index holds {live_version}")
+        return HealthResponse(
+            status="degraded" if search_health.reachable is False else "ok",
+            retriever=searcher.health() if searcher else ModelHealth(loaded=False),
+            recommender=advisor.health() if advisor else ModelHealth(loaded=False),
+            search=search_health,
+            warnings=warnings,
+        )
+
+    return app
+
+
+__all__ = [
+    "HealthResponse",
+    "RecommendRequest",
+    "RecommendResponse",
+    "ResultItem",
+    "SearchResponse",
+    "ServingLimits",
+    "SimilarResponse",
+    "create_app",
+    "fuse",
+]

@@ -1,0 +1,362 @@
+"""The HTTP API against real tiny trained models and a real local search server with the sample catalogue."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from testsupport.search_server import free_port
+
+from lmindexer.cli import main
+from lmindexer.search import SearchBackend, SearchConfig
+from lmindexer.serving import ServingLimits, create_app
+
+
+@pytest.fixture(scope="module")
+def client(retriever, recommender, backend):
+    app = create_app(retriever=retriever.model, recommender=recommender.model, backend=backend)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def assert_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"detail"} and isinstance(body["detail"], str) and body["detail"]
+    return body["detail"]
+
+
+def shared_levels(a: str, b: str) -> int:
+    shared = 0
+    for x, y in zip(a.split("-")[:-1], b.split("-")[:-1], strict=True):
+        if x != y:
+            break
+        shared += 1
+    return shared
+
+
+# -- /search ----------------------------------------------------------------------------------------------------------
+
+
+def test_search_returns_existing_items_best_first_and_respects_k(client, retriever, wiki_items):
+    sids = retriever.table.sid_map()
+    hits = 0
+    for item in wiki_items[:20]:
+        response = client.get("/search", params={"q": item.title, "k": 5})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["query"] == item.title and body["k"] == 5 and body["blend"] is False
+        results = body["results"]
+        assert 1 <= len(results) <= 5
+        assert all(r["item_id"] in sids and r["sid"] == sids[r["item_id"]] for r in results)
+        assert all(r["source"] == "generative" and r["score"] <= 0 for r in results)
+        scores = [r["score"] for r in results]
+        assert scores == sorted(scores, reverse=True)
+        assert len({r["item_id"] for r in results}) == len(results)
+        hits += item.item_id in {r["item_id"] for r in results}
+    assert hits >= 2  # trained on these titles: far above chance (10 of 320 items per query)
+    default = client.get("/search", params={"q": wiki_items[0].title}).json()
+    assert default["k"] == 10 and len(default["results"]) == 10
+    one = client.get("/search", params={"q": wiki_items[0].title, "k": 1}).json()
+    assert one["results"] == default["results"][:1]
+
+
+def test_blended_search_fuses_text_search_and_returns_only_live_items(client, retriever, backend, publish, wiki_items):
+    # A title whose words many texts share, so text search has more than enough candidates to fill k.
+    query = next(item.title for item in wiki_items if len(backend.search_text(item.title, size=20)) == 20)
+    plain = client.get("/search", params={"q": query, "k": 10}).json()["results"]
+    deleted = {r["item_id"] for r in plain[:3]}
+    partial = publish(deletes=deleted)
+    assert partial.count() == len(wiki_items) - 3
+    app = create_app(retriever=retriever.model, recommender=None, backend=partial)
+    with TestClient(app) as partial_client:
+        # Without blending the model still returns what it was trained on; blending checks liveness.
+        unblended = partial_client.get("/search", params={"q": query, "k": 10}).json()["results"]
+        assert deleted <= {r["item_id"] for r in unblended}
+        response = partial_client.get("/search", params={"q": query, "k": 10, "blend": "true"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["blend"] is True and len(body["results"]) == 10
+    ids = [r["item_id"] for r in body["results"]]
+    assert not deleted & set(ids)
+    assert all(partial.get(item_id) is not None for item_id in ids)
+    assert {r["source"] for r in body["results"]} <= {"generative", "text", "both"}
+    assert any(r["source"] in {"text", "both"} for r in body["results"])
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True) and all(0 < s <= 2 / 61 for s in scores)
+    sids = retriever.table.sid_map()
+    assert all(r["sid"] == sids[r["item_id"]] for r in body["results"])
+
+
+def test_text_search_ranks_the_title_match_first(backend, wiki_items):
+    """osmem-server scores match queries by relevance (idf, term frequency, field length), so an exact title ranks
+    its own item first for most items, and query syntax in the text is only words."""
+    firsts = [backend.search_text(item.title, size=5)[0].item_id == item.item_id for item in wiki_items[:30]]
+    assert sum(firsts) >= 25
+    # In query-string syntax these would match every document; in a match query they are no words at all.
+    assert backend.search_text("*:* || (*)", size=400) == []
+    item = next(item for item in wiki_items if len(backend.search_text(item.title, size=400)) >= 3)
+    hits = backend.search_text(f"{item.title} *:*", size=400)
+    assert hits[0].item_id == item.item_id and len(hits) < len(wiki_items)
+    scores = [hit.score for hit in hits]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1] > 0
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({}, "query parameter 'q': Field required"),
+        ({"q": ""}, "query parameter 'q': String should have at least 1 character"),
+        ({"q": "   "}, "must contain text"),
+        ({"q": "x" * 513}, "query parameter 'q': String should have at most 512 characters"),
+        ({"q": "ok", "k": 0}, "query parameter 'k': Input should be greater than or equal to 1"),
+        ({"q": "ok", "k": 11}, "query parameter 'k': Input should be less than or equal to 10"),
+        ({"q": "ok", "k": "ten"}, "query parameter 'k': Input should be a valid integer"),
+        ({"q": "ok", "blend": "perhaps"}, "query parameter 'blend'"),
+    ],
+)
+def test_bad_search_requests_are_4xx_with_a_clear_detail(client, params, expected):
+    assert expected in assert_error(client.get("/search", params=params), 422)
+
+
+# -- /recommend -------------------------------------------------------------------------------------------------------
+
+
+def test_recommend_returns_known_items_and_reports_unknown_ones(client, recommender):
+    sids = recommender.table.sid_map()
+    history = list(sids)[:6]
+    response = client.post("/recommend", json={"history": history, "k": 5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["k"] == 5 and body["unknown_items"] == [] and body["items_used"] == 6
+    assert 1 <= len(body["results"]) <= 5
+    assert all(r["item_id"] in sids and r["sid"] == sids[r["item_id"]] for r in body["results"])
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+    mixed = ["no-such-movie", *history, "gone", "no-such-movie"]
+    body2 = client.post("/recommend", json={"history": mixed, "k": 5}).json()
+    assert body2["unknown_items"] == ["no-such-movie", "gone"]
+    assert body2["results"] == body["results"]  # unknown items are skipped, not guessed at
+    assert len(client.post("/recommend", json={"history": history}).json()["results"]) == 10
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "expected"),
+    [
+        ({"history": ["x"] * 201}, 422, "at most 200"),
+        ({"history": []}, 422, "history is empty"),
+        ({"history": ["nope", "nada"]}, 422, "none of the 2 history items is known"),
+        ({"history": "not-a-list"}, 422, "body field 'history': Input should be a valid list"),
+        ({"history": ["x", 3]}, 422, "body field 'history[1]': Input should be a valid string"),
+        ({"history": [""]}, 422, "body field 'history[0]'"),
+        ({}, 422, "body field 'history': Field required"),
+        ({"history": ["x"], "extra": 1}, 422, "body field 'extra': Extra inputs are not permitted"),
+        ({"history": ["x"], "k": 11}, 422, "k must be between 1 and 10, got 11"),
+        ([1, 2], 422, "request body"),
+    ],
+)
+def test_bad_recommend_requests_are_4xx_with_a_clear_detail(client, recommender, body, status, expected):
+    if body == {"history": ["x"], "k": 11}:
+        body = {"history": [next(iter(recommender.table.sid_map()))], "k": 11}
+    assert expected in assert_error(client.post("/recommend", json=body), status)
+
+
+def test_malformed_json_is_a_400(client):
+    response = client.post("/recommend", content=b'{"history": [', headers={"content-type": "application/json"})
+    assert "not valid JSON" in assert_error(response, 400)
+
+
+# -- /items/{id}/similar ----------------------------------------------------------------------------------------------
+
+
+def test_similar_items_share_the_longest_prefix_and_exclude_the_item(client, retriever):
+    sids = retriever.table.sid_map()
+    for item_id in list(sids)[:5]:
+        for k in (3, 10, 25):
+            response = client.get(f"/items/{item_id}/similar", params={"k": k})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["item_id"] == item_id and body["sid"] == sids[item_id]
+            others = [(o, s) for o, s in sids.items() if o != item_id and shared_levels(sids[item_id], s) >= 1]
+            expected = sorted(others, key=lambda e: (-shared_levels(sids[item_id], e[1]), e[1], e[0]))[:k]
+            results = body["results"]
+            assert [(r["item_id"], r["sid"]) for r in results] == expected
+            assert all(r["shared_levels"] == shared_levels(sids[item_id], r["sid"]) >= 1 for r in results)
+            assert all(r["title"] for r in results)
+
+
+def test_similar_for_an_unknown_item_is_404(client):
+    assert "'no-such-item' is not in the live search index" in assert_error(
+        client.get("/items/no-such-item/similar"), 404
+    )
+    assert_error(client.get("/items/x/similar", params={"k": 0}), 422)
+    assert_error(client.get("/items/x/similar", params={"k": 101}), 422)
+
+
+# -- health, docs, errors ---------------------------------------------------------------------------------------------
+
+
+def test_health_reports_components_versions_and_counts(client, retriever, recommender, backend):
+    body = client.get("/health").json()
+    assert body["status"] == "ok"
+    # The recommender is trained on another catalogue than the one published: health says so.
+    assert body["warnings"] == [
+        f"the recommender writes IDs of snapshot {recommender.table.space.snapshot_version}; "
+        f"the live index holds {retriever.table.space.snapshot_version}"
+    ]
+    assert body["retriever"] == {
+        "loaded": True,
+        "snapshot_version": retriever.table.space.snapshot_version,
+        "id_method": "rq-kmeans",
+        "items": len(retriever.table),
+        "beam_size": 10,
+        "max_k": 10,
+    }
+    assert body["recommender"]["items"] == len(recommender.table)
+    assert body["recommender"]["snapshot_version"] == recommender.table.space.snapshot_version
+    search = body["search"]
+    assert search["configured"] and search["reachable"] and search["alias"] == backend.alias
+    assert search["live_index"] == backend.live_index() and search["documents"] == len(retriever.table)
+    assert search["snapshot_version"] == retriever.table.space.snapshot_version
+
+
+def test_docs_and_openapi_are_served(client):
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    spec = client.get("/openapi.json").json()
+    assert {"/search", "/recommend", "/items/{item_id}/similar", "/health"} <= set(spec["paths"])
+    assert "ErrorResponse" in spec["components"]["schemas"]
+    assert spec["paths"]["/search"]["get"]["responses"]["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"
+    }
+
+
+def test_unknown_routes_and_methods_keep_the_error_shape(client):
+    assert_error(client.get("/nowhere"), 404)
+    assert_error(client.delete("/search"), 405)
+
+
+def test_an_internal_failure_is_a_bare_500_and_details_stay_in_the_log(
+    client, retriever, recommender, monkeypatch, caplog
+):
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret path /x")
+
+    monkeypatch.setattr(retriever.model, "search", boom)
+    monkeypatch.setattr(recommender.model, "recommend", boom)
+    with caplog.at_level(logging.ERROR, logger="lmindexer.serving.app"):
+        for response in (
+            client.get("/search", params={"q": "anything"}),
+            client.post("/recommend", json={"history": [next(iter(recommender.table.sid_map()))]}),
+        ):
+            assert assert_error(response, 500) == "internal error"
+            assert "secret" not in response.text and "Traceback" not in response.text
+    assert "secret path /x" in caplog.text and "Traceback" in caplog.text
+
+
+def test_missing_or_unreachable_components_are_503(retriever, recommender):
+    bare = TestClient(create_app(retriever=None, recommender=None, backend=None))
+    assert "no retriever" in assert_error(bare.get("/search", params={"q": "x"}), 503)
+    assert "no recommender" in assert_error(bare.post("/recommend", json={"history": ["x"]}), 503)
+    assert "no search backend" in assert_error(bare.get("/items/x/similar"), 503)
+    health = bare.get("/health").json()
+    assert health["status"] == "ok" and not health["retriever"]["loaded"] and not health["search"]["configured"]
+
+    models_only = TestClient(create_app(retriever=retriever.model, recommender=None, backend=None))
+    assert "blend=true needs the search backend" in assert_error(
+        models_only.get("/search", params={"q": "x", "blend": "true"}), 503
+    )
+
+    config = SearchConfig(hosts=[f"http://127.0.0.1:{free_port()}"], alias="gone", max_retries=0, timeout=2)
+    with SearchBackend(config) as unreachable:
+        down = TestClient(create_app(retriever=retriever.model, recommender=None, backend=unreachable))
+        detail = assert_error(down.get("/items/x/similar"), 503)
+        assert detail == "the search backend is unavailable"
+        assert assert_error(down.get("/search", params={"q": "x", "blend": "true"}), 503) == detail
+        assert down.get("/search", params={"q": "x"}).status_code == 200  # the model alone still answers
+        health = down.get("/health").json()
+        assert health["status"] == "degraded" and health["search"]["reachable"] is False
+
+
+def test_limits_are_validated_and_applied(retriever, recommender):
+    from lmindexer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"default_k \(6\) must not exceed max_k \(5\)"):
+        create_app(retriever=None, recommender=None, backend=None, limits={"max_k": 5, "default_k": 6})
+    with pytest.raises(ConfigError, match="max_history"):
+        create_app(retriever=None, recommender=None, backend=None, limits={"max_history": 0})
+    with pytest.raises(ConfigError, match="retriever must be a retrieval model"):
+        create_app(retriever=recommender.model, recommender=None, backend=None)
+    app = create_app(
+        retriever=retriever.model,
+        recommender=recommender.model,
+        backend=None,
+        limits=ServingLimits(max_query_chars=10, max_history=3, max_k=4, default_k=2),
+    )
+    small = TestClient(app)
+    assert len(small.get("/search", params={"q": "physics"}).json()["results"]) == 2
+    assert_error(small.get("/search", params={"q": "x" * 11}), 422)
+    assert_error(small.get("/search", params={"q": "physics", "k": 5}), 422)
+    known = list(recommender.table.sid_map())
+    assert "at most 3" in assert_error(small.post("/recommend", json={"history": known[:4]}), 422)
+    assert small.get("/health").json()["recommender"]["max_k"] == 4
+
+
+# -- the real server --------------------------------------------------------------------------------------------------
+
+
+def test_lmindexer_serve_answers_over_http(retriever, recommender, backend, search_server, tmp_path):
+    port = free_port()
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "lmindexer.cli", "serve", "--retriever", str(retriever.directory)]
+    command += ["--recommender", str(recommender.directory), "--search", "--url", search_server.url]
+    command += ["--alias", backend.alias, "--port", str(port), "--max-history", "5"]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                health = httpx.get(f"{base}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert health.json()["search"]["documents"] == len(retriever.table)
+        with httpx.Client(base_url=base, timeout=30) as http:
+            found = http.get("/search", params={"q": "physics", "k": 3, "blend": True}).json()["results"]
+            assert len(found) == 3
+            item_id = found[0]["item_id"]
+            assert http.get(f"/items/{item_id}/similar", params={"k": 2}).json()["results"]
+            known = list(recommender.table.sid_map())
+            assert "at most 5" in http.post("/recommend", json={"history": known[:6]}).json()["detail"]
+            assert len(http.post("/recommend", json={"history": known[:5], "k": 2}).json()["results"]) == 2
+            assert http.get("/openapi.json").status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    assert "Uvicorn running on" in log.read_text() or "Application startup complete" in log.read_text()
+
+
+def test_serve_refuses_to_start_without_a_model(capsys):
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: nothing to serve") and len(err.strip().splitlines()) == 1
+    assert main(["serve", "--retriever", "x", "--url", "http://127.0.0.1:9"]) == 2
+    assert "add --search" in capsys.readouterr().err
