@@ -11,7 +11,8 @@ for rq-kmeans IDs: the TIGER-style comparison), and evaluates everything on the 
     python benchmarks/downstream.py --dataset clothing-reviews       # product search
     python benchmarks/downstream.py --dataset movielens-100k         # sequential recommendation
 
-Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them).
+Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
+the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
 Writes <out>/downstream-<dataset>.json, .md and .png.
 """
 
@@ -81,9 +82,7 @@ def ids_for(method: str, catalogue: Path, options: dict, work: Path, refit: bool
     return snapshot, table, report
 
 
-def run_generative(
-    method: str, snapshot, table: IdTable, options: dict, train, evaluate, progress: bool = True
-) -> dict:
+def run_generative(method: str, snapshot, table: IdTable, options: dict, train, evaluate, save_to: Path) -> dict:
     model = GenerativeModel.create(table, snapshot, options)
     print(
         f"   {method} IDs: vocabulary {model.vocabulary.sizes}, initialised from {model.initialised_from}", flush=True
@@ -94,6 +93,7 @@ def run_generative(
     started = time.perf_counter()
     ranked = evaluate(model)
     eval_s = time.perf_counter() - started
+    model.save(save_to)  # benchmarks/serving.py serves it
     return {
         "name": f"generative ({method} IDs)",
         "ranked": ranked,
@@ -129,7 +129,7 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
             return [[i for i, _ in r] for r in model.search(queries, TOP_K, progress=True)]
 
         print(f"-- generative model on {method} IDs", flush=True)
-        rows.append(run_generative(method, snapshot, table, gen_options, fit, search))
+        rows.append(run_generative(method, snapshot, table, gen_options, fit, search, work / f"model-{method}"))
 
     print("-- BM25 (bm25s)", flush=True)
     ids = list(items)
@@ -176,7 +176,7 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
             return [[i for i, _ in r] for r in model.recommend(histories, TOP_K, progress=True)]
 
         print(f"-- generative model on {method} IDs", flush=True)
-        rows.append(run_generative(method, snapshot, table, gen_options, fit, recommend))
+        rows.append(run_generative(method, snapshot, table, gen_options, fit, recommend, work / f"model-{method}"))
     started = time.perf_counter()
     popularity = PopularityRecommender().fit(train)
     rows.append(
