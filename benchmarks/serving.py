@@ -1,16 +1,16 @@
 """Serving latency and throughput of ``lmindexer serve`` under a bounded local load, on loopback.
 
 Starts the real server (``lmindexer serve`` with uvicorn, one process) on a free port with the generative retriever
-that ``benchmarks/downstream.py`` trained on wiki-topics, then sends the held-out queries of wiki-topics to
+that ``benchmarks/downstream.py`` trained on the data set, then sends its held-out queries to
 ``GET /search`` from 1 and from 4 concurrent clients, a fixed number of requests each. In the same run, as baselines:
 ``GET /health`` (the HTTP and framework floor) and the same queries through ``GenerativeModel.search`` in process,
 one at a time (the model's own cost, without HTTP).
 
-    python benchmarks/downstream.py            # once: trains and saves the models this serves
-    python benchmarks/serving.py               # 300 requests per setting
+    python benchmarks/downstream.py --dataset clothing-reviews     # once: trains and saves the models served here
+    python benchmarks/serving.py --dataset clothing-reviews        # 300 requests per setting
     python benchmarks/serving.py --requests 1000 --concurrency 1 4 8
 
-Writes <out>/serving.json, .md and .png.
+Writes <out>/serving-<dataset>.json, .md and .png.
 """
 
 from __future__ import annotations
@@ -124,6 +124,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="wiki-topics", choices=["wiki-topics", "clothing-reviews"])
+    parser.add_argument("--ids", default="lmindexer", help="which of downstream's retrievers: its ID method")
     parser.add_argument("--model", type=Path, default=None, help="retriever directory (default: downstream's)")
     parser.add_argument("--requests", type=int, default=300, help="requests per setting")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
@@ -131,10 +133,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
-    model_dir = args.model or cache_root() / "benchmarks" / "downstream" / "wiki-topics" / "model-lmindexer"
+    model_dir = args.model or cache_root() / "benchmarks" / "downstream" / args.dataset / f"model-{args.ids}"
     if not (model_dir / "generative.json").is_file():
         raise SystemExit(f"no retriever at {model_dir}: run `python benchmarks/downstream.py` first or give --model")
-    data = datasets.fetch("wiki-topics", progress=False)
+    data = datasets.fetch(args.dataset, progress=False)
     queries = [json.loads(line)["query"] for line in (data / "queries-test.jsonl").read_text().splitlines()]
     queries = (queries * (1 + args.requests // len(queries)))[: args.requests]
 
@@ -172,8 +174,9 @@ def main() -> int:
             process.wait(timeout=30)
     log.unlink(missing_ok=True)
 
-    stem = args.out / "serving"
+    stem = args.out / f"serving-{args.dataset}"
     document = {
+        "dataset": args.dataset,
         "model": str(model_dir),
         "beam_size": json.loads((model_dir / "generative.json").read_text())["config"]["beam_size"],
         "k": args.k,
@@ -196,7 +199,7 @@ def main() -> int:
     table = "\n".join(lines)
     stem.with_suffix(".md").write_text(
         f"# Serving — /search on loopback\n\nCommand: `{document['command']}`\n\n{table}\n\n"
-        f"Beam size {document['beam_size']}, k={args.k}, {os.cpu_count()} CPUs.\n\n![latency](serving.png)\n"
+        f"Beam size {document['beam_size']}, k={args.k}, {os.cpu_count()} CPUs.\n\n![latency]({stem.name}.png)\n"
     )
     plot(rows, stem.with_suffix(".png"))
     print(table)
