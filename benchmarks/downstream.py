@@ -57,18 +57,17 @@ def ids_for(method: str, catalogue: Path, options: dict, work: Path, refit: bool
     snapshot_dir, ids_path = work / f"snapshot-{method}", work / f"ids-{method}.parquet"
     recorded = work / f"options-{method}.json"
     wanted = json.dumps(options, sort_keys=True)
-    fit_s = None
     if refit or not ids_path.exists() or not recorded.exists() or recorded.read_text() != wanted:
         items, _ = read_items(catalogue)
         indexer = create_indexer(method, options)
         started = time.perf_counter()
         indexer.fit(items, progress=True)
-        fit_s = time.perf_counter() - started
+        fit_time = time.perf_counter() - started
         indexer.save(snapshot_dir)
         ids_path.unlink(missing_ok=True)
         assign_ids(load_snapshot(snapshot_dir), catalogue, ids_path, progress=True)
         recorded.write_text(wanted)
-        (work / f"fit-{method}.json").write_text(json.dumps({"fit_s": fit_s}))
+        (work / f"fit-{method}.json").write_text(json.dumps({"fit_s": fit_time}))
     fit_s = json.loads((work / f"fit-{method}.json").read_text())["fit_s"]
     snapshot = load_snapshot(snapshot_dir)
     table = IdTable.read(ids_path)
@@ -80,6 +79,13 @@ def ids_for(method: str, catalogue: Path, options: dict, work: Path, refit: bool
         "largest_suffix": max(suffixes),
     }
     return snapshot, table, report
+
+
+def timed_baseline(name: str, rank) -> dict:
+    """A baseline's rankings and the time it took to build them (index or fit included)."""
+    started = time.perf_counter()
+    ranked = rank()
+    return {"name": name, "ranked": ranked, "train_s": round(time.perf_counter() - started, 1)}
 
 
 def run_generative(method: str, snapshot, table: IdTable, options: dict, train, evaluate, save_to: Path) -> dict:
@@ -134,21 +140,14 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
     print("-- BM25 (bm25s)", flush=True)
     ids = list(items)
     texts = create_indexer("rq-kmeans").texts([items[i] for i in ids])  # the same text the indexers read
-    started = time.perf_counter()
-    bm25 = BM25Retriever.fit(ids, texts)
-    rows.append(
-        {"name": "BM25", "ranked": bm25.search(queries, TOP_K), "train_s": round(time.perf_counter() - started, 1)}
-    )
+    rows.append(timed_baseline("BM25", lambda: BM25Retriever.fit(ids, texts).search(queries, TOP_K)))
     print("-- dense MiniLM", flush=True)
-    started = time.perf_counter()
-    dense = DenseRetriever(TextEncoder(DEFAULT_ENCODER, max_length=args.dense_max_length)).index(ids, texts)
-    rows.append(
-        {
-            "name": "dense MiniLM",
-            "ranked": dense.search(queries, TOP_K),
-            "train_s": round(time.perf_counter() - started, 1),
-        }
-    )
+
+    def dense() -> list[list[str]]:
+        encoder = TextEncoder(DEFAULT_ENCODER, max_length=args.dense_max_length)
+        return DenseRetriever(encoder).index(ids, texts).search(queries, TOP_K)
+
+    rows.append(timed_baseline("dense MiniLM", dense))
     for row in rows:
         row["metrics"] = rank_metrics(row.pop("ranked"), relevant)
     return rows, id_reports
@@ -157,7 +156,7 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
 def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_options: dict) -> tuple[list[dict], dict]:
     catalogue = data_dir / "items.jsonl"
     sequences = read_jsonl(data_dir / "sequences.jsonl")
-    train = [row["train"] + [row["valid"]] for row in sequences]  # the test item is the only thing held out
+    # Training and evaluation histories are the same: the test item is the only thing held out.
     histories = [row["train"] + [row["valid"]] for row in sequences]
     targets = [row["test"] for row in sequences]
     relevant = [{t} for t in targets]
@@ -170,22 +169,15 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
         id_reports[method] = report
 
         def fit(model):
-            return model.fit_recommendation(train, progress=True)
+            return model.fit_recommendation(histories, progress=True)
 
         def recommend(model):
             return [[i for i, _ in r] for r in model.recommend(histories, TOP_K, progress=True)]
 
         print(f"-- generative model on {method} IDs", flush=True)
         rows.append(run_generative(method, snapshot, table, gen_options, fit, recommend, work / f"model-{method}"))
-    started = time.perf_counter()
-    popularity = PopularityRecommender().fit(train)
-    rows.append(
-        {
-            "name": "popularity",
-            "ranked": popularity.recommend(histories, TOP_K),
-            "train_s": round(time.perf_counter() - started, 1),
-        }
-    )
+    popularity = PopularityRecommender()
+    rows.append(timed_baseline("popularity", lambda: popularity.fit(histories).recommend(histories, TOP_K)))
     for row in rows:
         row["metrics"] = rank_metrics(row.pop("ranked"), relevant)
     return rows, id_reports

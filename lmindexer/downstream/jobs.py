@@ -26,7 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,9 @@ from lmindexer.downstream.generative import GenerativeModel, parse_generative_co
 from lmindexer.errors import ConfigError, RetrieverError, RetrieverGateFailed
 from lmindexer.idtable import IdTable
 from lmindexer.options import parse_config
-from lmindexer.pipeline.config import PipelineConfig, safe_run_id
+from lmindexer.pipeline.config import PipelineConfig, normalise_prefix, safe_run_id
 from lmindexer.pipeline.records import current as pipeline_current
-from lmindexer.pipeline.records import read_json, write_json
+from lmindexer.pipeline.records import read_json, remembered_at, write_json
 from lmindexer.storage.s3 import is_s3_uri, local_copy, open_binary, upload_file
 
 CURRENT = "current.json"
@@ -82,13 +82,7 @@ class RetrieverConfig(BaseModel):
             raise ValueError("the refresh trains retrievers: task must be 'retrieval'")
         return value
 
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        value = value.strip("/")
-        if not value:
-            raise ValueError("a prefix cannot be empty")
-        return value + "/"
+    _prefix = field_validator("prefix")(normalise_prefix)
 
 
 def parse_retriever_config(values: Mapping[str, Any] | RetrieverConfig | None) -> RetrieverConfig:
@@ -171,15 +165,6 @@ def _run_uri(pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, 
 def current_retriever(pipeline: PipelineConfig, retriever: RetrieverConfig) -> dict[str, Any] | None:
     """The live retriever's record (``current.json``), or None when none has been promoted."""
     return read_json(_uri(pipeline, retriever, CURRENT))
-
-
-def _remembered(uri: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    stored = read_json(uri)
-    if stored is not None:
-        return stored
-    result = compute()
-    write_json(uri, result)
-    return result
 
 
 def _now() -> str:
@@ -336,7 +321,7 @@ def plan_refresh(
     if run_id is None:
         return compute()
     run_id = safe_run_id(run_id)
-    return _remembered(_run_uri(pipeline, retriever, run_id, "plan.json"), compute)
+    return remembered_at(_run_uri(pipeline, retriever, run_id, "plan.json"), compute)
 
 
 def _expect(plan: Mapping[str, Any], action: str, run_id: str) -> None:
@@ -382,7 +367,7 @@ def train_retriever(
             **result,
         }
 
-    return _remembered(_run_uri(pipeline, retriever, run_id, "train.json"), compute)
+    return remembered_at(_run_uri(pipeline, retriever, run_id, "train.json"), compute)
 
 
 def evaluate_retriever(
@@ -437,7 +422,7 @@ def evaluate_retriever(
             "live": comparison,
         }
 
-    return _remembered(_run_uri(pipeline, retriever, run_id, "evaluate.json"), compute)
+    return remembered_at(_run_uri(pipeline, retriever, run_id, "evaluate.json"), compute)
 
 
 def gate_retriever(
@@ -570,7 +555,7 @@ def sync_retriever(
             **counts,
         }
 
-    synced = _remembered(_run_uri(pipeline, retriever, run_id, "sync.json"), compute)
+    synced = remembered_at(_run_uri(pipeline, retriever, run_id, "sync.json"), compute)
     entry = {
         **live,
         "run_id": run_id,

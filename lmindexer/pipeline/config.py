@@ -33,6 +33,14 @@ class QualityGates(BaseModel):
     max_collision_rate: float = Field(1.0, ge=0, le=1, description="share of items sharing learned codes")
 
 
+def normalise_prefix(value: str) -> str:
+    """A storage prefix as ``name/``: no leading slash, exactly one trailing slash, never empty."""
+    value = value.strip("/")
+    if not value:
+        raise ValueError("a prefix cannot be empty")
+    return value + "/"
+
+
 class PipelineConfig(BaseModel):
     """Where the pipeline reads and writes, which indexer it trains, and when it retrains."""
 
@@ -76,10 +84,7 @@ class PipelineConfig(BaseModel):
     )
     @classmethod
     def _prefix(cls, value: str) -> str:
-        value = value.strip("/")
-        if not value:
-            raise ValueError("a prefix cannot be empty")
-        return value + "/"
+        return normalise_prefix(value)
 
     def uri(self, *parts: str) -> str:
         return "/".join([self.base_uri.rstrip("/"), *(p.strip("/") for p in parts)])

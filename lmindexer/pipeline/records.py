@@ -43,7 +43,11 @@ def step_uri(config: PipelineConfig, run_id: str, step: str) -> str:
 
 def remembered(config: PipelineConfig, run_id: str, step: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run ``compute`` once per (run, step); later calls return the stored result."""
-    uri = step_uri(config, run_id, step)
+    return remembered_at(step_uri(config, run_id, step), compute)
+
+
+def remembered_at(uri: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``compute`` once per ``uri``; later calls return the result stored there."""
     stored = read_json(uri)
     if stored is not None:
         return stored
