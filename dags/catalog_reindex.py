@@ -7,13 +7,12 @@ under the run's state, so retrying a task or rerunning the run repeats no work; 
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from lmindexer_airflow.assets import SEARCH_INDEX, SEMANTIC_IDS
-from lmindexer_airflow.context import log_failure, prepare, search_config
+from lmindexer_airflow.context import prepare, search_config, task_defaults
 
 
 def _setup():
@@ -28,14 +27,7 @@ def _setup():
     catchup=False,
     max_active_runs=1,
     tags=["lmindexer"],
-    default_args={
-        # Transient failures (S3, search throttling) are retried with back-off; LMINDEXER_TASK_RETRIES overrides.
-        "retries": int(os.environ.get("LMINDEXER_TASK_RETRIES", "2")),
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=10),
-        "on_failure_callback": log_failure,
-    },
+    default_args=task_defaults(),
     params={
         "mode": Param("auto", enum=["auto", "apply", "retrain"], description="apply the snapshot, retrain, or decide"),
         "max_invalid_share": Param(None, type=["null", "number"], minimum=0, maximum=1),

@@ -8,13 +8,12 @@ the live retriever changes only in ``promote`` (after the gates) or ``sync``.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from lmindexer_airflow.assets import RETRIEVER, SEMANTIC_IDS
-from lmindexer_airflow.context import log_failure, prepare_retriever
+from lmindexer_airflow.context import prepare_retriever, task_defaults
 
 
 def _setup():
@@ -29,13 +28,7 @@ def _setup():
     catchup=False,
     max_active_runs=1,
     tags=["lmindexer"],
-    default_args={
-        "retries": int(os.environ.get("LMINDEXER_TASK_RETRIES", "2")),
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=10),
-        "on_failure_callback": log_failure,
-    },
+    default_args=task_defaults(),
     params={"mode": Param("auto", enum=["auto", "retrain"], description="retrain even in the same ID space")},
 )
 def retriever_refresh() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Variable
@@ -65,3 +67,17 @@ def log_failure(context: dict[str, Any]) -> None:
         type(error).__name__ if error else "Error",
         reason,
     )
+
+
+def task_defaults() -> dict[str, Any]:
+    """``default_args`` shared by the lmindexer DAGs.
+
+    Transient failures (S3, search throttling) are retried with back-off; LMINDEXER_TASK_RETRIES overrides the count.
+    """
+    return {
+        "retries": int(os.environ.get("LMINDEXER_TASK_RETRIES", "2")),
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+        "on_failure_callback": log_failure,
+    }

@@ -18,6 +18,9 @@ print(json.dumps({
     "max_active_runs": dag.max_active_runs if dag else None,
     "train_queue": dag.task_dict["train"].queue if dag else None,
     "params": sorted(dag.params.keys()) if dag else [],
+    "retries": dag.task_dict["discover"].retries if dag else None,
+    "failure_callbacks": [getattr(c, "__name__", str(c)) for c in dag.task_dict["discover"].on_failure_callback or []]
+    if dag else [],
 }))
 """
 
@@ -38,5 +41,6 @@ def test_dagbag_loads_without_import_errors(airflow_home):
     assert report["schedule"] == "0 2 * * *"
     assert report["catchup"] is False
     assert report["max_active_runs"] == 1
+    assert report["retries"] == 2 and report["failure_callbacks"] == ["log_failure"]
     assert report["train_queue"] == "gpu"
     assert report["params"] == ["max_invalid_share", "mode", "retrain_added_share"]
