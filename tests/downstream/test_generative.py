@@ -31,14 +31,24 @@ def test_training_lowers_the_loss_and_learns_the_training_queries(trained, title
 
 
 def test_constrained_search_only_returns_ids_that_exist(trained, title_pairs, rq_ids):
+    """Every beam hypothesis is an existing ID, so asking for the whole beam always fills it.
+
+    The search drops a finished beam that maps to no item, so results that merely exist would not show that the
+    decoding was constrained: an unconstrained beam also ends in existing items, only fewer of them. Every prefix the
+    trie lets through has an existing completion, so a constrained beam never runs short while the model holds at
+    least ``beam_size`` items: a full list of distinct existing items for every query shows that no beam was spent
+    on an ID of no item.
+    """
     model, _, _ = trained
     _, table = rq_ids
     sids = table.sid_map()
-    results = model.search([q for q, _ in title_pairs], k=10)
+    beam = model.config.beam_size
+    assert len(model.trie) >= beam
+    results = model.search([q for q, _ in title_pairs], k=beam)
     assert len(results) == len(title_pairs)
     for ranked in results:
         ids = [item_id for item_id, _ in ranked]
-        assert 1 <= len(ids) <= 10 and len(set(ids)) == len(ids)
+        assert len(ids) == beam and len(set(ids)) == beam
         assert all(item_id in sids for item_id in ids)
         scores = [score for _, score in ranked]
         assert scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores)
