@@ -1,8 +1,9 @@
 """catalog_reindex: new catalogue drops in S3 -> validated -> semantic IDs (apply or retrain) -> checked -> published.
 
 Every step is a function of ``lmindexer.pipeline.steps``; this file only wires them. Each step stores its result
-under the run's state, so retrying a task or rerunning the run repeats no work; nothing becomes current before
-``commit``, and a failure before the alias swap leaves the previous index live.
+under the run's state, so retrying a task or rerunning the run repeats no work and works on the drops the run first
+discovered; nothing becomes current before ``commit``, and a failure before the alias swap leaves the previous index
+live. ``confirm`` fails the run, after the good drops were committed, when a drop was quarantined whole.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def catalog_reindex() -> None:
     def discover() -> list[dict]:
         from lmindexer.pipeline import steps
 
-        config, _ = _setup()
-        return steps.discover(config)
+        config, run_id = _setup()
+        return steps.discover(config, run_id)
 
     @task.short_circuit
     def has_new_drops(drops: list[dict]) -> bool:
@@ -111,7 +112,6 @@ def catalog_reindex() -> None:
 
     @task(outlets=[SEMANTIC_IDS])
     def commit(
-        drops: list[dict],
         validated: list[dict],
         merged: dict,
         decision: dict,
@@ -123,9 +123,13 @@ def catalog_reindex() -> None:
         from lmindexer.pipeline import steps
 
         config, run_id = _setup()
-        pointer = steps.commit(config, run_id, merged, decision, snapshot, reduced, checked, published)
-        steps.mark_processed(config, run_id, drops, validated)
-        return pointer
+        return steps.commit(config, run_id, validated, merged, decision, snapshot, reduced, checked, published)
+
+    @task(retries=0)
+    def confirm(validated: list[dict], committed: dict) -> dict:
+        from lmindexer.pipeline import steps
+
+        return steps.confirm_drops(validated)
 
     drops = discover()
     gate = has_new_drops(drops)
@@ -139,7 +143,8 @@ def catalog_reindex() -> None:
     reduced = reduce_ids(snapshot, coded)
     checked = check(merged, decision, snapshot, reduced)
     published = publish(merged, decision, reduced, checked)
-    commit(drops, validated, merged, decision, snapshot, reduced, checked, published)
+    committed = commit(validated, merged, decision, snapshot, reduced, checked, published)
+    confirm(validated, committed)
 
 
 catalog_reindex()

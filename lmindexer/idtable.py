@@ -5,11 +5,22 @@ suffixes 0, 1, 2, ... (unbounded). Allocation is incremental: adding items never
 new item takes the next free suffix of its code tuple (one past the largest ever handed out, so a deleted item's ID
 is never reused). Within one allocation, new items are ordered by (codes, item_id), so the result does not depend on
 the order in which the catalogue listed them.
+
+Every write of a stored table is compare-and-swap (:mod:`lmindexer.storage.versioned`): it replaces exactly the
+version that was read, or it fails. :func:`store_allocation` is the one way the platform adds IDs to a stored table:
+it reads the table with its version, allocates, and writes if nobody else wrote in between; otherwise it re-reads
+and allocates again on top of the other writer's rows. So two writers can never both report success while one's
+IDs vanish, and an ID once reported never changes owner.
+
+Stored tables are checked when read: Parquet page checksums catch flipped bytes in the data, and the structure is
+verified (one row per item, one item per ID, IDs consistent with their codes), so a corrupted table is an error,
+never a silent source of wrong IDs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -18,12 +29,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from lmindexer.errors import IdTableError
-from lmindexer.storage.parquet import read_parquet, write_parquet
+from lmindexer.storage.versioned import VersionConflict, read_versioned, write_if_version
 
 SID_SEPARATOR = "-"
 _METADATA_KEY = b"lmindexer.id_space"
+# How often a writer re-reads and re-allocates after another writer changed the table under it.
+DEFAULT_WRITE_ATTEMPTS = 8
 
 SCHEMA = pa.schema(
     [
@@ -223,20 +237,146 @@ class IdTable:
 
     # -- persistence ---------------------------------------------------------------------------------------------
 
-    def write(self, destination: str | os.PathLike[str]) -> None:
-        """Write Parquet atomically to a local path or an ``s3://`` URI."""
-        write_parquet(self.table, destination)
+    def to_parquet_bytes(self) -> bytes:
+        """The table as a Parquet file (zstd, with page checksums so corruption is caught on read)."""
+        buffer = io.BytesIO()
+        pq.write_table(self.table, buffer, compression="zstd", write_page_checksum=True)
+        return buffer.getvalue()
 
     @classmethod
-    def read(cls, location: str | os.PathLike[str]) -> IdTable:
+    def from_parquet_bytes(cls, data: bytes, location: str | os.PathLike[str]) -> IdTable:
+        """Parse and verify a stored table (``location`` only names it in errors)."""
         try:
-            table = read_parquet(location)
-        except pa.ArrowException as exc:
+            table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+        except (pa.ArrowException, OSError) as exc:
             raise IdTableError(f"{location} is not a readable Parquet ID table: {exc}") from exc
         metadata = table.schema.metadata or {}
         if _METADATA_KEY not in metadata:
             raise IdTableError(f"{location} is not an lmindexer ID table (no ID space in its metadata)")
-        return cls(table, IdSpace.from_json(metadata[_METADATA_KEY]))
+        try:
+            space = IdSpace.from_json(metadata[_METADATA_KEY])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IdTableError(f"{location} has an unreadable ID space in its metadata ({exc})") from exc
+        loaded = cls(table, space)
+        loaded.verify(location)
+        return loaded
+
+    def verify(self, location: str | os.PathLike[str] = "the ID table") -> None:
+        """Structural checks a sound table always passes: unique items, unique IDs, codes of the right length and
+        range, and each ``sid`` spelling out its codes and suffix. Raises :class:`IdTableError` naming the first
+        problem found."""
+        n = len(self)
+        if not n:
+            return
+        table = self.table
+        problems = []
+        if pc.count_distinct(table.column("item_id")).as_py() != n:
+            problems.append("an item_id appears on more than one row")
+        if pc.count_distinct(table.column("sid")).as_py() != n:
+            problems.append("a semantic ID is held by more than one item")
+        lengths = pc.list_value_length(table.column("codes"))
+        if pc.min(lengths).as_py() != self.space.levels or pc.max(lengths).as_py() != self.space.levels:
+            problems.append(f"a row does not have {self.space.levels} codes")
+        elif pc.min(table.column("suffix")).as_py() < 0:
+            problems.append("a suffix is negative")
+        else:
+            flat = pc.list_flatten(table.column("codes")).to_numpy(zero_copy_only=False).reshape(n, self.space.levels)
+            sizes = self.space.codebook_sizes
+            if (flat < 0).any() or any((flat[:, level] >= k).any() for level, k in enumerate(sizes)):
+                problems.append(f"a code does not fit the codebook sizes {sizes}")
+            else:
+                parts = [pc.cast(pa.array(flat[:, level]), pa.string()) for level in range(self.space.levels)]
+                parts.append(pc.cast(table.column("suffix"), pa.string()))
+                expected = pc.binary_join_element_wise(*parts, SID_SEPARATOR)
+                if not pc.all(pc.equal(expected, table.column("sid"))).as_py():
+                    problems.append("a sid does not match its codes and suffix")
+        if problems:
+            raise IdTableError(f"{location} is corrupted: {'; '.join(problems)}")
+
+    def write(self, destination: str | os.PathLike[str], *, replacing: str | None = None) -> str:
+        """Write the table to a local path or an ``s3://`` URI, compare-and-swap: only if the stored table is still
+        at version ``replacing`` (``None``: only if there is none yet). Returns the new version; raises
+        :class:`~lmindexer.storage.versioned.VersionConflict` when another writer got there first."""
+        return write_if_version(self.to_parquet_bytes(), destination, replacing)
+
+    @classmethod
+    def read(cls, location: str | os.PathLike[str]) -> IdTable:
+        stored = read_versioned(location)
+        if stored.data is None:
+            raise IdTableError(f"ID table not found: {location}")
+        return cls.from_parquet_bytes(stored.data, location)
+
+
+@dataclass(frozen=True)
+class StoredIdTable:
+    """A table as read from storage, with the version a compare-and-swap write must name (``None``: not stored)."""
+
+    table: IdTable
+    version: str | None
+
+
+def read_id_table(location: str | os.PathLike[str], space: IdSpace) -> StoredIdTable:
+    """The table at ``location`` with its version, or an empty one of ``space``; refuses a table of another space."""
+    stored = read_versioned(location)
+    if stored.data is None:
+        return StoredIdTable(IdTable.empty(space), None)
+    table = IdTable.from_parquet_bytes(stored.data, location)
+    if table.space.snapshot_version != space.snapshot_version:
+        raise IdTableError(
+            f"{location} holds IDs of snapshot {table.space.snapshot_version}, not {space.snapshot_version}; "
+            "a new snapshot defines a new ID space, so write its IDs to a new table"
+        )
+    return StoredIdTable(table, stored.version)
+
+
+@dataclass(frozen=True)
+class StoredAllocation:
+    """The outcome of :func:`store_allocation`: the table as written (or found), what changed, and how."""
+
+    table: IdTable
+    report: AllocationReport
+    rows_before: int
+    version: str
+    written: bool
+    attempts: int
+
+
+def store_allocation(
+    location: str | os.PathLike[str],
+    space: IdSpace,
+    candidates: Iterable[Candidate],
+    *,
+    assigned_at: dt.datetime | None = None,
+    attempts: int = DEFAULT_WRITE_ATTEMPTS,
+) -> StoredAllocation:
+    """Give every candidate without an ID one and store the table, compare-and-swap.
+
+    Reads the table and its version, allocates on top of it, checks that every existing row is unchanged and
+    writes only if the stored table is still that version. When another writer got there first, its rows are
+    re-read and the allocation is made again on top of them (items it already gave an ID keep that ID); after
+    ``attempts`` tries the call fails with :class:`IdTableError` and writes nothing. An absent table is created
+    (empty if there are no candidates), so a completed call always leaves a stored table.
+    """
+    wanted = list(candidates)
+    stamp = (assigned_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    for attempt in range(1, attempts + 1):
+        stored = read_id_table(location, space)
+        before = stored.table
+        after, report = before.allocate(wanted, assigned_at=stamp)
+        if after is before and stored.version is not None:
+            return StoredAllocation(after, report, len(before), stored.version, False, attempt)
+        kept = after.table.slice(0, len(before)).replace_schema_metadata(None)
+        if not kept.equals(before.table.replace_schema_metadata(None)):
+            raise IdTableError(f"allocation changed existing rows of {location}; refusing to write it")
+        try:
+            version = after.write(location, replacing=stored.version)
+        except VersionConflict:
+            continue
+        return StoredAllocation(after, report, len(before), version, True, attempt)
+    raise IdTableError(
+        f"{location} was changed by other writers {attempts} times while IDs were being allocated; nothing of this "
+        "allocation was written: run it again"
+    )
 
 
 def id_stability(previous: IdTable, current: IdTable) -> dict[str, Any]:

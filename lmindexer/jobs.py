@@ -17,7 +17,15 @@ import yaml
 
 from lmindexer.catalog import CatalogReader, ReadSummary, RowError
 from lmindexer.errors import ConfigError, IdTableError, UserError
-from lmindexer.idtable import AllocationReport, Candidate, IdSpace, IdTable, id_stability
+from lmindexer.idtable import (
+    AllocationReport,
+    Candidate,
+    IdSpace,
+    IdTable,
+    id_stability,
+    read_id_table,
+    store_allocation,
+)
 from lmindexer.indexers import DEFAULT_METHOD, Indexer, create_indexer, load_snapshot
 from lmindexer.metrics import QualityReport, evaluate_codes
 from lmindexer.storage.s3 import exists
@@ -117,15 +125,7 @@ class AssignResult:
 
 def open_id_table(ids: str | os.PathLike[str], space: IdSpace) -> IdTable:
     """The ID table at ``ids``, or a new empty one; refuses a table from another ID space."""
-    if not exists(ids):
-        return IdTable.empty(space)
-    table = IdTable.read(ids)
-    if table.space.snapshot_version != space.snapshot_version:
-        raise IdTableError(
-            f"{ids} holds IDs of snapshot {table.space.snapshot_version}, not {space.snapshot_version}; "
-            "a new snapshot defines a new ID space, so write its IDs to a new table"
-        )
-    return table
+    return read_id_table(ids, space).table
 
 
 def assign_ids(
@@ -143,6 +143,10 @@ def assign_ids(
     Items already in the table keep their row byte for byte (even if their text changed: that is counted, and a
     retrain is how IDs follow new text). Only new items are encoded, so the cost follows the new items, not the
     catalogue. Tombstones get no new ID; an existing ID stays reserved.
+
+    The table is written compare-and-swap (:func:`~lmindexer.idtable.store_allocation`): if another writer
+    changed it while this call was encoding, the allocation is redone on top of the other writer's rows, so both
+    writers' IDs survive and no reported ID ever changes owner.
     """
     indexer = snapshot if isinstance(snapshot, Indexer) else load_snapshot(snapshot)
     if indexer.version is None:
@@ -172,11 +176,17 @@ def assign_ids(
             candidates.append(Candidate(item.item_id, known[item.item_id], digest))
         bar.update(len(batch))
     bar.close()
-    updated, allocation = table.allocate(candidates)
-    written = updated is not table or not exists(ids)
-    if written:
-        updated.write(ids)
-    return AssignResult(str(ids), space, len(table), len(updated), reader.summary, allocation, tombstones, written)
+    stored = store_allocation(ids, space, candidates)
+    return AssignResult(
+        str(ids),
+        space,
+        stored.rows_before,
+        len(stored.table),
+        reader.summary,
+        stored.report,
+        tombstones,
+        stored.written,
+    )
 
 
 def catalogue_labels(catalog: str | os.PathLike[str], label: str) -> dict[str, Any]:

@@ -7,8 +7,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from lmindexer import idtable
 from lmindexer.errors import IdTableError
-from lmindexer.idtable import Candidate, IdSpace, IdTable, format_sid, id_stability, parse_sid
+from lmindexer.idtable import (
+    Candidate,
+    IdSpace,
+    IdTable,
+    format_sid,
+    id_stability,
+    parse_sid,
+    read_id_table,
+    store_allocation,
+)
+from lmindexer.storage.versioned import VersionConflict
 
 SPACE = IdSpace("rq-kmeans-20260101T000000Z-abcd1234", "rq-kmeans", (4, 4))
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -52,13 +63,13 @@ def test_suffixes_are_unbounded():
 
 def test_incremental_allocation_keeps_existing_rows_byte_identical(tmp_path):
     base, _ = IdTable.empty(SPACE).allocate([cand("a", (1, 2)), cand("b", (1, 2)), cand("c", (0, 0))], assigned_at=T0)
-    base.write(tmp_path / "ids.parquet")
+    version = base.write(tmp_path / "ids.parquet")
     before = pq.read_table(tmp_path / "ids.parquet")
     loaded = IdTable.read(tmp_path / "ids.parquet")
     grown, report = loaded.allocate(
         [cand("a", (1, 2), "changed"), cand("z", (1, 2)), cand("y", (0, 0)), cand("c", (0, 0))], assigned_at=T1
     )
-    grown.write(tmp_path / "ids.parquet")
+    grown.write(tmp_path / "ids.parquet", replacing=version)
     after = pq.read_table(tmp_path / "ids.parquet")
     assert after.slice(0, before.num_rows).equals(before)
     assert after.slice(0, before.num_rows).to_pylist() == before.to_pylist()
@@ -127,3 +138,105 @@ def test_id_stability():
         "only_in_current": 1,
         "same_id_space": False,
     }
+
+
+@pytest.fixture(params=["local", "s3"])
+def table_uri(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "ids" / "ids.parquet")
+    bucket = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/ids/v1/ids.parquet"
+
+
+def test_a_write_over_a_version_that_moved_on_is_refused(table_uri):
+    first, _ = IdTable.empty(SPACE).allocate([cand("a", (1, 1))], assigned_at=T0)
+    version = first.write(table_uri)
+    with pytest.raises(VersionConflict, match="changed since it was read"):
+        first.write(table_uri)  # "only if absent", but it exists now
+    theirs, _ = first.allocate([cand("b", (1, 1))], assigned_at=T1)
+    theirs.write(table_uri, replacing=version)
+    mine, _ = first.allocate([cand("c", (1, 1))], assigned_at=T1)  # built on the version read before theirs
+    with pytest.raises(VersionConflict):
+        mine.write(table_uri, replacing=version)
+    assert IdTable.read(table_uri).sid_map() == {"a": "1-1-0", "b": "1-1-1"}  # theirs survived, untouched
+
+
+def test_an_allocation_raced_by_another_writer_is_redone_on_top_of_its_rows(table_uri, monkeypatch):
+    store_allocation(table_uri, SPACE, [cand("a", (2, 2))], assigned_at=T0)
+    real_read = idtable.read_id_table
+    raced = []
+
+    def read_then_lose_the_race(location, space):
+        stored = real_read(location, space)
+        if not raced:  # another writer slips in between this read and the write that follows it
+            theirs, _ = stored.table.allocate([cand("theirs", (2, 2))], assigned_at=T1)
+            theirs.write(location, replacing=stored.version)
+            raced.append(theirs)
+        return stored
+
+    monkeypatch.setattr(idtable, "read_id_table", read_then_lose_the_race)
+    mine = store_allocation(table_uri, SPACE, [cand("mine", (2, 2)), cand("a", (2, 2))], assigned_at=T1)
+    assert mine.attempts == 2 and mine.written
+    final = IdTable.read(table_uri)
+    assert final.sid_map() == {"a": "2-2-0", "theirs": "2-2-1", "mine": "2-2-2"}
+    # what each writer reported is what the table holds: no ID changed owner
+    assert raced[0].sid_map()["theirs"] == final.sid_map()["theirs"]
+    assert mine.table.sid_map() == final.sid_map()
+
+
+def test_an_allocation_that_keeps_losing_gives_up_without_writing(table_uri, monkeypatch):
+    store_allocation(table_uri, SPACE, [cand("a", (0, 0))], assigned_at=T0)
+    real_read = idtable.read_id_table
+    counter = iter(range(1000))
+
+    def always_raced(location, space):
+        stored = real_read(location, space)
+        theirs, _ = stored.table.allocate([cand(f"other-{next(counter)}", (0, 1))], assigned_at=T1)
+        theirs.write(location, replacing=stored.version)
+        return stored
+
+    monkeypatch.setattr(idtable, "read_id_table", always_raced)
+    with pytest.raises(IdTableError, match="changed by other writers 3 times"):
+        store_allocation(table_uri, SPACE, [cand("mine", (0, 0))], attempts=3)
+    monkeypatch.setattr(idtable, "read_id_table", real_read)
+    assert "mine" not in IdTable.read(table_uri)
+
+
+def test_allocation_into_a_table_of_another_id_space_is_refused(table_uri):
+    store_allocation(table_uri, SPACE, [cand("a", (0, 0))])
+    other = IdSpace("rq-kmeans-20270101T000000Z-ffff0000", "rq-kmeans", (4, 4))
+    with pytest.raises(IdTableError, match="a new snapshot defines a new ID space"):
+        store_allocation(table_uri, other, [cand("b", (0, 0))])
+
+
+def test_a_stored_table_with_flipped_bytes_is_detected(tmp_path):
+    table, _ = IdTable.empty(SPACE).allocate([cand(f"item-{n}", (n % 4, n // 4 % 4)) for n in range(200)])
+    path = tmp_path / "ids.parquet"
+    table.write(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside a data page, far from the footer
+    path.write_bytes(bytes(data))
+    with pytest.raises(IdTableError, match=r"ids.parquet (is not a readable Parquet ID table|is corrupted)"):
+        IdTable.read(path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda rows: rows.append(dict(rows[0])), "an item_id appears on more than one row"),
+        (lambda rows: rows[1].update(sid=rows[0]["sid"]), "held by more than one item"),
+        (lambda rows: rows[0].update(sid="3-3-9"), "a sid does not match its codes and suffix"),
+        (lambda rows: rows[0].update(codes=[9, 1]), "does not fit the codebook sizes"),
+        (lambda rows: rows[0].update(codes=[1]), "does not have 2 codes"),
+    ],
+)
+def test_a_stored_table_that_breaks_its_invariants_is_refused(tmp_path, damage, problem):
+    table, _ = IdTable.empty(SPACE).allocate([cand("a", (1, 1)), cand("b", (1, 1)), cand("c", (2, 3))])
+    rows = table.table.to_pylist()
+    damage(rows)
+    broken = pa.Table.from_pylist(rows, schema=idtable.SCHEMA).replace_schema_metadata(table.table.schema.metadata)
+    pq.write_table(broken, tmp_path / "ids.parquet")
+    with pytest.raises(IdTableError, match=problem):
+        IdTable.read(tmp_path / "ids.parquet")
+    with pytest.raises(IdTableError, match=problem):
+        read_id_table(tmp_path / "ids.parquet", SPACE)

@@ -1,15 +1,34 @@
-"""The reindex pipeline as plain functions, one per step; the Airflow DAG only wires them together.
+"""The reindex pipeline as plain functions, one per step, in pipeline order; the Airflow DAG only wires them.
 
 discover -> validate -> merge -> decide -> (train) -> plan shards -> assign shard (mapped) -> reduce -> check
--> publish -> commit. Every step takes and returns small JSON-able dicts (data lives in the store, under the run's
-own keys), stores its result under ``state/runs/<run>/``, and returns that stored result when it is run again, so a
-retried task or a rerun of the whole run repeats no work. Nothing becomes current before ``commit``.
+-> publish -> commit -> confirm. Every step takes and returns small JSON-able dicts (data lives in the store,
+under the run's own keys), stores its result under ``state/runs/<run>/``, and returns that stored result when it is
+run again, so a retried task or a rerun of the whole run repeats no work and works on the same drops. Nothing
+becomes current before ``commit``.
+
+What keeps data safe when runs overlap or are rerun:
+
+- ``discover`` is remembered like every other step: the set of drops a run works on is fixed the first time it
+  is discovered, so clearing or rerunning the run later never picks up a drop that landed in between (the next
+  run takes it). ``commit`` marks as processed exactly the drops that this run validated.
+- ``merge`` records the version of ``state/current.json`` it merged onto. ``decide``, ``publish`` and ``commit``
+  refuse to go on (:class:`StaleRun`) once another run has committed since, and ``commit`` moves the pointer
+  compare-and-swap against that version, so two runs can never both commit (nor count the same items twice).
+- The ID table is only ever written compare-and-swap (:func:`~lmindexer.idtable.store_allocation`): concurrent
+  runs in the same ID space both keep their IDs, and an ID once handed out never changes owner.
+- One bad drop never blocks the others: a drop over the invalid-row threshold, or one that cannot be read as a
+  catalogue at all, is quarantined whole and recorded as rejected; the run carries on with the other drops and
+  ``confirm`` fails it at the end, so the rejection is seen. Documents the search engine refuses are quarantined
+  with the engine's reason, within the same threshold.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import math
+import re
 import shutil
 import subprocess
 import sys
@@ -24,20 +43,23 @@ import pyarrow as pa
 from lmindexer.cache import cache_root
 from lmindexer.catalog.items import Item
 from lmindexer.catalog.store import apply_drops, read_catalog, write_catalog
-from lmindexer.errors import UserError
-from lmindexer.idtable import Candidate, IdSpace, IdTable, id_stability
+from lmindexer.errors import CatalogError, UserError
+from lmindexer.idtable import Candidate, IdSpace, IdTable, id_stability, store_allocation
 from lmindexer.indexers import load_snapshot
 from lmindexer.indexers.base import read_snapshot_document
 from lmindexer.metrics import evaluate_codes
 from lmindexer.pipeline.config import Mode, PipelineConfig, safe_run_id
-from lmindexer.pipeline.records import current, remembered, set_current
+from lmindexer.pipeline.records import current, current_versioned, remembered, set_current
 from lmindexer.storage.parquet import read_parquet, write_parquet
-from lmindexer.storage.s3 import exists, local_copy, upload_file
+from lmindexer.storage.s3 import exists, upload_file, write_bytes
+from lmindexer.storage.versioned import VersionConflict
 from lmindexer.text import text_hash
 
 log = logging.getLogger(__name__)
 
 _CODES_SCHEMA = pa.schema([("item_id", pa.string()), ("codes", pa.list_(pa.int32())), ("text_hash", pa.string())])
+ENGINE_REJECTED = "engine_rejected"  # the rule of a document the search engine refused
+_ENGINE_FIELD = re.compile(r"field \[([^\]]+)\]")
 
 
 class QualityGateFailed(UserError):
@@ -46,6 +68,18 @@ class QualityGateFailed(UserError):
 
 class TrainingFailed(UserError):
     """The training subprocess did not produce a snapshot."""
+
+
+class StaleRun(UserError):
+    """Another run committed after this one merged its drops: this run can no longer publish or commit."""
+
+
+class DropsRejected(UserError):
+    """Drops of the run were quarantined whole (over the invalid-row threshold, or not readable as catalogues)."""
+
+
+class DocumentsRefused(UserError):
+    """The search engine refused more documents than the invalid-row threshold allows."""
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
@@ -57,17 +91,108 @@ def _copy_tree_to(source: Path, destination: str) -> None:
             upload_file(path, f"{destination.rstrip('/')}/{path.relative_to(source).as_posix()}")
 
 
-# -- steps --------------------------------------------------------------------------------------------------------
+def _ensure_not_stale(
+    config: PipelineConfig, run_id: str, merged: Mapping[str, Any]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The live pointer and its version, provided it is still the one this run merged onto (or this run's own)."""
+    live, version = current_versioned(config)
+    if live is not None and live.get("run_id") == run_id:
+        return live, version
+    if "base_version" in merged and version != merged["base_version"]:
+        raise StaleRun(
+            f"run {run_id} merged its drops onto the version committed by "
+            f"{merged.get('base_run_id') or 'no run (nothing was live)'}, but run "
+            f"{(live or {}).get('run_id', '?')} has committed since; nothing of this run was made current. Its drops "
+            "are not marked processed, so the next run takes them: trigger a new run instead of rerunning this one"
+        )
+    return live, version
 
 
-def merge(config: PipelineConfig, run_id: str, staged: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Apply the validated drops (in order) to the current catalogue and write the run's catalogue version."""
+# -- steps, in pipeline order -------------------------------------------------------------------------------------
+
+
+def discover(config: PipelineConfig, run_id: str) -> list[dict[str, Any]]:
+    """Catalogue drops under the incoming prefix that have not been processed (by key and ETag), oldest first.
+
+    Remembered per run: a retried task, a cleared run or a rerun of the whole run works on exactly the drops its
+    first attempt found. A drop that lands later waits for the next run."""
+    from lmindexer.storage.drops import list_drops
+    from lmindexer.storage.state import ProcessingState
 
     def compute() -> dict[str, Any]:
-        live = current(config)
+        drops = list_drops(config.base_uri, config.incoming_prefix)
+        state = ProcessingState(config.base_uri, prefix=config.state_prefix)
+        return {"drops": [drop.to_dict() for drop in state.unprocessed(drops)]}
+
+    return remembered(config, run_id, "discover", compute)["drops"]
+
+
+def validate_drops(config: PipelineConfig, run_id: str, drops: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Validate each drop: bad rows to ``quarantine/<run>/<drop>/`` with their rule, good rows to ``staged/``.
+
+    A drop whose invalid share exceeds the threshold, or that cannot be read as a catalogue at all (unknown format,
+    unreadable file, no item_id column, ...), is quarantined whole: its result says ``accepted: false`` and why, and
+    the other drops go on. Every result names its drop, so ``commit`` records exactly these drops."""
+    from lmindexer.storage.drops import Drop
+    from lmindexer.validation import ValidationFailed, validate_drop
+    from lmindexer.validation.common import RunLayout, dumps_document
+
+    discovered = discover(config, run_id)
+    if [Drop.from_dict(dict(d)) for d in drops] != [Drop.from_dict(dict(d)) for d in discovered]:
+        raise UserError(f"run {run_id} was asked to validate other drops than it discovered; refusing")
+
+    def compute() -> dict[str, Any]:
+        results = []
+        for number, data in enumerate(discovered):
+            drop = Drop.from_dict(dict(data))
+            validation_run = f"{run_id}/{number:03d}-{drop.slug}"
+            try:
+                outcome = validate_drop(
+                    drop.uri,
+                    validation_run,
+                    base_uri=config.base_uri,
+                    threshold=config.max_invalid_share,
+                    staged_prefix=config.staged_prefix,
+                    quarantine_prefix=config.quarantine_prefix,
+                )
+            except ValidationFailed as exc:
+                log.warning("drop %s rejected: %s", drop.key, exc)
+                results.append({"drop": drop.to_dict(), "accepted": False, "reason": str(exc), **exc.summary.to_dict()})
+                continue
+            except CatalogError as exc:
+                # The file as a whole is not a catalogue: there are no rows to count, so the drop is quarantined
+                # whole, with the reason, and its object stays where it landed.
+                log.warning("drop %s rejected: %s", drop.key, exc)
+                layout = RunLayout(config.base_uri, validation_run, config.staged_prefix, config.quarantine_prefix)
+                record = {
+                    "source": drop.uri, "run_id": validation_run, "rows_in": 0, "staged": 0, "quarantined": 0,
+                    "tombstones": 0, "rejections_by_rule": {"unreadable_file": 1}, "success": False,
+                    "staged_uri": None, "quarantine_uri": layout.summary, "summary_uri": layout.summary,
+                }  # fmt: skip
+                write_bytes(dumps_document({**record, "reason": str(exc)}), layout.summary)
+                results.append({"drop": drop.to_dict(), "accepted": False, "reason": str(exc), **record})
+                continue
+            results.append({"drop": drop.to_dict(), "accepted": True, **outcome.to_dict()})
+        return {"drops": results}
+
+    return remembered(config, run_id, "validate", compute)["drops"]
+
+
+def _accepted(validated: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [v for v in validated if v.get("accepted", True)]
+
+
+def merge(config: PipelineConfig, run_id: str, validated: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Apply the accepted drops (in order) to the current catalogue and write the run's catalogue version.
+
+    Records which committed version it merged onto (``base_version``): the later steps refuse to go on once
+    another run has committed since, because this run's catalogue would then lack that run's changes."""
+
+    def compute() -> dict[str, Any]:
+        live, version = current_versioned(config)
         previous = read_catalog(live["catalog_uri"]) if live else {}
         drops = []
-        for entry in staged:
+        for entry in _accepted(validated):
             drops.append(list(read_catalog_rows(entry["staged_uri"])))
         merged, delta = apply_drops(previous, drops)
         catalog_uri = config.uri(config.catalog_prefix, run_id, "items.parquet")
@@ -80,6 +205,8 @@ def merge(config: PipelineConfig, run_id: str, staged: Sequence[Mapping[str, Any
             "delta_uri": delta_uri,
             "items": len(merged),
             "previous_items": len(previous),
+            "base_run_id": live["run_id"] if live else None,
+            "base_version": version,
             **delta.counts(),
         }
 
@@ -97,7 +224,7 @@ def decide(config: PipelineConfig, run_id: str, merged: Mapping[str, Any], mode:
     """Apply the current snapshot, or retrain: forced, no snapshot yet, or too much added since the last retrain."""
 
     def compute() -> dict[str, Any]:
-        live = current(config)
+        live, _ = _ensure_not_stale(config, run_id, merged)
         if mode == "retrain":
             return {"mode": "retrain", "reason": "retrain requested"}
         if live is None:
@@ -153,6 +280,7 @@ def train(
     config: PipelineConfig, run_id: str, merged: Mapping[str, Any], decision: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Fit a new snapshot on the run's catalogue in an ``accelerate launch`` subprocess (retrain only)."""
+    from lmindexer.storage.s3 import local_copy
 
     def compute() -> dict[str, Any]:
         if decision["mode"] != "retrain":
@@ -242,30 +370,26 @@ def reduce_ids(
 ) -> dict[str, Any]:
     """Give every newly coded item the next free suffix of its code tuple, in one place, and write the ID table.
 
-    The table only grows: existing rows are checked to be unchanged before it is written, so an ID once handed out
-    is never lost or given to another item, whatever happens to the rest of the run.
+    The table only grows and is written compare-and-swap (:func:`~lmindexer.idtable.store_allocation`): existing
+    rows are checked to be unchanged, and if another run wrote the table meanwhile the allocation is redone on top
+    of its rows. So an ID once handed out is never lost or given to another item, whatever else is running.
     """
 
     def compute() -> dict[str, Any]:
         table_uri = ids_uri(config, snapshot["version"])
         indexer = load_snapshot(snapshot["snapshot_uri"])
         space = IdSpace(indexer.version, indexer.method, indexer.codebook_sizes)
-        before = IdTable.read(table_uri) if exists(table_uri) else IdTable.empty(space)
         candidates = []
         for shard in sorted(shards, key=lambda s: s["shard"]):
             rows = read_parquet(shard["codes_uri"]).to_pylist()
             candidates.extend(Candidate(r["item_id"], tuple(r["codes"]), r["text_hash"]) for r in rows)
-        after, report = before.allocate(candidates, assigned_at=dt.datetime.now(dt.UTC))
-        kept = after.table.slice(0, len(before)).replace_schema_metadata(None)
-        if not kept.equals(before.table.replace_schema_metadata(None)):
-            raise QualityGateFailed("allocation changed existing ID rows; refusing to write the ID table")
-        if after is not before:
-            after.write(table_uri)
+        stored = store_allocation(table_uri, space, candidates)
         return {
             "ids_uri": table_uri,
-            "rows_before": len(before),
-            "rows_after": len(after),
-            "newly_assigned": report.newly_assigned,
+            "rows_before": stored.rows_before,
+            "rows_after": len(stored.table),
+            "newly_assigned": stored.report.newly_assigned,
+            "write_attempts": stored.attempts,
         }
 
     return remembered(config, run_id, "reduce", compute)
@@ -309,7 +433,7 @@ def check(
         live = current(config)
         stability = None
         if live is not None and live["ids_uri"] == reduced["ids_uri"]:
-            # Same ID space, same table: reduce_ids verified, row by row, that every earlier ID is unchanged.
+            # Same ID space, same table: every write of it verified, row by row, that earlier IDs are unchanged.
             kept = int(reduced["rows_before"])
             stability = {"common_items": kept, "unchanged": kept, "stability": 1.0 if kept else None,
                          "same_id_space": True}  # fmt: skip
@@ -337,35 +461,32 @@ def check(
     return remembered(config, run_id, "check", compute)
 
 
-def commit(
-    config: PipelineConfig,
-    run_id: str,
-    merged: Mapping[str, Any],
-    decision: Mapping[str, Any],
-    snapshot: Mapping[str, Any],
-    reduced: Mapping[str, Any],
-    checked: Mapping[str, Any],
-    published: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Make the run's versions current. The last step: before it, the previous version stays in charge."""
-    live = current(config) or {}
-    retrained = decision["mode"] == "retrain"
-    pointer = {
-        "run_id": run_id,
-        "updated_at": dt.datetime.now(dt.UTC).isoformat(),
-        "snapshot_uri": snapshot["snapshot_uri"],
-        "snapshot_version": snapshot["version"],
-        "ids_uri": reduced["ids_uri"],
-        "catalog_uri": merged["catalog_uri"],
-        "items": merged["items"],
-        "items_at_retrain": merged["items"] if retrained else live.get("items_at_retrain", merged["items"]),
-        "added_since_retrain": 0 if retrained else int(live.get("added_since_retrain", 0)) + int(merged["new"]),
-        "metrics": checked["metrics"],
-        "index": published.get("index"),
-    }
-    if live.get("run_id") != run_id:
-        set_current(config, pointer)
-    return pointer
+def _refusals_allowed(config: PipelineConfig, documents: int) -> int:
+    """How many documents the engine may refuse in one publish: the drops' invalid-row threshold, applied to the
+    documents sent."""
+    return math.floor(config.max_invalid_share * documents)
+
+
+def _quarantine_refused(config: PipelineConfig, run_id: str, errors: Sequence[Any]) -> str | None:
+    """Write the documents the engine refused to ``quarantine/<run>/publish/rejected.jsonl``, with its reason."""
+    if not errors:
+        return None
+    uri = config.uri(config.quarantine_prefix, run_id, "publish", "rejected.jsonl")
+    lines = []
+    for error in errors:
+        field = _ENGINE_FIELD.search(error.reason)
+        record = {
+            "source": "search engine" if error.status is not None else "publisher",
+            "item_id": error.item_id,
+            "field": field.group(1) if field else "(document)",
+            "rule": ENGINE_REJECTED,
+            "message": f"{error.error_type}: {error.reason}",
+            "operation": error.operation,
+            "status": error.status,
+        }
+        lines.append(json.dumps(record, ensure_ascii=False, default=str))
+    write_bytes(("\n".join(lines) + "\n").encode(), uri)
+    return uri
 
 
 def publish(
@@ -377,26 +498,56 @@ def publish(
     reduced: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Publish to the search alias: a new versioned index and one alias swap after a retrain (or when the alias
-    does not exist yet); otherwise upserts of new and changed items and deletes of removed ones through the alias."""
-    from lmindexer.search import SearchBackend, iter_documents
+    does not exist yet); otherwise upserts of new and changed items and deletes of removed ones through the alias.
+
+    Documents the engine refuses for what they hold (a 4xx answer such as a field of the wrong type) are
+    quarantined with the engine's reason, up to the invalid-row threshold of the documents sent; a failure that
+    may pass (throttling, 5xx, a lost connection) fails the step, and a rerun completes it."""
+    from lmindexer.search import SearchBackend, iter_documents, load_search_config
+    from lmindexer.search.errors import PublishError
 
     def compute() -> dict[str, Any]:
+        _ensure_not_stale(config, run_id, merged)
         table = IdTable.read(reduced["ids_uri"])
         catalogue = read_catalog(merged["catalog_uri"])
         delta = read_parquet(merged["delta_uri"]).to_pylist()
-        with SearchBackend(search) as backend:
+        settings = load_search_config(search)
+        with SearchBackend(settings.model_copy(update={"max_failed_documents": 0})) as backend:
             full = decision["mode"] == "retrain" or backend.live_index() is None
-            if full:
+        if full:
+            documents = sum(1 for item in catalogue.values() if not item.deleted)
+            allowed = _refusals_allowed(config, documents)
+            with SearchBackend(settings.model_copy(update={"max_failed_documents": allowed})) as backend:
                 result = backend.publish_full(
                     iter_documents(catalogue.values(), table), table.space.snapshot_version, run_id,
                     total=len(catalogue),
                 )  # fmt: skip
-                return {"mode": "full", "index": result.index, **_jsonable(result.to_dict())}
-            upsert_ids = [row["item_id"] for row in delta if row["change"] in ("new", "changed")]
-            deletes = [row["item_id"] for row in delta if row["change"] == "deleted"]
+            refused = [e for e in result.bulk.errors if e.refused]
+            quarantine = _quarantine_refused(config, run_id, refused)
+            return {"mode": "full", "index": result.index, "refused": len(refused), "quarantine_uri": quarantine,
+                    **_jsonable(result.to_dict())}  # fmt: skip
+        upsert_ids = [row["item_id"] for row in delta if row["change"] in ("new", "changed")]
+        deletes = [row["item_id"] for row in delta if row["change"] == "deleted"]
+        with SearchBackend(settings) as backend:
             bulk = backend.publish_incremental(iter_documents((catalogue[i] for i in upsert_ids), table), deletes)
-            bulk.check()
-            return {"mode": "incremental", "index": backend.live_index(), **_jsonable(bulk.to_dict())}
+            live_index = backend.live_index()
+        passing = [e for e in bulk.errors if not e.refused]
+        if passing:
+            raise PublishError(
+                f"incremental publish: {len(passing)} documents failed for a reason that may pass "
+                f"({bulk.describe_errors()}); upserts and deletes are idempotent: rerun",
+                result=bulk,
+            )
+        refused = [e for e in bulk.errors if e.refused]
+        allowed = _refusals_allowed(config, bulk.attempted)
+        if len(refused) > allowed:
+            raise DocumentsRefused(
+                f"the search engine refused {len(refused)} of {bulk.attempted} documents, more than the "
+                f"{config.max_invalid_share:.1%} allowed: {bulk.describe_errors()}"
+            )
+        quarantine = _quarantine_refused(config, run_id, refused)
+        return {"mode": "incremental", "index": live_index, "refused": len(refused), "quarantine_uri": quarantine,
+                **_jsonable(bulk.to_dict())}  # fmt: skip
 
     return remembered(config, run_id, "publish", compute)
 
@@ -405,64 +556,94 @@ def _jsonable(value: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in value.items() if k != "errors"} | {"errors": list(value.get("errors", []))[:50]}
 
 
-def discover(config: PipelineConfig) -> list[dict[str, Any]]:
-    """Catalogue drops under the incoming prefix that have not been processed (by key and ETag), oldest first."""
-    from lmindexer.storage.drops import list_drops
+def commit(
+    config: PipelineConfig,
+    run_id: str,
+    validated: Sequence[Mapping[str, Any]],
+    merged: Mapping[str, Any],
+    decision: Mapping[str, Any],
+    snapshot: Mapping[str, Any],
+    reduced: Mapping[str, Any],
+    checked: Mapping[str, Any],
+    published: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Make the run's versions current, then record its drops (accepted ones as processed, rejected ones as
+    rejected). The last step that changes anything: before it, the previous version stays in charge.
+
+    The pointer moves compare-and-swap against the version this run merged onto, so counts such as
+    ``added_since_retrain`` build on exactly the version they replace."""
+    live, version = _ensure_not_stale(config, run_id, merged)
+    if live is not None and live.get("run_id") == run_id:
+        pointer = live  # this run committed already (a retry after a crash between the two writes below)
+    else:
+        retrained = decision["mode"] == "retrain"
+        before = live or {}
+        pointer = {
+            "run_id": run_id,
+            "updated_at": dt.datetime.now(dt.UTC).isoformat(),
+            "snapshot_uri": snapshot["snapshot_uri"],
+            "snapshot_version": snapshot["version"],
+            "ids_uri": reduced["ids_uri"],
+            "catalog_uri": merged["catalog_uri"],
+            "items": merged["items"],
+            "items_at_retrain": merged["items"] if retrained else before.get("items_at_retrain", merged["items"]),
+            "added_since_retrain": 0 if retrained else int(before.get("added_since_retrain", 0)) + int(merged["new"]),
+            "metrics": checked["metrics"],
+            "index": published.get("index"),
+        }
+        try:
+            set_current(config, pointer, replacing=version)
+        except VersionConflict as exc:
+            raise StaleRun(
+                f"run {run_id} could not commit: another run committed at the same moment ({exc}); its drops are not "
+                "marked processed, so the next run takes them"
+            ) from exc
+    mark_processed(config, run_id, validated)
+    return pointer
+
+
+def mark_processed(config: PipelineConfig, run_id: str, validated: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Record the drops this run validated (key + ETag, with their counts): accepted ones as processed, rejected
+    ones as rejected with the reason, so neither is picked up again. Only drops named in ``validated`` are
+    recorded, never a drop that landed after the run's discovery."""
+    from lmindexer.storage.drops import Drop
     from lmindexer.storage.state import ProcessingState
 
-    drops = list_drops(config.base_uri, config.incoming_prefix)
     state = ProcessingState(config.base_uri, prefix=config.state_prefix)
-    return [drop.to_dict() for drop in state.unprocessed(drops)]
-
-
-def validate_drops(config: PipelineConfig, run_id: str, drops: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Validate each drop: bad rows to ``quarantine/<run>/<drop>/`` with their rule, good rows to ``staged/``.
-    Fails the run when a drop's invalid share exceeds the threshold (its evidence is written first)."""
-    from lmindexer.storage.drops import Drop
-    from lmindexer.validation import validate_drop
-
-    def compute() -> dict[str, Any]:
-        results = []
-        for number, data in enumerate(drops):
-            drop = Drop.from_dict(dict(data))
-            outcome = validate_drop(
-                drop.uri,
-                f"{run_id}/{number:03d}-{drop.slug}",
-                base_uri=config.base_uri,
-                threshold=config.max_invalid_share,
-                staged_prefix=config.staged_prefix,
-                quarantine_prefix=config.quarantine_prefix,
-            )
-            results.append({"drop": drop.to_dict(), **outcome.to_dict()})
-        return {"drops": results}
-
-    return remembered(config, run_id, "validate", compute)["drops"]
-
-
-def mark_processed(
-    config: PipelineConfig, run_id: str, drops: Sequence[Mapping[str, Any]], validated: Sequence[Mapping[str, Any]]
-) -> list[str]:
-    """Record the run's drops as processed (key + ETag) with their counts, so the same drop is never redone."""
-    from lmindexer.storage.drops import Drop
-    from lmindexer.storage.state import ProcessingState
-
-    state = ProcessingState(config.base_uri, prefix=config.state_prefix)
-    counts = {
-        v["drop"]["key"]: {k: v[k] for k in ("rows_in", "staged", "quarantined", "tombstones")} for v in validated
-    }
     recorded = []
-    for data in drops:
-        drop = Drop.from_dict(dict(data))
-        recorded += [d.key for d in state.mark_processed(drop, run_id, summary=counts.get(drop.key, {}))]
+    for entry in validated:
+        drop = Drop.from_dict(dict(entry["drop"]))
+        counts = {k: entry[k] for k in ("rows_in", "staged", "quarantined", "tombstones") if k in entry}
+        accepted = entry.get("accepted", True)
+        status = "processed" if accepted else "rejected"
+        reason = None if accepted else entry.get("reason")
+        recorded += [d.key for d in state.mark_processed(drop, run_id, summary=counts, status=status, reason=reason)]
     return recorded
 
 
+def confirm_drops(validated: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The run's last word: fails (after the accepted drops were committed) when drops were rejected whole, so
+    the rejection is seen where runs are watched."""
+    rejected = [v for v in validated if not v.get("accepted", True)]
+    if rejected:
+        lines = "; ".join(f"{v['drop']['key']}: {v.get('reason', 'rejected')}" for v in rejected)
+        raise DropsRejected(
+            f"{len(rejected)} of {len(validated)} drops were quarantined whole and recorded as rejected (upload a "
+            f"corrected file to process them): {lines}"
+        )
+    return {"drops": len(validated), "rejected": 0}
+
+
 __all__ = [
+    "DocumentsRefused",
+    "DropsRejected",
     "QualityGateFailed",
+    "StaleRun",
     "TrainingFailed",
     "assign_shard",
     "check",
     "commit",
+    "confirm_drops",
     "decide",
     "discover",
     "ids_uri",

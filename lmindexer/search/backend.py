@@ -56,6 +56,16 @@ class DocumentError:
     error_type: str
     reason: str
 
+    @property
+    def refused(self) -> bool:
+        """The document was refused for what it holds: by the engine with a 4xx answer (e.g. a field of the wrong
+        type), or by the backend before sending (no id, a duplicate id, another snapshot's document). Sending it
+        again changes nothing. Throttling (429), timeouts (408) and server errors are not refusals: they may pass
+        on a retry."""
+        if self.status is None:
+            return True
+        return 400 <= self.status < 500 and self.status not in (408, 429)
+
     def describe(self) -> str:
         status = "" if self.status is None else f" ({self.status})"
         return f"{self.operation} {self.item_id!r}{status}: {self.error_type}: {self.reason}"
@@ -485,6 +495,11 @@ class SearchBackend:
                 bar.update(1)
 
     def _verify(self, index: str, result: BulkResult, sample: _Sample) -> tuple[int, int]:
+        passing = [error for error in result.errors if not error.refused]
+        if passing:
+            # An index missing documents that a retry would have indexed must never go live.
+            shown = "; ".join(error.describe() for error in passing[:_ERRORS_IN_MESSAGES])
+            raise SearchError(f"{_documents(len(passing))} failed for a reason that may pass on a retry: {shown}")
         if result.failed > self.config.max_failed_documents:
             raise SearchError(
                 f"{_documents(result.failed)} failed (max_failed_documents is {self.config.max_failed_documents}): "

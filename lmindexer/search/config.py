@@ -78,7 +78,12 @@ class SearchConfig(BaseModel):
     initial_backoff: float = Field(2.0, ge=0, description="seconds before the first 429 retry; doubles each retry")
     max_backoff: float = Field(60.0, ge=0, description="longest wait between 429 retries")
     max_failed_documents: int = Field(
-        0, ge=0, description="a full publish with more failed documents than this does not go live"
+        0,
+        ge=0,
+        description=(
+            "a full publish goes live with at most this many documents the engine refused for what they hold "
+            "(4xx); any document that failed for a reason that may pass (429, 5xx) keeps it from going live"
+        ),
     )
     allow_empty: bool = Field(False, description="let a full publish with no documents go live")
     verify_sample_size: int = Field(

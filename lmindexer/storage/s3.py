@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import boto3
+from boto3.exceptions import Boto3Error
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -108,7 +109,8 @@ class _StreamingBodyReader(io.RawIOBase):
         super().close()
 
 
-def _describe(exc: Exception) -> str:
+def describe_error(exc: Exception) -> str:
+    """One line for an S3 client error: the service's code and message, or the first line of anything else."""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         return f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
@@ -124,7 +126,7 @@ def open_binary(location: str | os.PathLike[str], *, client: Any = None) -> Iter
         try:
             response = client.get_object(Bucket=where.bucket, Key=where.key)
         except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"cannot read {where}: {_describe(exc)}") from exc
+            raise StorageError(f"cannot read {where}: {describe_error(exc)}") from exc
         stream = io.BufferedReader(_StreamingBodyReader(response["Body"]), buffer_size=1 << 20)
         try:
             yield stream  # type: ignore[misc]
@@ -154,8 +156,8 @@ def local_copy(location: str | os.PathLike[str], *, client: Any = None, suffix: 
         target = Path(tmp) / ("object" + suffix)
         try:
             client.download_file(where.bucket, where.key, str(target))
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"cannot read {where}: {_describe(exc)}") from exc
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            raise StorageError(f"cannot read {where}: {describe_error(exc)}") from exc
         yield target
 
 
@@ -166,8 +168,10 @@ def upload_file(path: str | os.PathLike[str], destination: str, *, client: Any =
         client = client or s3_client()
         try:
             client.upload_file(str(path), where.bucket, where.key)
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"cannot write {where}: {_describe(exc)}") from exc
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            # The transfer manager wraps a failed transfer (e.g. 503 Slow Down after botocore's retries) in
+            # boto3's own S3UploadFailedError, which is neither a ClientError nor a BotoCoreError.
+            raise StorageError(f"cannot write {where}: {describe_error(exc)}") from exc
         return
     target = Path(destination)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +190,7 @@ def exists(location: str | os.PathLike[str], *, client: Any = None) -> bool:
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return False
-        raise StorageError(f"cannot read {where}: {_describe(exc)}") from exc
+        raise StorageError(f"cannot read {where}: {describe_error(exc)}") from exc
     return True
 
 
@@ -208,7 +212,7 @@ def download_prefix(uri: str, destination: Path, *, client: Any = None) -> int:
                 client.download_file(where.bucket, entry["Key"], str(target))
                 count += 1
     except (ClientError, BotoCoreError) as exc:
-        raise StorageError(f"cannot read {where}: {_describe(exc)}") from exc
+        raise StorageError(f"cannot read {where}: {describe_error(exc)}") from exc
     if count == 0:
         raise StorageError(f"no objects under {where}")
     return count
@@ -250,7 +254,7 @@ def list_objects(uri: str, *, client: Any = None, page_size: int = 1000) -> Iter
                     last_modified=entry["LastModified"],
                 )
     except (ClientError, BotoCoreError) as exc:
-        raise StorageError(f"cannot list {where}: {_describe(exc)}") from exc
+        raise StorageError(f"cannot list {where}: {describe_error(exc)}") from exc
 
 
 def write_bytes(data: bytes, destination: str | os.PathLike[str], *, client: Any = None) -> None:
@@ -261,7 +265,7 @@ def write_bytes(data: bytes, destination: str | os.PathLike[str], *, client: Any
         try:
             client.put_object(Bucket=where.bucket, Key=where.key, Body=data)
         except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"cannot write {where}: {_describe(exc)}") from exc
+            raise StorageError(f"cannot write {where}: {describe_error(exc)}") from exc
         return
     target = Path(destination)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -280,4 +284,4 @@ def remove(location: str | os.PathLike[str], *, client: Any = None) -> None:
     try:
         client.delete_object(Bucket=where.bucket, Key=where.key)
     except (ClientError, BotoCoreError) as exc:
-        raise StorageError(f"cannot delete {where}: {_describe(exc)}") from exc
+        raise StorageError(f"cannot delete {where}: {describe_error(exc)}") from exc

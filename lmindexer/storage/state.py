@@ -1,8 +1,11 @@
 """What has been processed: one small JSON object in S3 that makes nightly reruns idempotent.
 
 The object (``state/processed.json`` by default) records every drop that went through the pipeline, by key *and*
-ETag, with the run that processed it, when, and that run's summary counts. A drop whose (key, ETag) is recorded is
-skipped; an object re-uploaded under the same key has a new ETag and is processed again.
+ETag, with the run that processed it, when, that run's summary counts, and its status: ``processed`` (its valid rows
+went into the catalogue) or ``rejected`` (quarantined whole, with the reason). A drop whose (key, ETag) is recorded is
+skipped either way; an object re-uploaded under the same key with other content has a new ETag and is processed
+again. The object carries a SHA-256 checksum of its records, verified on every read, so a damaged state is an
+error rather than a reason to reprocess (or skip) drops.
 
 Updates are a read-modify-write guarded by the object's ETag: the new version is written with ``If-Match`` (or
 ``If-None-Match: *`` when the object does not exist yet), so two runs updating the state at the same time cannot
@@ -15,6 +18,7 @@ length of one PUT but cannot close it.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,14 +27,22 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lmindexer.storage.drops import Drop
-from lmindexer.storage.s3 import S3_SCHEME, S3Location, StorageError, _describe, is_s3_uri, s3_client
+from lmindexer.storage.s3 import S3_SCHEME, S3Location, StorageError, describe_error, is_s3_uri, s3_client
 
 STATE_FORMAT_VERSION = 1
+PROCESSED = "processed"
+REJECTED = "rejected"
+_CHECKSUM_KEY = "checksum"
 DEFAULT_STATE_PREFIX = "state/"
 DEFAULT_STATE_NAME = "processed.json"
 # S3 answers a failed If-Match/If-None-Match with 412; two conditional writes racing can also get 409, and If-Match
 # on an object deleted in the meantime gets 404.
 _CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"}
+
+
+def _records_checksum(records: Any) -> str:
+    canonical = json.dumps(records, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 class StateConflict(StorageError):
@@ -48,6 +60,8 @@ class ProcessedDrop:
     run_id: str
     processed_at: str
     summary: dict[str, Any] = field(default_factory=dict)
+    status: str = PROCESSED
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +72,8 @@ class ProcessedDrop:
             "run_id": self.run_id,
             "processed_at": self.processed_at,
             "summary": self.summary,
+            "status": self.status,
+            "reason": self.reason,
         }
 
     @classmethod
@@ -70,6 +86,8 @@ class ProcessedDrop:
             run_id=str(data.get("run_id", "")),
             processed_at=str(data.get("processed_at", "")),
             summary=dict(data.get("summary") or {}),
+            status=str(data.get("status") or PROCESSED),
+            reason=data.get("reason"),
         )
 
 
@@ -130,9 +148,9 @@ class ProcessingState:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 self._records, self._etag, self._loaded = {}, None, True
                 return self
-            raise StorageError(f"cannot read {self.location}: {_describe(exc)}") from exc
+            raise StorageError(f"cannot read {self.location}: {describe_error(exc)}") from exc
         except BotoCoreError as exc:
-            raise StorageError(f"cannot read {self.location}: {_describe(exc)}") from exc
+            raise StorageError(f"cannot read {self.location}: {describe_error(exc)}") from exc
         body = response["Body"].read()
         self._records = self._parse(body)
         self._etag = response["ETag"].strip('"')
@@ -145,6 +163,9 @@ class ProcessingState:
             data = json.loads(body)
             if not isinstance(data, Mapping) or data.get("version") != STATE_FORMAT_VERSION:
                 raise ValueError(f"expected an object with version {STATE_FORMAT_VERSION}")
+            stored = data.get(_CHECKSUM_KEY)
+            if stored is not None and stored != _records_checksum(data.get("processed", [])):
+                raise ValueError("its records do not match its checksum (changed or damaged after it was written)")
             records = [ProcessedDrop.from_dict(entry) for entry in data.get("processed", [])]
         except (ValueError, TypeError, KeyError) as exc:
             raise StorageError(
@@ -175,15 +196,20 @@ class ProcessingState:
         run_id: str,
         *,
         summary: Mapping[str, Any] | None = None,
+        status: str = PROCESSED,
+        reason: str | None = None,
         retries: int = 5,
         now: dt.datetime | None = None,
     ) -> list[Drop]:
-        """Record ``drops`` as processed by ``run_id`` (with ``summary`` counts, JSON-safe); returns the drops newly
-        recorded. Drops already recorded keep their original record, so rerunning a run is a no-op and writes nothing.
+        """Record ``drops`` as done by ``run_id`` (with ``summary`` counts, JSON-safe), as ``processed`` or as
+        ``rejected`` with a ``reason``; returns the drops newly recorded. Drops already recorded keep their original
+        record, so rerunning a run is a no-op and writes nothing.
 
         A concurrent update by another run is merged by re-reading and retrying up to ``retries`` times; after that
         :class:`StateConflict` is raised and nothing of this call is recorded.
         """
+        if status not in (PROCESSED, REJECTED):
+            raise ValueError(f"a drop is recorded as {PROCESSED!r} or {REJECTED!r}, not {status!r}")
         wanted = [drops] if isinstance(drops, Drop) else list(drops)
         stamp = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat()
         details = json.loads(json.dumps(dict(summary or {}), default=str))  # detach and prove it is JSON-safe
@@ -202,6 +228,8 @@ class ProcessingState:
                     run_id=run_id,
                     processed_at=stamp,
                     summary=details,
+                    status=status,
+                    reason=reason,
                 )
             try:
                 self._write(records)
@@ -213,10 +241,8 @@ class ProcessingState:
         raise AssertionError("unreachable")  # the loop either returns or raises
 
     def _serialise(self, records: Mapping[tuple[str, str], ProcessedDrop]) -> bytes:
-        data = {
-            "version": STATE_FORMAT_VERSION,
-            "processed": [records[k].to_dict() for k in sorted(records)],
-        }
+        processed = [records[k].to_dict() for k in sorted(records)]
+        data = {"version": STATE_FORMAT_VERSION, "processed": processed, _CHECKSUM_KEY: _records_checksum(processed)}
         return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
 
     def _write(self, records: Mapping[tuple[str, str], ProcessedDrop]) -> None:
@@ -245,11 +271,12 @@ class ProcessingState:
         except ClientError as exc:
             if self.conditional_writes and exc.response.get("Error", {}).get("Code") in _CONFLICT_CODES:
                 raise StateConflict(
-                    f"{where} changed since it was read (ETag {self._etag}); another run updated it ({_describe(exc)})"
+                    f"{where} changed since it was read (ETag {self._etag}); another run updated it "
+                    f"({describe_error(exc)})"
                 ) from exc
-            raise StorageError(f"cannot write {where}: {_describe(exc)}") from exc
+            raise StorageError(f"cannot write {where}: {describe_error(exc)}") from exc
         except BotoCoreError as exc:
-            raise StorageError(f"cannot write {where}: {_describe(exc)}") from exc
+            raise StorageError(f"cannot write {where}: {describe_error(exc)}") from exc
         self._records = dict(records)
         self._etag = response["ETag"].strip('"')
 
@@ -259,9 +286,9 @@ class ProcessingState:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return None
-            raise StorageError(f"cannot read {self.location}: {_describe(exc)}") from exc
+            raise StorageError(f"cannot read {self.location}: {describe_error(exc)}") from exc
         except BotoCoreError as exc:
-            raise StorageError(f"cannot read {self.location}: {_describe(exc)}") from exc
+            raise StorageError(f"cannot read {self.location}: {describe_error(exc)}") from exc
         return head["ETag"].strip('"')
 
     def __repr__(self) -> str:

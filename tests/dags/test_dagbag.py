@@ -35,7 +35,7 @@ def test_dagbag_loads_without_import_errors(airflow_home):
     assert report["tasks"] == sorted(
         [
             "discover", "has_new_drops", "validate", "merge", "decide", "train", "plan_shards", "assign_shard",
-            "reduce_ids", "check", "publish", "commit",
+            "reduce_ids", "check", "publish", "commit", "confirm",
         ]
     )  # fmt: skip
     assert report["schedule"] == "0 2 * * *"

@@ -10,6 +10,7 @@ import pytest
 from testsupport.retriever_state import (
     TINY_RETRIEVER,
     fit_snapshot,
+    move_current,
     one_torch_thread,
     publish,
     title_queries,
@@ -21,7 +22,7 @@ from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.errors import ConfigError, RetrieverError, RetrieverGateFailed
 from lmindexer.idtable import IdTable
 from lmindexer.pipeline import PipelineConfig
-from lmindexer.pipeline.records import set_current, write_json
+from lmindexer.pipeline.records import write_json
 
 INITIAL, ADDED = 60, 20
 
@@ -175,15 +176,15 @@ def test_plan(world, first, tmp_path):
     other = PipelineConfig(base_uri=str(tmp_path / "store"))
     r = world.retriever
     assert jobs.plan_refresh(other, r)["action"] == "none"  # nothing published
-    set_current(other, world.pointer)
+    move_current(other, world.pointer)
     assert jobs.plan_refresh(other, r)["reason"] == "no retriever has been promoted yet"
     live = jobs.current_retriever(world.pipeline, r)
     write_json(other.uri("retrievers", "current.json"), live)
-    set_current(other, {**world.pointer, "run_id": "p9", "snapshot_version": "rq-kmeans-new"})
+    move_current(other, {**world.pointer, "run_id": "p9", "snapshot_version": "rq-kmeans-new"})
     plan = jobs.plan_refresh(other, r)
     assert plan["action"] == "retrain" and "the ID space changed" in plan["reason"]
     # the same space, but an ID past the live model's suffix vocabulary: only a retrain can return that item
-    set_current(other, {**world.pointer, "run_id": "p9"})
+    move_current(other, {**world.pointer, "run_id": "p9"})
     write_json(other.uri("retrievers", "current.json"), {**live, "suffix_capacity": 1, "ids_fingerprint": "x"})
     plan = jobs.plan_refresh(other, r)
     assert plan["action"] == "retrain" and "suffix vocabulary" in plan["reason"]
@@ -197,7 +198,7 @@ def test_sync_puts_new_items_in_the_trie_and_drops_deleted_ones_without_training
     live = jobs.current_retriever(p, r)
     before_model = GenerativeModel.load(live["model_uri"])
     # a pipeline run that changed texts only moves the pointer, not the items or their IDs
-    set_current(p, {**world.pointer, "run_id": "p1-text"})
+    move_current(p, {**world.pointer, "run_id": "p1-text"})
     assert "left the live items and their IDs unchanged" in jobs.plan_refresh(p, r)["reason"]
 
     added = world.items[INITIAL:]

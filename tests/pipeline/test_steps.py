@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from testsupport.retriever_state import move_current
 
 from lmindexer.errors import ConfigError, UserError
 from lmindexer.options import parse_config
 from lmindexer.pipeline import PipelineConfig, safe_run_id, steps
-from lmindexer.pipeline.records import current, remembered, set_current
+from lmindexer.pipeline.records import current, remembered
 
 
 @pytest.fixture
@@ -51,13 +52,13 @@ def test_decide(config):
     assert steps.decide(config, "r1", merged)["mode"] == "retrain"  # no snapshot yet
     with pytest.raises(UserError, match="needs a snapshot"):
         steps.decide(config, "r2", merged, "apply")
-    set_current(config, {"run_id": "r0", "items_at_retrain": 100, "added_since_retrain": 10})
+    move_current(config, {"run_id": "r0", "items_at_retrain": 100, "added_since_retrain": 10})
     assert steps.decide(config, "r3", merged)["mode"] == "retrain"  # 30 of 100 > 25%
     assert steps.decide(config, "r4", {"new": 5})["mode"] == "apply"  # 15 of 100
     assert steps.decide(config, "r5", {"new": 50}, "apply")["mode"] == "apply"  # forced
     assert steps.decide(config, "r6", {"new": 0}, "retrain")["reason"] == "retrain requested"
     # a retried task gets the stored decision, even if the world changed meanwhile
-    set_current(config, {"run_id": "r0", "items_at_retrain": 1, "added_since_retrain": 1000})
+    move_current(config, {"run_id": "r0", "items_at_retrain": 1, "added_since_retrain": 1000})
     assert steps.decide(config, "r4", {"new": 5})["mode"] == "apply"
 
 
@@ -77,9 +78,9 @@ def test_commit_moves_the_pointer_once(config):
     snapshot = {"snapshot_uri": "s1", "version": "v1"}
     reduced = {"ids_uri": "i1"}
     checked = {"metrics": {"level1_ami": 0.4}}
-    set_current(config, {"run_id": "r0", "items_at_retrain": 100, "added_since_retrain": 10})
-    pointer = steps.commit(config, "r1", merged, {"mode": "apply"}, snapshot, reduced, checked, {"index": "x"})
+    move_current(config, {"run_id": "r0", "items_at_retrain": 100, "added_since_retrain": 10})
+    pointer = steps.commit(config, "r1", [], merged, {"mode": "apply"}, snapshot, reduced, checked, {"index": "x"})
     assert (pointer["items_at_retrain"], pointer["added_since_retrain"]) == (100, 30)
     assert current(config)["run_id"] == "r1"
-    retrained = steps.commit(config, "r2", merged, {"mode": "retrain"}, snapshot, reduced, checked, {"index": "y"})
+    retrained = steps.commit(config, "r2", [], merged, {"mode": "retrain"}, snapshot, reduced, checked, {"index": "y"})
     assert (retrained["items_at_retrain"], retrained["added_since_retrain"]) == (120, 0)

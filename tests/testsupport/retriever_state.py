@@ -14,7 +14,7 @@ from lmindexer.catalog.store import write_catalog
 from lmindexer.indexers import create_indexer, load_snapshot
 from lmindexer.jobs import assign_ids
 from lmindexer.pipeline import PipelineConfig
-from lmindexer.pipeline.records import set_current
+from lmindexer.pipeline.records import current_versioned, set_current
 from lmindexer.pipeline.steps import ids_uri
 from lmindexer.storage.s3 import upload_file, write_bytes
 
@@ -60,8 +60,13 @@ def publish(config: PipelineConfig, run_id: str, items: Sequence[Item], snapshot
         "catalog_uri": catalog_uri,
         "items": len(items),
     }
-    set_current(config, pointer)
+    move_current(config, pointer)
     return pointer
+
+
+def move_current(config: PipelineConfig, pointer: dict) -> None:
+    """Point the pipeline's ``current.json`` at ``pointer`` whatever it holds now (as a committing run would)."""
+    set_current(config, pointer, replacing=current_versioned(config)[1])
 
 
 def title_queries(items: Iterable[Item]) -> list[tuple[str, str]]:
