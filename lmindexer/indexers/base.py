@@ -1,16 +1,17 @@
 """The Indexer interface, typed configs and the snapshot format.
 
 An indexer turns catalogue items into L learned codes (code i in ``[0, K_i)``). It is fitted on items, produces codes
-for any items, and persists as a *snapshot* directory: ``snapshot.json`` (method, config, version, manifest) plus
-``weights.safetensors``. Nothing in a snapshot is pickled, so loading one never runs code.
+for any items, and persists as a *snapshot* directory: ``snapshot.json`` (method, config, version, manifest, content
+digests) plus ``weights.safetensors`` and the method's assets. Nothing in a snapshot is pickled, so loading one never
+runs code, and a snapshot is verified against its recorded digests before anything in it is used.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -23,11 +24,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import lmindexer
 from lmindexer.catalog.items import Item
 from lmindexer.errors import ConfigError, SnapshotError
+from lmindexer.indexers.integrity import INTEGRITY_KEY, legacy_content_hash, seal, verify, write_safetensors
 from lmindexer.options import parse_config
 from lmindexer.text import DEFAULT_TEMPLATE, TextTemplate
 
@@ -37,6 +39,11 @@ SNAPSHOT_FILE = "snapshot.json"
 WEIGHTS_FILE = "weights.safetensors"
 MAX_LEVELS = 8
 MAX_CODEBOOK_SIZE = 65536
+# Parts of snapshot.json hashed key by key, so that a mismatch names the key (``config.text_template``).
+_EXPANDED = ("config", "metadata")
+# The version ends in the content digest, so it cannot be one of the digest's parts.
+_UNHASHED = ("version",)
+_VERSION_HASH = re.compile(r"-([0-9a-f]{8})$")
 
 
 class IndexerConfig(BaseModel):
@@ -177,7 +184,7 @@ class Indexer(ABC):
     # -- persistence ---------------------------------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike[str], *, extra_manifest: Mapping[str, Any] | None = None) -> str:
-        """Write the snapshot atomically and return its version (``<method>-<UTC time>-<content hash>``)."""
+        """Write the snapshot atomically and return its version (``<method>-<UTC time>-<content digest>``)."""
         if not self._fitted:
             raise SnapshotError("cannot save an indexer that has not been fitted")
         target = Path(directory)
@@ -185,28 +192,23 @@ class Indexer(ABC):
         tensors = {name: t.detach().cpu().contiguous() for name, t in self.state_tensors().items()}
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            save_file(tensors, str(staging / WEIGHTS_FILE))
+            write_safetensors(tensors, staging / WEIGHTS_FILE)
             self.write_assets(staging)
-            config = self.config.model_dump(mode="json")
-            digest = hashlib.sha256()
-            for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-                digest.update(path.relative_to(staging).as_posix().encode())
-                digest.update(path.read_bytes())
-            digest.update(json.dumps(config, sort_keys=True).encode())
             now = dt.datetime.now(dt.UTC)
-            version = f"{self.method}-{now:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
-            document = {
+            document: dict[str, Any] = {
                 "format": SNAPSHOT_FORMAT,
                 "format_version": SNAPSHOT_FORMAT_VERSION,
                 "method": self.method,
-                "version": version,
                 "created_at": now.isoformat(),
                 "lmindexer_version": lmindexer.__version__,
-                "config": config,
+                "config": self.config.model_dump(mode="json"),
                 "metadata": self.snapshot_metadata(),
                 "manifest": {**self.manifest, **dict(extra_manifest or {})},
                 "weights": WEIGHTS_FILE,
             }
+            integrity = seal(staging, document, document_file=SNAPSHOT_FILE, expand=_EXPANDED, skip=_UNHASHED)
+            version = f"{self.method}-{now:%Y%m%dT%H%M%SZ}-{integrity['digest'][:8]}"
+            document.update(version=version, integrity=integrity)
             (staging / SNAPSHOT_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
             if target.exists():
                 if not (target / SNAPSHOT_FILE).is_file():
@@ -221,11 +223,16 @@ class Indexer(ABC):
 
     @classmethod
     def from_snapshot_document(cls, directory: Path, document: Mapping[str, Any]) -> Indexer:
+        # Nothing in the directory is used before it is known to be what was saved.
+        verify_snapshot(directory, document)
         indexer = cls(document.get("config") or {})
         indexer.check_snapshot_metadata(document.get("metadata") or {})
         indexer.load_assets(directory, document.get("metadata") or {})
+        weights = document.get("weights", WEIGHTS_FILE)
+        if not isinstance(weights, str) or Path(weights).name != weights or weights in {"", ".", ".."}:
+            raise SnapshotError(f"snapshot {directory} names its weights file {weights!r}; expected a file name")
         try:
-            tensors = load_file(str(directory / document.get("weights", WEIGHTS_FILE)))
+            tensors = load_file(str(directory / weights))
         except (OSError, ValueError, SafetensorError) as exc:
             raise SnapshotError(f"cannot read the weights of snapshot {directory}: {exc}") from exc
         indexer.load_state_tensors(tensors)
@@ -254,3 +261,35 @@ def read_snapshot_document(directory: str | os.PathLike[str]) -> dict[str, Any]:
         if key not in document:
             raise SnapshotError(f"{path} lacks the {key!r} entry")
     return document
+
+
+def verify_snapshot(directory: str | os.PathLike[str], document: Mapping[str, Any]) -> None:
+    """Refuse a snapshot whose ``snapshot.json`` entries or files differ from what :meth:`Indexer.save` wrote.
+
+    A snapshot records the SHA-256 of its config, metadata, manifest and every file, and its version ends in the
+    first 8 hex of the digest over all of them. One written before these records existed is checked against its
+    version alone: the last 8 hex are then a hash of its files and config, so any change to those is still refused.
+    """
+    directory = Path(directory)
+    version = str(document.get("version"))
+    if INTEGRITY_KEY in document:
+        digest = verify(
+            directory, document, what="snapshot", document_file=SNAPSHOT_FILE, expand=_EXPANDED, skip=_UNHASHED
+        )
+        if not version.endswith(f"-{digest[:8]}"):
+            raise SnapshotError(
+                f"snapshot {directory}: its version {version} does not end in its content digest {digest[:8]}"
+            )
+        return
+    found = _VERSION_HASH.search(version)
+    if found is None:
+        raise SnapshotError(
+            f"snapshot {directory} records no content digest and its version {version!r} ends in no content hash, "
+            "so it cannot be verified; fit it again"
+        )
+    actual = legacy_content_hash(directory, document.get("config"), document_file=SNAPSHOT_FILE)[:8]
+    if actual != found.group(1):
+        raise SnapshotError(
+            f"snapshot {directory} does not match the content hash in its version ({found.group(1)}, its files and "
+            f"config now hash to {actual}): its config or files changed after it was saved"
+        )

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from lmindexer.errors import SnapshotError
+from lmindexer.indexers.integrity import write_safetensors
 
 PROGRESS_FILE = "progress.json"
 
@@ -60,12 +61,12 @@ def save_checkpoint(
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(staging / "model.safetensors"))
-        save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, str(staging / "arrays.safetensors"))
+        write_safetensors({k: v.detach().cpu().contiguous() for k, v in model.items()}, staging / "model.safetensors")
+        write_safetensors({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, staging / "arrays.safetensors")
         document = dict(progress)
         if optimizer is not None:
             tensors, optimizer_document = optimizer_tensors(optimizer)
-            save_file(tensors, str(staging / "optimizer.safetensors"))
+            write_safetensors(tensors, staging / "optimizer.safetensors")
             document["optimizer"] = optimizer_document
         (staging / PROGRESS_FILE).write_text(json.dumps(document, indent=1) + "\n")
         previous = directory.with_name(directory.name + ".old")

@@ -62,13 +62,47 @@ def test_codes_do_not_depend_on_batch_or_order(tiny_lm, wiki_items):
     np.testing.assert_array_equal(one_by_one, whole[:40])
 
 
-def test_a_damaged_snapshot_is_refused(tiny_lm, tmp_path):
+def test_a_snapshot_without_its_backbone_configuration_is_refused(tiny_lm, tmp_path, as_written_before_digests):
+    # Written before content digests, so only the version's hash of files and config guards it: metadata is not
+    # covered by that hash and must still be checked on its own.
     tiny_lm.save(tmp_path / "snap")
-    document = json.loads((tmp_path / "snap" / SNAPSHOT_FILE).read_text())
+    document = as_written_before_digests(tmp_path / "snap")
     del document["metadata"]["backbone_config"]
     (tmp_path / "snap" / SNAPSHOT_FILE).write_text(json.dumps(document))
     with pytest.raises(SnapshotError, match="backbone configuration"):
         load_snapshot(tmp_path / "snap")
+
+
+def _append_a_newline(path):
+    path.write_bytes(path.read_bytes() + b"\n")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: _append_a_newline(d / TOKENIZER_DIR / "tokenizer.json"),
+         r"file tokenizer/tokenizer\.json has \d+ bytes, saved with \d+$"),
+        (lambda d: (d / TOKENIZER_DIR / "added_tokens.json").write_text("{}"),
+         r"unexpected file tokenizer/added_tokens\.json$"),
+        (lambda d: (d / TOKENIZER_DIR / "tokenizer.json").unlink(), r"file tokenizer/tokenizer\.json is missing$"),
+        (lambda d: _edit_document(d, lambda doc: doc["metadata"]["backbone_config"].update(layer_norm_eps=0.1)),
+         r"metadata\.backbone_config was edited$"),
+        (lambda d: _edit_document(d, lambda doc: doc["config"].update(text_template="{text}")),
+         r"config\.text_template was edited$"),
+    ],
+    ids=["changed-tokenizer", "extra-asset", "missing-asset", "backbone-config", "text-template"],
+)  # fmt: skip
+def test_a_changed_asset_or_document_is_refused(tiny_lm, tmp_path, damage, message):
+    tiny_lm.save(tmp_path / "snap")
+    damage(tmp_path / "snap")
+    with pytest.raises(SnapshotError, match=rf"snapshot .*snap does not match what was saved: {message}"):
+        load_snapshot(tmp_path / "snap")
+
+
+def _edit_document(directory, edit):
+    document = json.loads((directory / SNAPSHOT_FILE).read_text())
+    edit(document)
+    (directory / SNAPSHOT_FILE).write_text(json.dumps(document))
 
 
 def test_a_warm_retrain_keeps_codes_on_a_grown_catalogue(tiny_lm, wiki_items, wiki_dir, tmp_path):
