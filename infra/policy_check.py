@@ -3,21 +3,48 @@
 
 Checks (each one a function of the plan returning its violations):
 
-  s3_public_access_blocked   every bucket has a public access block with all four settings on
-  s3_no_public_grants        no bucket ACL or bucket policy grants access to everyone
-  s3_encrypted_with_kms      every bucket has default encryption with SSE-KMS
-  s3_tls_only                every bucket policy denies requests that do not use TLS (aws:SecureTransport)
-  opensearch_encrypted       every search domain is encrypted at rest and node-to-node
-  opensearch_https_only      every search domain enforces HTTPS with a TLS 1.2+ policy
-  opensearch_access_control  every search domain is in a VPC, has fine-grained access control, no anonymous
-                             access and no access policy open to everyone
-  iam_no_wildcard_admin      no policy allows a wildcard action ("*" or "service:*") on a wildcard resource,
-                             no Allow with NotAction/NotResource, no AdministratorAccess-style attachments,
-                             and every policy is known at plan time (otherwise it cannot be verified)
+  s3_public_access_blocked     every bucket has a public access block with all four settings on
+  s3_no_public_grants          no bucket ACL or bucket policy grants access to everyone
+  s3_encrypted_with_kms        every bucket has default encryption with SSE-KMS
+  s3_tls_only                  every bucket policy denies requests that do not use TLS (aws:SecureTransport)
+  opensearch_encrypted         every search domain is encrypted at rest and node-to-node
+  opensearch_https_only        every search domain enforces HTTPS with a TLS 1.2+ policy
+  opensearch_access_control    every search domain is in a VPC, has fine-grained access control, no anonymous
+                               access and no access policy open to everyone
+  iam_no_wildcard_admin        no policy allows a wildcard action ("*", "service:*" or a glob such as "s3:Get*")
+                               on any resource, no Allow with NotAction/NotResource, no role assumable by
+                               anyone, no AdministratorAccess-style attachments, and every policy is known at
+                               plan time (otherwise it cannot be verified)
+  sg_no_ingress_from_anywhere  no security group admits inbound traffic from the whole internet (0.0.0.0/0,
+                               ::/0): inline ingress of aws_security_group / aws_default_security_group,
+                               aws_security_group_rule of type ingress, aws_vpc_security_group_ingress_rule
+  batch_volumes_encrypted      every EC2 or Spot AWS Batch compute environment launches its instances from a
+                               launch template in the plan whose EBS volumes are all encrypted with a
+                               customer-managed KMS key
+  airflow_ui_private           every Amazon MWAA environment serves the Airflow UI inside the VPC only
+                               (webserver_access_mode PRIVATE_ONLY)
+
+Why any wildcard action fails, whatever the resource. "*" or "service:*" on one resource is every power over that
+resource, including the ones that change who else may use it: "s3:*" on the catalogue bucket may rewrite the bucket
+policy, delete every object version and switch off versioning; "kms:*" on the platform key may hand the key to
+anyone (kms:PutKeyPolicy, kms:CreateGrant). A narrower resource does not make those safe. Globs are the same
+hazard in a smaller size and they grow: "s3:Put*" includes s3:PutBucketPolicy, "kms:Create*" includes
+kms:CreateGrant, and "s3:GetBucket*" has matched new actions as AWS added them (s3:GetBucketAbac,
+s3:GetBucketMetadataTableConfiguration), granted silently, never reviewed. So an Allow names every action it grants
+(IAM action names are case-insensitive, so "*" and "?" anywhere in one is a wildcard); the plan then shows exactly
+what each role may do. Deny statements may use wildcards: a broad Deny only takes away.
+
+"From anywhere" means a CIDR covering the whole IPv4 or IPv6 space (prefix length 0, whatever the address bits),
+on any port and protocol: nothing in this deployment is meant to be reached from the internet. The Batch check
+reads the launch template's block device mappings only: volumes that a custom AMI adds outside them cannot be seen
+in a plan. MWAA is the only Airflow host here; the Airflow UI check covers every aws_mwaa_environment in the plan,
+and anything else that would front an Airflow web server is held by the security group check.
 
 The checks fail closed: a value they need that is unknown at plan time is a violation, because it cannot be
 verified. Settings are tied to their bucket by the bucket *name* (reference `aws_s3_bucket.<x>.bucket`, which is
-known at plan time, rather than `.id`).
+known at plan time, rather than `.id`). A compute environment is tied to its launch template by the template's
+name or id when the plan knows it, otherwise by the reference in the configuration
+(`aws_launch_template.<x>.id` in the same module).
 
 Usage:
     terraform plan -out=tfplan && terraform show -json tfplan > plan.json
@@ -28,6 +55,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import sys
@@ -160,21 +188,39 @@ class Plan:
     def of_type(self, *types: str) -> list[Resource]:
         return [r for r in self.resources if r.type in types]
 
-    def configured(self, address: str, attribute: str) -> bool:
-        """Whether the configuration sets `attribute` on the resource at `address` (True when unsure)."""
+    def configuration_of(self, address: str) -> dict[str, Any] | None:
+        """The configuration block of the resource at `address` (module keys and instance keys ignored), or None."""
         module = self.data.get("configuration", {}).get("root_module")
         if module is None:
-            return True
+            return None
         parts = _split_address(address)
         for name in parts[:-1]:
             call = module.get("module_calls", {}).get(name)
             if call is None:
-                return True
+                return None
             module = call.get("module", {})
         for resource in module.get("resources", []):
             if resource.get("address") == parts[-1]:
-                return attribute in resource.get("expressions", {})
-        return True
+                return resource
+        return None
+
+    def configured(self, address: str, attribute: str) -> bool:
+        """Whether the configuration sets `attribute` on the resource at `address` (True when unsure)."""
+        resource = self.configuration_of(address)
+        return True if resource is None else attribute in resource.get("expressions", {})
+
+    def references(self, address: str, *path: str) -> list[str] | None:
+        """What the expression at `path` (nested blocks: their first element) refers to, e.g.
+        ["aws_launch_template.workers.id", "aws_launch_template.workers"]; None when the configuration does not say."""
+        resource = self.configuration_of(address)
+        node: Any = resource.get("expressions", {}) if resource else None
+        for key in path:
+            if isinstance(node, list):
+                node = node[0] if node and isinstance(node[0], dict) else None
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or "references" not in node:
+            return None
+        return [r for r in node["references"] if isinstance(r, str)]
 
 
 def _split_address(address: str) -> list[str]:
@@ -220,7 +266,8 @@ def _restricted_by_condition(statement: dict[str, Any]) -> bool:
 
 
 def _is_wildcard_action(action: str) -> bool:
-    return action == "*" or bool(re.fullmatch(r"[A-Za-z0-9-]+:\*", action))
+    # IAM matches "*" and "?" anywhere in an action name, so both make a pattern, not a name.
+    return "*" in action or "?" in action
 
 
 def policy_documents(plan: Plan) -> Iterator[tuple[Resource, str, dict[str, Any] | None, str | None]]:
@@ -498,6 +545,18 @@ def check_opensearch_access_control(plan: Plan) -> list[Violation]:
 # --- IAM --------------------------------------------------------------------------------------------------------
 
 
+def _shown_resources(statement: dict[str, Any]) -> str:
+    if "NotResource" in statement:
+        return "NotResource"
+    resources = [r for r in _as_list(statement.get("Resource")) if isinstance(r, str)]
+    if "*" in resources:
+        return 'Resource "*"'
+    if not resources:
+        return "no Resource (the policy's own resource)"
+    shown = ", ".join(resources[:2])
+    return shown + (f" and {len(resources) - 2} more" if len(resources) > 2 else "")
+
+
 def check_iam_no_wildcard_admin(plan: Plan) -> list[Violation]:
     check = "iam_no_wildcard_admin"
     violations: list[Violation] = []
@@ -515,11 +574,15 @@ def check_iam_no_wildcard_admin(plan: Plan) -> list[Violation]:
             if "NotResource" in statement:
                 violations.append(Violation(check, where, f"{label}: Allow with NotResource"))
             actions = [a for a in _as_list(statement.get("Action")) if isinstance(a, str)]
-            resources = [r for r in _as_list(statement.get("Resource")) if isinstance(r, str)]
             wildcard_actions = [a for a in actions if _is_wildcard_action(a)]
-            if wildcard_actions and "*" in resources:
+            if wildcard_actions:
                 violations.append(
-                    Violation(check, where, f'{label}: allows {", ".join(wildcard_actions)} on Resource "*"')
+                    Violation(
+                        check,
+                        where,
+                        f"{label}: allows {', '.join(wildcard_actions)} on {_shown_resources(statement)}; "
+                        "name each action it needs",
+                    )
                 )
             if (
                 attribute == "assume_role_policy"
@@ -544,6 +607,251 @@ def check_iam_no_wildcard_admin(plan: Plan) -> list[Violation]:
     return violations
 
 
+# --- network ----------------------------------------------------------------------------------------------------
+
+
+def _unknown_in(marker: Any) -> bool:
+    """Whether an after_unknown value marks anything inside it as unknown."""
+    if marker is True:
+        return True
+    if isinstance(marker, list):
+        return any(_unknown_in(m) for m in marker)
+    if isinstance(marker, dict):
+        return any(_unknown_in(m) for m in marker.values())
+    return False
+
+
+def _element(marker: Any, index: int) -> dict[str, Any]:
+    """The after_unknown of element `index` of a list-valued attribute ({} when nothing in it is unknown)."""
+    if isinstance(marker, list) and index < len(marker) and isinstance(marker[index], dict):
+        return marker[index]
+    return {}
+
+
+def _covers_everything(cidr: str) -> bool | None:
+    """True for a CIDR spanning the whole IPv4 or IPv6 space (prefix length 0); None when it is not a CIDR."""
+    try:
+        return ipaddress.ip_network(cidr.strip(), strict=False).prefixlen == 0
+    except ValueError:
+        return None
+
+
+def _ports(protocol: Any, from_port: Any, to_port: Any) -> str:
+    if str(protocol).lower() in ("-1", "all"):
+        return "all traffic"
+    if from_port is None and to_port is None:
+        return f"protocol {protocol}"
+    span = str(from_port) if from_port == to_port else f"{from_port}-{to_port}"
+    return f"{protocol} port {span}"
+
+
+def check_sg_no_ingress_from_anywhere(plan: Plan) -> list[Violation]:
+    check = "sg_no_ingress_from_anywhere"
+    violations: list[Violation] = []
+
+    def inspect(resource: Resource, where: str, cidrs: list[Any], ports: str) -> None:
+        for cidr in cidrs:
+            if not isinstance(cidr, str) or not cidr:
+                continue
+            covers = _covers_everything(cidr)
+            if covers is None:
+                violations.append(Violation(check, resource.address, f"{where}{cidr!r} is not a CIDR block"))
+            elif covers:
+                violations.append(
+                    Violation(check, resource.address, f"{where}allows ingress from {cidr} (anywhere), {ports}")
+                )
+
+    def unverifiable(resource: Resource, where: str) -> None:
+        violations.append(
+            Violation(
+                check, resource.address, f"{where}ingress source is not known at plan time, so it cannot be verified"
+            )
+        )
+
+    for group in plan.of_type("aws_security_group", "aws_default_security_group"):
+        marker = group.after_unknown.get("ingress")
+        if marker is True:
+            # Computed and empty unless the configuration writes inline rules; only then is "unknown" a gap.
+            if plan.configured(group.address, "ingress"):
+                unverifiable(group, "inline ")
+            continue
+        for i, rule in enumerate(_as_list(group.after.get("ingress"))):
+            if not isinstance(rule, dict):
+                continue
+            where = f"inline ingress rule {i}: "
+            unknown = _element(marker, i)
+            if _unknown_in(unknown.get("cidr_blocks")) or _unknown_in(unknown.get("ipv6_cidr_blocks")):
+                unverifiable(group, where)
+            inspect(
+                group,
+                where,
+                [*_as_list(rule.get("cidr_blocks")), *_as_list(rule.get("ipv6_cidr_blocks"))],
+                _ports(rule.get("protocol"), rule.get("from_port"), rule.get("to_port")),
+            )
+
+    for rule in plan.of_type("aws_security_group_rule"):
+        if not (rule.unknown("type") or rule.after.get("type") == "ingress"):
+            continue
+        for attribute in ("cidr_blocks", "ipv6_cidr_blocks"):
+            if _unknown_in(rule.after_unknown.get(attribute)) and plan.configured(rule.address, attribute):
+                unverifiable(rule, "")
+        inspect(
+            rule,
+            "",
+            [*_as_list(rule.after.get("cidr_blocks")), *_as_list(rule.after.get("ipv6_cidr_blocks"))],
+            _ports(rule.after.get("protocol"), rule.after.get("from_port"), rule.after.get("to_port")),
+        )
+
+    for rule in plan.of_type("aws_vpc_security_group_ingress_rule"):
+        for attribute in ("cidr_ipv4", "cidr_ipv6"):
+            if rule.unknown(attribute) and plan.configured(rule.address, attribute):
+                unverifiable(rule, "")
+        inspect(
+            rule,
+            "",
+            [rule.after.get("cidr_ipv4"), rule.after.get("cidr_ipv6")],
+            _ports(rule.after.get("ip_protocol"), rule.after.get("from_port"), rule.after.get("to_port")),
+        )
+    return violations
+
+
+# --- GPU workers (AWS Batch) ----------------------------------------------------------------------------------
+
+EC2_COMPUTE_TYPES = frozenset({"EC2", "SPOT"})
+AWS_MANAGED_KEY = re.compile(r"(^|[:/])alias/aws/")
+
+
+def _without_index(address: str) -> str:
+    return re.sub(r"\[[^\]]*\]$", "", address)
+
+
+def _launch_templates_of(
+    plan: Plan, environment: Resource, spec: dict[str, Any], unknown: dict[str, Any]
+) -> list[Resource] | str:
+    """The planned launch templates that a compute environment's launch_template block names, or why there are none."""
+    templates = plan.of_type("aws_launch_template")
+    name, template_id = spec.get("launch_template_name"), spec.get("launch_template_id")
+    if name and unknown.get("launch_template_name") is not True:
+        found = [t for t in templates if t.after.get("name") == name]
+        return found or f"launch template {name} is not in this plan, so its volumes cannot be verified"
+    if template_id and unknown.get("launch_template_id") is not True:
+        found = [t for t in templates if t.after.get("id") == template_id]
+        return found or f"launch template {template_id} is not in this plan, so its volumes cannot be verified"
+    # Created in the same run: the id is unknown until apply, so follow the configuration's reference instead.
+    references = [
+        *(plan.references(environment.address, "compute_resources", "launch_template", "launch_template_id") or []),
+        *(plan.references(environment.address, "compute_resources", "launch_template", "launch_template_name") or []),
+    ]
+    module_prefix = environment.address[: environment.address.rfind(f"{environment.type}.")]
+    targets = {module_prefix + ".".join(r.split(".")[:2]) for r in references if r.startswith("aws_launch_template.")}
+    found = [t for t in templates if _without_index(t.address) in targets]
+    return found or (
+        "its launch template cannot be identified in the plan; reference aws_launch_template.<name> in the same "
+        "module (or a name known at plan time)"
+    )
+
+
+def _volume_problems(template: Resource) -> list[str]:
+    marker = template.after_unknown.get("block_device_mappings")
+    if marker is True:
+        return ["block device mappings are not known at plan time, so they cannot be verified"]
+    problems: list[str] = []
+    ebs_volumes = 0
+    for i, mapping in enumerate(_as_list(template.after.get("block_device_mappings"))):
+        ebs = (_as_list(mapping.get("ebs")) if isinstance(mapping, dict) else None) or [None]
+        if not isinstance(ebs[0], dict):
+            continue  # instance store or no_device: not an EBS volume
+        ebs_volumes += 1
+        device = mapping.get("device_name") or f"block device {i}"
+        unknown = _element(_element(marker, i).get("ebs"), 0)
+        key = ebs[0].get("kms_key_id")
+        if unknown.get("encrypted") is True:
+            problems.append(f"{device}: whether the EBS volume is encrypted is not known at plan time")
+        elif str(ebs[0].get("encrypted")).lower() != "true":
+            problems.append(f"{device}: EBS volume is not encrypted; set encrypted = true")
+        elif unknown.get("kms_key_id") is True:
+            continue  # set to a key created in the same run (its ARN is known only after apply)
+        elif not key:
+            problems.append(
+                f"{device}: encrypted with the AWS-managed key aws/ebs; set kms_key_id to a customer-managed key"
+            )
+        elif AWS_MANAGED_KEY.search(str(key)):
+            problems.append(f"{device}: kms_key_id {key} is an AWS-managed key; use a customer-managed key")
+    if not ebs_volumes:
+        problems.append(
+            "sets no EBS volume, so the root volume is whatever the AMI gives (unencrypted unless the account "
+            "encrypts EBS by default)"
+        )
+    return problems
+
+
+def check_batch_volumes_encrypted(plan: Plan) -> list[Violation]:
+    check = "batch_volumes_encrypted"
+    violations: list[Violation] = []
+    for environment in plan.of_type("aws_batch_compute_environment"):
+        if str(environment.after.get("type", "")).upper() == "UNMANAGED":
+            continue  # its instances are launched outside Batch (and outside this check)
+        resources = environment.block("compute_resources")
+        if resources is None:
+            violations.append(Violation(check, environment.address, "compute resources are not known at plan time"))
+            continue
+        compute_unknown = _element(environment.after_unknown.get("compute_resources"), 0)
+        if compute_unknown.get("type") is not True and str(resources.get("type")).upper() not in EC2_COMPUTE_TYPES:
+            continue  # Fargate: no EC2 volumes, its ephemeral storage is encrypted by AWS
+        spec = (_as_list(resources.get("launch_template")) or [None])[0]
+        spec_unknown = _element(compute_unknown.get("launch_template"), 0)
+        names_a_template = isinstance(spec, dict) and any(
+            spec.get(key) or spec_unknown.get(key) is True for key in ("launch_template_id", "launch_template_name")
+        )
+        if not names_a_template:
+            violations.append(
+                Violation(
+                    check,
+                    environment.address,
+                    "no launch template: its instances' volumes follow the AMI, unencrypted unless the account "
+                    "encrypts EBS by default",
+                )
+            )
+            continue
+        templates = _launch_templates_of(plan, environment, spec, spec_unknown)
+        if isinstance(templates, str):
+            violations.append(Violation(check, environment.address, templates))
+            continue
+        for template in templates:
+            for problem in _volume_problems(template):
+                violations.append(
+                    Violation(check, template.address, f"launch template of {environment.address}: {problem}")
+                )
+    return violations
+
+
+# --- Airflow ------------------------------------------------------------------------------------------------------
+
+
+def check_airflow_ui_private(plan: Plan) -> list[Violation]:
+    check = "airflow_ui_private"
+    violations: list[Violation] = []
+    for environment in plan.of_type("aws_mwaa_environment"):
+        if environment.unknown("webserver_access_mode"):
+            # Unset, MWAA chooses PRIVATE_ONLY; set to something computed, it cannot be verified.
+            if plan.configured(environment.address, "webserver_access_mode"):
+                violations.append(
+                    Violation(check, environment.address, "webserver_access_mode is not known at plan time")
+                )
+            continue
+        mode = environment.after.get("webserver_access_mode")
+        if mode is not None and mode != "PRIVATE_ONLY":
+            violations.append(
+                Violation(
+                    check,
+                    environment.address,
+                    f"webserver_access_mode is {mode}: the Airflow UI has a public endpoint; use PRIVATE_ONLY and "
+                    "reach it from inside the VPC",
+                )
+            )
+    return violations
+
+
 CHECKS: dict[str, Callable[[Plan], list[Violation]]] = {
     "s3_public_access_blocked": check_s3_public_access_blocked,
     "s3_no_public_grants": check_s3_no_public_grants,
@@ -553,6 +861,9 @@ CHECKS: dict[str, Callable[[Plan], list[Violation]]] = {
     "opensearch_https_only": check_opensearch_https_only,
     "opensearch_access_control": check_opensearch_access_control,
     "iam_no_wildcard_admin": check_iam_no_wildcard_admin,
+    "sg_no_ingress_from_anywhere": check_sg_no_ingress_from_anywhere,
+    "batch_volumes_encrypted": check_batch_volumes_encrypted,
+    "airflow_ui_private": check_airflow_ui_private,
 }
 
 

@@ -310,13 +310,13 @@ variable "mwaa_max_workers" {
 }
 
 variable "mwaa_webserver_access_mode" {
-  description = "PRIVATE_ONLY or PUBLIC_ONLY access to the Airflow UI."
+  description = "Access to the Airflow UI. Only PRIVATE_ONLY is accepted: the UI is reachable from inside the VPC (VPN, Direct Connect, a bastion or an SSM port forward), never from the internet."
   type        = string
   default     = "PRIVATE_ONLY"
 
   validation {
-    condition     = contains(["PRIVATE_ONLY", "PUBLIC_ONLY"], var.mwaa_webserver_access_mode)
-    error_message = "mwaa_webserver_access_mode must be PRIVATE_ONLY or PUBLIC_ONLY."
+    condition     = var.mwaa_webserver_access_mode == "PRIVATE_ONLY"
+    error_message = "mwaa_webserver_access_mode must be PRIVATE_ONLY: a PUBLIC_ONLY Airflow UI has an internet endpoint, which the policy check (airflow_ui_private) rejects."
   }
 }
 

@@ -4,7 +4,8 @@
 #   2. terraform init -backend=false (provider from a local plugin directory) + validate, for the root
 #      configuration and every module under infra/modules/
 #   3. an offline plan of every infra/environments/*.tfvars, checked by infra/policy_check.py
-#      (public buckets, encryption, TLS, search domain hardening, wildcard IAM)
+#      (public buckets, encryption, TLS, search domain hardening, wildcard IAM actions, ingress from anywhere,
+#      GPU worker volume encryption, private Airflow UI)
 #
 # Usage: bash scripts/infra_check.sh [--no-plan]
 #        bash scripts/infra_check.sh --plugin-dir     # print the provider plugin directory it would use

@@ -99,8 +99,11 @@ def run_terraform(args: list[str], cwd: Path, timeout: int = 300) -> str:
     return result.stdout
 
 
-def plan_offline(config: Path, workdir: Path, var_file: str | None = None) -> dict[str, Any]:
-    """Copy `config` to `workdir`, plan it offline and return the plan JSON (`terraform show -json`)."""
+def plan_offline(
+    config: Path, workdir: Path, var_file: str | None = None, variables: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Copy `config` to `workdir`, plan it offline and return the plan JSON (`terraform show -json`); `variables`
+    are passed as -var NAME=VALUE after the variable file."""
     _, plugin_dir = require_terraform()
     shutil.copytree(
         config,
@@ -112,6 +115,7 @@ def plan_offline(config: Path, workdir: Path, var_file: str | None = None) -> di
     plan_args = ["plan", "-refresh=false", "-lock=false", "-out=tfplan"]
     if var_file:
         plan_args.append(f"-var-file={var_file}")
+    plan_args += [f"-var={name}={value}" for name, value in (variables or {}).items()]
     run_terraform(plan_args, workdir)
     return json.loads(run_terraform(["show", "-json", "tfplan"], workdir))
 
@@ -145,9 +149,9 @@ def policy_check() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def planner(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[str, Any]]:
-    """plan(config_dir, var_file=None) -> plan JSON, in a fresh temporary copy."""
+    """plan(config_dir, var_file=None, variables=None) -> plan JSON, in a fresh temporary copy."""
 
-    def plan(config: Path, var_file: str | None = None) -> dict[str, Any]:
-        return plan_offline(config, tmp_path_factory.mktemp(config.name) / config.name, var_file)
+    def plan(config: Path, var_file: str | None = None, variables: dict[str, str] | None = None) -> dict[str, Any]:
+        return plan_offline(config, tmp_path_factory.mktemp(config.name) / config.name, var_file, variables)
 
     return plan

@@ -65,6 +65,11 @@ def test_environment_plan_passes_every_check(env: str, env_plans: dict[str, dict
     assert not problems, "\n".join(problems)
 
 
+def test_public_airflow_ui_is_refused_at_plan_time(planner: Callable[..., dict[str, Any]]) -> None:
+    with pytest.raises(AssertionError, match="mwaa_webserver_access_mode must be PRIVATE_ONLY"):
+        planner(INFRA, "environments/dev.tfvars", {"mwaa_webserver_access_mode": "PUBLIC_ONLY"})
+
+
 def test_plan_contains_what_the_checks_cover(prod_plan: dict[str, Any], policy_check) -> None:
     """Guard against passing vacuously: the plan has the buckets, the domain and known IAM policies."""
     plan = policy_check.Plan.load(prod_plan)
@@ -79,6 +84,12 @@ def test_plan_contains_what_the_checks_cover(prod_plan: dict[str, Any], policy_c
     assert len(plan.of_type("aws_opensearch_domain")) == 1
     assert len(plan.of_type("aws_mwaa_environment")) == 1
     assert len(plan.of_type("aws_batch_job_queue")) == 1
+    (environment,) = plan.of_type("aws_batch_compute_environment")
+    assert environment.block("compute_resources")["type"] in {"EC2", "SPOT"}
+    (template,) = plan.of_type("aws_launch_template")
+    assert [m["ebs"][0]["encrypted"] for m in template.after["block_device_mappings"]] == ["true"]
+    assert len(plan.of_type("aws_security_group")) >= 4
+    assert len(plan.of_type("aws_vpc_security_group_ingress_rule")) >= 2
     documents = list(policy_check.policy_documents(plan))
     role_policies = [d for r, _, d, _ in documents if r.type == "aws_iam_role_policy"]
     assert len(role_policies) >= 3  # execution role, indexer job role, flow logs role
@@ -178,11 +189,27 @@ INSECURE_FINDINGS = {
     "iam_no_wildcard_admin": [
         'Everything: allows * on Resource "*"',
         'AllOfS3: allows s3:* on Resource "*"',
+        "AllOfOneBucket: allows s3:* on arn:aws:s3:::insecure-fixture-open-bucket;",
+        "EveryGet: allows s3:Get* on arn:aws:s3:::insecure-fixture-open-bucket/*",
+        "aws_opensearch_domain.open (access_policies): statement 0: allows es:* on arn:aws:es:",
         "NotAction",
         "AdministratorAccess",
         "anyone may assume the role",
         "not known at plan time",
     ],
+    "sg_no_ingress_from_anywhere": [
+        "aws_security_group.open: inline ingress rule 0: allows ingress from 0.0.0.0/0 (anywhere), tcp port 22",
+        "aws_security_group.open: inline ingress rule 1: allows ingress from ::/0 (anywhere), all traffic",
+        "aws_security_group_rule.open_web: allows ingress from 0.0.0.0/0 (anywhere), tcp port 8080",
+        "aws_vpc_security_group_ingress_rule.open_https: allows ingress from ::/0 (anywhere), tcp port 443",
+    ],
+    "batch_volumes_encrypted": [
+        "aws_batch_compute_environment.no_template: no launch template",
+        "aws_batch_compute_environment.plain: /dev/xvda: EBS volume is not encrypted",
+        "aws_batch_compute_environment.plain: /dev/xvdb: encrypted with the AWS-managed key aws/ebs",
+        "aws_batch_compute_environment.bare: sets no EBS volume",
+    ],
+    "airflow_ui_private": ["aws_mwaa_environment.public: webserver_access_mode is PUBLIC_ONLY"],
 }
 
 
@@ -397,7 +424,108 @@ MUTATIONS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
             policy_arn="arn:aws:iam::aws:policy/AdministratorAccess"
         ),
     ),
+    "role allows s3:* on its one bucket": (
+        "iam_no_wildcard_admin",
+        lambda p: _edit_policy(
+            p,
+            "aws_iam_role_policy",
+            "gpu_workers",
+            "policy",
+            _add_statement({"Effect": "Allow", "Action": "s3:*", "Resource": _catalogue_arn(p)}),
+        ),
+    ),
+    "role allows * on one prefix": (
+        "iam_no_wildcard_admin",
+        lambda p: _edit_policy(
+            p,
+            "aws_iam_role_policy",
+            "orchestration",
+            "policy",
+            _add_statement({"Effect": "Allow", "Action": "*", "Resource": f"{_catalogue_arn(p)}/staged/*"}),
+        ),
+    ),
+    "role allows a glob of actions": (
+        "iam_no_wildcard_admin",
+        lambda p: _edit_policy(
+            p,
+            "aws_iam_role_policy",
+            "gpu_workers",
+            "policy",
+            lambda d: d["Statement"][1].update(Action=["s3:Get*"]),
+        ),
+    ),
+    "endpoint ingress from any IPv4 address": (
+        "sg_no_ingress_from_anywhere",
+        lambda p: _after(p, "aws_vpc_security_group_ingress_rule", "endpoints").update(cidr_ipv4="0.0.0.0/0"),
+    ),
+    "endpoint ingress from any IPv6 address": (
+        "sg_no_ingress_from_anywhere",
+        lambda p: _after(p, "aws_vpc_security_group_ingress_rule", "endpoints").update(
+            cidr_ipv4=None, cidr_ipv6="::/0"
+        ),
+    ),
+    "GPU workers open inline to the internet": (
+        "sg_no_ingress_from_anywhere",
+        lambda p: (
+            _after(p, "aws_security_group", "gpu_workers").update(
+                ingress=[{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["0.0.0.0/0"]}]
+            ),
+            _changes(p, "aws_security_group", "gpu_workers")[0]["change"]["after_unknown"].update(ingress=[{}]),
+        ),
+    ),
+    "separate ingress rule from anywhere": (
+        "sg_no_ingress_from_anywhere",
+        lambda p: p["resource_changes"].append(
+            {
+                "address": "module.search.aws_security_group_rule.extra",
+                "mode": "managed",
+                "type": "aws_security_group_rule",
+                "change": {
+                    "actions": ["create"],
+                    "after": {
+                        "type": "ingress",
+                        "protocol": "tcp",
+                        "from_port": 443,
+                        "to_port": 443,
+                        "cidr_blocks": ["0.0.0.0/0"],
+                    },
+                    "after_unknown": {"security_group_id": True},
+                },
+            }
+        ),
+    ),
+    "GPU root volume unencrypted": (
+        "batch_volumes_encrypted",
+        lambda p: _after(p, "aws_launch_template")["block_device_mappings"][0]["ebs"][0].update(encrypted="false"),
+    ),
+    "GPU root volume on the AWS-managed key": (
+        "batch_volumes_encrypted",
+        lambda p: (
+            _after(p, "aws_launch_template")["block_device_mappings"][0]["ebs"][0].update(kms_key_id=None),
+            _changes(p, "aws_launch_template")[0]["change"]["after_unknown"]["block_device_mappings"][0]["ebs"][
+                0
+            ].update(kms_key_id=False),
+        ),
+    ),
+    "GPU compute environment without its launch template": (
+        "batch_volumes_encrypted",
+        lambda p: (
+            _after(p, "aws_batch_compute_environment")["compute_resources"][0].update(launch_template=[]),
+            _changes(p, "aws_batch_compute_environment")[0]["change"]["after_unknown"]["compute_resources"][0].update(
+                launch_template=[]
+            ),
+        ),
+    ),
+    "Airflow UI on a public endpoint": (
+        "airflow_ui_private",
+        lambda p: _after(p, "aws_mwaa_environment").update(webserver_access_mode="PUBLIC_ONLY"),
+    ),
 }
+
+
+def _catalogue_arn(plan: dict[str, Any]) -> str:
+    bucket = _after(plan, "aws_s3_bucket", "catalogue")["bucket"]
+    return f"arn:aws:s3:::{bucket}"
 
 
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
@@ -425,19 +553,22 @@ def _cli(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_exit_status(tmp_path: Path, prod_plan: dict[str, Any], insecure_plan: dict[str, Any]) -> None:
+def test_cli_exit_status(
+    tmp_path: Path, prod_plan: dict[str, Any], insecure_plan: dict[str, Any], policy_check
+) -> None:
     good, bad, junk = tmp_path / "good.json", tmp_path / "bad.json", tmp_path / "junk.json"
     good.write_text(json.dumps(prod_plan))
     bad.write_text(json.dumps(insecure_plan))
     junk.write_text('{"not": "a plan"}')
 
+    total = len(policy_check.CHECKS)
     ok = _cli(good)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "8/8 checks passed" in ok.stdout
+    assert f"{total}/{total} checks passed" in ok.stdout
 
     failed = _cli(bad)
     assert failed.returncode == 1
-    assert failed.stdout.count("FAIL") == 8
+    assert failed.stdout.count("FAIL") == total
 
     assert _cli(junk).returncode == 2
     assert _cli(tmp_path / "missing.json").returncode == 2

@@ -34,7 +34,7 @@ def _run_script(args: list[str], env: dict[str, str], timeout: int = 900) -> sub
 # --- make infra-check ----------------------------------------------------------------------------------------------
 
 
-def test_infra_check_passes(terraform_tools: tuple[str, str], tf_env: dict[str, str]) -> None:
+def test_infra_check_passes(terraform_tools: tuple[str, str], tf_env: dict[str, str], policy_check) -> None:
     result = _run_script([], {**tf_env, "PYTHON": sys.executable})
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -42,7 +42,8 @@ def test_infra_check_passes(terraform_tools: tuple[str, str], tf_env: dict[str, 
         assert f"ok   {config.relative_to(REPO)}" in output, f"{config} was not validated:\n{output}"
     for env in ("dev", "prod"):
         assert f"-- {env}: policy check" in output
-    assert output.count("8/8 checks passed") == len(list((INFRA / "environments").glob("*.tfvars")))
+    total = len(policy_check.CHECKS)
+    assert output.count(f"{total}/{total} checks passed") == len(list((INFRA / "environments").glob("*.tfvars")))
     assert "infra-check: all checks passed" in output
 
 

@@ -202,7 +202,7 @@ resource "aws_iam_role_policy" "job" {
 
 resource "aws_launch_template" "workers" {
   name        = "${var.name}-gpu-workers"
-  description = "GPU worker hardening: IMDSv2 only and unreachable from containers, encrypted root volume"
+  description = "GPU worker hardening: IMDSv2 only and unreachable from containers, root volume encrypted with the platform key"
 
   metadata_options {
     http_endpoint               = "enabled"
@@ -217,6 +217,7 @@ resource "aws_launch_template" "workers" {
       volume_size           = var.root_volume_size_gb
       volume_type           = "gp3"
       encrypted             = true
+      kms_key_id            = var.kms_key_arn
       delete_on_termination = true
     }
   }

@@ -91,8 +91,15 @@ data "aws_iam_policy_document" "execution" {
   }
 
   statement {
-    sid       = "ReadCodeBucketConfiguration"
-    actions   = ["s3:GetBucket*", "s3:ListBucket"]
+    sid = "ReadCodeBucketConfiguration"
+    # The read-only bucket settings MWAA's documented policy grants as "s3:GetBucket*", named one by one so that
+    # actions AWS adds under that prefix later are not granted unseen.
+    actions = [
+      "s3:ListBucket", "s3:GetBucketLocation", "s3:GetBucketVersioning", "s3:GetBucketPublicAccessBlock",
+      "s3:GetBucketPolicyStatus", "s3:GetBucketPolicy", "s3:GetBucketAcl", "s3:GetBucketOwnershipControls",
+      "s3:GetBucketObjectLockConfiguration", "s3:GetBucketLogging", "s3:GetBucketNotification",
+      "s3:GetBucketTagging", "s3:GetBucketCORS", "s3:GetBucketWebsite", "s3:GetBucketRequestPayment",
+    ]
     resources = [local.artifact_arn]
   }
 
@@ -138,7 +145,7 @@ data "aws_iam_policy_document" "execution" {
 
   statement {
     sid       = "UsePlatformKeyThroughSqsAndS3"
-    actions   = ["kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey*", "kms:Encrypt"]
+    actions   = ["kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey", "kms:Encrypt"]
     resources = ["arn:${local.partition}:kms:${var.region}:${var.account_id}:key/*"]
 
     condition {

@@ -84,13 +84,13 @@ variable "schedulers" {
 }
 
 variable "webserver_access_mode" {
-  description = "PRIVATE_ONLY (UI reachable only from the VPC) or PUBLIC_ONLY (UI on the internet behind IAM sign-in)."
+  description = "Access to the Airflow UI. Only PRIVATE_ONLY is accepted: the UI is reachable from inside the VPC (VPN, Direct Connect, a bastion or an SSM port forward), never from the internet."
   type        = string
   default     = "PRIVATE_ONLY"
 
   validation {
-    condition     = contains(["PRIVATE_ONLY", "PUBLIC_ONLY"], var.webserver_access_mode)
-    error_message = "webserver_access_mode must be PRIVATE_ONLY or PUBLIC_ONLY."
+    condition     = var.webserver_access_mode == "PRIVATE_ONLY"
+    error_message = "webserver_access_mode must be PRIVATE_ONLY: a PUBLIC_ONLY Airflow UI has an internet endpoint, which the policy check (airflow_ui_private) rejects."
   }
 }
 

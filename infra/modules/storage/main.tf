@@ -18,14 +18,23 @@ locals {
 
 # --- KMS ---
 
+# Every action is named: a glob such as "kms:Create*" would also grant whatever AWS adds under that prefix later
+# (kms:CreateGrant hands the key to another principal), and the policy check rejects wildcard actions.
 data "aws_iam_policy_document" "key" {
   statement {
     sid = "AccountAdministersAndDelegatesToIam"
+    # Everything a key policy can grant on this key that the account administers or delegates to IAM policies.
     actions = [
-      "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*", "kms:Revoke*",
-      "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource",
-      "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion", "kms:RotateKeyOnDemand",
-      "kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
+      "kms:CreateAlias", "kms:UpdateAlias", "kms:DeleteAlias", "kms:UpdateKeyDescription", "kms:UpdatePrimaryRegion",
+      "kms:DescribeKey", "kms:GetKeyPolicy", "kms:PutKeyPolicy", "kms:ListKeyPolicies", "kms:ListResourceTags",
+      "kms:TagResource", "kms:UntagResource", "kms:EnableKey", "kms:DisableKey",
+      "kms:EnableKeyRotation", "kms:DisableKeyRotation", "kms:GetKeyRotationStatus", "kms:ListKeyRotations",
+      "kms:RotateKeyOnDemand", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion",
+      "kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant",
+      "kms:GetParametersForImport", "kms:DeleteImportedKeyMaterial", "kms:GetPublicKey",
+      "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo",
+      "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext",
+      "kms:GenerateDataKeyPair", "kms:GenerateDataKeyPairWithoutPlaintext",
     ]
     # In a key policy "*" means this key.
     resources = ["*"]
@@ -37,8 +46,11 @@ data "aws_iam_policy_document" "key" {
   }
 
   statement {
-    sid       = "CloudWatchLogsEncryptsThisAccountsLogGroups"
-    actions   = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
+    sid = "CloudWatchLogsEncryptsThisAccountsLogGroups"
+    actions = [
+      "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo",
+      "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:DescribeKey",
+    ]
     resources = ["*"]
 
     principals {
@@ -52,10 +64,69 @@ data "aws_iam_policy_document" "key" {
       values   = ["arn:${local.partition}:logs:${var.region}:${var.account_id}:*"]
     }
   }
+
+  # EBS volumes of the GPU workers. AWS Batch launches them through EC2 Auto Scaling, whose service-linked role
+  # carries no rights on customer-managed keys and may not exist yet in a new account (a key policy naming a
+  # missing role is rejected). So, like the AWS-managed aws/ebs key, the key serves any caller of this account,
+  # but only through EC2, and grants only for AWS resources (volumes attached to instances).
+  statement {
+    sid = "Ec2EncryptsThisAccountsVolumes"
+    actions = [
+      "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo",
+      "kms:GenerateDataKeyWithoutPlaintext", "kms:DescribeKey",
+    ]
+    resources = ["*"]
+
+    principals {
+      type        = "AWS"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:CallerAccount"
+      values   = [var.account_id]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["ec2.${var.region}.amazonaws.com"]
+    }
+  }
+
+  statement {
+    sid       = "Ec2AttachesThisAccountsVolumes"
+    actions   = ["kms:CreateGrant"]
+    resources = ["*"]
+
+    principals {
+      type        = "AWS"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:CallerAccount"
+      values   = [var.account_id]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["ec2.${var.region}.amazonaws.com"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "kms:GrantIsForAWSResource"
+      values   = ["true"]
+    }
+  }
 }
 
 resource "aws_kms_key" "this" {
-  description             = "${var.name}: catalogue and artifact buckets, Airflow environment, search domain, logs"
+  description             = "${var.name}: catalogue and artifact buckets, Airflow environment, search domain, GPU worker volumes, logs"
   enable_key_rotation     = true
   deletion_window_in_days = var.kms_deletion_window_days
   policy                  = data.aws_iam_policy_document.key.json
