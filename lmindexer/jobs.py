@@ -109,6 +109,7 @@ class AssignResult:
     allocation: AllocationReport
     tombstones: int
     written: bool
+    write_attempts: int = 1  # more than one: another writer changed the table meanwhile, and the IDs were re-allocated
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +121,7 @@ class AssignResult:
             "allocation": self.allocation.to_dict(),
             "tombstones": self.tombstones,
             "written": self.written,
+            "write_attempts": self.write_attempts,
         }
 
 
@@ -186,6 +188,7 @@ def assign_ids(
         stored.report,
         tombstones,
         stored.written,
+        stored.attempts,
     )
 
 
