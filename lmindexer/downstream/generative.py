@@ -6,8 +6,9 @@ initialised from the snapshot that produced the IDs: an LMIndexer snapshot lends
 paper's recipe); IDs of any other method get the same pretrained backbone with fresh token vectors, so the two
 compare the IDs, not the networks.
 
-Saved as ``generative.json`` (options, ID space, backbone config, the item -> ID map the trie is built from),
-``weights.safetensors`` and ``tokenizer/``: nothing is pickled.
+Saved as ``generative.json`` (options, ID space, backbone config, the item -> ID map the trie is built from, and the
+SHA-256 of each of these and of every file), ``weights.safetensors`` and ``tokenizer/``: nothing is pickled, and a
+model whose files or document differ from what was saved is refused on load.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from lmindexer.downstream.model import GenerativeIdModel, Task
@@ -37,6 +38,7 @@ from lmindexer.downstream.vocabulary import IdVocabulary
 from lmindexer.errors import ConfigError, SnapshotError
 from lmindexer.idtable import IdTable
 from lmindexer.indexers.base import Indexer
+from lmindexer.indexers.integrity import INTEGRITY_KEY, seal, verify, write_safetensors
 from lmindexer.indexers.lm.backbone import backbone_from_snapshot, load_backbone
 from lmindexer.indexers.lm.config import PACKAGED_BACKBONE
 from lmindexer.indexers.lm.indexer import LMIndexer
@@ -46,6 +48,8 @@ from lmindexer.indexers.lm.training import TokenizedItems
 DOCUMENT = "generative.json"
 WEIGHTS = "weights.safetensors"
 FORMAT_VERSION = 1
+# Options are hashed one by one, so that a mismatch names the option.
+_EXPANDED = ("config",)
 
 
 class GenerativeConfig(BaseModel):
@@ -389,9 +393,9 @@ class GenerativeModel:
         try:
             tied = tied_names(self.network)
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items() if k not in tied}
-            save_file(tensors, str(staging / WEIGHTS))
+            write_safetensors(tensors, staging / WEIGHTS)
             self.network.backbone.save_tokenizer(staging)
-            document = {
+            document: dict[str, Any] = {
                 "format_version": FORMAT_VERSION,
                 "config": self.config.model_dump(mode="json"),
                 "vocabulary": json.loads(self.vocabulary.to_json()),
@@ -400,7 +404,10 @@ class GenerativeModel:
                 "training": self.training,
                 "ids": {item_id: self.vocabulary.sid(tokens) for item_id, tokens in sorted(self.trie)},
             }
-            (staging / DOCUMENT).write_text(json.dumps(document, indent=1, default=_json_default) + "\n")
+            # The digests are taken over the JSON form, which is what a load reads back.
+            document = json.loads(json.dumps(document, default=_json_default))
+            document[INTEGRITY_KEY] = seal(staging, document, document_file=DOCUMENT, expand=_EXPANDED)
+            (staging / DOCUMENT).write_text(json.dumps(document, indent=1) + "\n")
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)
@@ -421,14 +428,26 @@ class GenerativeModel:
 
             with tempfile.TemporaryDirectory(prefix="lmindexer-generative-") as tmp:
                 download_prefix(str(directory), Path(tmp))
-                return cls.load(tmp, device=device)
+                try:
+                    return cls.load(tmp, device=device)
+                except SnapshotError as exc:
+                    # Name the model the user asked for, not the temporary copy.
+                    raise SnapshotError(str(exc).replace(tmp, str(directory).rstrip("/"))) from exc
         path = Path(directory)
         try:
             document = json.loads((path / DOCUMENT).read_text())
         except (OSError, ValueError) as exc:
             raise SnapshotError(f"not a generative model directory: {path} ({exc})") from exc
-        if document.get("format_version") != FORMAT_VERSION:
-            raise SnapshotError(f"{path}: unsupported generative model format {document.get('format_version')!r}")
+        if not isinstance(document, dict) or document.get("format_version") != FORMAT_VERSION:
+            found = document.get("format_version") if isinstance(document, dict) else None
+            raise SnapshotError(f"{path}: unsupported generative model format {found!r}")
+        if INTEGRITY_KEY not in document:
+            # Nothing recorded what was saved, so an edited or corrupted model could not be told from a good one.
+            raise SnapshotError(
+                f"generative model {path} records no content digest (it was saved by an earlier release), so it "
+                "cannot be verified; train it again (lmindexer retriever train, or retriever refresh --mode retrain)"
+            )
+        verify(path, document, what="generative model", document_file=DOCUMENT, expand=_EXPANDED)
         values = dict(document["config"])
         if device is not None:
             values["device"] = device
