@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from testsupport.retriever_state import move_current
 
 from lmindexer.errors import ConfigError, UserError
 from lmindexer.options import parse_config
-from lmindexer.pipeline import PipelineConfig, safe_run_id, steps
-from lmindexer.pipeline.records import current, remembered
+from lmindexer.pipeline import PipelineConfig, records, safe_run_id, steps
+from lmindexer.pipeline.records import current, current_versioned, remembered
+from lmindexer.storage.s3 import StorageError
+from lmindexer.storage.state import ProcessingState
 
 
 @pytest.fixture
@@ -84,3 +88,138 @@ def test_commit_moves_the_pointer_once(config):
     assert current(config)["run_id"] == "r1"
     retrained = steps.commit(config, "r2", [], merged, {"mode": "retrain"}, snapshot, reduced, checked, {"index": "y"})
     assert (retrained["items_at_retrain"], retrained["added_since_retrain"]) == (120, 0)
+
+
+def upload_drop(bucket: str, key: str, rows: list[dict]) -> None:
+    from lmindexer.storage.s3 import s3_client
+
+    body = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    s3_client().put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def rows(prefix: str, n: int) -> list[dict]:
+    return [{"item_id": f"{prefix}-{i}", "title": f"{prefix} item {i}", "text": "A real sentence of text."} for i in
+            range(n)]  # fmt: skip
+
+
+def test_a_rerun_works_on_the_drops_its_first_attempt_discovered(config, s3_bucket):
+    upload_drop(s3_bucket, "incoming/a.jsonl", rows("a", 5))
+    first = steps.discover(config, "r1")
+    assert [d["key"] for d in first] == ["incoming/a.jsonl"]
+    validated = steps.validate_drops(config, "r1", first)
+
+    # a drop lands, then the whole run is rerun (e.g. cleared in the UI): it still works on what it first found
+    upload_drop(s3_bucket, "incoming/b.jsonl", rows("b", 5))
+    again = steps.discover(config, "r1")
+    assert again == first
+    assert steps.validate_drops(config, "r1", again) == validated
+    with pytest.raises(UserError, match="other drops than it discovered"):
+        steps.validate_drops(config, "r1", [*again, {**again[0], "key": "incoming/b.jsonl"}])
+    assert steps.mark_processed(config, "r1", validated) == ["incoming/a.jsonl"]
+
+    # so the new drop is never marked processed without being ingested: the next run takes it
+    state = ProcessingState(config.base_uri)
+    assert [r.key for r in state.records] == ["incoming/a.jsonl"]
+    assert [d["key"] for d in steps.discover(config, "r2")] == ["incoming/b.jsonl"]
+
+
+def test_an_unreadable_drop_is_quarantined_whole_and_the_others_go_on(config, s3_bucket):
+    from lmindexer.storage.s3 import s3_client
+
+    upload_drop(s3_bucket, "incoming/1-good.jsonl", rows("g", 4))
+    s3_client().put_object(Bucket=s3_bucket, Key="incoming/2-broken.parquet", Body=b"not parquet at all")
+    drops = steps.discover(config, "r1")
+    validated = steps.validate_drops(config, "r1", drops)
+    by_key = {v["drop"]["key"]: v for v in validated}
+    assert by_key["incoming/1-good.jsonl"]["accepted"] and by_key["incoming/1-good.jsonl"]["staged"] == 4
+    broken = by_key["incoming/2-broken.parquet"]
+    assert not broken["accepted"] and "not a readable Parquet file" in broken["reason"]
+    summary = json.loads(s3_client().get_object(Bucket=s3_bucket, Key=broken["summary_uri"].split("/", 3)[3])
+                         ["Body"].read())  # fmt: skip
+    assert "not a readable Parquet file" in summary["reason"]
+
+    merged = steps.merge(config, "r1", validated)
+    assert merged["new"] == 4  # the good drop went on
+    steps.mark_processed(config, "r1", validated)
+    records = {r.key: r for r in ProcessingState(config.base_uri).records}
+    assert records["incoming/1-good.jsonl"].status == "processed"
+    assert records["incoming/2-broken.parquet"].status == "rejected"
+    assert "Parquet" in records["incoming/2-broken.parquet"].reason
+    assert steps.discover(config, "r2") == []  # neither blocks the next run
+    with pytest.raises(steps.DropsRejected, match="1 of 2 drops were quarantined whole"):
+        steps.confirm_drops(validated)
+
+
+def test_a_drop_over_the_invalid_share_is_rejected_whole_without_blocking_the_others(config, s3_bucket):
+    upload_drop(s3_bucket, "incoming/1-good.jsonl", rows("g", 4))
+    upload_drop(s3_bucket, "incoming/2-bad.jsonl", rows("h", 2) + [{"item_id": ""}] * 3)
+    validated = steps.validate_drops(config, "r1", steps.discover(config, "r1"))
+    assert [v["accepted"] for v in validated] == [True, False]
+    bad = validated[1]
+    # the counts still describe every row; none of it is staged for ingestion
+    assert (bad["rows_in"], bad["quarantined"], bad["staged"], bad["staged_uri"]) == (5, 3, 2, None)
+    assert "more than the 5.0% allowed" in bad["reason"]
+    assert steps.merge(config, "r1", validated)["items"] == 4  # none of the rejected drop's rows went in
+
+
+def committed(config, run_id, merged, new=0):
+    return steps.commit(config, run_id, [], merged, {"mode": "apply"}, {"snapshot_uri": "s", "version": "v"},
+                        {"ids_uri": "i"}, {"metrics": {}}, {"index": "x"})  # fmt: skip
+
+
+def test_a_run_overtaken_by_another_commit_can_neither_decide_publish_nor_commit(config, s3_bucket):
+    move_current(config, {"run_id": "r0", "items_at_retrain": 100, "added_since_retrain": 0, "catalog_uri": None})
+    _, base = current_versioned(config)
+    # two runs merged the same new drop onto the same live version
+    late = {"catalog_uri": "c-late", "items": 110, "new": 10, "base_run_id": "r0", "base_version": base}
+    early = {**late, "catalog_uri": "c-early"}
+    committed(config, "early", early)
+    assert current(config)["added_since_retrain"] == 10
+
+    with pytest.raises(steps.StaleRun, match="run early has committed since"):
+        steps.decide(config, "late", late)
+    with pytest.raises(steps.StaleRun):
+        steps.publish(config, {"hosts": ["http://127.0.0.1:9"], "alias": "a"}, "late", late, {"mode": "apply"},
+                      {"ids_uri": "i"})  # fmt: skip
+    with pytest.raises(steps.StaleRun):
+        committed(config, "late", late)
+    # the ten new items are counted once, and the pointer is the early run's
+    assert (current(config)["run_id"], current(config)["added_since_retrain"]) == ("early", 10)
+    # a retry of the run that did commit is a no-op
+    assert committed(config, "early", early)["run_id"] == "early"
+
+
+def test_two_commits_racing_on_the_pointer_let_exactly_one_through(config, monkeypatch):
+    move_current(config, {"run_id": "r0", "items_at_retrain": 100, "added_since_retrain": 0})
+    _, base = current_versioned(config)
+    merged = {"catalog_uri": "c", "items": 110, "new": 10, "base_run_id": "r0", "base_version": base}
+    real = records.current_versioned
+
+    def read_then_lose_the_race(cfg):
+        # the other run's commit lands between this run's staleness check and its write
+        pointer, version = real(cfg)
+        if pointer["run_id"] == "r0":
+            monkeypatch.setattr(records, "current_versioned", real)
+            monkeypatch.setattr(steps, "current_versioned", real)
+            committed(config, "other", merged)
+        return pointer, version
+
+    monkeypatch.setattr(steps, "current_versioned", read_then_lose_the_race)
+    with pytest.raises(steps.StaleRun, match="another run committed at the same moment"):
+        committed(config, "mine", merged)
+    assert (current(config)["run_id"], current(config)["added_since_retrain"]) == ("other", 10)
+
+
+def test_a_damaged_record_is_refused_not_trusted(config, s3_bucket):
+    from lmindexer.storage.s3 import s3_client
+
+    remembered(config, "r1", "decide", lambda: {"mode": "apply", "added_share": 0.1})
+    key = "state/runs/r1/decide.json"
+    client = s3_client()
+    body = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read().decode()
+    client.put_object(Bucket=s3_bucket, Key=key, Body=body.replace('"apply"', '"retrain"').encode())
+    with pytest.raises(StorageError, match="does not match its checksum"):
+        remembered(config, "r1", "decide", lambda: {"mode": "never computed"})
+    client.put_object(Bucket=s3_bucket, Key=key, Body=body[: len(body) // 2].encode())
+    with pytest.raises(StorageError, match="is not valid JSON"):
+        remembered(config, "r1", "decide", lambda: {"mode": "never computed"})

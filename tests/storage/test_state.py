@@ -162,3 +162,32 @@ def test_configurable_location_and_bad_state(s3, s3_bucket):
         ProcessingState(base, client=s3).load()
     with pytest.raises(StorageError, match="s3://"):
         ProcessingState("/tmp/state")
+
+
+def test_a_damaged_state_is_detected_not_trusted(s3, s3_bucket):
+    _put_drops(s3, s3_bucket, "a.jsonl", "b.jsonl")
+    base = f"s3://{s3_bucket}"
+    drops = list_drops(base, client=s3)
+    ProcessingState(base, client=s3).mark_processed(drops, "run-1")
+    document = _state_document(s3, s3_bucket)
+    # one record silently edited (e.g. a flipped byte in an ETag): the drop would be reprocessed
+    document["processed"][1]["etag"] = "0" * 32
+    s3.put_object(Bucket=s3_bucket, Key="state/processed.json", Body=json.dumps(document).encode())
+    with pytest.raises(StorageError, match="do not match its checksum"):
+        ProcessingState(base, client=s3).unprocessed(drops)
+
+
+def test_rejected_drops_are_recorded_with_their_reason_and_skipped(s3, s3_bucket):
+    _put_drops(s3, s3_bucket, "a.jsonl", "b.jsonl")
+    base = f"s3://{s3_bucket}"
+    a, b = list_drops(base, client=s3)
+    state = ProcessingState(base, client=s3)
+    state.mark_processed(a, "run-1", summary={"staged": 1})
+    state.mark_processed(b, "run-1", status="rejected", reason="not a readable Parquet file")
+    records = {r.key: r for r in ProcessingState(base, client=s3).records}
+    assert (records["incoming/a.jsonl"].status, records["incoming/a.jsonl"].reason) == ("processed", None)
+    assert (records["incoming/b.jsonl"].status, records["incoming/b.jsonl"].reason) == (
+        "rejected", "not a readable Parquet file")  # fmt: skip
+    assert ProcessingState(base, client=s3).unprocessed([a, b]) == []
+    with pytest.raises(ValueError, match="not 'maybe'"):
+        state.mark_processed(a, "run-2", status="maybe")
