@@ -7,21 +7,29 @@ unexpected failure is a bare ``500 internal error`` whose details (exception, tr
 Endpoints are plain functions, so FastAPI runs them in its threadpool. Each model is used under its own lock: a
 Hugging Face fast tokenizer fails ("Already borrowed") when two threads use it at once, and concurrent forward
 passes would only compete for the same CPU cores.
+
+Every request limit is a field of :class:`ServingLimits` and is declared in the OpenAPI document (maxLength,
+maximum, maxItems), so clients and contract tests see the same bounds the server applies. Typed input is strict: in
+a JSON body a string or a boolean where an integer belongs is refused, not coerced; in a query string (text by
+nature) an integer must be written in plain digits.
+
+Annotations here are evaluated when the endpoints are defined (no ``from __future__ import annotations``): the
+endpoints' parameter types carry the limits of the app being built, which are local to :func:`create_app`.
 """
 
-from __future__ import annotations
-
 import logging
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,6 +39,7 @@ from lmindexer.errors import ConfigError
 from lmindexer.options import parse_config
 from lmindexer.search.backend import SearchBackend, TextHit
 from lmindexer.search.errors import SearchError
+from lmindexer.serving.body_limit import RequestBodyLimit
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +54,17 @@ ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ITEM_ID_L
 
 
 class ServingLimits(BaseModel):
-    """Bounds on what one request may ask for."""
+    """Bounds on what one request may ask for: the one place each request limit is declared."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    max_body_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="largest request body, in bytes; a larger one is refused (413) before it is read. The default "
+        "holds a /recommend body of 200 item_ids of 256 characters even at 4 bytes of UTF-8 each",
+    )
     max_query_chars: int = Field(512, ge=1, le=100_000, description="longest /search query, in characters")
     max_history: int = Field(200, ge=1, le=100_000, description="most items a /recommend history may hold")
     max_k: int | None = Field(
@@ -63,7 +79,7 @@ class ServingLimits(BaseModel):
     rrf_k: int = Field(60, ge=1, le=10_000, description="reciprocal rank fusion constant: 1 / (rrf_k + rank)")
 
     @model_validator(mode="after")
-    def _consistent(self) -> ServingLimits:
+    def _consistent(self) -> Self:
         if self.max_k is not None and self.default_k > self.max_k:
             raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
         return self
@@ -98,11 +114,40 @@ class SearchResponse(BaseModel):
     results: list[ResultItem] = Field(description="best first")
 
 
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_DIGITS = re.compile(r"-?[0-9]+")
 
-    history: list[ItemId] = Field(description="the user's item_ids, most recent last")
-    k: int | None = Field(None, description="results wanted (default: the server's default k)")
+
+def _written_in_digits(value: Any) -> Any:
+    """Query-string integers: plain decimal digits only, so ``true``, ``5.0``, `` 5`` or ``1_0`` are not read as
+    numbers (pydantic's lax integer parsing would take all but the first)."""
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+        raise PydanticCustomError("int_parsing", "Input should be a valid integer, written in digits")
+    return value
+
+
+def query_k(cap: int, description: str = "results wanted") -> Any:
+    """The type of a ``k`` query parameter between 1 and ``cap``.
+
+    The bounds come before the digits check: applied after a validator, pydantic would publish them in the OpenAPI
+    document as ``ge``/``le`` instead of ``minimum``/``maximum``.
+    """
+    return Annotated[int, Field(ge=1, le=cap), BeforeValidator(_written_in_digits), Query(description=description)]
+
+
+def recommend_request(max_history: int, k_cap: int) -> type[BaseModel]:
+    """The /recommend body, its bounds those of the app. Strict: a string or a boolean is not an integer."""
+
+    class RecommendRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+
+        history: list[ItemId] = Field(
+            min_length=1, max_length=max_history, description="the user's item_ids, most recent last"
+        )
+        k: Annotated[int, Field(ge=1, le=k_cap)] | None = Field(
+            None, description="results wanted (default: the server's default k)"
+        )
+
+    return RecommendRequest
 
 
 class RecommendResponse(BaseModel):
@@ -156,6 +201,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, description in (
         (400, "malformed request (e.g. invalid JSON)"),
         (404, "unknown item"),
+        (413, "the request body is larger than the server's max_body_bytes"),
         (422, "invalid input"),
         (500, "internal error (details in the server log)"),
         (503, "a component this endpoint needs is not configured or not reachable"),
@@ -351,13 +397,20 @@ def create_app(
     search_default = searcher.default_k if searcher else min(limits.default_k, search_cap)
     similar_cap = limits.k_cap(None)
     similar_default = min(limits.default_k, similar_cap)
+    recommend_cap = advisor.cap if advisor else limits.k_cap(None)
+    RecommendRequest = recommend_request(limits.max_history, recommend_cap)
+    SearchK = query_k(search_cap)
+    SimilarK = query_k(similar_cap)
 
     app = FastAPI(
         title="lmindexer",
         summary="Generative retrieval and recommendation over semantic IDs, and items sharing an ID prefix.",
         version="1",
-        responses={500: _ERRORS[500]},
+        # Any request may be refused for its size, and any may fail unexpectedly.
+        responses={status: _ERRORS[status] for status in (413, 500)},
     )
+    # Added first, so it runs inside InternalErrors: a failure in it is still a bare 500.
+    app.add_middleware(RequestBodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(InternalErrors)
     _install_error_handlers(app)
     app.state.limits = limits
@@ -371,7 +424,7 @@ def create_app(
     )
     def search(
         q: str = Query(..., min_length=1, max_length=limits.max_query_chars, description="the query text"),
-        k: int = Query(search_default, ge=1, le=search_cap, description="results wanted"),
+        k: SearchK = search_default,
         blend: bool = Query(
             False, description="fuse with the search backend's BM25 text search (reciprocal rank fusion), live only"
         ),
@@ -402,24 +455,15 @@ def create_app(
         responses={status: _ERRORS[status] for status in (400, 422, 503)},
         tags=["recommendation"],
         summary="Next items for a user's history, decoded by the generative recommender",
-        description=f"At most {limits.max_history} history items; k up to "
-        f"{advisor.cap if advisor else limits.k_cap(None)}. Items the recommender does not know are skipped and "
-        "listed in unknown_items; a history with no known item is refused (422).",
+        description=f"1 to {limits.max_history} history items (send the most recent ones); k up to "
+        f"{recommend_cap}; a body of at most {limits.max_body_bytes} bytes. Items the recommender does not know are "
+        "skipped and listed in unknown_items; a history with no known item is refused (422).",
     )
     def recommend(body: RecommendRequest) -> RecommendResponse:
         served: _Served = _need(advisor, "no recommender is loaded on this server")
-        history = body.history
-        if not history:
-            raise HTTPException(status_code=422, detail="history is empty: give the user's item_ids, most recent last")
-        if len(history) > limits.max_history:
-            raise HTTPException(
-                status_code=422,
-                detail=f"history has {len(history)} items; at most {limits.max_history} are accepted "
-                "(send the most recent ones)",
-            )
-        k = served.default_k if body.k is None else body.k
-        if not 1 <= k <= served.cap:
-            raise HTTPException(status_code=422, detail=f"k must be between 1 and {served.cap}, got {k}")
+        history: list[str] = body.history  # type: ignore[attr-defined]
+        requested: int | None = body.k  # type: ignore[attr-defined]
+        k = served.default_k if requested is None else requested
         trie = served.model.trie
         known = [item_id for item_id in history if item_id in trie]
         unknown = _unique([item_id for item_id in history if item_id not in trie])
@@ -451,7 +495,7 @@ def create_app(
     )
     def similar(
         item_id: str = PathParam(..., min_length=1, max_length=MAX_ITEM_ID_LENGTH, description="the item"),
-        k: int = Query(similar_default, ge=1, le=similar_cap, description="results wanted"),
+        k: SimilarK = similar_default,
     ) -> SimilarResponse:
         search_backend: SearchBackend = _need(backend, "no search backend is configured on this server")
         document = search_backend.get(item_id)
@@ -516,7 +560,6 @@ def create_app(
 
 __all__ = [
     "HealthResponse",
-    "RecommendRequest",
     "RecommendResponse",
     "ResultItem",
     "SearchResponse",
@@ -524,4 +567,6 @@ __all__ = [
     "SimilarResponse",
     "create_app",
     "fuse",
+    "query_k",
+    "recommend_request",
 ]

@@ -5,18 +5,22 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from testsupport.search_server import free_port
 
+from lmindexer.catalog.items import MAX_ITEM_ID_LENGTH
 from lmindexer.cli import main
 from lmindexer.search import SearchBackend, SearchConfig
 from lmindexer.serving import ServingLimits, create_app
+from lmindexer.serving.body_limit import too_large_message
 
 
 @pytest.fixture(scope="module")
@@ -151,22 +155,39 @@ def test_recommend_returns_known_items_and_reports_unknown_ones(client, recommen
 @pytest.mark.parametrize(
     ("body", "status", "expected"),
     [
-        ({"history": ["x"] * 201}, 422, "at most 200"),
-        ({"history": []}, 422, "history is empty"),
+        ({"history": ["x"] * 201}, 422, "body field 'history': List should have at most 200 items"),
+        ({"history": []}, 422, "body field 'history': List should have at least 1 item"),
         ({"history": ["nope", "nada"]}, 422, "none of the 2 history items is known"),
         ({"history": "not-a-list"}, 422, "body field 'history': Input should be a valid list"),
         ({"history": ["x", 3]}, 422, "body field 'history[1]': Input should be a valid string"),
         ({"history": [""]}, 422, "body field 'history[0]'"),
         ({}, 422, "body field 'history': Field required"),
         ({"history": ["x"], "extra": 1}, 422, "body field 'extra': Extra inputs are not permitted"),
-        ({"history": ["x"], "k": 11}, 422, "k must be between 1 and 10, got 11"),
+        ({"history": ["x"], "k": 11}, 422, "body field 'k': Input should be less than or equal to 10"),
+        ({"history": ["x"], "k": 0}, 422, "body field 'k': Input should be greater than or equal to 1"),
         ([1, 2], 422, "request body"),
     ],
 )
-def test_bad_recommend_requests_are_4xx_with_a_clear_detail(client, recommender, body, status, expected):
-    if body == {"history": ["x"], "k": 11}:
-        body = {"history": [next(iter(recommender.table.sid_map()))], "k": 11}
+def test_bad_recommend_requests_are_4xx_with_a_clear_detail(client, body, status, expected):
     assert expected in assert_error(client.post("/recommend", json=body), status)
+
+
+@pytest.mark.parametrize("k", ["5", True, False, 5.0, "true", [5], {"value": 5}])
+def test_a_string_or_boolean_k_in_the_body_is_refused_not_coerced(client, recommender, k):
+    history = list(recommender.table.sid_map())[:3]
+    assert client.post("/recommend", json={"history": history, "k": 5}).status_code == 200
+    detail = assert_error(client.post("/recommend", json={"history": history, "k": k}), 422)
+    assert detail.startswith("body field 'k': Input should be a valid integer")
+
+
+@pytest.mark.parametrize("text", ["true", "5.0", "", " 5", "5 ", "1_0", "+5", "1e1", "0x5", "５"])
+def test_a_query_string_k_must_be_written_in_digits(client, retriever, text):
+    item_id = next(iter(retriever.table.sid_map()))
+    for path, params in (("/search", {"q": "physics"}), (f"/items/{item_id}/similar", {})):
+        plain = client.get(path, params={**params, "k": "5"})
+        assert plain.status_code == 200 and len(plain.json()["results"]) == 5
+        detail = assert_error(client.get(path, params={**params, "k": text}), 422)
+        assert detail == "query parameter 'k': Input should be a valid integer, written in digits"
 
 
 def test_malformed_json_is_a_400(client):
@@ -310,7 +331,58 @@ def test_limits_are_validated_and_applied(retriever, recommender):
     assert small.get("/health").json()["recommender"]["max_k"] == 4
 
 
+def test_every_request_limit_is_declared_in_the_openapi_document(retriever, recommender):
+    limits = ServingLimits(max_query_chars=40, max_history=7, max_k=4, default_k=2, max_body_bytes=5000)
+    spec = create_app(retriever=retriever.model, recommender=recommender.model, backend=None, limits=limits).openapi()
+    search = {p["name"]: p["schema"] for p in spec["paths"]["/search"]["get"]["parameters"]}
+    assert (search["q"]["minLength"], search["q"]["maxLength"]) == (1, 40)
+    assert (search["k"]["type"], search["k"]["minimum"], search["k"]["maximum"], search["k"]["default"]) == (
+        "integer",
+        1,
+        4,
+        2,
+    )
+    similar = {p["name"]: p["schema"] for p in spec["paths"]["/items/{item_id}/similar"]["get"]["parameters"]}
+    assert (similar["item_id"]["minLength"], similar["item_id"]["maxLength"]) == (1, MAX_ITEM_ID_LENGTH)
+    assert (similar["k"]["type"], similar["k"]["minimum"], similar["k"]["maximum"]) == ("integer", 1, 4)
+    body = spec["components"]["schemas"]["RecommendRequest"]
+    assert body["additionalProperties"] is False and body["required"] == ["history"]
+    history = body["properties"]["history"]
+    assert (history["minItems"], history["maxItems"]) == (1, 7)
+    assert (history["items"]["minLength"], history["items"]["maxLength"]) == (1, MAX_ITEM_ID_LENGTH)
+    k = next(option for option in body["properties"]["k"]["anyOf"] if option["type"] == "integer")
+    assert (k["minimum"], k["maximum"]) == (1, 4)
+    assert "at most 5000 bytes" in spec["paths"]["/recommend"]["post"]["description"]
+
+
+def test_every_serving_limit_is_documented():
+    """Each ServingLimits field has its row in the limits table of docs/serving.md."""
+    docs = (Path(__file__).parents[2] / "docs" / "serving.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in docs.splitlines() if line.startswith("| `")}
+    assert set(ServingLimits.model_fields) <= rows
+
+
 # -- the real server --------------------------------------------------------------------------------------------------
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    """Send raw bytes, read until the server closes the connection (a reset after the answer ends the read too)."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(request)
+        try:
+            while chunk := connection.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    return received
+
+
+def assert_refused_as_too_large(response: bytes, limit: int) -> None:
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 "), response[:300]
+    assert b"connection: close" in head.lower()
+    assert httpx.Response(413, content=body).json() == {"detail": too_large_message(limit)}
 
 
 def test_lmindexer_serve_answers_over_http(retriever, recommender, backend, search_server, tmp_path):
@@ -344,6 +416,15 @@ def test_lmindexer_serve_answers_over_http(retriever, recommender, backend, sear
             assert "at most 5" in http.post("/recommend", json={"history": known[:6]}).json()["detail"]
             assert len(http.post("/recommend", json={"history": known[:5], "k": 2}).json()["results"]) == 2
             assert http.get("/openapi.json").status_code == 200
+        limit = ServingLimits().max_body_bytes
+        post = b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        # Declared too large and never sent: the answer does not wait for a byte of the body.
+        assert_refused_as_too_large(raw_exchange(port, post + b"Content-Length: 193000000\r\n\r\n"), limit)
+        # Chunked, so of unknown length: refused once the bytes received pass the limit.
+        piece = b"x" * 65536
+        chunks = b"%x\r\n%s\r\n" % (len(piece), piece) * (limit // len(piece) + 1) + b"0\r\n\r\n"
+        assert_refused_as_too_large(raw_exchange(port, post + b"Transfer-Encoding: chunked\r\n\r\n" + chunks), limit)
+        assert httpx.get(f"{base}/health", timeout=5).status_code == 200  # and the server carries on
     finally:
         process.send_signal(signal.SIGTERM)
         try:
