@@ -1,7 +1,8 @@
 """The ``lmindexer`` command line.
 
-User errors (bad input, bad options, missing files) end with one line on stderr and exit code 2; anything else is a
-bug and keeps its traceback.
+User errors (bad input, bad options, missing files) and failures of the environment (missing credentials, an
+unavailable object store, a full disk) end with one line on stderr and exit code 2; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmindexer.catalog import RowError
-from lmindexer.errors import ConfigError, UserError
+from lmindexer.errors import ConfigError, UserError, environment_failure, one_line
 
 app = typer.Typer(
     name="lmindexer",
@@ -512,11 +513,19 @@ def retriever_refresh(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI. Click handles usage errors (exit 2) and ``--help``; user errors become one line (exit 2)."""
+    """Run the CLI. Click handles usage errors (exit 2) and ``--help``; user errors and failures of the environment
+    (missing AWS credentials, an object store refusing or failing requests, a full, read-only or forbidden disk)
+    become one line on stderr and exit code 2. Any other exception is a bug and keeps its traceback."""
     try:
         app(args=list(argv) if argv is not None else None, prog_name="lmindexer")
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        message = environment_failure(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 
