@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import pytest
-from testsupport.airflow_runs import run_dag
+from testsupport.airflow_runs import AIRFLOW, airflow_environment, run_dag
 from testsupport.fault_proxy import FaultProxy
 
 from lmindexer import devstack
@@ -118,13 +121,20 @@ def test_full_then_incremental_then_rerun(airflow_home, local_stack, s3, wiki_sa
     assert ids_table(bucket)[1].sid_map() == second.sid_map()
 
 
-def test_search_failure_mid_publish_keeps_the_previous_index_live(airflow_home, local_stack, s3, wiki_sample_path):
+def processed(bucket):
+    return {r.key: r for r in ProcessingState(f"s3://{bucket}").load().records}
+
+
+def test_a_publish_failure_keeps_the_live_index_and_a_rerun_of_the_run_ingests_only_its_own_drops(
+    airflow_home, local_stack, s3, wiki_sample_path
+):
     bucket, alias = f"fault-{uuid.uuid4().hex[:8]}", f"f{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     lines = wiki_sample_path.read_text().splitlines()
     search = SearchBackend(SearchConfig(hosts=[local_stack.search_url], alias=alias))
     no_gates = {"gates": {"min_level1_ami_ratio": 0.0}}  # this test is about publishing, not model quality
-    upload(s3, bucket, "incoming/a.jsonl", lines[:100])
+    ranked = json.dumps(json.loads(lines[0]) | {"rank": 1})  # the engine maps attributes.rank as a number
+    upload(s3, bucket, "incoming/a.jsonl", [ranked, *lines[1:100]])
     assert_succeeded(run_dag(dag_env(airflow_home, local_stack, bucket, alias, **no_gates), "catalog_reindex"))
     live = search.live_index()
     assert search.count() == 100
@@ -132,10 +142,11 @@ def test_search_failure_mid_publish_keeps_the_previous_index_live(airflow_home, 
     # the search server goes away after the new index is created: the retrain run fails before the alias swap
     upload(s3, bucket, "incoming/b.jsonl", lines[100:130])
     proxy = FaultProxy(local_stack.search_url)
+    run_date = "2026-06-02T02:00:00+00:00"
     try:
         proxy.drop_after_bulk = 0
         failed = run_dag(dag_env(airflow_home, local_stack, bucket, alias, proxy.url, **no_gates), "catalog_reindex",
-                         {"mode": "retrain"})  # fmt: skip
+                         {"mode": "retrain"}, same_run_at=run_date)  # fmt: skip
     finally:
         proxy.close()
     assert run_state(failed) == "failed"
@@ -144,8 +155,61 @@ def test_search_failure_mid_publish_keeps_the_previous_index_live(airflow_home, 
     assert search.count() == 100
     assert json.loads(s3.get_object(Bucket=bucket, Key="state/current.json")["Body"].read())["items"] == 100
 
-    # a rerun with the server back completes
+    # a new drop lands, then the whole failed run is rerun (same run id, as clearing it in the UI does) with the
+    # server back: it completes with exactly the drops it first found, and leaves the new one for the next run
+    late = [json.dumps(json.loads(lines[130]) | {"rank": "first"})]  # the engine cannot index this as a number
+    upload(s3, bucket, "incoming/c.jsonl", late + lines[131:150])
     healed = dag_env(airflow_home, local_stack, bucket, alias, **no_gates)
-    assert_succeeded(run_dag(healed, "catalog_reindex", {"mode": "retrain"}))
+    assert_succeeded(run_dag(healed, "catalog_reindex", {"mode": "retrain"}, same_run_at=run_date))
     assert search.live_index() != live
     assert search.count() == 130
+    assert set(processed(bucket)) == {"incoming/a.jsonl", "incoming/b.jsonl"}
+
+    # the next run ingests it; the one document the engine refuses is quarantined with the engine's reason
+    assert_succeeded(run_dag(healed, "catalog_reindex"))
+    assert processed(bucket)["incoming/c.jsonl"].status == "processed"
+    assert search.count() == 130 + 19
+    current, table = ids_table(bucket)
+    assert current["items"] == 150 and len(table) == 150
+    refused_id = json.loads(lines[130])["item_id"]
+    assert search.get(refused_id) is None and refused_id in table
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix="quarantine/")["Contents"]
+    key = next(o["Key"] for o in listing if o["Key"].endswith("publish/rejected.jsonl"))
+    (refused,) = [json.loads(x) for x in s3.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()]
+    assert (refused["item_id"], refused["rule"], refused["field"]) == (refused_id, "engine_rejected", "attributes.rank")
+    assert "mapper_parsing_exception" in refused["message"]
+
+
+@pytest.fixture(scope="module")
+def second_airflow_home(tmp_path_factory):
+    """A second, independent Airflow (its own metadata database): two deployments pointed at one bucket."""
+    home = tmp_path_factory.mktemp("airflow-home-2")
+    env = {**os.environ, **airflow_environment(home)}
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    return env
+
+
+def test_two_concurrent_runs_on_one_store_commit_once(airflow_home, second_airflow_home, local_stack, s3,
+                                                      wiki_sample_path):  # fmt: skip
+    bucket, alias = f"race-{uuid.uuid4().hex[:8]}", f"r{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    lines = wiki_sample_path.read_text().splitlines()
+    upload(s3, bucket, "incoming/base.jsonl", lines[:60])
+    assert_succeeded(run_dag(dag_env(airflow_home, local_stack, bucket, alias), "catalog_reindex"))
+
+    # one new drop; two runs start at once (two schedulers, or a manual run beside the nightly one)
+    upload(s3, bucket, "incoming/new.jsonl", lines[60:80])
+    envs = [dag_env(home, local_stack, bucket, alias) for home in (airflow_home, second_airflow_home)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(lambda env: run_dag(env, "catalog_reindex"), envs))
+    states = [run_state(outcome) for outcome in outcomes]
+    assert "success" in states
+    for state, outcome in zip(states, outcomes, strict=True):
+        if state == "failed":  # the loser learns it is stale; it changed nothing
+            assert "StaleRun" in outcome.stdout + outcome.stderr, outcome.stdout[-3000:]
+
+    current, table = ids_table(bucket)
+    assert current["items"] == 80 and len(table) == 80 and len(set(table.sid_map().values())) == 80
+    assert current["added_since_retrain"] == 20  # counted once, not once per run
+    assert processed(bucket)["incoming/new.jsonl"].run_id == current["run_id"]
+    assert SearchBackend(SearchConfig(hosts=[local_stack.search_url], alias=alias)).count() == 80
