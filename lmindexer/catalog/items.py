@@ -11,12 +11,22 @@ import datetime as dt
 import json
 import math
 import re
+import struct
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 MAX_ITEM_ID_LENGTH = 256
+# How deeply arrays and objects may nest in a row; the row itself is level 1. Search engines cap the depth of a
+# document's objects (Elasticsearch's index.mapping.depth.limit defaults to 20; attributes sit one level below the
+# document's root), and a parser must not recurse without bound on a hostile row.
+MAX_NESTING_DEPTH = 16
+# The search engine stores integers as signed 64-bit longs and maps fractional attribute values dynamically as
+# 32-bit floats: a number outside those ranges fails the whole publish, so the contract rejects it up front.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 CONTRACT_FIELDS = ("item_id", "title", "text", "category", "attributes", "updated_at", "deleted")
 ROW_FIELD = "(row)"  # the field name used when a rule concerns the whole row
 _RAW_EXCERPT_CHARS = 500
@@ -37,6 +47,11 @@ class Rule(StrEnum):
     MALFORMED_JSON = "malformed_json"
     MALFORMED_ROW = "malformed_row"
     UNDECODABLE_BYTES = "undecodable_bytes"
+    DUPLICATE_KEY = "duplicate_key"
+    NON_FINITE_NUMBER = "non_finite_number"
+    NUMBER_OUT_OF_RANGE = "number_out_of_range"
+    TOO_DEEPLY_NESTED = "too_deeply_nested"
+    ROW_TOO_LARGE = "row_too_large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,18 +111,32 @@ class Item:
         return self.attributes.get(name)
 
 
+def _printable(text: str) -> str:
+    """``text`` safe to write as UTF-8: undecodable input bytes (kept as surrogate escapes) are shown as ``\\xNN``,
+    any other lone surrogate as ``\\uXXXX``."""
+    try:
+        return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
 def raw_excerpt(value: Any) -> str:
     """A bounded, printable rendering of a rejected row for reports and quarantine files."""
+    # Clip before escaping: a rejected row may be megabytes long, and escaping only ever lengthens the text.
+    head = _RAW_EXCERPT_CHARS * 4
     if isinstance(value, bytes):
-        text = value.decode("utf-8", errors="backslashreplace")
+        text = value[:head].decode("utf-8", errors="backslashreplace")
     elif isinstance(value, str):
-        text = value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+        text = _printable(value[:head])
     else:
         try:
             text = json.dumps(value, ensure_ascii=False, default=str)
-        except (TypeError, ValueError):
-            text = repr(value)
-        text = text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+        except (TypeError, ValueError, RecursionError):
+            try:
+                text = repr(value)
+            except (ValueError, RecursionError):  # a huge int, or nesting too deep even for repr
+                text = f"<{_type_name(value)} that cannot be shown>"
+        text = _printable(text[:head])
     text = text.rstrip("\r\n")
     return text if len(text) <= _RAW_EXCERPT_CHARS else text[:_RAW_EXCERPT_CHARS] + "…"
 
@@ -115,6 +144,9 @@ def raw_excerpt(value: Any) -> str:
 # Bytes that are not UTF-8 arrive as lone surrogates (surrogateescape); JSON "\ud800" escapes do too.
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+_FLOAT32 = struct.Struct("<f")
+_MAX_KEY_CHARS = 100  # of one key in a field path; a key can be as long as the row
+_LONGEST_INT64 = len(str(INT64_MIN))
 
 
 def _has_lone_surrogate(value: str) -> bool:
@@ -125,10 +157,181 @@ def _control_characters(value: str) -> list[str]:
     return sorted({f"U+{ord(ch):04X}" for ch in _CONTROL.findall(value)})
 
 
+class BigInteger:
+    """A JSON integer literal too long for a signed 64-bit integer, kept as its text.
+
+    Python refuses to turn integer strings of more than 4,300 digits into ints (a guard against quadratic-time
+    conversion), so the parser hands such literals over as this instead of failing the whole read; the row rules
+    reject them as ``number_out_of_range``.
+    """
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: str) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        shown = self.digits if len(self.digits) <= 24 else self.digits[:20] + "…"
+        return f"{shown} ({len(self.digits.lstrip('-'))} digits)"
+
+    __str__ = __repr__
+
+
+class DuplicateKeys(dict[str, Any]):
+    """A parsed JSON object that named some keys more than once (``duplicates``); like :mod:`json`, the last value
+    is kept, but the row rules reject the row instead of guessing which copy was meant."""
+
+    __slots__ = ("duplicates",)
+
+    def __init__(self, pairs: list[tuple[str, Any]], duplicates: tuple[str, ...]) -> None:
+        super().__init__(pairs)
+        self.duplicates = duplicates
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    duplicates: dict[str, None] = {}  # ordered, each repeated key once
+    for key, _ in pairs:
+        if key in seen:
+            duplicates[key] = None
+        seen.add(key)
+    return DuplicateKeys(pairs, tuple(duplicates))
+
+
+def _json_integer(text: str) -> int | BigInteger:
+    # A literal longer than "-9223372036854775808" is out of the 64-bit range whatever its digits (JSON allows no
+    # leading zeros), so it is never converted.
+    return int(text) if len(text) <= _LONGEST_INT64 else BigInteger(text)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_json_object, parse_int=_json_integer)
+
+
+def parse_json(text: str) -> tuple[Any, tuple[Rule, str] | None]:
+    """Parse one JSON text (a JSONL line, a CSV ``attributes`` cell) so that no input can crash the read.
+
+    Returns ``(value, None)``, or ``(None, (rule, message))`` when the text is rejected: ``malformed_json`` for bad
+    syntax, ``too_deeply_nested`` when it nests deeper than the parser can go. Repeated keys, huge integers and
+    non-finite numbers (``NaN``, ``Infinity``, ``1e999``) do parse; the row rules reject them, naming the field.
+    """
+    try:
+        return _DECODER.decode(text), None
+    except json.JSONDecodeError as exc:
+        return None, (Rule.MALFORMED_JSON, f"not valid JSON: {exc.msg} at column {exc.colno}")
+    except RecursionError:
+        return None, (
+            Rule.TOO_DEEPLY_NESTED,
+            f"arrays and objects nest too deeply to parse; at most {MAX_NESTING_DEPTH} levels are allowed",
+        )
+
+
 def _type_name(value: Any) -> str:
-    return {dict: "object", list: "array", bool: "boolean", int: "integer", float: "number", str: "string"}.get(
-        type(value), type(value).__name__
-    )
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | BigInteger):
+        return "integer"
+    for kind, name in ((float, "number"), (str, "string"), (Mapping, "object"), (list, "array")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _fits_float32(value: float) -> bool:
+    try:
+        _FLOAT32.pack(value)  # rounds like the engine's float parser; overflows exactly when it would
+    except OverflowError:
+        return False
+    return True
+
+
+# The rules found by walking every value of a row, in the order they are reported. The first two stop the check:
+# undecodable text would make every other rule misreport, and values nested too deeply are unsafe to walk further.
+_Path = tuple[str | int, ...]
+_VALUE_RULES = (
+    Rule.UNDECODABLE_BYTES,
+    Rule.TOO_DEEPLY_NESTED,
+    Rule.DUPLICATE_KEY,
+    Rule.NON_FINITE_NUMBER,
+    Rule.NUMBER_OUT_OF_RANGE,
+)
+_BLOCKING_RULES = (Rule.UNDECODABLE_BYTES, Rule.TOO_DEEPLY_NESTED)
+_VALUE_MESSAGES = {
+    Rule.UNDECODABLE_BYTES: "not valid UTF-8: {where} (undecodable bytes, or an escaped lone surrogate)",
+    Rule.TOO_DEEPLY_NESTED: (
+        "nested too deeply: {where} (at most " + str(MAX_NESTING_DEPTH) + " levels of arrays and objects; "
+        "the row itself is level 1)"
+    ),
+    Rule.DUPLICATE_KEY: "repeated key: {where} (a row names each key once; which copy wins would depend on the reader)",
+    Rule.NON_FINITE_NUMBER: "not a finite number: {where} (the search engine cannot index NaN or Infinity)",
+    Rule.NUMBER_OUT_OF_RANGE: (
+        "number out of range: {where} (integers must fit in a signed 64-bit long and fractional numbers in a "
+        "32-bit float, as the search engine stores them)"
+    ),
+}
+
+
+def _scan_values(value: Any, path: _Path, level: int, found: dict[Rule, list[_Path]]) -> None:
+    """Collect, by rule, the paths of every value the contract rejects wherever it sits in the row.
+
+    Iterative on purpose: a row can nest as deeply as the parser allowed, far beyond what recursion would survive.
+    ``level`` is the nesting level of ``value`` (the row itself is level 1).
+    """
+    stack: list[tuple[_Path, Any, int]] = [(path, value, level)]
+    while stack:
+        path, value, level = stack.pop()
+        rule: Rule | None = None
+        if isinstance(value, str):
+            if _LONE_SURROGATE.search(value):
+                rule = Rule.UNDECODABLE_BYTES
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int):
+            if not INT64_MIN <= value <= INT64_MAX:
+                rule = Rule.NUMBER_OUT_OF_RANGE
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                rule = Rule.NON_FINITE_NUMBER
+            elif not _fits_float32(value):
+                rule = Rule.NUMBER_OUT_OF_RANGE
+        elif isinstance(value, BigInteger):
+            rule = Rule.NUMBER_OUT_OF_RANGE
+        elif isinstance(value, Mapping | list | tuple):
+            if level > MAX_NESTING_DEPTH:
+                rule = Rule.TOO_DEEPLY_NESTED
+            elif isinstance(value, Mapping):
+                for key in getattr(value, "duplicates", ()):
+                    found.setdefault(Rule.DUPLICATE_KEY, []).append((*path, key))
+                children = []
+                for key, child in value.items():
+                    name = str(key)
+                    if _LONE_SURROGATE.search(name):
+                        found.setdefault(Rule.UNDECODABLE_BYTES, []).append((*path, name))
+                    children.append(((*path, name), child, level + 1))
+                stack.extend(reversed(children))
+            else:
+                stack.extend(((*path, index), child, level + 1) for index, child in reversed(list(enumerate(value))))
+        if rule is not None:
+            found.setdefault(rule, []).append(path)
+
+
+def _render_path(path: _Path) -> str:
+    """``("attributes", "sizes", 2)`` -> ``attributes.sizes[2]``, printable and bounded."""
+    parts: list[str] = []
+    for segment in path:
+        if isinstance(segment, int):
+            parts.append(f"[{segment}]")
+            continue
+        name = segment if len(segment) <= _MAX_KEY_CHARS else segment[:_MAX_KEY_CHARS] + "…"
+        parts.append(("." if parts else "") + _printable(name))
+    return "".join(parts) or ROW_FIELD
+
+
+def _where(paths: list[_Path]) -> str:
+    shown = ", ".join(_render_path(p) for p in paths[:3])
+    return shown if len(paths) <= 3 else f"{shown} and {len(paths) - 3} more"
 
 
 def _jsonable(value: Any) -> Any:
@@ -197,31 +400,54 @@ class RowChecker:
         def fail(field_name: str, rule: Rule, message: str) -> None:
             errors.append(self._error(row, field_name, rule, message, item_id, raw))
 
-        # Undecodable bytes first: every other rule would misreport such a value.
-        for key, value in record.items():
-            if isinstance(value, str) and _has_lone_surrogate(value):
-                fail(str(key), Rule.UNDECODABLE_BYTES, "value contains bytes that are not valid UTF-8")
-        if errors:
+        # Every value, at any depth (keys included), before the field rules: what the search engine or a UTF-8
+        # writer cannot take must be rejected here, with its field, or it fails a later step for the whole drop.
+        found: dict[Rule, list[_Path]] = {}
+        _scan_values(record, (), 1, found)
+        explicit = record.get("attributes")
+        blocked = any(rule in found for rule in _BLOCKING_RULES)
+        if isinstance(explicit, str) and explicit.strip() and not blocked:
+            explicit, problem = parse_json(explicit)  # a CSV cell holding the attributes object as JSON text
+            if problem is None:
+                _scan_values(explicit, ("attributes",), 2, found)
+            elif problem[0] is Rule.TOO_DEEPLY_NESTED:
+                fail("attributes", problem[0], problem[1])
+            else:
+                fail("attributes", Rule.WRONG_TYPE, "attributes must be a JSON object; the text is not valid JSON")
+        for rule in _VALUE_RULES:
+            paths = found.get(rule)
+            if paths:
+                fail(_render_path(paths[0]), rule, _VALUE_MESSAGES[rule].format(where=_where(paths)))
+        if any(e.rule in _BLOCKING_RULES for e in errors):
             return None, errors
+        # A field already rejected for its value is not judged again by its own rule (one reason per field).
+        flagged = {str(path[0]) for paths in found.values() for path in paths}
 
-        if item_id is None or (isinstance(item_id, str) and not item_id.strip()):
+        normalised_id: str | None = None
+        if "item_id" in flagged:
+            pass
+        elif item_id is None or (isinstance(item_id, str) and not item_id.strip()):
             fail("item_id", Rule.MISSING_ITEM_ID, "item_id is required and must be a non-empty string")
         elif not isinstance(item_id, str):
             fail("item_id", Rule.WRONG_TYPE, f"item_id must be a string, got {_type_name(item_id)}")
         else:
-            if len(item_id) > MAX_ITEM_ID_LENGTH:
+            # One spelling per id: "café" typed precomposed (NFC) or decomposed (NFD) is the same item.
+            normalised_id = unicodedata.normalize("NFC", item_id)
+            if len(normalised_id) > MAX_ITEM_ID_LENGTH:
                 fail(
                     "item_id",
                     Rule.ITEM_ID_TOO_LONG,
-                    f"item_id has {len(item_id)} characters; at most {MAX_ITEM_ID_LENGTH} are allowed",
+                    f"item_id has {len(normalised_id)} characters; at most {MAX_ITEM_ID_LENGTH} are allowed",
                 )
-            controls = _control_characters(item_id)
+            controls = _control_characters(normalised_id)
             if controls:
                 fail("item_id", Rule.CONTROL_CHARACTERS, f"item_id contains control characters {', '.join(controls)}")
 
         strings: dict[str, str | None] = {}
         for name in ("title", "text", "category"):
             value = record.get(name)
+            if name in flagged:
+                continue
             if value is None or isinstance(value, str):
                 strings[name] = value
             else:
@@ -229,10 +455,10 @@ class RowChecker:
 
         deleted = record.get("deleted")
         is_deleted = False
-        if isinstance(deleted, bool):
+        if "deleted" in flagged or deleted is None:
+            pass
+        elif isinstance(deleted, bool):
             is_deleted = deleted
-        elif deleted is None:
-            is_deleted = False
         elif isinstance(deleted, str) and deleted.strip().lower() in _TRUE_STRINGS | _FALSE_STRINGS:
             is_deleted = deleted.strip().lower() in _TRUE_STRINGS
         elif isinstance(deleted, int) and deleted in (0, 1):
@@ -241,13 +467,6 @@ class RowChecker:
             fail("deleted", Rule.WRONG_TYPE, f"deleted must be a boolean, got {deleted!r:.40}")
 
         attributes: dict[str, Any] = {}
-        explicit = record.get("attributes")
-        if isinstance(explicit, str) and explicit.strip():
-            try:
-                explicit = json.loads(explicit)
-            except json.JSONDecodeError:
-                fail("attributes", Rule.WRONG_TYPE, "attributes must be a JSON object; the text is not valid JSON")
-                explicit = None
         if explicit is not None and explicit != "":
             if isinstance(explicit, Mapping):
                 attributes.update(_jsonable(explicit))
@@ -263,7 +482,7 @@ class RowChecker:
 
         updated_at = record.get("updated_at")
         normalised_updated_at = None
-        if updated_at is not None and updated_at != "":
+        if updated_at is not None and updated_at != "" and "updated_at" not in flagged:
             try:
                 normalised_updated_at = _normalise_timestamp(updated_at)
             except (ValueError, OverflowError, OSError) as exc:
@@ -274,11 +493,11 @@ class RowChecker:
             if not (title and title.strip()) and not (text and text.strip()):
                 fail("text", Rule.EMPTY_TEXT, "title and text are both empty; at least one must have content")
 
-        if errors:
+        if errors or normalised_id is None:
             return None, errors
         return (
             Item(
-                item_id=item_id,
+                item_id=normalised_id,
                 title=strings.get("title") or None,
                 text=strings.get("text") or None,
                 category=strings.get("category") or None,

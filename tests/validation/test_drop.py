@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -304,3 +305,143 @@ def test_bad_arguments_and_unreadable_sources(catalogue, tmp_path):
     result = validate_drop(str(empty), "run-empty", base_uri=base)
     assert (result.rows_in, result.staged, result.quarantined, result.success) == (0, 0, 0, True)
     assert pq.read_table(result.staged_uri).num_rows == 0
+
+
+# -- poison rows: each is quarantined with its field and rule, the run goes on ------------------------------------
+
+POISON = [
+    # (line, field, rule)
+    (
+        b'{"item_id": "SKU-P01", "title": "t", "attributes": {"brand": "Acme\\ud800"}}',
+        "attributes.brand",
+        "undecodable_bytes",
+    ),
+    (
+        b'{"item_id": "SKU-P02", "title": "t", "attributes": {"br\\udfffand": "Acme"}}',
+        "attributes.br\\udfffand",
+        "undecodable_bytes",
+    ),
+    (b'{"item_id": "SKU-P03", "title": "t", "price": Infinity}', "price", "non_finite_number"),
+    (b'{"item_id": "SKU-P04", "title": "t", "attributes": {"price": 1e999}}', "attributes.price", "non_finite_number"),
+    (
+        b'{"item_id": "SKU-P05", "title": "t", "attributes": {"dims": [1, NaN]}}',
+        "attributes.dims[1]",
+        "non_finite_number",
+    ),
+    (b'{"item_id": "SKU-P06", "title": "t", "updated_at": -Infinity}', "updated_at", "non_finite_number"),
+    (
+        b'{"item_id": "SKU-P07", "title": "t", "attributes": {"stock": 9223372036854775808}}',
+        "attributes.stock",
+        "number_out_of_range",
+    ),
+    (
+        b'{"item_id": "SKU-P08", "title": "t", "attributes": {"ean": ' + b"9" * 5000 + b"}}",
+        "attributes.ean",
+        "number_out_of_range",
+    ),
+    (
+        b'{"item_id": "SKU-P09", "title": "t", "attributes": {"weight": 1e39}}',
+        "attributes.weight",
+        "number_out_of_range",
+    ),
+    (
+        b'{"item_id": "SKU-P10", "title": "t", "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "(row)",
+        "too_deeply_nested",
+    ),
+    (
+        b'{"item_id": "SKU-P11", "title": "t", "attributes": ' + b'{"k": ' * 20 + b"1" + b"}" * 20 + b"}",
+        "attributes" + ".k" * 15,
+        "too_deeply_nested",
+    ),
+    (b'{"item_id": "SKU-P12\\ud800", "title": "escaped lone surrogate"}', "item_id", "undecodable_bytes"),
+    (b'{"item_id": "SKU-P13\xff", "title": "a byte that is not UTF-8"}', "item_id", "undecodable_bytes"),
+    (b'{"item_id": "SKU-P14", "title": "a", "title": "b"}', "title", "duplicate_key"),
+    (json.dumps({"item_id": "SKU-cafe\u0301", "title": "NFD spelling"}).encode(), "item_id", "duplicate_item_id"),
+    (json.dumps({"item_id": "SKU-P16", "title": "x" * 17_000_000}).encode(), "(row)", "row_too_large"),
+]
+
+
+def _strict_json_lines(location: str) -> list[dict]:
+    with open_binary(location) as stream:
+        return [json.loads(line) for line in stream.read().decode("utf-8").splitlines()]  # strict UTF-8
+
+
+def test_a_poison_row_of_every_kind_is_quarantined_and_the_run_goes_on(tmp_path):
+    good = good_rows(320)
+    good.insert(5, {"item_id": "SKU-caf\u00e9", "title": "NFC spelling"})
+    lines: list[bytes] = []
+    expected: dict[int, tuple[str, str]] = {}
+    pending = list(POISON)
+    for n, row in enumerate(good):
+        lines.append(json.dumps(row, ensure_ascii=n % 2 == 0).encode())
+        if n > 5 and n % 7 == 0 and pending:
+            line, field, rule = pending.pop(0)
+            lines.append(line)
+            expected[len(lines)] = (field, rule)
+    assert not pending
+    path = tmp_path / "poison.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+    result = validate_drop(str(path), "run-poison", base_uri=str(tmp_path / "lake"))  # default threshold, 5 %
+
+    assert result.success and result.reconciles
+    assert (result.rows_in, result.staged, result.quarantined) == (len(lines), len(good), len(POISON))
+    rejected = _strict_json_lines(result.quarantine_uri)
+    assert {r["row"]: (r["field"], r["rule"]) for r in rejected} == expected
+    assert all(r["raw"] and r["message"] for r in rejected)
+    by_row = {r["row"]: r for r in rejected}
+    assert by_row[min(k for k, v in expected.items() if v == ("item_id", "undecodable_bytes"))]["item_id"] == (
+        "SKU-P12\ud800"
+    )
+    assert "failed_expectation" not in result.rejections_by_rule  # the suite agrees with the row rules
+    _document(result.result_uri)
+    assert json.loads(Path(result.summary_uri).read_bytes().decode("utf-8")) == result.to_dict()
+
+    staged, summary = read_items(result.staged_uri)
+    assert summary.rejected == 0
+    assert [i.item_id for i in staged] == [r["item_id"] for r in good]
+    assert staged[5].item_id == "SKU-caf\u00e9"
+
+
+def test_csv_poison_rows_are_quarantined_and_every_valid_row_is_staged(tmp_path):
+    good = [[f"SKU-{n:04d}", f"Title {n}", "plain text", ""] for n in range(120)]
+    good[3][2] = 'two\nlines, with a comma and a "quote"'
+    good[4][2] = "z" * 200_000  # over the csv module's default field limit
+    good[5][3] = json.dumps({"brand": "Acme", "price": 19.5})
+    records = []
+    for values in good:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\r").writerow(values)
+        records.append(buffer.getvalue().encode())
+    poison = [
+        (b'SKU-Q1,"an unbalanced quote\r', "(row)", "malformed_row"),
+        (b'SKU-Q2,Title,text,"{""p"": NaN}"\r', "attributes.p", "non_finite_number"),
+        (b'SKU-Q3,Title,text,"{""p"": 1, ""p"": 2}"\r', "attributes.p", "duplicate_key"),
+        (b"SKU-Q4,Caf\xe9,text,\r", "title", "undecodable_bytes"),
+        (b'SKU-Q5,Title,text,"' + b"[" * 5000 + b"]" * 5000 + b'"\r', "attributes", "too_deeply_nested"),
+    ]
+    body = [b"item_id,title,text,attributes\r"]
+    expected: dict[int, tuple[str, str]] = {}
+    line = 1
+    for n, record in enumerate(records):
+        body.append(record)
+        line += 1 + record.count(b"\n")  # the multi-line record (a \n inside quotes) takes two lines
+        if n % 20 == 10 and poison:
+            text, field, rule = poison.pop(0)
+            body.append(text)
+            line += 1
+            expected[line] = (field, rule)
+    path = tmp_path / "poison.csv"
+    path.write_bytes(b"".join(body))
+
+    result = validate_drop(str(path), "run-csv", base_uri=str(tmp_path / "lake"))
+
+    assert result.success and result.reconciles
+    assert (result.staged, result.quarantined) == (len(good), len(expected))
+    rejected = _strict_json_lines(result.quarantine_uri)
+    assert {r["row"]: (r["field"], r["rule"]) for r in rejected} == expected
+    staged, _ = read_items(result.staged_uri)
+    assert [i.item_id for i in staged] == [values[0] for values in good]
+    assert staged[3].text == good[3][2] and staged[4].text == good[4][2]
+    assert staged[5].attributes == {"brand": "Acme", "price": 19.5}
