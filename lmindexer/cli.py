@@ -72,7 +72,10 @@ def _reject_handler(stack: ExitStack, path: Path | None) -> _RejectWriter | None
     if path is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _RejectWriter(stack.enter_context(path.open("w", encoding="utf-8")))
+    # A rejected row may carry text that UTF-8 cannot encode (a lone surrogate in its item_id or a key, from
+    # undecodable bytes or a "\ud800" escape). Such characters only ever sit inside JSON strings, where
+    # backslashreplace writes them as the JSON escape "\udc80": the line stays valid JSON and keeps the value.
+    return _RejectWriter(stack.enter_context(path.open("w", encoding="utf-8", errors="backslashreplace")))
 
 
 def _print_read_summary(summary: Any) -> None:
