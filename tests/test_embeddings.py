@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,9 +18,40 @@ def encoder(tmp_path_factory):
     return TextEncoder(cache_path=tmp_path_factory.mktemp("emb") / "cache.sqlite", batch_size=8)
 
 
-def test_packaged_encoder_resolves_offline():
-    path = resolve_encoder("sentence-transformers/all-MiniLM-L6-v2")
-    assert path.endswith("model")
+# Loads the encoder by name and embeds a sentence with the hub in offline mode and every socket refused, so any
+# attempt to reach the network fails the run instead of quietly downloading.
+_OFFLINE_EMBED = """
+import json, socket, sys
+
+def no_network(*args, **kwargs):
+    raise OSError("network access attempted")
+
+socket.socket.connect = no_network
+socket.create_connection = no_network
+from lmindexer.embeddings import TextEncoder
+
+encoder = TextEncoder(sys.argv[1], use_cache=False)
+print(json.dumps(encoder.encode([sys.argv[2]])[0].tolist()))
+"""
+
+
+def test_packaged_encoder_resolves_offline(encoder):
+    assert (Path(resolve_encoder("sentence-transformers/all-MiniLM-L6-v2")) / "config.json").is_file()
+    sentence = "A cat sat on the mat."
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-c", _OFFLINE_EMBED, "sentence-transformers/all-MiniLM-L6-v2", sentence],
+        env=offline,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    vector = np.asarray(json.loads(completed.stdout.strip().splitlines()[-1]), dtype=np.float32)
+    assert vector.shape == (384,)
+    np.testing.assert_allclose(np.linalg.norm(vector), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vector, encoder.encode([sentence])[0], atol=1e-5)
 
 
 def test_embeddings_are_normalised_and_meaningful(encoder):

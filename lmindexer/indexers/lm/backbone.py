@@ -14,6 +14,9 @@ architecture is rebuilt from them before the snapshot's weights are loaded.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +52,26 @@ def _local_source(name: str) -> str:
     from lmindexer.storage.s3 import download_prefix
 
     target = cache_root() / "backbones" / hashlib.sha256(name.encode()).hexdigest()[:16]
-    if not (target / "config.json").is_file():
-        download_prefix(name, target)
-    if not (target / "config.json").is_file():
-        raise ConfigError(f"backbone {name} has no config.json")
+    if (target / "config.json").is_file():
+        return str(target)
+    # Downloaded beside the cache entry and renamed into place once complete: a download that dies half-way
+    # must not leave a directory that later runs take for the whole backbone.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        download_prefix(name, staging)
+        if not (staging / "config.json").is_file():
+            raise ConfigError(f"backbone {name} has no config.json")
+        if target.exists():
+            shutil.rmtree(target)  # an incomplete copy left by an earlier release
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Another process finished the same download first; its copy is as good as ours.
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return str(target)
 
 

@@ -61,12 +61,61 @@ def test_a_local_t5_directory_is_a_backbone(t5_dir):
     assert states.shape == (2, 3, 32)
 
 
-def test_an_s3_backbone_is_downloaded_once_and_loaded(t5_dir, s3_bucket):
-    from lmindexer.storage.s3 import upload_file
+def _counting_downloads(monkeypatch) -> list[str]:
+    from lmindexer.storage import s3
 
+    downloads: list[str] = []
+    real = s3.download_prefix
+
+    def download_prefix(uri, destination, **kwargs):
+        downloads.append(uri)
+        return real(uri, destination, **kwargs)
+
+    monkeypatch.setattr(s3, "download_prefix", download_prefix)
+    return downloads
+
+
+def test_an_s3_backbone_is_downloaded_once_and_loaded(t5_dir, s3_bucket, monkeypatch):
+    from lmindexer.storage.s3 import remove, upload_file
+
+    location = f"s3://{s3_bucket}/models/t5"
     for path in t5_dir.iterdir():
-        upload_file(path, f"s3://{s3_bucket}/models/t5/{path.name}")
-    backbone = load_backbone(f"s3://{s3_bucket}/models/t5", decoder_layers=2, seed=0)
+        upload_file(path, f"{location}/{path.name}")
+    downloads = _counting_downloads(monkeypatch)
+    first = load_backbone(location, decoder_layers=2, seed=0)
+    assert first.model.config.model_type == "t5"
+    # Gone from S3, the backbone still loads: the second load reads the cached copy, not the bucket.
+    for path in t5_dir.iterdir():
+        remove(f"{location}/{path.name}")
+    second = load_backbone(location, decoder_layers=2, seed=0)
+    assert downloads == [location]
+    reference = first.model.state_dict()
+    for name, value in second.model.state_dict().items():
+        torch.testing.assert_close(value, reference[name], rtol=0, atol=0)
+
+
+def test_a_backbone_download_that_dies_half_way_is_not_taken_for_a_whole_one(t5_dir, s3_bucket, monkeypatch):
+    from lmindexer.storage import s3
+
+    location = f"s3://{s3_bucket}/models/t5-partial"
+    for path in t5_dir.iterdir():
+        s3.upload_file(path, f"{location}/{path.name}")
+    real = s3.download_prefix
+
+    def dies_after_the_config(uri, destination, **kwargs):
+        real(uri, destination, **kwargs)
+        for path in destination.iterdir():
+            if path.name != "config.json":
+                path.unlink()  # as if the process died before these arrived
+        raise OSError("connection reset while downloading")
+
+    monkeypatch.setattr(s3, "download_prefix", dies_after_the_config)
+    with pytest.raises(OSError, match="connection reset"):
+        load_backbone(location, decoder_layers=2, seed=0)
+    monkeypatch.setattr(s3, "download_prefix", real)
+    downloads = _counting_downloads(monkeypatch)
+    backbone = load_backbone(location, decoder_layers=2, seed=0)
+    assert downloads == [location], "the half-downloaded copy was used instead of downloading again"
     assert backbone.model.config.model_type == "t5"
 
 

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 from testsupport.lm import TINY_LM
 
 from lmindexer.indexers import load_snapshot
+from lmindexer.indexers.base import WEIGHTS_FILE
 from lmindexer.indexers.lm import LMIndexerConfig
 from lmindexer.indexers.lm.checkpoint import PROGRESS_FILE
 from lmindexer.indexers.lm.training import plan_stages
@@ -45,12 +48,16 @@ def test_stages_go_position_by_position():
     assert all(s.quantised for s in no_nocode)
 
 
+def _fit_command(catalogue: Path, options: Path, out: Path, checkpoint: Path) -> list[str]:
+    return [*CLI, "fit", "--method", "lmindexer", "--catalog", str(catalogue), "--out", str(out),
+            "--config", str(options), "--checkpoint-dir", str(checkpoint), "--quiet"]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_a_killed_fit_resumes_from_its_checkpoint(wiki_sample_path, tmp_path):
+def test_a_killed_fit_resumes_from_its_checkpoint(wiki_sample_path, wiki_items, tmp_path):
     options = _config_file(tmp_path, checkpoint_every=5, nocode_steps=20, quantised_steps=30)
     out, checkpoint = tmp_path / "snap", tmp_path / "ckpt"
-    command = [*CLI, "fit", "--method", "lmindexer", "--catalog", str(wiki_sample_path), "--out", str(out),
-               "--config", str(options), "--checkpoint-dir", str(checkpoint), "--quiet"]  # fmt: skip
+    command = _fit_command(wiki_sample_path, options, out, checkpoint)
     process = subprocess.Popen(command, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     # Kill it once it has got past the first stage: a checkpoint at step > 0 of a later stage.
@@ -78,6 +85,21 @@ def test_a_killed_fit_resumes_from_its_checkpoint(wiki_sample_path, tmp_path):
     assert not checkpoint.exists(), "the checkpoint is removed once the snapshot is written"
     # the stages finished before the kill are reported from the checkpoint, not redone
     assert len(document["manifest"]["training"]["stages"]) == 6
+
+    # The same fit, never killed: resuming continues the very same training (weights, optimizer state, step,
+    # assigned codes), so both snapshots hold the same weights and give every item the same codes.
+    reference = tmp_path / "uninterrupted"
+    command = _fit_command(wiki_sample_path, options, reference, tmp_path / "uninterrupted-ckpt")
+    uninterrupted = subprocess.run(
+        command, env=_environment(), capture_output=True, text=True, timeout=300, check=False
+    )
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+    resumed_weights = load_file(str(out / WEIGHTS_FILE))
+    reference_weights = load_file(str(reference / WEIGHTS_FILE))
+    assert resumed_weights.keys() == reference_weights.keys()
+    differ = [name for name, tensor in reference_weights.items() if not torch.equal(resumed_weights[name], tensor)]
+    assert not differ, f"the resumed fit ended with other weights: {differ[:5]}"
+    np.testing.assert_array_equal(load_snapshot(out).codes(wiki_items), load_snapshot(reference).codes(wiki_items))
 
 
 @pytest.mark.slow
