@@ -214,6 +214,7 @@ def small_snapshot(wiki_sample_path, tmp_path_factory):
 def test_a_disk_filling_up_while_a_snapshot_is_written_is_one_line_and_leaves_nothing(
     small_snapshot, wiki_sample_path, tmp_path
 ):
+    # small_snapshot has embedded the catalogue into the session's cache, so the fit below only quantises and saves.
     config = tmp_path / "tiny.yaml"
     config.write_text("codebook_size: 8\nlevels: 2\n")
     mount = tmp_path / "disk"
