@@ -20,6 +20,7 @@ endpoints' parameter types carry the limits of the app being built, which are lo
 import logging
 import re
 import threading
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Self
@@ -461,7 +462,8 @@ def create_app(
     )
     def recommend(body: RecommendRequest) -> RecommendResponse:
         served: _Served = _need(advisor, "no recommender is loaded on this server")
-        history: list[str] = body.history  # type: ignore[attr-defined]
+        # Catalogue ids are stored in NFC, so a client's NFD spelling of "café" names the same item.
+        history: list[str] = [unicodedata.normalize("NFC", item_id) for item_id in body.history]  # type: ignore[attr-defined]
         requested: int | None = body.k  # type: ignore[attr-defined]
         k = served.default_k if requested is None else requested
         trie = served.model.trie
@@ -498,6 +500,7 @@ def create_app(
         k: SimilarK = similar_default,
     ) -> SimilarResponse:
         search_backend: SearchBackend = _need(backend, "no search backend is configured on this server")
+        item_id = unicodedata.normalize("NFC", item_id)  # catalogue ids are stored in NFC
         document = search_backend.get(item_id)
         if document is None:
             raise HTTPException(status_code=404, detail=f"item {item_id!r} is not in the live search index")

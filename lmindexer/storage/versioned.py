@@ -13,7 +13,8 @@ returns a *version* and every write names the version it replaces:
   POSIX locks).
 
 A refused write raises :class:`VersionConflict`; the caller re-reads and re-applies its change (or gives up with a
-one-line error). Readers need no lock: the object is always replaced whole and atomically.
+one-line error). Readers need no lock: the object is always replaced whole and atomically. The lock file stays
+beside the data file (deleting it while another writer waits on it would let two writers in).
 """
 
 from __future__ import annotations
@@ -122,6 +123,25 @@ def _conflict(where: object, expected: str | None, found: str | None) -> Version
     )
 
 
+def _replace_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` beside ``path`` and rename it into place: readers see the old bytes or the new, never a part.
+    On any failure (a full disk) the staged file is removed and ``path`` is untouched."""
+    with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", dir=path.parent, delete=False) as handle:
+        staging = Path(handle.name)
+        try:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+    try:
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
 def write_if_version(data: bytes, location: str | os.PathLike[str], expected: str | None, *, client: Any = None) -> str:
     """Write ``data`` to ``location`` only if it is still at version ``expected`` (``None``: only if absent).
 
@@ -142,25 +162,17 @@ def write_if_version(data: bytes, location: str | os.PathLike[str], expected: st
             raise StorageError(f"cannot write {where}: {describe_error(exc)}") from exc
         return response["ETag"].strip('"')
     path = Path(location)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
-        found = read_versioned(path).version
-        if found != expected:
-            raise _conflict(path, expected, found)
-        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", dir=path.parent, delete=False) as handle:
-            staging = Path(handle.name)
-            try:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            except BaseException:
-                staging.unlink(missing_ok=True)
-                raise
-        try:
-            os.replace(staging, path)
-        except BaseException:
-            staging.unlink(missing_ok=True)
-            raise
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(path):
+            found = read_versioned(path).version
+            if found != expected:
+                raise _conflict(path, expected, found)
+            _replace_atomically(path, data)
+    except OSError as exc:
+        if exc.filename is None:  # name the file a full or read-only disk refused, not only the error
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     return _digest(data)
 
 

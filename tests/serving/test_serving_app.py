@@ -222,6 +222,21 @@ def test_similar_for_an_unknown_item_is_404(client):
     assert_error(client.get("/items/x/similar", params={"k": 101}), 422)
 
 
+def test_an_nfd_spelling_of_an_id_finds_the_item_stored_in_nfc(publish, retriever):
+    import unicodedata
+
+    backend = publish()
+    donor = backend.get(next(iter(retriever.table.sid_map())))
+    stored = unicodedata.normalize("NFC", "café-1")  # the catalogue stores ids in NFC
+    backend.publish_incremental([{**donor, "item_id": stored}]).check()
+    with TestClient(create_app(retriever=None, recommender=None, backend=backend)) as local:
+        typed = unicodedata.normalize("NFD", "café-1")
+        assert typed != stored
+        response = local.get(f"/items/{typed}/similar")
+        assert response.status_code == 200, response.text
+        assert response.json()["item_id"] == stored
+
+
 # -- health, docs, errors ---------------------------------------------------------------------------------------------
 
 
