@@ -7,6 +7,7 @@ its traceback.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from collections.abc import Sequence
@@ -375,6 +376,39 @@ def pipeline_status(
     _write_json(json_out, summary)
 
 
+@pipeline_app.command("run")
+def pipeline_run(
+    config: Annotated[Path, typer.Option("--config", help="Pipeline config (YAML or JSON).")],
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run-id", help="Run id; give an earlier run's id to complete that run. Default: a new one."),
+    ] = None,
+    mode: Annotated[str, typer.Option("--mode", help="auto, apply or retrain.")] = "auto",
+    url: SearchUrlOption = None,
+    alias: AliasOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write what every step returned as JSON.")] = None,
+) -> None:
+    """One reindex run without Airflow: the catalog_reindex steps in one process. Rerun with the same --run-id to
+    complete a run that was interrupted: finished steps are not repeated."""
+    from lmindexer.jobs import load_config_file
+    from lmindexer.options import parse_config
+    from lmindexer.pipeline import PipelineConfig, safe_run_id
+    from lmindexer.pipeline.runner import run_pipeline
+
+    if mode not in ("auto", "apply", "retrain"):
+        raise UserError(f"unknown mode {mode!r}; use auto, apply or retrain")
+    pipeline = parse_config(PipelineConfig, load_config_file(config), what="pipeline config")
+    run = safe_run_id(run_id or f"cli-{dt.datetime.now(dt.UTC):%Y%m%dt%H%M%S}")
+
+    def progress(step: str, result: Any) -> None:
+        stdout.print(f"{run}: {step} done", highlight=False, markup=False)
+
+    done = run_pipeline(pipeline, _search_config(url, alias), run, mode=mode, on_step=progress)  # type: ignore[arg-type]
+    if "commit" not in done:
+        stdout.print(f"{run}: no new drops", highlight=False, markup=False)
+    _write_json(json_out, done)
+
+
 @app.command()
 def serve(
     retriever: Annotated[
@@ -498,7 +532,6 @@ def retriever_refresh(
     quiet: QuietOption = False,
 ) -> None:
     """Bring the retriever in line with the pipeline's IDs: plan, then train/evaluate/gate/promote, or sync."""
-    import datetime as dt
 
     from lmindexer.downstream.jobs import parse_retriever_config, refresh_retriever
     from lmindexer.jobs import load_config_file

@@ -6,7 +6,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmindexer.errors import ConfigError, SnapshotError
 from lmindexer.indexers.base import Indexer, IndexerConfig, read_snapshot_document
@@ -23,6 +23,9 @@ INDEXERS: dict[str, type[Indexer]] = {
     LMIndexer.method: LMIndexer,
 }
 DEFAULT_METHOD = RQKMeansIndexer.method
+
+if TYPE_CHECKING:
+    from lmindexer.idtable import IdSpace
 
 
 def available_methods() -> list[str]:
@@ -59,6 +62,28 @@ def load_snapshot(location: str | os.PathLike[str]) -> Indexer:
     return indexer_class(document["method"]).from_snapshot_document(directory, document)
 
 
+def read_id_space(location: str | os.PathLike[str]) -> IdSpace:
+    """The ID space a snapshot defines (version, method, codebook sizes), from its ``snapshot.json`` alone: for
+    steps that need the space but not the model, so they neither download the weights nor load an encoder."""
+    from lmindexer.idtable import IdSpace
+    from lmindexer.options import parse_config
+    from lmindexer.storage.s3 import StorageError, local_copy
+
+    with tempfile.TemporaryDirectory(prefix="lmindexer-snapshot-") as tmp:
+        if is_s3_uri(location):
+            try:
+                with local_copy(f"{str(location).rstrip('/')}/snapshot.json") as path:
+                    (Path(tmp) / "snapshot.json").write_bytes(path.read_bytes())
+            except StorageError as exc:
+                raise SnapshotError(f"not a snapshot (no readable snapshot.json): {location}: {exc}") from exc
+            directory = Path(tmp)
+        else:
+            directory = Path(location)
+        document = read_snapshot_document(directory)
+    config = parse_config(indexer_class(document["method"]).config_class, document["config"], what="indexer config")
+    return IdSpace(str(document["version"]), str(document["method"]), tuple(config.codebook_size))
+
+
 __all__ = [
     "DEFAULT_METHOD",
     "INDEXERS",
@@ -68,4 +93,5 @@ __all__ = [
     "create_indexer",
     "indexer_class",
     "load_snapshot",
+    "read_id_space",
 ]

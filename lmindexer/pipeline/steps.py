@@ -44,8 +44,8 @@ from lmindexer.cache import cache_root
 from lmindexer.catalog.items import Item
 from lmindexer.catalog.store import apply_drops, read_catalog, write_catalog
 from lmindexer.errors import CatalogError, UserError
-from lmindexer.idtable import Candidate, IdSpace, IdTable, id_stability, store_allocation
-from lmindexer.indexers import load_snapshot
+from lmindexer.idtable import Candidate, IdTable, id_stability, store_allocation
+from lmindexer.indexers import load_snapshot, read_id_space
 from lmindexer.indexers.base import read_snapshot_document
 from lmindexer.metrics import evaluate_codes
 from lmindexer.pipeline.config import Mode, PipelineConfig, safe_run_id
@@ -377,8 +377,7 @@ def reduce_ids(
 
     def compute() -> dict[str, Any]:
         table_uri = ids_uri(config, snapshot["version"])
-        indexer = load_snapshot(snapshot["snapshot_uri"])
-        space = IdSpace(indexer.version, indexer.method, indexer.codebook_sizes)
+        space = read_id_space(snapshot["snapshot_uri"])
         candidates = []
         for shard in sorted(shards, key=lambda s: s["shard"]):
             rows = read_parquet(shard["codes_uri"]).to_pylist()
