@@ -7,10 +7,12 @@ The cache stores raw float32 bytes in SQLite: nothing in it is ever unpickled.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,6 +88,28 @@ class EmbeddingCache:
         self._db.close()
 
 
+@functools.lru_cache(maxsize=4)
+def _load_frozen_encoder(name: str, location: str, device: str) -> tuple[Any, Any, str]:
+    """Tokenizer, model and weights fingerprint of a frozen encoder, loaded once per process: the encoder never
+    trains and is only run under inference mode, so every :class:`TextEncoder` of the same encoder can share it
+    (loading and fingerprinting it costs seconds, and a pipeline step may build several indexers)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModel.from_pretrained(location).to(torch.device(device)).eval()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load encoder {name!r} from {location}: {str(exc).splitlines()[0]}") from exc
+    if len(tokenizer) < 2:
+        # transformers builds an empty tokenizer for some bad paths instead of failing.
+        raise ConfigError(f"encoder {name!r}: the tokenizer loaded from {location} has an empty vocabulary")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    local = Path(location)
+    fingerprint = _weights_fingerprint(local) if local.is_dir() else hashlib.sha256(name.encode()).hexdigest()[:16]
+    return tokenizer, model, fingerprint
+
+
 class TextEncoder:
     """A frozen Hugging Face encoder producing normalised mean-pooled sentence embeddings."""
 
@@ -99,7 +123,6 @@ class TextEncoder:
         use_cache: bool = True,
         cache_path: Path | None = None,
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         # Loading a frozen encoder is routine here; transformers' per-load progress bars and notices are noise.
@@ -115,19 +138,8 @@ class TextEncoder:
         self.batch_size = batch_size
         self.device = torch.device(device)
         location = resolve_encoder(name)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(location)
-            self.model = AutoModel.from_pretrained(location).to(self.device).eval()
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load encoder {name!r} from {location}: {str(exc).splitlines()[0]}") from exc
-        if len(self.tokenizer) < 2:
-            # transformers builds an empty tokenizer for some bad paths instead of failing.
-            raise ConfigError(f"encoder {name!r}: the tokenizer loaded from {location} has an empty vocabulary")
+        self.tokenizer, self.model, self.fingerprint = _load_frozen_encoder(name, str(location), str(self.device))
         self.dim = int(self.model.config.hidden_size)
-        local = Path(location)
-        self.fingerprint = (
-            _weights_fingerprint(local) if local.is_dir() else hashlib.sha256(name.encode()).hexdigest()[:16]
-        )
         self._cache = None
         if use_cache:
             self._cache = EmbeddingCache(cache_path or cache_root() / "embeddings.sqlite", self.dim)

@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,6 +91,28 @@ def s3_client(
     return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 
 
+# Building a boto3 client costs a few tenths of a second (it loads the service model), and a pipeline step touches
+# S3 dozens of times: the library's own calls share one client per configuration. Clients are thread-safe; the
+# key holds everything a client is built from (the AWS_* environment included), so a changed configuration gets
+# a client of its own. Credentials that expire are refreshed by the client itself.
+_shared_clients: dict[tuple[Any, ...], Any] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_s3_client() -> Any:
+    """The client the library's own S3 calls use when none is passed: :func:`s3_client`, built once per
+    configuration and process. Callers that customise a client (event hooks) should build their own."""
+    environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    key = (os.getpid(), tuple(sorted((k, repr(v)) for k, v in _default_client_options.items())), environment)
+    with _shared_lock:
+        client = _shared_clients.get(key)
+        if client is None:
+            client = s3_client()
+            _shared_clients.clear()  # a new configuration replaces the old one; keep no stale clients around
+            _shared_clients[key] = client
+        return client
+
+
 class _StreamingBodyReader(io.RawIOBase):
     """Adapts a botocore StreamingBody to ``io`` so it can be buffered, gunzipped and read line by line."""
 
@@ -122,7 +145,7 @@ def open_binary(location: str | os.PathLike[str], *, client: Any = None) -> Iter
     """Open a local file or an ``s3://`` object for streaming binary reads."""
     if is_s3_uri(location):
         where = S3Location.parse(str(location))
-        client = client or s3_client()
+        client = client or shared_s3_client()
         try:
             response = client.get_object(Bucket=where.bucket, Key=where.key)
         except (ClientError, BotoCoreError) as exc:
@@ -151,7 +174,7 @@ def local_copy(location: str | os.PathLike[str], *, client: Any = None, suffix: 
         yield path
         return
     where = S3Location.parse(str(location))
-    client = client or s3_client()
+    client = client or shared_s3_client()
     with tempfile.TemporaryDirectory(prefix="lmindexer-s3-") as tmp:
         target = Path(tmp) / ("object" + suffix)
         try:
@@ -165,7 +188,7 @@ def upload_file(path: str | os.PathLike[str], destination: str, *, client: Any =
     """Copy a local file to a local path or an ``s3://`` URI (local writes are atomic)."""
     if is_s3_uri(destination):
         where = S3Location.parse(destination)
-        client = client or s3_client()
+        client = client or shared_s3_client()
         try:
             client.upload_file(str(path), where.bucket, where.key)
         except (ClientError, BotoCoreError, Boto3Error) as exc:
@@ -184,7 +207,7 @@ def exists(location: str | os.PathLike[str], *, client: Any = None) -> bool:
     if not is_s3_uri(location):
         return Path(location).exists()
     where = S3Location.parse(str(location))
-    client = client or s3_client()
+    client = client or shared_s3_client()
     try:
         client.head_object(Bucket=where.bucket, Key=where.key)
     except ClientError as exc:
@@ -199,7 +222,7 @@ def exists(location: str | os.PathLike[str], *, client: Any = None) -> bool:
 def download_prefix(uri: str, destination: Path, *, client: Any = None) -> int:
     """Copy every object under an ``s3://`` prefix into ``destination``; returns the number of objects."""
     where = S3Location.parse(uri.rstrip("/") + "/")
-    client = client or s3_client()
+    client = client or shared_s3_client()
     count = 0
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=where.bucket, Prefix=where.key):
@@ -241,7 +264,7 @@ def list_objects(uri: str, *, client: Any = None, page_size: int = 1000) -> Iter
     if not 1 <= page_size <= 1000:
         raise StorageError(f"page size must be between 1 and 1000, got {page_size}")
     where = S3Location.parse(uri)
-    client = client or s3_client()
+    client = client or shared_s3_client()
     pages = client.get_paginator("list_objects_v2").paginate(
         Bucket=where.bucket, Prefix=where.key, PaginationConfig={"PageSize": page_size}
     )
@@ -263,7 +286,7 @@ def write_bytes(data: bytes, destination: str | os.PathLike[str], *, client: Any
     """Write a small object to a local path (atomically) or an ``s3://`` URI (a single PUT)."""
     if is_s3_uri(destination):
         where = S3Location.parse(str(destination))
-        client = client or s3_client()
+        client = client or shared_s3_client()
         try:
             client.put_object(Bucket=where.bucket, Key=where.key, Body=data)
         except (ClientError, BotoCoreError) as exc:
@@ -282,7 +305,7 @@ def remove(location: str | os.PathLike[str], *, client: Any = None) -> None:
         Path(location).unlink(missing_ok=True)
         return
     where = S3Location.parse(str(location))
-    client = client or s3_client()
+    client = client or shared_s3_client()
     try:
         client.delete_object(Bucket=where.bucket, Key=where.key)
     except (ClientError, BotoCoreError) as exc:

@@ -27,7 +27,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lmindexer.storage.drops import Drop
-from lmindexer.storage.s3 import S3_SCHEME, S3Location, StorageError, describe_error, is_s3_uri, s3_client
+from lmindexer.storage.s3 import S3_SCHEME, S3Location, StorageError, describe_error, is_s3_uri, shared_s3_client
 
 STATE_FORMAT_VERSION = 1
 PROCESSED = "processed"
@@ -125,7 +125,7 @@ class ProcessingState:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = s3_client()
+            self._client = shared_s3_client()
         return self._client
 
     @property

@@ -31,7 +31,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lmindexer.storage.s3 import S3Location, StorageError, describe_error, is_s3_uri, s3_client
+from lmindexer.storage.s3 import S3Location, StorageError, describe_error, is_s3_uri, shared_s3_client
 
 # S3 answers a failed If-Match/If-None-Match with 412; two conditional writes racing can get 409; If-Match on an
 # object deleted in the meantime gets 404.
@@ -63,7 +63,7 @@ def read_versioned(location: str | os.PathLike[str], *, client: Any = None) -> V
     """The current bytes of ``location`` with their version; an absent object is ``Versioned(None, None)``."""
     if is_s3_uri(location):
         where = S3Location.parse(str(location))
-        client = client or s3_client()
+        client = client or shared_s3_client()
         try:
             response = client.get_object(Bucket=where.bucket, Key=where.key)
             data = response["Body"].read()
@@ -88,7 +88,7 @@ def current_version(location: str | os.PathLike[str], *, client: Any = None) -> 
     """The version ``location`` is at now (``None``: no object), without keeping its bytes."""
     if is_s3_uri(location):
         where = S3Location.parse(str(location))
-        client = client or s3_client()
+        client = client or shared_s3_client()
         try:
             head = client.head_object(Bucket=where.bucket, Key=where.key)
         except ClientError as exc:
@@ -150,7 +150,7 @@ def write_if_version(data: bytes, location: str | os.PathLike[str], expected: st
     """
     if is_s3_uri(location):
         where = S3Location.parse(str(location))
-        client = client or s3_client()
+        client = client or shared_s3_client()
         condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": f'"{expected}"'}
         try:
             response = client.put_object(Bucket=where.bucket, Key=where.key, Body=data, **condition)

@@ -70,7 +70,7 @@ def test_a_throttled_id_table_write_keeps_the_stored_table(s3_bucket, monkeypatc
     client = s3_client(max_attempts=2)
     throttle(client, "PutObject", times=100)
     with monkeypatch.context() as patch:
-        patch.setattr("lmindexer.storage.versioned.s3_client", lambda: client)
+        patch.setattr("lmindexer.storage.versioned.shared_s3_client", lambda: client)
         with pytest.raises(StorageError, match="SlowDown"):
             store_allocation(uri, space, [Candidate("b", (1, 1), "h")])
     assert read_versioned(uri).version == first.version  # the earlier table, untouched
