@@ -17,11 +17,13 @@ def test_every_test_the_fault_matrix_names_exists():
     missing = []
     for path, name in references:
         source = ROOT / "tests" / path
-        defined = (
-            {node.name for node in ast.walk(ast.parse(source.read_text())) if isinstance(node, ast.FunctionDef)}
-            if source.is_file()
-            else set()
-        )
+        defined = set()
+        if source.is_file():
+            for node in ast.walk(ast.parse(source.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.ClassDef):
+                    defined.add(node.name)
+                elif isinstance(node, ast.Assign):  # e.g. a hypothesis state machine's TestCase
+                    defined.update(target.id for target in node.targets if isinstance(target, ast.Name))
         if name not in defined:
             missing.append(f"{path}::{name}")
     assert not missing, f"docs/reliability.md names tests that do not exist: {missing}"

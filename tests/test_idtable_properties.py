@@ -1,0 +1,81 @@
+"""Property-based tests of ID allocation: under any interleaving of assigning, deleting and re-adding items, every ID
+is unique, an item's ID never changes, and an ID once handed out is never given to another item."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from lmindexer.idtable import Candidate, IdSpace, IdTable, parse_sid, store_allocation
+
+SPACE = IdSpace("rq-kmeans-20260101T000000Z-abcd1234", "rq-kmeans", (3, 2))
+ITEMS = [f"item-{n}" for n in range(12)]
+codes = st.tuples(st.integers(0, 2), st.integers(0, 1))
+texts = st.sampled_from(["a", "b", "c"])
+
+
+class Allocation(RuleBasedStateMachine):
+    """The catalogue changes in arbitrary ways between runs; each run allocates the live items into a stored table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folder = tempfile.TemporaryDirectory()
+        self.uri = str(Path(self.folder.name) / "ids.parquet")
+        self.live: dict[str, tuple[tuple[int, int], str]] = {}  # item -> (codes the indexer gives now, text)
+        self.reported: dict[str, str] = {}  # every ID ever reported, by item
+        self.rows: list[dict] = []  # the stored rows after the last run
+        self.clock = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def teardown(self) -> None:
+        self.folder.cleanup()
+
+    @rule(item=st.sampled_from(ITEMS), item_codes=codes, text=texts)
+    def add_or_change(self, item: str, item_codes: tuple[int, int], text: str) -> None:
+        # a re-added item, or one whose text changed, may well be coded differently now
+        self.live[item] = (item_codes, text)
+
+    @rule(item=st.sampled_from(ITEMS))
+    def delete(self, item: str) -> None:
+        self.live.pop(item, None)
+
+    @rule(order=st.randoms(use_true_random=False))
+    def run(self, order) -> None:
+        candidates = [Candidate(i, c, t) for i, (c, t) in self.live.items()]
+        order.shuffle(candidates)  # the catalogue's row order must not matter
+        self.clock += dt.timedelta(hours=1)
+        stored = store_allocation(self.uri, SPACE, candidates, assigned_at=self.clock)
+        table = stored.table
+        for item, sid in table.sid_map().items():
+            self.reported.setdefault(item, sid)
+        new_rows = table.table.to_pylist()
+        assert new_rows[: len(self.rows)] == self.rows  # existing rows are never rewritten
+        self.rows = new_rows
+        assert IdTable.read(self.uri).table.to_pylist() == new_rows  # what was reported is what is stored
+
+    @invariant()
+    def ids_are_unique_stable_and_never_reused(self) -> None:
+        if not self.rows:
+            return
+        table = IdTable.read(self.uri)
+        sids = table.sid_map()
+        assert len(set(sids.values())) == len(sids)  # one item per ID, deleted items' IDs included
+        for item, sid in self.reported.items():
+            assert sids[item] == sid  # an ID once reported never changes, and never changes owner
+        by_tuple: dict[tuple[int, ...], list[int]] = {}
+        for row in self.rows:
+            by_tuple.setdefault(tuple(row["codes"]), []).append(row["suffix"])
+        for suffixes in by_tuple.values():
+            assert suffixes == list(range(len(suffixes)))  # each new item took the next free suffix
+        for sid in sids.values():
+            parse_sid(sid)
+
+
+TestAllocation = Allocation.TestCase
+TestAllocation.settings = settings(
+    max_examples=60, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
