@@ -428,10 +428,18 @@ def serve(
     alias: AliasOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
-    max_query_chars: Annotated[int, typer.Option("--max-query-chars", help="Longest /search query.")] = 512,
-    max_history: Annotated[int, typer.Option("--max-history", help="Most items of a /recommend history.")] = 200,
+    max_query_chars: Annotated[
+        int | None, typer.Option("--max-query-chars", help="Longest /search query (default 512).")
+    ] = None,
+    max_history: Annotated[
+        int | None, typer.Option("--max-history", help="Most items of a /recommend history (default 200).")
+    ] = None,
     max_k: Annotated[
         int | None, typer.Option("--max-k", help="Most results per request (default and upper bound: beam size).")
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None,
+        typer.Option("--max-body-bytes", help="Largest request body; larger ones get 413 unread (default 256 KiB)."),
     ] = None,
 ) -> None:
     """Serve generative search and recommendation, and items sharing an ID prefix, over HTTP (docs at /docs)."""
@@ -449,11 +457,10 @@ def serve(
     if (url or alias) and not search:
         raise ConfigError("--url and --alias choose the search backend; add --search to use one")
     # Checked before the models load, which takes a while.
-    limits = parse_config(
-        ServingLimits,
-        {"max_query_chars": max_query_chars, "max_history": max_history, "max_k": max_k},
-        what="serving limits",
-    )
+    # Only what was given: every default is declared once, in ServingLimits.
+    given = {"max_query_chars": max_query_chars, "max_history": max_history, "max_k": max_k,
+             "max_body_bytes": max_body_bytes}  # fmt: skip
+    limits = parse_config(ServingLimits, {k: v for k, v in given.items() if v is not None}, what="serving limits")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     search_model = GenerativeModel.load(retriever) if retriever else None
     recommend_model = GenerativeModel.load(recommender) if recommender else None

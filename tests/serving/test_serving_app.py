@@ -405,7 +405,7 @@ def test_lmindexer_serve_answers_over_http(retriever, recommender, backend, sear
     log = tmp_path / "serve.log"
     command = [sys.executable, "-m", "lmindexer.cli", "serve", "--retriever", str(retriever.directory)]
     command += ["--recommender", str(recommender.directory), "--search", "--url", search_server.url]
-    command += ["--alias", backend.alias, "--port", str(port), "--max-history", "5"]
+    command += ["--alias", backend.alias, "--port", str(port), "--max-history", "5", "--max-body-bytes", "65536"]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
@@ -431,7 +431,7 @@ def test_lmindexer_serve_answers_over_http(retriever, recommender, backend, sear
             assert "at most 5" in http.post("/recommend", json={"history": known[:6]}).json()["detail"]
             assert len(http.post("/recommend", json={"history": known[:5], "k": 2}).json()["results"]) == 2
             assert http.get("/openapi.json").status_code == 200
-        limit = ServingLimits().max_body_bytes
+        limit = 65536  # --max-body-bytes
         post = b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         # Declared too large and never sent: the answer does not wait for a byte of the body.
         assert_refused_as_too_large(raw_exchange(port, post + b"Content-Length: 193000000\r\n\r\n"), limit)
