@@ -25,8 +25,9 @@ $(STAMP): requirements.lock pyproject.toml
 lint: venv
 	$(BIN)/ruff check .
 
+# Two workers, one per core (tests/conftest.py gives each one thread), files kept together for their fixtures.
 test: venv lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh

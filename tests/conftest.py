@@ -10,15 +10,27 @@ from pathlib import Path
 
 import pytest
 
-from lmindexer.catalog import Item, read_items
+# `make test` runs the suite in two worker processes (pytest-xdist), one per core. Each worker then runs torch and
+# the BLAS libraries on one thread, and so do the processes the tests start (they inherit this), so two workers
+# never fight over the cores: oversubscribed threads run several times slower than one thread each.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+from lmindexer.catalog import Item, read_items  # after the thread settings above
 
 SAMPLE_SIZE = 320
 
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Keep embeddings and downloads of the test session out of the user's cache (shared across tests)."""
-    path = tmp_path_factory.mktemp("lmindexer-cache")
+    """Keep embeddings and downloads of the test session out of the user's cache (shared across tests, and across
+    the workers of one run: the data sets are written atomically and the embedding cache is SQLite)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / "lmindexer-cache"
+    path.mkdir(parents=True, exist_ok=True)
     previous = os.environ.get("LMINDEXER_CACHE_DIR")
     os.environ["LMINDEXER_CACHE_DIR"] = str(path)
     yield path

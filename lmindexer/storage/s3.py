@@ -214,8 +214,6 @@ def exists(location: str | os.PathLike[str], *, client: Any = None) -> bool:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return False
         raise StorageError(f"cannot read {where}: {describe_error(exc)}") from exc
-    except BotoCoreError as exc:  # no credentials, endpoint unreachable, ...
-        raise StorageError(f"cannot read {where}: {describe_error(exc)}") from exc
     return True
 
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 
+import boto3
 import pytest
 from testsupport.airflow_runs import AIRFLOW, airflow_environment
 
@@ -30,3 +31,10 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.S
     stack = devstack.start(directory)
     yield stack
     devstack.stop(directory)
+
+
+@pytest.fixture
+def s3(local_stack, monkeypatch):
+    for name, value in devstack.client_env(local_stack).items():
+        monkeypatch.setenv(name, value)
+    return boto3.client("s3")

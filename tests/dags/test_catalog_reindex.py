@@ -3,62 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
-import boto3
 import pytest
-from testsupport.airflow_runs import AIRFLOW, airflow_environment, run_dag
+from testsupport.airflow_runs import run_dag
 from testsupport.fault_proxy import FaultProxy
+from testsupport.reindex_runs import assert_succeeded, dag_env, ids_table, processed, run_state, upload
 
-from lmindexer import devstack
-from lmindexer.idtable import IdTable
 from lmindexer.search import SearchBackend, SearchConfig
 from lmindexer.storage.state import ProcessingState
 
 pytestmark = pytest.mark.slow
-
-
-def dag_env(airflow_home, stack, bucket, alias, search_url=None, **pipeline):
-    env = {**airflow_home, **devstack.client_env(stack), "LMINDEXER_TASK_RETRIES": "0"}
-    host, port = (search_url or stack.search_url).removeprefix("http://").split(":")
-    env["AIRFLOW_CONN_LMINDEXER_SEARCH"] = json.dumps(
-        {"conn_type": "opensearch", "host": host, "port": int(port), "schema": "http",
-         "extra": {"engine": "opensearch", "alias": alias, "timeout": 5, "max_retries": 0}}
-    )  # fmt: skip
-    env["AIRFLOW_VAR_LMINDEXER_PIPELINE"] = json.dumps(
-        {"base_uri": f"s3://{bucket}", "indexer": {"codebook_size": 8, "levels": 2}, "shard_size": 50,
-         "max_invalid_share": 0.2, "retrain_added_share": 0.5, "label": "category", **pipeline}
-    )  # fmt: skip
-    return env
-
-
-@pytest.fixture
-def s3(local_stack, monkeypatch):
-    for name, value in devstack.client_env(local_stack).items():
-        monkeypatch.setenv(name, value)
-    return boto3.client("s3")
-
-
-def upload(s3, bucket, key, lines):
-    s3.put_object(Bucket=bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
-
-
-def ids_table(bucket):
-    current = json.loads(boto3.client("s3").get_object(Bucket=bucket, Key="state/current.json")["Body"].read())
-    return current, IdTable.read(current["ids_uri"])
-
-
-def run_state(completed):
-    output = completed.stdout + completed.stderr
-    finished = [line for line in output.splitlines() if "DagRun Finished" in line]
-    return "success" if finished and "state=success" in finished[-1] else "failed"
-
-
-def assert_succeeded(completed):
-    assert run_state(completed) == "success", completed.stdout[-4000:] + completed.stderr[-2000:]
 
 
 def test_full_then_incremental_then_rerun(airflow_home, local_stack, s3, wiki_sample_path):
@@ -121,10 +76,6 @@ def test_full_then_incremental_then_rerun(airflow_home, local_stack, s3, wiki_sa
     assert ids_table(bucket)[1].sid_map() == second.sid_map()
 
 
-def processed(bucket):
-    return {r.key: r for r in ProcessingState(f"s3://{bucket}").load().records}
-
-
 def test_a_publish_failure_keeps_the_live_index_and_a_rerun_of_the_run_ingests_only_its_own_drops(
     airflow_home, local_stack, s3, wiki_sample_path
 ):
@@ -178,38 +129,3 @@ def test_a_publish_failure_keeps_the_live_index_and_a_rerun_of_the_run_ingests_o
     (refused,) = [json.loads(x) for x in s3.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()]
     assert (refused["item_id"], refused["rule"], refused["field"]) == (refused_id, "engine_rejected", "attributes.rank")
     assert "mapper_parsing_exception" in refused["message"]
-
-
-@pytest.fixture(scope="module")
-def second_airflow_home(tmp_path_factory):
-    """A second, independent Airflow (its own metadata database): two deployments pointed at one bucket."""
-    home = tmp_path_factory.mktemp("airflow-home-2")
-    env = {**os.environ, **airflow_environment(home)}
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-    return env
-
-
-def test_two_concurrent_runs_on_one_store_commit_once(airflow_home, second_airflow_home, local_stack, s3,
-                                                      wiki_sample_path):  # fmt: skip
-    bucket, alias = f"race-{uuid.uuid4().hex[:8]}", f"r{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=bucket)
-    lines = wiki_sample_path.read_text().splitlines()
-    upload(s3, bucket, "incoming/base.jsonl", lines[:60])
-    assert_succeeded(run_dag(dag_env(airflow_home, local_stack, bucket, alias), "catalog_reindex"))
-
-    # one new drop; two runs start at once (two schedulers, or a manual run beside the nightly one)
-    upload(s3, bucket, "incoming/new.jsonl", lines[60:80])
-    envs = [dag_env(home, local_stack, bucket, alias) for home in (airflow_home, second_airflow_home)]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = list(pool.map(lambda env: run_dag(env, "catalog_reindex"), envs))
-    states = [run_state(outcome) for outcome in outcomes]
-    assert "success" in states
-    for state, outcome in zip(states, outcomes, strict=True):
-        if state == "failed":  # the loser learns it is stale; it changed nothing
-            assert "StaleRun" in outcome.stdout + outcome.stderr, outcome.stdout[-3000:]
-
-    current, table = ids_table(bucket)
-    assert current["items"] == 80 and len(table) == 80 and len(set(table.sid_map().values())) == 80
-    assert current["added_since_retrain"] == 20  # counted once, not once per run
-    assert processed(bucket)["incoming/new.jsonl"].run_id == current["run_id"]
-    assert SearchBackend(SearchConfig(hosts=[local_stack.search_url], alias=alias)).count() == 80

@@ -115,9 +115,16 @@ def test_an_edited_integrity_record_is_refused(snapshot):
 
 
 def test_a_snapshot_from_another_encoder_is_still_refused(snapshot, monkeypatch):
-    # The digests hold, but the encoder available here is not the one the snapshot was fitted with.
+    from lmindexer.embeddings import _load_frozen_encoder
+
+    # The digests hold, but the encoder available here is not the one the snapshot was fitted with. Encoders are
+    # loaded once per process, so the one loaded here (with the other fingerprint) must not outlive the test.
     monkeypatch.setattr("lmindexer.embeddings._weights_fingerprint", lambda _path: "f" * 16)
-    _refused(snapshot, "would not reproduce")
+    _load_frozen_encoder.cache_clear()
+    try:
+        _refused(snapshot, "would not reproduce")
+    finally:
+        _load_frozen_encoder.cache_clear()
 
 
 def test_a_snapshot_written_before_digests_is_verified_by_its_version(
