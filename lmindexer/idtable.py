@@ -23,10 +23,11 @@ import datetime as dt
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -36,6 +37,8 @@ from lmindexer.storage.versioned import VersionConflict, read_versioned, write_i
 
 SID_SEPARATOR = "-"
 _METADATA_KEY = b"lmindexer.id_space"
+ARGMAX, BALANCED = "argmax", "balanced"
+LAST_LEVEL_POLICIES = (ARGMAX, BALANCED)
 # How often a writer re-reads and re-allocates after another writer changed the table under it.
 DEFAULT_WRITE_ATTEMPTS = 8
 
@@ -70,11 +73,19 @@ def parse_sid(sid: str) -> tuple[tuple[int, ...], int]:
 
 @dataclass(frozen=True)
 class IdSpace:
-    """What the codes of a table mean: the snapshot that produced them and its codebook sizes."""
+    """What the codes of a table mean: the snapshot that produced them, its codebook sizes, and how the last code is
+    chosen (``"argmax"``: each item's own best code; ``"balanced"``: its most preferred code that no other item
+    under the same prefix holds, see :meth:`IdTable.allocate`). Tables written before the last-level policy existed
+    are ``"argmax"``."""
 
     snapshot_version: str
     method: str
     codebook_sizes: tuple[int, ...]
+    last_level: str = ARGMAX
+
+    def __post_init__(self) -> None:
+        if self.last_level not in LAST_LEVEL_POLICIES:
+            raise IdTableError(f"unknown last-level policy {self.last_level!r}; use one of {LAST_LEVEL_POLICIES}")
 
     @property
     def levels(self) -> int:
@@ -82,22 +93,34 @@ class IdSpace:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"snapshot_version": self.snapshot_version, "method": self.method, "codebook_sizes": self.codebook_sizes}
+            {
+                "snapshot_version": self.snapshot_version,
+                "method": self.method,
+                "codebook_sizes": self.codebook_sizes,
+                "last_level": self.last_level,
+            }
         )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> IdSpace:
         data = json.loads(text)
-        return cls(data["snapshot_version"], data["method"], tuple(int(k) for k in data["codebook_sizes"]))
+        return cls(
+            data["snapshot_version"],
+            data["method"],
+            tuple(int(k) for k in data["codebook_sizes"]),
+            str(data.get("last_level", ARGMAX)),
+        )
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """An item that should have an ID: its learned codes and the hash of the text they came from."""
+    """An item that should have an ID: its learned codes, the hash of the text they came from and, for a balanced
+    last level, its last-level codes in order of preference (best first; the first is ``codes[-1]``)."""
 
     item_id: str
     codes: tuple[int, ...]
     text_hash: str
+    preferences: tuple[int, ...] = ()
 
 
 @dataclass
@@ -106,6 +129,7 @@ class AllocationReport:
     newly_assigned: int = 0
     already_assigned: int = 0
     text_changed: int = 0
+    moved_to_free_code: int = 0  # balanced last level: new items whose own last code was taken, given a free one
     changed_item_ids: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +138,7 @@ class AllocationReport:
             "newly_assigned": self.newly_assigned,
             "already_assigned": self.already_assigned,
             "text_changed": self.text_changed,
+            "moved_to_free_code": self.moved_to_free_code,
             "changed_item_ids_sample": self.changed_item_ids[:20],
         }
 
@@ -211,9 +236,11 @@ class IdTable:
         if not fresh:
             return self, report
         stamp = (assigned_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-        following = self.next_suffixes(only=[c.codes for c in fresh.values()])
+        chosen = self._balanced_last_codes(fresh) if self.space.last_level == BALANCED else {}
+        placed = [replace(c, codes=chosen.get(c.item_id, c.codes)) for c in fresh.values()]
+        following = self.next_suffixes(only=[c.codes for c in placed])
         rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
-        for candidate in sorted(fresh.values(), key=lambda c: (c.codes, c.item_id)):
+        for candidate in sorted(placed, key=lambda c: (c.codes, c.item_id)):
             suffix = following.get(candidate.codes, 0)
             following[candidate.codes] = suffix + 1
             rows["item_id"].append(candidate.item_id)
@@ -224,9 +251,63 @@ class IdTable:
             rows["text_hash"].append(candidate.text_hash)
             rows["assigned_at"].append(stamp)
         report.newly_assigned = len(fresh)
+        report.moved_to_free_code = sum(1 for c in placed if c.codes != fresh[c.item_id].codes)
         added = pa.Table.from_pydict(rows, schema=SCHEMA)
         combined = pa.concat_tables([self.table.replace_schema_metadata(None), added])
         return IdTable(combined, self.space), report
+
+    def taken_last_codes(self, prefixes: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], set[int]]:
+        """For each of ``prefixes`` (the first L-1 codes), the last codes its rows hold (deleted items' included:
+        their IDs stay reserved)."""
+        wanted = sorted(set(prefixes))
+        if not len(self) or not wanted:
+            return {}
+        levels = self.space.levels
+        # The prefix is the sid without its last code and suffix: "3-17-5-0" -> "3-17".
+        strings = pc.replace_substring_regex(self.table.column("sid"), pattern=r"-[0-9]+-[0-9]+$", replacement="")
+        if levels == 1:
+            strings = pc.if_else(pc.is_valid(strings), "", strings)
+        keys = pa.array([SID_SEPARATOR.join(str(c) for c in p) for p in wanted], type=pa.string())
+        mask = pc.is_in(strings, value_set=keys)
+        last = pc.list_element(pc.filter(self.table.column("codes"), mask), levels - 1).to_pylist()
+        taken: dict[tuple[int, ...], set[int]] = {}
+        for prefix, code in zip(pc.filter(strings, mask).to_pylist(), last, strict=True):
+            key = tuple(int(part) for part in prefix.split(SID_SEPARATOR)) if prefix else ()
+            taken.setdefault(key, set()).add(int(code))
+        return taken
+
+    def _balanced_last_codes(self, fresh: Mapping[str, Candidate]) -> dict[str, tuple[int, ...]]:
+        """The balanced last level: within each prefix, new items take distinct last codes that no row holds yet,
+        each as high in its order of preference as possible (a minimum-cost assignment of items to free codes, the
+        cost being the rank of the code in the item's preferences). An item left without an acceptable free code (a
+        prefix with more items than codes) keeps its own code and is separated by the suffix. One new item alone
+        simply takes its nearest free code. Deterministic: items are taken in item_id order."""
+        from scipy.optimize import linear_sum_assignment
+
+        size = self.space.codebook_sizes[-1]
+        groups: dict[tuple[int, ...], list[Candidate]] = {}
+        for candidate in fresh.values():
+            groups.setdefault(candidate.codes[:-1], []).append(candidate)
+        taken = self.taken_last_codes(groups)
+        chosen: dict[str, tuple[int, ...]] = {}
+        for prefix, members in groups.items():
+            members.sort(key=lambda c: c.item_id)
+            free = [code for code in range(size) if code not in taken.get(prefix, set())]
+            if not free:
+                continue
+            column = {code: n for n, code in enumerate(free)}
+            unacceptable = size + 1
+            cost = np.full((len(members), len(free)), unacceptable, dtype=np.int64)
+            for row, candidate in enumerate(members):
+                ranked = candidate.preferences or candidate.codes[-1:]
+                for rank, code in enumerate(ranked):
+                    if code >= 0 and code in column:
+                        cost[row, column[code]] = min(cost[row, column[code]], rank)
+            rows, columns = linear_sum_assignment(cost)
+            for row, col in zip(rows, columns, strict=True):
+                if cost[row, col] < unacceptable:
+                    chosen[members[row].item_id] = (*prefix, free[col])
+        return chosen
 
     def _check_codes(self, candidate: Candidate) -> None:
         sizes = self.space.codebook_sizes

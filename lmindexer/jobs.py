@@ -153,7 +153,7 @@ def assign_ids(
     indexer = snapshot if isinstance(snapshot, Indexer) else load_snapshot(snapshot)
     if indexer.version is None:
         raise UserError("the indexer has no snapshot version; save it before assigning IDs")
-    space = IdSpace(indexer.version, indexer.method, indexer.codebook_sizes)
+    space = indexer.id_space
     table = open_id_table(ids, space)
     reader = CatalogReader(catalog, strict=strict, on_reject=on_reject, batch_size=batch_size)
     candidates: list[Candidate] = []
@@ -172,10 +172,14 @@ def assign_ids(
         hashes = [text_hash(t) for t in texts]
         known = table.codes_of(item.item_id for item in live)
         unknown = [i for i, item in enumerate(live) if item.item_id not in known]
-        codes = indexer.codes_for_texts([texts[i] for i in unknown]) if unknown else np.zeros((0, indexer.levels))
-        known.update({live[i].item_id: tuple(int(c) for c in row) for i, row in zip(unknown, codes, strict=True)})
+        preferences: dict[str, tuple[int, ...]] = {}
+        if unknown:
+            codes, ranked = indexer.codes_and_preferences([texts[i] for i in unknown])
+            for i, row, order in zip(unknown, codes, ranked, strict=True):
+                known[live[i].item_id] = tuple(int(c) for c in row)
+                preferences[live[i].item_id] = tuple(int(c) for c in order if c >= 0)
         for item, digest in zip(live, hashes, strict=True):
-            candidates.append(Candidate(item.item_id, known[item.item_id], digest))
+            candidates.append(Candidate(item.item_id, known[item.item_id], digest, preferences.get(item.item_id, ())))
         bar.update(len(batch))
     bar.close()
     stored = store_allocation(ids, space, candidates)

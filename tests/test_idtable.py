@@ -80,6 +80,7 @@ def test_incremental_allocation_keeps_existing_rows_byte_identical(tmp_path):
         "newly_assigned": 2,
         "already_assigned": 2,
         "text_changed": 1,
+        "moved_to_free_code": 0,
         "changed_item_ids_sample": None,
     }
     assert grown.row("z")["assigned_at"] == T1
@@ -240,3 +241,59 @@ def test_a_stored_table_that_breaks_its_invariants_is_refused(tmp_path, damage, 
         IdTable.read(tmp_path / "ids.parquet")
     with pytest.raises(IdTableError, match=problem):
         read_id_table(tmp_path / "ids.parquet", SPACE)
+
+
+BALANCED = IdSpace("rq-kmeans-20260101T000000Z-abcd1234", "rq-kmeans", (2, 4), "balanced")
+
+
+def ranked(item_id: str, prefix: int, *order: int) -> Candidate:
+    return Candidate(item_id, (prefix, order[0]), "h", order)
+
+
+def test_a_balanced_last_level_gives_items_of_one_prefix_distinct_codes_while_codes_are_free():
+    # all three prefer code 2; only one can have it, the others take their next best free codes
+    table, report = IdTable.empty(BALANCED).allocate(
+        [ranked("a", 1, 2, 3, 0, 1), ranked("b", 1, 2, 0, 1, 3), ranked("c", 1, 2, 3, 1, 0)], assigned_at=T0
+    )
+    assert table.sid_map() == {"a": "1-2-0", "b": "1-0-0", "c": "1-3-0"}
+    assert report.moved_to_free_code == 2
+    # a new item takes its nearest free code; once every code is taken, its own code with the next suffix
+    grown, _ = table.allocate([ranked("d", 1, 2, 3, 1, 0)], assigned_at=T1)
+    assert grown.sid_map()["d"] == "1-1-0"
+    full, _ = grown.allocate([ranked("e", 1, 3, 2, 1, 0)], assigned_at=T1)
+    assert full.sid_map()["e"] == "1-3-1"
+    assert full.table.slice(0, 3).to_pylist() == table.table.to_pylist()  # existing rows untouched
+
+
+def test_a_balanced_last_level_never_hands_out_a_deleted_items_code():
+    table, _ = IdTable.empty(BALANCED).allocate([ranked("gone", 0, 1, 0, 2, 3)], assigned_at=T0)
+    # "gone" is not offered again (deleted upstream): its code stays reserved
+    grown, _ = table.allocate([ranked("new", 0, 1, 2, 0, 3)], assigned_at=T1)
+    assert grown.sid_map() == {"gone": "0-1-0", "new": "0-2-0"}
+
+
+def test_a_balanced_allocation_does_not_depend_on_input_order():
+    items = [ranked(f"i{n}", n % 2, *(((n + k) % 4) for k in range(4))) for n in range(11)]
+    first, _ = IdTable.empty(BALANCED).allocate(items, assigned_at=T0)
+    again, _ = IdTable.empty(BALANCED).allocate(list(reversed(items)), assigned_at=T0)
+    assert first.sid_map() == again.sid_map()
+    # 11 items over 2 prefixes of 4 codes: collisions only where a prefix holds more items than codes
+    per_prefix = {p: sum(1 for sid in first.sid_map().values() if sid.startswith(f"{p}-")) for p in (0, 1)}
+    suffixed = sum(1 for sid in first.sid_map().values() if not sid.endswith("-0"))
+    assert suffixed == sum(max(0, count - 4) for count in per_prefix.values())
+
+
+def test_without_preferences_a_balanced_level_falls_back_to_the_suffix():
+    table, _ = IdTable.empty(BALANCED).allocate([cand("a", (1, 2)), cand("b", (1, 2))], assigned_at=T0)
+    assert table.sid_map() == {"a": "1-2-0", "b": "1-2-1"}
+
+
+def test_the_last_level_policy_is_recorded_with_the_table(tmp_path):
+    table, _ = IdTable.empty(BALANCED).allocate([ranked("a", 1, 2, 3)], assigned_at=T0)
+    table.write(tmp_path / "ids.parquet")
+    assert IdTable.read(tmp_path / "ids.parquet").space.last_level == "balanced"
+    # a table written before the policy existed reads as argmax
+    old = IdSpace.from_json('{"snapshot_version": "v", "method": "m", "codebook_sizes": [4, 4]}')
+    assert old.last_level == "argmax"
+    with pytest.raises(IdTableError, match="unknown last-level policy"):
+        IdSpace("v", "m", (4,), "random")

@@ -13,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from lmindexer.idtable import Candidate, IdSpace, IdTable, parse_sid, store_allocation
 
-SPACE = IdSpace("rq-kmeans-20260101T000000Z-abcd1234", "rq-kmeans", (3, 2))
+SPACE = IdSpace("rq-kmeans-20260101T000000Z-abcd1234", "rq-kmeans", (3, 2), "argmax")
 ITEMS = [f"item-{n}" for n in range(12)]
 codes = st.tuples(st.integers(0, 2), st.integers(0, 1))
 texts = st.sampled_from(["a", "b", "c"])
@@ -21,6 +21,8 @@ texts = st.sampled_from(["a", "b", "c"])
 
 class Allocation(RuleBasedStateMachine):
     """The catalogue changes in arbitrary ways between runs; each run allocates the live items into a stored table."""
+
+    space = SPACE
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,6 +36,9 @@ class Allocation(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.folder.cleanup()
 
+    def candidate(self, item: str, item_codes: tuple[int, int], text: str) -> Candidate:
+        return Candidate(item, item_codes, text)
+
     @rule(item=st.sampled_from(ITEMS), item_codes=codes, text=texts)
     def add_or_change(self, item: str, item_codes: tuple[int, int], text: str) -> None:
         # a re-added item, or one whose text changed, may well be coded differently now
@@ -45,10 +50,10 @@ class Allocation(RuleBasedStateMachine):
 
     @rule(order=st.randoms(use_true_random=False))
     def run(self, order) -> None:
-        candidates = [Candidate(i, c, t) for i, (c, t) in self.live.items()]
+        candidates = [self.candidate(i, c, t) for i, (c, t) in self.live.items()]
         order.shuffle(candidates)  # the catalogue's row order must not matter
         self.clock += dt.timedelta(hours=1)
-        stored = store_allocation(self.uri, SPACE, candidates, assigned_at=self.clock)
+        stored = store_allocation(self.uri, self.space, candidates, assigned_at=self.clock)
         table = stored.table
         for item, sid in table.sid_map().items():
             self.reported.setdefault(item, sid)
@@ -75,7 +80,31 @@ class Allocation(RuleBasedStateMachine):
             parse_sid(sid)
 
 
-TestAllocation = Allocation.TestCase
-TestAllocation.settings = settings(
+class BalancedAllocation(Allocation):
+    """The same under a balanced last level, with every item ranking every last code: additionally, a prefix never
+    holds two items with the same code while it holds no more items than codes."""
+
+    space = IdSpace(SPACE.snapshot_version, SPACE.method, SPACE.codebook_sizes, "balanced")
+
+    def candidate(self, item: str, item_codes: tuple[int, int], text: str) -> Candidate:
+        size = self.space.codebook_sizes[-1]
+        order = tuple((item_codes[-1] + k) % size for k in range(size))  # its own code first, then the others
+        return Candidate(item, item_codes, text, order)
+
+    @invariant()
+    def a_prefix_with_free_codes_has_no_collision(self) -> None:
+        by_prefix: dict[tuple[int, ...], list[int]] = {}
+        for row in self.rows:
+            by_prefix.setdefault(tuple(row["codes"][:-1]), []).append(row["suffix"])
+        for suffixes in by_prefix.values():
+            if len(suffixes) <= self.space.codebook_sizes[-1]:
+                assert set(suffixes) == {0}
+
+
+SETTINGS = settings(
     max_examples=60, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+TestAllocation = Allocation.TestCase
+TestAllocation.settings = SETTINGS
+TestBalancedAllocation = BalancedAllocation.TestCase
+TestBalancedAllocation.settings = SETTINGS

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmindexer.errors import ConfigError, SnapshotError
-from lmindexer.indexers.base import Indexer, IndexerConfig, read_snapshot_document
+from lmindexer.indexers.base import Indexer, IndexerConfig, read_snapshot_document, snapshot_config
 from lmindexer.indexers.hkmeans import HKMeansIndexer
 from lmindexer.indexers.lm import LMIndexer
 from lmindexer.indexers.rq_kmeans import RQKMeansIndexer
@@ -80,8 +80,10 @@ def read_id_space(location: str | os.PathLike[str]) -> IdSpace:
         else:
             directory = Path(location)
         document = read_snapshot_document(directory)
-    config = parse_config(indexer_class(document["method"]).config_class, document["config"], what="indexer config")
-    return IdSpace(str(document["version"]), str(document["method"]), tuple(config.codebook_size))
+    config = parse_config(
+        indexer_class(document["method"]).config_class, snapshot_config(document), what="indexer config"
+    )
+    return IdSpace(str(document["version"]), str(document["method"]), tuple(config.codebook_size), config.last_level)
 
 
 __all__ = [

@@ -18,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -57,6 +57,15 @@ class IndexerConfig(BaseModel):
     )
     text_template: str = Field(DEFAULT_TEMPLATE, description="how an item's fields become the indexed text")
     seed: int = Field(0, ge=0, description="random seed for fitting")
+    last_level: Literal["balanced", "argmax"] = Field(
+        "balanced",
+        description=(
+            "how the ID table picks the last code: 'balanced' gives each item the code it prefers most among those "
+            "no other item under the same prefix holds (so items sharing a prefix get distinct IDs while codes are "
+            "free, and a suffix only when a prefix holds more items than codes); 'argmax' always takes the item's "
+            "own best code and separates items that share it by the suffix"
+        ),
+    )
 
     @field_validator("codebook_size", mode="before")
     @classmethod
@@ -108,6 +117,15 @@ class Indexer(ABC):
         return tuple(self.config.codebook_size)
 
     @property
+    def id_space(self) -> Any:
+        """The ID space this fitted, saved indexer defines (:class:`~lmindexer.idtable.IdSpace`)."""
+        from lmindexer.idtable import IdSpace
+
+        if self.version is None:
+            raise SnapshotError("the indexer has no snapshot version; save it before assigning IDs")
+        return IdSpace(self.version, self.method, self.codebook_sizes, self.config.last_level)
+
+    @property
     def is_fitted(self) -> bool:
         return self._fitted
 
@@ -138,11 +156,35 @@ class Indexer(ABC):
             raise SnapshotError(f"the {self.method} indexer is not fitted; fit it or load a snapshot")
         if not texts:
             return np.zeros((0, self.levels), dtype=np.int64)
-        codes = np.asarray(self.encode_texts(list(texts), progress=progress), dtype=np.int64)
-        if codes.shape != (len(texts), self.levels):
-            raise RuntimeError(
-                f"{self.method} produced codes of shape {codes.shape}, expected {(len(texts), self.levels)}"
-            )
+        return self._checked(self.encode_texts(list(texts), progress=progress), len(texts))
+
+    def codes_and_preferences(self, texts: Sequence[str], *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The codes of ``texts`` ``(n, L)`` and, for the last position, the codes of its codebook in the item's order
+        of preference given its prefix ``(n, P)``, best first (``-1`` pads a row that ranks fewer). The first
+        preference is always the item's own last code. The ID table's balanced last level reads them."""
+        if not self._fitted:
+            raise SnapshotError(f"the {self.method} indexer is not fitted; fit it or load a snapshot")
+        if not texts:
+            return np.zeros((0, self.levels), dtype=np.int64), np.zeros((0, 1), dtype=np.int64)
+        codes, preferences = self.encode_texts_with_preferences(list(texts), progress=progress)
+        codes = self._checked(codes, len(texts))
+        preferences = np.asarray(preferences, dtype=np.int64)
+        if preferences.ndim != 2 or len(preferences) != len(codes) or (preferences[:, 0] != codes[:, -1]).any():
+            raise RuntimeError(f"{self.method} ranked last-level codes that do not start with each item's own code")
+        if (preferences >= self.codebook_sizes[-1]).any() or (preferences < -1).any():
+            raise RuntimeError(f"{self.method} ranked a last-level code outside its codebook")
+        return codes, preferences
+
+    def encode_texts_with_preferences(self, texts: Sequence[str], *, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Codes and last-level preferences in one pass. A method that cannot rank the last level offers only each
+        item's own code, so that when it is taken the item gets a suffix."""
+        codes = np.asarray(self.encode_texts(texts, progress=progress), dtype=np.int64)
+        return codes, codes[:, -1:]
+
+    def _checked(self, codes: Any, count: int) -> np.ndarray:
+        codes = np.asarray(codes, dtype=np.int64)
+        if codes.shape != (count, self.levels):
+            raise RuntimeError(f"{self.method} produced codes of shape {codes.shape}, expected {(count, self.levels)}")
         sizes = np.asarray(self.codebook_sizes)
         if (codes < 0).any() or (codes >= sizes).any():
             raise RuntimeError(f"{self.method} produced a code outside its codebook")
@@ -225,7 +267,7 @@ class Indexer(ABC):
     def from_snapshot_document(cls, directory: Path, document: Mapping[str, Any]) -> Indexer:
         # Nothing in the directory is used before it is known to be what was saved.
         verify_snapshot(directory, document)
-        indexer = cls(document.get("config") or {})
+        indexer = cls(snapshot_config(document))
         indexer.check_snapshot_metadata(document.get("metadata") or {})
         indexer.load_assets(directory, document.get("metadata") or {})
         weights = document.get("weights", WEIGHTS_FILE)
@@ -240,6 +282,14 @@ class Indexer(ABC):
         indexer.version = document["version"]
         indexer.manifest = dict(document.get("manifest") or {})
         return indexer
+
+
+def snapshot_config(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a snapshot was fitted with. Snapshots written before the last-level policy existed gave every
+    item its own last code, so they keep doing so."""
+    config = dict(document.get("config") or {})
+    config.setdefault("last_level", "argmax")
+    return config
 
 
 def read_snapshot_document(directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -58,6 +58,15 @@ class EmbeddingIndexer(Indexer):
     def encode_texts(self, texts: Sequence[str], *, progress: bool) -> np.ndarray:
         return self.encode_embeddings(self.embed(texts, progress=progress))
 
+    def encode_texts_with_preferences(self, texts: Sequence[str], *, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        embeddings = self.embed(texts, progress=progress)
+        codes = np.asarray(self.encode_embeddings(embeddings), dtype=np.int64)
+        return codes, self.last_level_preferences(embeddings, codes)
+
+    def last_level_preferences(self, embeddings: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Last-level codes best first for each item, given its prefix (see ``Indexer.codes_and_preferences``)."""
+        return codes[:, -1:]
+
     @abstractmethod
     def fit_embeddings(self, embeddings: np.ndarray, *, progress: bool) -> dict[str, Any] | None:
         """Fit the quantiser on unit-norm embeddings."""

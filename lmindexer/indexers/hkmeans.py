@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from lmindexer.errors import SnapshotError
 from lmindexer.indexers.embedding import EmbeddingIndexer, EmbeddingIndexerConfig
-from lmindexer.indexers.kmeans import fit_kmeans, nearest_centroid
+from lmindexer.indexers.kmeans import centroids_by_distance, fit_kmeans, nearest_centroid
 
 
 class HKMeansConfig(EmbeddingIndexerConfig):
@@ -77,6 +77,19 @@ class HKMeansIndexer(EmbeddingIndexer):
                 if centroids is not None:
                     codes[members, level] = nearest_centroid(embeddings[members], centroids)
         return codes
+
+    def last_level_preferences(self, embeddings: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        # The children of the item's node from nearest to farthest; a node with fewer children ranks fewer (-1 pads).
+        if self.levels == 1:
+            return centroids_by_distance(embeddings, self.root)
+        preferences = np.full((len(embeddings), self.codebook_sizes[-1]), -1, dtype=np.int64)
+        preferences[:, 0] = codes[:, -1]
+        for path, members in _group_by_path(codes, self.levels - 1).items():
+            centroids = self.nodes[-1].get(path)
+            if centroids is not None:
+                ranked = centroids_by_distance(embeddings[members], centroids)
+                preferences[members, : ranked.shape[1]] = ranked
+        return preferences
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"level.0.centroids": torch.from_numpy(np.ascontiguousarray(self.root))}

@@ -37,6 +37,15 @@ def fit_kmeans(points: np.ndarray, k: int, *, seed: int, iterations: int = 25, s
     return np.asarray(kmeans.centroids, dtype=np.float32).copy()
 
 
+def centroids_by_distance(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """For each point, the indexes of all centroids from nearest to farthest (L2; ties to the lowest index), so the
+    first column is :func:`nearest_centroid`."""
+    x = np.asarray(points, dtype=np.float64)
+    c = np.asarray(centroids, dtype=np.float64)
+    distances = (c * c).sum(axis=1)[None, :] - 2.0 * (x @ c.T)
+    return np.argsort(distances, axis=1, kind="stable").astype(np.int64)
+
+
 def nearest_centroid(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the L2-nearest centroid for each point (ties go to the lowest index)."""
     x = np.asarray(points, dtype=np.float64)

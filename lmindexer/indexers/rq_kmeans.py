@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from lmindexer.errors import SnapshotError
 from lmindexer.indexers.embedding import EmbeddingIndexer, EmbeddingIndexerConfig
-from lmindexer.indexers.kmeans import fit_kmeans, nearest_centroid
+from lmindexer.indexers.kmeans import centroids_by_distance, fit_kmeans, nearest_centroid
 
 
 class RQKMeansConfig(EmbeddingIndexerConfig):
@@ -59,6 +59,13 @@ class RQKMeansIndexer(EmbeddingIndexer):
             codes[:, level] = nearest_centroid(residual, centroids)
             residual = residual - centroids.astype(np.float64)[codes[:, level]]
         return codes
+
+    def last_level_preferences(self, embeddings: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        # The last level's centroids from nearest to farthest from what the earlier levels left unexplained.
+        residual = embeddings.astype(np.float64)
+        for level, centroids in enumerate(self.codebooks[:-1]):
+            residual = residual - centroids.astype(np.float64)[codes[:, level]]
+        return centroids_by_distance(residual, self.codebooks[-1])
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {f"codebook.{level}": torch.from_numpy(c) for level, c in enumerate(self.codebooks)}

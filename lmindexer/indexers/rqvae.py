@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from lmindexer.errors import SnapshotError
 from lmindexer.indexers.embedding import EmbeddingIndexer, EmbeddingIndexerConfig
-from lmindexer.indexers.kmeans import fit_kmeans, nearest_centroid
+from lmindexer.indexers.kmeans import centroids_by_distance, fit_kmeans, nearest_centroid
 
 
 class RQVAEConfig(EmbeddingIndexerConfig):
@@ -186,6 +186,21 @@ class RQVAEIndexer(EmbeddingIndexer):
         codes, _, _ = model.quantise(latent)
         self.model.float()
         return codes.numpy().astype(np.int64)
+
+    @torch.no_grad()
+    def last_level_preferences(self, embeddings: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        # The last codebook's vectors from nearest to farthest from the residual the last level sees.
+        if self.model is None:
+            raise SnapshotError("the rqvae indexer has no model; fit it or load a snapshot")
+        model = self.model.double().eval()
+        try:
+            latent = model.encoder(torch.from_numpy(np.asarray(embeddings, dtype=np.float64)))
+            _, _, residuals = model.quantise(latent)
+            last = residuals[-1].numpy()
+            codebook = model.codebooks[-1].detach().numpy()
+        finally:
+            self.model.float()
+        return centroids_by_distance(last, codebook)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         if self.model is None:

@@ -57,7 +57,14 @@ from lmindexer.text import text_hash
 
 log = logging.getLogger(__name__)
 
-_CODES_SCHEMA = pa.schema([("item_id", pa.string()), ("codes", pa.list_(pa.int32())), ("text_hash", pa.string())])
+_CODES_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("codes", pa.list_(pa.int32())),
+        ("text_hash", pa.string()),
+        ("preferences", pa.list_(pa.int32())),  # last-level codes best first, for a balanced last level
+    ]
+)
 ENGINE_REJECTED = "engine_rejected"  # the rule of a document the search engine refused
 _ENGINE_FIELD = re.compile(r"field \[([^\]]+)\]")
 
@@ -349,13 +356,14 @@ def assign_shard(
         wanted = [item.item_id for item in items]
         indexer = load_snapshot(snapshot["snapshot_uri"])
         texts = indexer.texts(items)
-        codes = indexer.codes_for_texts(texts)
+        codes, preferences = indexer.codes_and_preferences(texts)
         codes_uri = config.uri(config.staged_prefix, run_id, "codes", f"shard-{shard['shard']:05d}.parquet")
         table = pa.Table.from_pydict(
             {
                 "item_id": wanted,
                 "codes": [row.tolist() for row in codes.astype(np.int32)],
                 "text_hash": [text_hash(t) for t in texts],
+                "preferences": [[int(c) for c in row if c >= 0] for row in preferences],
             },
             schema=_CODES_SCHEMA,
         )
@@ -381,7 +389,10 @@ def reduce_ids(
         candidates = []
         for shard in sorted(shards, key=lambda s: s["shard"]):
             rows = read_parquet(shard["codes_uri"]).to_pylist()
-            candidates.extend(Candidate(r["item_id"], tuple(r["codes"]), r["text_hash"]) for r in rows)
+            candidates.extend(
+                Candidate(r["item_id"], tuple(r["codes"]), r["text_hash"], tuple(r.get("preferences") or ()))
+                for r in rows
+            )
         stored = store_allocation(table_uri, space, candidates)
         return {
             "ids_uri": table_uri,

@@ -10,6 +10,7 @@ import torch
 
 from lmindexer.catalog import Item
 from lmindexer.errors import ConfigError, SnapshotError
+from lmindexer.idtable import IdTable
 from lmindexer.indexers import available_methods, create_indexer, load_snapshot
 from lmindexer.indexers.base import SNAPSHOT_FILE, WEIGHTS_FILE
 
@@ -29,6 +30,47 @@ def test_codes_are_in_range_and_use_the_codebooks(fitted, wiki_items, method):
     # real text spread over 12 topics must not collapse onto a handful of codes
     assert len(np.unique(codes[:, 0])) >= 6
     assert len(np.unique(codes, axis=0)) > len(wiki_items) // 4
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_last_level_preferences_rank_the_codebook_from_the_items_own_code(fitted, wiki_items, method):
+    indexer = fitted[method]
+    texts = indexer.texts(wiki_items)
+    codes, preferences = indexer.codes_and_preferences(texts)
+    np.testing.assert_array_equal(codes, indexer.codes_for_texts(texts))
+    assert (preferences[:, 0] == codes[:, -1]).all()
+    size = indexer.codebook_sizes[-1]
+    for row in preferences:
+        ranked = [int(c) for c in row if c >= 0]
+        assert len(ranked) == len(set(ranked)) and all(0 <= c < size for c in ranked)
+        if method != "hkmeans":  # a tree ranks the children of the item's node, which may be fewer than K
+            assert sorted(ranked) == list(range(size))
+    # and the ranking means something: an item's second choice is nearer than its last one, as assignment measures
+    _, reversed_order = indexer.codes_and_preferences(texts[::-1])
+    np.testing.assert_array_equal(reversed_order[::-1], preferences)  # a pure function of each text
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_balanced_last_level_collides_less_than_argmax(fitted, wiki_items, method, tmp_path):
+    from lmindexer.jobs import assign_ids
+    from lmindexer.metrics import collision_stats
+
+    catalogue = tmp_path / "items.jsonl"
+    catalogue.write_text("".join(json.dumps(item.to_dict()) + "\n" for item in wiki_items))
+    rates = {}
+    for policy in ("argmax", "balanced"):
+        indexer = create_indexer(method, {**fitted[method].config.model_dump(), "last_level": policy})
+        indexer.fit(wiki_items, progress=False)
+        indexer.save(tmp_path / policy)
+        assign_ids(tmp_path / policy, catalogue, tmp_path / f"{policy}.parquet", progress=False)
+        table = IdTable.read(tmp_path / f"{policy}.parquet")
+        assert table.space.last_level == policy
+        rates[policy] = collision_stats(np.asarray(table.codes_list()))["collision_rate"]
+    assert rates["balanced"] <= rates["argmax"]
+    if method != "hkmeans":
+        # a shared last codebook leaves many codes unused under each prefix; a tree already splits each node into
+        # as many children as it has items (up to K), so only crowded nodes collide either way
+        assert rates["balanced"] < rates["argmax"] / 2
 
 
 @pytest.mark.parametrize("method", METHODS)
