@@ -1,8 +1,9 @@
 """Downstream quality of semantic IDs: generative retrieval and recommendation against the usual baselines.
 
 One run fits both ID kinds on the same catalogue at the same L and K (``lmindexer`` and ``rq-kmeans``), trains the
-same generative model on each (initialised from the LMIndexer snapshot for its IDs, from the same pretrained backbone
-for rq-kmeans IDs: the TIGER-style comparison), and evaluates everything on the same held-out split:
+same generative model on each, started the same way (the same pretrained backbone, fresh ID token vectors: the
+comparison is of the IDs alone), plus a third row where the model for LMIndexer IDs starts from the snapshot that made
+them (its encoder and codebooks, the paper's recipe), and evaluates everything on the same held-out split:
 
 - retrieval (wiki-topics queries-test, clothing-reviews held-out reviews): vs BM25 (bm25s) and dense MiniLM;
 - recommendation (movielens-100k, leave-last-out, full ranking): vs popularity.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,13 +29,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import RESULTS, environment, write_results
 
 from lmindexer import datasets
 from lmindexer.cache import cache_root
 from lmindexer.catalog import read_items
 from lmindexer.downstream.baselines import BM25Retriever, DenseRetriever, PopularityRecommender
 from lmindexer.downstream.generative import GenerativeModel
+from lmindexer.downstream.jobs import read_queries
 from lmindexer.downstream.ranking import rank_metrics
 from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
 from lmindexer.idtable import IdTable
@@ -49,7 +52,9 @@ TOP_K = 10
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # Lines end at "\n" only: str.splitlines() would also split inside a string at U+0085 or U+2028.
+    with path.open(encoding="utf-8", newline="\n") as stream:
+        return [json.loads(line) for line in stream if line.strip()]
 
 
 def ids_for(method: str, catalogue: Path, options: dict, work: Path, refit: bool) -> tuple[object, IdTable, dict]:
@@ -90,6 +95,7 @@ def timed_baseline(name: str, rank) -> dict:
 
 def run_generative(method: str, snapshot, table: IdTable, options: dict, train, evaluate, save_to: Path) -> dict:
     model = GenerativeModel.create(table, snapshot, options)
+    name = f"generative ({method} IDs" + (", from its snapshot)" if options.get("from_snapshot") else ")")
     print(
         f"   {method} IDs: vocabulary {model.vocabulary.sizes}, initialised from {model.initialised_from}", flush=True
     )
@@ -101,7 +107,7 @@ def run_generative(method: str, snapshot, table: IdTable, options: dict, train, 
     eval_s = time.perf_counter() - started
     model.save(save_to)  # benchmarks/serving.py serves it
     return {
-        "name": f"generative ({method} IDs)",
+        "name": name,
         "ranked": ranked,
         "train_s": round(train_s, 1),
         "eval_s": round(eval_s, 1),
@@ -113,8 +119,8 @@ def run_generative(method: str, snapshot, table: IdTable, options: dict, train, 
 def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: dict) -> tuple[list[dict], dict]:
     catalogue = data_dir / "items.jsonl"
     items = {item.item_id: item for item in read_items(catalogue)[0]}
-    train = [(q["query"], q["item_id"]) for q in read_jsonl(data_dir / "queries-train.jsonl")]
-    test = [(q["query"], q["item_id"]) for q in read_jsonl(data_dir / "queries-test.jsonl")]
+    train = read_queries(data_dir / "queries-train.jsonl")
+    test = read_queries(data_dir / "queries-test.jsonl")
     if args.limit_queries:
         test = test[: args.limit_queries]
     relevant = [{item_id} for _, item_id in test]
@@ -134,8 +140,13 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
         def search(model):
             return [[i for i, _ in r] for r in model.search(queries, TOP_K, progress=True)]
 
-        print(f"-- generative model on {method} IDs", flush=True)
-        rows.append(run_generative(method, snapshot, table, gen_options, fit, search, work / f"model-{method}"))
+        for variant in _variants(method, gen_options):
+            print(
+                f"-- generative model on {method} IDs (from {'snapshot' if variant['from_snapshot'] else 'backbone'})"
+            )
+            rows.append(
+                run_generative(method, snapshot, table, variant, fit, search, _model_dir(work, method, variant))
+            )
 
     print("-- BM25 (bm25s)", flush=True)
     ids = list(items)
@@ -174,13 +185,30 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
         def recommend(model):
             return [[i for i, _ in r] for r in model.recommend(histories, TOP_K, progress=True)]
 
-        print(f"-- generative model on {method} IDs", flush=True)
-        rows.append(run_generative(method, snapshot, table, gen_options, fit, recommend, work / f"model-{method}"))
+        for variant in _variants(method, gen_options):
+            print(
+                f"-- generative model on {method} IDs (from {'snapshot' if variant['from_snapshot'] else 'backbone'})"
+            )
+            rows.append(
+                run_generative(method, snapshot, table, variant, fit, recommend, _model_dir(work, method, variant))
+            )
     popularity = PopularityRecommender()
     rows.append(timed_baseline("popularity", lambda: popularity.fit(histories).recommend(histories, TOP_K)))
     for row in rows:
         row["metrics"] = rank_metrics(row.pop("ranked"), relevant)
     return rows, id_reports
+
+
+def _variants(method: str, options: dict) -> list[dict]:
+    """Every ID kind's model from the backbone; for LMIndexer IDs also the one that starts from its snapshot."""
+    variants = [{**options, "from_snapshot": False}]
+    if method == "lmindexer":
+        variants.append({**options, "from_snapshot": True})
+    return variants
+
+
+def _model_dir(work: Path, method: str, options: dict) -> Path:
+    return work / (f"model-{method}-from-snapshot" if options["from_snapshot"] else f"model-{method}")
 
 
 def _method_options(method: str, args) -> dict:
@@ -217,15 +245,16 @@ def main() -> int:
     )
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--codebook-size", type=int, default=32)
-    parser.add_argument("--lm-preset", default="fast", choices=["fast", "default"])
+    parser.add_argument("--lm-preset", default="fast", choices=["fast", "tuned", "default"])
     parser.add_argument("--epochs", type=int, default=None, help="generative model epochs (default per task)")
     parser.add_argument("--limit-queries", type=int, default=None, help="evaluate only the first N test queries")
     parser.add_argument("--dense-max-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--refit", action="store_true", help="refit snapshots even if matching ones are kept")
     parser.add_argument("--work", type=Path, default=None, help="where snapshots and ID tables are kept")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    env = environment()
 
     data_dir = datasets.fetch(args.dataset)
     work = args.work or cache_root() / "benchmarks" / "downstream" / args.dataset
@@ -250,7 +279,6 @@ def main() -> int:
     for row in rows:
         row["ndcg@10_ratio_to_" + anchor.split()[0]] = round(row["metrics"]["ndcg@10"] / base, 3) if base else None
 
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"downstream-{args.dataset}"
     document = {
         "dataset": args.dataset,
@@ -262,15 +290,8 @@ def main() -> int:
         "ids": id_reports,
         "results": rows,
         "wall_s": round(time.perf_counter() - started, 1),
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpu_threads": torch.get_num_threads(),
-            "machine": platform.machine(),
-        },
-        "command": " ".join(["python", *sys.argv]),
+        "environment": env,
     }
-    stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
     table = markdown(rows, keys)
     title = f"{args.dataset}: {gen_options['task']}, L={args.levels}, K={args.codebook_size}"
     ids_table = "\n".join(
@@ -278,10 +299,7 @@ def main() -> int:
         f"largest suffix {r['largest_suffix']}"
         for m, r in id_reports.items()
     )
-    stem.with_suffix(".md").write_text(
-        f"# Downstream — {title}\n\nCommand: `{document['command']}`\n\n{table}\n\n{ids_table}\n\n"
-        f"![metrics]({stem.name}.png)\n"
-    )
+    write_results(stem, document, f"# Downstream — {title}\n\n{table}\n\n{ids_table}\n\n![metrics]({stem.name}.png)\n")
     plot(rows, keys, stem.with_suffix(".png"), title)
     print(table)
     print(ids_table)

@@ -1,45 +1,55 @@
-"""Semantic-ID quality of every indexer method, side by side, on one data set and one machine.
+"""Semantic-ID quality of every indexer method, side by side, over several seeds, on one data set and one machine.
 
-For each method at the same L and K: AMI/NMI of each prefix level against the label, collision rate, largest bucket,
-per-level utilisation, fit time and assign time (a fresh snapshot load + codes for every item). The frozen-encoder
-embeddings the two-stage baselines share are computed once up front (their cost is reported separately as encoder
-throughput) so fit and assign times compare the methods themselves. ``lmindexer`` reads raw text end to end, so its
-fit time includes encoding the catalogue and its assign throughput is compared with the frozen encoder's on the same
-texts at the same max length.
+For each method at the same L and K and each seed: the method is fitted and saved, a fresh load of the snapshot
+assigns every item (timed: the assign path's throughput), and the stored IDs are allocated by the library's ID table
+under both last-level policies (``argmax``: each item's own last code; ``balanced``: the most preferred free code
+within its prefix, see docs/semantic-ids.md). Reported per method and policy as mean +- SD over the seeds: AMI/NMI of
+each prefix level against the data set's label, collision rate (items that share all L learned codes with another
+item and so need a suffix), largest bucket, per-level utilisation; fit time; assign items/s. For ``lmindexer`` also
+the drift (share of items whose earlier code changed after its position was trained: 0 by construction) and, per
+phase, the label-free criterion that decided whether the learned change was kept.
 
-    python benchmarks/id_quality.py                       # wiki-topics, L=3, K=32, all methods
-    python benchmarks/id_quality.py --dataset clothing-reviews --label class_name
-    python benchmarks/id_quality.py --methods rq-kmeans hkmeans --lm-preset default
+The frozen-encoder embeddings the two-stage baselines share are computed once up front (their cost is reported as
+the encoder's throughput) so that fit times compare the methods themselves; ``lmindexer`` reads raw text end to end,
+and its assign throughput is compared with the frozen encoder's on the same texts at the same max length.
 
-Writes <out>/id_quality-<dataset>.json, .md and .png.
+    python benchmarks/id_quality.py                                   # wiki-topics, L=3, K=32, 3 seeds
+    python benchmarks/id_quality.py --dataset clothing-reviews
+    python benchmarks/id_quality.py --dataset clothing-reviews --lm-preset tuned --seeds 0 1 2
+
+Writes <out>/id_quality-<dataset>[-<preset>].json, .md and .png (the fast preset has no suffix).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import RESULTS, environment, format_mean_sd, markdown_table, mean_sd, write_results
 
 from lmindexer import datasets
 from lmindexer.catalog import read_items
 from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
+from lmindexer.idtable import Candidate, IdSpace, IdTable
 from lmindexer.indexers import available_methods, create_indexer, load_snapshot
 from lmindexer.indexers.embedding import EmbeddingIndexer
 from lmindexer.metrics import evaluate_codes
+from lmindexer.text import text_hash
 
 ENCODER_SAMPLE = 512
 LM_METHOD = "lmindexer"
+POLICIES = ("argmax", "balanced")
 
 
 def encoder_throughput(texts: list[str], max_length: int) -> float:
@@ -51,127 +61,180 @@ def encoder_throughput(texts: list[str], max_length: int) -> float:
     return len(sample) / (time.perf_counter() - started)
 
 
-def run_method(method: str, items: list, labels: list, options: dict, workdir: Path) -> dict:
+def stored_codes(indexer: Any, items: list, codes: np.ndarray, preferences: np.ndarray, policy: str) -> np.ndarray:
+    """The learned codes the ID table stores for every item under ``policy`` (an allocation into an empty table)."""
+    space = IdSpace(indexer.version, indexer.method, tuple(indexer.codebook_sizes), policy)
+    texts = indexer.texts(items)
+    candidates = [
+        Candidate(item.item_id, tuple(int(c) for c in row), text_hash(text), tuple(int(p) for p in ranked if p >= 0))
+        for item, text, row, ranked in zip(items, texts, codes, preferences, strict=True)
+    ]
+    table, _ = IdTable.empty(space).allocate(candidates)
+    by_item = table.codes_of(item.item_id for item in items)
+    return np.asarray([by_item[item.item_id] for item in items], dtype=np.int64)
+
+
+def run_once(method: str, items: list, labels: list, options: dict, workdir: Path) -> dict[str, Any]:
     indexer = create_indexer(method, options)
-    if hasattr(indexer.config, "preset"):
-        # a resumed fit would not measure the whole training: start from scratch
-        indexer.checkpoint_dir = None
+    if hasattr(indexer, "checkpoint_dir"):
+        indexer.checkpoint_dir = None  # a resumed fit would not measure the whole training
     started = time.perf_counter()
     indexer.fit(items, progress=True)
     fit_seconds = time.perf_counter() - started
     indexer.save(workdir / method)
     started = time.perf_counter()
-    codes = load_snapshot(workdir / method).codes(items)
+    loaded = load_snapshot(workdir / method)
+    codes, preferences = loaded.codes_and_preferences(loaded.texts(items))
     assign_seconds = time.perf_counter() - started
-    report = evaluate_codes(codes, indexer.codebook_sizes, labels, label_name="label")
-    return {
-        "method": method,
+    run: dict[str, Any] = {
         "fit_seconds": round(fit_seconds, 2),
-        "assign_seconds": round(assign_seconds, 2),
         "assign_items_per_second": round(len(items) / assign_seconds, 1),
-        "agreement": report.agreement,
-        "collision_rate": report.collisions["collision_rate"],
-        "largest_bucket": report.collisions["largest_bucket"],
-        "distinct_tuples": report.collisions["distinct_tuples"],
-        "utilisation": [row["utilisation"] for row in report.levels],
-        "perplexity": [round(row["perplexity"], 2) for row in report.levels],
-        "config": indexer.config.model_dump(mode="json"),
-        "manifest": indexer.manifest,
+        "config": loaded.config.model_dump(mode="json"),
+        "policies": {},
     }
+    for policy in POLICIES:
+        report = evaluate_codes(stored_codes(loaded, items, codes, preferences, policy), loaded.codebook_sizes, labels)
+        run["policies"][policy] = {
+            "ami": [row["ami"] for row in report.agreement],
+            "nmi": [row["nmi"] for row in report.agreement],
+            "collision_rate": report.collisions["collision_rate"],
+            "largest_bucket": report.collisions["largest_bucket"],
+            "utilisation": [row["utilisation"] for row in report.levels],
+        }
+    if method == LM_METHOD:
+        training = indexer.manifest["training"]
+        run["drift"] = training["earlier_codes_changed"]
+        run["phases"] = [
+            {k: phase.get(k) for k in ("phase", "kept", "heldout_cross_entropy", "seconds")}
+            for phase in training["phases"]
+        ]
+    return run
 
 
-def compare_with_baselines(results: list[dict], encoder_speed: dict[int, float]) -> dict | None:
-    """lmindexer against the best two-stage baseline of the same run: the figures the method is judged by."""
-    ours = next((r for r in results if r["method"] == LM_METHOD), None)
-    baselines = [r for r in results if r["method"] != LM_METHOD]
+def summarise(method: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean +- SD over seeds of every figure, per policy."""
+    summary: dict[str, Any] = {
+        "method": method,
+        "seeds": len(runs),
+        "fit_seconds": mean_sd([r["fit_seconds"] for r in runs]),
+        "assign_items_per_second": mean_sd([r["assign_items_per_second"] for r in runs]),
+        "policies": {},
+    }
+    for policy in POLICIES:
+        rows = [r["policies"][policy] for r in runs]
+        levels = len(rows[0]["ami"])
+        summary["policies"][policy] = {
+            "ami": [mean_sd([row["ami"][level] for row in rows]) for level in range(levels)],
+            "nmi": [mean_sd([row["nmi"][level] for row in rows]) for level in range(levels)],
+            "collision_rate": mean_sd([row["collision_rate"] for row in rows]),
+            "largest_bucket": mean_sd([row["largest_bucket"] for row in rows]),
+            "min_utilisation": mean_sd([min(row["utilisation"]) for row in rows]),
+        }
+    if method == LM_METHOD:
+        summary["max_drift"] = max(max(r["drift"], default=0.0) for r in runs)
+        summary["phases_kept"] = [[p["kept"] for p in r["phases"]] for r in runs]
+    return summary
+
+
+def compare(summaries: list[dict[str, Any]], encoder_speed: float | None) -> dict[str, Any] | None:
+    """lmindexer against the best baseline of the same run, under the same last-level policy."""
+    ours = next((s for s in summaries if s["method"] == LM_METHOD), None)
+    baselines = [s for s in summaries if s["method"] != LM_METHOD]
     if ours is None or not baselines:
         return None
-
-    def best(key) -> dict:
-        return max(baselines, key=key)
-
-    levels = len(ours["agreement"])
-    first = best(lambda r: r["agreement"][0]["ami"])
-    full = best(lambda r: r["agreement"][-1]["ami"])
-    fewest = min(baselines, key=lambda r: r["collision_rate"])
-    max_length = ours["config"]["max_length"]
-    return {
-        "ami_level_1": ours["agreement"][0]["ami"],
-        "best_baseline_ami_level_1": first["agreement"][0]["ami"],
-        "best_baseline_level_1": first["method"],
-        "ami_level_1_ratio": round(ours["agreement"][0]["ami"] / first["agreement"][0]["ami"], 3),
-        f"ami_level_{levels}": ours["agreement"][-1]["ami"],
-        f"best_baseline_ami_level_{levels}": full["agreement"][-1]["ami"],
-        f"best_baseline_level_{levels}": full["method"],
-        "full_prefix_ami_ratio": round(ours["agreement"][-1]["ami"] / full["agreement"][-1]["ami"], 3),
-        "collision_rate": ours["collision_rate"],
-        "best_baseline_collision_rate": fewest["collision_rate"],
-        "best_baseline_collisions": fewest["method"],
-        "min_utilisation": min(ours["utilisation"]),
-        "fit_seconds": ours["fit_seconds"],
-        "preset": ours["config"]["preset"],
-        "assign_items_per_second": ours["assign_items_per_second"],
-        "encoder_items_per_second_same_max_length": round(encoder_speed[max_length], 1),
-        "assign_throughput_ratio": round(ours["assign_items_per_second"] / encoder_speed[max_length], 3),
-    }
-
-
-def comparison_markdown(comparison: dict) -> str:
-    level_keys = [k for k in comparison if k.startswith("ami_level_") and k != "ami_level_1" and "ratio" not in k]
-    full_key = level_keys[0]
-    levels = full_key.rsplit("_", 1)[1]
-    rows = [
-        ("AMI@1", f"{comparison['ami_level_1']:.4f}",
-         f"{comparison['best_baseline_ami_level_1']:.4f} ({comparison['best_baseline_level_1']})",
-         f"{comparison['ami_level_1_ratio']:.3f}x", ">= 1.1x"),
-        (f"AMI@{levels} (full learned prefix)", f"{comparison[full_key]:.4f}",
-         f"{comparison[f'best_baseline_ami_level_{levels}']:.4f} ({comparison[f'best_baseline_level_{levels}']})",
-         f"{comparison['full_prefix_ami_ratio']:.3f}x", ">= 1.1x"),
-        ("collision rate", f"{comparison['collision_rate']:.2%}",
-         f"{comparison['best_baseline_collision_rate']:.2%} ({comparison['best_baseline_collisions']})", "",
-         "no worse"),
-        ("lowest per-level utilisation", f"{comparison['min_utilisation']:.0%}", "", "", ">= 90%"),
-        ("assign items/s (vs the encoder, same max length)", f"{comparison['assign_items_per_second']:.1f}",
-         f"{comparison['encoder_items_per_second_same_max_length']:.1f} (MiniLM embedding)",
-         f"{comparison['assign_throughput_ratio']:.3f}x", ">= 0.5x"),
-        (f"fit time, preset {comparison['preset']}", f"{comparison['fit_seconds']:.0f} s", "", "", ""),
-    ]  # fmt: skip
-    lines = ["| lmindexer vs best baseline | lmindexer | best baseline | ratio | aim |", "|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    result: dict[str, Any] = {"max_drift": ours["max_drift"]}
+    for policy in POLICIES:
+        mine = ours["policies"][policy]
+        first = max(baselines, key=lambda s: s["policies"][policy]["ami"][0]["mean"])
+        full = max(baselines, key=lambda s: s["policies"][policy]["ami"][-1]["mean"])
+        rq = next((s for s in baselines if s["method"] == "rq-kmeans"), None)
+        fewest = min(baselines, key=lambda s: s["policies"][policy]["collision_rate"]["mean"])
+        best_first = first["policies"][policy]["ami"][0]
+        result[policy] = {
+            "ami_level_1": mine["ami"][0],
+            "best_baseline_level_1": first["method"],
+            "best_baseline_ami_level_1": best_first,
+            "ami_level_1_ratio": mine["ami"][0]["mean"] / best_first["mean"],
+            "ami_level_1_within_one_sd": mine["ami"][0]["mean"]
+            >= best_first["mean"] - max(best_first["sd"], mine["ami"][0]["sd"]),
+            "ami_full": mine["ami"][-1],
+            "best_baseline_full": full["method"],
+            "best_baseline_ami_full": full["policies"][policy]["ami"][-1],
+            "collision_rate": mine["collision_rate"],
+            "rq_kmeans_collision_rate": rq["policies"][policy]["collision_rate"] if rq else None,
+            "fewest_collisions": fewest["method"],
+            "fewest_collision_rate": fewest["policies"][policy]["collision_rate"],
+            "min_utilisation": mine["min_utilisation"],
+        }
+    if encoder_speed:
+        result["assign_items_per_second"] = ours["assign_items_per_second"]["mean"]
+        result["encoder_items_per_second_same_max_length"] = round(encoder_speed, 1)
+        result["assign_throughput_ratio"] = round(ours["assign_items_per_second"]["mean"] / encoder_speed, 3)
+    return result
 
 
-def markdown_table(results: list[dict], levels: int) -> str:
-    ami = " | ".join(f"AMI@{level}" for level in range(1, levels + 1))
-    nmi = " | ".join(f"NMI@{level}" for level in range(1, levels + 1))
-    header = f"| method | {ami} | {nmi} | collision rate | largest bucket | utilisation per level | fit s | assign s |"
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in results:
-        amis = " | ".join(f"{row['ami']:.4f}" for row in r["agreement"])
-        nmis = " | ".join(f"{row['nmi']:.4f}" for row in r["agreement"])
-        utilisation = " / ".join(f"{u:.0%}" for u in r["utilisation"])
-        lines.append(
-            f"| {r['method']} | {amis} | {nmis} | {r['collision_rate']:.2%} | {r['largest_bucket']} | "
-            f"{utilisation} | {r['fit_seconds']:.1f} | {r['assign_seconds']:.2f} |"
-        )
-    return "\n".join(lines)
+def methods_markdown(summaries: list[dict[str, Any]], levels: int) -> str:
+    header = ["method", "last level", *[f"AMI@{n}" for n in range(1, levels + 1)], f"NMI@{levels}", "collision rate",
+              "largest bucket", "min utilisation", "fit s", "assign items/s"]  # fmt: skip
+    rows = []
+    for s in summaries:
+        for policy in POLICIES:
+            p = s["policies"][policy]
+            rows.append([
+                s["method"], policy, *[format_mean_sd(a) for a in p["ami"]], format_mean_sd(p["nmi"][-1]),
+                f"{p['collision_rate']['mean']:.2%} ± {p['collision_rate']['sd']:.2%}",
+                format_mean_sd(p["largest_bucket"], ".1f"),
+                f"{p['min_utilisation']['mean']:.0%}", format_mean_sd(s["fit_seconds"], ".1f"),
+                format_mean_sd(s["assign_items_per_second"], ".0f"),
+            ])  # fmt: skip
+    return markdown_table(header, rows)
 
 
-def plot(results: list[dict], levels: int, path: Path, title: str) -> None:
-    fig, (ax_ami, ax_collision) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 1]})
-    width = 0.8 / max(len(results), 1)
-    x = np.arange(levels)
-    for i, r in enumerate(results):
-        values = [row["ami"] for row in r["agreement"]]
-        ax_ami.bar(x + i * width - 0.4 + width / 2, values, width, label=r["method"])
-    ax_ami.set_xticks(x, [f"level {level}" for level in range(1, levels + 1)])
-    ax_ami.set_ylabel("AMI against the label")
-    ax_ami.set_title("Label agreement of each ID prefix")
-    ax_ami.legend()
-    ax_collision.bar([r["method"] for r in results], [r["collision_rate"] for r in results], color="#a55")
-    ax_collision.set_ylabel("collision rate")
-    ax_collision.set_title("Items sharing learned codes")
-    ax_collision.tick_params(axis="x", rotation=30)
+def comparison_markdown(comparison: dict[str, Any]) -> str:
+    rows = []
+    for policy in POLICIES:
+        c = comparison[policy]
+        rq = c["rq_kmeans_collision_rate"]
+        rows += [
+            [policy, "AMI@1", format_mean_sd(c["ami_level_1"]),
+             f"{format_mean_sd(c['best_baseline_ami_level_1'])} ({c['best_baseline_level_1']})",
+             f"{c['ami_level_1_ratio']:.3f}x", "yes" if c["ami_level_1_within_one_sd"] else "no"],
+            [policy, "AMI@L (full learned prefix)", format_mean_sd(c["ami_full"]),
+             f"{format_mean_sd(c['best_baseline_ami_full'])} ({c['best_baseline_full']})",
+             f"{c['ami_full']['mean'] / c['best_baseline_ami_full']['mean']:.3f}x", ""],
+            [policy, "collision rate", f"{c['collision_rate']['mean']:.2%}",
+             f"rq-kmeans {rq['mean']:.2%}; fewest {c['fewest_collision_rate']['mean']:.2%} ({c['fewest_collisions']})"
+             if rq else f"{c['fewest_collision_rate']['mean']:.2%} ({c['fewest_collisions']})", "",
+             "yes" if rq and c["collision_rate"]["mean"] <= rq["mean"] else "no"],
+            [policy, "lowest per-level utilisation", f"{c['min_utilisation']['mean']:.0%}", "", "",
+             "yes" if c["min_utilisation"]["mean"] >= 0.9 else "no"],
+        ]  # fmt: skip
+    rows.append(["", "earlier-code drift (max over seeds and levels)", f"{comparison['max_drift']:.4f}", "", "",
+                 "yes" if comparison["max_drift"] == 0 else "no"])  # fmt: skip
+    if "assign_throughput_ratio" in comparison:
+        rows.append(["", "assign items/s vs the frozen encoder, same max length",
+                     f"{comparison['assign_items_per_second']:.0f}",
+                     f"{comparison['encoder_items_per_second_same_max_length']:.0f}",
+                     f"{comparison['assign_throughput_ratio']:.2f}x",
+                     "yes" if comparison["assign_throughput_ratio"] >= 0.5 else "no"])  # fmt: skip
+    header = ["last level", "figure", "lmindexer", "best baseline", "ratio", "aim met"]
+    return markdown_table(header, rows)
+
+
+def plot(summaries: list[dict[str, Any]], path: Path, title: str) -> None:
+    fig, (ax_ami, ax_collision) = plt.subplots(1, 2, figsize=(12, 4.2))
+    names = [s["method"] for s in summaries]
+    x = np.arange(len(names))
+    for offset, policy in ((-0.2, "argmax"), (0.2, "balanced")):
+        ami = [s["policies"][policy]["ami"][0] for s in summaries]
+        ax_ami.bar(x + offset, [a["mean"] for a in ami], 0.4, yerr=[a["sd"] for a in ami], capsize=3, label=policy)
+        collisions = [s["policies"][policy]["collision_rate"] for s in summaries]
+        ax_collision.bar(x + offset, [c["mean"] for c in collisions], 0.4, yerr=[c["sd"] for c in collisions],
+                         capsize=3, label=policy)  # fmt: skip
+    for ax, label in ((ax_ami, "AMI@1 against the label (mean ± SD)"), (ax_collision, "collision rate")):
+        ax.set_xticks(x, names, rotation=20)
+        ax.set_ylabel(label)
+        ax.legend(title="last level")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -181,77 +244,75 @@ def plot(results: list[dict], levels: int, path: Path, title: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="wiki-topics", choices=datasets.DATASET_NAMES)
-    parser.add_argument("--label", default="category")
+    parser.add_argument("--label", default=None, help="item field the IDs are scored against (default: the data set's)")
     parser.add_argument("--methods", nargs="+", default=None, help=f"default: all ({', '.join(available_methods())})")
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--codebook-size", type=int, default=32)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N items (quick runs)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lm-preset", default="fast", choices=["fast", "default"], help="preset of lmindexer")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lm-preset", default="fast", choices=["fast", "tuned", "default"])
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    env = environment()
+    label = args.label or datasets.dataset_info(args.dataset).label_field
     items, _ = read_items(datasets.items_path(args.dataset, progress=False))
     items = items[: args.limit] if args.limit else items
-    labels = [item.field_value(args.label) for item in items]
+    labels = [item.field_value(label) for item in items]
     methods = args.methods or available_methods()
-    common = {"levels": args.levels, "codebook_size": args.codebook_size, "seed": args.seed}
+    common = {"levels": args.levels, "codebook_size": args.codebook_size}
 
     # Warm the shared embedding cache once so that fit/assign times measure the methods, not the encoder.
     probe = create_indexer("rq-kmeans", common)
     assert isinstance(probe, EmbeddingIndexer)
     texts = probe.texts(items)
-    print(f"{args.dataset}: {len(items)} items; measuring encoder throughput, then embedding (cached)", flush=True)
-    throughput = encoder_throughput(texts, probe.config.max_length)
-    encoder_speed = {probe.config.max_length: throughput}
+    print(f"{args.dataset}: {len(items)} items; embedding once (cached)", flush=True)
     probe.embed(texts, progress=True)
 
-    results = []
+    runs: dict[str, list[dict[str, Any]]] = {method: [] for method in methods}
     with tempfile.TemporaryDirectory() as tmp:
-        for method in methods:
-            print(f"-- {method}", flush=True)
-            options = {**common, "preset": args.lm_preset} if method == LM_METHOD else common
-            results.append(run_method(method, items, labels, options, Path(tmp)))
-    ours = next((r for r in results if r["method"] == LM_METHOD), None)
-    if ours is not None and ours["config"]["max_length"] not in encoder_speed:
-        length = ours["config"]["max_length"]
-        encoder_speed[length] = encoder_throughput(texts, length)
-    comparison = compare_with_baselines(results, encoder_speed)
+        for seed in args.seeds:
+            for method in methods:
+                print(f"-- {method}, seed {seed}", flush=True)
+                options = {**common, "seed": seed}
+                if method == LM_METHOD:
+                    options["preset"] = args.lm_preset
+                run = run_once(method, items, labels, options, Path(tmp) / f"seed-{seed}")
+                run["seed"] = seed
+                runs[method].append(run)
+    summaries = [summarise(method, runs[method]) for method in methods]
+    encoder_speed = None
+    if LM_METHOD in runs:
+        encoder_speed = encoder_throughput(texts, runs[LM_METHOD][0]["config"]["max_length"])
+    comparison = compare(summaries, encoder_speed)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"id_quality-{args.dataset}"
-    environment = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-    }
+    suffix = "" if args.lm_preset == "fast" else f"-{args.lm_preset}"
+    stem = args.out / f"id_quality-{args.dataset}{suffix}"
     document = {
         "dataset": args.dataset,
-        "label": args.label,
+        "label": label,
         "items": len(items),
         "levels": args.levels,
         "codebook_size": args.codebook_size,
-        "encoder_items_per_second": round(throughput, 1),
-        "encoder_items_per_second_by_max_length": {str(k): round(v, 1) for k, v in encoder_speed.items()},
+        "seeds": args.seeds,
+        "lm_preset": args.lm_preset,
+        "environment": env,
         "comparison": comparison,
-        "environment": environment,
-        "command": " ".join(["python", *sys.argv]),
-        "results": results,
+        "summaries": summaries,
+        "runs": runs,
     }
-    stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
-    table = markdown_table(results, args.levels)
+    title = f"{args.dataset}: {len(items)} items, L={args.levels}, K={args.codebook_size}, seeds {args.seeds}"
+    if LM_METHOD in runs:
+        title += f", lmindexer preset {args.lm_preset}"
+    table = methods_markdown(summaries, args.levels)
     if comparison is not None:
         table += "\n\n" + comparison_markdown(comparison)
-    title = f"{args.dataset}: {len(items)} items, L={args.levels}, K={args.codebook_size}"
-    stem.with_suffix(".md").write_text(
-        f"# Semantic-ID quality — {title}\n\n"
-        f"Command: `{document['command']}`\n\n{table}\n\n"
-        f"Frozen encoder ({DEFAULT_ENCODER}) throughput, uncached: {throughput:.1f} items/s "
-        f"({environment['cpu_threads']} CPU threads). Fit and assign times exclude embedding.\n\n"
-        f"![AMI per level and collision rate]({stem.name}.png)\n"
+    markdown = (
+        f"# Semantic-ID quality — {title}\n\nLabel: `{label}`. Mean ± SD over {len(args.seeds)} seeds.\n\n{table}\n\n"
+        f"![AMI@1 and collision rate per method and last-level policy]({stem.name}.png)\n"
     )
-    plot(results, args.levels, stem.with_suffix(".png"), title)
+    write_results(stem, document, markdown)
+    plot(summaries, stem.with_suffix(".png"), title)
     print(table)
     print(f"written: {stem}.json, .md, .png")
     return 0

@@ -1,10 +1,10 @@
 """Generative retrieval and recommendation over semantic IDs: build, fine-tune, decode, save and load.
 
 A :class:`GenerativeModel` couples the network (:class:`~lmindexer.downstream.model.GenerativeIdModel`) with the ID
-space it writes (:class:`~lmindexer.downstream.vocabulary.IdVocabulary`) and the trie of IDs that exist now. It is
-initialised from the snapshot that produced the IDs: an LMIndexer snapshot lends its backbone and codebooks (the
-paper's recipe); IDs of any other method get the same pretrained backbone with fresh token vectors, so the two
-compare the IDs, not the networks.
+space it writes (:class:`~lmindexer.downstream.vocabulary.IdVocabulary`) and the trie of IDs that exist now. Every
+ID kind starts from the same pretrained backbone with fresh ID token vectors, so a comparison of two ID kinds compares
+the IDs, not the networks. With ``from_snapshot`` the model for LMIndexer IDs starts instead from the snapshot that
+made them (the paper's recipe): its encoder weights, and its codebooks as the ID token vectors.
 
 Saved as ``generative.json`` (options, ID space, backbone config, the item -> ID map the trie is built from, and the
 SHA-256 of each of these and of every file), ``weights.safetensors`` and ``tokenizer/``: nothing is pickled, and a
@@ -13,7 +13,6 @@ model whose files or document differ from what was saved is refused on load.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -43,7 +42,6 @@ from lmindexer.indexers.lm.backbone import backbone_from_snapshot, load_backbone
 from lmindexer.indexers.lm.config import PACKAGED_BACKBONE
 from lmindexer.indexers.lm.indexer import LMIndexer
 from lmindexer.indexers.lm.model import tied_names
-from lmindexer.indexers.lm.training import TokenizedItems
 
 DOCUMENT = "generative.json"
 WEIGHTS = "weights.safetensors"
@@ -58,7 +56,12 @@ class GenerativeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: Task = Field("retrieval", description="retrieval (text -> ID) or recommendation (history -> next ID)")
-    backbone: str = Field(PACKAGED_BACKBONE, description="backbone for IDs that do not come from an LMIndexer snapshot")
+    backbone: str = Field(PACKAGED_BACKBONE, description="the pretrained model every ID kind starts from")
+    from_snapshot: bool = Field(
+        False,
+        description="start from the LMIndexer snapshot that made the IDs (its encoder weights and codebooks as the "
+        "ID token vectors); off, every ID kind starts from the same pretrained backbone",
+    )
     decoder_layers: int = Field(2, ge=1, le=24, description="decoder depth when built from an encoder")
     max_length: int = Field(64, ge=8, le=4096, description="tokens of a query or item text the encoder reads")
     train_encoder: bool = Field(False, description="fine-tune the text encoder (else frozen, its states cached)")
@@ -106,6 +109,50 @@ def _lr_lambda(total: int, warmup_share: float):
     return scale
 
 
+class TokenizedTexts:
+    """Every text's token ids (truncated, unpadded) and, with a frozen encoder, its cached encoder states."""
+
+    def __init__(self, tokenizer: Any, texts: Sequence[str], max_length: int) -> None:
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+        self.ids = [torch.tensor(row, dtype=torch.long) for row in encoded["input_ids"]]
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.memory: list[torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, index: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+        rows = [self.ids[i] for i in index]
+        length = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for n, row in enumerate(rows):
+            input_ids[n, : len(row)] = row
+            mask[n, : len(row)] = 1
+        batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+        if self.memory is not None:
+            states = [self.memory[i] for i in index]
+            memory = torch.zeros((len(rows), length, states[0].size(-1)), dtype=states[0].dtype)
+            for n, state in enumerate(states):
+                memory[n, : len(state)] = state
+            batch["memory"] = memory.to(device)
+        return batch
+
+    @torch.inference_mode()
+    def cache_memory(self, encode: Any, batch_size: int, device: torch.device, progress: bool) -> None:
+        """Run the frozen encoder once over every text; training then reads its states from memory (float16)."""
+        memory: list[torch.Tensor | None] = [None] * len(self.ids)
+        # Texts of similar length batched together: little padding.
+        order = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i]))
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        for index in tqdm(batches, desc="encoding texts", unit="batch", disable=not progress, leave=False):
+            batch = self.batch(index, device)
+            states = encode(batch["input_ids"], batch["attention_mask"]).to(torch.float16).cpu()
+            for n, i in enumerate(index):
+                memory[i] = states[n, : len(self.ids[i])].clone()
+        self.memory = memory  # type: ignore[assignment]
+
+
 class GenerativeModel:
     """A trained (or trainable) generative retriever/recommender with the trie of the IDs it may return."""
 
@@ -134,15 +181,14 @@ class GenerativeModel:
         options = parse_generative_config(config)
         vocabulary = IdVocabulary.for_table(ids, suffix_headroom=options.suffix_headroom)
         torch.manual_seed(options.seed)
-        from_indexer = isinstance(snapshot, LMIndexer)
         if snapshot is not None and snapshot.version != ids.space.snapshot_version:
             raise ConfigError(
                 f"the IDs come from snapshot {ids.space.snapshot_version}, not from the given {snapshot.version}"
             )
-        if from_indexer:
-            backbone = copy.deepcopy(snapshot.model.backbone)
-        else:
-            backbone = load_backbone(options.backbone, decoder_layers=options.decoder_layers, seed=options.seed)
+        if options.from_snapshot and not isinstance(snapshot, LMIndexer):
+            made_by = "no snapshot was given" if snapshot is None else f"the IDs come from {snapshot.method}"
+            raise ConfigError(f"from_snapshot needs the LMIndexer snapshot that made the IDs; {made_by}")
+        backbone = load_backbone(options.backbone, decoder_layers=options.decoder_layers, seed=options.seed)
         network = GenerativeIdModel(
             backbone,
             vocabulary.sizes,
@@ -150,10 +196,10 @@ class GenerativeModel:
             history_window=options.history_window,
             history_layers=options.history_layers,
         )
-        if from_indexer:
-            _copy_indexer(network, snapshot)  # type: ignore[arg-type]
         model = cls(options, vocabulary, network, ids.sid_map())
-        model.initialised_from = f"{snapshot.method} snapshot {snapshot.version}" if from_indexer else "backbone"
+        if options.from_snapshot:
+            _copy_indexer(network, snapshot)  # type: ignore[arg-type]
+            model.initialised_from = f"{snapshot.method} snapshot {snapshot.version}"  # type: ignore[union-attr]
         return model
 
     # -- the live ID set -------------------------------------------------------------------------------------------
@@ -237,11 +283,11 @@ class GenerativeModel:
             raise ConfigError("no training pairs")
         texts = [text for text, _ in examples]
         targets = self._targets([item_id for _, item_id in examples])
-        bank = TokenizedItems(self.network, texts, self.config.max_length)  # type: ignore[arg-type]
+        bank = TokenizedTexts(self.network.backbone.tokenizer, texts, self.config.max_length)
         frozen = self._freeze_encoder()
         started = time.perf_counter()
         if frozen:
-            bank.cache_memory(self.network, self.config.inference_batch_size, self.device, progress)  # type: ignore[arg-type]
+            bank.cache_memory(self.network.encode, self.config.inference_batch_size, self.device, progress)
         encoded_s = time.perf_counter() - started
 
         def batch_loss(index: list[int]) -> torch.Tensor:
@@ -476,18 +522,23 @@ class GenerativeModel:
 
 
 def _copy_indexer(network: GenerativeIdModel, indexer: LMIndexer) -> None:
-    """Start from what the indexer learnt: its start vector, summary scale and codebooks as token vectors."""
-    source = indexer.model
+    """Start from what the indexer learnt: its (possibly fine-tuned) encoder and its codebooks as ID token vectors.
+
+    The indexer's encoder must have the backbone encoder's architecture (the packaged MiniLM for both by default).
+    """
+    source = indexer.model.encoder.model.state_dict()
+    target = network.backbone.encoder_module
+    missing, unexpected = target.load_state_dict(source, strict=False)
+    if unexpected or [name for name in missing if not name.startswith("pooler.")]:
+        raise ConfigError(
+            f"the encoder of snapshot {indexer.version} ({indexer.config.backbone}) does not fit the generative "
+            "model's backbone; set the generative model's backbone to the snapshot's encoder"
+        )
     with torch.no_grad():
-        network.start.copy_(source.start)
-        network.summary_scale.copy_(source.summary_scale)
-        for position, codebook in enumerate(source.codebooks):
+        for position, codebook in enumerate(indexer.model.codebooks):
             vectors = torch.nn.functional.normalize(codebook.detach().float(), dim=-1)
             network.token_vectors[position].copy_(vectors)
             network.output_vectors[position].copy_(vectors)
-            network.centre(position).copy_(source.centres(position))
-        # The indexer scores codes at temperature code_temperature; start from the same sharpness.
-        network.logit_scale.fill_(math.log(1.0 / indexer.config.code_temperature))
 
 
 def _json_default(value: Any) -> Any:

@@ -2,9 +2,8 @@
 
 The decoder writes the ID one position at a time, as the LMIndexer does: it is fed a start vector (holding a summary
 of the source) and the embeddings of the tokens written so far, and its last state is scored by cosine against the
-output vectors of the next position. Initialised from an LMIndexer snapshot, the backbone, start vector and the
-per-position token vectors come from the indexer (its codebooks), so the model starts out already able to write IDs
-from text; for baseline IDs the same backbone starts from its pretrained weights with fresh token vectors.
+output vectors of the next position. The token vectors start random, or, from an LMIndexer snapshot, as its
+codebooks (see :mod:`lmindexer.downstream.generative`).
 
 Retrieval reads text with the backbone's encoder. Recommendation reads the user's history as a sequence of ID tokens
 (each item as its tokens, most recent last) with a small transformer encoder over the same token vectors.
@@ -85,9 +84,8 @@ class GenerativeIdModel(nn.Module):
             [nn.Parameter(vectors.detach().clone()) for vectors in self.token_vectors]
         )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(INITIAL_LOGIT_SCALE)))
-        # States are scored after subtracting a centre chosen by the previous token, as the LMIndexer scores its
-        # codes; copied from an LMIndexer snapshot the model then writes each item's stored codes from its text at
-        # the start of fine-tuning. Zero (no effect) for IDs of other methods and for the suffix position.
+        # A centre per previous token subtracted before scoring. Zero (no effect): kept so that the weights of
+        # models saved by earlier releases, which copied them from LMIndexer snapshots, still load.
         for position in range(self.depth):
             rows = 1 if position == 0 else self.sizes[position - 1]
             self.register_buffer(f"centre_{position}", torch.zeros(rows, hidden))

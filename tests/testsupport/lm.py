@@ -1,4 +1,4 @@
-"""Tiny LMIndexer options: a few seconds of training on the real sample catalogue, enough to learn something."""
+"""Tiny LMIndexer options: a few seconds of training on the real sample catalogue, every phase included."""
 
 TINY_LM = {
     "backbone": "tiny-random",
@@ -6,7 +6,8 @@ TINY_LM = {
     "codebook_size": 8,
     "batch_size": 32,
     "max_length": 48,
-    "nocode_steps": 15,
-    "quantised_steps": 25,
+    "train_layers": 1,
+    "encoder_epochs": 1,
+    "writer_epochs": 1,
     "checkpoint_every": 1000,
 }

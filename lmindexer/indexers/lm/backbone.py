@@ -30,22 +30,22 @@ from lmindexer.storage.s3 import is_s3_uri
 
 TOKENIZER_DIR = "tokenizer"
 PACKAGED_BACKBONE_ALIAS = "all-MiniLM-L6-v2"
-_PACKAGED_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+PACKAGED_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 TINY_DIMENSIONS = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _local_source(name: str) -> str:
+def local_source(name: str) -> str:
     """A directory for an ``s3://`` backbone (downloaded once into the cache), otherwise ``name`` unchanged."""
     if not is_s3_uri(name):
         return name
@@ -95,7 +95,7 @@ class Seq2SeqBackbone(nn.Module):
             raise ConfigError("the backbone's tokenizer has an empty vocabulary")
 
     @property
-    def _encoder(self) -> nn.Module:
+    def encoder_module(self) -> nn.Module:
         return self.model.get_encoder()
 
     @property
@@ -106,16 +106,16 @@ class Seq2SeqBackbone(nn.Module):
 
     @property
     def word_embeddings(self) -> nn.Embedding:
-        return self._encoder.get_input_embeddings()
+        return self.encoder_module.get_input_embeddings()
 
     def encoder_parameters(self) -> list[nn.Parameter]:
-        return list(self._encoder.parameters())
+        return list(self.encoder_module.parameters())
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         return list(self._decoder.parameters())
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self._encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.encoder_module(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def decode(self, inputs_embeds: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
         out = self._decoder(
@@ -138,13 +138,13 @@ class Seq2SeqBackbone(nn.Module):
         self.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
 
 
-def _tokenizer(location: str) -> Any:
+def load_tokenizer(location: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
     except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot load the tokenizer of backbone {location!r}: {_first_line(exc)}") from exc
+        raise ConfigError(f"cannot load the tokenizer of backbone {location!r}: {first_line(exc)}") from exc
     if len(tokenizer) < 2:
         # transformers builds an empty tokenizer for some bad paths instead of failing.
         raise ConfigError(f"the tokenizer loaded from {location!r} has an empty vocabulary")
@@ -177,38 +177,38 @@ def _tiny(vocab_size: int, decoder_layers: int, seed: int) -> nn.Module:
 
 def load_backbone(name: str, *, decoder_layers: int, seed: int) -> Seq2SeqBackbone:
     """Build the backbone a config names, with pretrained weights where the source has them."""
-    _quiet_transformers()
+    quiet_transformers()
     lowered = name.lower()
-    if lowered in _PACKAGED_NAMES:
+    if lowered in PACKAGED_NAMES:
         location = resolve_encoder(PACKAGED_BACKBONE_ALIAS)
-        return Seq2SeqBackbone(_bert2bert(location, decoder_layers), _tokenizer(location))
+        return Seq2SeqBackbone(_bert2bert(location, decoder_layers), load_tokenizer(location))
     if lowered == "tiny-random":
         location = resolve_encoder(PACKAGED_BACKBONE_ALIAS)
-        tokenizer = _tokenizer(location)
+        tokenizer = load_tokenizer(location)
         return Seq2SeqBackbone(_tiny(len(tokenizer), decoder_layers, seed), tokenizer)
-    location = _local_source(name)
+    location = local_source(name)
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
     try:
         config = AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load backbone {name!r}: {_first_line(exc)}") from exc
+        raise ConfigError(f"cannot load backbone {name!r}: {first_line(exc)}") from exc
     if not getattr(config, "is_encoder_decoder", False):
         # A bare encoder checkpoint (BERT-like): warm-start an encoder-decoder from it.
         try:
-            return Seq2SeqBackbone(_bert2bert(location, decoder_layers), _tokenizer(location))
+            return Seq2SeqBackbone(_bert2bert(location, decoder_layers), load_tokenizer(location))
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"backbone {name!r} is not a seq2seq model: {_first_line(exc)}") from exc
+            raise ConfigError(f"backbone {name!r} is not a seq2seq model: {first_line(exc)}") from exc
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(location)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load backbone {name!r}: {_first_line(exc)}") from exc
-    return Seq2SeqBackbone(model, _tokenizer(location))
+        raise ConfigError(f"cannot load backbone {name!r}: {first_line(exc)}") from exc
+    return Seq2SeqBackbone(model, load_tokenizer(location))
 
 
 def backbone_from_snapshot(directory: Path, model_config: dict[str, Any]) -> Seq2SeqBackbone:
     """The backbone's architecture (randomly initialised) and tokenizer as a snapshot recorded them."""
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
     config_values = dict(model_config)
@@ -219,12 +219,12 @@ def backbone_from_snapshot(directory: Path, model_config: dict[str, Any]) -> Seq
         config = AutoConfig.for_model(model_type, **config_values)
         model = AutoModelForSeq2SeqLM.from_config(config)
     except (ValueError, KeyError, TypeError) as exc:
-        raise SnapshotError(f"cannot rebuild the backbone of snapshot {directory}: {_first_line(exc)}") from exc
+        raise SnapshotError(f"cannot rebuild the backbone of snapshot {directory}: {first_line(exc)}") from exc
     tokenizer_dir = directory / TOKENIZER_DIR
     if not tokenizer_dir.is_dir():
         raise SnapshotError(f"snapshot {directory} has no {TOKENIZER_DIR}/ directory")
     try:
-        tokenizer = _tokenizer(str(tokenizer_dir))
+        tokenizer = load_tokenizer(str(tokenizer_dir))
     except ConfigError as exc:
         raise SnapshotError(str(exc)) from exc
     return Seq2SeqBackbone(model, tokenizer)

@@ -1,4 +1,8 @@
-"""Options of the LMIndexer method, and the ``fast`` / ``default`` presets that fill the ones a user leaves out."""
+"""Options of the LMIndexer method, and the presets that fill the ones a user leaves out.
+
+One configuration per preset, whatever the catalogue: the presets differ in how much of the encoder trains and for
+how long, which is a question of the hardware, not of the data.
+"""
 
 from __future__ import annotations
 
@@ -13,62 +17,70 @@ TINY_BACKBONE = "tiny-random"
 
 # A preset only supplies values the user did not give; the snapshot records the resolved options.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Frozen encoder whose token states are computed once and cached: the CPU-friendly configuration.
+    # The encoder stays frozen (its states are computed once); the code writers train on top. Minutes on a CPU.
     "fast": {
-        "max_length": 64,
-        "train_encoder": False,
-        "batch_size": 64,
-        "nocode_steps": 60,
-        "quantised_steps": 90,
-        "learning_rate": 1e-3,
+        "max_length": 128,
+        "train_layers": 0,
+        "encoder_epochs": 0,
+        "writer_epochs": 1,
+        "batch_size": 128,
     },
-    # The whole backbone is fine-tuned, as in the paper; meant for GPU workers.
+    # The top two encoder layers train on the catalogue (the lower layers' outputs are computed once and cached),
+    # then the writers: within an hour for ten thousand items on two CPU cores.
+    "tuned": {
+        "max_length": 64,
+        "train_layers": 2,
+        "encoder_epochs": 4,
+        "writer_epochs": 1,
+        "batch_size": 128,
+    },
+    # The whole encoder trains for many epochs, as in the paper: for GPU workers.
     "default": {
         "max_length": 128,
-        "train_encoder": True,
-        "batch_size": 128,
-        "nocode_steps": 1000,
-        "quantised_steps": 2000,
-        "learning_rate": 5e-4,
+        "train_layers": -1,
+        "encoder_epochs": 10,
+        "writer_epochs": 2,
+        "batch_size": 256,
     },
 }
 
 
 class LMIndexerConfig(IndexerConfig):
-    """A seq2seq LM that writes an item's semantic ID one code at a time; trained self-supervised."""
+    """A language model that writes an item's semantic ID one code at a time, trained self-supervised."""
 
-    preset: Literal["fast", "default"] = Field("fast", description="fills every training option left unset")
+    preset: Literal["fast", "tuned", "default"] = Field("fast", description="fills every training option left unset")
     backbone: str = Field(
         PACKAGED_BACKBONE,
         description=(
-            "seq2seq backbone: the packaged all-MiniLM-L6-v2 (warm-started encoder-decoder), 'tiny-random' (tests), "
-            "or a T5/BART/encoder-decoder model as a hub id, a local directory or an s3:// prefix"
+            "the text encoder: the packaged all-MiniLM-L6-v2, 'tiny-random' (tests), or a BERT-family or T5 model "
+            "as a hub id, a local directory or an s3:// prefix"
         ),
     )
-    decoder_layers: int = Field(2, ge=1, le=24, description="decoder depth when the decoder is built from an encoder")
-    max_length: int = Field(64, ge=8, le=4096, description="tokens of each item's text the encoder reads")
-    train_encoder: bool = Field(False, description="fine-tune the encoder (else it is frozen and its states cached)")
-    batch_size: int = Field(64, ge=2, le=65536, description="items per training step (per process)")
-    nocode_steps: int = Field(60, ge=0, description="steps per position before quantisation")
-    quantised_steps: int = Field(90, ge=1, description="steps per position with the codebook in place")
-    warm_steps: int | None = Field(None, ge=1, description="quantised steps per position of a warm retrain")
-    learning_rate: float = Field(1e-3, gt=0, le=1)
-    encoder_learning_rate: float = Field(5e-5, gt=0, le=1, description="used when train_encoder is on")
-    weight_decay: float = Field(0.01, ge=0, le=1)
-    warmup_share: float = Field(0.1, ge=0, lt=1, description="share of each stage's steps spent warming up the lr")
-    code_temperature: float = Field(0.1, gt=0, le=10, description="softmax temperature of code scores")
-    contrastive_temperature: float = Field(0.05, gt=0, le=10)
-    reconstruction_weight: float = Field(1.0, ge=0)
-    contrastive_weight: float = Field(0.5, ge=0)
-    commitment_weight: float = Field(1.0, ge=0)
-    anchor_weight: float = Field(1.0, ge=0, description="weight of pulling states towards their code vectors")
-    diversity_weight: float = Field(0.1, ge=0, description="weight of the even-codebook-use term (quantised stages)")
-    mask_rate: list[float] | None = Field(
-        None, description="reconstructor masking rate per position (one value for all; default 0.5 then 0.7)"
+    max_length: int = Field(128, ge=8, le=4096, description="tokens of each item's text the encoder reads")
+    train_layers: int = Field(
+        0, ge=-1, description="top encoder layers that train (0: frozen; -1: all of them, embeddings included)"
     )
-    reconstruct_tokens: int = Field(32, ge=1, le=4096, description="token positions reconstructed per item and step")
+    encoder_epochs: int = Field(0, ge=0, description="passes over the catalogue that adapt the encoder")
+    writer_epochs: int = Field(1, ge=0, description="passes over the catalogue per code position")
+    batch_size: int = Field(128, ge=4, le=65536, description="items per training step (per process)")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="peak rate of the code writers and codebooks")
+    encoder_learning_rate: float = Field(2e-5, gt=0, le=1, description="peak rate of the encoder layers that train")
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    warmup_share: float = Field(0.05, ge=0, lt=1, description="share of all training steps spent warming up")
+    token_dropout: float = Field(
+        0.2, ge=0, lt=1, description="share of an item's tokens each of its two training views leaves out"
+    )
+    contrastive_temperature: float = Field(0.05, gt=0, le=10)
+    cluster_temperature: float = Field(0.1, gt=0, le=10, description="softmax temperature of code predictions")
+    sinkhorn_epsilon: float = Field(0.05, gt=0, le=10, description="entropy of the balanced code targets")
+    contrastive_weight: float = Field(1.0, ge=0)
+    cluster_weight: float = Field(1.0, ge=0)
+    reconstruction_weight: float = Field(1.0, ge=0, description="weight of rebuilding the item's content words")
+    heldout_share: float = Field(
+        0.1, gt=0, lt=0.5, description="items kept out of training to judge, without labels, whether a change helped"
+    )
     kmeans_iterations: int = Field(25, ge=1, le=1000)
-    inference_batch_size: int = Field(64, ge=1, le=65536)
+    inference_batch_size: int = Field(128, ge=1, le=65536)
     checkpoint_every: int = Field(100, ge=1, description="training steps between checkpoints")
     mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(
         None, description="None follows accelerate launch's --mixed_precision"
@@ -93,29 +105,15 @@ class LMIndexerConfig(IndexerConfig):
         return value.strip()
 
     @model_validator(mode="after")
-    def _mask_rates(self) -> LMIndexerConfig:
-        rates = self.mask_rate
-        if rates is None:
-            rates = [0.5] + [0.7] * (self.levels - 1)
-        elif len(rates) == 1:
-            rates = rates * self.levels
-        elif len(rates) != self.levels:
-            raise ValueError(f"mask_rate has {len(rates)} values but levels is {self.levels}")
-        for rate in rates:
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"each mask_rate must be in [0, 1), got {rate}")
-        object.__setattr__(self, "mask_rate", list(rates))
+    def _encoder_training(self) -> LMIndexerConfig:
+        if self.encoder_epochs and self.train_layers == 0:
+            raise ValueError("encoder_epochs needs train_layers other than 0 (which layers to train)")
         return self
 
     @property
-    def stage_warm_steps(self) -> int:
-        return self.warm_steps or max(1, self.quantised_steps // 2)
+    def trains_encoder(self) -> bool:
+        return self.train_layers != 0 and self.encoder_epochs > 0
 
     def architecture(self) -> dict[str, Any]:
         """The options that shape the weights: a warm start needs them to match."""
-        return {
-            "backbone": self.backbone,
-            "decoder_layers": self.decoder_layers,
-            "levels": self.levels,
-            "codebook_size": list(self.codebook_size),
-        }
+        return {"backbone": self.backbone, "levels": self.levels, "codebook_size": list(self.codebook_size)}

@@ -1,7 +1,8 @@
-"""``lmindexer``: semantic IDs learned self-supervised by a generative seq2seq LM (the LMIndexer method).
+"""``lmindexer``: semantic IDs written code by code by a language model trained self-supervised (LMIndexer).
 
 The ID of an item is what the saved snapshot writes for its text, greedily, position by position: codes are never
-taken from a training pass, so ``assign`` is a pure function of the text and reproduces every stored ID.
+taken from a training pass, so ``assign`` is a pure function of the text and reproduces every stored ID (with a
+balanced last level, the ID table may give an item its next preferred last code when its own is taken).
 """
 
 from __future__ import annotations
@@ -17,28 +18,14 @@ from tqdm.auto import tqdm
 
 from lmindexer.errors import ConfigError, SnapshotError
 from lmindexer.indexers.base import Indexer, IndexerConfig
-from lmindexer.indexers.lm.backbone import backbone_from_snapshot, load_backbone
 from lmindexer.indexers.lm.config import LMIndexerConfig
-from lmindexer.indexers.lm.model import LMIndexerModel, LossSettings, tied_names
+from lmindexer.indexers.lm.encoder import encoder_from_snapshot, load_encoder
+from lmindexer.indexers.lm.model import LMIndexerModel, tied_names
 from lmindexer.indexers.lm.training import Trainer
 
 
-def loss_settings(config: LMIndexerConfig) -> LossSettings:
-    return LossSettings(
-        code_temperature=config.code_temperature,
-        contrastive_temperature=config.contrastive_temperature,
-        reconstruction_weight=config.reconstruction_weight,
-        contrastive_weight=config.contrastive_weight,
-        commitment_weight=config.commitment_weight,
-        diversity_weight=config.diversity_weight,
-        anchor_weight=config.anchor_weight,
-        mask_rate=tuple(config.mask_rate or ()),
-        reconstruct_tokens=config.reconstruct_tokens,
-    )
-
-
 class LMIndexer(Indexer):
-    """A generative seq2seq LM that writes the ID code by code, trained self-supervised (LMIndexer)."""
+    """A language model that writes the ID code by code, trained self-supervised (LMIndexer)."""
 
     method = "lmindexer"
     config_class = LMIndexerConfig
@@ -56,13 +43,8 @@ class LMIndexer(Indexer):
         return self._model
 
     def _new_model(self) -> LMIndexerModel:
-        backbone = load_backbone(self.config.backbone, decoder_layers=self.config.decoder_layers, seed=self.config.seed)
-        return self._wrap(backbone)
-
-    def _wrap(self, backbone: Any) -> LMIndexerModel:
-        with torch.random.fork_rng():
-            torch.manual_seed(self.config.seed)
-            return LMIndexerModel(backbone, self.codebook_sizes, self.config.max_length, loss_settings(self.config))
+        encoder = load_encoder(self.config.backbone, seed=self.config.seed)
+        return LMIndexerModel(encoder, self.codebook_sizes, seed=self.config.seed)
 
     # -- fitting -------------------------------------------------------------------------------------------------
 
@@ -71,17 +53,17 @@ class LMIndexer(Indexer):
             raise ConfigError(f"a warm start needs a fitted lmindexer snapshot, not {previous.method}")
         if previous.config.architecture() != self.config.architecture():
             raise ConfigError(
-                "a warm start keeps the previous weights and codebooks, so backbone, decoder_layers, levels and "
-                f"codebook_size must match: previous {previous.config.architecture()}, "
-                f"now {self.config.architecture()}"
+                "a warm start keeps the previous encoder, so backbone, levels and codebook_size must match: "
+                f"previous {previous.config.architecture()}, now {self.config.architecture()}"
             )
         self._previous = previous
 
     def fit_texts(self, texts: Sequence[str], *, progress: bool) -> dict[str, Any] | None:
         previous = self._previous
         if previous is not None:
-            model = copy.deepcopy(previous.model)
-            model.losses = loss_settings(self.config)
+            # A warm retrain starts from the previous snapshot's encoder (which already knows the catalogue) and
+            # writes the positions again on the grown catalogue.
+            model = LMIndexerModel(copy.deepcopy(previous.model.encoder), self.codebook_sizes, seed=self.config.seed)
         else:
             model = self._new_model()
         trainer = Trainer(
@@ -90,18 +72,19 @@ class LMIndexer(Indexer):
             texts,
             checkpoint_dir=self.checkpoint_dir,
             progress=progress,
-            warm=previous is not None,
             warm_version=previous.version if previous is not None else None,
         )
         stats = trainer.run()
-        self._model = trainer.model
+        self._model = trainer.model.cpu().eval()
         self.is_main_process = trainer.is_main
         result: dict[str, Any] = {"training": stats}
         if previous is not None:
+            old, new = previous.codes_for_texts(texts), self.encode_texts(texts, progress=False)
             result["warm_start"] = {
                 "previous_version": previous.version,
-                # Items whose full code tuple is what the previous snapshot gave them.
-                "code_stability": stats["warm_code_stability"],
+                # Items whose first code is what the previous snapshot gave them (a retrain defines a new ID
+                # space, so this is a measure of continuity, not a promise).
+                "first_code_agreement": round(float((old[:, 0] == new[:, 0]).mean()), 4),
             }
         self._previous = None
         return result
@@ -109,48 +92,81 @@ class LMIndexer(Indexer):
     # -- assignment ----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str], *, progress: bool) -> np.ndarray:
+    def _decode(self, texts: Sequence[str], *, progress: bool, preferences: bool) -> tuple[np.ndarray, np.ndarray]:
         model = self.model.eval()
         device = next(model.parameters()).device
-        tokenizer = model.backbone.tokenizer
+        encoder = model.encoder
         # Batches of similar length keep padding small; codes go back to the caller's order.
-        lengths = [
-            len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=self.config.max_length)["input_ids"]
-        ]
+        tokenized = encoder.tokenizer(list(texts), truncation=True, max_length=self.config.max_length)
+        lengths = [len(ids) for ids in tokenized["input_ids"]]
         order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        out = np.empty((len(texts), self.levels), dtype=np.int64)
+        codes = np.empty((len(texts), self.levels), dtype=np.int64)
+        ranked = np.empty((len(texts), self.codebook_sizes[-1] if preferences else 1), dtype=np.int64)
         size = self.config.inference_batch_size
         starts = range(0, len(order), size)
         for start in tqdm(starts, desc="assigning", unit="batch", disable=not progress, leave=False):
             index = order[start : start + size]
-            batch = model.backbone.tokenize([texts[i] for i in index], self.config.max_length)
+            batch = encoder.tokenize([texts[i] for i in index], self.config.max_length)
             input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            codes = model.greedy_codes(model.encode(input_ids, mask), mask)
-            out[index] = codes.cpu().numpy()
-        return out
+            states = model.token_states(input_ids, mask)
+            written = model.greedy_codes(states, mask)
+            codes[index] = written.cpu().numpy()
+            if preferences:
+                ranked[index] = model.last_level_preferences(states, mask, written).numpy()
+            else:
+                ranked[index] = written[:, -1:].cpu().numpy()
+        return codes, ranked
+
+    def encode_texts(self, texts: Sequence[str], *, progress: bool) -> np.ndarray:
+        return self._decode(texts, progress=progress, preferences=False)[0]
+
+    def encode_texts_with_preferences(self, texts: Sequence[str], *, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        return self._decode(texts, progress=progress, preferences=True)
 
     # -- persistence ---------------------------------------------------------------------------------------------
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        tied = tied_names(self.model)
-        return {name: t for name, t in self.model.state_dict().items() if name not in tied}
+        model = self.model
+        tied = tied_names(model.encoder.model)
+        tensors = {f"encoder.{k}": v for k, v in model.encoder.model.state_dict().items() if k not in tied}
+        tensors |= {f"writers.{k}": v for k, v in model.writers.state_dict().items()}
+        tensors |= {f"codebooks.{k}": v for k, v in model.codebooks.state_dict().items()}
+        return tensors | model.centre_tensors()
 
     def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        missing, unexpected = self.model.load_state_dict(dict(tensors), strict=False)
-        if unexpected or set(missing) - tied_names(self.model):
+        model = self.model
+        groups: dict[str, dict[str, torch.Tensor]] = {"encoder": {}, "writers": {}, "codebooks": {}}
+        centres = {}
+        for name, tensor in tensors.items():
+            head, _, rest = name.partition(".")
+            if head in groups:
+                groups[head][rest] = tensor
+            elif head == "centres":
+                centres[name] = tensor
+            else:
+                raise SnapshotError(f"the snapshot's weights do not fit its lmindexer model (unexpected {name!r})")
+        try:
+            missing, unexpected = model.encoder.model.load_state_dict(groups["encoder"], strict=False)
+            if unexpected or set(missing) - tied_names(model.encoder.model):
+                raise KeyError(f"encoder weights missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+            model.writers.load_state_dict(groups["writers"], strict=True)
+            model.codebooks.load_state_dict(groups["codebooks"], strict=True)
+            model.load_centre_tensors(centres)
+        except (RuntimeError, KeyError) as exc:
             raise SnapshotError(
-                f"the snapshot's weights do not fit its lmindexer model (missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]})"
-            )
+                f"the snapshot's weights do not fit its lmindexer model: {str(exc).splitlines()[0]}"
+            ) from exc
+        model.eval()
 
     def snapshot_metadata(self) -> dict[str, Any]:
-        return {"backbone_config": self.model.backbone.config_dict()}
+        return {"encoder_config": self.model.encoder.config_dict()}
 
     def write_assets(self, directory: Path) -> None:
-        self.model.backbone.save_tokenizer(directory)
+        self.model.encoder.save_tokenizer(directory)
 
     def load_assets(self, directory: Path, metadata: Mapping[str, Any]) -> None:
-        model_config = metadata.get("backbone_config")
+        model_config = metadata.get("encoder_config")
         if not isinstance(model_config, Mapping):
-            raise SnapshotError(f"snapshot {directory} does not record its backbone configuration")
-        self._model = self._wrap(backbone_from_snapshot(directory, dict(model_config)))
+            raise SnapshotError(f"snapshot {directory} does not record its encoder's configuration")
+        encoder = encoder_from_snapshot(directory, dict(model_config))
+        self._model = LMIndexerModel(encoder, self.codebook_sizes, seed=self.config.seed)

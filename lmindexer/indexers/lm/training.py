@@ -1,23 +1,28 @@
-"""Progressive, resumable training of the LMIndexer model on Accelerate (CPU, one GPU or many with the same code).
+"""Training of the LMIndexer on Accelerate (CPU, one GPU or many with the same code), resumable, phase by phase.
 
-For each position t in turn:
+1. **Encoder** (when the preset trains it): the top ``train_layers`` layers of the encoder learn from the catalogue
+   (the outputs of the layers below are computed once and cached). Two views of each item (each leaving out a random
+   share of its tokens) must recognise each other among the batch (contrastive), predict each other's balanced code
+   assignment (swapped prediction with Sinkhorn-balanced targets, as in SwAV) and rebuild the item's content words
+   from its code (bag-of-words reconstruction over the whole vocabulary). The encoder is then frozen.
+2. **Positions 1..L**, in turn: the node centres and codebook start from k-means on the writer's initial states
+   (position 1 is then k-means on the encoder's summary, the two-stage baseline); the writer trains with the same
+   three objectives on its own states; centres and codebook are refitted on the trained states. The position is then
+   frozen: nothing that computes an earlier position ever trains again, so earlier codes cannot drift.
 
-1. *no-code stage*: the reconstructor reads the continuous decoder state ``h_t``;
-2. codebook t is initialised by spherical k-means on ``h_t`` of every item (cosine: the similarity assignment uses);
-3. *quantised stage*: the reconstructor reads the straight-through code vector;
-4. every item is assigned its code t (teacher-forced on its codes before t), which the next positions build on.
+Every learned change is kept only where a label-free criterion says it helped: the cross-entropy of held-out items'
+content words under a smoothed word distribution per code prefix fitted on the other items (how much the codes say
+about the text). Otherwise the initial (k-means) state is restored. Both values are reported.
 
-A warm retrain starts from a snapshot's weights and codebooks, takes the codes that snapshot gives every item of the
-grown catalogue as its starting assignment, and runs shorter quantised stages only.
-
-Under DDP each process trains on its own slice of every step's batches; whole-catalogue passes (k-means, assignment)
-run on every process and the main process's result is broadcast, so all processes agree exactly. The training
-state is checkpointed every ``checkpoint_every`` steps and at each stage boundary; a rerun with the same options and
-catalogue resumes from it.
+One AdamW optimiser and one schedule (linear warm-up, cosine decay) run across all phases; the parameters of a phase
+not running get no gradient. Whole-catalogue passes (caches, k-means, assignment) run on every process and the main
+process's result is broadcast, so processes agree exactly. The state is checkpointed every ``checkpoint_every``
+steps and at phase boundaries; a rerun with the same options and catalogue resumes from it.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -30,70 +35,48 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from lmindexer.indexers.kmeans import fit_kmeans
 from lmindexer.indexers.lm.checkpoint import find_checkpoint, save_checkpoint
 from lmindexer.indexers.lm.config import LMIndexerConfig
-from lmindexer.indexers.lm.model import LMIndexerModel, tied_names
+from lmindexer.indexers.lm.encoder import mean_pool
+from lmindexer.indexers.lm.model import LMIndexerModel, NodeCentres, nearest
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 20
 LOSS_WINDOW = 10
-SUMMARY_DOMINANCE = 2.0
+SINKHORN_ITERATIONS = 3
+# Dirichlet prior (in tokens) pulling a code's word distribution towards the catalogue's: a code seen on few items
+# says little, and the criterion must not reward codes for memorising their handful of items.
+CRITERION_PRIOR = 50.0
 
 
-@dataclass(frozen=True)
-class Stage:
-    level: int
-    quantised: bool
-    steps: int
-    kmeans_init: bool
-
-    @property
-    def name(self) -> str:
-        return f"position {self.level + 1} {'quantised' if self.quantised else 'no-code'}"
+# -- data ---------------------------------------------------------------------------------------------------------
 
 
-def plan_stages(config: LMIndexerConfig, *, warm: bool) -> list[Stage]:
-    stages = []
-    for level in range(config.levels):
-        if warm:
-            stages.append(Stage(level, True, config.stage_warm_steps, kmeans_init=False))
-            continue
-        if config.nocode_steps:
-            stages.append(Stage(level, False, config.nocode_steps, kmeans_init=False))
-        stages.append(Stage(level, True, config.quantised_steps, kmeans_init=True))
-    return stages
+class CatalogueTokens:
+    """Every item's token ids (truncated, unpadded), its content words (for the reconstruction objective and the
+    criterion) and whether it is held out."""
 
-
-def create_accelerator(config: LMIndexerConfig) -> Any:
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    # Positions not being trained yet get no gradient, which DDP must be told about.
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-    options: dict[str, Any] = {"kwargs_handlers": handlers}
-    if config.mixed_precision is not None:
-        options["mixed_precision"] = config.mixed_precision
-    if config.device == "cpu" or not torch.cuda.is_available():
-        options["cpu"] = True
-    return Accelerator(**options)
-
-
-class TokenizedItems:
-    """Every item's token ids (truncated, unpadded) and, with a frozen encoder, its cached encoder states."""
-
-    def __init__(self, model: LMIndexerModel, texts: Sequence[str], max_length: int) -> None:
-        encoded = model.backbone.tokenizer(list(texts), truncation=True, max_length=max_length)
+    def __init__(self, tokenizer: Any, texts: Sequence[str], max_length: int, heldout_share: float) -> None:
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
         self.ids = [torch.tensor(row, dtype=torch.long) for row in encoded["input_ids"]]
-        self.pad_id = model.backbone.tokenizer.pad_token_id or 0
-        self.memory: list[torch.Tensor] | None = None
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.vocab_size = len(tokenizer)
+        content = content_vocabulary(tokenizer)
+        self.words = [row[content[row]] for row in self.ids]
+        # Held out by a hash of the text: the same items whatever the catalogue's order or the process.
+        self.heldout = torch.tensor(
+            [int(hashlib.sha256(t.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < heldout_share for t in texts]
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batch(self, index: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+    def padded(self, index: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [self.ids[i] for i in index]
         length = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
@@ -101,32 +84,218 @@ class TokenizedItems:
         for n, row in enumerate(rows):
             input_ids[n, : len(row)] = row
             mask[n, : len(row)] = 1
-        batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
-        if self.memory is not None:
-            states = [self.memory[i] for i in index]
-            memory = torch.zeros((len(rows), length, states[0].size(-1)), dtype=states[0].dtype)
-            for n, state in enumerate(states):
-                memory[n, : len(state)] = state
-            batch["memory"] = memory.to(device)
-        return batch
+        return input_ids, mask
+
+    def word_targets(self, index: Sequence[int]) -> torch.Tensor:
+        """``(B, V)`` each item's content-word distribution (uniform over its content tokens)."""
+        targets = torch.zeros((len(index), self.vocab_size))
+        for n, i in enumerate(index):
+            words = self.words[i]
+            if len(words):
+                targets[n].index_add_(0, words, torch.full((len(words),), 1.0 / len(words)))
+        return targets
 
     def by_length(self, batch_size: int) -> Iterator[list[int]]:
-        """Index batches of similar length (little padding) covering every item once."""
         order = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i]))
         for start in range(0, len(order), batch_size):
             yield order[start : start + batch_size]
 
-    @torch.inference_mode()
-    def cache_memory(self, model: LMIndexerModel, batch_size: int, device: torch.device, progress: bool) -> None:
-        """Run the frozen encoder once over every item; training then reads its states from memory (float16)."""
-        memory: list[torch.Tensor | None] = [None] * len(self.ids)
-        batches = list(self.by_length(batch_size))
-        for index in tqdm(batches, desc="encoding catalogue", unit="batch", disable=not progress, leave=False):
-            batch = self.batch(index, device)
-            states = model.encode(batch["input_ids"], batch["attention_mask"]).to(torch.float16).cpu()
-            for n, i in enumerate(index):
-                memory[i] = states[n, : len(self.ids[i])].clone()
-        self.memory = memory  # type: ignore[assignment]
+
+def content_vocabulary(tokenizer: Any) -> torch.Tensor:
+    """``(V,)`` True for tokens that carry content: not special, not punctuation or digits alone, not a stop word,
+    not a word-piece continuation."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    special = set(tokenizer.all_special_ids)
+    mask = torch.zeros(len(tokenizer), dtype=torch.bool)
+    for token, index in tokenizer.get_vocab().items():
+        if index >= len(mask) or index in special:
+            continue
+        word = token.lstrip("▁Ġ").lower()
+        if token.startswith("##") or len(word) < 2 or not any(c.isalpha() for c in word):
+            continue
+        if word in ENGLISH_STOP_WORDS:
+            continue
+        mask[index] = True
+    return mask
+
+
+class StateCache:
+    """Token states of every item (float16, unpadded) at one depth of the encoder."""
+
+    def __init__(self, states: list[torch.Tensor]) -> None:
+        self.states = states
+
+    def padded(self, index: Sequence[int], device: torch.device) -> torch.Tensor:
+        rows = [self.states[i] for i in index]
+        length = max(len(r) for r in rows)
+        out = torch.zeros((len(rows), length, rows[0].size(-1)), dtype=torch.float32)
+        for n, row in enumerate(rows):
+            out[n, : len(row)] = row.float()
+        return out.to(device)
+
+
+# -- objectives ---------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int = SINKHORN_ITERATIONS) -> torch.Tensor:
+    """Soft assignments ``(B, K)`` whose codes are used equally across the batch (Sinkhorn-Knopp, as in SwAV)."""
+    q = torch.exp((scores - scores.max()) / epsilon).T.double()
+    q /= q.sum()
+    codes, batch = q.shape
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True)
+        q /= codes
+        q /= q.sum(dim=0, keepdim=True)
+        q /= batch
+    return (q * batch).T.float()
+
+
+def view_masks(mask: torch.Tensor, drop: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A view of each item that leaves out a random ``drop`` share of its tokens (never the first, never all)."""
+    keep = torch.rand(mask.shape, generator=generator) >= drop
+    keep = keep.to(mask.device) & mask.bool()
+    keep[:, 0] = mask[:, 0].bool()
+    return keep.long()
+
+
+class Objectives(nn.Module):
+    """The training losses, around the model and the reconstruction head (a module, so DDP can wrap it)."""
+
+    def __init__(self, model: LMIndexerModel, vocab_size: int, config: LMIndexerConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        hidden = model.encoder.hidden_size
+        self.reconstruction = nn.Linear(hidden, vocab_size)
+        with torch.no_grad():
+            embeddings = model.encoder.word_embeddings.weight
+            rows = min(vocab_size, embeddings.size(0))
+            self.reconstruction.weight.zero_()
+            self.reconstruction.weight[:rows] = F.normalize(embeddings[:rows].float(), dim=-1)
+            self.reconstruction.bias.zero_()
+
+    def forward(self, batch: dict[str, Any], phase: str, level: int, split: int) -> dict[str, torch.Tensor]:
+        config = self.config
+        states = batch["states"]
+        views = [batch["view_a"], batch["view_b"]]
+        if phase == "encoder":
+            tops = [self.model.encoder.upper(states, v, split, batch["input_ids"]) for v in views]
+            zs = [mean_pool(top, v) for top, v in zip(tops, views, strict=True)]
+            centres = torch.zeros_like(zs[0])
+        else:
+            prefix = batch["prefix"]
+            zs = [self.model.writers[level](states, v, prefix) for v in views]
+            centres = batch["centres"]
+        spaces = [z - centres for z in zs]
+        codebook = F.normalize(self.model.codebooks[level], dim=-1)
+        out: dict[str, torch.Tensor] = {}
+        first, second = F.normalize(spaces[0], dim=-1), F.normalize(spaces[1], dim=-1)
+        logits = first @ second.T / config.contrastive_temperature
+        out["contrastive"] = F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+        scores = [F.normalize(s, dim=-1) @ codebook.T for s in spaces]
+        targets = [sinkhorn(s.detach(), config.sinkhorn_epsilon) for s in scores]
+        predicted = [F.log_softmax(s / config.cluster_temperature, dim=-1) for s in scores]
+        out["cluster"] = -0.5 * (
+            (targets[1] * predicted[0]).sum(-1).mean() + (targets[0] * predicted[1]).sum(-1).mean()
+        )
+        # The item's content words, from its (soft) code vector placed at its node.
+        code_vectors = torch.softmax(scores[0] / config.cluster_temperature, dim=-1) @ self.model.codebooks[level]
+        rebuilt = self.reconstruction(F.normalize(centres + code_vectors, dim=-1))
+        out["reconstruction"] = -(batch["words"] * F.log_softmax(rebuilt.float(), dim=-1)).sum(-1).mean()
+        out["loss"] = (
+            config.contrastive_weight * out["contrastive"]
+            + config.cluster_weight * out["cluster"]
+            + config.reconstruction_weight * out["reconstruction"]
+        )
+        return out
+
+
+# -- the label-free criterion -------------------------------------------------------------------------------------
+
+
+def heldout_cross_entropy(codes: torch.Tensor, items: CatalogueTokens) -> float:
+    """Cross-entropy (nats per content word) of the held-out items' words under the word distribution of their code
+    prefix, fitted on the other items and smoothed towards the catalogue's. Lower: the codes say more about the text.
+    Labels play no part."""
+    from scipy import sparse
+
+    keys: dict[tuple[int, ...], int] = {}
+    rows = np.asarray([keys.setdefault(tuple(row), len(keys)) for row in codes.tolist()])
+    fit = ~items.heldout.numpy()
+    data, row_index, col_index = [], [], []
+    for n, words in enumerate(items.words):
+        if fit[n] and len(words):
+            data.append(np.ones(len(words)))
+            row_index.append(np.full(len(words), rows[n]))
+            col_index.append(words.numpy())
+    if not data:
+        return float("nan")
+    counts = sparse.csr_matrix(
+        (np.concatenate(data), (np.concatenate(row_index), np.concatenate(col_index))),
+        shape=(len(keys), items.vocab_size),
+    )
+    overall = np.asarray(counts.sum(axis=0)).ravel() + 1.0
+    overall /= overall.sum()
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    loss, tokens = 0.0, 0
+    for n in np.flatnonzero(~fit):
+        words = items.words[n].numpy()
+        if not len(words):
+            continue
+        row = rows[n]
+        seen = np.asarray(counts[row, words].todense()).ravel()
+        probability = (seen + CRITERION_PRIOR * overall[words]) / (totals[row] + CRITERION_PRIOR)
+        loss -= float(np.log(probability).sum())
+        tokens += len(words)
+    return loss / max(tokens, 1)
+
+
+# -- the trainer --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reset_writer(writer: nn.Module) -> None:
+    """Put a writer back where it starts: no query, no correction (uniform attention: the item's summary). Its key
+    projection is left as it is: with a zero query it has no effect."""
+    writer.query.zero_()
+    for table in writer.prefix_queries:
+        table.zero_()
+    writer.correction.weight.zero_()
+    writer.correction.bias.zero_()
+
+
+def schedule_factor(step: int, total_steps: int, warmup_share: float) -> float:
+    """Share of the peak learning rate at ``step`` (0-based) of a run of ``total_steps`` across all phases: linear
+    warm-up over the first ``warmup_share`` of the steps, then cosine decay to zero."""
+    total = max(total_steps, 1)
+    warmup = max(1, int(total * warmup_share))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # "encoder" or "position"
+    level: int
+    steps: int
+
+    @property
+    def title(self) -> str:
+        return "encoder" if self.name == "encoder" else f"position {self.level + 1}"
+
+
+def create_accelerator(config: LMIndexerConfig) -> Any:
+    from accelerate import Accelerator
+
+    options: dict[str, Any] = {}
+    if config.mixed_precision is not None:
+        options["mixed_precision"] = config.mixed_precision
+    if config.device == "cpu" or not torch.cuda.is_available():
+        options["cpu"] = True
+    return Accelerator(**options)
 
 
 def training_fingerprint(config: LMIndexerConfig, texts: Sequence[str], warm_version: str | None) -> str:
@@ -147,7 +316,6 @@ class Trainer:
         *,
         checkpoint_dir: Path | None,
         progress: bool,
-        warm: bool = False,
         warm_version: str | None = None,
     ) -> None:
         from accelerate.utils import set_seed
@@ -159,70 +327,81 @@ class Trainer:
         self.device = self.accelerator.device
         set_seed(config.seed)
         self.model = model.to(self.device)
-        if not config.train_encoder:
-            for parameter in self.model.backbone.encoder_parameters():
-                parameter.requires_grad_(False)
-        self.items = TokenizedItems(model, texts, config.max_length)
-        self.warm = warm
+        self.items = CatalogueTokens(model.encoder.tokenizer, texts, config.max_length, config.heldout_share)
+        self.split = model.encoder.split_at(config.train_layers if config.trains_encoder else 0)
+        self.objectives = Objectives(model, self.items.vocab_size, config).to(self.device)
+        for parameter in self.objectives.parameters():
+            parameter.requires_grad_(False)
         self.codes = torch.full((len(texts), config.levels), -1, dtype=torch.long)
-        self.warm_codes: torch.Tensor | None = None
-        self.stages = plan_stages(config, warm=self.warm)
+        self.phases = self._plan()
         self.fingerprint = training_fingerprint(config, texts, warm_version)
         self.checkpoint_dir = checkpoint_dir
         self.history: list[dict[str, Any]] = []
-        self.wrapped = self.accelerator.prepare(self.model)
+        self.lower: StateCache | None = None
+        self.top: StateCache | None = None
+        self._pristine: dict[str, torch.Tensor] = {}
+        self._baseline_summaries = torch.empty(0)
+        self.total_steps = sum(p.steps for p in self.phases)
+        self.optimizer = self._optimizer()
+        # The objectives are not wrapped in DistributedDataParallel: which parameters train changes from phase to
+        # phase (DDP fixes that set when it wraps), so gradients are averaged across processes by hand.
+        self.optimizer = self.accelerator.prepare(self.optimizer)
+
+    # -- plan, optimiser, schedule -------------------------------------------------------------------------------
+
+    def _steps(self, epochs: int) -> int:
+        fit_items = int((~self.items.heldout).sum())
+        return epochs * max(1, fit_items // min(self.config.batch_size, max(fit_items, 1)))
+
+    def _plan(self) -> list[Phase]:
+        phases = []
+        if self.config.trains_encoder:
+            phases.append(Phase("encoder", 0, self._steps(self.config.encoder_epochs)))
+        phases += [
+            Phase("position", level, self._steps(self.config.writer_epochs)) for level in range(self.config.levels)
+        ]
+        return phases
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        model, config = self.model, self.config
+        encoder = model.encoder.trainable_parameters(config.train_layers) if config.trains_encoder else []
+        encoder_ids = {id(p) for p in encoder}
+        rest = [p for p in self.objectives.parameters() if id(p) not in encoder_ids]
+        groups = [{"params": rest, "lr": config.learning_rate, "peak": config.learning_rate}]
+        if encoder:
+            groups.append({"params": encoder, "lr": config.encoder_learning_rate, "peak": config.encoder_learning_rate})
+        return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+    def _set_rate(self, global_step: int) -> None:
+        factor = schedule_factor(global_step, self.total_steps, self.config.warmup_share)
+        for group in getattr(self.optimizer, "optimizer", self.optimizer).param_groups:
+            group["lr"] = group["peak"] * factor
+
+    def _average_gradients(self) -> None:
+        if self.accelerator.num_processes == 1:
+            return
+        import torch.distributed as dist
+
+        trained = [p for p in self.objectives.parameters() if p.requires_grad]
+        for parameter in trained:
+            if parameter.grad is None:  # every process must join the same collective
+                parameter.grad = torch.zeros_like(parameter)
+        flat = torch.cat([p.grad.reshape(-1) for p in trained])
+        dist.all_reduce(flat)
+        flat /= self.accelerator.num_processes
+        offset = 0
+        for parameter in trained:
+            size = parameter.grad.numel()
+            parameter.grad.copy_(flat[offset : offset + size].view_as(parameter.grad))
+            offset += size
+
+    def _train_only(self, parameters: Sequence[nn.Parameter]) -> None:
+        for parameter in self.objectives.parameters():
+            parameter.requires_grad_(False)
+        for parameter in [*parameters, *self.objectives.reconstruction.parameters()]:
+            parameter.requires_grad_(True)
 
     # -- whole-catalogue passes ----------------------------------------------------------------------------------
-
-    def _memory(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "memory" in batch:
-            return batch["memory"].float()
-        return self.model.encode(batch["input_ids"], batch["attention_mask"])
-
-    @torch.no_grad()
-    def hidden_states(self, level: int) -> torch.Tensor:
-        """``h_level`` of every item, teacher-forced on its assigned codes before ``level`` (float32, CPU)."""
-        self.model.eval()
-        out = torch.empty((len(self.items), self.model.backbone.hidden_size))
-        for index in self.items.by_length(self.config.inference_batch_size):
-            batch = self.items.batch(index, self.device)
-            prefix = self.codes[index, :level].to(self.device)
-            out[index] = self.model.hidden(self._memory(batch), batch["attention_mask"], prefix)[:, level].float().cpu()
-        return out
-
-    @torch.no_grad()
-    def greedy_codes(self, levels: int | None = None) -> torch.Tensor:
-        """Every item's codes for the first ``levels`` positions, decoded as the snapshot would (main's result)."""
-        levels = self.config.levels if levels is None else levels
-        self.model.eval()
-        out = torch.empty((len(self.items), levels), dtype=torch.long)
-        for index in self.items.by_length(self.config.inference_batch_size):
-            batch = self.items.batch(index, self.device)
-            out[index] = self.model.greedy_codes(self._memory(batch), batch["attention_mask"], levels).cpu()
-        return self._broadcast(out)
-
-    @torch.no_grad()
-    def calibrate_summary(self) -> float:
-        """Scale the summary added to the decoder's states so that, across the catalogue, it varies
-        ``SUMMARY_DOMINANCE`` times as much as the untrained decoder's own position-1 state."""
-        self.model.eval()
-        decoder, summary = [], []
-        for index in self.items.by_length(self.config.inference_batch_size):
-            batch = self.items.batch(index, self.device)
-            memory, mask = self._memory(batch), batch["attention_mask"]
-            empty = torch.zeros((len(index), 0), dtype=torch.long, device=self.device)
-            decoder.append(self.model.decoder_states(memory, mask, empty)[:, 0].float().cpu())
-            summary.append(self.model.summary(memory, mask).float().cpu())
-
-        def spread(rows: list[torch.Tensor]) -> float:
-            values = torch.cat(rows)
-            return float((values - values.mean(dim=0)).norm(dim=1).mean())
-
-        scale = SUMMARY_DOMINANCE * spread(decoder) / max(spread(summary), 1e-6)
-        scale = float(self._broadcast(torch.tensor(scale)))
-        with torch.no_grad():
-            self.model.summary_scale.fill_(scale)
-        return scale
 
     def _broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
         from accelerate.utils import broadcast
@@ -231,128 +410,86 @@ class Trainer:
             return tensor
         return broadcast(tensor.to(self.device), from_process=0).cpu()
 
-    def _parents(self, level: int) -> torch.Tensor:
-        return LMIndexerModel.parents(self.codes, level)
-
-    def centre(self, level: int) -> torch.Tensor:
-        """Set the centres of code space ``level`` from the catalogue (see ``LMIndexerModel``); returns the states."""
-        states = self.hidden_states(level)
-        parents = self._parents(level)
-        table = self.model.centres(level)
-        sums = torch.zeros(table.shape, dtype=torch.float64).index_add_(0, parents, states.double())
-        counts = torch.bincount(parents, minlength=table.size(0)).double().unsqueeze(1)
-        # a parent code no item holds falls back to the catalogue mean
-        centres = torch.where(counts > 0, sums / counts.clamp(min=1), states.double().mean(dim=0)).float()
-        centres = self._broadcast(centres)
-        with torch.no_grad():
-            table.copy_(centres.to(self.device))
-        return states
-
-    def code_space(self, states: torch.Tensor, level: int) -> torch.Tensor:
-        return self.model.code_space(states.to(self.device), level, self._parents(level).to(self.device)).cpu()
-
-    def init_codebook(self, level: int) -> None:
-        """Spherical k-means in the code space: the codebook starts where the assignment's cosine puts the items."""
-        states = self.code_space(self.centre(level), level).numpy()
-        centroids = fit_kmeans(
-            states,
-            self.config.codebook_size[level],
-            seed=self.config.seed + level,
-            iterations=self.config.kmeans_iterations,
-            spherical=True,
-        )
-        codebook = torch.nn.functional.normalize(torch.as_tensor(centroids, dtype=torch.float32), dim=-1)
-        codebook = self._broadcast(codebook)
-        with torch.no_grad():
-            self.model.codebooks[level].copy_(codebook.to(self.device))
+    @torch.inference_mode()
+    def _cache(self, depth: str) -> StateCache:
+        """Token states of every item: after the frozen lower layers (``lower``) or at the top (``top``)."""
+        self.model.eval()
+        states: list[torch.Tensor] = [torch.empty(0)] * len(self.items)
+        batches = list(self.items.by_length(self.config.inference_batch_size))
+        for index in tqdm(batches, desc=f"encoding ({depth})", unit="batch", disable=not self.progress, leave=False):
+            input_ids, mask = self.items.padded(index)
+            input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+            if depth == "lower":
+                out = self.model.encoder.lower(input_ids, mask, self.split)
+            elif self.lower is not None:
+                out = self.model.encoder.upper(self.lower.padded(index, self.device), mask, self.split, input_ids)
+            else:
+                out = self.model.encoder.full(input_ids, mask)
+            out = out.to(torch.float16).cpu()
+            for n, i in enumerate(index):
+                states[i] = out[n, : len(self.items.ids[i])].clone()
+        return StateCache(states)
 
     @torch.no_grad()
-    def assign_through(self, level: int) -> dict[str, Any]:
-        """Greedy codes for positions ``<= level`` for every item, as the snapshot would assign them.
+    def _summaries(self) -> torch.Tensor:
+        """Every item's summary (mean-pooled top states, unit length), float32 on the CPU."""
+        assert self.top is not None
+        out = torch.empty((len(self.items), self.model.encoder.hidden_size))
+        for index in self.items.by_length(self.config.inference_batch_size):
+            _, mask = self.items.padded(index)
+            out[index] = mean_pool(self.top.padded(index, torch.device("cpu")), mask).float()
+        return out
 
-        Reassigning the earlier positions too keeps the prefixes the next stages are trained on equal to what the
-        model itself decodes.
-        """
-        codes = self.greedy_codes(level + 1)
-        changed = (codes[:, :level] != self.codes[:, :level]).any(dim=1).double().mean().item() if level else 0.0
-        self.codes[:, : level + 1] = codes
-        counts = torch.bincount(codes[:, level], minlength=self.config.codebook_size[level]).double()
-        share = counts / counts.sum()
-        entropy = -(share[share > 0] * share[share > 0].log()).sum().item()
-        return {
-            "codes_used": int((counts > 0).sum()),
-            "utilisation": round(float((counts > 0).double().mean()), 4),
-            "perplexity": round(math.exp(entropy), 2),
-            # items whose earlier codes moved while this position trained
-            "earlier_codes_changed": round(changed, 4),
-        }
+    @torch.no_grad()
+    def _states(self, level: int, *, untrained: bool = False) -> torch.Tensor:
+        """Position ``level``'s writer states ``z`` of every item, given their codes so far (``untrained``: of the
+        writer as it starts, which returns the item's summary)."""
+        assert self.top is not None
+        self.model.eval()
+        writer = self.model.writers[level]
+        if untrained:
+            writer = copy.deepcopy(writer)
+            reset_writer(writer)
+        out = torch.empty((len(self.items), self.model.encoder.hidden_size))
+        for index in self.items.by_length(self.config.inference_batch_size):
+            _, mask = self.items.padded(index)
+            states = self.top.padded(index, self.device)
+            prefix = self.codes[index, :level].to(self.device)
+            out[index] = writer(states, mask.to(self.device), prefix).float().cpu()
+        return out
 
-    # -- training ------------------------------------------------------------------------------------------------
+    def _fit_position(self, level: int, states: torch.Tensor) -> tuple[NodeCentres, torch.Tensor, torch.Tensor]:
+        """Node centres of ``states``, k-means codebook on the centred states, and every item's code."""
+        centres = NodeCentres.fit(states, self.codes, level)
+        space = states - centres.lookup(self.codes)
+        codebook = torch.as_tensor(
+            fit_kmeans(
+                space.numpy(),
+                self.config.codebook_size[level],
+                seed=self.config.seed + level,
+                iterations=self.config.kmeans_iterations,
+            )
+        )
+        codebook = self._broadcast(codebook)
+        codes = self._broadcast(nearest(space.double(), codebook.double()))
+        return centres, codebook, codes
 
-    def _stage_batches(self, stage: Stage, stage_index: int) -> list[list[int]]:
-        """Every process's batches for the stage, in order; a resumed run rebuilds exactly the same list."""
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + stage_index)
-        size = min(self.config.batch_size, len(self.items))
-        needed = stage.steps * self.accelerator.num_processes
-        batches: list[list[int]] = []
-        while len(batches) < needed:
-            order = torch.randperm(len(self.items), generator=generator)
-            if stage.level > 0:
-                # Items that share a prefix sit together, so that each batch holds siblings to contrast.
-                prefix = self.codes[order, : stage.level]
-                keys = torch.zeros(len(order), dtype=torch.long)
-                for level in range(stage.level):
-                    keys = keys * self.config.codebook_size[level] + prefix[:, level]
-                order = order[torch.sort(keys, stable=True).indices]
-            epoch = [order[i : i + size].tolist() for i in range(0, len(order) - size + 1, size)]
-            shuffled = torch.randperm(len(epoch), generator=generator).tolist()
-            batches.extend(epoch[i] for i in shuffled)
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        return batches[rank:needed:world]
+    # -- checkpoints ---------------------------------------------------------------------------------------------
 
-    def _optimizer(self, stage: Stage) -> tuple[Any, Any]:
-        model = self.model
-        params = [model.start, model.summary_scale, *model.backbone.decoder_parameters()]
-        params += list(model.reconstructor.parameters())
-        if stage.quantised:
-            params.append(model.codebooks[stage.level])
-        groups = [{"params": [p for p in params if p.requires_grad], "lr": self.config.learning_rate}]
-        if self.config.train_encoder:
-            decoder = {id(p) for p in params}
-            encoder = [p for p in model.backbone.encoder_parameters() if p.requires_grad and id(p) not in decoder]
-            groups.append({"params": encoder, "lr": self.config.encoder_learning_rate})
-        optimizer = torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
-        warmup = max(1, int(stage.steps * self.config.warmup_share))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return self.accelerator.prepare(optimizer), schedule
-
-    def _trained_state(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint must hold: every weight that training can change (a frozen encoder is left out)."""
-        model = self.accelerator.unwrap_model(self.wrapped)
-        state = model.state_dict()
-        frozen = tied_names(model)
-        if not self.config.train_encoder:
-            frozen |= {name for name, p in self.model.named_parameters() if not p.requires_grad}
-        return {name: tensor for name, tensor in state.items() if name not in frozen}
-
-    def _checkpoint(self, stage_index: int, step: int, optimizer: Any) -> None:
+    def _checkpoint(self, phase_index: int, step: int) -> None:
         if self.checkpoint_dir is None:
             return
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            progress = {
-                "fingerprint": self.fingerprint,
-                "stage": stage_index,
-                "step": step,
-                "history": self.history,
-            }
-            inner = getattr(optimizer, "optimizer", optimizer)
-            arrays = {"codes": self.codes}
-            if self.warm_codes is not None:
-                arrays["warm_codes"] = self.warm_codes
-            save_checkpoint(
-                self.checkpoint_dir, progress=progress, model=self._trained_state(), optimizer=inner, arrays=arrays
-            )
+            state = {f"objectives.{k}": v for k, v in self.objectives.state_dict().items()}
+            done = [c for c in self.model.centres if c is not None]
+            for centres in done:
+                state[f"centres.{centres.level}.keys"] = centres.keys
+                state[f"centres.{centres.level}.values"] = centres.values
+            progress = {"fingerprint": self.fingerprint, "phase": phase_index, "step": step, "history": self.history}
+            inner = getattr(self.optimizer, "optimizer", self.optimizer)
+            save_checkpoint(self.checkpoint_dir, progress=progress, model=state, optimizer=inner,
+                            arrays={"codes": self.codes})  # fmt: skip
         self.accelerator.wait_for_everyone()
 
     def _resume(self) -> tuple[int, int, Any]:
@@ -360,56 +497,60 @@ class Trainer:
         if checkpoint is None:
             return 0, 0, None
         if checkpoint.progress.get("fingerprint") != self.fingerprint:
-            log.warning(
-                "ignoring the checkpoint in %s: it belongs to other options or another catalogue", checkpoint.directory
-            )
+            log.warning("ignoring the checkpoint in %s: other options or another catalogue", checkpoint.directory)
             return 0, 0, None
-        missing, unexpected = self.model.load_state_dict(checkpoint.model, strict=False)
-        frozen = {name for name, p in self.model.named_parameters() if not p.requires_grad}
-        if unexpected or set(missing) - frozen - tied_names(self.model):
-            log.warning("ignoring the checkpoint in %s: its weights do not fit this model", checkpoint.directory)
+        weights = {k.removeprefix("objectives."): v for k, v in checkpoint.model.items() if k.startswith("objectives.")}
+        missing, unexpected = self.objectives.load_state_dict(weights, strict=False)
+        if missing or unexpected or "codes" not in checkpoint.arrays:
+            log.warning("ignoring the checkpoint in %s: it does not fit this model", checkpoint.directory)
             return 0, 0, None
-        if "codes" not in checkpoint.arrays or (self.warm and "warm_codes" not in checkpoint.arrays):
-            log.warning("ignoring the checkpoint in %s: it lacks the assigned codes", checkpoint.directory)
-            return 0, 0, None
+        for level in range(self.config.levels):
+            key = f"centres.{level}.keys"
+            if key in checkpoint.model:
+                self.model.centres[level] = NodeCentres(
+                    level, checkpoint.model[key], checkpoint.model[f"centres.{level}.values"]
+                )
         self.codes = checkpoint.arrays["codes"].clone()
-        self.warm_codes = checkpoint.arrays.get("warm_codes")
         self.history = list(checkpoint.progress.get("history", []))
-        stage, step = int(checkpoint.progress["stage"]), int(checkpoint.progress["step"])
-        log.info("resumed from the checkpoint in %s at stage %d, step %d", checkpoint.directory, stage, step)
-        return stage, step, checkpoint
+        checkpoint.restore_optimizer(getattr(self.optimizer, "optimizer", self.optimizer))
+        phase, step = int(checkpoint.progress["phase"]), int(checkpoint.progress["step"])
+        log.info("resumed from the checkpoint in %s at phase %d, step %d", checkpoint.directory, phase, step)
+        return phase, step, checkpoint
+
+    # -- the run -------------------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
-        cache_seconds = 0.0
-        if not self.config.train_encoder:
-            self.model.eval()
-            self.items.cache_memory(self.model, self.config.inference_batch_size, self.device, self.progress)
-            cache_seconds = time.perf_counter() - started
-        first_stage, first_step, checkpoint = self._resume()
-        resumed_at = {"stage": first_stage, "step": first_step} if checkpoint is not None else None
-        summary_scale = None
-        if checkpoint is None and not self.warm:
-            summary_scale = round(self.calibrate_summary(), 4)
-        if self.warm and checkpoint is None:
-            # A warm retrain starts from the codes the previous snapshot gives every item of the grown catalogue.
-            self.codes = self.greedy_codes()
-            self.warm_codes = self.codes.clone()
-        for stage_index, stage in enumerate(self.stages):
-            if stage_index < first_stage:
+        if self.config.trains_encoder:
+            # Before any training (or a resume) touches the encoder: the lower layers' cache, the untrained
+            # weights (restored if training does not help) and the summaries the trained encoder must beat.
+            self.lower = self._cache("lower")
+            self.top = self._cache("top")
+            self._pristine = {k: v.detach().clone() for k, v in self.model.encoder.state_dict().items()}
+            self._baseline_summaries = self._summaries()
+        first_phase, first_step, checkpoint = self._resume()
+        resumed_at = {"phase": first_phase, "step": first_step} if checkpoint is not None else None
+        if checkpoint is not None and self.config.trains_encoder:
+            self.top = None  # the encoder's weights came from the checkpoint: its top states are computed again
+        steps_before = 0
+        for index, phase in enumerate(self.phases):
+            if index < first_phase:
+                steps_before += phase.steps
                 continue
-            resuming = checkpoint is not None and stage_index == first_stage and first_step > 0
-            self._run_stage(stage_index, stage, first_step if resuming else 0, checkpoint if resuming else None)
-        # The last stage decoded every position greedily: these are the codes the model gives each item.
-        final = self.codes
-        stats: dict[str, Any] = {}
-        if self.warm_codes is not None:
-            stats["warm_code_stability"] = round((final == self.warm_codes).all(dim=1).double().mean().item(), 4)
+            if phase.name == "position" and self.top is None:
+                self.top = self._cache("top")
+            resume_step = first_step if (checkpoint is not None and index == first_phase) else 0
+            if phase.name == "encoder":
+                self._encoder_phase(index, phase, resume_step, steps_before)
+            else:
+                self._position_phase(index, phase, resume_step, steps_before)
+            steps_before += phase.steps
+        if self.top is None:
+            self.top = self._cache("top")
+        drift = self._drift()
         return {
-            **stats,
-            "stages": self.history,
-            "encoder_cache_seconds": round(cache_seconds, 2),
-            "initial_summary_scale": summary_scale,
+            "phases": self.history,
+            "earlier_codes_changed": drift,
             "train_seconds": round(time.perf_counter() - started, 2),
             "processes": self.accelerator.num_processes,
             "device": str(self.device),
@@ -417,65 +558,172 @@ class Trainer:
             "resumed_from": resumed_at,
         }
 
-    def _run_stage(self, stage_index: int, stage: Stage, start_step: int, checkpoint: Any) -> None:
+    @torch.no_grad()
+    def _drift(self) -> list[float]:
+        """Share of items whose code at each position differs from the one assigned when that position was trained,
+        decoding everything again with the final model (0 by construction: no earlier part trains later)."""
+        assert self.top is not None
+        self.model.eval()
+        decoded = torch.empty_like(self.codes)
+        for index in self.items.by_length(self.config.inference_batch_size):
+            _, mask = self.items.padded(index)
+            decoded[index] = self.model.greedy_codes(self.top.padded(index, self.device), mask.to(self.device)).cpu()
+        return [round(float((decoded[:, level] != self.codes[:, level]).double().mean()), 6)
+                for level in range(self.config.levels)]  # fmt: skip
+
+    def _batches(self, phase_index: int, phase: Phase) -> list[list[int]]:
+        """Every process's batches of the phase (training items only), the same list on a resumed run."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + phase_index)
+        training = torch.nonzero(~self.items.heldout).flatten()
+        size = min(self.config.batch_size, len(training))
+        needed = phase.steps * self.accelerator.num_processes
+        batches: list[list[int]] = []
+        while len(batches) < needed:
+            order = training[torch.randperm(len(training), generator=generator)]
+            batches += [order[i : i + size].tolist() for i in range(0, len(order) - size + 1, size)]
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        return batches[rank:needed:world]
+
+    def _train(self, index: int, phase: Phase, start_step: int, steps_before: int, make_batch: Any) -> dict[str, Any]:
         from accelerate.utils import set_seed
 
-        stage_started = time.perf_counter()
-        if stage.kmeans_init and start_step == 0:
-            self.init_codebook(stage.level)
-        elif not stage.quantised and start_step == 0:
-            self.centre(stage.level)
-        optimizer, schedule = self._optimizer(stage)
-        if checkpoint is not None:
-            checkpoint.restore_optimizer(getattr(optimizer, "optimizer", optimizer))
-            for _ in range(start_step):
-                schedule.step()
-        batches = self._stage_batches(stage, stage_index)
+        batches = self._batches(index, phase)
         losses: list[dict[str, float]] = []
-        bar = tqdm(
-            total=stage.steps, initial=start_step, desc=stage.name, unit="step", disable=not self.progress, leave=False
-        )
-        self.wrapped.train()
-        for step in range(start_step, stage.steps):
-            # Masks and dropout depend only on (seed, stage, step), so a resumed run continues the same sequence.
-            set_seed(self.config.seed + 7919 * stage_index + step + 1000003 * self.accelerator.process_index)
-            batch = self.items.batch(batches[step], self.device)
-            batch["prefix"] = self.codes[batches[step]].clamp(min=0).to(self.device)
+        bar = tqdm(total=phase.steps, initial=start_step, desc=phase.title, unit="step", disable=not self.progress,
+                   leave=False)  # fmt: skip
+        self.objectives.train()
+        for step in range(start_step, phase.steps):
+            # Views and dropout depend only on (seed, phase, step): a resumed run continues the same sequence.
+            set_seed(self.config.seed + 7919 * index + step + 1_000_003 * self.accelerator.process_index)
+            self._set_rate(steps_before + step)
+            batch = make_batch(batches[step])
             with self.accelerator.autocast():
-                out = self.wrapped(batch, stage.level, stage.quantised)
+                out = self.objectives(batch, phase.name, phase.level, self.split)
             self.accelerator.backward(out["loss"])
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+            self._average_gradients()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
             values = {k: float(v.detach()) for k, v in out.items()}
             losses.append(values)
             bar.update(1)
-            bar.set_postfix(loss=f"{values['loss']:.3f}", rec=f"{values['reconstruction']:.3f}")
+            bar.set_postfix(loss=f"{values['loss']:.3f}")
             if (step + 1) % LOG_EVERY == 0:
-                log.info(
-                    "%s step %d/%d: %s",
-                    stage.name,
-                    step + 1,
-                    stage.steps,
-                    ", ".join(f"{k} {v:.4f}" for k, v in sorted(values.items())),
-                )
-            if (step + 1) % self.config.checkpoint_every == 0 and step + 1 < stage.steps:
-                self._checkpoint(stage_index, step + 1, optimizer)
+                log.info("%s step %d/%d: %s", phase.title, step + 1, phase.steps,
+                         ", ".join(f"{k} {v:.4f}" for k, v in sorted(values.items())))  # fmt: skip
+            if (step + 1) % self.config.checkpoint_every == 0 and step + 1 < phase.steps:
+                self._checkpoint(index, step + 1)
         bar.close()
-        record: dict[str, Any] = {"stage": stage.name, "steps": stage.steps, "resumed_at_step": start_step or None}
-        if losses:
-            for key in losses[0]:
-                head = [row[key] for row in losses[:LOSS_WINDOW]]
-                tail = [row[key] for row in losses[-LOSS_WINDOW:]]
-                record[f"{key}_first"] = round(float(np.mean(head)), 4)
-                record[f"{key}_last"] = round(float(np.mean(tail)), 4)
-        if stage.quantised:
-            # Training moved the shared decoder: re-centre every position so far on the catalogue (a drift common to
-            # all items must not herd them onto one code), then decode them all again.
-            for level in range(stage.level + 1):
-                self.centre(level)
-            record["assignment"] = self.assign_through(stage.level)
-        record["seconds"] = round(time.perf_counter() - stage_started, 2)
+        record: dict[str, Any] = {"steps": phase.steps, "resumed_at_step": start_step or None}
+        for key in losses[0] if losses else []:
+            record[f"{key}_first"] = round(float(np.mean([row[key] for row in losses[:LOSS_WINDOW]])), 4)
+            record[f"{key}_last"] = round(float(np.mean([row[key] for row in losses[-LOSS_WINDOW:]])), 4)
+        return record
+
+    def _views(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return view_masks(mask, self.config.token_dropout), view_masks(mask, self.config.token_dropout)
+
+    def _encoder_phase(self, index: int, phase: Phase, start_step: int, steps_before: int) -> None:
+        started = time.perf_counter()
+        model, config = self.model, self.config
+        assert self.lower is not None
+        if start_step == 0:
+            codebook = fit_kmeans(self._baseline_summaries.numpy(), config.codebook_size[0], seed=config.seed,
+                                  iterations=config.kmeans_iterations)  # fmt: skip
+            with torch.no_grad():
+                model.codebooks[0].copy_(self._broadcast(torch.as_tensor(codebook)).to(self.device))
+        self._train_only([*model.encoder.trainable_parameters(config.train_layers), model.codebooks[0]])
+
+        def make_batch(index_: list[int]) -> dict[str, Any]:
+            input_ids, mask = self.items.padded(index_)
+            view_a, view_b = self._views(mask)
+            words = self.items.word_targets(index_).to(self.device)
+            return {"states": self.lower.padded(index_, self.device), "mask": mask.to(self.device),
+                    "view_a": view_a.to(self.device), "view_b": view_b.to(self.device),
+                    "input_ids": input_ids.to(self.device), "words": words}  # fmt: skip
+
+        record = {"phase": phase.title, **self._train(index, phase, start_step, steps_before, make_batch)}
+        frozen_codes = self._position_one_codes(self._baseline_summaries)
+        self.top = self._cache("top")
+        tuned_codes = self._position_one_codes(self._summaries())
+        criterion = {"frozen_encoder": heldout_cross_entropy(frozen_codes, self.items),
+                     "trained_encoder": heldout_cross_entropy(tuned_codes, self.items)}  # fmt: skip
+        kept = criterion["trained_encoder"] < criterion["frozen_encoder"]
+        if not kept:
+            model.encoder.load_state_dict(self._pristine)
+            self.top = self._cache("top")
+        for parameter in model.encoder.parameters():
+            parameter.requires_grad_(False)
+        record.update(heldout_cross_entropy=criterion, kept=kept, seconds=round(time.perf_counter() - started, 2))
         self.history.append(record)
-        log.info("%s done: %s", stage.name, record)
-        self._checkpoint(stage_index + 1, 0, None)
+        log.info("encoder done: %s", record)
+        self._checkpoint(index + 1, 0)
+
+    def _position_one_codes(self, summaries: torch.Tensor) -> torch.Tensor:
+        """k-means codes at position 1 on ``summaries`` (the criterion compares the frozen and the trained encoder
+        through them)."""
+        codebook = fit_kmeans(summaries.numpy(), self.config.codebook_size[0], seed=self.config.seed,
+                              iterations=self.config.kmeans_iterations)  # fmt: skip
+        return self._broadcast(nearest(summaries.double(), torch.as_tensor(codebook).double())).unsqueeze(1)
+
+    def _position_phase(self, index: int, phase: Phase, start_step: int, steps_before: int) -> None:
+        started = time.perf_counter()
+        model, level = self.model, phase.level
+        writer = model.writers[level]
+        # The phase starts from k-means on the untrained writer's states (the writer's summary); a resumed run
+        # computes that start again (it is deterministic) and continues the training from the checkpoint.
+        initial_fit = self._fit_position(level, self._states(level, untrained=True))
+        if start_step == 0:
+            reset_writer(writer)
+            model.centres[level] = initial_fit[0]
+            with torch.no_grad():
+                model.codebooks[level].copy_(initial_fit[1].to(self.device))
+            self.codes[:, level] = initial_fit[2]
+        initial = (initial_fit[0], initial_fit[1], initial_fit[2])
+        record: dict[str, Any] = {"phase": phase.title}
+        if phase.steps:
+            self._train_only([*writer.parameters(), model.codebooks[level]])
+            centres_now = model.centres[level]
+
+            def make_batch(index_: list[int]) -> dict[str, Any]:
+                _, mask = self.items.padded(index_)
+                view_a, view_b = self._views(mask)
+                prefix = self.codes[index_, :level]
+                return {"states": self.top.padded(index_, self.device), "mask": mask.to(self.device),
+                        "view_a": view_a.to(self.device), "view_b": view_b.to(self.device),
+                        "prefix": prefix.to(self.device), "centres": centres_now.lookup(prefix).to(self.device),
+                        "words": self.items.word_targets(index_).to(self.device)}  # fmt: skip
+
+            record.update(self._train(index, phase, start_step, steps_before, make_batch))
+            centres, codebook, codes = self._fit_position(level, self._states(level))
+            prefix_codes = torch.cat([self.codes[:, :level], codes.unsqueeze(1)], dim=1)
+            initial_codes = torch.cat([self.codes[:, :level], initial[2].unsqueeze(1)], dim=1)
+            criterion = {"initial": heldout_cross_entropy(initial_codes, self.items),
+                         "trained": heldout_cross_entropy(prefix_codes, self.items)}  # fmt: skip
+            kept = criterion["trained"] < criterion["initial"]
+            if kept:
+                model.centres[level] = centres
+                with torch.no_grad():
+                    model.codebooks[level].copy_(codebook.to(self.device))
+                self.codes[:, level] = codes
+            else:
+                reset_writer(writer)
+                model.centres[level] = initial[0]
+                with torch.no_grad():
+                    model.codebooks[level].copy_(initial[1].to(self.device))
+                self.codes[:, level] = initial[2]
+            record.update(heldout_cross_entropy=criterion, kept=kept)
+        for parameter in writer.parameters():
+            parameter.requires_grad_(False)
+        model.codebooks[level].requires_grad_(False)
+        counts = torch.bincount(self.codes[:, level], minlength=self.config.codebook_size[level]).double()
+        share = counts / counts.sum()
+        entropy = -(share[share > 0] * share[share > 0].log()).sum().item()
+        record.update(
+            codes_used=int((counts > 0).sum()),
+            utilisation=round(float((counts > 0).double().mean()), 4),
+            perplexity=round(math.exp(entropy), 2),
+            seconds=round(time.perf_counter() - started, 2),
+        )
+        self.history.append(record)
+        log.info("%s done: %s", phase.title, record)
+        self._checkpoint(index + 1, 0)

@@ -9,34 +9,29 @@ from lmindexer.indexers.lm import PRESETS, LMIndexerConfig
 
 def test_the_preset_fills_only_what_is_left_out():
     fast = LMIndexerConfig()
-    assert fast.preset == "fast" and fast.train_encoder is False and fast.max_length == PRESETS["fast"]["max_length"]
-    default = LMIndexerConfig(preset="default", max_length=96)
-    assert default.train_encoder is True and default.max_length == 96
-    assert default.quantised_steps == PRESETS["default"]["quantised_steps"]
+    assert fast.preset == "fast" and not fast.trains_encoder and fast.max_length == PRESETS["fast"]["max_length"]
+    tuned = LMIndexerConfig(preset="tuned", max_length=96)
+    assert tuned.trains_encoder and tuned.train_layers == 2 and tuned.max_length == 96
+    assert tuned.encoder_epochs == PRESETS["tuned"]["encoder_epochs"]
+    assert LMIndexerConfig(preset="default").train_layers == -1
 
 
 def test_a_saved_config_reloads_to_the_same_options():
-    config = LMIndexerConfig(preset="default", levels=4, codebook_size=[16, 8, 8, 4], learning_rate=1e-4)
+    config = LMIndexerConfig(preset="tuned", levels=4, codebook_size=[16, 8, 8, 4], learning_rate=1e-4)
     assert LMIndexerConfig.model_validate(config.model_dump(mode="json")) == config
-
-
-def test_mask_rates_default_per_position_and_accept_one_or_l_values():
-    assert LMIndexerConfig(levels=3).mask_rate == [0.5, 0.7, 0.7]
-    assert LMIndexerConfig(levels=2, mask_rate=[0.3]).mask_rate == [0.3, 0.3]
-    assert LMIndexerConfig(levels=2, mask_rate=[0.1, 0.2]).mask_rate == [0.1, 0.2]
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"preset": "turbo"}, "preset"),
-        ({"levels": 3, "mask_rate": [0.5, 0.5]}, "mask_rate has 2 values but levels is 3"),
-        ({"mask_rate": [1.0]}, "mask_rate must be in [0, 1)"),
         ({"backbone": "  "}, "backbone must name a model"),
         ({"batch_size": 1}, "batch_size"),
-        ({"quantised_steps": 0}, "quantised_steps"),
-        ({"code_temperature": 0}, "code_temperature"),
+        ({"train_layers": 0, "encoder_epochs": 2}, "encoder_epochs needs train_layers"),
+        ({"heldout_share": 0.6}, "heldout_share"),
+        ({"token_dropout": 1.0}, "token_dropout"),
         ({"mixed_precision": "fp8"}, "mixed_precision"),
+        ({"last_level": "sometimes"}, "last_level"),
         ({"no_such_option": 1}, "no_such_option"),
     ],
 )

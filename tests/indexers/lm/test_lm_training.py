@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -19,9 +20,8 @@ from testsupport.lm import TINY_LM
 
 from lmindexer.indexers import load_snapshot
 from lmindexer.indexers.base import WEIGHTS_FILE
-from lmindexer.indexers.lm import LMIndexerConfig
 from lmindexer.indexers.lm.checkpoint import PROGRESS_FILE
-from lmindexer.indexers.lm.training import plan_stages
+from lmindexer.indexers.lm.training import schedule_factor
 
 CLI = [sys.executable, "-m", "lmindexer.cli"]
 
@@ -37,15 +37,12 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def test_stages_go_position_by_position():
-    stages = plan_stages(LMIndexerConfig(levels=4, nocode_steps=3, quantised_steps=5), warm=False)
-    assert [(s.level, s.quantised, s.steps, s.kmeans_init) for s in stages] == [
-        (level, quantised, 5 if quantised else 3, quantised) for level in range(4) for quantised in (False, True)
-    ]
-    warm = plan_stages(LMIndexerConfig(levels=2, quantised_steps=10), warm=True)
-    assert [(s.level, s.quantised, s.steps, s.kmeans_init) for s in warm] == [(0, True, 5, False), (1, True, 5, False)]
-    no_nocode = plan_stages(LMIndexerConfig(levels=2, nocode_steps=0), warm=False)
-    assert all(s.quantised for s in no_nocode)
+def test_one_schedule_warms_up_then_decays_across_all_phases():
+    factors = [schedule_factor(step, 100, 0.1) for step in range(100)]
+    assert factors[0] == 0.1 and factors[9] == 1.0  # ten warm-up steps
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))  # then it only decays
+    assert factors[-1] < 0.01
+    assert schedule_factor(0, 0, 0.1) == 1.0  # nothing to train: no division by zero
 
 
 def _fit_command(catalogue: Path, options: Path, out: Path, checkpoint: Path) -> list[str]:
@@ -55,12 +52,12 @@ def _fit_command(catalogue: Path, options: Path, out: Path, checkpoint: Path) ->
 
 @pytest.mark.slow
 def test_a_killed_fit_resumes_from_its_checkpoint(wiki_sample_path, wiki_items, tmp_path):
-    options = _config_file(tmp_path, checkpoint_every=5, nocode_steps=20, quantised_steps=30)
+    options = _config_file(tmp_path, checkpoint_every=3, encoder_epochs=2, writer_epochs=2)
     out, checkpoint = tmp_path / "snap", tmp_path / "ckpt"
     command = _fit_command(wiki_sample_path, options, out, checkpoint)
     process = subprocess.Popen(command, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
-    # Kill it once it has got past the first stage: a checkpoint at step > 0 of a later stage.
+    # Kill it once it has got past the first phase: a checkpoint at step > 0 of a later phase.
     while time.monotonic() < deadline and process.poll() is None:
         progress = checkpoint / PROGRESS_FILE
         if progress.is_file():
@@ -68,7 +65,7 @@ def test_a_killed_fit_resumes_from_its_checkpoint(wiki_sample_path, wiki_items, 
                 state = json.loads(progress.read_text())
             except (json.JSONDecodeError, OSError):
                 state = {}
-            if state.get("stage", 0) >= 1 and state.get("step", 0) > 0:
+            if state.get("phase", 0) >= 1 and state.get("step", 0) > 0:
                 break
         time.sleep(0.02)
     assert process.poll() is None, f"the fit finished before it could be killed: {process.stdout.read()!r}"
@@ -81,10 +78,10 @@ def test_a_killed_fit_resumes_from_its_checkpoint(wiki_sample_path, wiki_items, 
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     document = json.loads((out / "snapshot.json").read_text())
     resumed = document["manifest"]["training"]["resumed_from"]
-    assert resumed is not None and resumed["stage"] >= killed_at["stage"] >= 1
+    assert resumed is not None and resumed["phase"] >= killed_at["phase"] >= 1
     assert not checkpoint.exists(), "the checkpoint is removed once the snapshot is written"
-    # the stages finished before the kill are reported from the checkpoint, not redone
-    assert len(document["manifest"]["training"]["stages"]) == 6
+    # the phases finished before the kill are reported from the checkpoint, not redone
+    assert len(document["manifest"]["training"]["phases"]) == 4
 
     # The same fit, never killed: resuming continues the very same training (weights, optimizer state, step,
     # assigned codes), so both snapshots hold the same weights and give every item the same codes.
@@ -104,7 +101,7 @@ def test_a_killed_fit_resumes_from_its_checkpoint(wiki_sample_path, wiki_items, 
 
 @pytest.mark.slow
 def test_two_gloo_processes_train_one_snapshot(wiki_sample_path, tmp_path, wiki_items):
-    options = _config_file(tmp_path, batch_size=16, nocode_steps=5, quantised_steps=8)
+    options = _config_file(tmp_path, batch_size=16)
     out = tmp_path / "snap"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -1,0 +1,101 @@
+"""What every benchmark records and writes: the machine, the code's commit, the load while it ran, and its results
+as JSON, Markdown and PNG side by side.
+
+A benchmark figure is only worth quoting with the commit it was measured at and how busy the machine was: a second
+process on a 2-core machine changes timings several-fold. So every JSON carries ``environment`` from
+:func:`environment` (load average at the start) and :func:`finish` adds the load average at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+PACKAGES = ("torch", "transformers", "faiss-cpu", "scikit-learn", "numpy", "pyarrow", "lmindexer")
+
+
+def git_commit() -> dict[str, Any]:
+    """The commit the measured code is at, and whether the working tree differed from it."""
+
+    def git(*args: str) -> str:
+        completed = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return completed.stdout.strip() if completed.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or None
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "lmindexer", "benchmarks"))
+    return {"commit": commit, "uncommitted_changes": dirty}
+
+
+def environment() -> dict[str, Any]:
+    """Machine, versions, commit and the load average when the benchmark started."""
+    import torch
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        **git_commit(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpu_threads_available": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "versions": versions,
+        "command": " ".join(["python", *sys.argv]),
+    }
+
+
+def finish(document: dict[str, Any]) -> dict[str, Any]:
+    """Add the load average at the end to the document's environment (a busy machine shows in the figures)."""
+    document.setdefault("environment", {})["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return document
+
+
+def mean_sd(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation of per-seed values (SD 0 for a single value)."""
+    values = [float(v) for v in values]
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+        "values": values,
+    }
+
+
+def format_mean_sd(summary: dict[str, Any], spec: str = ".4f") -> str:
+    return f"{summary['mean']:{spec}} ± {summary['sd']:{spec}}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(stem: Path, document: dict[str, Any], markdown: str) -> None:
+    """``<stem>.json`` (with the load at the end) and ``<stem>.md``; the caller writes ``<stem>.png``."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    finish(document)
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=2, default=str) + "\n")
+    env = document["environment"]
+    footer = (
+        f"\n\nMeasured at commit `{(env.get('commit') or 'unknown')[:12]}`"
+        f"{' (with uncommitted changes)' if env.get('uncommitted_changes') else ''}; load average "
+        f"{env['load_average_at_start'][0]:.2f} at the start, {env['load_average_at_end'][0]:.2f} at the end "
+        f"({env['cpu_threads_available']} CPU threads). Command: `{env['command']}`\n"
+    )
+    stem.with_suffix(".md").write_text(markdown.rstrip() + footer)
