@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmindexer.catalog import RowError
-from lmindexer.errors import ConfigError, UserError, environment_failure, one_line
+from lmindexer.errors import ConfigError, UserError, environment_failure, one_line, store_unreachable
 
 app = typer.Typer(
     name="lmindexer",
@@ -357,6 +357,24 @@ def search_rollback(url: SearchUrlOption = None, alias: AliasOption = None) -> N
     stdout.print(json.dumps(result.to_dict(), default=str), highlight=False, markup=False)
 
 
+@contextmanager
+def _pipeline_store(base_uri: str) -> Iterator[None]:
+    """An object store the pipeline cannot reach at all, as one line naming it and what to start."""
+    try:
+        yield
+    except Exception as exc:
+        reason = store_unreachable(exc)
+        if reason is None or not base_uri.startswith("s3://"):
+            raise
+        raise UserError(
+            f"cannot reach the pipeline's object store {base_uri}: {reason}. If it is the local stack, start it: "
+            '`lmindexer stack up`, then `eval "$(lmindexer stack env)"` (it keeps objects in memory, so a restarted '
+            "stack is empty; `make demo` keeps its runs' summaries and quarantined rows under demo-output/). "
+            "Otherwise configure the AWS chain: AWS_PROFILE or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and "
+            "AWS_ENDPOINT_URL_S3 for an S3-compatible server"
+        ) from exc
+
+
 @pipeline_app.command("status")
 def pipeline_status(
     config: Annotated[Path, typer.Option("--config", help="Pipeline config (YAML or JSON).")],
@@ -371,7 +389,8 @@ def pipeline_status(
     from lmindexer.pipeline.summary import render_summary, run_summary
 
     pipeline = parse_config(PipelineConfig, load_config_file(config), what="pipeline config")
-    summary = run_summary(pipeline, _search_config(url, alias))
+    with _pipeline_store(pipeline.base_uri):
+        summary = run_summary(pipeline, _search_config(url, alias))
     stdout.print(render_summary(summary), highlight=False, markup=False)
     _write_json(json_out, summary)
 

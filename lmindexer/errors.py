@@ -73,6 +73,32 @@ def environment_failure(exc: BaseException) -> str | None:
     return None if message is None else one_line(message)
 
 
+def store_unreachable(exc: BaseException) -> str | None:
+    """A short reason when ``exc``, or the error that caused it, says that an object store cannot be used at all:
+    no credentials, no connection, no such bucket, or the store down. ``None`` for anything else (a damaged record,
+    a refused key, a bug), which keeps its own message."""
+    from botocore import exceptions as boto
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, boto.NoCredentialsError | boto.PartialCredentialsError | boto.CredentialRetrievalError):
+            return f"no AWS credentials were found ({_first_line(exc)})"
+        if isinstance(exc, boto.ConnectionError | boto.HTTPClientError):
+            return f"no connection ({_first_line(exc)})"
+        if isinstance(exc, boto.ClientError):
+            error = exc.response.get("Error", {})
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            code = str(error.get("Code", ""))
+            if code == "NoSuchBucket":
+                return "the bucket does not exist"
+            if status >= 500 or code in _STORE_DOWN_CODES:
+                return f"the store is unavailable ({code or status})"
+            return None
+        exc = exc.__cause__
+    return None
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 

@@ -11,7 +11,7 @@ OUT=${DEMO_OUT:-$ROOT/demo-output}
 STACK=$OUT/stack
 BUCKET=lmindexer-demo
 mkdir -p "$OUT"
-rm -rf "$OUT/airflow" "$OUT/runs"
+rm -rf "$OUT/airflow" "$OUT/runs" "$OUT/quarantine" "$OUT/state"
 mkdir -p "$OUT/runs"
 
 # shellcheck source=scripts/airflow_env.sh
@@ -44,7 +44,21 @@ PY
 
 echo "== 2. start the local stack (S3 + search) and Airflow on SQLite"
 lmindexer stack up --dir "$STACK"
-trap 'lmindexer stack down --dir "$STACK" >/dev/null' EXIT
+# The local S3 server keeps objects in memory: before the stack stops (at the end, or on a failure), copy the
+# quarantined rows and the runs' step records to demo-output/, where they stay.
+save_outputs() {
+  python - "$BUCKET" "$OUT" <<'PY' || echo "could not copy the quarantine and run records out of the local S3 server" >&2
+import sys
+from pathlib import Path
+from lmindexer.storage.s3 import download_prefix, list_objects
+bucket, out = sys.argv[1], Path(sys.argv[2])
+for prefix, target in (("quarantine/", out / "quarantine"), ("state/", out / "state")):
+    if any(True for _ in list_objects(f"s3://{bucket}/{prefix}")):
+        download_prefix(f"s3://{bucket}/{prefix}", target)
+PY
+  SAVED=1
+}
+trap '[ -n "${SAVED:-}" ] || save_outputs; lmindexer stack down --dir "$STACK" >/dev/null' EXIT
 eval "$(lmindexer stack env --dir "$STACK")"
 cat > "$OUT/pipeline.json" <<JSON
 {"base_uri": "s3://$BUCKET", "method": "rq-kmeans", "indexer": {"levels": 3, "codebook_size": 32},
@@ -73,7 +87,8 @@ PY
     grep -E "lmindexer reindex failed" "$OUT/runs/run-$number.log" >&2 || tail -20 "$OUT/runs/run-$number.log" >&2
     exit 1
   fi
-  lmindexer pipeline status --config "$OUT/pipeline.json" --json "$OUT/runs/summary-$number.json"
+  lmindexer pipeline status --config "$OUT/pipeline.json" --json "$OUT/runs/summary-$number.json" \
+    | tee "$OUT/runs/summary-$number.txt"
 }
 
 echo "== 3. the first drop: no snapshot yet, so the DAG trains one and builds the index (full)"
@@ -82,5 +97,20 @@ echo "== 4. the later drop: new, changed and deleted items, malformed rows (incr
 run_drop 2
 echo "== 5. a rerun finds nothing new and changes nothing"
 airflow dags test catalog_reindex > "$OUT/runs/run-3.log" 2>&1 || true
-grep -q "DagRun Finished.*state=success" "$OUT/runs/run-3.log" && echo "rerun: no new drops; nothing changed"
-echo "quarantined rows: s3://$BUCKET/quarantine/ ; logs and summaries: $OUT/runs/"
+if ! grep "DagRun Finished" "$OUT/runs/run-3.log" | tail -1 | grep -q "state=success"; then
+  echo "the rerun failed (log: $OUT/runs/run-3.log):" >&2
+  tail -20 "$OUT/runs/run-3.log" >&2
+  exit 1
+fi
+lmindexer pipeline status --config "$OUT/pipeline.json" --json "$OUT/runs/summary-3.json" > /dev/null
+# The live run, its counts, the ID table, the live index and its documents must all be as the second run left them.
+python - "$OUT/runs/summary-2.json" "$OUT/runs/summary-3.json" <<'PY'
+import json, sys
+before, after = (json.load(open(path)) for path in sys.argv[1:])
+changed = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+if changed:
+    sys.exit(f"the rerun changed {', '.join(changed)} (compare {sys.argv[1]} with {sys.argv[2]})")
+print("rerun: no new drops; nothing changed")
+PY
+save_outputs
+echo "quarantined rows (with reasons): $OUT/quarantine/ ; run records: $OUT/state/ ; logs and summaries: $OUT/runs/"

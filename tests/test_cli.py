@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -147,7 +148,7 @@ def _one_line_error(code: int, err: str, prefix: str) -> str:
     return lines[0]
 
 
-def test_missing_aws_credentials_are_one_line_with_a_hint(capsys, tmp_path, monkeypatch):
+def _no_aws_configuration(monkeypatch, tmp_path) -> None:
     for name in (
         "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
         "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
@@ -159,11 +160,49 @@ def test_missing_aws_credentials_are_one_line_with_a_hint(capsys, tmp_path, monk
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setattr("lmindexer.storage.s3._default_client_options", {})
+
+
+def _no_credentials():
+    from botocore.exceptions import NoCredentialsError
+
+    return NoCredentialsError()
+
+
+def test_missing_aws_credentials_are_one_line_with_a_hint(capsys, tmp_path, monkeypatch):
+    _no_aws_configuration(monkeypatch, tmp_path)
+    _raise_from_the_command(monkeypatch, _no_credentials)
+    code, _, err = run(capsys, "evaluate", "--ids", "s3://lmindexer-nowhere/ids.parquet")
+    line = _one_line_error(code, err, "error: AWS credentials are missing or incomplete (Unable to locate credentials)")
+    assert "AWS_ACCESS_KEY_ID" in line and "AWS_PROFILE" in line
+
+
+def test_pipeline_status_without_credentials_names_the_store_and_what_to_start(capsys, tmp_path, monkeypatch):
+    _no_aws_configuration(monkeypatch, tmp_path)
     config = tmp_path / "pipeline.json"
     config.write_text(json.dumps({"base_uri": "s3://lmindexer-nowhere/platform"}))
     code, _, err = run(capsys, "pipeline", "status", "--config", str(config))
-    line = _one_line_error(code, err, "error: AWS credentials are missing or incomplete (Unable to locate credentials)")
-    assert "AWS_ACCESS_KEY_ID" in line and "AWS_PROFILE" in line
+    line = _one_line_error(
+        code, err, "error: cannot reach the pipeline's object store s3://lmindexer-nowhere/platform: no AWS credentials"
+    )
+    assert "lmindexer stack up" in line and "demo-output/" in line and "AWS_PROFILE" in line
+
+
+def test_pipeline_status_with_the_local_stack_gone_names_the_store_and_what_to_start(capsys, tmp_path, monkeypatch):
+    # What a shell that still has `lmindexer stack env` exported sees once the stack has stopped.
+    _no_aws_configuration(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local-stack")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local-stack")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+    config = tmp_path / "pipeline.json"
+    config.write_text(json.dumps({"base_uri": "s3://lmindexer-demo"}))
+    code, _, err = run(capsys, "pipeline", "status", "--config", str(config))
+    expected = "error: cannot reach the pipeline's object store s3://lmindexer-demo: no connection"
+    line = _one_line_error(code, err, expected)
+    assert "`lmindexer stack up`" in line
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
