@@ -197,6 +197,7 @@ def evaluate(
 ) -> None:
     """Measure ID quality: AMI/NMI per prefix level, collisions, utilisation, perplexity, stability."""
     from lmindexer.jobs import evaluate_ids
+    from lmindexer.metrics import describe_collisions
     from lmindexer.reporting import write_report
 
     evaluation = evaluate_ids(ids, catalog=catalog, label=label, previous=previous)
@@ -219,7 +220,8 @@ def evaluate(
     stdout.print(table)
     c = quality.collisions
     stdout.print(
-        f"items {quality.items}; collision rate {c['collision_rate']:.2%}; largest bucket {c['largest_bucket']}",
+        f"items {quality.items}; {describe_collisions(c['collision_rate'], digits=2)}; "
+        f"largest bucket {c['largest_bucket']} items sharing one code tuple",
         highlight=False,
     )
     if quality.stability:
@@ -341,7 +343,7 @@ def search_indexes(url: SearchUrlOption = None, alias: AliasOption = None) -> No
     for info in list_alias_indexes(_search_config(url, alias)):
         marker = "live" if info.live else "    "
         stdout.print(
-            f"{marker}  {info.name}  docs={info.doc_count}  snapshot={info.snapshot_version}  "
+            f"{marker}  {info.name}  docs={info.doc_count}  snapshot={info.snapshot_version}  run={info.run_id}  "
             f"created={info.created_at}",
             highlight=False,
             markup=False,

@@ -124,7 +124,8 @@ class QualityReport:
         c = self.collisions
         lines.append("")
         lines.append(
-            f"Collision rate (learned codes shared by more than one item): {c['collision_rate']:.2%}; "
+            f"Collision rate (learned codes shared by more than one item; a suffix keeps their IDs unique): "
+            f"{c['collision_rate']:.2%}; "
             f"largest bucket: {c['largest_bucket']}; distinct code tuples: {c['distinct_tuples']}"
         )
         if self.stability:
@@ -134,6 +135,14 @@ class QualityReport:
                 f"ID stability against the previous table: {share} of {s['common_items']} common items unchanged"
             )
         return "\n".join(lines) + "\n"
+
+
+def describe_collisions(rate: float, digits: int = 1) -> str:
+    """The collision rate with what it means, since it is reported next to IDs that are all unique."""
+    return (
+        f"collision rate {rate:.{digits}%} (items whose learned codes are shared with another item; such items get a "
+        "suffix, so IDs stay unique)"
+    )
 
 
 def evaluate_codes(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lmindexer.metrics import describe_collisions
 from lmindexer.pipeline.config import PipelineConfig
 from lmindexer.pipeline.records import current, read_json, step_uri
 
@@ -36,7 +37,7 @@ def run_summary(
         "published": True,
         "run_id": run_id,
         "drops": drops,
-        "catalogue": {k: (steps["merge"] or {}).get(k) for k in ("items", "new", "changed", "deleted", "unchanged")},
+        "catalogue": catalogue_counts(steps["merge"] or {}),
         "decision": steps["decide"],
         "snapshot_version": live["snapshot_version"],
         "retrained": bool((steps["train"] or {}).get("trained")),
@@ -56,6 +57,16 @@ def run_summary(
             }
             summary["lookups"] = _lookups(backend, config, live, lookups, lookup_size)
     return summary
+
+
+def catalogue_counts(merged: dict[str, Any]) -> dict[str, Any]:
+    """What the run's drops did to the catalogue, from the merge step's record. ``unchanged`` counts the drops' rows
+    that repeated an item as it was; ``untouched`` the existing items no row of the drops named, so that
+    ``items = new + changed + unchanged + untouched``."""
+    counts = {k: merged.get(k) for k in ("items", "previous_items", "new", "changed", "deleted", "unchanged")}
+    parts = [counts[k] for k in ("previous_items", "changed", "deleted", "unchanged")]
+    counts["untouched"] = None if None in parts else parts[0] - parts[1] - parts[2] - parts[3]
+    return counts
 
 
 def _lookups(backend: Any, config: PipelineConfig, live: dict[str, Any], count: int, size: int) -> list[dict]:
@@ -83,6 +94,19 @@ def _lookups(backend: Any, config: PipelineConfig, live: dict[str, Any], count: 
     return results
 
 
+def _describe_catalogue(c: dict[str, Any]) -> str:
+    """``N live items = new + changed + re-sent unchanged + untouched existing items; deleted``, zero terms left out
+    (but for new and deleted)."""
+    terms = [f"{c['new']} new"]
+    if c.get("changed"):
+        terms.append(f"{c['changed']} changed")
+    if c.get("unchanged"):
+        terms.append(f"{c['unchanged']} re-sent unchanged by the drops")
+    if c.get("untouched"):
+        terms.append(f"{c['untouched']} existing items the drops did not touch")
+    return f"{c['items']} live items = {' + '.join(terms)}; {c['deleted']} deleted"
+
+
 def render_summary(summary: dict[str, Any]) -> str:
     """The summary as a few readable lines."""
     if not summary.get("published"):
@@ -94,11 +118,7 @@ def render_summary(summary: dict[str, Any]) -> str:
             f"  drop {drop['source']}: {drop['rows_in']} rows in = {drop['staged']} staged + "
             f"{drop['quarantined']} quarantined ({reasons}); {drop['tombstones']} tombstones"
         )
-    c = summary["catalogue"]
-    lines.append(
-        f"  catalogue: {c['items']} live items ({c['new']} new, {c['changed']} changed, {c['deleted']} deleted, "
-        f"{c['unchanged']} unchanged)"
-    )
+    lines.append(f"  catalogue: {_describe_catalogue(summary['catalogue'])}")
     decision = summary["decision"] or {}
     lines.append(f"  decision: {decision.get('mode')} ({decision.get('reason')})")
     ids = summary["ids"]
@@ -109,7 +129,7 @@ def render_summary(summary: dict[str, Any]) -> str:
     if quality:
         ami = ", ".join(f"{a:.3f}" for a in quality.get("ami", []))
         lines.append(
-            f"  quality: AMI per level [{ami}]; collision rate {quality['collision_rate']:.1%}; "
+            f"  quality: AMI per level [{ami}]; {describe_collisions(quality['collision_rate'])}; "
             f"utilisation {', '.join(f'{u:.0%}' for u in quality['utilisation'])}"
         )
     stability = summary.get("stability")

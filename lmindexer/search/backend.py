@@ -371,8 +371,8 @@ class SearchBackend:
         progress: bool = False,
         total: int | None = None,
     ) -> PublishResult:
-        """Load ``docs`` into a new index ``<alias>-<version>-<run_id>``, verify it, make it live with one atomic
-        alias swap and prune old indexes down to ``keep_indexes``.
+        """Load ``docs`` into a new index (named by :func:`~lmindexer.search.documents.index_name`), verify it,
+        make it live with one atomic alias swap and prune old indexes down to ``keep_indexes``.
 
         Raises :class:`PublishError` (alias untouched) when loading or verification fails. Rerunning with the same
         version and run id replaces a leftover index of a failed attempt; if that index is already live, the

@@ -32,7 +32,7 @@ from lmindexer.search.errors import SearchConfigError
 ENV_PREFIX = "LMINDEXER_SEARCH_"
 MAX_ALIAS_LENGTH = 100
 # Index names must be lowercase and may not start with "-", "_" or "+"; keeping aliases to this alphabet also keeps
-# every derived index name (``<alias>-<version>-<run>``) valid on both engines.
+# every derived index name (``<alias>-<snapshot>-<hash>``) valid on both engines.
 _ALIAS_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -68,7 +68,7 @@ class SearchConfig(BaseModel):
         description="elasticsearch only: send the client's versioned media types; turn off for servers that accept "
         "only application/json (OpenSearch-compatible servers such as osmem-server)",
     )
-    alias: str = Field("catalog", description="the alias readers query; indexes are named <alias>-<version>-<run>")
+    alias: str = Field("catalog", description="the alias readers query; indexes are named <alias>-<snapshot>-<hash>")
     keep_indexes: int = Field(3, ge=1, le=100, description="indexes of the alias kept after a full publish")
     chunk_size: int = Field(500, ge=1, le=100_000, description="documents per bulk request")
     max_chunk_bytes: int = Field(

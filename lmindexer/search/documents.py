@@ -28,6 +28,8 @@ ID_FIELDS = ("item_id", "codes", "suffix", "sid", "snapshot_version")
 TEXT_FIELDS = {"title": 2.0, "text": 1.0}
 META_KEY = "lmindexer"
 _NAME_UNSAFE = re.compile(r"[^a-z0-9._-]+")
+# A snapshot version as index names show it: <method>-<UTC time>, without the content digest that ends it.
+_STAMPED_VERSION = re.compile(r"^(?P<readable>.+-[0-9]{8}t[0-9]{6}z)-[0-9a-f]+$")
 
 
 def prefix_field(level: int) -> str:
@@ -111,17 +113,24 @@ def _name_part(value: str, what: str) -> str:
 
 
 def index_name(alias: str, version: str, run_id: str) -> str:
-    """``<alias>-<version>-<run>``: lowercase, characters outside ``[a-z0-9._-]`` become ``-``.
+    """``<alias>-<snapshot>-<hash>``, e.g. ``catalog-rq-kmeans-20261201t235229z-01cf5c73``: readable, and distinct
+    for every (snapshot version, run id).
 
-    An Airflow run id such as ``scheduled__2024-05-01T00:00:00+00:00`` becomes ``scheduled__2024-05-01t00-00-00-00-00``.
-    Names longer than the engines' 255-byte limit are shortened and end in a hash of the full name, so distinct
-    runs keep distinct indexes.
+    A snapshot version ``<method>-<UTC time>-<content digest>`` is shown without its digest, and the run id (an
+    Airflow one such as ``manual__2026-12-01T23:42:37.026601+00:00`` is long) not at all: both are recorded in the
+    index's ``_meta``. The last 8 hex characters hash the full version and run id, so a rerun of a run names the same
+    index and distinct runs name distinct ones. Lowercase, characters outside ``[a-z0-9._-]`` become ``-``, at most
+    255 bytes. Indexes named by earlier releases (``<alias>-<version>-<run>``) carry the same ``_meta`` record, so
+    listing, pruning and rollback treat them alike.
     """
-    name = f"{alias}-{_name_part(version, 'version')}-{_name_part(run_id, 'run id')}"
-    if len(name.encode()) <= MAX_INDEX_NAME_BYTES:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-    return f"{name[: MAX_INDEX_NAME_BYTES - len(digest) - 1].rstrip('-')}-{digest}"
+    readable = _name_part(version, "version")
+    _name_part(run_id, "run id")  # a run id with no usable character is refused
+    stamped = _STAMPED_VERSION.match(readable)
+    if stamped:
+        readable = stamped["readable"]
+    digest = hashlib.sha256(f"{version}\n{run_id}".encode()).hexdigest()[:8]
+    room = MAX_INDEX_NAME_BYTES - len(alias.encode()) - len(digest) - 2
+    return f"{alias}-{readable[:room].rstrip('-')}-{digest}"
 
 
 def build_document(item: Item | Mapping[str, Any], id_row: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ def test_full_publish_goes_live_behind_the_alias(engine, make_backend, docs_fact
     docs = docs_factory(120)
     result = backend.publish_full(docs, "rq-kmeans-v1", "run-1")
 
-    assert result.index == index_name(alias, "rq-kmeans-v1", "run-1") == f"{alias}-rq-kmeans-v1-run-1"
+    assert result.index == index_name(alias, "rq-kmeans-v1", "run-1")
+    assert result.index.startswith(f"{alias}-rq-kmeans-v1-")
     assert result.previous_index is None
     assert result.bulk.attempted == result.bulk.indexed == result.doc_count == 120
     assert result.bulk.failed == 0 and result.bulk.reconciles
@@ -105,6 +106,23 @@ def test_second_publish_swaps_atomically_and_prunes(make_backend, docs_factory, 
 
     assert make_backend(keep_indexes=1).prune() == [second.index]
     assert [i.name for i in backend.list_indexes()] == [third.index]
+
+
+def test_indexes_named_the_older_way_are_listed_rolled_back_to_and_pruned(make_backend, docs_factory, monkeypatch):
+    backend = make_backend(keep_indexes=2)
+    # An index as earlier releases named it: <alias>-<version>-<run>, the whole run id included.
+    monkeypatch.setattr(
+        "lmindexer.search.backend.index_name", lambda alias, version, run: f"{alias}-{version}-{run}".lower()
+    )
+    old = backend.publish_full(docs_factory(20), "rq-kmeans-20261201T235229Z-29ede91f", "manual__2026-12-01t23-42-37")
+    monkeypatch.undo()
+    new = backend.publish_full(docs_factory(30), "rq-kmeans-20261202T010000Z-0badcafe", "manual__2026-12-02t00-00-00")
+    assert old.index.endswith("-manual__2026-12-01t23-42-37") and new.index != old.index
+    assert [(i.name, i.live) for i in backend.list_indexes()] == [(new.index, True), (old.index, False)]
+    assert backend.rollback().to_index == old.index and backend.count() == 20
+    newest = backend.publish_full(docs_factory(25), "rq-kmeans-20261203T010000Z-12345678", "manual__2026-12-03")
+    assert newest.pruned == [old.index]
+    assert [i.name for i in backend.list_indexes()] == [newest.index, new.index]
 
 
 def test_rollback_returns_to_the_previous_index(engine, make_backend, docs_factory, alias):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 
@@ -110,9 +111,22 @@ def test_template_matches_the_alias_indexes_with_distinct_priorities():
     assert index_template("catalog-eu")["priority"] != template["priority"]
 
 
+def test_index_names_are_readable_and_distinct_per_snapshot_and_run():
+    version = "rq-kmeans-20261201T235229Z-29ede91f"
+    run = "manual__2026-12-01T23:42:37.026601+00:00"
+    name = index_name("catalog", version, run)
+    # The method and the snapshot's time, then a short hash of the full version and run id.
+    assert re.fullmatch(r"catalog-rq-kmeans-20261201t235229z-[0-9a-f]{8}", name), name
+    assert index_name("catalog", version, run) == name  # a rerun of the run names the same index
+    assert index_name("catalog", version, "manual__2026-12-01T23:42:38.026601+00:00") != name
+    assert index_name("catalog", "rq-kmeans-20261201T235229Z-0badcafe", run) != name
+    # A version of another shape is kept whole.
+    assert re.fullmatch(r"catalog-rq-kmeans-v1-[0-9a-f]{8}", index_name("catalog", "rq-kmeans-v1", "run-1"))
+
+
 def test_index_names_are_valid_for_airflow_run_ids_and_long_inputs():
     name = index_name("catalog", "rq-kmeans-20240501T120000Z-ab12", "scheduled__2024-05-01T00:00:00+00:00")
-    assert name == "catalog-rq-kmeans-20240501t120000z-ab12-scheduled__2024-05-01t00-00-00-00-00"
+    assert re.fullmatch(r"catalog-rq-kmeans-20240501t120000z-[0-9a-f]{8}", name), name
     long_a = index_name("catalog", "v" * 300, "run-a")
     long_b = index_name("catalog", "v" * 300, "run-b")
     assert len(long_a.encode()) <= MAX_INDEX_NAME_BYTES and long_a != long_b

@@ -1,0 +1,55 @@
+"""The run summary `lmindexer pipeline status` prints: counts that say what they count."""
+
+from __future__ import annotations
+
+from lmindexer.pipeline.summary import catalogue_counts, render_summary
+
+
+def _merge_record(**counts: int) -> dict:
+    return {"catalog_uri": "s3://b/catalog/run/items.parquet", "delta_uri": "s3://b/staged/run/delta.parquet", **counts}
+
+
+def _summary(catalogue: dict, quality: dict | None = None) -> dict:
+    return {
+        "published": True,
+        "run_id": "manual__2026-12-02",
+        "snapshot_version": "rq-kmeans-20261201T235229Z-29ede91f",
+        "drops": [],
+        "catalogue": catalogue,
+        "decision": {"mode": "apply", "reason": "11.5% added since the last retrain"},
+        "ids": {"rows_before": 9030, "rows_after": 10033, "newly_assigned": 1003},
+        "quality": quality,
+        "stability": None,
+        "publish": {"mode": "incremental", "index": "catalog-rq-kmeans-20261201t235229z-01cf5c73"},
+    }
+
+
+def test_an_incremental_run_counts_the_existing_items_it_left_untouched():
+    # 9,030 items before; the drop adds 1,003, changes 25, deletes 25 and repeats 2 items as they were.
+    counts = catalogue_counts(
+        _merge_record(items=10008, previous_items=9030, new=1003, changed=25, deleted=25, unchanged=2)
+    )
+    assert counts["untouched"] == 8978
+    assert counts["items"] == counts["new"] + counts["changed"] + counts["unchanged"] + counts["untouched"]
+    line = next(line for line in render_summary(_summary(counts)).splitlines() if "catalogue" in line)
+    assert line.strip() == (
+        "catalogue: 10008 live items = 1003 new + 25 changed + 2 re-sent unchanged by the drops + 8978 existing "
+        "items the drops did not touch; 25 deleted"
+    )
+
+
+def test_a_first_run_lists_only_new_items():
+    counts = catalogue_counts(_merge_record(items=9030, previous_items=0, new=9030, changed=0, deleted=0, unchanged=0))
+    text = render_summary(_summary(counts))
+    assert "catalogue: 9030 live items = 9030 new; 0 deleted" in text
+    assert "unchanged" not in text
+
+
+def test_the_collision_rate_says_that_ids_stay_unique():
+    counts = catalogue_counts(_merge_record(items=9030, previous_items=0, new=9030, changed=0, deleted=0, unchanged=0))
+    quality = {"ami": [0.41, 0.35], "collision_rate": 0.646, "utilisation": [1.0, 0.97]}
+    text = render_summary(_summary(counts, quality))
+    assert (
+        "collision rate 64.6% (items whose learned codes are shared with another item; such items get a suffix, so "
+        "IDs stay unique)" in text
+    )
