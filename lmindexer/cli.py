@@ -28,6 +28,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help: Typer's rich help shows a value type (`--strict <bool>`) for flags, which take no value.
+    rich_markup_mode=None,
 )
 datasets_app = typer.Typer(help="Public data sets for development and benchmarks.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
@@ -135,6 +137,7 @@ def fit(
             on_reject=_reject_handler(stack, rejects),
             warm_from=warm_from,
             checkpoint_dir=checkpoint_dir or out.with_name(out.name + ".checkpoint"),
+            rejects_location=rejects,
         )
     if result.version is None:
         return  # a non-main process of a multi-process fit: the main process reports

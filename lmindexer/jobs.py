@@ -69,12 +69,14 @@ def fit_snapshot(
     on_reject: RejectHandler | None = None,
     warm_from: str | os.PathLike[str] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
+    rejects_location: str | os.PathLike[str] | None = None,
 ) -> FitResult:
     """Fit an indexer on a catalogue's valid, live items and save it as a snapshot.
 
     ``warm_from`` starts from an existing snapshot of the same method (a warm retrain on a grown catalogue).
     ``checkpoint_dir`` keeps resumable training state there (methods that train in steps); a rerun of the same fit
-    resumes from it, and it is removed once the snapshot is written.
+    resumes from it, and it is removed once the snapshot is written. ``rejects_location`` names where ``on_reject``
+    writes the rejected rows: a fit refused for its data (too few items) after rows were rejected points there.
     """
     options = dict(config or {})
     chosen = method or options.pop("method", None)
@@ -90,13 +92,29 @@ def fit_snapshot(
     indexer.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     reader = CatalogReader(catalog, strict=strict, on_reject=on_reject)
     items = [item for batch in reader for item in batch if not item.deleted]
-    indexer.fit(items, progress=progress)
+    try:
+        indexer.fit(items, progress=progress)
+    except ConfigError as exc:
+        if not reader.summary.rejected:
+            raise
+        raise ConfigError(f"{exc}; {_rejections(reader.summary, catalog, rejects_location)}") from exc
     if not indexer.is_main_process:
         return FitResult(Path(out), None, indexer.method, reader.summary, indexer.manifest)
     version = indexer.save(out, extra_manifest={"catalog": str(catalog), "catalog_read": reader.summary.to_dict()})
     if indexer.checkpoint_dir is not None:
         shutil.rmtree(indexer.checkpoint_dir, ignore_errors=True)
     return FitResult(Path(out), version, indexer.method, reader.summary, indexer.manifest)
+
+
+def _rejections(summary: ReadSummary, catalog: str | os.PathLike[str], where: str | os.PathLike[str] | None) -> str:
+    """How many rows of a catalogue were rejected, by rule, with an example, and where to see every one and why."""
+    rules = ", ".join(f"{rule}: {count}" for rule, count in summary.rejections_by_rule.most_common())
+    example = f"; e.g. {summary.examples[0].describe()}" if summary.examples else ""
+    if where is not None:
+        see = f"every rejected row and its reason is in {where}"
+    else:
+        see = f"see every rejected row and its reason with `lmindexer validate --catalog {catalog} --rejects FILE`"
+    return f"{summary.rejected} of {summary.rows_in} rows of {catalog} were rejected ({rules}{example}); {see}"
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,6 +31,15 @@ def test_help_on_every_command(capsys, command):
     code, out, _ = run(capsys, *command, "--help")
     assert code == 0
     assert "Usage" in out
+
+
+@pytest.mark.parametrize("command", [["validate"], ["fit"], ["assign"], ["serve"], ["retriever", "train"]])
+def test_help_shows_flags_as_taking_no_value(capsys, command):
+    code, out, _ = run(capsys, *command, "--help")
+    assert code == 0
+    flags = [line for line in out.splitlines() if re.search(r"--(strict|quiet|search|help)\b", line)]
+    assert any("--help" in line for line in flags)
+    assert not any("<bool>" in line for line in flags), "\n".join(flags)
 
 
 def test_fit_assign_evaluate_round_trip(capsys, wiki_sample_path, tmp_path):

@@ -119,3 +119,32 @@ def test_config_file(tmp_path):
         load_config_file(path)
     with pytest.raises(ConfigError, match="not found"):
         load_config_file(tmp_path / "none.yaml")
+
+
+def _mostly_rejected(path, wiki_sample_path):
+    valid = lines(wiki_sample_path)[:2]
+    broken = [f'{{"item_id": "cut-{n}", "title": ' for n in range(40)]
+    empty = [json.dumps({"item_id": f"empty-{n}", "text": ""}) for n in range(10)]
+    path.write_text("\n".join(valid + broken + empty) + "\n")
+    return path
+
+
+def test_a_fit_with_too_few_items_after_rejections_points_at_the_rejections(wiki_sample_path, tmp_path):
+    catalogue = _mostly_rejected(tmp_path / "mostly-bad.jsonl", wiki_sample_path)
+    with pytest.raises(ConfigError) as refused:
+        fit_snapshot(catalogue, tmp_path / "snap", method="rq-kmeans", progress=False)
+    message = str(refused.value)
+    assert message.startswith("fitting needs at least 32 items")
+    assert f"50 of 52 rows of {catalogue} were rejected (malformed_json: 40, empty_text: 10; e.g. " in message
+    assert f"`lmindexer validate --catalog {catalogue} --rejects FILE`" in message
+
+    with pytest.raises(ConfigError, match=r"every rejected row and its reason is in rejected\.jsonl$"):
+        fit_snapshot(catalogue, tmp_path / "snap", progress=False, rejects_location="rejected.jsonl")
+
+
+def test_a_fit_with_too_few_items_and_no_rejections_says_only_that(wiki_sample_path, tmp_path):
+    catalogue = tmp_path / "small.jsonl"
+    catalogue.write_text("\n".join(lines(wiki_sample_path)[:2]) + "\n")
+    with pytest.raises(ConfigError) as refused:
+        fit_snapshot(catalogue, tmp_path / "snap", method="rq-kmeans", progress=False)
+    assert "rejected" not in str(refused.value)

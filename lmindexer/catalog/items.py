@@ -210,6 +210,20 @@ def _json_integer(text: str) -> int | BigInteger:
 _DECODER = json.JSONDecoder(object_pairs_hook=_json_object, parse_int=_json_integer)
 
 
+def _json_problem(text: str, exc: json.JSONDecodeError) -> str:
+    """Where and why ``text`` is not JSON, in words: "Expecting value at the end of the text", "Invalid control
+    character at column 9"."""
+    # Some of Python's messages end in "at" ("Invalid control character at"), which the position completes.
+    problem = exc.msg.removesuffix(" at")
+    if exc.pos >= len(text.rstrip(" \t\r\n")):
+        # Cut short: the decoder stopped past the last character (for a JSONL line read with its line break, on
+        # the line after it, where "column 1" would point at nothing).
+        return f"{problem} at the end of the text"
+    if exc.lineno == 1:
+        return f"{problem} at column {exc.colno}"
+    return f"{problem} at line {exc.lineno}, column {exc.colno}"
+
+
 def parse_json(text: str) -> tuple[Any, tuple[Rule, str] | None]:
     """Parse one JSON text (a JSONL line, a CSV ``attributes`` cell) so that no input can crash the read.
 
@@ -220,7 +234,7 @@ def parse_json(text: str) -> tuple[Any, tuple[Rule, str] | None]:
     try:
         return _DECODER.decode(text), None
     except json.JSONDecodeError as exc:
-        return None, (Rule.MALFORMED_JSON, f"not valid JSON: {exc.msg} at column {exc.colno}")
+        return None, (Rule.MALFORMED_JSON, f"not valid JSON: {_json_problem(text, exc)}")
     except RecursionError:
         return None, (
             Rule.TOO_DEEPLY_NESTED,

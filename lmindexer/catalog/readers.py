@@ -80,7 +80,10 @@ def detect_format(location: str | os.PathLike[str]) -> CatalogFormat:
         if name.endswith(suffix):
             return _SUFFIXES[suffix]
     known = ", ".join(sorted(_SUFFIXES))
-    raise CatalogError(f"cannot tell the format of {location} from its name (expected one of {known}); pass a format")
+    raise CatalogError(
+        f"cannot tell the format of {location} from its name: a catalogue's name ends in one of {known}; rename the "
+        "file (or copy it) to end in the suffix of its format"
+    )
 
 
 @dataclass

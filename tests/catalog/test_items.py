@@ -199,6 +199,22 @@ def test_parse_json_keeps_what_the_row_rules_must_judge():
     assert problem[0] is Rule.MALFORMED_JSON
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"a": "x\ty"}', "not valid JSON: Invalid control character at column 9"),
+        ('{"a": "xy', "not valid JSON: Unterminated string starting at column 7"),
+        ('{"a": 1 "b": 2}', "not valid JSON: Expecting ',' delimiter at column 9"),
+        # A JSONL line cut short, read with its line break.
+        ('{"item_id": "x0", "title": \n', "not valid JSON: Expecting value at the end of the text"),
+        ('{"a": 1,\n "b" 2}', "not valid JSON: Expecting ':' delimiter at line 2, column 6"),
+    ],
+)
+def test_malformed_json_messages_read_as_one_sentence(text, message):
+    _, problem = parse_json(text)
+    assert problem == (Rule.MALFORMED_JSON, message)
+
+
 def test_item_id_is_normalised_to_nfc(checker):
     item, errors = checker.check({"item_id": "cafe\u0301", "text": "t"}, row=1)
     assert errors == []

@@ -52,8 +52,11 @@ def test_every_format_reads_the_same_items(tmp_path, fmt):
 def test_detect_format():
     assert detect_format("x/Y.JSONL.GZ") is CatalogFormat.JSONL_GZ
     assert detect_format("s3://b/k/part-0.parquet") is CatalogFormat.PARQUET
-    with pytest.raises(CatalogError, match="cannot tell the format"):
+    with pytest.raises(CatalogError, match="cannot tell the format") as refused:
         detect_format("catalogue.xml")
+    # It says what to do, and names no option that does not exist.
+    assert "rename the file" in str(refused.value) and ".jsonl" in str(refused.value)
+    assert "pass a format" not in str(refused.value)
 
 
 def test_bad_rows_are_reported_and_counts_reconcile(tmp_path):
