@@ -15,6 +15,9 @@ from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from lmindexer_airflow.assets import SEARCH_INDEX, SEMANTIC_IDS
 from lmindexer_airflow.context import prepare, search_config, task_defaults
 
+# Mapped assign_shard tasks of one run that may run at once; each takes its share of its machine's cores.
+ASSIGN_TASKS_AT_ONCE = 4
+
 
 def _setup():
     return prepare(get_current_context())
@@ -82,12 +85,12 @@ def catalog_reindex() -> None:
         config, run_id = _setup()
         return steps.plan_shards(config, run_id, merged, snapshot)
 
-    @task(max_active_tis_per_dagrun=4)
+    @task(max_active_tis_per_dagrun=ASSIGN_TASKS_AT_ONCE)
     def assign_shard(shard: dict, snapshot: dict) -> dict:
         from lmindexer.pipeline import steps
 
         config, run_id = _setup()
-        return steps.assign_shard(config, run_id, snapshot, shard)
+        return steps.assign_shard(config, run_id, snapshot, shard, tasks_at_once=ASSIGN_TASKS_AT_ONCE)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def reduce_ids(snapshot: dict, coded: list[dict] | None) -> dict:

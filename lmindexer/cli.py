@@ -465,6 +465,15 @@ def serve(
         int | None,
         typer.Option("--max-body-bytes", help="Largest request body; larger ones get 413 unread (default 256 KiB)."),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="Torch threads per served model (default: LMINDEXER_THREADS, else this process's cores divided by "
+            "the models served).",
+        ),
+    ] = None,
 ) -> None:
     """Serve generative search and recommendation, and items sharing an ID prefix, over HTTP (docs at /docs)."""
     import logging
@@ -474,7 +483,7 @@ def serve(
     from lmindexer.downstream.generative import GenerativeModel
     from lmindexer.options import parse_config
     from lmindexer.search import SearchBackend
-    from lmindexer.serving import ServingLimits, create_app
+    from lmindexer.serving import ServingLimits, create_app, serving_threads
 
     if retriever is None and recommender is None:
         raise ConfigError("nothing to serve: give --retriever and/or --recommender")
@@ -486,6 +495,7 @@ def serve(
              "max_body_bytes": max_body_bytes}  # fmt: skip
     limits = parse_config(ServingLimits, {k: v for k, v in given.items() if v is not None}, what="serving limits")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    per_model = serving_threads((retriever is not None) + (recommender is not None), threads)
     search_model = GenerativeModel.load(retriever) if retriever else None
     recommend_model = GenerativeModel.load(recommender) if recommender else None
     with ExitStack() as stack:
@@ -507,6 +517,7 @@ def serve(
                 )
         if backend is not None:
             console.print(f"search: {backend.config.describe()}", highlight=False, markup=False)
+        console.print(f"torch threads per model: {per_model}", highlight=False, markup=False)
         uvicorn.run(application, host=host, port=port, log_level="info")
 
 

@@ -15,6 +15,7 @@ import pytest
 # never fight over the cores: oversubscribed threads run several times slower than one thread each.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["LMINDEXER_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 

@@ -54,6 +54,7 @@ from lmindexer.storage.parquet import read_parquet, write_parquet
 from lmindexer.storage.s3 import exists, upload_file, write_bytes
 from lmindexer.storage.versioned import VersionConflict
 from lmindexer.text import text_hash
+from lmindexer.threads import limited_threads, threads_per_task
 
 log = logging.getLogger(__name__)
 
@@ -337,26 +338,41 @@ def plan_shards(
         # follows the new items rather than the size of the catalogue.
         todo_uri = config.uri(config.staged_prefix, run_id, "to_assign.parquet")
         write_catalog((catalogue[item_id] for item_id in needed), todo_uri)
+        starts = range(0, len(needed), config.shard_size)
         shards = [
-            {"shard": n, "start": start, "end": min(start + config.shard_size, len(needed)), "todo_uri": todo_uri}
-            for n, start in enumerate(range(0, len(needed), config.shard_size))
-        ]
+            {"shard": n, "start": start, "end": min(start + config.shard_size, len(needed)), "todo_uri": todo_uri,
+             "shards": len(starts)}
+            for n, start in enumerate(starts)
+        ]  # fmt: skip
         return {"shards": shards, "items": len(needed)}
 
     return remembered(config, run_id, "plan", compute)["shards"]
 
 
 def assign_shard(
-    config: PipelineConfig, run_id: str, snapshot: Mapping[str, Any], shard: Mapping[str, Any]
+    config: PipelineConfig,
+    run_id: str,
+    snapshot: Mapping[str, Any],
+    shard: Mapping[str, Any],
+    *,
+    tasks_at_once: int = 1,
 ) -> dict[str, Any]:
-    """Learned codes for one shard of items (no suffixes yet: those are allocated in one place, by ``reduce_ids``)."""
+    """Learned codes for one shard of items (no suffixes yet: those are allocated in one place, by ``reduce_ids``).
+
+    ``tasks_at_once``: how many shards may be coded at the same time on this machine's cores (the orchestrator's
+    limit); the shard takes its share of the cores as torch and BLAS threads (:mod:`lmindexer.threads`), never more
+    than the run has shards."""
 
     def compute() -> dict[str, Any]:
         items = list(read_catalog(shard["todo_uri"]).values())[shard["start"] : shard["end"]]
         wanted = [item.item_id for item in items]
         indexer = load_snapshot(snapshot["snapshot_uri"])
         texts = indexer.texts(items)
-        codes, preferences = indexer.codes_and_preferences(texts)
+        sharing = max(1, min(tasks_at_once, int(shard.get("shards", tasks_at_once))))
+        threads = threads_per_task(sharing)
+        log.info("shard %s: %d items on %d threads", shard["shard"], len(items), threads)
+        with limited_threads(threads):
+            codes, preferences = indexer.codes_and_preferences(texts)
         codes_uri = config.uri(config.staged_prefix, run_id, "codes", f"shard-{shard['shard']:05d}.parquet")
         table = pa.Table.from_pydict(
             {

@@ -4,6 +4,6 @@
 uvicorn. See docs/serving.md.
 """
 
-from lmindexer.serving.app import ServingLimits, create_app
+from lmindexer.serving.app import ServingLimits, create_app, serving_threads
 
-__all__ = ["ServingLimits", "create_app"]
+__all__ = ["ServingLimits", "create_app", "serving_threads"]

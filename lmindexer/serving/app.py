@@ -380,6 +380,18 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": BACKEND_UNAVAILABLE}, status_code=503)
 
 
+def serving_threads(models: int, threads: int | None = None) -> int:
+    """Set and return torch's threads for a process serving ``models`` models. Each model decodes one request at a
+    time, under its own lock, so up to ``models`` requests compute at once: each gets ``threads`` if given, else its
+    share of the cores (``LMINDEXER_THREADS``, else the process's cores divided by ``models``; see
+    :mod:`lmindexer.threads`)."""
+    from lmindexer.threads import set_threads, threads_per_task
+
+    chosen = threads if threads is not None else threads_per_task(max(1, models))
+    set_threads(chosen)
+    return chosen
+
+
 # -- the application --------------------------------------------------------------------------------------------------
 
 
@@ -572,4 +584,5 @@ __all__ = [
     "fuse",
     "query_k",
     "recommend_request",
+    "serving_threads",
 ]

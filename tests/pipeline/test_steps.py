@@ -223,3 +223,46 @@ def test_a_damaged_record_is_refused_not_trusted(config, s3_bucket):
     client.put_object(Bucket=s3_bucket, Key=key, Body=body[: len(body) // 2].encode())
     with pytest.raises(StorageError, match="is not valid JSON"):
         remembered(config, "r1", "decide", lambda: {"mode": "never computed"})
+
+
+class _ThreadRecordingIndexer:
+    """Stands in for a loaded snapshot: codes every item 0 and records torch's threads while it codes."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def texts(self, items):
+        return [item.text for item in items]
+
+    def codes_and_preferences(self, texts):
+        import numpy as np
+        import torch
+
+        self.threads.append(torch.get_num_threads())
+        return np.zeros((len(texts), 2), dtype=np.int64), np.zeros((len(texts), 1), dtype=np.int64)
+
+
+@pytest.mark.parametrize(("tasks_at_once", "shards", "expected"), [(4, 4, 2), (4, 1, 8), (1, 4, 8)])
+def test_an_assign_shard_codes_on_its_share_of_the_cores(tmp_path, monkeypatch, tasks_at_once, shards, expected):
+    import torch
+
+    from lmindexer.catalog import Item
+    from lmindexer.catalog.store import write_catalog
+    from lmindexer.threads import THREADS_ENV
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    indexer = _ThreadRecordingIndexer()
+    monkeypatch.setattr(steps, "load_snapshot", lambda uri: indexer)
+    config = PipelineConfig(base_uri=str(tmp_path / "store"))
+    todo = str(tmp_path / "todo.parquet")
+    write_catalog([Item(item_id=f"i{n}", text=f"item {n}") for n in range(3)], todo)
+    shard = {"shard": 0, "start": 0, "end": 3, "todo_uri": todo, "shards": shards}
+    before = torch.get_num_threads()
+
+    result = steps.assign_shard(config, "run-1", {"snapshot_uri": "unused"}, shard, tasks_at_once=tasks_at_once)
+
+    assert result["items"] == 3
+    assert indexer.threads == [expected]
+    assert torch.get_num_threads() == before  # the process's setting is given back
