@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from itertools import islice
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -151,8 +152,9 @@ class DenseRetriever:
 class PopularityRecommender:
     """Recommends the items seen most often in the training histories, the same list for every user.
 
-    The ranking is full: items already in a user's history are not excluded, so the baseline is comparable with
-    models that may recommend a seen item again. Ties are broken by item_id, so the list is deterministic.
+    By default the ranking is full: items already in a user's history are not excluded, so the baseline is comparable
+    with models that may recommend a seen item again; ``exclude_seen`` leaves them out. Ties are broken by item_id,
+    so the list is deterministic.
     """
 
     def __init__(self) -> None:
@@ -172,10 +174,17 @@ class PopularityRecommender:
         self._ranking = sorted(counts, key=lambda item: (-counts[item], item))
         return self
 
-    def recommend(self, histories: Sequence[Sequence[str]], k: int) -> list[list[str]]:
-        """The ``k`` most popular item_ids for each history given (one list per user, all equal)."""
+    def recommend(self, histories: Sequence[Sequence[str]], k: int, *, exclude_seen: bool = False) -> list[list[str]]:
+        """The ``k`` most popular item_ids for each history given (one list per user, all equal); with
+        ``exclude_seen``, the ``k`` most popular ones not in that history (fewer only when too few are left)."""
         _check_k(k)
         if not self._ranking:
             raise ConfigError("PopularityRecommender is not fitted: call fit() first")
-        top = self._ranking[:k]
-        return [list(top) for _ in histories]
+        if not exclude_seen:
+            top = self._ranking[:k]
+            return [list(top) for _ in histories]
+        results = []
+        for history in histories:
+            seen = set(history)
+            results.append(list(islice((item for item in self._ranking if item not in seen), k)))
+        return results

@@ -403,9 +403,18 @@ class GenerativeModel:
 
     @torch.no_grad()
     def recommend(
-        self, histories: Sequence[Sequence[str]], k: int = 10, *, progress: bool = False
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int = 10,
+        *,
+        progress: bool = False,
+        exclude_seen: bool = False,
     ) -> list[list[tuple[str, float]]]:
-        """The top ``k`` next items per history (item_ids, most recent last)."""
+        """The top ``k`` next items per history (item_ids, most recent last).
+
+        ``exclude_seen`` leaves out the items of each history (all of it, not only the window the model reads): the
+        result is the best ``k`` of the beam's IDs that are not in it, so it holds fewer than ``k`` items when more
+        than ``beam_size - k`` of the beam's IDs are seen ones."""
         if self.config.task != "recommendation":
             raise ConfigError("this model is a retriever, not a recommender")
         self._check_k(k)
@@ -413,10 +422,15 @@ class GenerativeModel:
         results: list[list[tuple[str, float]]] = []
         size = self.config.inference_batch_size
         for start in tqdm(range(0, len(histories), size), desc="recommending", disable=not progress, leave=False):
-            tokens, item_mask = self._history_tensors(histories[start : start + size])
+            chunk = histories[start : start + size]
+            tokens, item_mask = self._history_tensors(chunk)
             memory, mask = self.network.encode_history(tokens.to(self.device), item_mask.to(self.device))
             found = self.network.beam_search(memory, mask, self.trie, self.config.beam_size)
-            results.extend(ranked[:k] for ranked in found)
+            for history, ranked in zip(chunk, found, strict=True):
+                if exclude_seen:
+                    seen = set(history)
+                    ranked = [(item_id, score) for item_id, score in ranked if item_id not in seen]
+                results.append(ranked[:k])
         return results
 
     def evaluate_retrieval(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False) -> dict[str, float]:
@@ -424,9 +438,18 @@ class GenerativeModel:
         return rank_metrics([[i for i, _ in r] for r in ranked], [{item_id} for _, item_id in pairs])
 
     def evaluate_recommendation(
-        self, histories: Sequence[Sequence[str]], targets: Sequence[str], *, progress: bool = False
+        self,
+        histories: Sequence[Sequence[str]],
+        targets: Sequence[str],
+        *,
+        progress: bool = False,
+        exclude_seen: bool = False,
     ) -> dict[str, float]:
-        ranked = self.recommend(histories, k=min(10, self.config.beam_size), progress=progress)
+        """Ranking metrics of the top 10 against each history's target; ``exclude_seen`` as for :meth:`recommend`
+        (off by default: the full-ranking protocol, comparable with the popularity baseline's default)."""
+        ranked = self.recommend(
+            histories, k=min(10, self.config.beam_size), progress=progress, exclude_seen=exclude_seen
+        )
         return rank_metrics([[i for i, _ in r] for r in ranked], [{t} for t in targets])
 
     # -- persistence -----------------------------------------------------------------------------------------------

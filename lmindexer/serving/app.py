@@ -147,6 +147,11 @@ def recommend_request(max_history: int, k_cap: int) -> type[BaseModel]:
         k: Annotated[int, Field(ge=1, le=k_cap)] | None = Field(
             None, description="results wanted (default: the server's default k)"
         )
+        exclude_seen: bool = Field(
+            True,
+            description="leave out the items of the history (default); false lets the model recommend one again. "
+            "With it on, fewer than k results come back when the model's beam holds mostly seen items",
+        )
 
     return RecommendRequest
 
@@ -470,13 +475,15 @@ def create_app(
         summary="Next items for a user's history, decoded by the generative recommender",
         description=f"1 to {limits.max_history} history items (send the most recent ones); k up to "
         f"{recommend_cap}; a body of at most {limits.max_body_bytes} bytes. Items the recommender does not know are "
-        "skipped and listed in unknown_items; a history with no known item is refused (422).",
+        "skipped and listed in unknown_items; a history with no known item is refused (422). Items of the history "
+        "are not recommended unless exclude_seen is false.",
     )
     def recommend(body: RecommendRequest) -> RecommendResponse:
         served: _Served = _need(advisor, "no recommender is loaded on this server")
         # Catalogue ids are stored in NFC, so a client's NFD spelling of "café" names the same item.
         history: list[str] = [unicodedata.normalize("NFC", item_id) for item_id in body.history]  # type: ignore[attr-defined]
         requested: int | None = body.k  # type: ignore[attr-defined]
+        exclude_seen: bool = body.exclude_seen  # type: ignore[attr-defined]
         k = served.default_k if requested is None else requested
         trie = served.model.trie
         known = [item_id for item_id in history if item_id in trie]
@@ -489,7 +496,7 @@ def create_app(
             )
         try:
             with served.lock:
-                ranked = served.model.recommend([known], k=k)[0]
+                ranked = served.model.recommend([known], k=k, exclude_seen=exclude_seen)[0]
                 sids = {item_id: served.model.sid_of(item_id) or "" for item_id, _ in ranked}
         except ConfigError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None

@@ -155,12 +155,19 @@ def test_bad_options_and_mismatched_ids_fail_clearly(rq_ids, lm_ids):
         model.sync(lm_ids[1])
 
 
-def test_a_recommender_learns_next_items_from_real_histories(movielens_small):
+@pytest.fixture(scope="module")
+def recommender(movielens_small):
     snapshot, table, sequences = movielens_small
     options = {**TINY_GENERATIVE, "task": "recommendation", "history_window": 8, "epochs": 4, "batch_size": 64}
     model = GenerativeModel.create(table, snapshot, options)
+    stats = model.fit_recommendation([s[:-1] for s in sequences])
+    return model, stats
+
+
+def test_a_recommender_learns_next_items_from_real_histories(recommender, movielens_small):
+    _, table, sequences = movielens_small
+    model, stats = recommender
     train = [s[:-1] for s in sequences]
-    stats = model.fit_recommendation(train)
     assert stats["examples"] == sum(len(s) - 1 for s in train)
     assert stats["epoch_loss"][-1] < stats["epoch_loss"][0]
     histories, targets = [s[:-1] for s in sequences], [s[-1] for s in sequences]
@@ -173,3 +180,21 @@ def test_a_recommender_learns_next_items_from_real_histories(movielens_small):
     with pytest.raises(ConfigError, match="no item with a semantic ID"):
         model.recommend([["not-an-item"]])
     assert np.isfinite(metrics["ndcg@10"])
+
+
+def test_a_recommender_can_leave_out_the_items_a_history_holds(recommender, movielens_small):
+    _, _, sequences = movielens_small
+    model, _ = recommender
+    histories = [s[:-1] for s in sequences]
+    beam = model.config.beam_size
+    full = model.recommend(histories, k=beam)
+    # Off (the default): seen items can come back.
+    assert any({i for i, _ in ranked[:5]} & set(h) for h, ranked in zip(histories, full, strict=True))
+    assert model.recommend(histories, k=5) == [ranked[:5] for ranked in full]
+    # On: never a seen item, and otherwise the same ranking, scores included.
+    unseen = model.recommend(histories, k=5, exclude_seen=True)
+    for history, ranked, kept in zip(histories, full, unseen, strict=True):
+        assert not {i for i, _ in kept} & set(history)
+        assert kept == [(i, score) for i, score in ranked if i not in set(history)][:5]
+    metrics = model.evaluate_recommendation(histories, [s[-1] for s in sequences], exclude_seen=True)
+    assert np.isfinite(metrics["recall@10"])

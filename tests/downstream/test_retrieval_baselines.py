@@ -145,6 +145,14 @@ def test_popularity_counts_every_occurrence_and_breaks_ties_by_item_id():
     assert model.recommend([[]], 3) == [["b", "c", "a"]]
 
 
+def test_popularity_can_leave_out_what_a_user_has_seen():
+    model = PopularityRecommender().fit([["b", "a", "c"], ["c", "d"], ["c", "b", "b"], ["e"]])
+    histories = [["b", "x"], ["c", "b", "a", "d"], ["b", "c", "a", "d", "e"], []]
+    # Off (the default), the seen b comes back first; on, no seen item ever does, and the next ones fill the list.
+    assert model.recommend(histories[:1], 2) == [["b", "c"]]
+    assert model.recommend(histories, 2, exclude_seen=True) == [["c", "a"], ["e"], [], ["b", "c"]]
+
+
 def test_popularity_rejects_bad_input():
     with pytest.raises(ConfigError, match="not fitted"):
         PopularityRecommender().recommend([["a"]], 3)

@@ -149,7 +149,28 @@ def test_recommend_returns_known_items_and_reports_unknown_ones(client, recommen
     body2 = client.post("/recommend", json={"history": mixed, "k": 5}).json()
     assert body2["unknown_items"] == ["no-such-movie", "gone"]
     assert body2["results"] == body["results"]  # unknown items are skipped, not guessed at
-    assert len(client.post("/recommend", json={"history": history}).json()["results"]) == 10
+    full = client.post("/recommend", json={"history": history, "exclude_seen": False}).json()["results"]
+    assert len(full) == 10  # the default k
+
+
+def test_recommend_leaves_out_the_history_unless_asked_not_to(client, recommender):
+    movies = list(recommender.table.sid_map())
+    # Histories ending in what the model recommends: popular movies it tends to recommend again.
+    histories = []
+    for start in range(0, 60, 6):
+        first = movies[start : start + 4]
+        again = client.post("/recommend", json={"history": first, "exclude_seen": False}).json()["results"]
+        histories.append(first + [r["item_id"] for r in again[:4]])
+    repeats = 0
+    for history in histories:
+        off = client.post("/recommend", json={"history": history, "k": 10, "exclude_seen": False}).json()["results"]
+        on = client.post("/recommend", json={"history": history, "k": 10}).json()["results"]
+        repeats += len({r["item_id"] for r in off} & set(history))
+        assert not {r["item_id"] for r in on} & set(history)  # on by default: never a seen item
+        assert on == [r for r in off if r["item_id"] not in history]  # otherwise the same ranking
+    assert repeats > 0  # off, seen items do come back
+    detail = assert_error(client.post("/recommend", json={"history": movies[:2], "exclude_seen": "no"}), 422)
+    assert detail.startswith("body field 'exclude_seen': Input should be a valid boolean")
 
 
 @pytest.mark.parametrize(
