@@ -24,6 +24,7 @@ def test_indexes_and_rollback(capsys, make_backend, search_server, alias):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith(f"live  {second}") and "docs=7" in lines[0]
+    assert "run=run-2" in lines[0]  # the run id is shown, since index names no longer hold it
     assert any(first in line for line in lines[1:])
     code, out, _ = run(capsys, "search", "rollback", "--url", search_server.url, "--alias", alias)
     assert code == 0
