@@ -43,6 +43,10 @@ print(f"drop 1: {len(initial)} items; drop 2: {len(later)} new, {len(changed)} c
 PY
 
 echo "== 2. start the local stack (S3 + search) and Airflow on SQLite"
+echo "   indexer: rq-kmeans (residual k-means on the frozen MiniLM embedding). The platform's own method, lmindexer,"
+echo "   gives IDs of the same label agreement on the development catalogues, within the seeds' spread or below it"
+echo "   (docs/benchmarks.md), and its training takes minutes instead of seconds on 2 cores: set \"method\": \"lmindexer\""
+echo "   in the pipeline config below to run it."
 lmindexer stack up --dir "$STACK"
 # The local S3 server keeps objects in memory: before the stack stops (at the end, or on a failure), copy the
 # quarantined rows and the runs' step records to demo-output/, where they stay.
