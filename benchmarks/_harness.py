@@ -32,7 +32,10 @@ def git_commit() -> dict[str, Any]:
         return completed.stdout.strip() if completed.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD") or None
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "lmindexer", "benchmarks"))
+    # Measured code only: result files written by earlier runs are not the code being measured.
+    dirty = bool(
+        git("status", "--porcelain", "--untracked-files=no", "--", "lmindexer", "benchmarks", ":!benchmarks/results")
+    )
     return {"commit": commit, "uncommitted_changes": dirty}
 
 
