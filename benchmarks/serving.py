@@ -38,6 +38,7 @@ import torch
 from lmindexer import datasets
 from lmindexer.cache import cache_root
 from lmindexer.downstream.generative import GenerativeModel
+from lmindexer.downstream.jobs import read_queries
 
 
 def free_port() -> int:
@@ -137,7 +138,7 @@ def main() -> int:
     if not (model_dir / "generative.json").is_file():
         raise SystemExit(f"no retriever at {model_dir}: run `python benchmarks/downstream.py` first or give --model")
     data = datasets.fetch(args.dataset, progress=False)
-    queries = [json.loads(line)["query"] for line in (data / "queries-test.jsonl").read_text().splitlines()]
+    queries = [query for query, _ in read_queries(data / "queries-test.jsonl")]
     queries = (queries * (1 + args.requests // len(queries)))[: args.requests]
 
     # The in-process baseline: the model alone, one query at a time.
