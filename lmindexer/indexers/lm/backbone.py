@@ -206,6 +206,18 @@ def load_backbone(name: str, *, decoder_layers: int, seed: int) -> Seq2SeqBackbo
     return Seq2SeqBackbone(model, load_tokenizer(location))
 
 
+def snapshot_tokenizer(directory: Path) -> Any:
+    """The tokenizer a snapshot stores in its ``tokenizer/`` directory."""
+    tokenizer_dir = directory / TOKENIZER_DIR
+    if not tokenizer_dir.is_dir():
+        raise SnapshotError(f"snapshot {directory} has no {TOKENIZER_DIR}/ directory")
+    try:
+        tokenizer = load_tokenizer(str(tokenizer_dir))
+    except ConfigError as exc:
+        raise SnapshotError(str(exc)) from exc
+    return tokenizer
+
+
 def backbone_from_snapshot(directory: Path, model_config: dict[str, Any]) -> Seq2SeqBackbone:
     """The backbone's architecture (randomly initialised) and tokenizer as a snapshot recorded them."""
     quiet_transformers()
@@ -220,11 +232,4 @@ def backbone_from_snapshot(directory: Path, model_config: dict[str, Any]) -> Seq
         model = AutoModelForSeq2SeqLM.from_config(config)
     except (ValueError, KeyError, TypeError) as exc:
         raise SnapshotError(f"cannot rebuild the backbone of snapshot {directory}: {first_line(exc)}") from exc
-    tokenizer_dir = directory / TOKENIZER_DIR
-    if not tokenizer_dir.is_dir():
-        raise SnapshotError(f"snapshot {directory} has no {TOKENIZER_DIR}/ directory")
-    try:
-        tokenizer = load_tokenizer(str(tokenizer_dir))
-    except ConfigError as exc:
-        raise SnapshotError(str(exc)) from exc
-    return Seq2SeqBackbone(model, tokenizer)
+    return Seq2SeqBackbone(model, snapshot_tokenizer(directory))

@@ -31,6 +31,7 @@ from lmindexer.indexers.lm.backbone import (
     load_tokenizer,
     local_source,
     quiet_transformers,
+    snapshot_tokenizer,
 )
 
 _T5_TYPES = ("t5", "mt5", "umt5")
@@ -194,11 +195,4 @@ def encoder_from_snapshot(directory: Path, model_config: dict[str, Any]) -> Enco
             model = AutoModel.from_config(config)
     except (ValueError, KeyError, TypeError) as exc:
         raise SnapshotError(f"cannot rebuild the encoder of snapshot {directory}: {first_line(exc)}") from exc
-    tokenizer_dir = directory / TOKENIZER_DIR
-    if not tokenizer_dir.is_dir():
-        raise SnapshotError(f"snapshot {directory} has no {TOKENIZER_DIR}/ directory")
-    try:
-        tokenizer = load_tokenizer(str(tokenizer_dir))
-    except ConfigError as exc:
-        raise SnapshotError(str(exc)) from exc
-    return EncoderStack(model, tokenizer)
+    return EncoderStack(model, snapshot_tokenizer(directory))
