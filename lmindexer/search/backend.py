@@ -25,11 +25,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lmindexer.downstream.fusion import PrefixBoosts, prefix_terms
 from lmindexer.errors import UserError
 from lmindexer.search.clients import Engine, connect
 from lmindexer.search.config import SearchConfig, load_search_config
 from lmindexer.search.documents import (
     MAPPING_VERSION,
+    MAX_PREFIX_LEVELS,
     META_KEY,
     TEXT_FIELDS,
     index_name,
@@ -216,6 +218,15 @@ class TextHit:
     @property
     def item_id(self) -> str:
         return str(self.document["item_id"])
+
+
+@dataclass(frozen=True)
+class BoostedSearch:
+    """The hits of a prefix-boosted text search and the scale its boosts were multiplied by (the plain text search's
+    best score; 1.0 when no document matched a word)."""
+
+    hits: list[TextHit]
+    text_scale: float
 
 
 @dataclass(frozen=True)
@@ -742,11 +753,16 @@ class SearchBackend:
         The text goes into a structured ``multi_match`` query as data: query-string operators, field names and
         wildcards in it are analysed as words, never interpreted.
         """
-        if not isinstance(query, str) or not query.strip():
-            raise SearchError("a text search needs a non-empty query")
-        if not 1 <= size <= MAX_LOOKUP_SIZE:
-            raise SearchError(f"size must be between 1 and {MAX_LOOKUP_SIZE}, got {size}")
-        body = {
+        self._check_text_search(query, size)
+        body = self._text_query(query)
+        with self.engine.translate(f"searching alias {self.alias!r} for text"):
+            hits = self.engine.search_hits(
+                self.alias, query=body, size=size, sort=["_score", {"item_id": "asc"}], track_scores=True
+            )
+        return [TextHit(dict(hit["_source"]), float(hit.get("_score") or 0.0)) for hit in hits]
+
+    def _text_query(self, query: str) -> dict[str, Any]:
+        return {
             "multi_match": {
                 "query": query,
                 "fields": [f"{name}^{boost:g}" for name, boost in TEXT_FIELDS.items()],
@@ -755,11 +771,37 @@ class SearchBackend:
                 "tie_breaker": 0.3,
             }
         }
-        with self.engine.translate(f"searching alias {self.alias!r} for text"):
+
+    def search_boosted(self, query: str, boosts: PrefixBoosts, size: int = 10) -> BoostedSearch:
+        """The text search with the generative model's prefix boosts added (:mod:`lmindexer.downstream.fusion`).
+
+        Two requests: the plain text search's best score sets the scale, then one ``bool`` query adds, for each
+        boosted prefix, a ``constant_score`` ``term`` query on its ``sid_prefix_<level>`` field worth that prefix's
+        boost times the scale. A document matching no word of the query but a boosted prefix is a hit too. The
+        prefixes are values in the query body, like the text.
+        """
+        self._check_text_search(query, size)
+        if boosts.levels > MAX_PREFIX_LEVELS:
+            raise SearchError(f"prefix boosts name {boosts.levels} levels; at most {MAX_PREFIX_LEVELS} are published")
+        best = self.search_text(query, size=1)
+        scale = best[0].score if best and best[0].score > 0 else 1.0
+        clauses: list[dict[str, Any]] = [self._text_query(query)]
+        clauses += [
+            {"constant_score": {"filter": {"term": {prefix_field(level): prefix}}, "boost": boost}}
+            for level, prefix, boost in prefix_terms(boosts, scale)
+        ]
+        body = {"bool": {"should": clauses, "minimum_should_match": 1}}
+        with self.engine.translate(f"searching alias {self.alias!r} for text with ID-prefix boosts"):
             hits = self.engine.search_hits(
                 self.alias, query=body, size=size, sort=["_score", {"item_id": "asc"}], track_scores=True
             )
-        return [TextHit(dict(hit["_source"]), float(hit.get("_score") or 0.0)) for hit in hits]
+        return BoostedSearch([TextHit(dict(hit["_source"]), float(hit.get("_score") or 0.0)) for hit in hits], scale)
+
+    def _check_text_search(self, query: str, size: int) -> None:
+        if not isinstance(query, str) or not query.strip():
+            raise SearchError("a text search needs a non-empty query")
+        if not 1 <= size <= MAX_LOOKUP_SIZE:
+            raise SearchError(f"size must be between 1 and {MAX_LOOKUP_SIZE}, got {size}")
 
     def items_sharing_prefix(self, sid: str, level: int, size: int = 10) -> list[dict[str, Any]]:
         """Live documents whose semantic ID shares the first ``level`` codes of ``sid``, ordered by sid."""

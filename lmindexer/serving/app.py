@@ -35,10 +35,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmindexer.catalog.items import MAX_ITEM_ID_LENGTH
+from lmindexer.downstream.fusion import (
+    PREFIX_BOOST_WEIGHT,
+    RRF_K,
+    PrefixBoosts,
+    prefix_boosts,
+    reciprocal_rank_fusion,
+)
 from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.errors import ConfigError
 from lmindexer.options import parse_config
-from lmindexer.search.backend import SearchBackend, TextHit
+from lmindexer.search.backend import BoostedSearch, SearchBackend, TextHit
 from lmindexer.search.errors import SearchError
 from lmindexer.serving.body_limit import RequestBodyLimit
 
@@ -51,6 +58,7 @@ SIMILAR_MAX_K = 100
 _MAX_PROBLEMS = 5
 
 Source = Literal["generative", "text", "both"]
+SearchMode = Literal["generative", "rrf", "prefix-boost"]
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ITEM_ID_LENGTH)]
 
 
@@ -77,7 +85,14 @@ class ServingLimits(BaseModel):
     )
     default_k: int = Field(10, ge=1, le=1000, description="results returned when a request gives no k")
     blend_candidates: int = Field(50, ge=1, le=1000, description="text-search hits fused into a blended /search")
-    rrf_k: int = Field(60, ge=1, le=10_000, description="reciprocal rank fusion constant: 1 / (rrf_k + rank)")
+    rrf_k: int = Field(RRF_K, ge=1, le=10_000, description="reciprocal rank fusion constant: 1 / (rrf_k + rank)")
+    prefix_boost_weight: float = Field(
+        PREFIX_BOOST_WEIGHT,
+        ge=0,
+        le=100,
+        description="mode=prefix-boost: what a document whose every ID prefix holds all of the beam's mass gains, in "
+        "units of the query's best text score",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -103,15 +118,20 @@ class ResultItem(BaseModel):
     item_id: str
     sid: str = Field(description="the item's semantic ID")
     score: float = Field(
-        description="generative results: log-probability of the ID (<= 0); blended: reciprocal rank fusion score"
+        description="mode=generative: log-probability of the ID (<= 0); mode=rrf: reciprocal rank fusion score; "
+        "mode=prefix-boost: the engine's text score plus the prefix boost"
     )
-    source: Source = Field(description="which ranking found the item: generative, text (BM25) or both")
+    source: Source = Field(
+        description="which ranking found the item: generative, text (BM25) or both; with mode=prefix-boost, "
+        "generative means a boosted ID prefix and no matching word"
+    )
 
 
 class SearchResponse(BaseModel):
     query: str
     k: int
-    blend: bool
+    mode: SearchMode
+    blend: bool = Field(description="true when mode is rrf (the older name of that mode)")
     results: list[ResultItem] = Field(description="best first")
 
 
@@ -281,27 +301,31 @@ def fuse(
     (deleted since the model was trained) is dropped before ranks are counted, so it takes no one's place. The sid
     is the live document's: the index is what is live now.
     """
-    scores: dict[str, float] = {}
-    sources: dict[str, set[str]] = {}
-    sids: dict[str, str] = {}
-    ranked = [(item_id, live[item_id]) for item_id, _ in generative if item_id in live]
-    for name, entries in (("generative", ranked), ("text", [(hit.item_id, hit.document) for hit in text])):
-        for rank, (item_id, document) in enumerate(entries, start=1):
-            if name in sources.get(item_id, ()):
-                continue
-            scores[item_id] = scores.get(item_id, 0.0) + 1.0 / (rrf_k + rank)
-            sources.setdefault(item_id, set()).add(name)
-            sids.setdefault(item_id, str(document.get("sid", "")))
-    order = sorted(scores, key=lambda item_id: (-scores[item_id], item_id))[:k]
-    return [
-        ResultItem(
-            item_id=item_id,
-            sid=sids[item_id],
-            score=scores[item_id],
-            source="both" if len(sources[item_id]) == 2 else next(iter(sources[item_id])),  # type: ignore[arg-type]
+    generated = [item_id for item_id, _ in generative if item_id in live]
+    matched = [hit.item_id for hit in text]
+    documents = {**{hit.item_id: hit.document for hit in text}, **{i: live[i] for i in generated}}
+    in_generated, in_matched = set(generated), set(matched)
+    results = []
+    for item_id, score in reciprocal_rank_fusion([generated, matched], k=k, rrf_k=rrf_k):
+        both = item_id in in_generated and item_id in in_matched
+        source: Source = "both" if both else "generative" if item_id in in_generated else "text"
+        sid = str(documents[item_id].get("sid", ""))
+        results.append(ResultItem(item_id=item_id, sid=sid, score=score, source=source))
+    return results
+
+
+def boosted(found: BoostedSearch, boosts: PrefixBoosts) -> list[ResultItem]:
+    """Engine hits of a prefix-boosted search as results; the source says what earned each its place."""
+    results = []
+    for hit in found.hits:
+        added = found.text_scale * boosts.of([int(c) for c in hit.document.get("codes", [])])
+        # Engine scores are float32: what is left of the score after the boost counts as text above a small margin.
+        matched_words = hit.score - added > 1e-4 * max(hit.score, 1e-12)
+        source: Source = "text" if added <= 0 else "both" if matched_words else "generative"
+        results.append(
+            ResultItem(item_id=hit.item_id, sid=str(hit.document.get("sid", "")), score=hit.score, source=source)
         )
-        for item_id in order
-    ]
+    return results
 
 
 # -- error handling ---------------------------------------------------------------------------------------------------
@@ -443,29 +467,47 @@ def create_app(
     def search(
         q: str = Query(..., min_length=1, max_length=limits.max_query_chars, description="the query text"),
         k: SearchK = search_default,
-        blend: bool = Query(
-            False, description="fuse with the search backend's BM25 text search (reciprocal rank fusion), live only"
-        ),
+        mode: Annotated[
+            SearchMode | None,
+            Query(
+                description="generative (default): the retriever's IDs; rrf: its beam and the engine's BM25 text "
+                "search fused by reciprocal rank, live items only; prefix-boost: the engine's text search with a boost "
+                "for documents whose ID prefixes the retriever predicts (term queries on the published prefix fields)",
+            ),
+        ] = None,
+        blend: bool = Query(False, description="the older name of mode=rrf"),
     ) -> SearchResponse:
         served: _Served = _need(searcher, "no retriever is loaded on this server")
         text = q.strip()
         if not text:
             raise HTTPException(status_code=422, detail="query parameter 'q' must contain text, not only spaces")
-        if not blend:
+        if blend and mode not in (None, "rrf"):
+            detail = f"blend=true means mode=rrf; it cannot be used with mode={mode}"
+            raise HTTPException(status_code=422, detail=detail)
+        chosen: SearchMode = "rrf" if blend else mode or "generative"
+        if chosen == "generative":
             with served.lock:
                 ranked = served.model.search([text], k=k)[0]
                 sids = {item_id: served.model.sid_of(item_id) or "" for item_id, _ in ranked}
             results = [ResultItem(item_id=i, sid=sids[i], score=s, source="generative") for i, s in ranked]
-            return SearchResponse(query=text, k=k, blend=False, results=results)
-        search_backend: SearchBackend = _need(backend, "blend=true needs the search backend, which is not configured")
+            return SearchResponse(query=text, k=k, mode=chosen, blend=False, results=results)
+        search_backend: SearchBackend = _need(
+            backend, f"{'blend=true' if blend else f'mode={chosen}'} needs the search backend, which is not configured"
+        )
         with served.lock:
-            # The whole beam: items that turn out deleted must not leave the fused list short.
+            # The whole beam: items that turn out deleted must not leave the fused list short, and every predicted
+            # prefix gets its share of the beam's mass.
             ranked = served.model.search([text], k=served.cap)[0]
+            sids = {item_id: served.model.sid_of(item_id) or "" for item_id, _ in ranked}
+        if chosen == "prefix-boost":
+            boosts = prefix_boosts([(sids[i], s) for i, s in ranked if sids[i]], weight=limits.prefix_boost_weight)
+            results = boosted(search_backend.search_boosted(text, boosts, size=k), boosts)
+            return SearchResponse(query=text, k=k, mode=chosen, blend=False, results=results)
         hits = search_backend.search_text(text, size=max(k, limits.blend_candidates))
         live = search_backend.get_many(item_id for item_id, _ in ranked)
         live.update({hit.item_id: hit.document for hit in hits})
         results = fuse(ranked, hits, live, k=k, rrf_k=limits.rrf_k)
-        return SearchResponse(query=text, k=k, blend=True, results=results)
+        return SearchResponse(query=text, k=k, mode=chosen, blend=True, results=results)
 
     @app.post(
         "/recommend",

@@ -18,6 +18,7 @@ from testsupport.search_server import free_port
 
 from lmindexer.catalog.items import MAX_ITEM_ID_LENGTH
 from lmindexer.cli import main
+from lmindexer.downstream.fusion import boosted_scores, prefix_boosts, top_items
 from lmindexer.search import SearchBackend, SearchConfig
 from lmindexer.serving import ServingLimits, create_app
 from lmindexer.serving.body_limit import too_large_message
@@ -97,6 +98,66 @@ def test_blended_search_fuses_text_search_and_returns_only_live_items(client, re
     assert scores == sorted(scores, reverse=True) and all(0 < s <= 2 / 61 for s in scores)
     sids = retriever.table.sid_map()
     assert all(r["sid"] == sids[r["item_id"]] for r in body["results"])
+
+
+def _boosts_for(retriever, query: str):
+    sids = retriever.table.sid_map()
+    beam = retriever.model.search([query], k=retriever.model.config.beam_size)[0]
+    return prefix_boosts([(sids[item_id], score) for item_id, score in beam])
+
+
+def test_the_engines_prefix_boosted_search_applies_the_librarys_formula(backend, retriever, wiki_items):
+    """The engine's bool query (text + constant_score term queries on sid_prefix_<level>) scores every document as
+    boosted_scores does from the engine's own text scores: the formula the benchmarks measure is the one served."""
+    codes = dict(zip(retriever.table.item_ids, retriever.table.codes_list(), strict=True))
+    compared = 0
+    for item in wiki_items[:12]:
+        query = item.title
+        boosts = _boosts_for(retriever, query)
+        assert not boosts.is_empty()
+        found = backend.search_boosted(query, boosts, size=len(wiki_items))
+        text = {hit.item_id: hit.score for hit in backend.search_text(query, size=len(wiki_items))}
+        assert found.text_scale == pytest.approx(max(text.values()))
+        expected = {i: s for i, s in boosted_scores(text, codes, boosts).items() if s > 0}
+        got = {hit.item_id: hit.score for hit in found.hits}
+        assert set(got) == set(expected)
+        assert got == pytest.approx(expected, rel=1e-4)
+        # Documents matching no word of the query come in on their predicted prefixes alone.
+        compared += len(set(got) - set(text))
+    assert compared > 0
+
+
+def test_prefix_boost_search_returns_live_items_ranked_by_text_plus_boost(client, retriever, backend, wiki_items):
+    query = wiki_items[3].title
+    response = client.get("/search", params={"q": query, "k": 10, "mode": "prefix-boost"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["mode"] == "prefix-boost" and body["blend"] is False
+    codes = dict(zip(retriever.table.item_ids, retriever.table.codes_list(), strict=True))
+    text = {hit.item_id: hit.score for hit in backend.search_text(query, size=len(wiki_items))}
+    expected = boosted_scores(text, codes, _boosts_for(retriever, query))
+    ids = [r["item_id"] for r in body["results"]]
+    assert ids == top_items(expected, 10)
+    sids = retriever.table.sid_map()
+    assert all(r["sid"] == sids[r["item_id"]] for r in body["results"])
+    sources = {r["item_id"]: r["source"] for r in body["results"]}
+    assert all(sources[i] == ("text" if _boosts_for(retriever, query).of(codes[i]) == 0 else sources[i]) for i in ids)
+    assert all(sources[i] != "generative" for i in ids if i in text)
+    assert all(sources[i] == "generative" for i in ids if i not in text)
+    # The boost changes the text ranking (else this mode would add nothing).
+    assert ids != [hit.item_id for hit in backend.search_text(query, size=10)]
+
+
+def test_mode_rrf_is_what_blend_true_returns_and_the_two_cannot_disagree(client, wiki_items):
+    query = wiki_items[5].title
+    by_mode = client.get("/search", params={"q": query, "mode": "rrf"}).json()
+    by_blend = client.get("/search", params={"q": query, "blend": "true"}).json()
+    assert by_mode == by_blend and by_mode["mode"] == "rrf" and by_mode["blend"] is True
+    plain = client.get("/search", params={"q": query}).json()
+    assert plain["mode"] == "generative" and plain["blend"] is False
+    detail = assert_error(client.get("/search", params={"q": query, "blend": "true", "mode": "prefix-boost"}), 422)
+    assert detail == "blend=true means mode=rrf; it cannot be used with mode=prefix-boost"
+    assert "query parameter 'mode'" in assert_error(client.get("/search", params={"q": query, "mode": "bm25"}), 422)
 
 
 def test_text_search_ranks_the_title_match_first(backend, wiki_items):
@@ -331,6 +392,9 @@ def test_missing_or_unreachable_components_are_503(retriever, recommender):
     assert "blend=true needs the search backend" in assert_error(
         models_only.get("/search", params={"q": "x", "blend": "true"}), 503
     )
+    assert "mode=prefix-boost needs the search backend" in assert_error(
+        models_only.get("/search", params={"q": "x", "mode": "prefix-boost"}), 503
+    )
 
     config = SearchConfig(hosts=[f"http://127.0.0.1:{free_port()}"], alias="gone", max_retries=0, timeout=2)
     with SearchBackend(config) as unreachable:
@@ -338,6 +402,7 @@ def test_missing_or_unreachable_components_are_503(retriever, recommender):
         detail = assert_error(down.get("/items/x/similar"), 503)
         assert detail == "the search backend is unavailable"
         assert assert_error(down.get("/search", params={"q": "x", "blend": "true"}), 503) == detail
+        assert assert_error(down.get("/search", params={"q": "x", "mode": "prefix-boost"}), 503) == detail
         assert down.get("/search", params={"q": "x"}).status_code == 200  # the model alone still answers
         health = down.get("/health").json()
         assert health["status"] == "degraded" and health["search"]["reachable"] is False
