@@ -5,7 +5,10 @@ same generative model on each, started the same way (the same pretrained backbon
 comparison is of the IDs alone), plus a third row where the model for LMIndexer IDs starts from the snapshot that made
 them (its encoder and codebooks, the paper's recipe), and evaluates everything on the same held-out split:
 
-- retrieval (wiki-topics queries-test, clothing-reviews held-out reviews): vs BM25 (bm25s) and dense MiniLM;
+- retrieval (wiki-topics queries-test, clothing-reviews held-out reviews): vs BM25 (bm25s) and dense MiniLM, and the
+  hybrids: RRF(BM25, dense), and for each ID kind RRF(BM25, generative) (`serve` mode=rrf), RRF(BM25, dense,
+  generative) and BM25 + ID-prefix boost (`serve` mode=prefix-boost; the formula of lmindexer.downstream.fusion,
+  with bm25s's scores in place of the engine's);
 - recommendation (movielens-100k, leave-last-out, full ranking): vs popularity.
 
     python benchmarks/downstream.py                                  # wiki-topics document retrieval
@@ -37,6 +40,7 @@ from lmindexer import datasets
 from lmindexer.cache import cache_root
 from lmindexer.catalog import read_items
 from lmindexer.downstream.baselines import BM25Retriever, DenseRetriever, PopularityRecommender
+from lmindexer.downstream.fusion import boosted_scores, prefix_boosts, reciprocal_rank_fusion, top_items
 from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.downstream.jobs import read_queries
 from lmindexer.downstream.ranking import rank_metrics
@@ -49,6 +53,8 @@ ID_METHODS = ("lmindexer", "rq-kmeans")
 RETRIEVAL_KEYS = ("recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
 RECOMMENDATION_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
 TOP_K = 10
+# How deep each single system's ranking goes into a fusion (the generative one: its whole beam).
+FUSION_DEPTH = 100
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -125,7 +131,7 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
         test = test[: args.limit_queries]
     relevant = [{item_id} for _, item_id in test]
     queries = [q for q, _ in test]
-    rows, id_reports = [], {}
+    rows, id_reports, beams, id_codes = [], {}, {}, {}
     for method in ID_METHODS:
         print(f"-- {method}: snapshot and IDs", flush=True)
         snapshot, table, report = ids_for(
@@ -133,35 +139,91 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
         )
         id_reports[method] = report
         texts = dict(zip(table.item_ids, snapshot.texts([items[i] for i in table.item_ids]), strict=True))
+        sids = table.sid_map()
 
         def fit(model, texts=texts):
             return model.fit_retrieval(train, texts, progress=True)
 
         def search(model):
-            return [[i for i, _ in r] for r in model.search(queries, TOP_K, progress=True)]
+            # The whole beam, with scores: its first TOP_K are the generative row, all of it feeds the hybrids.
+            return model.search(queries, model.config.beam_size, progress=True)
 
         for variant in _variants(method, gen_options):
             print(
                 f"-- generative model on {method} IDs (from {'snapshot' if variant['from_snapshot'] else 'backbone'})"
             )
-            rows.append(
-                run_generative(method, snapshot, table, variant, fit, search, _model_dir(work, method, variant))
-            )
+            row = run_generative(method, snapshot, table, variant, fit, search, _model_dir(work, method, variant))
+            beam = row.pop("ranked")
+            row["ranked"] = [[item_id for item_id, _ in ranked[:TOP_K]] for ranked in beam]
+            row["kind"] = "single"
+            rows.append(row)
+            if not variant["from_snapshot"]:  # the hybrids use the model every ID kind trains the same way
+                beams[method] = [[(item_id, sids[item_id], score) for item_id, score in ranked] for ranked in beam]
+                id_codes[method] = dict(zip(table.item_ids, table.codes_list(), strict=True))
 
     print("-- BM25 (bm25s)", flush=True)
     ids = list(items)
     texts = create_indexer("rq-kmeans").texts([items[i] for i in ids])  # the same text the indexers read
-    rows.append(timed_baseline("BM25", lambda: BM25Retriever.fit(ids, texts).search(queries, TOP_K)))
+    bm25 = timed_baseline("BM25", lambda: BM25Retriever.fit(ids, texts))
+    started = time.perf_counter()
+    bm25_scores = bm25.pop("ranked").match_scores(queries)
+    bm25["train_s"] = round(bm25["train_s"] + time.perf_counter() - started, 1)
+    bm25_ranked = [top_items(scores, FUSION_DEPTH) for scores in bm25_scores]
+    rows.append({**bm25, "ranked": [r[:TOP_K] for r in bm25_ranked], "kind": "single"})
     print("-- dense MiniLM", flush=True)
 
     def dense() -> list[list[str]]:
         encoder = TextEncoder(DEFAULT_ENCODER, max_length=args.dense_max_length)
-        return DenseRetriever(encoder).index(ids, texts).search(queries, TOP_K)
+        return DenseRetriever(encoder).index(ids, texts).search(queries, FUSION_DEPTH)
 
-    rows.append(timed_baseline("dense MiniLM", dense))
+    dense_row = timed_baseline("dense MiniLM", dense)
+    dense_ranked = dense_row.pop("ranked")
+    rows.append({**dense_row, "ranked": [r[:TOP_K] for r in dense_ranked], "kind": "single"})
+
+    print("-- hybrids", flush=True)
+    rows.append(fused_row("RRF(BM25, dense)", [bm25_ranked, dense_ranked], "hybrid"))
+    for method in ID_METHODS:
+        generated = [[item_id for item_id, _, _ in ranked] for ranked in beams[method]]
+        rows.append(fused_row(f"RRF(BM25, generative {method} IDs)", [bm25_ranked, generated], "ID-aware hybrid"))
+        rows.append(
+            fused_row(
+                f"RRF(BM25, dense, generative {method} IDs)", [bm25_ranked, dense_ranked, generated], "ID-aware hybrid"
+            )
+        )
+        rows.append(prefix_boost_row(method, beams[method], bm25_scores, id_codes[method]))
     for row in rows:
         row["metrics"] = rank_metrics(row.pop("ranked"), relevant)
     return rows, id_reports
+
+
+def fused_row(name: str, rankings: list[list[list[str]]], kind: str) -> dict:
+    """Reciprocal rank fusion (lmindexer.downstream.fusion, its one configuration) of per-query rankings."""
+    started = time.perf_counter()
+    ranked = [
+        [item_id for item_id, _ in reciprocal_rank_fusion(per_query, k=TOP_K)]
+        for per_query in zip(*rankings, strict=True)
+    ]
+    return {"name": name, "ranked": ranked, "fuse_s": round(time.perf_counter() - started, 2), "kind": kind}
+
+
+def prefix_boost_row(method: str, beams: list, bm25_scores: list[dict[str, float]], codes: dict) -> dict:
+    """BM25 plus the generative beam's ID-prefix boost: what `serve` mode=prefix-boost asks the engine for."""
+    started = time.perf_counter()
+    by_first_code: dict[int, list[str]] = {}
+    for item_id, item_codes in codes.items():
+        by_first_code.setdefault(int(item_codes[0]), []).append(item_id)
+    ranked = []
+    for beam, text_scores in zip(beams, bm25_scores, strict=True):
+        boosts = prefix_boosts([(sid, score) for _, sid, score in beam])
+        # Only items under a boosted first code can gain anything: score just those.
+        candidates = [i for prefix in boosts.boosts.get(1, {}) for i in by_first_code.get(int(prefix), [])]
+        ranked.append(top_items(boosted_scores(text_scores, {i: codes[i] for i in candidates}, boosts), TOP_K))
+    return {
+        "name": f"BM25 + ID-prefix boost ({method} IDs)",
+        "ranked": ranked,
+        "fuse_s": round(time.perf_counter() - started, 2),
+        "kind": "ID-aware hybrid",
+    }
 
 
 def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_options: dict) -> tuple[list[dict], dict]:
@@ -215,12 +277,27 @@ def _method_options(method: str, args) -> dict:
     return {"preset": args.lm_preset} if method == "lmindexer" else {}
 
 
+def hybrid_summary(rows: list[dict]) -> dict:
+    """The hybrid aim: the best ID-aware hybrid against the best single system, in NDCG@10."""
+    single = max((r for r in rows if r["kind"] == "single"), key=lambda r: r["metrics"]["ndcg@10"])
+    hybrid = max((r for r in rows if r["kind"] == "ID-aware hybrid"), key=lambda r: r["metrics"]["ndcg@10"])
+    best_single, best_hybrid = single["metrics"]["ndcg@10"], hybrid["metrics"]["ndcg@10"]
+    return {
+        "best_single": single["name"],
+        "best_single_ndcg@10": best_single,
+        "best_id_aware_hybrid": hybrid["name"],
+        "best_id_aware_hybrid_ndcg@10": best_hybrid,
+        "ratio": round(best_hybrid / best_single, 4) if best_single else None,
+        "aim": 1.05,
+    }
+
+
 def markdown(rows: list[dict], keys: tuple[str, ...]) -> str:
-    head = "| model | " + " | ".join(keys) + " | train s |"
-    lines = [head, "|" + "---|" * (len(keys) + 2)]
+    head = "| model | kind | " + " | ".join(keys) + " | train s |"
+    lines = [head, "|" + "---|" * (len(keys) + 3)]
     for row in rows:
         values = " | ".join(f"{row['metrics'][k]:.4f}" for k in keys)
-        lines.append(f"| {row['name']} | {values} | {row.get('train_s', '')} |")
+        lines.append(f"| {row['name']} | {row.get('kind', 'single')} | {values} | {row.get('train_s', '')} |")
     return "\n".join(lines)
 
 
@@ -278,6 +355,7 @@ def main() -> int:
     base = next(r for r in rows if r["name"] == anchor)["metrics"]["ndcg@10"]
     for row in rows:
         row["ndcg@10_ratio_to_" + anchor.split()[0]] = round(row["metrics"]["ndcg@10"] / base, 3) if base else None
+    hybrid_aim = None if is_recommendation else hybrid_summary(rows)
 
     stem = args.out / f"downstream-{args.dataset}"
     document = {
@@ -289,6 +367,7 @@ def main() -> int:
         "generative_options": gen_options,
         "ids": id_reports,
         "results": rows,
+        "hybrid_aim": hybrid_aim,
         "wall_s": round(time.perf_counter() - started, 1),
         "environment": env,
     }
@@ -299,10 +378,21 @@ def main() -> int:
         f"largest suffix {r['largest_suffix']}"
         for m, r in id_reports.items()
     )
-    write_results(stem, document, f"# Downstream — {title}\n\n{table}\n\n{ids_table}\n\n![metrics]({stem.name}.png)\n")
+    aim_line = ""
+    if hybrid_aim:
+        aim_line = (
+            f"\n\nBest ID-aware hybrid: {hybrid_aim['best_id_aware_hybrid']} (NDCG@10 "
+            f"{hybrid_aim['best_id_aware_hybrid_ndcg@10']:.4f}); best single system: {hybrid_aim['best_single']} "
+            f"({hybrid_aim['best_single_ndcg@10']:.4f}); ratio {hybrid_aim['ratio']:.3f} (aim >= 1.05)."
+        )
+    write_results(
+        stem,
+        document,
+        f"# Downstream — {title}\n\n{table}{aim_line}\n\n{ids_table}\n\n![metrics]({stem.name}.png)\n",
+    )
     plot(rows, keys, stem.with_suffix(".png"), title)
     print(table)
-    print(ids_table)
+    print(ids_table + aim_line)
     print(f"written: {stem}.json, .md, .png")
     return 0
 

@@ -12,7 +12,7 @@ in the index (or by item_id for popularity) so that repeated runs give identical
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -89,17 +89,25 @@ class BM25Retriever:
         """The top ``k`` item_ids of each query among items with a positive score (fewer when fewer match)."""
         _check_k(k)
         results: list[list[str]] = []
-        for tokens in self._tokenize(queries):
-            ids = self._model.get_tokens_ids(tokens) if self._model is not None else []
-            if not ids:
-                results.append([])
-                continue
-            scores = self._model.get_scores_from_ids(ids)
-            # Lucene BM25 scores are never negative, so a positive score means the item shares a query token.
+        for scores in self._score_vectors(queries):
             matches = np.flatnonzero(scores > 0)
             order = matches[np.argsort(-scores[matches], kind="stable")][:k]
             results.append([self.item_ids[i] for i in order])
         return results
+
+    def match_scores(self, queries: Sequence[str]) -> list[dict[str, float]]:
+        """Per query, the BM25 score of every item that shares a token with it (the others score 0)."""
+        results: list[dict[str, float]] = []
+        for scores in self._score_vectors(queries):
+            matches = np.flatnonzero(scores > 0)
+            results.append({self.item_ids[i]: float(scores[i]) for i in matches})
+        return results
+
+    def _score_vectors(self, queries: Sequence[str]) -> Iterator[np.ndarray]:
+        for tokens in self._tokenize(queries):
+            ids = self._model.get_tokens_ids(tokens) if self._model is not None else []
+            # Lucene BM25 scores are never negative, so a positive score means the item shares a query token.
+            yield self._model.get_scores_from_ids(ids) if ids else np.zeros(len(self.item_ids))
 
 
 class DenseRetriever:

@@ -76,6 +76,18 @@ def test_bm25_ranks_by_term_matches_and_breaks_ties_by_position():
     assert bm25.search(["plantation"], 1) == [["banana"]]
 
 
+def test_bm25_match_scores_hold_exactly_the_matching_items_in_search_order():
+    bm25 = BM25Retriever.fit(
+        ["apple", "banana", "apple-banana", "cherry"],
+        ["apple orchard", "banana plantation", "apple and banana smoothie", "cherry tree"],
+    )
+    scores = bm25.match_scores(["apple banana", "qwxzv"])
+    assert set(scores[0]) == {"apple", "banana", "apple-banana"} and scores[1] == {}
+    assert all(score > 0 for score in scores[0].values())
+    ranked = sorted(scores[0], key=lambda item: -scores[0][item])
+    assert ranked[0] == "apple-banana" and bm25.search(["apple banana"], 10)[0][0] == ranked[0]
+
+
 def test_bm25_of_a_corpus_without_indexable_tokens_returns_nothing():
     assert BM25Retriever.fit(["a", "b"], ["the", "of a"]).search(["the anything"], 3) == [[]]
 
