@@ -172,12 +172,18 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
     rows.append({**bm25, "ranked": [r[:TOP_K] for r in bm25_ranked], "kind": "single"})
     print("-- dense MiniLM", flush=True)
 
+    dense_index: dict = {}
+
     def dense() -> list[list[str]]:
         encoder = TextEncoder(DEFAULT_ENCODER, max_length=args.dense_max_length)
-        return DenseRetriever(encoder).index(ids, texts).search(queries, FUSION_DEPTH)
+        dense_index["matrix"] = encoder.encode(list(texts))
+        retriever = DenseRetriever(encoder).index_embeddings(ids, dense_index["matrix"])
+        dense_index["retriever"] = retriever
+        return retriever.search(queries, FUSION_DEPTH)
 
     dense_row = timed_baseline("dense MiniLM", dense)
     dense_ranked = dense_row.pop("ranked")
+    similar = similar_items(args.dataset, items, id_codes, dense_index["retriever"], dense_index["matrix"], ids)
     rows.append({**dense_row, "ranked": [r[:TOP_K] for r in dense_ranked], "kind": "single"})
 
     print("-- hybrids", flush=True)
@@ -193,7 +199,46 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
         rows.append(prefix_boost_row(method, beams[method], bm25_scores, id_codes[method]))
     for row in rows:
         row["metrics"] = rank_metrics(row.pop("ranked"), relevant)
-    return rows, id_reports
+    return rows, {**id_reports, "similar_items": similar}
+
+
+def similar_items(dataset: str, items: dict, id_codes: dict, dense: DenseRetriever, matrix, ids: list[str]) -> dict:
+    """Precision@10 against the data set's label of `/items/{id}/similar` for each ID kind (the longest shared ID
+    prefix first, then by codes; the endpoint breaks ties within a level by sid) and of the dense nearest neighbours,
+    over every item."""
+    label_field = datasets.dataset_info(dataset).label_field
+    labels = {item_id: item.field_value(label_field) for item_id, item in items.items()}
+    report: dict = {"label": label_field, "k": TOP_K}
+    neighbours = dense.search_embeddings(matrix, TOP_K + 1)
+    report["dense MiniLM"] = _precision(
+        {item_id: [n for n in found if n != item_id][:TOP_K] for item_id, found in zip(ids, neighbours, strict=True)},
+        labels,
+    )
+    for method, codes in id_codes.items():
+        groups: dict[tuple, list[str]] = {}
+        for item_id, item_codes in sorted(codes.items(), key=lambda pair: (tuple(pair[1]), pair[0])):
+            for level in range(1, len(item_codes) + 1):
+                groups.setdefault(tuple(item_codes[:level]), []).append(item_id)
+        found = {}
+        for item_id, item_codes in codes.items():
+            picked: list[str] = []
+            for level in range(len(item_codes), 0, -1):
+                for other in groups[tuple(item_codes[:level])]:
+                    if other != item_id and other not in picked:
+                        picked.append(other)
+                        if len(picked) == TOP_K:
+                            break
+                if len(picked) == TOP_K:
+                    break
+            found[item_id] = picked
+        report[f"shared prefix ({method} IDs)"] = _precision(found, labels)
+    return report
+
+
+def _precision(found: dict[str, list[str]], labels: dict) -> float:
+    scored = [item_id for item_id in found if labels.get(item_id) is not None and found[item_id]]
+    shares = [sum(labels.get(n) == labels[i] for n in found[i]) / TOP_K for i in scored]
+    return round(sum(shares) / len(shares), 4) if shares else 0.0
 
 
 def fused_row(name: str, rankings: list[list[list[str]]], kind: str) -> dict:
@@ -293,11 +338,13 @@ def hybrid_summary(rows: list[dict]) -> dict:
 
 
 def markdown(rows: list[dict], keys: tuple[str, ...]) -> str:
-    head = "| model | kind | " + " | ".join(keys) + " | train s |"
+    head = "| model | kind | " + " | ".join(keys) + " | train (fusion) s |"
     lines = [head, "|" + "---|" * (len(keys) + 3)]
     for row in rows:
         values = " | ".join(f"{row['metrics'][k]:.4f}" for k in keys)
-        lines.append(f"| {row['name']} | {row.get('kind', 'single')} | {values} | {row.get('train_s', '')} |")
+        lines.append(
+            f"| {row['name']} | {row.get('kind', 'single')} | {values} | {row.get('train_s', row.get('fuse_s', ''))} |"
+        )
     return "\n".join(lines)
 
 
@@ -356,6 +403,7 @@ def main() -> int:
     for row in rows:
         row["ndcg@10_ratio_to_" + anchor.split()[0]] = round(row["metrics"]["ndcg@10"] / base, 3) if base else None
     hybrid_aim = None if is_recommendation else hybrid_summary(rows)
+    similar = id_reports.pop("similar_items", None)
 
     stem = args.out / f"downstream-{args.dataset}"
     document = {
@@ -368,6 +416,7 @@ def main() -> int:
         "ids": id_reports,
         "results": rows,
         "hybrid_aim": hybrid_aim,
+        "similar_items_precision@10": similar,
         "wall_s": round(time.perf_counter() - started, 1),
         "environment": env,
     }
@@ -385,6 +434,9 @@ def main() -> int:
             f"{hybrid_aim['best_id_aware_hybrid_ndcg@10']:.4f}); best single system: {hybrid_aim['best_single']} "
             f"({hybrid_aim['best_single_ndcg@10']:.4f}); ratio {hybrid_aim['ratio']:.3f} (aim >= 1.05)."
         )
+    if similar:
+        shares = ", ".join(f"{name} {value:.4f}" for name, value in similar.items() if name not in ("label", "k"))
+        aim_line += f"\n\nSimilar items, precision@10 against `{similar['label']}` over every item: {shares}."
     write_results(
         stem,
         document,
