@@ -9,7 +9,8 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
   hybrids: RRF(BM25, dense), and for each ID kind RRF(BM25, generative) (`serve` mode=rrf), RRF(BM25, dense,
   generative) and BM25 + ID-prefix boost (`serve` mode=prefix-boost; the formula of lmindexer.downstream.fusion,
   with bm25s's scores in place of the engine's);
-- recommendation (movielens-100k, leave-last-out, full ranking): vs popularity.
+- recommendation (movielens-100k, leave-last-out): vs popularity, under both protocols (the full ranking, and with
+  each user's history left out, `exclude_seen`, as `/recommend` answers).
 
     python benchmarks/downstream.py                                  # wiki-topics document retrieval
     python benchmarks/downstream.py --dataset clothing-reviews       # product search
@@ -290,7 +291,14 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
             return model.fit_recommendation(histories, progress=True)
 
         def recommend(model):
-            return [[i for i, _ in r] for r in model.recommend(histories, TOP_K, progress=True)]
+            # Both protocols: the full ranking, and with each user's history left out (what /recommend returns).
+            return {
+                exclude_seen: [
+                    [i for i, _ in r]
+                    for r in model.recommend(histories, TOP_K, progress=True, exclude_seen=exclude_seen)
+                ]
+                for exclude_seen in (False, True)
+            }
 
         for variant in _variants(method, gen_options):
             print(
@@ -300,9 +308,16 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
                 run_generative(method, snapshot, table, variant, fit, recommend, _model_dir(work, method, variant))
             )
     popularity = PopularityRecommender()
-    rows.append(timed_baseline("popularity", lambda: popularity.fit(histories).recommend(histories, TOP_K)))
+
+    def popular() -> dict[bool, list[list[str]]]:
+        popularity.fit(histories)
+        return {e: popularity.recommend(histories, TOP_K, exclude_seen=e) for e in (False, True)}
+
+    rows.append(timed_baseline("popularity", popular))
     for row in rows:
-        row["metrics"] = rank_metrics(row.pop("ranked"), relevant)
+        ranked = row.pop("ranked")
+        row["metrics"] = rank_metrics(ranked[False], relevant)
+        row["metrics_exclude_seen"] = rank_metrics(ranked[True], relevant)
     return rows, id_reports
 
 
@@ -337,11 +352,11 @@ def hybrid_summary(rows: list[dict]) -> dict:
     }
 
 
-def markdown(rows: list[dict], keys: tuple[str, ...]) -> str:
+def markdown(rows: list[dict], keys: tuple[str, ...], metrics: str = "metrics") -> str:
     head = "| model | kind | " + " | ".join(keys) + " | train (fusion) s |"
     lines = [head, "|" + "---|" * (len(keys) + 3)]
     for row in rows:
-        values = " | ".join(f"{row['metrics'][k]:.4f}" for k in keys)
+        values = " | ".join(f"{row[metrics][k]:.4f}" for k in keys)
         lines.append(
             f"| {row['name']} | {row.get('kind', 'single')} | {values} | {row.get('train_s', row.get('fuse_s', ''))} |"
         )
@@ -421,6 +436,12 @@ def main() -> int:
         "environment": env,
     }
     table = markdown(rows, keys)
+    if is_recommendation:
+        table = (
+            f"Full ranking (history items may be recommended):\n\n{table}\n\n"
+            f"History items left out (`exclude_seen`, as /recommend answers):\n\n"
+            f"{markdown(rows, keys, 'metrics_exclude_seen')}"
+        )
     title = f"{args.dataset}: {gen_options['task']}, L={args.levels}, K={args.codebook_size}"
     ids_table = "\n".join(
         f"- {m} IDs: fit {r['fit_s']} s, {r['items']} items, collision rate {r['collision_rate']:.2%}, "
