@@ -44,6 +44,7 @@ from lmindexer.downstream.baselines import BM25Retriever, DenseRetriever, Popula
 from lmindexer.downstream.fusion import boosted_scores, prefix_boosts, reciprocal_rank_fusion, top_items
 from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.downstream.jobs import read_queries
+from lmindexer.downstream.peers import CornacRecommender
 from lmindexer.downstream.ranking import rank_metrics
 from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
 from lmindexer.idtable import IdTable
@@ -280,6 +281,7 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
     targets = [row["test"] for row in sequences]
     relevant = [{t} for t in targets]
     rows, id_reports = [], {}
+    peers = peer_rows(args, catalogue, histories, gen_options)  # first: the cheaper models fail fast
     for method in ID_METHODS:
         print(f"-- {method}: snapshot and IDs", flush=True)
         snapshot, table, report = ids_for(
@@ -307,6 +309,7 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
             rows.append(
                 run_generative(method, snapshot, table, variant, fit, recommend, _model_dir(work, method, variant))
             )
+    rows += peers
     popularity = PopularityRecommender()
 
     def popular() -> dict[bool, list[list[str]]]:
@@ -319,6 +322,41 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
         row["metrics"] = rank_metrics(ranked[False], relevant)
         row["metrics_exclude_seen"] = rank_metrics(ranked[True], relevant)
     return rows, id_reports
+
+
+def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: dict) -> list[dict]:
+    """Cornac's SASRec and TIGER (its GRID recipe) on the same histories, with the generative model's training budget:
+    the same next-item steps per user (each history cut to its last examples_per_history + 1 items) for the same
+    number of epochs. They read each full history when recommending (their own max_len)."""
+    if args.no_peers:
+        return []
+    window = gen_options["examples_per_history"] + 1
+    train = [history[-window:] for history in histories]
+    items, _ = read_items(catalogue)
+    # TIGER's content embeddings: the frozen MiniLM over the text the indexers read.
+    encoder = TextEncoder(DEFAULT_ENCODER, max_length=args.dense_max_length)
+    vectors = encoder.encode(create_indexer("rq-kmeans").texts(items))
+    features = dict(zip([item.item_id for item in items], vectors, strict=True))
+    rows = []
+    for name, build in (
+        ("SASRec (cornac)", CornacRecommender.sasrec),
+        ("TIGER (cornac, GRID recipe)", CornacRecommender.tiger),
+    ):
+        print(f"-- {name}", flush=True)
+        peer = build(seed=args.seed, n_epochs=gen_options["epochs"])
+        started = time.perf_counter()
+        peer.fit(train, features)
+        train_s = time.perf_counter() - started
+        started = time.perf_counter()
+        ranked = {e: peer.recommend(histories, TOP_K, exclude_seen=e) for e in (False, True)}
+        rows.append({
+            "name": name,
+            "ranked": ranked,
+            "train_s": round(train_s, 1),
+            "eval_s": round(time.perf_counter() - started, 1),
+            "budget": {"epochs": gen_options["epochs"], "next_item_steps_per_user": window - 1},
+        })  # fmt: skip
+    return rows
 
 
 def _variants(method: str, options: dict) -> list[dict]:
@@ -350,6 +388,29 @@ def hybrid_summary(rows: list[dict]) -> dict:
         "ratio": round(best_hybrid / best_single, 4) if best_single else None,
         "aim": 1.05,
     }
+
+
+def peer_summary(rows: list[dict]) -> dict:
+    """The recommendation aim: the best generative model >= each Cornac peer in NDCG@10 and Recall@10, per protocol."""
+    verdicts = {}
+    for protocol, key in (("full ranking", "metrics"), ("exclude_seen", "metrics_exclude_seen")):
+        ours = max((r for r in rows if r["name"].startswith("generative")), key=lambda r: r[key]["ndcg@10"])
+        peers = {
+            r["name"]: {
+                "ndcg@10": r[key]["ndcg@10"],
+                "recall@10": r[key]["recall@10"],
+                "met": ours[key]["ndcg@10"] >= r[key]["ndcg@10"] and ours[key]["recall@10"] >= r[key]["recall@10"],
+            }
+            for r in rows
+            if "(cornac" in r["name"]
+        }
+        verdicts[protocol] = {
+            "ours": ours["name"],
+            "ours_ndcg@10": ours[key]["ndcg@10"],
+            "ours_recall@10": ours[key]["recall@10"],
+            "peers": peers,
+        }
+    return verdicts
 
 
 def markdown(rows: list[dict], keys: tuple[str, ...], metrics: str = "metrics") -> str:
@@ -389,6 +450,7 @@ def main() -> int:
     parser.add_argument("--limit-queries", type=int, default=None, help="evaluate only the first N test queries")
     parser.add_argument("--dense-max-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-peers", action="store_true", help="recommendation: skip Cornac's SASRec and TIGER")
     parser.add_argument("--refit", action="store_true", help="refit snapshots even if matching ones are kept")
     parser.add_argument("--work", type=Path, default=None, help="where snapshots and ID tables are kept")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -418,6 +480,7 @@ def main() -> int:
     for row in rows:
         row["ndcg@10_ratio_to_" + anchor.split()[0]] = round(row["metrics"]["ndcg@10"] / base, 3) if base else None
     hybrid_aim = None if is_recommendation else hybrid_summary(rows)
+    peer_aim = peer_summary(rows) if is_recommendation and not args.no_peers else None
     similar = id_reports.pop("similar_items", None)
 
     stem = args.out / f"downstream-{args.dataset}"
@@ -431,6 +494,7 @@ def main() -> int:
         "ids": id_reports,
         "results": rows,
         "hybrid_aim": hybrid_aim,
+        "peer_aim": peer_aim,
         "similar_items_precision@10": similar,
         "wall_s": round(time.perf_counter() - started, 1),
         "environment": env,
@@ -455,6 +519,17 @@ def main() -> int:
             f"{hybrid_aim['best_id_aware_hybrid_ndcg@10']:.4f}); best single system: {hybrid_aim['best_single']} "
             f"({hybrid_aim['best_single_ndcg@10']:.4f}); ratio {hybrid_aim['ratio']:.3f} (aim >= 1.05)."
         )
+    if peer_aim:
+        for protocol, verdict in peer_aim.items():
+            aim_line += (
+                f"\n\n{protocol}: best generative model {verdict['ours']} (NDCG@10 {verdict['ours_ndcg@10']:.4f}, "
+                f"Recall@10 {verdict['ours_recall@10']:.4f}) against "
+                + "; ".join(
+                    f"{name} ({v['ndcg@10']:.4f}, {v['recall@10']:.4f}): {'met' if v['met'] else 'not met'}"
+                    for name, v in verdict["peers"].items()
+                )
+                + "."
+            )
     if similar:
         shares = ", ".join(f"{name} {value:.4f}" for name, value in similar.items() if name not in ("label", "k"))
         aim_line += f"\n\nSimilar items, precision@10 against `{similar['label']}` over every item: {shares}."

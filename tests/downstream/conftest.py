@@ -33,7 +33,14 @@ def item_texts(wiki_items):
 
 
 @pytest.fixture(scope="session")
-def movielens_small(isolated_cache, tmp_path_factory):
-    """MovieLens-100k cut to its 300 most-watched movies: rq-kmeans IDs (L=2, K=8) and each user's last 30 views."""
-    snapshot, table, sequences, _ = movielens_subset(tmp_path_factory.mktemp("downstream-ml"))
+def movielens_subset_parts(isolated_cache, tmp_path_factory):
+    """MovieLens-100k cut to its 300 most-watched movies: rq-kmeans snapshot and IDs (L=2, K=8), each user's last 30
+    views, and the cut catalogue's path."""
+    return movielens_subset(tmp_path_factory.mktemp("downstream-ml"))
+
+
+@pytest.fixture(scope="session")
+def movielens_small(movielens_subset_parts):
+    """The MovieLens subset's snapshot, ID table and histories."""
+    snapshot, table, sequences, _ = movielens_subset_parts
     return snapshot, table, sequences

@@ -1,0 +1,87 @@
+"""Cornac's SASRec and TIGER behind the platform's recommender interface, trained in seconds on real histories."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmindexer.catalog import read_items
+from lmindexer.downstream.peers import CornacRecommender
+from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
+from lmindexer.errors import ConfigError
+
+TINY_SASREC = {"n_epochs": 1, "embedding_dim": 16, "max_len": 10, "batch_size": 256, "n_sample": 64}
+TINY_TIGER = {
+    "n_epochs": 1,
+    "d_model": 32,
+    "d_ff": 64,
+    "num_heads": 2,
+    "d_kv": 16,
+    "num_enc_layers": 1,
+    "num_dec_layers": 1,
+    "max_len": 10,
+    "rqvae_codebook_size": 16,
+    "n_beams": 10,
+}
+
+
+@pytest.fixture(scope="module")
+def histories(movielens_small):
+    _, _, sequences = movielens_small
+    return [sequence[-12:] for sequence in sequences[:300]]
+
+
+@pytest.fixture(scope="module")
+def sasrec(histories):
+    return CornacRecommender.sasrec(seed=0, **TINY_SASREC).fit(histories)
+
+
+def test_sasrec_ranks_every_item_it_was_trained_on(sasrec, histories):
+    known = {item for history in histories for item in history}
+    ranked = sasrec.recommend(histories[:20], k=len(known))
+    assert all(sorted(r) == sorted(known) for r in ranked)
+    top = sasrec.recommend(histories[:20], k=10)
+    assert top == [r[:10] for r in ranked]
+
+
+def test_exclude_seen_is_the_full_ranking_without_the_history(sasrec, histories):
+    known = {item for history in histories for item in history}
+    full = sasrec.recommend(histories[:20], k=len(known))
+    unseen = sasrec.recommend(histories[:20], k=10, exclude_seen=True)
+    for history, ranked, kept in zip(histories[:20], full, unseen, strict=True):
+        assert kept == [item for item in ranked if item not in set(history)][:10]
+        assert not set(kept) & set(history)
+
+
+def test_history_items_unknown_to_the_model_are_skipped(sasrec, histories):
+    history = histories[0]
+    assert sasrec.recommend([[*history, "not-an-item"]], k=5) == sasrec.recommend([history], k=5)
+
+
+def test_tiger_writes_semantic_ids_of_existing_items_from_content_embeddings(histories, movielens_subset_parts):
+    with pytest.raises(ConfigError, match="needs item content embeddings"):
+        CornacRecommender.tiger(seed=0, **TINY_TIGER).fit(histories)
+    catalogue = {item.item_id: item for item in read_items(movielens_subset_parts[3])[0]}
+    ids = sorted(catalogue)
+    vectors = TextEncoder(DEFAULT_ENCODER, max_length=64).encode(
+        [f"{catalogue[i].title}. {catalogue[i].text}" for i in ids]
+    )
+    features = dict(zip(ids, vectors, strict=True))
+    with pytest.raises(ConfigError, match="no embedding"):
+        CornacRecommender.tiger(seed=0, **TINY_TIGER).fit(histories, {i: features[i] for i in ids[:10]})
+    tiger = CornacRecommender.tiger(seed=0, **TINY_TIGER).fit(histories, features)
+    known = {item for history in histories for item in history}
+    for history, ranked in zip(histories[:10], tiger.recommend(histories[:10], k=10, exclude_seen=True), strict=True):
+        assert 1 <= len(ranked) <= 10 and len(set(ranked)) == len(ranked)
+        assert set(ranked) <= known and not set(ranked) & set(history)
+
+
+def test_peers_refuse_bad_input(sasrec, histories):
+    with pytest.raises(ConfigError, match="not strings"):
+        CornacRecommender.sasrec(**TINY_SASREC).fit(["ml-1", "ml-2"])
+    with pytest.raises(ConfigError, match="without any item"):
+        CornacRecommender.sasrec(**TINY_SASREC).fit([[], []])
+    with pytest.raises(ConfigError, match="not fitted"):
+        CornacRecommender.sasrec(**TINY_SASREC).recommend(histories[:1], k=5)
+    for k in (0, True, 2.5):
+        with pytest.raises(ConfigError, match="k must be"):
+            sasrec.recommend(histories[:1], k=k)
