@@ -39,16 +39,21 @@ def git_commit() -> dict[str, Any]:
     return {"commit": commit, "uncommitted_changes": dirty}
 
 
-def environment() -> dict[str, Any]:
-    """Machine, versions, commit and the load average when the benchmark started."""
-    import torch
-
-    versions = {}
-    for name in PACKAGES:
+def package_versions(names: Sequence[str]) -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    return versions
+
+
+def environment(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
+    """Machine, versions (:data:`PACKAGES` and ``extra_packages``), commit and the load average at the start."""
+    import torch
+
+    versions = package_versions([*PACKAGES, *extra_packages])
     return {
         **git_commit(),
         "python": platform.python_version(),

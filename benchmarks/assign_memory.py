@@ -31,7 +31,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import random
 import resource
 import statistics
@@ -39,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +46,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import RESULTS, environment, write_results
+
 # Only light modules at the top: the measuring processes import torch themselves (see the module docstring).
 from lmindexer import datasets
 from lmindexer.cache import CACHE_ENV, cache_root
@@ -55,26 +56,7 @@ from lmindexer.catalog import read_items
 from lmindexer.catalog.items import Item
 from lmindexer.idtable import IdTable
 
-PACKAGES = ("lmindexer", "torch", "transformers", "pyarrow", "numpy")
 MB = 1e6
-
-
-def environment() -> dict[str, Any]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpu_threads_available": len(os.sched_getaffinity(0)),
-        "embedding_cache_source": str(cache_root()),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "versions": versions,
-    }
 
 
 # -- the measured process ------------------------------------------------------------------------------------------
@@ -290,7 +272,7 @@ def main() -> int:
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--codebook-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     # The measured process is this script again, started fresh by the parent.
     parser.add_argument("--child", choices=["rss", "tracemalloc"], help=argparse.SUPPRESS)
     parser.add_argument("--snapshot", type=Path, help=argparse.SUPPRESS)
@@ -304,7 +286,9 @@ def main() -> int:
     if args.prepare:
         return prepare(args.prepare, sizes, args.fit_items, args.levels, args.codebook_size, args.seed)
 
-    env = environment()
+    # The harness's environment() imports torch, which the parent must not do before the measuring processes have
+    # run (see the module docstring): it is called at the end, with the load average taken here.
+    load_average_at_start = [round(x, 2) for x in os.getloadavg()]
     rows = []
     with tempfile.TemporaryDirectory(prefix="lmindexer-bench-") as tmp:
         work = Path(tmp)
@@ -312,7 +296,7 @@ def main() -> int:
         command += ["--fit-items", str(args.fit_items), "--levels", str(args.levels)]
         command += ["--codebook-size", str(args.codebook_size), "--seed", str(args.seed)]
         print("preparing the snapshot, the private embedding cache and the catalogues", flush=True)
-        env.update(run_json(command, dict(os.environ)))
+        prepared = run_json(command, dict(os.environ))
         private_cache = work / "cache"
 
         for size in sizes:
@@ -351,7 +335,12 @@ def main() -> int:
                 flush=True,
             )
 
-    env["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    env = {
+        **environment(),
+        "load_average_at_start": load_average_at_start,
+        "embedding_cache_source": str(cache_root()),
+        **prepared,
+    }
     document = {
         "benchmark": "assign_memory",
         "sizes": sizes,
@@ -367,21 +356,18 @@ def main() -> int:
         "command": " ".join(["python", *sys.argv]),
         "results": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "assign_memory"
-    stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
     table = markdown_table(rows)
     title = f"assign_ids over {', '.join(f'{s:,}' for s in sizes)} items (rq-kmeans, embeddings cached)"
-    stem.with_suffix(".md").write_text(
-        f"# Assign memory — {title}\n\n"
-        f"Command: `{document['command']}`\n\n{table}\n\n"
+    write_results(
+        stem,
+        document,
+        f"# Assign memory — {title}\n\n{table}\n\n"
         f"MB = 10^6 bytes. RSS figures are medians over {args.repeats} fresh processes of `ru_maxrss` high-water "
         "marks; at the assign's start a process holds the imports and the snapshot with its frozen encoder, and the "
         "mark is reset there (process RSS peak is the whole-life mark, including the encoder load's transient peak). "
-        "The tracemalloc peak (Python objects and numpy buffers) was taken in one more fresh process. "
-        f"{env['cpu_threads_available']} CPU threads; load average {env['load_average_at_start']} at start, "
-        f"{env['load_average_at_end']} at end.\n\n"
-        f"![assign memory]({stem.name}.png)\n"
+        "The tracemalloc peak (Python objects and numpy buffers) was taken in one more fresh process.\n\n"
+        f"![assign memory]({stem.name}.png)\n",
     )
     plot(rows, stem.with_suffix(".png"), title)
     print(table)

@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import random
 import shutil
 import statistics
@@ -41,7 +39,6 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +46,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import RESULTS, environment, write_results
 
 from lmindexer import datasets, devstack
 from lmindexer.cache import cache_root
@@ -67,26 +66,8 @@ READ = "of which: reading + validating the catalogue"
 DROP = "incremental assign of the drop (new items only, as the pipeline runs it)"
 PUBLISH = "incremental publish"
 AIMED = (ASSIGN, DROP, PUBLISH)
-PACKAGES = ("lmindexer", "torch", "pyarrow", "numpy", "opensearch-py", "osmem-server")
-
-
-def environment() -> dict[str, Any]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpu_threads_available": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
-        "embedding_cache": str(cache_root()),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "versions": versions,
-    }
+# Versions recorded beside the harness's own list: the search client and server the publish measurement uses.
+PACKAGES = ("opensearch-py", "osmem-server")
 
 
 def item_record(item: Item) -> dict[str, Any]:
@@ -221,11 +202,11 @@ def main() -> int:
     parser.add_argument(
         "--uncached-new-items", action="store_true", help="give the new items texts the encoder has not seen"
     )
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     sizes = sorted(args.sizes)
 
-    env = environment()
+    env = {**environment(PACKAGES), "embedding_cache": str(cache_root())}
     real, _ = read_items(datasets.items_path("wiki-topics", progress=False))
     if args.new >= len(real):
         parser.error(f"--new must be below the {len(real)} wiki items")
@@ -302,7 +283,6 @@ def main() -> int:
         if not args.no_publish:
             measured[PUBLISH] = measure_publish(args, sizes, indexer, existing, new_items, work)
 
-    env["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     ratios = {name: result["ratio_largest_to_smallest"] for name, result in measured.items() if name in AIMED}
     new_embeddings = (
         "computed in every measurement (texts new to the cache)"
@@ -328,22 +308,20 @@ def main() -> int:
         "command": " ".join(["python", *sys.argv]),
         "results": measured,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / ("incremental_cost-uncached" if args.uncached_new_items else "incremental_cost")
-    stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
     table_md = markdown_table(measured, sizes, args.new)
     verdicts = "; ".join(
         f"{name}: {ratio:.2f} ({'met' if ratio <= 1.2 else 'not met'})" for name, ratio in ratios.items()
     )
     kind = "uncached" if args.uncached_new_items else "cached"
     title = f"{args.new:,} new items ({kind} embeddings) against catalogues of {', '.join(f'{s:,}' for s in sizes)}"
-    stem.with_suffix(".md").write_text(
-        f"# Incremental cost — {title}\n\n"
-        f"Command: `{document['command']}`\n\n{table_md}\n\n"
+    write_results(
+        stem,
+        document,
+        f"# Incremental cost — {title}\n\n{table_md}\n\n"
         f"Aim: ratio <= 1.2. {verdicts}. Median of {args.repeats} repetitions; the new items' embeddings were "
-        f"{new_embeddings}. {env['cpu_threads_available']} CPU threads; load average {env['load_average_at_start']} "
-        f"at start, {env['load_average_at_end']} at end.\n\n"
-        f"![incremental cost]({stem.name}.png)\n"
+        f"{new_embeddings}.\n\n"
+        f"![incremental cost]({stem.name}.png)\n",
     )
     plot(measured, sizes, stem.with_suffix(".png"), title)
     print(table_md)

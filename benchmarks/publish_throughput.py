@@ -27,12 +27,10 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +40,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import RESULTS, environment, write_results
 
 from lmindexer import datasets, devstack
 from lmindexer.catalog import read_items
@@ -56,24 +57,8 @@ PLATFORM = "platform publish_full"
 VARIANTS = (RAW, CLIENT, PLATFORM)
 SNAPSHOT_VERSION = "bench-publish-v1"
 ALIAS = "bench-publish"
-PACKAGES = ("lmindexer", "opensearch-py", "osmem-server", "urllib3", "pyarrow", "numpy")
-
-
-def environment() -> dict[str, Any]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpu_threads_available": len(os.sched_getaffinity(0)),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "versions": versions,
-    }
+# Versions recorded beside the harness's own list: the search client, its HTTP library and the server.
+PACKAGES = ("opensearch-py", "osmem-server", "urllib3")
 
 
 def synthetic_catalogue(count: int, seed: int, levels: int, codebook_size: int) -> tuple[list[Item], IdTable]:
@@ -246,10 +231,13 @@ def main() -> int:
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--codebook-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    env = environment()
+    # The harness's environment() imports torch, which this benchmark never uses: it is called after the measurements,
+    # so that torch's objects do not add to the garbage collector's work in the measured client CPU time, with the
+    # load average taken here.
+    load_average_at_start = [round(x, 2) for x in os.getloadavg()]
     print(f"building {args.docs} items and their ID table", flush=True)
     items, table = synthetic_catalogue(args.docs, args.seed, args.levels, args.codebook_size)
     # The raw and client variants get the very documents the platform builds, serialised before the clock starts.
@@ -271,7 +259,7 @@ def main() -> int:
                 info = backend.server_info()
                 version = info.get("version", {})
                 # osmem-server answers as the engine it imitates; its own version is among the package versions.
-                env["search_server_reports"] = f"{version.get('distribution', '')} {version.get('number', '')}".strip()
+                search_server_reports = f"{version.get('distribution', '')} {version.get('number', '')}".strip()
                 # One untimed round of each variant: connections, template and server warm-up.
                 time_raw(stack.search_url, payloads[:2], "raw-warmup", min(len(docs), 2 * args.chunk_size))
                 time_client(backend, docs[: args.chunk_size], "client-warmup", args.chunk_size)
@@ -294,7 +282,11 @@ def main() -> int:
                         )
         finally:
             devstack.stop(state)
-    env["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    env = {
+        **environment(PACKAGES),
+        "load_average_at_start": load_average_at_start,
+        "search_server_reports": search_server_reports,
+    }
 
     raw_median = statistics.median(runs[RAW])
     summary = {}
@@ -328,21 +320,19 @@ def main() -> int:
         "command": " ".join(["python", *sys.argv]),
         "results": summary,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "publish_throughput"
-    stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
     table_md = markdown_table(summary)
     title = f"Publishing {len(docs):,} documents to a local osmem server, chunks of {args.chunk_size}"
-    stem.with_suffix(".md").write_text(
-        f"# Publish throughput — {title}\n\n"
-        f"Command: `{document['command']}`\n\n{table_md}\n\n"
+    write_results(
+        stem,
+        document,
+        f"# Publish throughput — {title}\n\n{table_md}\n\n"
         f"Platform / raw: {ratio:.2f}x (aim >= 0.8x: {'met' if document['aim_met'] else 'not met'}). "
         f"Median of {args.repeats} repetitions; {payload_bytes / 1e6:.1f} MB of NDJSON per publish. The platform's "
         f"client side used {summary[PLATFORM]['median_client_cpu_seconds']:.2f} s of CPU per publish "
         f"({document['platform_docs_per_client_cpu_second']:,} documents per CPU second); the rest is the server. "
-        f"{env['cpu_threads_available']} CPU threads shared by client and server; load average "
-        f"{env['load_average_at_start']} at start, {env['load_average_at_end']} at end.\n\n"
-        f"![throughput]({stem.name}.png)\n"
+        f"{env['cpu_threads_available']} CPU threads shared by client and server.\n\n"
+        f"![throughput]({stem.name}.png)\n",
     )
     plot(summary, runs, len(docs), stem.with_suffix(".png"), title)
     print(table_md)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -33,7 +32,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import RESULTS, environment, markdown_table, write_results
 
 from lmindexer import datasets
 from lmindexer.cache import cache_root
@@ -131,12 +132,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="requests per setting")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     model_dir = args.model or cache_root() / "benchmarks" / "downstream" / args.dataset / f"model-{args.ids}"
     if not (model_dir / "generative.json").is_file():
         raise SystemExit(f"no retriever at {model_dir}: run `python benchmarks/downstream.py` first or give --model")
+    env = environment()
     data = datasets.fetch(args.dataset, progress=False)
     queries = [query for query, _ in read_queries(data / "queries-test.jsonl")]
     queries = (queries * (1 + args.requests // len(queries)))[: args.requests]
@@ -182,25 +184,17 @@ def main() -> int:
         "beam_size": json.loads((model_dir / "generative.json").read_text())["config"]["beam_size"],
         "k": args.k,
         "results": rows,
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpu_threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-        },
+        "environment": env,
         "command": " ".join(["python", *sys.argv]),
     }
-    stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
-    lines = ["| endpoint | concurrency | requests | errors | p50 ms | p99 ms | req/s |", "|---" * 7 + "|"]
-    for r in rows:
-        lines.append(
-            f"| {r['name']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['p50_ms']} | "
-            f"{r['p99_ms']} | {r['requests_per_s']} |"
-        )
-    table = "\n".join(lines)
-    stem.with_suffix(".md").write_text(
-        f"# Serving — /search on loopback\n\nCommand: `{document['command']}`\n\n{table}\n\n"
-        f"Beam size {document['beam_size']}, k={args.k}, {os.cpu_count()} CPUs.\n\n![latency]({stem.name}.png)\n"
+    header = ["endpoint", "concurrency", "requests", "errors", "p50 ms", "p99 ms", "req/s"]
+    keys = ["name", "concurrency", "requests", "errors", "p50_ms", "p99_ms", "requests_per_s"]
+    table = markdown_table(header, [[r[key] for key in keys] for r in rows])
+    write_results(
+        stem,
+        document,
+        f"# Serving — /search on loopback\n\n{table}\n\n"
+        f"Beam size {document['beam_size']}, k={args.k}, {os.cpu_count()} CPUs.\n\n![latency]({stem.name}.png)\n",
     )
     plot(rows, stem.with_suffix(".png"))
     print(table)
