@@ -150,7 +150,7 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
             # The whole beam, with scores: its first TOP_K are the generative row, all of it feeds the hybrids.
             return model.search(queries, model.config.beam_size, progress=True)
 
-        for variant in _variants(method, gen_options):
+        for variant in _variants(method, gen_options, args.no_snapshot_variant):
             print(
                 f"-- generative model on {method} IDs (from {'snapshot' if variant['from_snapshot'] else 'backbone'})"
             )
@@ -302,7 +302,7 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
                 for exclude_seen in (False, True)
             }
 
-        for variant in _variants(method, gen_options):
+        for variant in _variants(method, gen_options, args.no_snapshot_variant):
             print(
                 f"-- generative model on {method} IDs (from {'snapshot' if variant['from_snapshot'] else 'backbone'})"
             )
@@ -359,10 +359,10 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
     return rows
 
 
-def _variants(method: str, options: dict) -> list[dict]:
+def _variants(method: str, options: dict, skip_snapshot_variant: bool = False) -> list[dict]:
     """Every ID kind's model from the backbone; for LMIndexer IDs also the one that starts from its snapshot."""
     variants = [{**options, "from_snapshot": False}]
-    if method == "lmindexer":
+    if method == "lmindexer" and not skip_snapshot_variant:
         variants.append({**options, "from_snapshot": True})
     return variants
 
@@ -451,6 +451,11 @@ def main() -> int:
     parser.add_argument("--dense-max-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true", help="recommendation: skip Cornac's SASRec and TIGER")
+    parser.add_argument(
+        "--no-snapshot-variant",
+        action="store_true",
+        help="skip the model that starts from the LMIndexer snapshot (a third of the run's training time)",
+    )
     parser.add_argument("--refit", action="store_true", help="refit snapshots even if matching ones are kept")
     parser.add_argument("--work", type=Path, default=None, help="where snapshots and ID tables are kept")
     parser.add_argument("--out", type=Path, default=RESULTS)
