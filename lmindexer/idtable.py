@@ -60,6 +60,11 @@ def format_sid(codes: Sequence[int], suffix: int) -> str:
     return SID_SEPARATOR.join(str(int(c)) for c in (*codes, suffix))
 
 
+def sid_prefix(codes: Sequence[int], level: int) -> str:
+    """``(12, 7, 30)`` at level 2 -> ``"12-7"``: the first ``level`` codes, as the search documents' prefix fields."""
+    return SID_SEPARATOR.join(str(int(c)) for c in codes[:level])
+
+
 def parse_sid(sid: str) -> tuple[tuple[int, ...], int]:
     """Inverse of :func:`format_sid`."""
     try:

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from lmindexer.errors import ConfigError
-from lmindexer.idtable import parse_sid
+from lmindexer.idtable import parse_sid, sid_prefix
 
 # The one configuration of both combinations (no per-catalogue values).
 RRF_K = 60
@@ -71,12 +71,7 @@ class PrefixBoosts:
 
     def of(self, codes: Sequence[int]) -> float:
         """The boost (in units of the best text score) of a document with these codes."""
-        return sum(self.boosts.get(level, {}).get(_prefix(codes, level), 0.0) for level in range(1, self.levels + 1))
-
-
-def _prefix(codes: Sequence[int], level: int) -> str:
-    # The format of the published sid_prefix_<level> fields (lmindexer.search.documents.sid_prefix).
-    return "-".join(str(int(c)) for c in codes[:level])
+        return sum(self.boosts.get(level, {}).get(sid_prefix(codes, level), 0.0) for level in range(1, self.levels + 1))
 
 
 def prefix_boosts(
@@ -105,7 +100,7 @@ def prefix_boosts(
     boosts: dict[int, dict[str, float]] = {level: {} for level in range(1, levels + 1)}
     for (codes, _), mass in zip(parsed, exps, strict=True):
         for level in range(1, levels + 1):
-            prefix = _prefix(codes, level)
+            prefix = sid_prefix(codes, level)
             boosts[level][prefix] = boosts[level].get(prefix, 0.0) + weight * mass / total / levels
     return PrefixBoosts(levels, boosts)
 

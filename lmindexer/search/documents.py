@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from lmindexer.catalog.items import Item
 from lmindexer.errors import IdTableError
-from lmindexer.idtable import IdTable, format_sid, parse_sid
+from lmindexer.idtable import IdTable, format_sid, parse_sid, sid_prefix
 from lmindexer.search.errors import InvalidDocumentError
 
 MAPPING_VERSION = 1
@@ -37,11 +37,6 @@ def prefix_field(level: int) -> str:
     if not 1 <= level <= MAX_PREFIX_LEVELS:
         raise InvalidDocumentError(f"prefix level must be between 1 and {MAX_PREFIX_LEVELS}, got {level}")
     return f"sid_prefix_{level}"
-
-
-def sid_prefix(codes: Sequence[int], level: int) -> str:
-    """``(12, 7, 30)`` at level 2 -> ``"12-7"``."""
-    return "-".join(str(int(c)) for c in codes[:level])
 
 
 def document_mapping() -> dict[str, Any]:
