@@ -1,7 +1,8 @@
 """Frozen sentence embeddings (all-MiniLM-L6-v2 by default) for the two-stage baseline indexers.
 
-Mean pooling over the attention mask, L2-normalised, batched by length to keep padding small, and cached on disk by
-a hash of (encoder fingerprint, max length, text) so repeated runs and incremental applies embed each text once.
+Mean pooling over the attention mask, L2-normalised, batched by length to keep padding small, run in float32 or
+bfloat16 (:mod:`lmindexer.precision`), and cached on disk by a hash of (encoder fingerprint, max length, precision,
+text) so repeated runs and incremental applies embed each text once.
 The cache stores raw float32 bytes in SQLite: nothing in it is ever unpickled.
 """
 
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from lmindexer.cache import cache_root
 from lmindexer.errors import ConfigError
+from lmindexer.precision import inference_autocast, resolve_precision
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _PACKAGED_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -122,6 +124,7 @@ class TextEncoder:
         device: str = "cpu",
         use_cache: bool = True,
         cache_path: Path | None = None,
+        precision: str = "fp32",
     ) -> None:
         from transformers.utils import logging as hf_logging
 
@@ -137,6 +140,7 @@ class TextEncoder:
         self.max_length = max_length
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         location = resolve_encoder(name)
         self.tokenizer, self.model, self.fingerprint = _load_frozen_encoder(name, str(location), str(self.device))
         self.dim = int(self.model.config.hidden_size)
@@ -145,7 +149,9 @@ class TextEncoder:
             self._cache = EmbeddingCache(cache_path or cache_root() / "embeddings.sqlite", self.dim)
 
     def _key(self, text: str) -> bytes:
-        return hashlib.sha256(f"{self.fingerprint}\x1f{self.max_length}\x1f{text}".encode()).digest()
+        # float32 keys are those written before the precision was part of the key, so existing caches stay valid.
+        precision = "" if self.precision == "fp32" else f"\x1f{self.precision}"
+        return hashlib.sha256(f"{self.fingerprint}\x1f{self.max_length}{precision}\x1f{text}".encode()).digest()
 
     @torch.inference_mode()
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -161,7 +167,9 @@ class TextEncoder:
                 max_length=self.max_length,
                 return_tensors="pt",
             ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state
+            with inference_autocast(self.precision, self.device):
+                hidden = self.model(**batch).last_hidden_state
+            hidden = hidden.float()
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)

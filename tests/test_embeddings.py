@@ -92,3 +92,18 @@ def test_bad_encoder_options(tmp_path):
         TextEncoder(max_length=2)
     with pytest.raises(ConfigError, match="cannot load encoder"):
         TextEncoder(str(tmp_path / "no-such-model"), use_cache=False)
+
+
+def test_bf16_embeddings_stay_close_to_fp32_and_are_cached_apart_from_them(tmp_path):
+    """bf16 really changes the computation (a float32 vector from the shared cache would be bit-identical), and
+    the two precisions never serve each other's cached vectors."""
+    cache = tmp_path / "cache.sqlite"
+    texts = ["A cat sat on the mat.", "Quarterly revenue grew by four percent.", "The river floods every spring."]
+    fp32 = TextEncoder(cache_path=cache, precision="fp32").encode(texts)
+    bf16_encoder = TextEncoder(cache_path=cache, precision="bf16")
+    assert bf16_encoder.precision == "bf16"
+    bf16 = bf16_encoder.encode(texts)
+    assert bf16.dtype == np.float32
+    assert not np.array_equal(fp32, bf16)
+    assert float((fp32 * bf16).sum(axis=1).min()) > 0.999
+    np.testing.assert_array_equal(TextEncoder(cache_path=cache, precision="fp32").encode(texts), fp32)

@@ -42,6 +42,7 @@ from lmindexer.indexers.lm.backbone import backbone_from_snapshot, load_backbone
 from lmindexer.indexers.lm.config import PACKAGED_BACKBONE
 from lmindexer.indexers.lm.indexer import LMIndexer
 from lmindexer.indexers.lm.model import tied_names
+from lmindexer.precision import PRECISION_DESCRIPTION, InferencePrecision, inference_autocast, resolve_precision
 
 DOCUMENT = "generative.json"
 WEIGHTS = "weights.safetensors"
@@ -80,6 +81,7 @@ class GenerativeConfig(BaseModel):
     warmup_share: float = Field(0.05, ge=0, lt=1)
     beam_size: int = Field(20, ge=1, le=1000, description="beams kept per position; also the most results returned")
     inference_batch_size: int = Field(64, ge=1, le=65536)
+    inference_precision: InferencePrecision = Field("auto", description=PRECISION_DESCRIPTION)
     seed: int = 0
     device: Literal["auto", "cpu"] = "auto"
 
@@ -164,6 +166,9 @@ class GenerativeModel:
         self.network = network
         self.trie: IdTrie = vocabulary.trie(sids)
         self.device = _device(config)
+        # Decoding only reads the IDs that exist; its precision changes rankings, never a stored ID, so 'auto' is
+        # resolved for the machine serving the model.
+        self.precision = resolve_precision(config.inference_precision, self.device)
         self.network.to(self.device)
         self.initialised_from: str = "backbone"
         self.training: dict[str, Any] = {}
@@ -396,8 +401,9 @@ class GenerativeModel:
             chunk = list(queries[start : start + size])
             batch = self.network.backbone.tokenize(chunk, self.config.max_length)
             mask = batch["attention_mask"].to(self.device)
-            memory = self.network.encode(batch["input_ids"].to(self.device), mask)
-            found = self.network.beam_search(memory, mask, self.trie, self.config.beam_size)
+            with inference_autocast(self.precision, self.device):
+                memory = self.network.encode(batch["input_ids"].to(self.device), mask)
+                found = self.network.beam_search(memory, mask, self.trie, self.config.beam_size)
             results.extend(ranked[:k] for ranked in found)
         return results
 
@@ -424,8 +430,9 @@ class GenerativeModel:
         for start in tqdm(range(0, len(histories), size), desc="recommending", disable=not progress, leave=False):
             chunk = histories[start : start + size]
             tokens, item_mask = self._history_tensors(chunk)
-            memory, mask = self.network.encode_history(tokens.to(self.device), item_mask.to(self.device))
-            found = self.network.beam_search(memory, mask, self.trie, self.config.beam_size)
+            with inference_autocast(self.precision, self.device):
+                memory, mask = self.network.encode_history(tokens.to(self.device), item_mask.to(self.device))
+                found = self.network.beam_search(memory, mask, self.trie, self.config.beam_size)
             for history, ranked in zip(chunk, found, strict=True):
                 if exclude_seen:
                     seen = set(history)

@@ -31,6 +31,7 @@ from lmindexer.catalog.items import Item
 from lmindexer.errors import ConfigError, SnapshotError
 from lmindexer.indexers.integrity import INTEGRITY_KEY, legacy_content_hash, seal, verify, write_safetensors
 from lmindexer.options import parse_config
+from lmindexer.precision import PRECISION_DESCRIPTION, InferencePrecision, resolve_precision
 from lmindexer.text import DEFAULT_TEMPLATE, TextTemplate
 
 SNAPSHOT_FORMAT = "lmindexer-snapshot"
@@ -67,6 +68,8 @@ class IndexerConfig(BaseModel):
         ),
     )
 
+    inference_precision: InferencePrecision = Field("auto", description=PRECISION_DESCRIPTION)
+
     @field_validator("codebook_size", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
@@ -98,7 +101,11 @@ class Indexer(ABC):
     config_class: ClassVar[type[IndexerConfig]] = IndexerConfig
 
     def __init__(self, config: Mapping[str, Any] | IndexerConfig | None = None) -> None:
-        self.config = parse_config(self.config_class, config, what="indexer config")
+        config = parse_config(self.config_class, config, what="indexer config")
+        # 'auto' is resolved once, here, and saved resolved: a snapshot assigns in the precision it was fitted with
+        # on whatever machine loads it (see lmindexer.precision).
+        resolved = resolve_precision(config.inference_precision)
+        self.config = config.model_copy(update={"inference_precision": resolved})
         self.template = TextTemplate(self.config.text_template)
         self.version: str | None = None
         self.manifest: dict[str, Any] = {}
@@ -286,9 +293,10 @@ class Indexer(ABC):
 
 def snapshot_config(document: Mapping[str, Any]) -> dict[str, Any]:
     """The options a snapshot was fitted with. Snapshots written before the last-level policy existed gave every
-    item its own last code, so they keep doing so."""
+    item its own last code, and those written before the precision option assigned in float32: they keep doing so."""
     config = dict(document.get("config") or {})
     config.setdefault("last_level", "argmax")
+    config.setdefault("inference_precision", "fp32")
     return config
 
 

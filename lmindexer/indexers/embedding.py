@@ -34,7 +34,10 @@ class EmbeddingIndexer(Indexer):
     def encoder(self) -> TextEncoder:
         if self._encoder is None:
             self._encoder = TextEncoder(
-                self.config.encoder, max_length=self.config.max_length, batch_size=self.config.embed_batch_size
+                self.config.encoder,
+                max_length=self.config.max_length,
+                batch_size=self.config.embed_batch_size,
+                precision=self.config.inference_precision,
             )
         return self._encoder
 

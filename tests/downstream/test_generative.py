@@ -198,3 +198,26 @@ def test_a_recommender_can_leave_out_the_items_a_history_holds(recommender, movi
         assert kept == [(i, score) for i, score in ranked if i not in set(history)][:5]
     metrics = model.evaluate_recommendation(histories, [s[-1] for s in sequences], exclude_seen=True)
     assert np.isfinite(metrics["recall@10"])
+
+
+def test_bf16_decoding_really_runs_in_bf16_and_ranks_nearly_as_fp32_does(trained, title_pairs, monkeypatch):
+    model, _, _ = trained
+    captured: list[torch.Tensor] = []
+    beam_search = model.network.beam_search
+
+    def spy(memory, *args, **kwargs):
+        captured.append(memory.detach().float().clone())
+        return beam_search(memory, *args, **kwargs)
+
+    monkeypatch.setattr(model.network, "beam_search", spy)
+    queries = [q for q, _ in title_pairs[:100]]
+    found, memory = {}, {}
+    for precision in ("fp32", "bf16"):
+        monkeypatch.setattr(model, "precision", precision)
+        captured.clear()
+        found[precision] = [[item_id for item_id, _ in ranked] for ranked in model.search(queries, k=10)]
+        memory[precision] = torch.cat([m.flatten() for m in captured])
+    assert not torch.equal(memory["fp32"], memory["bf16"])
+    assert torch.nn.functional.cosine_similarity(memory["fp32"], memory["bf16"], dim=0) > 0.999
+    same_top = np.mean([a[0] == b[0] for a, b in zip(found["fp32"], found["bf16"], strict=True)])
+    assert same_top >= 0.9

@@ -22,6 +22,7 @@ from lmindexer.indexers.lm.config import LMIndexerConfig
 from lmindexer.indexers.lm.encoder import encoder_from_snapshot, load_encoder
 from lmindexer.indexers.lm.model import LMIndexerModel, tied_names
 from lmindexer.indexers.lm.training import Trainer
+from lmindexer.precision import inference_autocast
 
 
 class LMIndexer(Indexer):
@@ -108,7 +109,11 @@ class LMIndexer(Indexer):
             index = order[start : start + size]
             batch = encoder.tokenize([texts[i] for i in index], self.config.max_length)
             input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            states = model.token_states(input_ids, mask)
+            # The encoder (nearly all of the cost) runs in the snapshot's precision; the code writers and the float64
+            # distance comparisons that pick each code run in float32/float64 on its float32-converted states.
+            with inference_autocast(self.config.inference_precision, device):
+                states = model.token_states(input_ids, mask)
+            states = states.float()
             written = model.greedy_codes(states, mask)
             codes[index] = written.cpu().numpy()
             if preferences:

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from testsupport.lm import TINY_LM
 
 from lmindexer.catalog import read_items
@@ -184,3 +185,29 @@ def test_a_local_t5_encoder_indexes_and_reproduces(wiki_items, tmp_path_factory,
     np.testing.assert_array_equal(loaded.codes(wiki_items[:50]), indexer.codes(wiki_items[:50]))
     # a T5 encoder runs whole: all of it trains, or none (its one layer here is all of it)
     assert not loaded.model.encoder.splittable and loaded.model.encoder.split_at(1) == 0
+
+
+def test_bf16_assign_runs_the_encoder_in_bf16_and_writes_nearly_the_same_codes(tiny_lm, wiki_items, monkeypatch):
+    """The encoder's states really change under bf16 (not only a recorded flag) while the codes they lead to stay
+    those of float32 for nearly every item; the code writers always compare in float32/float64."""
+    model = tiny_lm.model
+    captured: list[torch.Tensor] = []
+    greedy = model.greedy_codes
+
+    def spy(states, mask, *args, **kwargs):
+        captured.append(states.detach().clone())
+        return greedy(states, mask, *args, **kwargs)
+
+    monkeypatch.setattr(model, "greedy_codes", spy)
+    texts = tiny_lm.texts(wiki_items)
+    codes = {}
+    states = {}
+    for precision in ("fp32", "bf16"):
+        monkeypatch.setattr(tiny_lm, "config", tiny_lm.config.model_copy(update={"inference_precision": precision}))
+        captured.clear()
+        codes[precision] = tiny_lm.codes_for_texts(texts)
+        states[precision] = torch.cat([s.flatten() for s in captured])
+        assert all(s.dtype == torch.float32 for s in captured)
+    assert not torch.equal(states["fp32"], states["bf16"])
+    assert torch.nn.functional.cosine_similarity(states["fp32"], states["bf16"], dim=0) > 0.999
+    assert (codes["fp32"] == codes["bf16"]).all(axis=1).mean() >= 0.9
