@@ -1,7 +1,8 @@
 """Airflow on SQLite in a temporary AIRFLOW_HOME, with the project's dags/ and plugins/, and the local stack.
 
 DAGs run with ``airflow dags test`` in a subprocess (a real Airflow run, in-process executor), so the test process
-never imports Airflow and each run starts from a clean interpreter.
+never imports Airflow and each run starts from a clean interpreter. ``postgres`` is a throwaway PostgreSQL server for
+the tests that run Airflow as deployed (scheduler, LocalExecutor), see test_catalog_reindex_production.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 from testsupport.airflow_runs import AIRFLOW, airflow_environment
+from testsupport.postgres import Postgres, PostgresUnavailable, running_postgres
 
 from lmindexer import devstack
 
@@ -38,3 +40,19 @@ def s3(local_stack, monkeypatch):
     for name, value in devstack.client_env(local_stack).items():
         monkeypatch.setenv(name, value)
     return boto3.client("s3")
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL server with an empty ``airflow`` database, stopped after the test.
+
+    Missing binaries fail the test rather than skip it: CI machines have PostgreSQL, so a skip would hide a broken
+    image."""
+    problem = None
+    try:
+        with running_postgres() as server:
+            yield server
+    except PostgresUnavailable as exc:
+        problem = str(exc)
+    if problem:  # outside the except block, so the failure is the message alone, not a chained traceback
+        pytest.fail(problem, pytrace=False)
