@@ -4,8 +4,10 @@ Any of the three components may be missing; an endpoint that needs a missing one
 working. Every error body is ``{"detail": "<message>"}``: 4xx messages say what was wrong with the request, and an
 unexpected failure is a bare ``500 internal error`` whose details (exception, traceback) go to the server log only.
 
-Endpoints are plain functions, so FastAPI runs them in its threadpool. Each model is used under its own lock: a
-Hugging Face fast tokenizer fails ("Already borrowed") when two threads use it at once, and concurrent forward
+Endpoints are plain functions, so FastAPI runs them in its threadpool. Each model has one worker thread that
+gathers the concurrent requests for it into one batched beam search (:mod:`lmindexer.serving.batching`; bounded
+wait, bounded batch, bounded queue): one batched forward pass fills the cores far better than requests taking turns,
+a Hugging Face fast tokenizer fails ("Already borrowed") when two threads use it at once, and concurrent forward
 passes would only compete for the same CPU cores.
 
 Every request limit is a field of :class:`ServingLimits` and is declared in the OpenAPI document (maxLength,
@@ -21,7 +23,8 @@ import logging
 import re
 import threading
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Self
 
@@ -47,6 +50,7 @@ from lmindexer.errors import ConfigError
 from lmindexer.options import parse_config
 from lmindexer.search.backend import BoostedSearch, SearchBackend, TextHit
 from lmindexer.search.errors import SearchError
+from lmindexer.serving.batching import Closed, MicroBatcher, Overloaded
 from lmindexer.serving.body_limit import RequestBodyLimit
 
 logger = logging.getLogger(__name__)
@@ -86,6 +90,19 @@ class ServingLimits(BaseModel):
     default_k: int = Field(10, ge=1, le=1000, description="results returned when a request gives no k")
     blend_candidates: int = Field(50, ge=1, le=1000, description="text-search hits fused into a blended /search")
     rrf_k: int = Field(RRF_K, ge=1, le=10_000, description="reciprocal rank fusion constant: 1 / (rrf_k + rank)")
+    batch_max_size: int = Field(
+        16, ge=1, le=1024, description="most concurrent requests for one model decoded as one batched beam search"
+    )
+    batch_max_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="longest a request waits for others to share its batch (requests that queued while the previous "
+        "batch ran join at once)",
+    )
+    max_pending_requests: int = Field(
+        256, ge=1, le=100_000, description="requests that may wait for one model; one more is refused with 503"
+    )
     prefix_boost_weight: float = Field(
         PREFIX_BOOST_WEIGHT,
         ge=0,
@@ -238,14 +255,41 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # -- the served models ------------------------------------------------------------------------------------------------
 
 
+# An item of a model's whole beam: (item_id, log-probability, semantic ID).
+Ranked = list[tuple[str, float, str]]
+
+
 @dataclass
 class _Served:
-    """A model with the bounds on k for it and the lock that serialises its use."""
+    """A model with the bounds on k for it, the lock that serialises its use, and the batcher that feeds it."""
 
     model: GenerativeModel
     cap: int
     default_k: int
     lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: MicroBatcher | None = None
+
+    def _with_sids(self, found: Sequence[Sequence[tuple[str, float]]]) -> list[Ranked]:
+        return [[(item_id, score, self.model.sid_of(item_id) or "") for item_id, score in r] for r in found]
+
+    def search_batch(self, texts: Sequence[str]) -> list[Ranked]:
+        """The whole beam for each query: every k a request may ask for is a prefix of it."""
+        with self.lock:
+            return self._with_sids(self.model.search(list(texts), k=self.model.config.beam_size))
+
+    def recommend_batch(self, requests: Sequence[tuple[tuple[str, ...], bool]]) -> list[Ranked]:
+        """The whole beam for each (history, exclude_seen), the history's items left out where asked."""
+        found: list[Ranked] = [[] for _ in requests]
+        with self.lock:
+            for exclude_seen in (False, True):
+                rows = [n for n, (_, flag) in enumerate(requests) if flag is exclude_seen]
+                if not rows:
+                    continue
+                histories = [list(requests[n][0]) for n in rows]
+                beams = self.model.recommend(histories, k=self.model.config.beam_size, exclude_seen=exclude_seen)
+                for n, ranked in zip(rows, self._with_sids(beams), strict=True):
+                    found[n] = ranked
+        return found
 
     def health(self) -> ModelHealth:
         vocabulary = self.model.vocabulary
@@ -265,7 +309,15 @@ def _served(model: GenerativeModel | None, task: str, role: str, limits: Serving
     if model.config.task != task:
         raise ConfigError(f"the {role} must be a {task} model; the one given is a {model.config.task} model")
     cap = limits.k_cap(model.config.beam_size)
-    return _Served(model, cap, min(limits.default_k, cap))
+    served = _Served(model, cap, min(limits.default_k, cap))
+    served.batcher = MicroBatcher(
+        served.search_batch if task == "retrieval" else served.recommend_batch,
+        max_batch=limits.batch_max_size,
+        max_wait_s=limits.batch_max_wait_ms / 1000,
+        max_pending=limits.max_pending_requests,
+        name=f"lmindexer-{role}",
+    )
+    return served
 
 
 def _need(component: Any, message: str) -> Any:
@@ -402,6 +454,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(Overloaded)
+    @app.exception_handler(Closed)
+    async def model_busy(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"the server is busy: {exc}; retry shortly"}, status_code=503)
+
     @app.exception_handler(SearchError)
     async def search_unavailable(request: Request, exc: SearchError) -> JSONResponse:
         # The message names hosts, indexes and engine errors: useful in the log, not to a caller.
@@ -444,7 +501,15 @@ def create_app(
     SearchK = query_k(search_cap)
     SimilarK = query_k(similar_cap)
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for served in (searcher, advisor):
+            if served is not None and served.batcher is not None:
+                served.batcher.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="lmindexer",
         summary="Generative retrieval and recommendation over semantic IDs, and items sharing an ID prefix.",
         version="1",
@@ -456,6 +521,7 @@ def create_app(
     app.add_middleware(InternalErrors)
     _install_error_handlers(app)
     app.state.limits = limits
+    app.state.batchers = {role: s.batcher for role, s in (("retriever", searcher), ("recommender", advisor)) if s}
 
     @app.get(
         "/search",
@@ -485,20 +551,17 @@ def create_app(
             detail = f"blend=true means mode=rrf; it cannot be used with mode={mode}"
             raise HTTPException(status_code=422, detail=detail)
         chosen: SearchMode = "rrf" if blend else mode or "generative"
+        beam: Ranked = served.batcher.submit(text)
         if chosen == "generative":
-            with served.lock:
-                ranked = served.model.search([text], k=k)[0]
-                sids = {item_id: served.model.sid_of(item_id) or "" for item_id, _ in ranked}
-            results = [ResultItem(item_id=i, sid=sids[i], score=s, source="generative") for i, s in ranked]
+            results = [ResultItem(item_id=i, sid=sid, score=s, source="generative") for i, s, sid in beam[:k]]
             return SearchResponse(query=text, k=k, mode=chosen, blend=False, results=results)
         search_backend: SearchBackend = _need(
             backend, f"{'blend=true' if blend else f'mode={chosen}'} needs the search backend, which is not configured"
         )
-        with served.lock:
-            # The whole beam: items that turn out deleted must not leave the fused list short, and every predicted
-            # prefix gets its share of the beam's mass.
-            ranked = served.model.search([text], k=served.cap)[0]
-            sids = {item_id: served.model.sid_of(item_id) or "" for item_id, _ in ranked}
+        # The beam up to the cap: items that turn out deleted must not leave the fused list short, and every
+        # predicted prefix gets its share of the beam's mass.
+        ranked = [(item_id, score) for item_id, score, _ in beam[: served.cap]]
+        sids = {item_id: sid for item_id, _, sid in beam[: served.cap]}
         if chosen == "prefix-boost":
             boosts = prefix_boosts([(sids[i], s) for i, s in ranked if sids[i]], weight=limits.prefix_boost_weight)
             results = boosted(search_backend.search_boosted(text, boosts, size=k), boosts)
@@ -537,14 +600,12 @@ def create_app(
                 "nothing to recommend from",
             )
         try:
-            with served.lock:
-                ranked = served.model.recommend([known], k=k, exclude_seen=exclude_seen)[0]
-                sids = {item_id: served.model.sid_of(item_id) or "" for item_id, _ in ranked}
+            beam: Ranked = served.batcher.submit((tuple(known), exclude_seen))
         except ConfigError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
         return RecommendResponse(
             k=k,
-            results=[ResultItem(item_id=i, sid=sids[i], score=s, source="generative") for i, s in ranked],
+            results=[ResultItem(item_id=i, sid=sid, score=s, source="generative") for i, s, sid in beam[:k]],
             unknown_items=unknown,
             items_used=min(len(known), served.model.config.history_window),
         )

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -232,6 +233,59 @@ def test_recommend_leaves_out_the_history_unless_asked_not_to(client, recommende
     assert repeats > 0  # off, seen items do come back
     detail = assert_error(client.post("/recommend", json={"history": movies[:2], "exclude_seen": "no"}), 422)
     assert detail.startswith("body field 'exclude_seen': Input should be a valid boolean")
+
+
+def _concurrently(send, payloads):
+    """Send every payload at once from its own thread (released together by a barrier); responses in order."""
+    barrier = threading.Barrier(len(payloads))
+    responses = [None] * len(payloads)
+
+    def worker(n, payload):
+        barrier.wait(30)
+        responses[n] = send(payload)
+
+    threads = [threading.Thread(target=worker, args=(n, p)) for n, p in enumerate(payloads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return responses
+
+
+def test_concurrent_requests_are_decoded_in_shared_batches_and_answered_as_if_alone(
+    retriever, recommender, backend, wiki_items, monkeypatch
+):
+    """Requests sent together share batched beam searches (fewer batches than requests), and each answer is what
+    the model gives that request alone: its own k, its own exclude_seen, in float32 the same items in the same
+    order."""
+    for model in (retriever.model, recommender.model):
+        monkeypatch.setattr(model, "precision", "fp32")  # bf16 sums may round differently in another batch shape
+    limits = {"batch_max_wait_ms": 500, "batch_max_size": 8}
+    app = create_app(retriever=retriever.model, recommender=recommender.model, backend=backend, limits=limits)
+    searches = [{"q": item.title, "k": 1 + n % 5} for n, item in enumerate(wiki_items[:8])]
+    movies = list(recommender.table.sid_map())
+    # Histories ending in items the model recommends for their start, so that leaving out the seen ones matters.
+    starts = [movies[n * 6 : n * 6 + 4] for n in range(8)]
+    again = [[item_id for item_id, _ in ranked[:4]] for ranked in recommender.model.recommend(starts, k=4)]
+    bodies = [
+        {"history": s + a, "k": 3 + n % 4, "exclude_seen": n % 2 == 0} for n, (s, a) in enumerate(zip(starts, again))
+    ]
+    with TestClient(app) as client:
+        together = _concurrently(lambda params: client.get("/search", params=params), searches)
+        together += _concurrently(lambda body: client.post("/recommend", json=body), bodies)
+        stats = {role: batcher.stats for role, batcher in app.state.batchers.items()}
+    alone = [retriever.model.search([params["q"]], k=params["k"])[0] for params in searches]
+    alone += [
+        recommender.model.recommend([body["history"]], k=body["k"], exclude_seen=body["exclude_seen"])[0]
+        for body in bodies
+    ]
+    assert all(response.status_code == 200 for response in together)
+    for shared, expected in zip(together, alone, strict=True):
+        got = shared.json()["results"]
+        assert [r["item_id"] for r in got] == [item_id for item_id, _ in expected]
+        assert [r["score"] for r in got] == pytest.approx([score for _, score in expected], abs=1e-4)
+    for role in ("retriever", "recommender"):
+        assert stats[role].requests == 8 and stats[role].batches < 8, (role, stats[role])
 
 
 @pytest.mark.parametrize(
