@@ -1,14 +1,19 @@
-"""Serving latency and throughput of ``lmindexer serve`` under a bounded local load, on loopback.
+"""Serving throughput and latency of ``lmindexer serve`` under a bounded locust load on loopback.
 
 Starts the real server (``lmindexer serve`` with uvicorn, one process) on a free port with the generative retriever
-that ``benchmarks/downstream.py`` trained on the data set, then sends its held-out queries to
-``GET /search`` from 1 and from 4 concurrent clients, a fixed number of requests each. In the same run, as baselines:
-``GET /health`` (the HTTP and framework floor) and the same queries through ``GenerativeModel.search`` in process,
-one at a time (the model's own cost, without HTTP).
+that ``benchmarks/downstream.py`` trained on the data set, in four configurations, one after another:
+
+- ``one at a time, fp32``: batching off (``--batch-max-size 1``) and float32 decoding: the server as it was before
+  batched decoding and bf16, the baseline of the same run;
+- ``one at a time, bf16`` and ``batched, fp32``: each change alone;
+- ``batched, bf16``: the defaults (``--batch-max-size 16 --batch-max-wait-ms 5``, bf16 where the CPU has it).
+
+For each, locust (headless, ``FastHttpUser``, no think time) sends every held-out query once to ``GET /search``
+from 1 and from 8 concurrent users (``--users``), and the run ends when the last query is answered (bounded by
+``--max-run-time`` too). Locust runs on the same machine and takes some of its cores: the load average is recorded.
 
     python benchmarks/downstream.py --dataset clothing-reviews     # once: trains and saves the models served here
-    python benchmarks/serving.py --dataset clothing-reviews        # 300 requests per setting
-    python benchmarks/serving.py --requests 1000 --concurrency 1 4 8
+    python benchmarks/serving.py --dataset clothing-reviews
 
 Writes <out>/serving-<dataset>.json, .md and .png.
 """
@@ -22,10 +27,9 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 import matplotlib
@@ -38,7 +42,6 @@ from _harness import RESULTS, environment, markdown_table, write_results
 
 from lmindexer import datasets
 from lmindexer.cache import cache_root
-from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.downstream.jobs import read_queries
 
 
@@ -48,50 +51,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def summarise(name: str, latencies: list[float], wall: float, concurrency: int, errors: int) -> dict:
-    return {
-        "name": name,
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "errors": errors,
-        "p50_ms": round(1000 * statistics.median(latencies), 2),
-        "p99_ms": round(1000 * percentile(latencies, 99), 2),
-        "mean_ms": round(1000 * statistics.fmean(latencies), 2),
-        "requests_per_s": round(len(latencies) / wall, 2),
-    }
-
-
-def load(base: str, paths: list[str], concurrency: int) -> tuple[list[float], float, int]:
-    """Each of ``concurrency`` clients sends its share of ``paths`` back to back; latencies of every request."""
-    latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-
-    def client(share: list[str]) -> None:
-        nonlocal errors
-        with httpx.Client(base_url=base, timeout=60) as http:
-            for path in share:
-                started = time.perf_counter()
-                response = http.get(path)
-                elapsed = time.perf_counter() - started
-                with lock:
-                    latencies.append(elapsed)
-                    errors += response.status_code != 200
-
-    shares = [paths[n::concurrency] for n in range(concurrency)]
-    threads = [threading.Thread(target=client, args=(share,)) for share in shares]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return latencies, time.perf_counter() - started, errors
+CONFIGURATIONS = [
+    # (name, serve options)
+    ("one at a time, fp32", ["--batch-max-size", "1", "--precision", "fp32"]),
+    ("one at a time, bf16", ["--batch-max-size", "1", "--precision", "bf16"]),
+    ("batched, fp32", ["--precision", "fp32"]),
+    ("batched, bf16", ["--precision", "bf16"]),
+]
+BASELINE, CANDIDATE = CONFIGURATIONS[0][0], CONFIGURATIONS[-1][0]
+AIM_SPEEDUP, AIM_P99_MS, AIM_USERS = 4.0, 300.0, 8
 
 
 def wait_until_up(base: str, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -108,17 +76,80 @@ def wait_until_up(base: str, process: subprocess.Popen, timeout: float = 300) ->
     raise SystemExit("the server did not answer /health in time")
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(9, 4))
-    labels = [f"{r['name']}\nc={r['concurrency']}" for r in rows]
-    x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [r["p50_ms"] for r in rows], 0.4, label="p50 ms")
-    ax.bar([i + 0.2 for i in x], [r["p99_ms"] for r in rows], 0.4, label="p99 ms")
-    ax.set_xticks(list(x), labels, fontsize=8)
-    ax.set_ylabel("latency (ms)")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("lmindexer serve on loopback")
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def locust_run(base: str, queries_file: Path, users: int, k: int, max_run_time: str, work: Path) -> dict:
+    """One headless locust run; figures from every request's latency, recorded by the locustfile."""
+    results = work / f"locust-{users}.json"
+    results.unlink(missing_ok=True)
+    command = [
+        sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("locustfile.py")), "--headless",
+        "--users", str(users), "--spawn-rate", str(users), "--host", base, "--run-time", max_run_time,
+        "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "30",
+    ]  # fmt: skip
+    env = {**os.environ, "LMINDEXER_BENCH_QUERIES": str(queries_file), "LMINDEXER_BENCH_RESULTS": str(results),
+           "LMINDEXER_BENCH_K": str(k)}  # fmt: skip
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600, check=False)
+    if not results.is_file():
+        raise SystemExit(f"locust wrote no results (exit {completed.returncode}): {completed.stderr[-2000:]}")
+    run = json.loads(results.read_text())
+    latencies = run["latencies_ms"]
+    if run["last_answered"] is None:
+        raise SystemExit(f"locust stopped after {run['answered']} of {run['sent']} requests (--max-run-time?)")
+    wall = run["last_answered"] - run["first_sent"]
+    return {
+        "users": users,
+        "requests": len(latencies),
+        "failures": run["failures"],
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
+        "mean_ms": round(statistics.fmean(latencies), 1),
+        "requests_per_s": round(len(latencies) / wall, 2),
+        "wall_s": round(wall, 2),
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def serve_and_load(args, model_dir: Path, queries_file: Path, name: str, options: list[str], work: Path) -> list:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "lmindexer.cli", "serve", "--retriever", str(model_dir), "--port", str(port)]
+    rows = []
+    with open(work / "server.log", "w") as server_log:
+        process = subprocess.Popen(command + options, stdout=server_log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        try:
+            wait_until_up(base, process)
+            # Warm-up: the first request of each input shape allocates (and in bf16 builds its kernels).
+            for n in range(1, 65, 3):
+                httpx.get(f"{base}/search", params={"q": " ".join(["warm"] * n), "k": args.k}, timeout=60)
+            for users in args.users:
+                row = {"configuration": name, **locust_run(base, queries_file, users, args.k, args.max_run_time, work)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    return rows
+
+
+def plot(rows: list[dict], users: list[int], path: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [name for name, _ in CONFIGURATIONS]
+    width = 0.8 / len(users)
+    for n, count in enumerate(users):
+        found = {r["configuration"]: r for r in rows if r["users"] == count}
+        xs = [i + (n - (len(users) - 1) / 2) * width for i in range(len(names))]
+        left.bar(xs, [found[c]["requests_per_s"] if c in found else 0 for c in names], width, label=f"{count} users")
+        right.bar(xs, [found[c]["p99_ms"] if c in found else 0 for c in names], width, label=f"{count} users")
+    for axis, label in ((left, "requests/s"), (right, "p99 latency (ms)")):
+        axis.set_xticks(range(len(names)), [n.replace(", ", ",\n") for n in names], fontsize=8)
+        axis.set_ylabel(label)
+        axis.legend()
+    right.axhline(AIM_P99_MS, color="grey", linestyle="--", linewidth=1)
+    fig.suptitle("lmindexer serve, GET /search on loopback (locust)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -126,11 +157,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="wiki-topics", choices=["wiki-topics", "clothing-reviews"])
+    parser.add_argument("--dataset", default="clothing-reviews", choices=["wiki-topics", "clothing-reviews"])
     parser.add_argument("--ids", default="lmindexer", help="which of downstream's retrievers: its ID method")
     parser.add_argument("--model", type=Path, default=None, help="retriever directory (default: downstream's)")
-    parser.add_argument("--requests", type=int, default=300, help="requests per setting")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--users", type=int, nargs="+", default=[1, AIM_USERS], help="concurrent locust users")
+    parser.add_argument("--limit-queries", type=int, default=None, help="send only the first N held-out queries")
+    parser.add_argument("--max-run-time", default="15m", help="locust's bound on one setting's run")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -138,66 +170,64 @@ def main() -> int:
     model_dir = args.model or cache_root() / "benchmarks" / "downstream" / args.dataset / f"model-{args.ids}"
     if not (model_dir / "generative.json").is_file():
         raise SystemExit(f"no retriever at {model_dir}: run `python benchmarks/downstream.py` first or give --model")
-    env = environment()
+    env = environment(extra_packages=["locust", "uvicorn", "fastapi"])
     data = datasets.fetch(args.dataset, progress=False)
-    queries = [query for query, _ in read_queries(data / "queries-test.jsonl")]
-    queries = (queries * (1 + args.requests // len(queries)))[: args.requests]
+    queries = [query for query, _ in read_queries(data / "queries-test.jsonl")][: args.limit_queries]
+    config = json.loads((model_dir / "generative.json").read_text())["config"]
 
-    # The in-process baseline: the model alone, one query at a time.
-    model = GenerativeModel.load(model_dir, device="cpu")
-    model.search(queries[:5], args.k)  # warm-up
-    in_process = []
-    started = time.perf_counter()
-    for query in queries:
-        began = time.perf_counter()
-        model.search([query], args.k)
-        in_process.append(time.perf_counter() - began)
-    rows = [summarise("model.search in process", in_process, time.perf_counter() - started, 1, 0)]
-    del model
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as scratch:
+        work = Path(scratch)
+        queries_file = work / "queries.json"
+        queries_file.write_text(json.dumps(queries))
+        for name, options in CONFIGURATIONS:
+            rows += serve_and_load(args, model_dir, queries_file, name, options, work)
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "lmindexer.cli", "serve", "--retriever", str(model_dir), "--port", str(port)]
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = args.out / "serving-server.log"
-    with open(log, "w") as server_log:
-        process = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=dict(os.environ))
-        try:
-            wait_until_up(base, process)
-            search_paths = [f"/search?q={quote(q)}&k={args.k}" for q in queries]
-            load(base, search_paths[:5], 1)  # warm-up
-            for concurrency in args.concurrency:
-                latencies, wall, errors = load(base, ["/health"] * args.requests, concurrency)
-                rows.append(summarise("GET /health", latencies, wall, concurrency, errors))
-                latencies, wall, errors = load(base, search_paths, concurrency)
-                rows.append(summarise("GET /search", latencies, wall, concurrency, errors))
-                print(rows[-2], rows[-1], flush=True)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-    log.unlink(missing_ok=True)
+    def row(name: str, users: int) -> dict | None:
+        return next((r for r in rows if r["configuration"] == name and r["users"] == users), None)
 
+    baseline, candidate = row(BASELINE, AIM_USERS), row(CANDIDATE, AIM_USERS)
+    aim = None
+    if baseline and candidate:
+        speedup = candidate["requests_per_s"] / baseline["requests_per_s"]
+        aim = {
+            "users": AIM_USERS,
+            "speedup_vs_one_at_a_time_fp32": round(speedup, 2),
+            "p99_ms": candidate["p99_ms"],
+            "aim": f">= {AIM_SPEEDUP}x requests/s with p99 <= {AIM_P99_MS:.0f} ms",
+            "met": speedup >= AIM_SPEEDUP and candidate["p99_ms"] <= AIM_P99_MS,
+        }
     stem = args.out / f"serving-{args.dataset}"
     document = {
+        "benchmark": "serving",
         "dataset": args.dataset,
         "model": str(model_dir),
-        "beam_size": json.loads((model_dir / "generative.json").read_text())["config"]["beam_size"],
+        "beam_size": config["beam_size"],
         "k": args.k,
+        "queries": len(queries),
+        "configurations": {name: options for name, options in CONFIGURATIONS},
         "results": rows,
+        "aim": aim,
         "environment": env,
-        "command": " ".join(["python", *sys.argv]),
     }
-    header = ["endpoint", "concurrency", "requests", "errors", "p50 ms", "p99 ms", "req/s"]
-    keys = ["name", "concurrency", "requests", "errors", "p50_ms", "p99_ms", "requests_per_s"]
-    table = markdown_table(header, [[r[key] for key in keys] for r in rows])
+    header = ["configuration", "users", "requests", "failures", "p50 ms", "p99 ms", "req/s", "load after"]
+    keys = ["configuration", "users", "requests", "failures", "p50_ms", "p99_ms", "requests_per_s"]
+    table = markdown_table(header, [[r[key] for key in keys] + [r["load_average_after"][0]] for r in rows])
+    verdict = ""
+    if aim:
+        verdict = (
+            f"\n\nAt {AIM_USERS} users, {CANDIDATE} answers {aim['speedup_vs_one_at_a_time_fp32']}x the requests/s of "
+            f"{BASELINE} with p99 {aim['p99_ms']:.0f} ms (aim {aim['aim']}: {'met' if aim['met'] else 'not met'})."
+        )
     write_results(
         stem,
         document,
-        f"# Serving — /search on loopback\n\n{table}\n\n"
-        f"Beam size {document['beam_size']}, k={args.k}, {os.cpu_count()} CPUs.\n\n![latency]({stem.name}.png)\n",
+        f"# Serving: GET /search on loopback, locust\n\n{table}{verdict}\n\n"
+        f"{len(queries)} held-out queries per setting, beam size {config['beam_size']}, k={args.k}, "
+        f"{os.cpu_count()} CPUs shared by the server and locust.\n\n![throughput and latency]({stem.name}.png)\n",
     )
-    plot(rows, stem.with_suffix(".png"))
-    print(table)
+    plot(rows, args.users, stem.with_suffix(".png"))
+    print(table + verdict)
     print(f"written: {stem}.json, .md, .png")
     return 0
 

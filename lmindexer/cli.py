@@ -474,6 +474,22 @@ def serve(
             "the models served).",
         ),
     ] = None,
+    batch_max_size: Annotated[
+        int | None,
+        typer.Option("--batch-max-size", help="Most concurrent requests decoded as one batch (default 16; 1: none)."),
+    ] = None,
+    batch_max_wait_ms: Annotated[
+        float | None,
+        typer.Option("--batch-max-wait-ms", help="Longest a request waits for others to share its batch (default 5)."),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision",
+            help="Decode in fp32, bf16, or auto (bf16 where the hardware computes it natively); default: each "
+            "model's own setting.",
+        ),
+    ] = None,
 ) -> None:
     """Serve generative search and recommendation, and items sharing an ID prefix, over HTTP (docs at /docs)."""
     import logging
@@ -492,12 +508,18 @@ def serve(
     # Checked before the models load, which takes a while.
     # Only what was given: every default is declared once, in ServingLimits.
     given = {"max_query_chars": max_query_chars, "max_history": max_history, "max_k": max_k,
-             "max_body_bytes": max_body_bytes}  # fmt: skip
+             "max_body_bytes": max_body_bytes, "batch_max_size": batch_max_size,
+             "batch_max_wait_ms": batch_max_wait_ms}  # fmt: skip
+    if precision is not None and precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"--precision must be auto, fp32 or bf16, not {precision!r}")
     limits = parse_config(ServingLimits, {k: v for k, v in given.items() if v is not None}, what="serving limits")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     per_model = serving_threads((retriever is not None) + (recommender is not None), threads)
     search_model = GenerativeModel.load(retriever) if retriever else None
     recommend_model = GenerativeModel.load(recommender) if recommender else None
+    for model in (search_model, recommend_model):
+        if model is not None and precision is not None:
+            model.use_precision(precision)
     with ExitStack() as stack:
         backend = None
         if search:
@@ -511,7 +533,8 @@ def serve(
         for role, model in (("retriever", search_model), ("recommender", recommend_model)):
             if model is not None:
                 console.print(
-                    f"{role}: {len(model.trie)} items, IDs of snapshot {model.vocabulary.snapshot_version}",
+                    f"{role}: {len(model.trie)} items, IDs of snapshot {model.vocabulary.snapshot_version}, "
+                    f"decoding in {model.precision}",
                     highlight=False,
                     markup=False,
                 )

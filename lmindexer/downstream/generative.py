@@ -384,6 +384,11 @@ class GenerativeModel:
 
     # -- decoding --------------------------------------------------------------------------------------------------
 
+    def use_precision(self, requested: str) -> str:
+        """Decode in ``requested`` (auto, fp32 or bf16) from now on; returns the precision chosen."""
+        self.precision = resolve_precision(requested, self.device)
+        return self.precision
+
     def _check_k(self, k: int) -> None:
         if not 1 <= k <= self.config.beam_size:
             raise ConfigError(f"k must be between 1 and the beam size {self.config.beam_size}, got {k}")
