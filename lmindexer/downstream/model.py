@@ -160,21 +160,29 @@ class GenerativeIdModel(nn.Module):
         """The ``beam_size`` most likely existing IDs per source, as (item_id, log-probability), best first.
 
         At each position only tokens that continue a prefix in ``trie`` are scored (the softmax is taken over them),
-        so every finished beam is an ID that exists and maps back to its item.
+        so every finished beam is an ID that exists and maps back to its item. Decoding is incremental: each
+        position feeds only the beams' last tokens and reads the earlier positions and the memory's cross-attention
+        keys and values from the decoder's cache (the same states as :meth:`states` recomputes from scratch, which
+        the tests cross-check against teacher-forced scores).
         """
         if trie.depth != self.depth:
             raise ValueError(f"the trie holds IDs of {trie.depth} tokens, the model writes {self.depth}")
         batch = memory.size(0)
-        # beams[b] = list of (tokens, score); all sources advance together, one decoder call per position.
-        beams: list[list[tuple[tuple[int, ...], float]]] = [[((), 0.0)] for _ in range(batch)]
+        summary = self.summary(memory, memory_mask)
+        cache = self.backbone.new_cache()
+        # One row per live beam: its source's memory, mask and summary, and its cached decoder states.
+        row_memory, row_mask, row_summary = memory, memory_mask, summary
+        inputs = F.normalize(summary + self.start, dim=-1).unsqueeze(1) * self.input_scale
+        # beams[b] = list of (tokens, score, row of the beam it extends); all sources advance together.
+        beams: list[list[tuple[tuple[int, ...], float, int]]] = [[((), 0.0, b)] for b in range(batch)]
         for position in range(self.depth):
             owners = [b for b in range(batch) for _ in beams[b]]
             if not owners:
                 break
-            prefixes = [tokens for b in range(batch) for tokens, _ in beams[b]]
-            index = torch.tensor(owners, device=memory.device)
+            prefixes = [tokens for b in range(batch) for tokens, _, _ in beams[b]]
             prefix = torch.tensor(prefixes, dtype=torch.long, device=memory.device).reshape(len(owners), position)
-            state = self.states(memory[index], memory_mask[index], prefix)[:, position]
+            hidden = self.backbone.decode_step(inputs.to(memory.dtype), row_memory, row_mask, cache)[:, -1]
+            state = hidden + self.summary_scale * row_summary.to(hidden.dtype)
             logits = self.logits(state, position, prefix)
             allowed = torch.full_like(logits, float("-inf"))
             children = [trie.allowed(tokens) for tokens in prefixes]
@@ -182,16 +190,23 @@ class GenerativeIdModel(nn.Module):
             cols = [token for tokens in children for token in tokens]
             allowed[rows, cols] = 0.0
             log_probs = torch.log_softmax(logits + allowed, dim=-1).cpu()
-            scores = [score for b in range(batch) for _, score in beams[b]]
-            candidates: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in range(batch)]
+            scores = [score for b in range(batch) for _, score, _ in beams[b]]
+            candidates: list[list[tuple[tuple[int, ...], float, int]]] = [[] for _ in range(batch)]
             for row, (owner, tokens) in enumerate(zip(owners, prefixes, strict=True)):
                 for token in children[row]:
-                    candidates[owner].append(((*tokens, token), scores[row] + float(log_probs[row, token])))
+                    candidates[owner].append(((*tokens, token), scores[row] + float(log_probs[row, token]), row))
             beams = [sorted(found, key=lambda c: (-c[1], c[0]))[:beam_size] for found in candidates]
+            if position + 1 < self.depth:
+                parents = torch.tensor([row for b in range(batch) for _, _, row in beams[b]], device=memory.device)
+                if len(parents):
+                    cache.reorder_cache(parents)
+                    row_memory, row_mask, row_summary = row_memory[parents], row_mask[parents], row_summary[parents]
+                    last = torch.tensor([t[-1] for b in range(batch) for t, _, _ in beams[b]], device=memory.device)
+                    inputs = self.embed_tokens(position, last).unsqueeze(1) * self.input_scale
         results: list[list[tuple[str, float]]] = []
         for found in beams:
             ranked = []
-            for tokens, score in found:
+            for tokens, score, _ in found:
                 item_id = trie.item_for(tokens)
                 if item_id is not None:  # always, by construction; kept as a guard against a concurrent removal
                     ranked.append((item_id, score))

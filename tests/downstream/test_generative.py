@@ -221,3 +221,32 @@ def test_bf16_decoding_really_runs_in_bf16_and_ranks_nearly_as_fp32_does(trained
     assert torch.nn.functional.cosine_similarity(memory["fp32"], memory["bf16"], dim=0) > 0.999
     same_top = np.mean([a[0] == b[0] for a, b in zip(found["fp32"], found["bf16"], strict=True)])
     assert same_top >= 0.9
+
+
+def test_incremental_beam_search_scores_equal_teacher_forced_scores_from_scratch(trained, title_pairs, monkeypatch):
+    """The beam search decodes incrementally (cached decoder states, the memory projected once); each ID it returns
+    must carry exactly the log-probability that recomputing every position from scratch gives that ID, with the
+    softmax over the trie's allowed tokens."""
+    model, _, _ = trained
+    monkeypatch.setattr(model, "precision", "fp32")
+    network, trie = model.network, model.trie
+    queries = [q for q, _ in title_pairs[:12]]
+    found = model.search(queries, k=model.config.beam_size)
+    batch = network.backbone.tokenize(queries, model.config.max_length)
+    with torch.no_grad():
+        memory = network.encode(batch["input_ids"], batch["attention_mask"])
+
+        def exact(source: int, tokens: tuple[int, ...]) -> float:
+            target = torch.tensor([tokens])
+            states = network.states(memory[source : source + 1], batch["attention_mask"][source : source + 1], target)
+            total = 0.0
+            for position in range(network.depth):
+                logits = network.logits(states[:, position], position, target)[0]
+                allowed = trie.allowed(tokens[:position])
+                total += float(torch.log_softmax(logits[allowed], dim=-1)[allowed.index(tokens[position])])
+            return total
+
+        for source, ranked in enumerate(found):
+            assert len(ranked) == model.config.beam_size
+            for item_id, score in ranked[:5] + ranked[-2:]:
+                assert score == pytest.approx(exact(source, trie.tokens_of(item_id)), abs=1e-4)
