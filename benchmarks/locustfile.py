@@ -19,6 +19,7 @@ import os
 import time
 from pathlib import Path
 
+import gevent
 from locust import FastHttpUser, constant, events, task
 from locust.exception import StopUser
 
@@ -55,4 +56,6 @@ class SearchUser(FastHttpUser):
         _run["answered"] += 1
         if _run["answered"] == len(QUERIES):
             _run["last_answered"] = time.perf_counter()
-            self.environment.runner.quit()
+            # Not from this user's own greenlet: quitting kills every user greenlet, and killing the caller's
+            # own can leave the run hanging.
+            gevent.spawn(self.environment.runner.quit)
