@@ -551,13 +551,15 @@ def create_app(
             detail = f"blend=true means mode=rrf; it cannot be used with mode={mode}"
             raise HTTPException(status_code=422, detail=detail)
         chosen: SearchMode = "rrf" if blend else mode or "generative"
-        beam: Ranked = served.batcher.submit(text)
         if chosen == "generative":
+            beam: Ranked = served.batcher.submit(text)
             results = [ResultItem(item_id=i, sid=sid, score=s, source="generative") for i, s, sid in beam[:k]]
             return SearchResponse(query=text, k=k, mode=chosen, blend=False, results=results)
+        # Checked before decoding: a request that can only end in 503 costs no beam search.
         search_backend: SearchBackend = _need(
             backend, f"{'blend=true' if blend else f'mode={chosen}'} needs the search backend, which is not configured"
         )
+        beam = served.batcher.submit(text)
         # The beam up to the cap: items that turn out deleted must not leave the fused list short, and every
         # predicted prefix gets its share of the beam's mass.
         ranked = [(item_id, score) for item_id, score, _ in beam[: served.cap]]
