@@ -108,3 +108,15 @@ def s3_bucket(s3_env: str) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     s3_client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def cpu_bf16(monkeypatch: pytest.MonkeyPatch):
+    """Pretend the CPU does or does not compute bfloat16 natively: ``cpu_bf16(True)`` / ``cpu_bf16(False)``."""
+    import torch
+
+    def pretend(native: bool) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+
+    return pretend

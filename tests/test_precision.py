@@ -8,17 +8,6 @@ import torch
 from lmindexer.precision import inference_autocast, native_bf16, resolve_precision
 
 
-@pytest.fixture
-def cpu_bf16(monkeypatch):
-    """Pretend the CPU does or does not compute bfloat16 natively."""
-
-    def pretend(native: bool) -> None:
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-
-    return pretend
-
-
 def test_auto_chooses_bf16_only_where_the_cpu_computes_it_natively(cpu_bf16):
     cpu_bf16(False)
     assert not native_bf16("cpu")

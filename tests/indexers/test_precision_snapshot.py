@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from lmindexer.indexers import create_indexer, load_snapshot
 from lmindexer.indexers.base import SNAPSHOT_FILE
@@ -21,15 +20,6 @@ def read_document(directory: Path) -> dict:
 
 def write_document(directory: Path, document: dict) -> None:
     (directory / SNAPSHOT_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-
-
-@pytest.fixture
-def cpu_bf16(monkeypatch):
-    def pretend(native: bool) -> None:
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-
-    return pretend
 
 
 @pytest.fixture(scope="module")
