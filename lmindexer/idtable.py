@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -192,46 +193,102 @@ class IdTable:
     def codes_list(self) -> list[tuple[int, ...]]:
         return [tuple(c) for c in self.table.column("codes").to_pylist()]
 
+    def _tuple_keys(self, stored: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row of ``stored`` and of ``wanted`` (code tuples of the same length) as one integer, equal exactly
+        when the tuples are equal, so that grouping and membership on code tuples run in numpy: mixed radix over
+        the codebook sizes, or, where that would not fit in 62 bits, a joint numbering of the distinct tuples."""
+        width = stored.shape[1]
+        sizes = self.space.codebook_sizes[:width]
+        if math.prod(sizes) < 2**62:
+            encoded = []
+            for rows in (stored, wanted):
+                keys = np.zeros(len(rows), dtype=np.int64)
+                for level, size in enumerate(sizes):
+                    keys = keys * size + rows[:, level].astype(np.int64)
+                encoded.append(keys)
+            return encoded[0], encoded[1]
+        _, inverse = np.unique(np.concatenate([stored, wanted]).astype(np.int64), axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        return inverse[: len(stored)], inverse[len(stored) :]
+
     def next_suffixes(self, only: Iterable[tuple[int, ...]] | None = None) -> dict[tuple[int, ...], int]:
         """For each code tuple in use (or each of ``only``), the suffix the next item with that tuple will get.
 
-        Computed in Arrow over the sid column, so an incremental allocation stays cheap on a large table."""
+        Computed in numpy over the code matrix, so an incremental allocation stays cheap on a large table."""
         if not len(self):
             return {}
-        prefixes = pc.replace_substring_regex(self.table.column("sid"), pattern=r"-[0-9]+$", replacement="")
-        table = pa.table({"prefix": prefixes, "suffix": self.table.column("suffix")})
+        levels = self.space.levels
+        codes = self._code_matrix()
+        suffixes = self.table.column("suffix").to_numpy()
+        wanted = np.asarray(sorted(set(only)) if only is not None else [], dtype=np.int64).reshape(-1, levels)
+        keys, wanted_keys = self._tuple_keys(codes, wanted)
         if only is not None:
-            keys = pa.array(sorted({SID_SEPARATOR.join(str(c) for c in codes) for codes in only}), type=pa.string())
-            table = table.filter(pc.is_in(table["prefix"], value_set=keys))
-        grouped = table.group_by("prefix").aggregate([("suffix", "max")])
+            mask = np.isin(keys, wanted_keys)
+            codes, keys, suffixes = codes[mask], keys[mask], suffixes[mask]
+        if not len(keys):
+            return {}
+        order = np.lexsort((suffixes, keys))
+        last_of_group = np.r_[keys[order][1:] != keys[order][:-1], True]
+        chosen = order[last_of_group]
         return {
-            tuple(int(part) for part in prefix.split(SID_SEPARATOR)): int(largest) + 1
-            for prefix, largest in zip(
-                grouped.column("prefix").to_pylist(), grouped.column("suffix_max").to_pylist(), strict=True
-            )
+            tuple(row): int(largest) + 1
+            for row, largest in zip(codes[chosen].tolist(), suffixes[chosen].tolist(), strict=True)
         }
+
+    def _rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The row of each of ``item_ids`` in the table, -1 for those without one: one hash lookup in Arrow, so
+        the cost on a large table is a pass over its item_id column rather than a Python dict of every row."""
+        if not len(self) or not item_ids:
+            return np.full(len(item_ids), -1, dtype=np.int64)
+        found = pc.index_in(pa.array(item_ids, type=pa.string()), value_set=self.table.column("item_id"))
+        return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def _code_matrix(self) -> np.ndarray:
+        """The codes as an (items, levels) integer array."""
+        flat = pc.list_flatten(self.table.column("codes")).to_numpy(zero_copy_only=False)
+        return flat.reshape(len(self), self.space.levels)
+
+    def restricted(self, item_ids: Iterable[str] | pa.Array | pa.ChunkedArray) -> IdTable:
+        """The rows of ``item_ids`` only, in table order and the same ID space (a view to read, never to store)."""
+        keep = item_ids
+        if not isinstance(keep, pa.Array | pa.ChunkedArray):
+            keep = pa.array(sorted(set(keep)), pa.string())
+        return IdTable(self.table.filter(pc.is_in(self.table.column("item_id"), value_set=keep)), self.space)
+
+    def code_matrix(self) -> np.ndarray:
+        """The codes of every row, in table order, as an (items, levels) integer array."""
+        return self._code_matrix()
 
     def codes_of(self, item_ids: Iterable[str]) -> dict[str, tuple[int, ...]]:
         """The codes of those of ``item_ids`` that have a row."""
-        index = self._row_index()
-        column = self.table.column("codes")
-        return {i: tuple(column[index[i]].as_py()) for i in item_ids if i in index}
+        wanted = list(item_ids)
+        rows = self._rows_of(wanted)
+        present = rows >= 0
+        if not present.any():
+            return {}
+        codes = self._code_matrix()[rows[present]].tolist()
+        names = [item_id for item_id, hit in zip(wanted, present.tolist(), strict=True) if hit]
+        return {item_id: tuple(row) for item_id, row in zip(names, codes, strict=True)}
 
     def allocate(
         self, candidates: Iterable[Candidate], *, assigned_at: dt.datetime | None = None
     ) -> tuple[IdTable, AllocationReport]:
         """Give every candidate without an ID the next free suffix of its code tuple."""
         report = AllocationReport()
-        known = self._row_index()
-        hashes = self.table.column("text_hash")
+        offered = list(candidates)
+        stored_rows = self._rows_of([c.item_id for c in offered])
+        held = stored_rows >= 0
+        stored_hashes = (
+            pc.take(self.table.column("text_hash"), pa.array(stored_rows[held])).to_pylist() if held.any() else []
+        )
+        stored_hash = iter(stored_hashes)
         fresh: dict[str, Candidate] = {}
-        for candidate in candidates:
+        for candidate, is_held in zip(offered, held.tolist(), strict=True):
             report.candidates += 1
             self._check_codes(candidate)
-            row = known.get(candidate.item_id)
-            if row is not None:
+            if is_held:
                 report.already_assigned += 1
-                if hashes[row].as_py() != candidate.text_hash:
+                if next(stored_hash) != candidate.text_hash:
                     report.text_changed += 1
                     report.changed_item_ids.append(candidate.item_id)
                 continue
@@ -267,18 +324,28 @@ class IdTable:
         wanted = sorted(set(prefixes))
         if not len(self) or not wanted:
             return {}
+        # In numpy: a drop touching every prefix of a million-row table costs a vectorised pass, not a Python
+        # loop per row.
         levels = self.space.levels
-        # The prefix is the sid without its last code and suffix: "3-17-5-0" -> "3-17".
-        strings = pc.replace_substring_regex(self.table.column("sid"), pattern=r"-[0-9]+-[0-9]+$", replacement="")
-        if levels == 1:
-            strings = pc.if_else(pc.is_valid(strings), "", strings)
-        keys = pa.array([SID_SEPARATOR.join(str(c) for c in p) for p in wanted], type=pa.string())
-        mask = pc.is_in(strings, value_set=keys)
-        last = pc.list_element(pc.filter(self.table.column("codes"), mask), levels - 1).to_pylist()
+        codes = self._code_matrix()
+        keys, wanted_keys = self._tuple_keys(
+            codes[:, : levels - 1], np.asarray(wanted, dtype=np.int64).reshape(len(wanted), levels - 1)
+        )
+        order = np.argsort(wanted_keys)
+        sorted_keys = wanted_keys[order]
+        position = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+        mask = sorted_keys[position] == keys
+        prefix_of = order[position[mask]].astype(np.int64)  # index into ``wanted`` of each matching row
+        last = codes[mask, -1].astype(np.int64)
+        size = self.space.codebook_sizes[-1]
+        if len(wanted) * size < 2**62:
+            pairs = np.unique(prefix_of * size + last)
+            pairs = np.stack([pairs // size, pairs % size], axis=1)
+        else:
+            pairs = np.unique(np.stack([prefix_of, last], axis=1), axis=0)
         taken: dict[tuple[int, ...], set[int]] = {}
-        for prefix, code in zip(pc.filter(strings, mask).to_pylist(), last, strict=True):
-            key = tuple(int(part) for part in prefix.split(SID_SEPARATOR)) if prefix else ()
-            taken.setdefault(key, set()).add(int(code))
+        for index, code in pairs.tolist():
+            taken.setdefault(wanted[index], set()).add(code)
         return taken
 
     def _balanced_last_codes(self, fresh: Mapping[str, Candidate]) -> dict[str, tuple[int, ...]]:

@@ -7,7 +7,7 @@ import datetime as dt
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -108,3 +108,46 @@ TestAllocation = Allocation.TestCase
 TestAllocation.settings = SETTINGS
 TestBalancedAllocation = BalancedAllocation.TestCase
 TestBalancedAllocation.settings = SETTINGS
+
+
+class HugeCodebookAllocation(Allocation):
+    """The same where the code tuples do not fit one 62-bit integer (codebook sizes of 2**40), so the table's
+    grouping by code tuple takes its general path."""
+
+    space = IdSpace(SPACE.snapshot_version, SPACE.method, (2**40, 2**40), "argmax")
+
+
+TestHugeCodebookAllocation = HugeCodebookAllocation.TestCase
+TestHugeCodebookAllocation.settings = SETTINGS
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    sizes=st.sampled_from([(3, 2), (2, 3, 2), (4,), (2**40, 2**40)]),
+    rows=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 1)), max_size=30),
+    asked=st.lists(st.integers(0, 40), max_size=8),
+)
+def test_table_lookups_agree_with_a_row_by_row_reading(sizes, rows, asked):
+    """``next_suffixes``, ``taken_last_codes`` and ``codes_of`` run vectorised over the whole table; they must say
+    what reading the rows one by one says."""
+    space = IdSpace(SPACE.snapshot_version, SPACE.method, sizes, "argmax")
+    levels = len(sizes)
+    candidates = [
+        Candidate(f"item-{n}", tuple(min(c, k - 1) for c, k in zip(row, sizes, strict=False)), "h")
+        for n, row in enumerate(rows)
+    ]
+    table, _ = IdTable.empty(space).allocate(candidates)
+    stored = table.table.to_pylist()
+    expected_next: dict[tuple[int, ...], int] = {}
+    expected_taken: dict[tuple[int, ...], set[int]] = {}
+    for row in stored:
+        codes = tuple(row["codes"])
+        expected_next[codes] = max(expected_next.get(codes, 0), row["suffix"] + 1)
+        expected_taken.setdefault(codes[:-1], set()).add(codes[-1])
+    assert table.next_suffixes() == expected_next
+    some = [tuple(row["codes"]) for row in stored[::2]] + [(1,) * levels]
+    assert table.next_suffixes(only=some) == {c: expected_next[c] for c in some if c in expected_next}
+    prefixes = [c[:-1] for c in some]
+    assert table.taken_last_codes(prefixes) == {p: expected_taken[p] for p in prefixes if p in expected_taken}
+    ids = [f"item-{n}" for n in asked]
+    assert table.codes_of(ids) == {row["item_id"]: tuple(row["codes"]) for row in stored if row["item_id"] in ids}

@@ -30,8 +30,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmindexer.downstream.generative import GenerativeModel, parse_generative_config
@@ -129,8 +127,7 @@ def _catalogue_ids(location: str) -> set[str]:
 
 def restrict(table: IdTable, item_ids: set[str]) -> IdTable:
     """The rows of ``table`` for ``item_ids`` (the catalogue's live items), in the same ID space."""
-    keep = pc.is_in(table.table.column("item_id"), value_set=pa.array(sorted(item_ids), pa.string()))
-    return IdTable(table.table.filter(keep), table.space)
+    return table.restricted(item_ids)
 
 
 def ids_fingerprint(table: IdTable) -> str:

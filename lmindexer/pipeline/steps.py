@@ -39,10 +39,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lmindexer.cache import cache_root
 from lmindexer.catalog.items import Item
-from lmindexer.catalog.store import apply_drops, read_catalog, write_catalog
+from lmindexer.catalog.store import SCHEMA as CATALOG_SCHEMA
+from lmindexer.catalog.store import items_from_table, merge_catalog, read_catalog_table
 from lmindexer.errors import CatalogError, UserError
 from lmindexer.idtable import Candidate, IdTable, id_stability, store_allocation
 from lmindexer.indexers import load_snapshot, read_id_space
@@ -198,21 +200,18 @@ def merge(config: PipelineConfig, run_id: str, validated: Sequence[Mapping[str, 
 
     def compute() -> dict[str, Any]:
         live, version = current_versioned(config)
-        previous = read_catalog(live["catalog_uri"]) if live else {}
-        drops = []
-        for entry in _accepted(validated):
-            drops.append(list(read_catalog_rows(entry["staged_uri"])))
-        merged, delta = apply_drops(previous, drops)
+        drops = [read_catalog_rows(entry["staged_uri"]) for entry in _accepted(validated)]
+        merged, delta = merge_catalog(live["catalog_uri"] if live else None, drops)
         catalog_uri = config.uri(config.catalog_prefix, run_id, "items.parquet")
-        write_catalog(merged.values(), catalog_uri)
+        write_parquet(merged, catalog_uri)
         delta_uri = config.uri(config.staged_prefix, run_id, "delta.parquet")
         kinds = (["new"] * len(delta.new)) + (["changed"] * len(delta.changed)) + (["deleted"] * len(delta.deleted))
         write_parquet(pa.table({"item_id": delta.new + delta.changed + delta.deleted, "change": kinds}), delta_uri)
         return {
             "catalog_uri": catalog_uri,
             "delta_uri": delta_uri,
-            "items": len(merged),
-            "previous_items": len(previous),
+            "items": merged.num_rows,
+            "previous_items": merged.num_rows - len(delta.new) + len(delta.deleted),
             "base_run_id": live["run_id"] if live else None,
             "base_version": version,
             **delta.counts(),
@@ -331,20 +330,22 @@ def plan_shards(
 
     def compute() -> dict[str, Any]:
         table_uri = ids_uri(config, snapshot["version"])
-        known = set(IdTable.read(table_uri).item_ids) if exists(table_uri) else set()
-        catalogue = read_catalog(merged["catalog_uri"])
-        needed = sorted(item_id for item_id in catalogue if item_id not in known)
-        # The items themselves, not just their ids: a shard then reads only the items to encode, so its cost
-        # follows the new items rather than the size of the catalogue.
+        catalogue = read_catalog_table(merged["catalog_uri"])
+        if exists(table_uri):
+            known = IdTable.read(table_uri).table.column("item_id")
+            catalogue = catalogue.filter(pc.invert(pc.is_in(catalogue.column("item_id"), value_set=known)))
+        needed = catalogue.num_rows
+        # The items themselves, not just their ids (sorted by item_id, as the catalogue is): a shard then reads
+        # only the items to encode, so its cost follows the new items rather than the size of the catalogue.
         todo_uri = config.uri(config.staged_prefix, run_id, "to_assign.parquet")
-        write_catalog((catalogue[item_id] for item_id in needed), todo_uri)
-        starts = range(0, len(needed), config.shard_size)
+        write_parquet(catalogue, todo_uri)
+        starts = range(0, needed, config.shard_size)
         shards = [
-            {"shard": n, "start": start, "end": min(start + config.shard_size, len(needed)), "todo_uri": todo_uri,
+            {"shard": n, "start": start, "end": min(start + config.shard_size, needed), "todo_uri": todo_uri,
              "shards": len(starts)}
             for n, start in enumerate(starts)
         ]  # fmt: skip
-        return {"shards": shards, "items": len(needed)}
+        return {"shards": shards, "items": needed}
 
     return remembered(config, run_id, "plan", compute)["shards"]
 
@@ -364,7 +365,8 @@ def assign_shard(
     than the run has shards."""
 
     def compute() -> dict[str, Any]:
-        items = list(read_catalog(shard["todo_uri"]).values())[shard["start"] : shard["end"]]
+        todo = read_catalog_table(shard["todo_uri"])
+        items = items_from_table(todo.slice(shard["start"], shard["end"] - shard["start"]))
         wanted = [item.item_id for item in items]
         indexer = load_snapshot(snapshot["snapshot_uri"])
         texts = indexer.texts(items)
@@ -421,12 +423,25 @@ def reduce_ids(
     return remembered(config, run_id, "reduce", compute)
 
 
-def _quality(table: IdTable, catalogue: Mapping[str, Item], label: str | None) -> dict[str, Any]:
-    live_ids = [item_id for item_id in table.item_ids if item_id in catalogue]
-    codes_by_id = dict(zip(table.item_ids, table.codes_list(), strict=True))
-    codes = np.asarray([codes_by_id[i] for i in live_ids], dtype=np.int64).reshape(len(live_ids), table.space.levels)
-    labels = [catalogue[i].field_value(label) for i in live_ids] if label else None
-    report = evaluate_codes(codes, table.space.codebook_sizes, labels, label_name=label)
+def _live_catalogue(config: PipelineConfig, catalog_uri: str) -> tuple[pa.ChunkedArray, list[Any] | None]:
+    """The live items' ids (sorted) and, with a label configured, each one's label: two columns, not the items."""
+    label = config.label
+    if label is None:
+        return read_catalog_table(catalog_uri, columns=["item_id"]).column("item_id"), None
+    column = label if label in CATALOG_SCHEMA.names else "attributes"
+    table = read_catalog_table(catalog_uri, columns=["item_id", column])
+    values = table.column(column).to_pylist()
+    if column == "attributes":  # a label kept among the attributes, such as ``class``
+        values = [json.loads(text).get(label) if text else None for text in values]
+    return table.column("item_id"), values
+
+
+def _quality(table: IdTable, live_ids: pa.ChunkedArray, labels: list[Any] | None, label: str | None) -> dict[str, Any]:
+    rows = pc.index_in(live_ids, value_set=table.table.column("item_id"))
+    present = pc.is_valid(rows).to_numpy(zero_copy_only=False)
+    codes = table.code_matrix()[rows.drop_null().to_numpy(zero_copy_only=False)].astype(np.int64)
+    present_labels = [value for value, keep in zip(labels, present.tolist(), strict=True) if keep] if labels else None
+    report = evaluate_codes(codes, table.space.codebook_sizes, present_labels, label_name=label)
     return {
         "items": report.items,
         "level1_ami": report.agreement[0]["ami"] if report.agreement else None,
@@ -452,10 +467,10 @@ def check(
         from lmindexer.validation import validate_ids
 
         table = IdTable.read(reduced["ids_uri"])
-        catalogue = read_catalog(merged["catalog_uri"])
-        output = validate_ids(table, sorted(catalogue))
+        live_ids, labels = _live_catalogue(config, merged["catalog_uri"])
+        output = validate_ids(table, live_ids.to_pylist())
         failures = [] if output.success else [f"ID table checks: {output.describe()}"]
-        metrics = _quality(table, catalogue, config.label)
+        metrics = _quality(table, live_ids, labels, config.label)
         live = current(config)
         stability = None
         if live is not None and live["ids_uri"] == reduced["ids_uri"]:
@@ -535,13 +550,13 @@ def publish(
     def compute() -> dict[str, Any]:
         _ensure_not_stale(config, run_id, merged)
         table = IdTable.read(reduced["ids_uri"])
-        catalogue = read_catalog(merged["catalog_uri"])
         delta = read_parquet(merged["delta_uri"]).to_pylist()
         settings = load_search_config(search)
         with SearchBackend(settings.model_copy(update={"max_failed_documents": 0})) as backend:
             full = decision["mode"] == "retrain" or backend.live_index() is None
         if full:
-            documents = sum(1 for item in catalogue.values() if not item.deleted)
+            catalogue = {item.item_id: item for item in items_from_table(read_catalog_table(merged["catalog_uri"]))}
+            documents = len(catalogue)
             allowed = _refusals_allowed(config, documents)
             with SearchBackend(settings.model_copy(update={"max_failed_documents": allowed})) as backend:
                 result = backend.publish_full(
@@ -554,8 +569,10 @@ def publish(
                     **_jsonable(result.to_dict())}  # fmt: skip
         upsert_ids = [row["item_id"] for row in delta if row["change"] in ("new", "changed")]
         deletes = [row["item_id"] for row in delta if row["change"] == "deleted"]
+        # Only the rows this run changed are read, from the catalogue and from the ID table.
+        upserts = items_from_table(read_catalog_table(merged["catalog_uri"], item_ids=upsert_ids))
         with SearchBackend(settings) as backend:
-            bulk = backend.publish_incremental(iter_documents((catalogue[i] for i in upsert_ids), table), deletes)
+            bulk = backend.publish_incremental(iter_documents(upserts, table.restricted(upsert_ids)), deletes)
             live_index = backend.live_index()
         passing = [e for e in bulk.errors if not e.refused]
         if passing:
