@@ -74,6 +74,16 @@ def test_duplicate_sid_out_of_range_codes_and_a_lost_item_fail():
         (lambda rows: rows[5].update(item_id=rows[6]["item_id"]), "expect_column_values_to_be_unique", "item_id"),
         (lambda rows: rows[0].update(codes=[0, 8, 0], sid="0-8-0-0"), "expect_column_values_to_be_between", "code_1"),
         (lambda rows: rows[0].update(snapshot_version="old"), "expect_column_values_to_be_in_set", "snapshot_version"),
+        (
+            lambda rows: rows[0].update(suffix=rows[0]["suffix"] + 7),
+            "expect_column_values_to_be_in_set",
+            "sid_matches_codes",
+        ),
+        (
+            lambda rows: rows[1].update(sid=rows[0]["sid"], codes=rows[0]["codes"], suffix=rows[0]["suffix"]),
+            "expect_column_values_to_be_unique",
+            "sid",
+        ),
     ],
 )
 def test_each_id_rule_fails_alone(change, expectation, column):
