@@ -1,14 +1,15 @@
 """A whole incremental pipeline run against catalogues of 10k, 100k and 1M items: does its cost follow the new items
 or the catalogue, where does the time go, how much does it store, and how much memory does it need?
 
-For each catalogue size N the script builds, untimed, what a committed run leaves behind: the catalogue version,
-an ID table of N rows, an index of N documents live behind the alias on a local osmem server, and the current
-pointer (existing items are real wiki-topics items repeated with distinct ids, coded by one rq-kmeans snapshot fitted
-on real items, as ``benchmarks/incremental_cost.py`` does). Then, for each repetition, it lands one drop of 1,000 new
-items in the incoming prefix and runs the whole run with :func:`lmindexer.pipeline.runner.run_pipeline` (discover,
-validate, merge, decide, plan, assign, reduce, check, publish, commit), in a fresh process of its own, so that the
-process's peak resident memory is the run's. Reported per size: the run's wall time and each step's, the peak RSS,
-and the bytes the run adds to the store (state files, the run's catalogue version, the ID table, records).
+For each catalogue size N the script builds, untimed, what a committed run leaves behind on the local S3 server:
+the catalogue version, an ID table of N rows, an index of N documents live behind the alias on the local osmem
+server, and the current pointer. Existing items are the real wiki-topics items repeated with distinct ids and a copy
+mark in their text; one rq-kmeans snapshot fitted on real items codes them (a repeat has its source's codes). Then,
+for each repetition, it lands one drop of 1,000 new items in the incoming prefix and runs the whole run with
+:func:`lmindexer.pipeline.runner.run_pipeline` (discover, validate, merge, decide, plan, assign, reduce, check,
+publish, commit) in a fresh process of its own, so that the process's peak resident memory is the run's. Reported
+per size: the run's wall time and each step's, the peak RSS, and the bytes the run adds to the store (state files,
+the run's catalogue version, the ID table, step records).
 
 The new items' embeddings are put in the cache before any measurement (``--uncached-new-items`` does not), so the
 figure is what the catalogue's size adds; encoding 1,000 new texts costs the same at every size (~7 s at the ~140
@@ -42,11 +43,12 @@ import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import RESULTS, environment, markdown_table, write_results
-from incremental_cost import existing_items, existing_table, write_jsonl
+from incremental_cost import write_jsonl
 
 from lmindexer import datasets, devstack
-from lmindexer.catalog import read_items
+from lmindexer.catalog import Item, read_items
 from lmindexer.catalog.store import write_catalog
+from lmindexer.idtable import Candidate, IdTable
 from lmindexer.indexers import create_indexer, load_snapshot
 from lmindexer.pipeline import PipelineConfig
 from lmindexer.pipeline.records import current_versioned, set_current
@@ -54,6 +56,7 @@ from lmindexer.pipeline.runner import run_pipeline
 from lmindexer.pipeline.steps import ids_uri
 from lmindexer.search import SearchBackend, SearchConfig, iter_documents
 from lmindexer.storage.s3 import list_objects, s3_client, upload_file
+from lmindexer.text import text_hash
 
 PACKAGES = ("opensearch-py", "osmem-server")
 SNAPSHOT = {"levels": 3, "codebook_size": 32}
@@ -79,6 +82,25 @@ def split_items(seed: int, new: int) -> tuple[list[Any], list[Any]]:
     return shuffled[:new], shuffled[new:]
 
 
+def existing_items(pool: list[Item], count: int) -> tuple[list[Item], list[str]]:
+    """``count`` catalogue items cycling through the real ``pool``, and each one's source item id. A repeat gets
+    an id that sorts away from its source's (``c<copy>-<id>``) and its copy number in the text, so that, as in a
+    real catalogue, no two stored rows are alike and nearby rows do not repeat each other (which would let the
+    catalogue's Parquet pages compress far better than real text)."""
+    items, sources = [], []
+    for n in range(count):
+        source, copy = pool[n % len(pool)], n // len(pool)
+        if copy:
+            source_text = f"{source.text} (copy {copy})"
+            items.append(
+                Item(f"c{copy}-{source.item_id}", source.title, source_text, source.category, source.attributes)
+            )
+        else:
+            items.append(source)
+        sources.append(source.item_id)
+    return items, sources
+
+
 def new_items_of_run(new_items: list[Any], run: int, uncached: bool) -> list[Any]:
     """Run ``run``'s drop: the same real texts under ids no earlier run used (and, uncached, a text no run used)."""
     mark = f" (revision {time.time_ns()})" if uncached else ""
@@ -93,10 +115,16 @@ def set_up(args: argparse.Namespace) -> dict[str, Any]:
     _, pool = split_items(args.seed, args.new)
     pool_codes = indexer.codes(pool, progress=False)
     codes_by_source = {item.item_id: tuple(int(c) for c in row) for item, row in zip(pool, pool_codes, strict=True)}
-    existing = existing_items(pool, args.size)
+    existing, sources = existing_items(pool, args.size)
     catalog_uri = config.uri(config.catalog_prefix, "r0", "items.parquet")
     write_catalog(existing, catalog_uri)
-    table = existing_table(indexer, existing, codes_by_source)
+    # The ID table a previous run would have left: each repeat has its source's codes (so encoding a million
+    # texts is not needed), allocated with the library's rule.
+    space = indexer.id_space
+    hashes = [text_hash(text) for text in indexer.texts(existing)]
+    candidates = [Candidate(item.item_id, codes_by_source[source], digest)
+                  for item, source, digest in zip(existing, sources, hashes, strict=True)]  # fmt: skip
+    table, _ = IdTable.empty(space).allocate(candidates)
     table.write(ids_uri(config, indexer.version or ""))
     started = time.perf_counter()
     with SearchBackend(SearchConfig(**search_settings(args.search_url, args.size))) as backend:
