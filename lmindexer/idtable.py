@@ -158,6 +158,7 @@ class IdTable:
         self.table = table.replace_schema_metadata({_METADATA_KEY: space.to_json().encode()})
         self.space = space
         self._index: dict[str, int] | None = None
+        self._codes: np.ndarray | None = None
 
     @classmethod
     def empty(cls, space: IdSpace) -> IdTable:
@@ -244,9 +245,12 @@ class IdTable:
         return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
     def _code_matrix(self) -> np.ndarray:
-        """The codes as an (items, levels) integer array."""
-        flat = pc.list_flatten(self.table.column("codes")).to_numpy(zero_copy_only=False)
-        return flat.reshape(len(self), self.space.levels)
+        """The codes as an (items, levels) integer array (built once; the table never changes)."""
+        if self._codes is None:
+            flat = pc.list_flatten(self.table.column("codes")).to_numpy(zero_copy_only=False)
+            self._codes = flat.reshape(len(self), self.space.levels)
+            self._codes.flags.writeable = False
+        return self._codes
 
     def restricted(self, item_ids: Iterable[str] | pa.Array | pa.ChunkedArray) -> IdTable:
         """The rows of ``item_ids`` only, in table order and the same ID space (a view to read, never to store)."""
@@ -260,15 +264,11 @@ class IdTable:
         return self._code_matrix()
 
     def codes_of(self, item_ids: Iterable[str]) -> dict[str, tuple[int, ...]]:
-        """The codes of those of ``item_ids`` that have a row."""
-        wanted = list(item_ids)
-        rows = self._rows_of(wanted)
-        present = rows >= 0
-        if not present.any():
-            return {}
-        codes = self._code_matrix()[rows[present]].tolist()
-        names = [item_id for item_id, hit in zip(wanted, present.tolist(), strict=True) if hit]
-        return {item_id: tuple(row) for item_id, row in zip(names, codes, strict=True)}
+        """The codes of those of ``item_ids`` that have a row. Callers ask batch after batch (the assign job, per
+        catalogue batch), so the row index and the code matrix are built once per table and kept."""
+        index = self._row_index()
+        codes = self._code_matrix()
+        return {item_id: tuple(codes[index[item_id]].tolist()) for item_id in item_ids if item_id in index}
 
     def allocate(
         self, candidates: Iterable[Candidate], *, assigned_at: dt.datetime | None = None

@@ -31,6 +31,7 @@ class OutputValidation:
     missing_items: int
     failures: list[dict[str, Any]]
     expectations: list[dict[str, Any]]
+    rows_checked: int = 0  # the rows the suite ran on (all, or those from ``first_row`` on)
     result_uri: str | None = None
     document: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -49,6 +50,7 @@ class OutputValidation:
             "missing_items": self.missing_items,
             "failures": self.failures,
             "expectations": self.expectations,
+            "rows_checked": self.rows_checked,
             "result_uri": self.result_uri,
         }
 
@@ -63,22 +65,23 @@ def staged_item_ids(staged_uri: str, *, live_only: bool = True, s3_client: Any =
     return [item_id for item_id, deleted in zip(ids, table.column("deleted").to_pylist(), strict=True) if not deleted]
 
 
-def _frame(table: IdTable, staged: list[str]) -> tuple[Any, int]:
-    """The table as the suite's data frame: one row per ID row, then one empty row per staged item without one."""
-    lengths = pc.list_value_length(table.table.column("codes")).to_numpy(zero_copy_only=False)
-    if len(lengths) and (lengths == table.space.levels).all():
-        return _frame_column_wise(table, staged)
-    return _frame_row_by_row(table, staged)
+def _frame(table: IdTable, staged: list[str], first_row: int = 0) -> tuple[Any, int]:
+    """The suite's data frame: one row per ID row from ``first_row`` on, then one empty row per staged item
+    without an ID anywhere in the table. Returns it with the number of such items."""
+    staged_ids = pa.array(staged, pa.string())
+    missing = pc.filter(staged_ids, pc.invert(pc.is_in(staged_ids, value_set=table.table.column("item_id"))))
+    checked = IdTable(table.table.slice(first_row), table.space) if first_row else table
+    lengths = pc.list_value_length(checked.table.column("codes")).to_numpy(zero_copy_only=False)
+    build = _frame_column_wise if (lengths == checked.space.levels).all() else _frame_row_by_row
+    return build(checked, missing.to_pylist()), len(missing)
 
 
-def _frame_column_wise(table: IdTable, staged: list[str]) -> tuple[Any, int]:
-    """:func:`_frame` for a table whose rows all have their L codes (every sound table): Arrow and numpy passes,
-    so a million-row table costs seconds, not a Python loop per row."""
+def _frame_column_wise(table: IdTable, missing: list[str]) -> Any:
+    """:func:`_frame` for rows that all have their L codes (every sound table): Arrow and numpy passes, so a
+    million-row table costs seconds, not a Python loop per row."""
     import pandas as pd
 
     arrow = table.table
-    staged_ids = pa.array(staged, pa.string())
-    missing = pc.filter(staged_ids, pc.invert(pc.is_in(staged_ids, value_set=arrow.column("item_id"))))
     pad = len(missing)
     codes = table.code_matrix()
     parts = [pc.cast(pa.array(codes[:, level]), pa.string()) for level in range(codes.shape[1])]
@@ -89,7 +92,7 @@ def _frame_column_wise(table: IdTable, staged: list[str]) -> tuple[Any, int]:
         return pd.concat([pd.Series(values, dtype=dtype), pd.Series([None] * pad, dtype=dtype)], ignore_index=True)
 
     data: dict[str, Any] = {
-        "item_id": pd.Series(arrow.column("item_id").to_pylist() + missing.to_pylist(), dtype="object"),
+        "item_id": pd.Series(arrow.column("item_id").to_pylist() + missing, dtype="object"),
         "sid": column(arrow.column("sid").to_pylist(), "object"),
         "suffix": column(arrow.column("suffix").to_numpy(), "Int64"),
         "snapshot_version": column(arrow.column("snapshot_version").to_pylist(), "object"),
@@ -98,10 +101,11 @@ def _frame_column_wise(table: IdTable, staged: list[str]) -> tuple[Any, int]:
     }
     for level in range(codes.shape[1]):
         data[f"code_{level}"] = column(codes[:, level], "Int64")
-    return pd.DataFrame(data), pad
+    return pd.DataFrame(data)
 
 
-def _frame_row_by_row(table: IdTable, staged: list[str]) -> tuple[Any, int]:
+def _frame_row_by_row(table: IdTable, missing: list[str]) -> Any:
+    """:func:`_frame` for a table with malformed rows (codes of the wrong length)."""
     import pandas as pd
 
     levels = table.space.levels
@@ -109,8 +113,6 @@ def _frame_row_by_row(table: IdTable, staged: list[str]) -> tuple[Any, int]:
     suffixes = table.table.column("suffix").to_pylist()
     sids = table.table.column("sid").to_pylist()
     item_ids = table.item_ids
-    known = set(item_ids)
-    missing = [item_id for item_id in staged if item_id not in known]
     pad = [None] * len(missing)
     data: dict[str, Any] = {
         "item_id": pd.Series(item_ids + missing, dtype="object"),
@@ -124,7 +126,7 @@ def _frame_row_by_row(table: IdTable, staged: list[str]) -> tuple[Any, int]:
     }
     for level in range(levels):
         data[f"code_{level}"] = pd.Series([c[level] if len(c) > level else None for c in codes] + pad, dtype="Int64")
-    return pd.DataFrame(data), len(missing)
+    return pd.DataFrame(data)
 
 
 def validate_ids(
@@ -135,14 +137,21 @@ def validate_ids(
     result_uri: str | None = None,
     raise_on_failure: bool = False,
     s3_client: Any = None,
+    first_row: int = 0,
 ) -> OutputValidation:
     """Run the output suite on ``table``; ``staged_item_ids`` are the live items that must each have a row.
+
+    ``first_row``: run the suite on the rows from that one on (the rows an incremental run added) and look the
+    staged items up in the whole table. Only for a table read with :meth:`IdTable.read`, which verifies every
+    row's structure (one row per item, one item per ID, codes in range, sids spelling their codes) on read: the
+    earlier rows were checked by the suite when they were added and cannot have changed since (every write of the
+    table keeps them byte for byte).
 
     With ``result_uri`` the GX result is stored there (local path or ``s3://``). With ``raise_on_failure`` a failed
     suite raises :class:`ValidationFailed` carrying the :class:`OutputValidation`, after the result is stored.
     """
     staged = list(dict.fromkeys(staged_item_ids))
-    frame, missing = _frame(table, staged)
+    frame, missing = _frame(table, staged, first_row)
     outcome = run_suite(
         OUTPUT_SUITE,
         frame,
@@ -168,6 +177,7 @@ def validate_ids(
         missing_items=missing,
         failures=failures,
         expectations=[e.to_dict() for e in outcome.expectations],
+        rows_checked=len(table) - min(first_row, len(table)),
         result_uri=result_uri,
         document=outcome.document,
     )

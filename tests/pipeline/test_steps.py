@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.compute as pc
 import pytest
 from testsupport.retriever_state import move_current
 
@@ -80,7 +81,7 @@ def test_train_command_is_accelerate_launch(config, tmp_path):
 def test_commit_moves_the_pointer_once(config):
     merged = {"catalog_uri": "c2", "items": 120, "new": 20}
     snapshot = {"snapshot_uri": "s1", "version": "v1"}
-    reduced = {"ids_uri": "i1"}
+    reduced = {"ids_uri": "i1", "rows_after": 120}
     checked = {"metrics": {"level1_ami": 0.4}}
     move_current(config, {"run_id": "r0", "items_at_retrain": 100, "added_since_retrain": 10})
     pointer = steps.commit(config, "r1", [], merged, {"mode": "apply"}, snapshot, reduced, checked, {"index": "x"})
@@ -164,7 +165,7 @@ def test_a_drop_over_the_invalid_share_is_rejected_whole_without_blocking_the_ot
 
 def committed(config, run_id, merged, new=0):
     return steps.commit(config, run_id, [], merged, {"mode": "apply"}, {"snapshot_uri": "s", "version": "v"},
-                        {"ids_uri": "i"}, {"metrics": {}}, {"index": "x"})  # fmt: skip
+                        {"ids_uri": "i", "rows_after": 110}, {"metrics": {}}, {"index": "x"})  # fmt: skip
 
 
 def test_a_run_overtaken_by_another_commit_can_neither_decide_publish_nor_commit(config, s3_bucket):
@@ -266,3 +267,66 @@ def test_an_assign_shard_codes_on_its_share_of_the_cores(tmp_path, monkeypatch, 
     assert result["items"] == 3
     assert indexer.threads == [expected]
     assert torch.get_num_threads() == before  # the process's setting is given back
+
+
+def test_the_check_of_an_incremental_run_runs_the_id_suite_on_the_rows_added_since_the_commit(
+    config, wiki_items, tmp_path
+):
+    """Rows the live version committed passed the suite when they were added (and every read verifies their
+    structure); an incremental run's check runs the suite on its own rows, yet still finds every live item's row in
+    the whole table, and fails on a live item that has none."""
+    from testsupport.retriever_state import fit_snapshot, publish
+
+    from lmindexer.catalog.store import write_catalog
+    from lmindexer.jobs import assign_ids
+
+    base, new = wiki_items[:40], wiki_items[40:46]
+    snapshot_uri = fit_snapshot(config, base + new, tmp_path)
+    pointer = publish(config, "r0", base, snapshot_uri)
+    move_current(config, {**pointer, "ids_rows": len(base)})
+    catalog_uri = config.uri(config.catalog_prefix, "r1", "items.parquet")
+    write_catalog(base + new, catalog_uri)
+    assign_ids(snapshot_uri, catalog_uri, pointer["ids_uri"], progress=False)
+    merged = {"catalog_uri": catalog_uri}
+    reduced = {"ids_uri": pointer["ids_uri"], "rows_before": len(base), "rows_after": len(base) + len(new)}
+    checked = steps.check(config, "r1", merged, {"mode": "apply"}, {}, reduced)
+    assert checked["passed"] and checked["id_rows_checked"] == len(new)
+    assert checked["metrics"]["items"] == len(base) + len(new)
+
+    lost_uri = config.uri(config.catalog_prefix, "r2", "items.parquet")
+    write_catalog([*base, *new, wiki_items[46]], lost_uri)  # a live item that never got an ID
+    with pytest.raises(steps.QualityGateFailed, match="ID table checks"):
+        steps.check(config, "r2", {"catalog_uri": lost_uri}, {"mode": "apply"}, {}, reduced)
+
+
+def test_the_plan_takes_the_runs_upserts_and_any_item_an_earlier_run_left_without_an_id(config, wiki_items, tmp_path):
+    """Items to encode are read from the run's upserts (a small file) when it holds them all; an item of the
+    catalogue that an interrupted earlier run left without an ID is planned too, read from the whole catalogue."""
+    from testsupport.retriever_state import fit_snapshot, publish
+
+    from lmindexer.catalog.store import items_from_table, read_catalog_table
+    from lmindexer.idtable import IdTable
+    from lmindexer.storage.s3 import write_bytes
+
+    base, new = wiki_items[:30], wiki_items[30:34]
+    snapshot_uri = fit_snapshot(config, base + new, tmp_path)
+    pointer = publish(config, "r0", base, snapshot_uri)
+    version = pointer["snapshot_version"]
+    snapshot = {"version": version, "snapshot_uri": snapshot_uri}
+    upload_drop(config.base_uri.removeprefix("s3://"), "incoming/new.jsonl", [i.to_dict() for i in new])
+    validated = steps.validate_drops(config, "r1", steps.discover(config, "r1"))
+    merged = steps.merge(config, "r1", validated)
+
+    def planned(run_id: str) -> list:
+        shards = steps.plan_shards(config, run_id, merged, snapshot)
+        return items_from_table(read_catalog_table(shards[0]["todo_uri"])) if shards else []
+
+    assert planned("r1") == sorted(new, key=lambda item: item.item_id)
+    upserts = read_catalog_table(merged["upserts_uri"])
+    assert sorted(upserts.column("item_id").to_pylist()) == sorted(i.item_id for i in new)
+
+    # An earlier run was interrupted before base[3] got its ID: the plan picks it up from the catalogue.
+    table = IdTable.read(pointer["ids_uri"])
+    kept = table.table.filter(pc.not_equal(table.table.column("item_id"), base[3].item_id))
+    write_bytes(IdTable(kept, table.space).to_parquet_bytes(), pointer["ids_uri"])
+    assert planned("r2") == sorted([*new, base[3]], key=lambda item: item.item_id)

@@ -117,3 +117,19 @@ def test_staged_items_of_a_drop_all_get_ids(tmp_path, s3_bucket):
     with open_binary(result_uri, client=client) as stream:
         assert json.loads(stream.read())["success"] is True
     assert not validate_ids(_table(ITEMS[:11]), live).success
+
+
+def test_from_a_first_row_the_suite_checks_the_rows_after_it_and_finds_staged_items_in_the_whole_table():
+    """An incremental run's check: the suite runs on the rows the run added; an item whose row is older is not
+    lost, and one without any row is."""
+
+    def break_old_row(rows):
+        rows[0]["snapshot_version"] = "old"  # a defect the suite sees, in a row before the checked ones
+
+    table = _tampered(_table(), break_old_row)
+    assert not validate_ids(table, ITEMS).success
+    later = validate_ids(table, ITEMS, first_row=2)
+    assert later.success and later.rows_checked == len(table) - 2 and later.missing_items == 0
+    lost = validate_ids(table, [*ITEMS, "SKU-NEW"], first_row=2)
+    assert not lost.success and lost.missing_items == 1
+    assert validate_ids(table, ITEMS, first_row=len(table) + 5).rows_checked == 0
