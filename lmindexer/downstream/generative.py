@@ -393,12 +393,6 @@ class GenerativeModel:
         if not 1 <= k <= self.config.beam_size:
             raise ConfigError(f"k must be between 1 and the beam size {self.config.beam_size}, got {k}")
 
-    def _decode(self, memory: torch.Tensor, mask: torch.Tensor) -> list[list[tuple[str, float]]]:
-        """The constrained beam search over the encoded sources, in float32 whatever the encoder ran in: each
-        position multiplies only one new token per beam, products too small for bf16 to save more than its
-        conversions cost (the encoder's large products are where bf16 pays)."""
-        return self.network.beam_search(memory.float(), mask, self.trie, self.config.beam_size)
-
     @torch.no_grad()
     def search(self, queries: Sequence[str], k: int = 10, *, progress: bool = False) -> list[list[tuple[str, float]]]:
         """The top ``k`` items per query, (item_id, log-probability) best first; only IDs that exist now."""
@@ -414,7 +408,7 @@ class GenerativeModel:
             mask = batch["attention_mask"].to(self.device)
             with inference_autocast(self.precision, self.device):
                 memory = self.network.encode(batch["input_ids"].to(self.device), mask)
-            found = self._decode(memory, mask)
+                found = self.network.beam_search(memory, mask, self.trie, self.config.beam_size)
             results.extend(ranked[:k] for ranked in found)
         return results
 
@@ -443,7 +437,7 @@ class GenerativeModel:
             tokens, item_mask = self._history_tensors(chunk)
             with inference_autocast(self.precision, self.device):
                 memory, mask = self.network.encode_history(tokens.to(self.device), item_mask.to(self.device))
-            found = self._decode(memory, mask)
+                found = self.network.beam_search(memory, mask, self.trie, self.config.beam_size)
             for history, ranked in zip(chunk, found, strict=True):
                 if exclude_seen:
                     seen = set(history)
