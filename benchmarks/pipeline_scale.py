@@ -135,6 +135,7 @@ def set_up(args: argparse.Namespace) -> dict[str, Any]:
         "snapshot_uri": snapshot_uri,
         "snapshot_version": indexer.version,
         "ids_uri": ids_uri(config, indexer.version or ""),
+        "ids_rows": args.size,  # as a committing run records it (the rows the quality suite has checked)
         "catalog_uri": catalog_uri,
         "items": args.size,
         "items_at_retrain": args.size,

@@ -20,8 +20,26 @@ def prefix_groups(codes: np.ndarray, level: int) -> np.ndarray:
     """Integer group labels of the first ``level`` codes of each row."""
     if level < 1 or level > codes.shape[1]:
         raise ValueError(f"level must be in 1..{codes.shape[1]}, got {level}")
-    _, groups = np.unique(codes[:, :level], axis=0, return_inverse=True)
+    prefix = np.asarray(codes[:, :level], dtype=np.int64)
+    if len(prefix) and prefix.min() >= 0:
+        radices = prefix.max(axis=0) + 1
+        if float(np.prod(radices.astype(np.float64))) < 2**62:
+            # One integer per prefix (mixed radix), numbered in the same lexicographic order as a row-wise unique,
+            # at the cost of a 1-D sort: seconds less on a million rows.
+            keys = np.zeros(len(prefix), dtype=np.int64)
+            for column, radix in enumerate(radices):
+                keys = keys * int(radix) + prefix[:, column]
+            _, groups = np.unique(keys, return_inverse=True)
+            return groups.reshape(-1)
+    _, groups = np.unique(prefix, axis=0, return_inverse=True)
     return groups.reshape(-1)
+
+
+def _label_ids(labels: Sequence[Any]) -> np.ndarray:
+    """Labels as integers numbered by first appearance: the agreement scores do not depend on the labels' names,
+    and scoring integers spares each of the 2 x L scores converting a million strings again."""
+    numbers: dict[Any, int] = {}
+    return np.fromiter((numbers.setdefault(label, len(numbers)) for label in labels), dtype=np.int64, count=len(labels))
 
 
 def label_agreement(codes: np.ndarray, labels: Sequence[Any]) -> list[dict[str, float]]:
@@ -29,13 +47,14 @@ def label_agreement(codes: np.ndarray, labels: Sequence[Any]) -> list[dict[str, 
     if len(labels) != len(codes):
         raise ValueError(f"{len(labels)} labels for {len(codes)} code rows")
     rows = []
+    truth = _label_ids(labels)
     for level in range(1, codes.shape[1] + 1):
         groups = prefix_groups(codes, level)
         rows.append(
             {
                 "level": level,
-                "ami": float(adjusted_mutual_info_score(labels, groups)),
-                "nmi": float(normalized_mutual_info_score(labels, groups)),
+                "ami": float(adjusted_mutual_info_score(truth, groups)),
+                "nmi": float(normalized_mutual_info_score(truth, groups)),
                 "prefixes": int(groups.max() + 1) if len(groups) else 0,
             }
         )

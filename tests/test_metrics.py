@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmindexer.metrics import collision_stats, evaluate_codes, label_agreement, level_usage, prefix_groups
 
@@ -68,3 +70,25 @@ def test_evaluate_codes_skips_unlabelled_items():
     assert "Collision rate" in markdown
     assert "counts" not in report.to_dict()["levels"][0]
     assert "counts" in report.to_dict(with_counts=True)["levels"][0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 40), st.integers(0, 3)), min_size=1, max_size=60),
+    names=st.lists(st.sampled_from(["a", "b", "c", 7, 2.5]), min_size=60, max_size=60),
+)
+def test_prefix_groups_and_agreement_equal_the_row_wise_definitions(rows, names):
+    """Prefixes are numbered through one integer key per row and labels scored as integers (for speed on a
+    million items); both must give exactly what a row-wise unique and scoring the raw labels give."""
+    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+    codes = np.asarray(rows, dtype=np.int64)
+    labels = names[: len(codes)]
+    for level in range(1, 4):
+        _, expected = np.unique(codes[:, :level], axis=0, return_inverse=True)
+        assert prefix_groups(codes, level).tolist() == expected.reshape(-1).tolist()
+    raw = [str(label) for label in labels]
+    for row in label_agreement(codes, labels):
+        groups = prefix_groups(codes, row["level"])
+        assert row["ami"] == pytest.approx(adjusted_mutual_info_score(raw, groups), abs=1e-12)
+        assert row["nmi"] == pytest.approx(normalized_mutual_info_score(raw, groups), abs=1e-12)
