@@ -44,8 +44,8 @@ PY
 
 echo "== 2. start the local stack (S3 + search) and Airflow on SQLite"
 echo "   indexer: rq-kmeans (residual k-means on the frozen MiniLM embedding). The platform's own method, lmindexer,"
-echo "   matches the baselines' label agreement on two of the three development catalogues and is below RQ-VAE's on the"
-echo "   third (docs/benchmarks.md), and it trains in minutes instead of seconds on 2 cores, so the demo runs the"
+echo "   matches the baselines' label agreement within the seeds' spread, but is below the best baseline's mean on two of"
+echo "   the three development catalogues (docs/benchmarks.md), and it trains in minutes instead of seconds on 2 cores, so the demo runs the"
 echo "   baseline; \"method\": \"lmindexer\" in the pipeline config below runs the same pipeline with it."
 lmindexer stack up --dir "$STACK"
 # The local S3 server keeps objects in memory: before the stack stops (at the end, or on a failure), copy the
