@@ -28,6 +28,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -210,7 +211,7 @@ def plot(results: dict[str, Any], sizes: list[int], path: Path) -> None:
     bottom = [0.0] * len(sizes)
     labels = [f"{s:,}" for s in sizes]
     for name in step_names:
-        heights = [median([r["steps"][name] for r in results[str(s)]["runs"]]) for s in sizes]
+        heights = [statistics.median([r["steps"][name] for r in results[str(s)]["runs"]]) for s in sizes]
         left.bar(labels, heights, bottom=bottom, label=name)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     left.set_xlabel("items already in the catalogue")
@@ -224,12 +225,6 @@ def plot(results: dict[str, Any], sizes: list[int], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def main() -> int:
@@ -288,9 +283,9 @@ def main() -> int:
                 results[str(size)] = {
                     "setup": setup,
                     "runs": runs,
-                    "median_seconds": round(median([r["seconds"] for r in runs]), 3),
+                    "median_seconds": round(statistics.median([r["seconds"] for r in runs]), 3),
                     "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-                    "bytes_written_per_run": median([r["bytes_written"] for r in runs]),
+                    "bytes_written_per_run": statistics.median([r["bytes_written"] for r in runs]),
                     "store_bytes_after": runs[-1]["store_bytes"],
                 }
                 # Free the server's memory before the next size.
@@ -307,7 +302,8 @@ def main() -> int:
         cells = []
         for size in sizes:
             runs = results[str(size)]["runs"]
-            cells.append(f"{median([r['steps'][name] if name in r['steps'] else r['seconds'] for r in runs]):.2f}")
+            seconds = [r["steps"][name] if name in r["steps"] else r["seconds"] for r in runs]
+            cells.append(f"{statistics.median(seconds):.2f}")
         rows.append([name, *cells])
     rows.append(["peak RSS, MB", *[f"{results[str(s)]['peak_rss_mb']:.0f}" for s in sizes]])
     rows.append(["bytes the run stores, MB", *[f"{results[str(s)]['bytes_written_per_run'] / 1e6:.1f}" for s in sizes]])

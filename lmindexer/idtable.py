@@ -219,7 +219,7 @@ class IdTable:
         if not len(self):
             return {}
         levels = self.space.levels
-        codes = self._code_matrix()
+        codes = self.code_matrix()
         suffixes = self.table.column("suffix").to_numpy()
         wanted = np.asarray(sorted(set(only)) if only is not None else [], dtype=np.int64).reshape(-1, levels)
         keys, wanted_keys = self._tuple_keys(codes, wanted)
@@ -244,8 +244,9 @@ class IdTable:
         found = pc.index_in(pa.array(item_ids, type=pa.string()), value_set=self.table.column("item_id"))
         return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
-    def _code_matrix(self) -> np.ndarray:
-        """The codes as an (items, levels) integer array (built once; the table never changes)."""
+    def code_matrix(self) -> np.ndarray:
+        """The codes of every row, in table order, as a read-only (items, levels) integer array (built once; the
+        table never changes)."""
         if self._codes is None:
             flat = pc.list_flatten(self.table.column("codes")).to_numpy(zero_copy_only=False)
             self._codes = flat.reshape(len(self), self.space.levels)
@@ -259,15 +260,11 @@ class IdTable:
             keep = pa.array(sorted(set(keep)), pa.string())
         return IdTable(self.table.filter(pc.is_in(self.table.column("item_id"), value_set=keep)), self.space)
 
-    def code_matrix(self) -> np.ndarray:
-        """The codes of every row, in table order, as an (items, levels) integer array."""
-        return self._code_matrix()
-
     def codes_of(self, item_ids: Iterable[str]) -> dict[str, tuple[int, ...]]:
         """The codes of those of ``item_ids`` that have a row. Callers ask batch after batch (the assign job, per
         catalogue batch), so the row index and the code matrix are built once per table and kept."""
         index = self._row_index()
-        codes = self._code_matrix()
+        codes = self.code_matrix()
         return {item_id: tuple(codes[index[item_id]].tolist()) for item_id in item_ids if item_id in index}
 
     def allocate(
@@ -327,7 +324,7 @@ class IdTable:
         # In numpy: a drop touching every prefix of a million-row table costs a vectorised pass, not a Python
         # loop per row.
         levels = self.space.levels
-        codes = self._code_matrix()
+        codes = self.code_matrix()
         keys, wanted_keys = self._tuple_keys(
             codes[:, : levels - 1], np.asarray(wanted, dtype=np.int64).reshape(len(wanted), levels - 1)
         )

@@ -125,11 +125,6 @@ def _catalogue_ids(location: str) -> set[str]:
     return set(read_catalog(location))
 
 
-def restrict(table: IdTable, item_ids: set[str]) -> IdTable:
-    """The rows of ``table`` for ``item_ids`` (the catalogue's live items), in the same ID space."""
-    return table.restricted(item_ids)
-
-
 def ids_fingerprint(table: IdTable) -> str:
     """A digest of the table's item -> ID map: equal digests mean the same items with the same IDs."""
     digest = hashlib.sha256()
@@ -194,7 +189,7 @@ def fit_retriever(
     indexer = load_snapshot(snapshot)
     table = IdTable.read(ids)
     catalogue = read_catalog(catalog)
-    live = restrict(table, set(catalogue))
+    live = table.restricted(set(catalogue))
     if not len(live):
         raise RetrieverError(f"no item of the catalogue {catalog} has an ID in {ids}")
     known = [(query, item_id) for query, item_id in pairs if item_id in live]
@@ -295,7 +290,7 @@ def plan_refresh(
             return decided("retrain", "retrain requested")
         if live.get("pipeline_run_id") == pointer["run_id"]:
             return decided("none", f"the live retriever already serves pipeline run {pointer['run_id']}")
-        ids = restrict(IdTable.read(pointer["ids_uri"]), _catalogue_ids(pointer["catalog_uri"]))
+        ids = IdTable.read(pointer["ids_uri"]).restricted(_catalogue_ids(pointer["catalog_uri"]))
         fingerprint = ids_fingerprint(ids)
         if fingerprint == live.get("ids_fingerprint"):
             return decided("none", f"pipeline run {pointer['run_id']} left the live items and their IDs unchanged")
@@ -538,7 +533,7 @@ def sync_retriever(
 
     def compute() -> dict[str, Any]:
         model = GenerativeModel.load(live["model_uri"])
-        ids = restrict(IdTable.read(pointer["ids_uri"]), _catalogue_ids(pointer["catalog_uri"]))
+        ids = IdTable.read(pointer["ids_uri"]).restricted(_catalogue_ids(pointer["catalog_uri"]))
         counts = model.sync(ids)
         return {
             "run_id": run_id,
@@ -606,7 +601,6 @@ __all__ = [
     "promote_retriever",
     "read_queries",
     "refresh_retriever",
-    "restrict",
     "save_model",
     "sync_retriever",
     "train_model",

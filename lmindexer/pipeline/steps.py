@@ -332,7 +332,7 @@ def ids_uri(config: PipelineConfig, version: str) -> str:
 def _upserted_rows(merged: Mapping[str, Any], item_ids: pa.ChunkedArray | pa.Array) -> pa.Table:
     """The catalogue rows of ``item_ids``, in item_id order: from the run's upserts when they hold them all (a
     small file), else from its whole catalogue version."""
-    wanted = pa.array(item_ids.to_pylist() if isinstance(item_ids, pa.ChunkedArray) else item_ids, pa.string())
+    wanted = item_ids.combine_chunks() if isinstance(item_ids, pa.ChunkedArray) else item_ids
     if merged.get("upserts_uri"):
         upserts = read_catalog_table(merged["upserts_uri"])
         found = upserts.filter(pc.is_in(upserts.column("item_id"), value_set=wanted))

@@ -1,0 +1,39 @@
+"""Every stored benchmark figure can be tied to code: its JSON names the full commit it was measured at (one this
+repository's history holds) and the load average, and its Markdown names the same commit."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+
+
+def in_history(commit: str) -> bool | None:
+    """Whether the repository's history holds ``commit`` (None where there is no git checkout to ask)."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        return None
+    found = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True)
+    return found.returncode == 0
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
+def test_a_stored_figure_names_the_commit_and_load_it_was_measured_at(path):
+    document = json.loads(path.read_text())
+    commit = document.get("git_commit")
+    assert isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit), f"{path.name}: git_commit {commit!r}"
+    assert document["environment"]["commit"] == commit
+    assert isinstance(document.get("uncommitted_changes"), bool)
+    assert len(document["load_average"]["start"]) == 3 and len(document["load_average"]["end"]) == 3
+    assert f"Measured at commit `{commit[:12]}`" in path.with_suffix(".md").read_text()
+    assert in_history(commit) is not False, f"{path.name}: commit {commit} is not in this repository's history"
+
+
+def test_there_are_stored_figures_to_check():
+    assert len(RESULTS) >= 10
