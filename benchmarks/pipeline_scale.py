@@ -170,7 +170,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     started = last
     done = run_pipeline(config, search_settings(args.search_url, args.size), f"run-{args.run:03d}", on_step=on_step)
     seconds = time.perf_counter() - started
-    if done["decide"]["mode"] != "apply" or done["reduce_ids"]["newly_assigned"] != args.new:
+    if done["decide"].mode != "apply" or done["reduce_ids"].newly_assigned != args.new:
         raise RuntimeError(f"not the incremental run expected: {done['decide']}, {done['reduce_ids']}")
     after = stored_objects(args.base)
     added = {key: size for key, (size, etag) in after.items() if before.get(key, (None, None))[1] != etag}

@@ -1,6 +1,7 @@
 """catalog_reindex: new catalogue drops in S3 -> validated -> semantic IDs (apply or retrain) -> checked -> published.
 
-Every step is a function of ``lmindexer.pipeline.steps``; this file only wires them. Each step stores its result
+Every step is a function of ``lmindexer.pipeline.steps``; this file only wires them, handing each task's typed
+result (``lmindexer.pipeline.results``) to the next as JSON. Each step stores its result
 under the run's state, so retrying a task or rerunning the run repeats no work and works on the drops the run first
 discovered; nothing becomes current before ``commit``, and a failure before the alias swap leaves the previous index
 live. ``confirm`` fails the run, after the good drops were committed, when a drop was quarantined whole.
@@ -14,6 +15,20 @@ import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from lmindexer_airflow.assets import SEARCH_INDEX, SEMANTIC_IDS
 from lmindexer_airflow.context import prepare, search_config, task_defaults
+
+# The typed results the steps hand each other; tasks pass their JSON (to_xcom / from_xcom). Light: no model stack.
+from lmindexer.pipeline.results import (
+    Checked,
+    Decision,
+    Merged,
+    Published,
+    Reduced,
+    Shard,
+    ShardCodes,
+    Snapshot,
+    ValidatedDrop,
+    to_xcom,
+)
 
 # Mapped assign_shard tasks of one run that may run at once; each takes its share of its machine's cores.
 ASSIGN_TASKS_AT_ONCE = 4
@@ -44,7 +59,7 @@ def catalog_reindex() -> None:
         from lmindexer.pipeline import steps
 
         config, run_id = _setup()
-        return steps.discover(config, run_id)
+        return to_xcom(steps.discover(config, run_id))
 
     @task.short_circuit
     def has_new_drops(drops: list[dict]) -> bool:
@@ -53,65 +68,75 @@ def catalog_reindex() -> None:
     @task
     def validate(drops: list[dict]) -> list[dict]:
         from lmindexer.pipeline import steps
+        from lmindexer.storage.drops import Drop
 
         config, run_id = _setup()
-        return steps.validate_drops(config, run_id, drops)
+        return to_xcom(steps.validate_drops(config, run_id, [Drop.from_dict(d) for d in drops]))
 
     @task
     def merge(validated: list[dict]) -> dict:
         from lmindexer.pipeline import steps
 
         config, run_id = _setup()
-        return steps.merge(config, run_id, validated)
+        return steps.merge(config, run_id, ValidatedDrop.many(validated)).to_xcom()
 
     @task
     def decide(merged: dict) -> dict:
         from lmindexer.pipeline import steps
 
         config, run_id = _setup()
-        return steps.decide(config, run_id, merged, get_current_context()["params"]["mode"])
+        mode = get_current_context()["params"]["mode"]
+        return steps.decide(config, run_id, Merged.from_xcom(merged), mode).to_xcom()
 
     @task(queue="gpu", execution_timeout=timedelta(hours=6))
     def train(merged: dict, decision: dict) -> dict:
         from lmindexer.pipeline import steps
 
         config, run_id = _setup()
-        return steps.train(config, run_id, merged, decision)
+        return steps.train(config, run_id, Merged.from_xcom(merged), Decision.from_xcom(decision)).to_xcom()
 
     @task
     def plan_shards(merged: dict, snapshot: dict) -> list[dict]:
         from lmindexer.pipeline import steps
 
         config, run_id = _setup()
-        return steps.plan_shards(config, run_id, merged, snapshot)
+        return to_xcom(steps.plan_shards(config, run_id, Merged.from_xcom(merged), Snapshot.from_xcom(snapshot)))
 
     @task(max_active_tis_per_dagrun=ASSIGN_TASKS_AT_ONCE)
     def assign_shard(shard: dict, snapshot: dict) -> dict:
         from lmindexer.pipeline import steps
 
         config, run_id = _setup()
-        return steps.assign_shard(config, run_id, snapshot, shard, tasks_at_once=ASSIGN_TASKS_AT_ONCE)
+        return steps.assign_shard(
+            config, run_id, Snapshot.from_xcom(snapshot), Shard.from_xcom(shard), tasks_at_once=ASSIGN_TASKS_AT_ONCE
+        ).to_xcom()
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def reduce_ids(snapshot: dict, coded: list[dict] | None) -> dict:
         from lmindexer.pipeline import steps
 
         config, run_id = _setup()
-        return steps.reduce_ids(config, run_id, snapshot, list(coded or []))
+        return steps.reduce_ids(config, run_id, Snapshot.from_xcom(snapshot), ShardCodes.many(coded or [])).to_xcom()
 
     @task
     def check(merged: dict, decision: dict, snapshot: dict, reduced: dict) -> dict:
         from lmindexer.pipeline import steps
 
         config, run_id = _setup()
-        return steps.check(config, run_id, merged, decision, snapshot, reduced)
+        return steps.check(
+            config, run_id, Merged.from_xcom(merged), Decision.from_xcom(decision), Snapshot.from_xcom(snapshot),
+            Reduced.from_xcom(reduced),
+        ).to_xcom()  # fmt: skip
 
     @task(outlets=[SEARCH_INDEX])
     def publish(merged: dict, decision: dict, reduced: dict, checked: dict) -> dict:
         from lmindexer.pipeline import steps
 
         config, run_id = _setup()
-        return steps.publish(config, search_config(), run_id, merged, decision, reduced)
+        return steps.publish(
+            config, search_config(), run_id, Merged.from_xcom(merged), Decision.from_xcom(decision),
+            Reduced.from_xcom(reduced),
+        ).to_xcom()  # fmt: skip
 
     @task(outlets=[SEMANTIC_IDS])
     def commit(
@@ -126,13 +151,17 @@ def catalog_reindex() -> None:
         from lmindexer.pipeline import steps
 
         config, run_id = _setup()
-        return steps.commit(config, run_id, validated, merged, decision, snapshot, reduced, checked, published)
+        return steps.commit(
+            config, run_id, ValidatedDrop.many(validated), Merged.from_xcom(merged), Decision.from_xcom(decision),
+            Snapshot.from_xcom(snapshot), Reduced.from_xcom(reduced), Checked.from_xcom(checked),
+            Published.from_xcom(published),
+        ).to_xcom()  # fmt: skip
 
     @task(retries=0)
     def confirm(validated: list[dict], committed: dict) -> dict:
         from lmindexer.pipeline import steps
 
-        return steps.confirm_drops(validated)
+        return steps.confirm_drops(ValidatedDrop.many(validated)).to_xcom()
 
     drops = discover()
     gate = has_new_drops(drops)

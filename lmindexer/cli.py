@@ -417,6 +417,7 @@ def pipeline_run(
     from lmindexer.jobs import load_config_file
     from lmindexer.options import parse_config
     from lmindexer.pipeline import PipelineConfig, safe_run_id
+    from lmindexer.pipeline.results import to_xcom
     from lmindexer.pipeline.runner import run_pipeline
 
     if mode not in ("auto", "apply", "retrain"):
@@ -430,7 +431,7 @@ def pipeline_run(
     done = run_pipeline(pipeline, _search_config(url, alias), run, mode=mode, on_step=progress)  # type: ignore[arg-type]
     if "commit" not in done:
         stdout.print(f"{run}: no new drops", highlight=False, markup=False)
-    _write_json(json_out, done)
+    _write_json(json_out, to_xcom(done))
 
 
 @app.command()

@@ -14,6 +14,7 @@ from lmindexer.indexers.hkmeans import HKMeansIndexer
 from lmindexer.indexers.lm import LMIndexer
 from lmindexer.indexers.rq_kmeans import RQKMeansIndexer
 from lmindexer.indexers.rqvae import RQVAEIndexer
+from lmindexer.methods import DEFAULT_METHOD, INDEXER_METHODS
 from lmindexer.storage.s3 import is_s3_uri
 
 INDEXERS: dict[str, type[Indexer]] = {
@@ -22,7 +23,8 @@ INDEXERS: dict[str, type[Indexer]] = {
     RQVAEIndexer.method: RQVAEIndexer,
     LMIndexer.method: LMIndexer,
 }
-DEFAULT_METHOD = RQKMeansIndexer.method
+if sorted(INDEXERS) != sorted(INDEXER_METHODS) or DEFAULT_METHOD not in INDEXERS:
+    raise ImportError(f"lmindexer.methods names {INDEXER_METHODS}, but the registered indexers are {sorted(INDEXERS)}")
 
 if TYPE_CHECKING:
     from lmindexer.idtable import IdSpace

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lmindexer.indexers import DEFAULT_METHOD, available_methods
+from lmindexer.methods import DEFAULT_METHOD, INDEXER_METHODS
 
 Mode = Literal["auto", "apply", "retrain"]
 _RUN_ID = re.compile(r"[^A-Za-z0-9._-]+")
@@ -69,8 +69,8 @@ class PipelineConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        if value not in available_methods():
-            raise ValueError(f"unknown indexer method {value!r}; available: {', '.join(available_methods())}")
+        if value not in INDEXER_METHODS:
+            raise ValueError(f"unknown indexer method {value!r}; available: {', '.join(INDEXER_METHODS)}")
         return value
 
     @field_validator(

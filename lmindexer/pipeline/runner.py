@@ -23,9 +23,10 @@ def run_pipeline(
     mode: Mode = "auto",
     on_step: Callable[[str, Any], None] | None = None,
 ) -> dict[str, Any]:
-    """Run (or complete) run ``run_id``; returns what each step returned. ``on_step(name, result)`` is called after
-    every step, e.g. to print progress. Raises what a step raises; :class:`~lmindexer.pipeline.steps.DropsRejected`
-    comes last, after the accepted drops were committed."""
+    """Run (or complete) run ``run_id``; returns what each step returned, by step (the typed results of
+    :mod:`lmindexer.pipeline.results`; :func:`~lmindexer.pipeline.results.to_xcom` gives their JSON).
+    ``on_step(name, result)`` is called after every step, e.g. to print progress. Raises what a step raises;
+    :class:`~lmindexer.pipeline.steps.DropsRejected` comes last, after the accepted drops were committed."""
     done: dict[str, Any] = {}
 
     def record(name: str, result: Any) -> Any:

@@ -1,10 +1,10 @@
 """The reindex pipeline as plain functions, one per step, in pipeline order; the Airflow DAG only wires them.
 
 discover -> validate -> merge -> decide -> (train) -> plan shards -> assign shard (mapped) -> reduce -> check
--> publish -> commit -> confirm. Every step takes and returns small JSON-able dicts (data lives in the store,
-under the run's own keys), stores its result under ``state/runs/<run>/``, and returns that stored result when it is
-run again, so a retried task or a rerun of the whole run repeats no work and works on the same drops. Nothing
-becomes current before ``commit``.
+-> publish -> commit -> confirm. Every step takes and returns the typed results of :mod:`lmindexer.pipeline.results`
+(small frozen records; the data lives in the store, under the run's own keys), stores its result under
+``state/runs/<run>/``, and returns that stored result when it is run again, so a retried task or a rerun of the whole
+run repeats no work and works on the same drops. Nothing becomes current before ``commit``.
 
 What keeps data safe when runs overlap or are rerun:
 
@@ -20,6 +20,9 @@ What keeps data safe when runs overlap or are rerun:
   catalogue at all, is quarantined whole and recorded as rejected; the run carries on with the other drops and
   ``confirm`` fails it at the end, so the rejection is seen. Documents the search engine refuses are quarantined
   with the engine's reason, within the same threshold.
+
+The modules a step needs beyond storage and Arrow (the indexers and torch, the metrics, the search clients) are
+imported inside that step, so a task that only validates or publishes does not load a model stack.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +50,25 @@ from lmindexer.catalog.store import SCHEMA as CATALOG_SCHEMA
 from lmindexer.catalog.store import items_from_table, merge_catalog, read_catalog_table
 from lmindexer.errors import CatalogError, UserError
 from lmindexer.idtable import Candidate, IdTable, id_stability, store_allocation
-from lmindexer.indexers import load_snapshot, read_id_space
-from lmindexer.indexers.base import read_snapshot_document
-from lmindexer.metrics import evaluate_codes
 from lmindexer.pipeline.config import Mode, PipelineConfig, safe_run_id
-from lmindexer.pipeline.records import current, current_versioned, remembered, set_current
+from lmindexer.pipeline.records import current as current_record
+from lmindexer.pipeline.records import current_versioned, remembered, set_current
+from lmindexer.pipeline.results import (
+    Checked,
+    Confirmed,
+    Decision,
+    IdQuality,
+    LiveVersion,
+    Merged,
+    Published,
+    Reduced,
+    Shard,
+    ShardCodes,
+    Snapshot,
+    ValidatedDrop,
+    accepted,
+)
+from lmindexer.storage.drops import Drop
 from lmindexer.storage.parquet import read_parquet, write_parquet
 from lmindexer.storage.s3 import exists, upload_file, write_bytes
 from lmindexer.storage.versioned import VersionConflict
@@ -92,36 +109,16 @@ class DocumentsRefused(UserError):
     """The search engine refused more documents than the invalid-row threshold allows."""
 
 
-# -- helpers ------------------------------------------------------------------------------------------------------
-
-
-def _copy_tree_to(source: Path, destination: str) -> None:
-    for path in sorted(source.rglob("*")):
-        if path.is_file():
-            upload_file(path, f"{destination.rstrip('/')}/{path.relative_to(source).as_posix()}")
-
-
-def _ensure_not_stale(
-    config: PipelineConfig, run_id: str, merged: Mapping[str, Any]
-) -> tuple[dict[str, Any] | None, str | None]:
-    """The live pointer and its version, provided it is still the one this run merged onto (or this run's own)."""
-    live, version = current_versioned(config)
-    if live is not None and live.get("run_id") == run_id:
-        return live, version
-    if "base_version" in merged and version != merged["base_version"]:
-        raise StaleRun(
-            f"run {run_id} merged its drops onto the version committed by "
-            f"{merged.get('base_run_id') or 'no run (nothing was live)'}, but run "
-            f"{(live or {}).get('run_id', '?')} has committed since; nothing of this run was made current. Its drops "
-            "are not marked processed, so the next run takes them: trigger a new run instead of rerunning this one"
-        )
-    return live, version
+def live_version(config: PipelineConfig) -> LiveVersion | None:
+    """What ``state/current.json`` says is live (None: nothing committed yet)."""
+    record = current_record(config)
+    return None if record is None else LiveVersion.from_xcom(record)
 
 
 # -- steps, in pipeline order -------------------------------------------------------------------------------------
 
 
-def discover(config: PipelineConfig, run_id: str) -> list[dict[str, Any]]:
+def discover(config: PipelineConfig, run_id: str) -> list[Drop]:
     """Catalogue drops under the incoming prefix that have not been processed (by key and ETag), oldest first.
 
     Remembered per run: a retried task, a cleared run or a rerun of the whole run works on exactly the drops its
@@ -134,27 +131,25 @@ def discover(config: PipelineConfig, run_id: str) -> list[dict[str, Any]]:
         state = ProcessingState(config.base_uri, prefix=config.state_prefix)
         return {"drops": [drop.to_dict() for drop in state.unprocessed(drops)]}
 
-    return remembered(config, run_id, "discover", compute)["drops"]
+    return [Drop.from_dict(entry) for entry in remembered(config, run_id, "discover", compute)["drops"]]
 
 
-def validate_drops(config: PipelineConfig, run_id: str, drops: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def validate_drops(config: PipelineConfig, run_id: str, drops: Sequence[Drop]) -> list[ValidatedDrop]:
     """Validate each drop: bad rows to ``quarantine/<run>/<drop>/`` with their rule, good rows to ``staged/``.
 
     A drop whose invalid share exceeds the threshold, or that cannot be read as a catalogue at all (unknown format,
     unreadable file, no item_id column, ...), is quarantined whole: its result says ``accepted: false`` and why, and
     the other drops go on. Every result names its drop, so ``commit`` records exactly these drops."""
-    from lmindexer.storage.drops import Drop
     from lmindexer.validation import ValidationFailed, validate_drop
     from lmindexer.validation.common import RunLayout, dumps_document
 
     discovered = discover(config, run_id)
-    if [Drop.from_dict(dict(d)) for d in drops] != [Drop.from_dict(dict(d)) for d in discovered]:
+    if list(drops) != discovered:
         raise UserError(f"run {run_id} was asked to validate other drops than it discovered; refusing")
 
     def compute() -> dict[str, Any]:
         results = []
-        for number, data in enumerate(discovered):
-            drop = Drop.from_dict(dict(data))
+        for number, drop in enumerate(discovered):
             validation_run = f"{run_id}/{number:03d}-{drop.slug}"
             try:
                 outcome = validate_drop(
@@ -185,23 +180,20 @@ def validate_drops(config: PipelineConfig, run_id: str, drops: Sequence[Mapping[
             results.append({"drop": drop.to_dict(), "accepted": True, **outcome.to_dict()})
         return {"drops": results}
 
-    return remembered(config, run_id, "validate", compute)["drops"]
+    return ValidatedDrop.many(remembered(config, run_id, "validate", compute)["drops"])
 
 
-def _accepted(validated: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [v for v in validated if v.get("accepted", True)]
-
-
-def merge(config: PipelineConfig, run_id: str, validated: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def merge(config: PipelineConfig, run_id: str, validated: Sequence[ValidatedDrop]) -> Merged:
     """Apply the accepted drops (in order) to the current catalogue and write the run's catalogue version.
 
     Records which committed version it merged onto (``base_version``): the later steps refuse to go on once
     another run has committed since, because this run's catalogue would then lack that run's changes."""
 
     def compute() -> dict[str, Any]:
-        live, version = current_versioned(config)
-        drops = [read_catalog_rows(entry["staged_uri"]) for entry in _accepted(validated)]
-        merged, delta = merge_catalog(live["catalog_uri"] if live else None, drops)
+        live_record, version = current_versioned(config)
+        live = None if live_record is None else LiveVersion.from_xcom(live_record)
+        drops = [read_catalog_rows(_staged(entry)) for entry in accepted(validated)]
+        merged, delta = merge_catalog(live.catalog_uri if live else None, drops)
         catalog_uri = config.uri(config.catalog_prefix, run_id, "items.parquet")
         write_parquet(merged, catalog_uri)
         delta_uri = config.uri(config.staged_prefix, run_id, "delta.parquet")
@@ -212,18 +204,360 @@ def merge(config: PipelineConfig, run_id: str, validated: Sequence[Mapping[str, 
         upserts_uri = config.uri(config.staged_prefix, run_id, "upserts.parquet")
         upserted = pa.array(delta.new + delta.changed, pa.string())
         write_parquet(merged.filter(pc.is_in(merged.column("item_id"), value_set=upserted)), upserts_uri)
-        return {
-            "catalog_uri": catalog_uri,
-            "delta_uri": delta_uri,
-            "upserts_uri": upserts_uri,
-            "items": merged.num_rows,
-            "previous_items": merged.num_rows - len(delta.new) + len(delta.deleted),
-            "base_run_id": live["run_id"] if live else None,
-            "base_version": version,
+        return Merged(
+            catalog_uri=catalog_uri,
+            delta_uri=delta_uri,
+            upserts_uri=upserts_uri,
+            items=merged.num_rows,
+            previous_items=merged.num_rows - len(delta.new) + len(delta.deleted),
+            base_run_id=live.run_id if live else None,
+            base_version=version,
             **delta.counts(),
-        }
+        ).to_xcom()
 
-    return remembered(config, run_id, "merge", compute)
+    return Merged.from_xcom(remembered(config, run_id, "merge", compute))
+
+
+def decide(config: PipelineConfig, run_id: str, merged: Merged, mode: Mode = "auto") -> Decision:
+    """Apply the current snapshot, or retrain: forced, no snapshot yet, or too much added since the last retrain."""
+
+    def decision() -> Decision:
+        live, _ = _ensure_not_stale(config, run_id, merged)
+        if mode == "retrain":
+            return Decision("retrain", "retrain requested")
+        if live is None:
+            if mode == "apply":
+                raise UserError("mode 'apply' needs a snapshot, and none has been published yet; use auto or retrain")
+            return Decision("retrain", "no snapshot yet")
+        added = live.added_since_retrain + merged.new
+        share = added / max(live.items_at_retrain or 0, 1)
+        if mode == "apply":
+            return Decision("apply", "apply requested", share)
+        if share > config.retrain_added_share:
+            reason = f"{added} items added since the last retrain ({share:.1%} > {config.retrain_added_share:.1%})"
+            return Decision("retrain", reason, share)
+        return Decision("apply", f"{share:.1%} added since the last retrain", share)
+
+    return Decision.from_xcom(remembered(config, run_id, "decide", lambda: decision().to_xcom()))
+
+
+def train(config: PipelineConfig, run_id: str, merged: Merged, decision: Decision) -> Snapshot:
+    """Fit a new snapshot on the run's catalogue in an ``accelerate launch`` subprocess (retrain only)."""
+    from lmindexer.storage.s3 import local_copy
+
+    def compute() -> dict[str, Any]:
+        if decision.mode != "retrain":
+            live = live_version(config)
+            if live is None:
+                raise UserError("nothing is live to apply: the decision to apply needs a committed snapshot")
+            return Snapshot(
+                trained=False, snapshot_uri=live.snapshot_uri, snapshot_version=live.snapshot_version
+            ).to_xcom()
+        import yaml
+
+        from lmindexer.indexers.base import read_snapshot_document
+
+        with tempfile.TemporaryDirectory(prefix="lmindexer-train-") as tmp:
+            work = Path(tmp)
+            with local_copy(merged.catalog_uri, suffix=".parquet") as path:
+                catalog = work / "catalog.parquet"
+                shutil.copyfile(path, catalog)
+            options = work / "options.yaml"
+            options.write_text(yaml.safe_dump(dict(config.indexer)))
+            out = work / "snapshot"
+            # Outside the temporary directory, so that a retry of this task on the same worker resumes training.
+            checkpoint = cache_root() / "training" / safe_run_id(run_id)
+            command = train_command(config, catalog, out, options, checkpoint)
+            log.info("training: %s", " ".join(command))
+            completed = subprocess.run(command, capture_output=True, text=True, check=False)
+            if completed.returncode != 0 or not (out / "snapshot.json").is_file():
+                tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
+                raise TrainingFailed(f"training exited with code {completed.returncode}: {' | '.join(tail)}")
+            version = read_snapshot_document(out)["version"]
+            snapshot_uri = config.uri(config.models_prefix, version)
+            _copy_tree_to(out, snapshot_uri)
+        return Snapshot(trained=True, snapshot_uri=snapshot_uri, snapshot_version=version).to_xcom()
+
+    return Snapshot.from_xcom(remembered(config, run_id, "train", compute))
+
+
+def plan_shards(config: PipelineConfig, run_id: str, merged: Merged, snapshot: Snapshot) -> list[Shard]:
+    """Split the items that still need an ID in the snapshot's space into shards for mapped assignment."""
+
+    def compute() -> dict[str, Any]:
+        table_uri = ids_uri(config, snapshot.snapshot_version)
+        live_ids = read_catalog_table(merged.catalog_uri, columns=["item_id"]).column("item_id")
+        if exists(table_uri):
+            known = IdTable.read(table_uri).table.column("item_id")
+            live_ids = live_ids.filter(pc.invert(pc.is_in(live_ids, value_set=known)))
+        needed = len(live_ids)
+        # The items themselves, not just their ids (sorted by item_id, as the catalogue is): a shard then reads
+        # only the items to encode, so its cost follows the new items rather than the size of the catalogue.
+        # Usually they are among the run's upserts; items an earlier run left without an ID come from the whole
+        # catalogue.
+        todo = _upserted_rows(merged, live_ids)
+        todo_uri = config.uri(config.staged_prefix, run_id, "to_assign.parquet")
+        write_parquet(todo, todo_uri)
+        starts = range(0, needed, config.shard_size)
+        shards = [
+            Shard(shard=n, start=start, end=min(start + config.shard_size, needed), todo_uri=todo_uri,
+                  shards=len(starts)).to_xcom()
+            for n, start in enumerate(starts)
+        ]  # fmt: skip
+        return {"shards": shards, "items": needed}
+
+    return Shard.many(remembered(config, run_id, "plan", compute)["shards"])
+
+
+def assign_shard(
+    config: PipelineConfig, run_id: str, snapshot: Snapshot, shard: Shard, *, tasks_at_once: int = 1
+) -> ShardCodes:
+    """Learned codes for one shard of items (no suffixes yet: those are allocated in one place, by ``reduce_ids``).
+
+    ``tasks_at_once``: how many shards may be coded at the same time on this machine's cores (the orchestrator's
+    limit); the shard takes its share of the cores as torch and BLAS threads (:mod:`lmindexer.threads`), never more
+    than the run has shards."""
+
+    def compute() -> dict[str, Any]:
+        from lmindexer.indexers import load_snapshot
+
+        todo = read_catalog_table(shard.todo_uri)
+        items = items_from_table(todo.slice(shard.start, shard.end - shard.start))
+        wanted = [item.item_id for item in items]
+        indexer = load_snapshot(snapshot.snapshot_uri)
+        texts = indexer.texts(items)
+        threads = threads_per_task(max(1, min(tasks_at_once, shard.shards)))
+        log.info("shard %s: %d items on %d threads", shard.shard, len(items), threads)
+        with limited_threads(threads):
+            codes, preferences = indexer.codes_and_preferences(texts)
+        codes_uri = config.uri(config.staged_prefix, run_id, "codes", f"shard-{shard.shard:05d}.parquet")
+        table = pa.Table.from_pydict(
+            {
+                "item_id": wanted,
+                "codes": [row.tolist() for row in codes.astype(np.int32)],
+                "text_hash": [text_hash(t) for t in texts],
+                "preferences": [[int(c) for c in row if c >= 0] for row in preferences],
+            },
+            schema=_CODES_SCHEMA,
+        )
+        write_parquet(table, codes_uri)
+        return ShardCodes(shard=shard.shard, codes_uri=codes_uri, items=len(wanted)).to_xcom()
+
+    return ShardCodes.from_xcom(remembered(config, run_id, f"assign-{shard.shard:05d}", compute))
+
+
+def reduce_ids(config: PipelineConfig, run_id: str, snapshot: Snapshot, shards: Sequence[ShardCodes]) -> Reduced:
+    """Give every newly coded item the next free suffix of its code tuple, in one place, and write the ID table.
+
+    The table only grows and is written compare-and-swap (:func:`~lmindexer.idtable.store_allocation`): existing
+    rows are checked to be unchanged, and if another run wrote the table meanwhile the allocation is redone on top
+    of that run's rows, so both runs keep every ID they were given."""
+
+    def compute() -> dict[str, Any]:
+        from lmindexer.indexers import read_id_space
+
+        table_uri = ids_uri(config, snapshot.snapshot_version)
+        space = read_id_space(snapshot.snapshot_uri)
+        candidates = []
+        for shard in sorted(shards, key=lambda s: s.shard):
+            rows = read_parquet(shard.codes_uri).to_pylist()
+            candidates.extend(
+                Candidate(r["item_id"], tuple(r["codes"]), r["text_hash"], tuple(r.get("preferences") or ()))
+                for r in rows
+            )
+        stored = store_allocation(table_uri, space, candidates)
+        return Reduced(
+            ids_uri=table_uri,
+            rows_before=stored.rows_before,
+            rows_after=len(stored.table),
+            newly_assigned=stored.report.newly_assigned,
+            write_attempts=stored.attempts,
+        ).to_xcom()
+
+    return Reduced.from_xcom(remembered(config, run_id, "reduce", compute))
+
+
+def check(
+    config: PipelineConfig, run_id: str, merged: Merged, decision: Decision, snapshot: Snapshot, reduced: Reduced
+) -> Checked:
+    """ID checks (one unique ID per live item, codes in range, nothing lost) and quality gates against the
+    previous version. Raises :class:`QualityGateFailed` with every failed check, before anything is published."""
+
+    def compute() -> dict[str, Any]:
+        from lmindexer.validation import validate_ids
+
+        table = IdTable.read(reduced.ids_uri)
+        live_ids, labels = _live_catalogue(config, merged.catalog_uri)
+        live = live_version(config)
+        same_table = live is not None and live.ids_uri == reduced.ids_uri
+        # The suite runs on the rows added since the live version committed (all rows of a new table); reading the
+        # table verified every row's structure, and the committed rows passed this suite when they were added.
+        checked_before = (live.ids_rows or 0) if live is not None and same_table else 0
+        output = validate_ids(table, live_ids.to_pylist(), first_row=min(checked_before, len(table)))
+        failures = [] if output.success else [f"ID table checks: {output.describe()}"]
+        metrics = _quality(table, live_ids, labels, config.label)
+        stability = None
+        if same_table:
+            # Same ID space, same table: every write of it verified, row by row, that earlier IDs are unchanged.
+            kept = reduced.rows_before
+            stability = {"common_items": kept, "unchanged": kept, "stability": 1.0 if kept else None,
+                         "same_id_space": True}  # fmt: skip
+        elif live is not None:
+            stability = id_stability(IdTable.read(live.ids_uri), table)
+        failures += _gate_failures(config, decision, metrics, live)
+        if failures:
+            raise QualityGateFailed("; ".join(failures))
+        return Checked(passed=True, metrics=metrics, stability=stability, id_rows_checked=output.rows_checked).to_xcom()
+
+    return Checked.from_xcom(remembered(config, run_id, "check", compute))
+
+
+def publish(
+    config: PipelineConfig, search: Any, run_id: str, merged: Merged, decision: Decision, reduced: Reduced
+) -> Published:
+    """Publish to the search alias: a new versioned index and one alias swap after a retrain (or when the alias
+    does not exist yet); otherwise upserts of new and changed items and deletes of removed ones through the alias.
+
+    Documents the engine refuses for what they hold (a 4xx answer such as a field of the wrong type) are
+    quarantined with the engine's reason, up to the invalid-row threshold of the documents sent; a failure that
+    may pass (throttling, 5xx, a lost connection) fails the step, and a rerun completes it."""
+    from lmindexer.search import SearchBackend, iter_documents, load_search_config
+    from lmindexer.search.errors import PublishError
+
+    def compute() -> dict[str, Any]:
+        _ensure_not_stale(config, run_id, merged)
+        table = IdTable.read(reduced.ids_uri)
+        delta = read_parquet(merged.delta_uri).to_pylist()
+        settings = load_search_config(search)
+        with SearchBackend(settings.model_copy(update={"max_failed_documents": 0})) as backend:
+            full = decision.mode == "retrain" or backend.live_index() is None
+        if full:
+            catalogue = {item.item_id: item for item in items_from_table(read_catalog_table(merged.catalog_uri))}
+            allowed = _refusals_allowed(config, len(catalogue))
+            with SearchBackend(settings.model_copy(update={"max_failed_documents": allowed})) as backend:
+                result = backend.publish_full(
+                    iter_documents(catalogue.values(), table), table.space.snapshot_version, run_id,
+                    total=len(catalogue),
+                )  # fmt: skip
+            refused = [e for e in result.bulk.errors if e.refused]
+            return Published(
+                mode="full", index=result.index, refused=len(refused),
+                quarantine_uri=_quarantine_refused(config, run_id, refused), attempted=result.bulk.attempted,
+                indexed=result.bulk.indexed, deleted=result.bulk.deleted, details=_account(result.to_dict()),
+            ).to_xcom()  # fmt: skip
+        upsert_ids = [row["item_id"] for row in delta if row["change"] in ("new", "changed")]
+        deletes = [row["item_id"] for row in delta if row["change"] == "deleted"]
+        # Only the rows this run changed are read, from the catalogue and from the ID table.
+        upserts = items_from_table(_upserted_rows(merged, pa.array(upsert_ids, pa.string())))
+        with SearchBackend(settings) as backend:
+            bulk = backend.publish_incremental(iter_documents(upserts, table.restricted(upsert_ids)), deletes)
+            live_index = backend.live_index()
+        passing = [e for e in bulk.errors if not e.refused]
+        if passing:
+            raise PublishError(
+                f"incremental publish: {len(passing)} documents failed for a reason that may pass "
+                f"({bulk.describe_errors()}); upserts and deletes are idempotent: rerun",
+                result=bulk,
+            )
+        refused = [e for e in bulk.errors if e.refused]
+        if len(refused) > _refusals_allowed(config, bulk.attempted):
+            raise DocumentsRefused(
+                f"the search engine refused {len(refused)} of {bulk.attempted} documents, more than the "
+                f"{config.max_invalid_share:.1%} allowed: {bulk.describe_errors()}"
+            )
+        return Published(
+            mode="incremental", index=live_index, refused=len(refused),
+            quarantine_uri=_quarantine_refused(config, run_id, refused), attempted=bulk.attempted,
+            indexed=bulk.indexed, deleted=bulk.deleted, details=_account(bulk.to_dict()),
+        ).to_xcom()  # fmt: skip
+
+    return Published.from_xcom(remembered(config, run_id, "publish", compute))
+
+
+def commit(
+    config: PipelineConfig,
+    run_id: str,
+    validated: Sequence[ValidatedDrop],
+    merged: Merged,
+    decision: Decision,
+    snapshot: Snapshot,
+    reduced: Reduced,
+    checked: Checked,
+    published: Published,
+) -> LiveVersion:
+    """Make the run's versions current, then record its drops (accepted ones as processed, rejected ones as
+    rejected). The last step that changes anything: before it, the previous version stays in charge.
+
+    The pointer moves compare-and-swap against the version this run merged onto, so counts such as
+    ``added_since_retrain`` build on exactly the version they replace."""
+    live, version = _ensure_not_stale(config, run_id, merged)
+    if live is not None and live.run_id == run_id:
+        pointer = live  # this run committed already (a retry after a crash between the two writes below)
+    else:
+        retrained = decision.mode == "retrain"
+        pointer = LiveVersion(
+            run_id=run_id,
+            updated_at=dt.datetime.now(dt.UTC).isoformat(),
+            snapshot_uri=snapshot.snapshot_uri,
+            snapshot_version=snapshot.snapshot_version,
+            ids_uri=reduced.ids_uri,
+            ids_rows=reduced.rows_after,
+            catalog_uri=merged.catalog_uri,
+            items=merged.items,
+            items_at_retrain=merged.items
+            if retrained or live is None or live.items_at_retrain is None
+            else live.items_at_retrain,
+            added_since_retrain=0 if retrained else (live.added_since_retrain if live else 0) + merged.new,
+            metrics=checked.metrics,
+            index=published.index,
+        )
+        try:
+            set_current(config, pointer.to_xcom(), replacing=version)
+        except VersionConflict as exc:
+            raise StaleRun(
+                f"run {run_id} could not commit: another run committed at the same moment ({exc}); its drops are not "
+                "marked processed, so the next run takes them"
+            ) from exc
+    mark_processed(config, run_id, validated)
+    return pointer
+
+
+def confirm_drops(validated: Sequence[ValidatedDrop]) -> Confirmed:
+    """The run's last word: fails (after the accepted drops were committed) when drops were rejected whole, so
+    the rejection is seen where runs are watched."""
+    rejected = [entry for entry in validated if not entry.accepted]
+    if rejected:
+        lines = "; ".join(f"{entry.drop.key}: {entry.reason or 'rejected'}" for entry in rejected)
+        raise DropsRejected(
+            f"{len(rejected)} of {len(validated)} drops were quarantined whole and recorded as rejected (upload a "
+            f"corrected file to process them): {lines}"
+        )
+    return Confirmed(drops=len(validated), rejected=0)
+
+
+# -- what the steps share -----------------------------------------------------------------------------------------
+
+
+def _ensure_not_stale(config: PipelineConfig, run_id: str, merged: Merged) -> tuple[LiveVersion | None, str | None]:
+    """The live pointer and its version, provided it is still the one this run merged onto (or this run's own)."""
+    record, version = current_versioned(config)
+    live = None if record is None else LiveVersion.from_xcom(record)
+    if live is not None and live.run_id == run_id:
+        return live, version
+    if version != merged.base_version:
+        raise StaleRun(
+            f"run {run_id} merged its drops onto the version committed by "
+            f"{merged.base_run_id or 'no run (nothing was live)'}, but run "
+            f"{live.run_id if live else '?'} has committed since; nothing of this run was made current. Its drops "
+            "are not marked processed, so the next run takes them: trigger a new run instead of rerunning this one"
+        )
+    return live, version
+
+
+def _staged(entry: ValidatedDrop) -> str:
+    if entry.staged_uri is None:
+        raise UserError(f"drop {entry.drop.key} is recorded as accepted but has no staged rows; its record is damaged")
+    return entry.staged_uri
 
 
 def read_catalog_rows(location: str) -> list[Item]:
@@ -231,35 +565,6 @@ def read_catalog_rows(location: str) -> list[Item]:
     from lmindexer.catalog.readers import CatalogReader
 
     return [item for batch in CatalogReader(location, strict=True) for item in batch]
-
-
-def decide(config: PipelineConfig, run_id: str, merged: Mapping[str, Any], mode: Mode = "auto") -> dict[str, Any]:
-    """Apply the current snapshot, or retrain: forced, no snapshot yet, or too much added since the last retrain."""
-
-    def compute() -> dict[str, Any]:
-        live, _ = _ensure_not_stale(config, run_id, merged)
-        if mode == "retrain":
-            return {"mode": "retrain", "reason": "retrain requested"}
-        if live is None:
-            if mode == "apply":
-                raise UserError("mode 'apply' needs a snapshot, and none has been published yet; use auto or retrain")
-            return {"mode": "retrain", "reason": "no snapshot yet"}
-        added = int(live.get("added_since_retrain", 0)) + int(merged["new"])
-        base = max(int(live.get("items_at_retrain", 0)), 1)
-        share = added / base
-        if mode == "apply":
-            return {"mode": "apply", "reason": "apply requested", "added_share": share}
-        if share > config.retrain_added_share:
-            return {
-                "mode": "retrain",
-                "reason": (
-                    f"{added} items added since the last retrain ({share:.1%} > {config.retrain_added_share:.1%})"
-                ),
-                "added_share": share,
-            }
-        return {"mode": "apply", "reason": f"{share:.1%} added since the last retrain", "added_share": share}
-
-    return remembered(config, run_id, "decide", compute)
 
 
 def train_command(
@@ -289,159 +594,26 @@ def train_command(
     ]  # fmt: skip
 
 
-def train(
-    config: PipelineConfig, run_id: str, merged: Mapping[str, Any], decision: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Fit a new snapshot on the run's catalogue in an ``accelerate launch`` subprocess (retrain only)."""
-    from lmindexer.storage.s3 import local_copy
-
-    def compute() -> dict[str, Any]:
-        if decision["mode"] != "retrain":
-            live = current(config)
-            return {"trained": False, "snapshot_uri": live["snapshot_uri"], "version": live["snapshot_version"]}
-        import yaml
-
-        with tempfile.TemporaryDirectory(prefix="lmindexer-train-") as tmp:
-            work = Path(tmp)
-            with local_copy(merged["catalog_uri"], suffix=".parquet") as path:
-                catalog = work / "catalog.parquet"
-                shutil.copyfile(path, catalog)
-            options = work / "options.yaml"
-            options.write_text(yaml.safe_dump(dict(config.indexer)))
-            out = work / "snapshot"
-            # Outside the temporary directory, so that a retry of this task on the same worker resumes training.
-            checkpoint = cache_root() / "training" / safe_run_id(run_id)
-            command = train_command(config, catalog, out, options, checkpoint)
-            log.info("training: %s", " ".join(command))
-            completed = subprocess.run(command, capture_output=True, text=True, check=False)
-            if completed.returncode != 0 or not (out / "snapshot.json").is_file():
-                tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
-                raise TrainingFailed(f"training exited with code {completed.returncode}: {' | '.join(tail)}")
-            version = read_snapshot_document(out)["version"]
-            snapshot_uri = config.uri(config.models_prefix, version)
-            _copy_tree_to(out, snapshot_uri)
-        return {"trained": True, "snapshot_uri": snapshot_uri, "version": version}
-
-    return remembered(config, run_id, "train", compute)
+def _copy_tree_to(source: Path, destination: str) -> None:
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            upload_file(path, f"{destination.rstrip('/')}/{path.relative_to(source).as_posix()}")
 
 
 def ids_uri(config: PipelineConfig, version: str) -> str:
     return config.uri(config.ids_prefix, version, "ids.parquet")
 
 
-def _upserted_rows(merged: Mapping[str, Any], item_ids: pa.ChunkedArray | pa.Array) -> pa.Table:
+def _upserted_rows(merged: Merged, item_ids: pa.ChunkedArray | pa.Array) -> pa.Table:
     """The catalogue rows of ``item_ids``, in item_id order: from the run's upserts when they hold them all (a
     small file), else from its whole catalogue version."""
     wanted = item_ids.combine_chunks() if isinstance(item_ids, pa.ChunkedArray) else item_ids
-    if merged.get("upserts_uri"):
-        upserts = read_catalog_table(merged["upserts_uri"])
+    if merged.upserts_uri:
+        upserts = read_catalog_table(merged.upserts_uri)
         found = upserts.filter(pc.is_in(upserts.column("item_id"), value_set=wanted))
         if found.num_rows == len(wanted):
             return found
-    return read_catalog_table(merged["catalog_uri"], item_ids=wanted.to_pylist())
-
-
-def plan_shards(
-    config: PipelineConfig, run_id: str, merged: Mapping[str, Any], snapshot: Mapping[str, Any]
-) -> list[dict[str, Any]]:
-    """Split the items that still need an ID in the snapshot's space into shards for mapped assignment."""
-
-    def compute() -> dict[str, Any]:
-        table_uri = ids_uri(config, snapshot["version"])
-        live_ids = read_catalog_table(merged["catalog_uri"], columns=["item_id"]).column("item_id")
-        if exists(table_uri):
-            known = IdTable.read(table_uri).table.column("item_id")
-            live_ids = live_ids.filter(pc.invert(pc.is_in(live_ids, value_set=known)))
-        needed = len(live_ids)
-        # The items themselves, not just their ids (sorted by item_id, as the catalogue is): a shard then reads
-        # only the items to encode, so its cost follows the new items rather than the size of the catalogue.
-        # Usually they are among the run's upserts; items an earlier run left without an ID come from the whole
-        # catalogue.
-        todo = _upserted_rows(merged, live_ids)
-        todo_uri = config.uri(config.staged_prefix, run_id, "to_assign.parquet")
-        write_parquet(todo, todo_uri)
-        starts = range(0, needed, config.shard_size)
-        shards = [
-            {"shard": n, "start": start, "end": min(start + config.shard_size, needed), "todo_uri": todo_uri,
-             "shards": len(starts)}
-            for n, start in enumerate(starts)
-        ]  # fmt: skip
-        return {"shards": shards, "items": needed}
-
-    return remembered(config, run_id, "plan", compute)["shards"]
-
-
-def assign_shard(
-    config: PipelineConfig,
-    run_id: str,
-    snapshot: Mapping[str, Any],
-    shard: Mapping[str, Any],
-    *,
-    tasks_at_once: int = 1,
-) -> dict[str, Any]:
-    """Learned codes for one shard of items (no suffixes yet: those are allocated in one place, by ``reduce_ids``).
-
-    ``tasks_at_once``: how many shards may be coded at the same time on this machine's cores (the orchestrator's
-    limit); the shard takes its share of the cores as torch and BLAS threads (:mod:`lmindexer.threads`), never more
-    than the run has shards."""
-
-    def compute() -> dict[str, Any]:
-        todo = read_catalog_table(shard["todo_uri"])
-        items = items_from_table(todo.slice(shard["start"], shard["end"] - shard["start"]))
-        wanted = [item.item_id for item in items]
-        indexer = load_snapshot(snapshot["snapshot_uri"])
-        texts = indexer.texts(items)
-        sharing = max(1, min(tasks_at_once, int(shard.get("shards", tasks_at_once))))
-        threads = threads_per_task(sharing)
-        log.info("shard %s: %d items on %d threads", shard["shard"], len(items), threads)
-        with limited_threads(threads):
-            codes, preferences = indexer.codes_and_preferences(texts)
-        codes_uri = config.uri(config.staged_prefix, run_id, "codes", f"shard-{shard['shard']:05d}.parquet")
-        table = pa.Table.from_pydict(
-            {
-                "item_id": wanted,
-                "codes": [row.tolist() for row in codes.astype(np.int32)],
-                "text_hash": [text_hash(t) for t in texts],
-                "preferences": [[int(c) for c in row if c >= 0] for row in preferences],
-            },
-            schema=_CODES_SCHEMA,
-        )
-        write_parquet(table, codes_uri)
-        return {"shard": shard["shard"], "codes_uri": codes_uri, "items": len(wanted)}
-
-    return remembered(config, run_id, f"assign-{shard['shard']:05d}", compute)
-
-
-def reduce_ids(
-    config: PipelineConfig, run_id: str, snapshot: Mapping[str, Any], shards: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """Give every newly coded item the next free suffix of its code tuple, in one place, and write the ID table.
-
-    The table only grows and is written compare-and-swap (:func:`~lmindexer.idtable.store_allocation`): existing
-    rows are checked to be unchanged, and if another run wrote the table meanwhile the allocation is redone on top
-    of its rows. So an ID once handed out is never lost or given to another item, whatever else is running.
-    """
-
-    def compute() -> dict[str, Any]:
-        table_uri = ids_uri(config, snapshot["version"])
-        space = read_id_space(snapshot["snapshot_uri"])
-        candidates = []
-        for shard in sorted(shards, key=lambda s: s["shard"]):
-            rows = read_parquet(shard["codes_uri"]).to_pylist()
-            candidates.extend(
-                Candidate(r["item_id"], tuple(r["codes"]), r["text_hash"], tuple(r.get("preferences") or ()))
-                for r in rows
-            )
-        stored = store_allocation(table_uri, space, candidates)
-        return {
-            "ids_uri": table_uri,
-            "rows_before": stored.rows_before,
-            "rows_after": len(stored.table),
-            "newly_assigned": stored.report.newly_assigned,
-            "write_attempts": stored.attempts,
-        }
-
-    return remembered(config, run_id, "reduce", compute)
+    return read_catalog_table(merged.catalog_uri, item_ids=wanted.to_pylist())
 
 
 def _live_catalogue(config: PipelineConfig, catalog_uri: str) -> tuple[pa.ChunkedArray, list[Any] | None]:
@@ -457,73 +629,45 @@ def _live_catalogue(config: PipelineConfig, catalog_uri: str) -> tuple[pa.Chunke
     return table.column("item_id"), values
 
 
-def _quality(table: IdTable, live_ids: pa.ChunkedArray, labels: list[Any] | None, label: str | None) -> dict[str, Any]:
+def _quality(table: IdTable, live_ids: pa.ChunkedArray, labels: list[Any] | None, label: str | None) -> IdQuality:
+    from lmindexer.metrics import evaluate_codes
+
     rows = pc.index_in(live_ids, value_set=table.table.column("item_id"))
     present = pc.is_valid(rows).to_numpy(zero_copy_only=False)
     codes = table.code_matrix()[rows.drop_null().to_numpy(zero_copy_only=False)].astype(np.int64)
     present_labels = [value for value, keep in zip(labels, present.tolist(), strict=True) if keep] if labels else None
     report = evaluate_codes(codes, table.space.codebook_sizes, present_labels, label_name=label)
-    return {
-        "items": report.items,
-        "level1_ami": report.agreement[0]["ami"] if report.agreement else None,
-        "ami": [row["ami"] for row in report.agreement],
-        "collision_rate": report.collisions["collision_rate"],
-        "largest_bucket": report.collisions["largest_bucket"],
-        "utilisation": [row["utilisation"] for row in report.levels],
-    }
+    return IdQuality(
+        items=report.items,
+        level1_ami=report.agreement[0]["ami"] if report.agreement else None,
+        ami=[row["ami"] for row in report.agreement],
+        collision_rate=report.collisions["collision_rate"],
+        largest_bucket=report.collisions["largest_bucket"],
+        utilisation=[row["utilisation"] for row in report.levels],
+    )
 
 
-def check(
-    config: PipelineConfig,
-    run_id: str,
-    merged: Mapping[str, Any],
-    decision: Mapping[str, Any],
-    snapshot: Mapping[str, Any],
-    reduced: Mapping[str, Any],
-) -> dict[str, Any]:
-    """ID checks (one unique ID per live item, codes in range, nothing lost) and quality gates against the
-    previous version. Raises :class:`QualityGateFailed` with every failed check, before anything is published."""
-
-    def compute() -> dict[str, Any]:
-        from lmindexer.validation import validate_ids
-
-        table = IdTable.read(reduced["ids_uri"])
-        live_ids, labels = _live_catalogue(config, merged["catalog_uri"])
-        live = current(config)
-        # The suite runs on the rows added since the live version committed (all rows of a new table); reading the
-        # table verified every row's structure, and the committed rows passed this suite when they were added.
-        checked_before = int(live.get("ids_rows", 0)) if live and live["ids_uri"] == reduced["ids_uri"] else 0
-        output = validate_ids(table, live_ids.to_pylist(), first_row=min(checked_before, len(table)))
-        failures = [] if output.success else [f"ID table checks: {output.describe()}"]
-        metrics = _quality(table, live_ids, labels, config.label)
-        stability = None
-        if live is not None and live["ids_uri"] == reduced["ids_uri"]:
-            # Same ID space, same table: every write of it verified, row by row, that earlier IDs are unchanged.
-            kept = int(reduced["rows_before"])
-            stability = {"common_items": kept, "unchanged": kept, "stability": 1.0 if kept else None,
-                         "same_id_space": True}  # fmt: skip
-        elif live is not None:
-            stability = id_stability(IdTable.read(live["ids_uri"]), table)
-        gates = config.gates
-        if decision["mode"] == "retrain":
-            low = [u for u in metrics["utilisation"] if u < gates.min_utilisation]
-            if low:
-                failures.append(f"codebook utilisation {min(low):.1%} is below {gates.min_utilisation:.1%}")
-            previous_ami = (live or {}).get("metrics", {}).get("level1_ami")
-            if previous_ami and metrics["level1_ami"] is not None:
-                floor = gates.min_level1_ami_ratio * previous_ami
-                if metrics["level1_ami"] < floor:
-                    failures.append(
-                        f"level-1 AMI {metrics['level1_ami']:.4f} is below {floor:.4f} "
-                        f"({gates.min_level1_ami_ratio:.0%} of the live version's {previous_ami:.4f})"
-                    )
-        if metrics["collision_rate"] > gates.max_collision_rate:
-            failures.append(f"collision rate {metrics['collision_rate']:.1%} exceeds {gates.max_collision_rate:.1%}")
-        if failures:
-            raise QualityGateFailed("; ".join(failures))
-        return {"passed": True, "metrics": metrics, "stability": stability, "id_rows_checked": output.rows_checked}
-
-    return remembered(config, run_id, "check", compute)
+def _gate_failures(
+    config: PipelineConfig, decision: Decision, metrics: IdQuality, live: LiveVersion | None
+) -> list[str]:
+    """The quality gates a new table fails: utilisation and label agreement after a retrain, collisions always."""
+    gates = config.gates
+    failures = []
+    if decision.mode == "retrain":
+        low = [u for u in metrics.utilisation if u < gates.min_utilisation]
+        if low:
+            failures.append(f"codebook utilisation {min(low):.1%} is below {gates.min_utilisation:.1%}")
+        previous_ami = live.metrics.level1_ami if live is not None and live.metrics is not None else None
+        if previous_ami and metrics.level1_ami is not None:
+            floor = gates.min_level1_ami_ratio * previous_ami
+            if metrics.level1_ami < floor:
+                failures.append(
+                    f"level-1 AMI {metrics.level1_ami:.4f} is below {floor:.4f} "
+                    f"({gates.min_level1_ami_ratio:.0%} of the live version's {previous_ami:.4f})"
+                )
+    if metrics.collision_rate > gates.max_collision_rate:
+        failures.append(f"collision rate {metrics.collision_rate:.1%} exceeds {gates.max_collision_rate:.1%}")
+    return failures
 
 
 def _refusals_allowed(config: PipelineConfig, documents: int) -> int:
@@ -554,152 +698,29 @@ def _quarantine_refused(config: PipelineConfig, run_id: str, errors: Sequence[An
     return uri
 
 
-def publish(
-    config: PipelineConfig,
-    search: Any,
-    run_id: str,
-    merged: Mapping[str, Any],
-    decision: Mapping[str, Any],
-    reduced: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Publish to the search alias: a new versioned index and one alias swap after a retrain (or when the alias
-    does not exist yet); otherwise upserts of new and changed items and deletes of removed ones through the alias.
-
-    Documents the engine refuses for what they hold (a 4xx answer such as a field of the wrong type) are
-    quarantined with the engine's reason, up to the invalid-row threshold of the documents sent; a failure that
-    may pass (throttling, 5xx, a lost connection) fails the step, and a rerun completes it."""
-    from lmindexer.search import SearchBackend, iter_documents, load_search_config
-    from lmindexer.search.errors import PublishError
-
-    def compute() -> dict[str, Any]:
-        _ensure_not_stale(config, run_id, merged)
-        table = IdTable.read(reduced["ids_uri"])
-        delta = read_parquet(merged["delta_uri"]).to_pylist()
-        settings = load_search_config(search)
-        with SearchBackend(settings.model_copy(update={"max_failed_documents": 0})) as backend:
-            full = decision["mode"] == "retrain" or backend.live_index() is None
-        if full:
-            catalogue = {item.item_id: item for item in items_from_table(read_catalog_table(merged["catalog_uri"]))}
-            documents = len(catalogue)
-            allowed = _refusals_allowed(config, documents)
-            with SearchBackend(settings.model_copy(update={"max_failed_documents": allowed})) as backend:
-                result = backend.publish_full(
-                    iter_documents(catalogue.values(), table), table.space.snapshot_version, run_id,
-                    total=len(catalogue),
-                )  # fmt: skip
-            refused = [e for e in result.bulk.errors if e.refused]
-            quarantine = _quarantine_refused(config, run_id, refused)
-            return {"mode": "full", "index": result.index, "refused": len(refused), "quarantine_uri": quarantine,
-                    **_jsonable(result.to_dict())}  # fmt: skip
-        upsert_ids = [row["item_id"] for row in delta if row["change"] in ("new", "changed")]
-        deletes = [row["item_id"] for row in delta if row["change"] == "deleted"]
-        # Only the rows this run changed are read, from the catalogue and from the ID table.
-        upserts = items_from_table(_upserted_rows(merged, pa.array(upsert_ids, pa.string())))
-        with SearchBackend(settings) as backend:
-            bulk = backend.publish_incremental(iter_documents(upserts, table.restricted(upsert_ids)), deletes)
-            live_index = backend.live_index()
-        passing = [e for e in bulk.errors if not e.refused]
-        if passing:
-            raise PublishError(
-                f"incremental publish: {len(passing)} documents failed for a reason that may pass "
-                f"({bulk.describe_errors()}); upserts and deletes are idempotent: rerun",
-                result=bulk,
-            )
-        refused = [e for e in bulk.errors if e.refused]
-        allowed = _refusals_allowed(config, bulk.attempted)
-        if len(refused) > allowed:
-            raise DocumentsRefused(
-                f"the search engine refused {len(refused)} of {bulk.attempted} documents, more than the "
-                f"{config.max_invalid_share:.1%} allowed: {bulk.describe_errors()}"
-            )
-        quarantine = _quarantine_refused(config, run_id, refused)
-        return {"mode": "incremental", "index": live_index, "refused": len(refused), "quarantine_uri": quarantine,
-                **_jsonable(bulk.to_dict())}  # fmt: skip
-
-    return remembered(config, run_id, "publish", compute)
+def _account(value: dict[str, Any]) -> dict[str, Any]:
+    """The publisher's account as recorded: its errors (top level, or of its bulk run) kept up to 50."""
+    trimmed = dict(value)
+    for holder in (trimmed, trimmed.get("bulk")):
+        if isinstance(holder, dict) and "errors" in holder:
+            holder["errors"] = list(holder["errors"])[:50]
+    return trimmed
 
 
-def _jsonable(value: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in value.items() if k != "errors"} | {"errors": list(value.get("errors", []))[:50]}
-
-
-def commit(
-    config: PipelineConfig,
-    run_id: str,
-    validated: Sequence[Mapping[str, Any]],
-    merged: Mapping[str, Any],
-    decision: Mapping[str, Any],
-    snapshot: Mapping[str, Any],
-    reduced: Mapping[str, Any],
-    checked: Mapping[str, Any],
-    published: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Make the run's versions current, then record its drops (accepted ones as processed, rejected ones as
-    rejected). The last step that changes anything: before it, the previous version stays in charge.
-
-    The pointer moves compare-and-swap against the version this run merged onto, so counts such as
-    ``added_since_retrain`` build on exactly the version they replace."""
-    live, version = _ensure_not_stale(config, run_id, merged)
-    if live is not None and live.get("run_id") == run_id:
-        pointer = live  # this run committed already (a retry after a crash between the two writes below)
-    else:
-        retrained = decision["mode"] == "retrain"
-        before = live or {}
-        pointer = {
-            "run_id": run_id,
-            "updated_at": dt.datetime.now(dt.UTC).isoformat(),
-            "snapshot_uri": snapshot["snapshot_uri"],
-            "snapshot_version": snapshot["version"],
-            "ids_uri": reduced["ids_uri"],
-            "ids_rows": reduced["rows_after"],
-            "catalog_uri": merged["catalog_uri"],
-            "items": merged["items"],
-            "items_at_retrain": merged["items"] if retrained else before.get("items_at_retrain", merged["items"]),
-            "added_since_retrain": 0 if retrained else int(before.get("added_since_retrain", 0)) + int(merged["new"]),
-            "metrics": checked["metrics"],
-            "index": published.get("index"),
-        }
-        try:
-            set_current(config, pointer, replacing=version)
-        except VersionConflict as exc:
-            raise StaleRun(
-                f"run {run_id} could not commit: another run committed at the same moment ({exc}); its drops are not "
-                "marked processed, so the next run takes them"
-            ) from exc
-    mark_processed(config, run_id, validated)
-    return pointer
-
-
-def mark_processed(config: PipelineConfig, run_id: str, validated: Sequence[Mapping[str, Any]]) -> list[str]:
+def mark_processed(config: PipelineConfig, run_id: str, validated: Sequence[ValidatedDrop]) -> list[str]:
     """Record the drops this run validated (key + ETag, with their counts): accepted ones as processed, rejected
     ones as rejected with the reason, so neither is picked up again. Only drops named in ``validated`` are
     recorded, never a drop that landed after the run's discovery."""
-    from lmindexer.storage.drops import Drop
     from lmindexer.storage.state import ProcessingState
 
     state = ProcessingState(config.base_uri, prefix=config.state_prefix)
     recorded = []
     for entry in validated:
-        drop = Drop.from_dict(dict(entry["drop"]))
-        counts = {k: entry[k] for k in ("rows_in", "staged", "quarantined", "tombstones") if k in entry}
-        accepted = entry.get("accepted", True)
-        status = "processed" if accepted else "rejected"
-        reason = None if accepted else entry.get("reason")
-        recorded += [d.key for d in state.mark_processed(drop, run_id, summary=counts, status=status, reason=reason)]
+        status = "processed" if entry.accepted else "rejected"
+        reason = None if entry.accepted else entry.reason
+        marked = state.mark_processed(entry.drop, run_id, summary=entry.counts(), status=status, reason=reason)
+        recorded += [d.key for d in marked]
     return recorded
-
-
-def confirm_drops(validated: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The run's last word: fails (after the accepted drops were committed) when drops were rejected whole, so
-    the rejection is seen where runs are watched."""
-    rejected = [v for v in validated if not v.get("accepted", True)]
-    if rejected:
-        lines = "; ".join(f"{v['drop']['key']}: {v.get('reason', 'rejected')}" for v in rejected)
-        raise DropsRejected(
-            f"{len(rejected)} of {len(validated)} drops were quarantined whole and recorded as rejected (upload a "
-            f"corrected file to process them): {lines}"
-        )
-    return {"drops": len(validated), "rejected": 0}
 
 
 __all__ = [
@@ -715,6 +736,7 @@ __all__ = [
     "decide",
     "discover",
     "ids_uri",
+    "live_version",
     "mark_processed",
     "merge",
     "plan_shards",

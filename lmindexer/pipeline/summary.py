@@ -7,6 +7,7 @@ from typing import Any
 from lmindexer.metrics import describe_collisions
 from lmindexer.pipeline.config import PipelineConfig
 from lmindexer.pipeline.records import current, read_json, step_uri
+from lmindexer.pipeline.results import Published
 
 _STEPS = ("validate", "merge", "decide", "train", "reduce", "check", "publish")
 
@@ -44,7 +45,7 @@ def run_summary(
         "ids": {k: (steps["reduce"] or {}).get(k) for k in ("rows_before", "rows_after", "newly_assigned")},
         "quality": live.get("metrics"),
         "stability": (steps["check"] or {}).get("stability"),
-        "publish": {k: (steps["publish"] or {}).get(k) for k in ("mode", "index", "attempted", "indexed", "deleted")},
+        "publish": _publish_counts(steps["publish"]),
     }
     if search is not None:
         from lmindexer.search import SearchBackend
@@ -57,6 +58,14 @@ def run_summary(
             }
             summary["lookups"] = _lookups(backend, config, live, lookups, lookup_size)
     return summary
+
+
+def _publish_counts(record: dict[str, Any] | None) -> dict[str, Any]:
+    keys = ("mode", "index", "attempted", "indexed", "deleted")
+    if record is None:
+        return dict.fromkeys(keys)
+    published = Published.from_xcom(record)
+    return {key: getattr(published, key) for key in keys}
 
 
 def catalogue_counts(merged: dict[str, Any]) -> dict[str, Any]:

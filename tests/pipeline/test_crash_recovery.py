@@ -124,4 +124,4 @@ def check_outcome(o):
         for item in o["new"]:
             assert backend.get(item.item_id)["sid"] == sids[item.item_id]
     # the whole run is done: running it again does nothing more
-    assert run_pipeline(config, o["search"], "crash-run")["commit"]["run_id"] == "crash-run"
+    assert run_pipeline(config, o["search"], "crash-run")["commit"].run_id == "crash-run"

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pyarrow.compute as pc
 import pytest
 from testsupport.retriever_state import move_current
+from testsupport.step_results import APPLY, RETRAIN, SNAPSHOT, merged, pointer, published, quality, reduced
 
 from lmindexer.errors import ConfigError, UserError
 from lmindexer.options import parse_config
 from lmindexer.pipeline import PipelineConfig, records, safe_run_id, steps
-from lmindexer.pipeline.records import current, current_versioned, remembered
+from lmindexer.pipeline.records import current, remembered
+from lmindexer.pipeline.results import Checked, LiveVersion, Shard, Snapshot
 from lmindexer.storage.s3 import StorageError
 from lmindexer.storage.state import ProcessingState
 
@@ -53,18 +56,17 @@ def test_steps_remember_their_result(config):
 
 
 def test_decide(config):
-    merged = {"new": 20}
-    assert steps.decide(config, "r1", merged)["mode"] == "retrain"  # no snapshot yet
+    assert steps.decide(config, "r1", merged(config, new=20)).mode == "retrain"  # no snapshot yet
     with pytest.raises(UserError, match="needs a snapshot"):
-        steps.decide(config, "r2", merged, "apply")
-    move_current(config, {"run_id": "r0", "items_at_retrain": 100, "added_since_retrain": 10})
-    assert steps.decide(config, "r3", merged)["mode"] == "retrain"  # 30 of 100 > 25%
-    assert steps.decide(config, "r4", {"new": 5})["mode"] == "apply"  # 15 of 100
-    assert steps.decide(config, "r5", {"new": 50}, "apply")["mode"] == "apply"  # forced
-    assert steps.decide(config, "r6", {"new": 0}, "retrain")["reason"] == "retrain requested"
+        steps.decide(config, "r2", merged(config, new=20), "apply")
+    move_current(config, pointer(items_at_retrain=100, added_since_retrain=10))
+    assert steps.decide(config, "r3", merged(config, new=20)).mode == "retrain"  # 30 of 100 > 25%
+    assert steps.decide(config, "r4", merged(config, new=5)).mode == "apply"  # 15 of 100
+    assert steps.decide(config, "r5", merged(config, new=50), "apply").mode == "apply"  # forced
+    assert steps.decide(config, "r6", merged(config, new=0), "retrain").reason == "retrain requested"
     # a retried task gets the stored decision, even if the world changed meanwhile
-    move_current(config, {"run_id": "r0", "items_at_retrain": 1, "added_since_retrain": 1000})
-    assert steps.decide(config, "r4", {"new": 5})["mode"] == "apply"
+    move_current(config, pointer(items_at_retrain=1, added_since_retrain=1000))
+    assert steps.decide(config, "r4", merged(config, new=5)).mode == "apply"
 
 
 def test_train_command_is_accelerate_launch(config, tmp_path):
@@ -79,16 +81,16 @@ def test_train_command_is_accelerate_launch(config, tmp_path):
 
 
 def test_commit_moves_the_pointer_once(config):
-    merged = {"catalog_uri": "c2", "items": 120, "new": 20}
-    snapshot = {"snapshot_uri": "s1", "version": "v1"}
-    reduced = {"ids_uri": "i1", "rows_after": 120}
-    checked = {"metrics": {"level1_ami": 0.4}}
-    move_current(config, {"run_id": "r0", "items_at_retrain": 100, "added_since_retrain": 10})
-    pointer = steps.commit(config, "r1", [], merged, {"mode": "apply"}, snapshot, reduced, checked, {"index": "x"})
-    assert (pointer["items_at_retrain"], pointer["added_since_retrain"]) == (100, 30)
+    checked = Checked(passed=True, metrics=quality(), stability=None)
+    move_current(config, pointer(items_at_retrain=100, added_since_retrain=10))
+    onto_r0 = merged(config, catalog_uri="c2", items=120, new=20)
+    live = steps.commit(config, "r1", [], onto_r0, APPLY, SNAPSHOT, reduced(rows_after=120), checked, published())
+    assert (live.items_at_retrain, live.added_since_retrain) == (100, 30)
     assert current(config)["run_id"] == "r1"
-    retrained = steps.commit(config, "r2", [], merged, {"mode": "retrain"}, snapshot, reduced, checked, {"index": "y"})
-    assert (retrained["items_at_retrain"], retrained["added_since_retrain"]) == (120, 0)
+    assert LiveVersion.from_xcom(current(config)) == live  # what is stored is what the step returned
+    onto_r1 = merged(config, catalog_uri="c2", items=120, new=20)
+    retrained = steps.commit(config, "r2", [], onto_r1, RETRAIN, SNAPSHOT, reduced(), checked, published("y"))
+    assert (retrained.items_at_retrain, retrained.added_since_retrain) == (120, 0)
 
 
 def upload_drop(bucket: str, key: str, rows: list[dict]) -> None:
@@ -106,7 +108,7 @@ def rows(prefix: str, n: int) -> list[dict]:
 def test_a_rerun_works_on_the_drops_its_first_attempt_discovered(config, s3_bucket):
     upload_drop(s3_bucket, "incoming/a.jsonl", rows("a", 5))
     first = steps.discover(config, "r1")
-    assert [d["key"] for d in first] == ["incoming/a.jsonl"]
+    assert [d.key for d in first] == ["incoming/a.jsonl"]
     validated = steps.validate_drops(config, "r1", first)
 
     # a drop lands, then the whole run is rerun (e.g. cleared in the UI): it still works on what it first found
@@ -115,13 +117,13 @@ def test_a_rerun_works_on_the_drops_its_first_attempt_discovered(config, s3_buck
     assert again == first
     assert steps.validate_drops(config, "r1", again) == validated
     with pytest.raises(UserError, match="other drops than it discovered"):
-        steps.validate_drops(config, "r1", [*again, {**again[0], "key": "incoming/b.jsonl"}])
+        steps.validate_drops(config, "r1", [*again, dataclasses.replace(again[0], key="incoming/b.jsonl")])
     assert steps.mark_processed(config, "r1", validated) == ["incoming/a.jsonl"]
 
     # so the new drop is never marked processed without being ingested: the next run takes it
     state = ProcessingState(config.base_uri)
     assert [r.key for r in state.records] == ["incoming/a.jsonl"]
-    assert [d["key"] for d in steps.discover(config, "r2")] == ["incoming/b.jsonl"]
+    assert [d.key for d in steps.discover(config, "r2")] == ["incoming/b.jsonl"]
 
 
 def test_an_unreadable_drop_is_quarantined_whole_and_the_others_go_on(config, s3_bucket):
@@ -131,16 +133,15 @@ def test_an_unreadable_drop_is_quarantined_whole_and_the_others_go_on(config, s3
     s3_client().put_object(Bucket=s3_bucket, Key="incoming/2-broken.parquet", Body=b"not parquet at all")
     drops = steps.discover(config, "r1")
     validated = steps.validate_drops(config, "r1", drops)
-    by_key = {v["drop"]["key"]: v for v in validated}
-    assert by_key["incoming/1-good.jsonl"]["accepted"] and by_key["incoming/1-good.jsonl"]["staged"] == 4
+    by_key = {v.drop.key: v for v in validated}
+    assert by_key["incoming/1-good.jsonl"].accepted and by_key["incoming/1-good.jsonl"].staged == 4
     broken = by_key["incoming/2-broken.parquet"]
-    assert not broken["accepted"] and "not a readable Parquet file" in broken["reason"]
-    summary = json.loads(s3_client().get_object(Bucket=s3_bucket, Key=broken["summary_uri"].split("/", 3)[3])
+    assert not broken.accepted and "not a readable Parquet file" in broken.reason
+    summary = json.loads(s3_client().get_object(Bucket=s3_bucket, Key=broken.summary_uri.split("/", 3)[3])
                          ["Body"].read())  # fmt: skip
     assert "not a readable Parquet file" in summary["reason"]
 
-    merged = steps.merge(config, "r1", validated)
-    assert merged["new"] == 4  # the good drop went on
+    assert steps.merge(config, "r1", validated).new == 4  # the good drop went on
     steps.mark_processed(config, "r1", validated)
     records = {r.key: r for r in ProcessingState(config.base_uri).records}
     assert records["incoming/1-good.jsonl"].status == "processed"
@@ -155,45 +156,42 @@ def test_a_drop_over_the_invalid_share_is_rejected_whole_without_blocking_the_ot
     upload_drop(s3_bucket, "incoming/1-good.jsonl", rows("g", 4))
     upload_drop(s3_bucket, "incoming/2-bad.jsonl", rows("h", 2) + [{"item_id": ""}] * 3)
     validated = steps.validate_drops(config, "r1", steps.discover(config, "r1"))
-    assert [v["accepted"] for v in validated] == [True, False]
+    assert [v.accepted for v in validated] == [True, False]
     bad = validated[1]
     # the counts still describe every row; none of it is staged for ingestion
-    assert (bad["rows_in"], bad["quarantined"], bad["staged"], bad["staged_uri"]) == (5, 3, 2, None)
-    assert "more than the 5.0% allowed" in bad["reason"]
-    assert steps.merge(config, "r1", validated)["items"] == 4  # none of the rejected drop's rows went in
+    assert (bad.rows_in, bad.quarantined, bad.staged, bad.staged_uri) == (5, 3, 2, None)
+    assert "more than the 5.0% allowed" in bad.reason
+    assert steps.merge(config, "r1", validated).items == 4  # none of the rejected drop's rows went in
 
 
-def committed(config, run_id, merged, new=0):
-    return steps.commit(config, run_id, [], merged, {"mode": "apply"}, {"snapshot_uri": "s", "version": "v"},
-                        {"ids_uri": "i", "rows_after": 110}, {"metrics": {}}, {"index": "x"})  # fmt: skip
+def committed(config, run_id, onto):
+    checked = Checked(passed=True, metrics=quality(), stability=None)
+    return steps.commit(config, run_id, [], onto, APPLY, SNAPSHOT, reduced(), checked, published())
 
 
 def test_a_run_overtaken_by_another_commit_can_neither_decide_publish_nor_commit(config, s3_bucket):
-    move_current(config, {"run_id": "r0", "items_at_retrain": 100, "added_since_retrain": 0, "catalog_uri": None})
-    _, base = current_versioned(config)
+    move_current(config, pointer(items_at_retrain=100, added_since_retrain=0))
     # two runs merged the same new drop onto the same live version
-    late = {"catalog_uri": "c-late", "items": 110, "new": 10, "base_run_id": "r0", "base_version": base}
-    early = {**late, "catalog_uri": "c-early"}
+    late = merged(config, catalog_uri="c-late", items=110, new=10)
+    early = dataclasses.replace(late, catalog_uri="c-early")
     committed(config, "early", early)
     assert current(config)["added_since_retrain"] == 10
 
     with pytest.raises(steps.StaleRun, match="run early has committed since"):
         steps.decide(config, "late", late)
     with pytest.raises(steps.StaleRun):
-        steps.publish(config, {"hosts": ["http://127.0.0.1:9"], "alias": "a"}, "late", late, {"mode": "apply"},
-                      {"ids_uri": "i"})  # fmt: skip
+        steps.publish(config, {"hosts": ["http://127.0.0.1:9"], "alias": "a"}, "late", late, APPLY, reduced())
     with pytest.raises(steps.StaleRun):
         committed(config, "late", late)
     # the ten new items are counted once, and the pointer is the early run's
     assert (current(config)["run_id"], current(config)["added_since_retrain"]) == ("early", 10)
     # a retry of the run that did commit is a no-op
-    assert committed(config, "early", early)["run_id"] == "early"
+    assert committed(config, "early", early).run_id == "early"
 
 
 def test_two_commits_racing_on_the_pointer_let_exactly_one_through(config, monkeypatch):
-    move_current(config, {"run_id": "r0", "items_at_retrain": 100, "added_since_retrain": 0})
-    _, base = current_versioned(config)
-    merged = {"catalog_uri": "c", "items": 110, "new": 10, "base_run_id": "r0", "base_version": base}
+    move_current(config, pointer(items_at_retrain=100, added_since_retrain=0))
+    onto_r0 = merged(config, items=110, new=10)
     real = records.current_versioned
 
     def read_then_lose_the_race(cfg):
@@ -202,12 +200,12 @@ def test_two_commits_racing_on_the_pointer_let_exactly_one_through(config, monke
         if pointer["run_id"] == "r0":
             monkeypatch.setattr(records, "current_versioned", real)
             monkeypatch.setattr(steps, "current_versioned", real)
-            committed(config, "other", merged)
+            committed(config, "other", onto_r0)
         return pointer, version
 
     monkeypatch.setattr(steps, "current_versioned", read_then_lose_the_race)
     with pytest.raises(steps.StaleRun, match="another run committed at the same moment"):
-        committed(config, "mine", merged)
+        committed(config, "mine", onto_r0)
     assert (current(config)["run_id"], current(config)["added_since_retrain"]) == ("other", 10)
 
 
@@ -255,16 +253,16 @@ def test_an_assign_shard_codes_on_its_share_of_the_cores(tmp_path, monkeypatch, 
     monkeypatch.delenv(THREADS_ENV, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     indexer = _ThreadRecordingIndexer()
-    monkeypatch.setattr(steps, "load_snapshot", lambda uri: indexer)
+    monkeypatch.setattr("lmindexer.indexers.load_snapshot", lambda uri: indexer)
     config = PipelineConfig(base_uri=str(tmp_path / "store"))
     todo = str(tmp_path / "todo.parquet")
     write_catalog([Item(item_id=f"i{n}", text=f"item {n}") for n in range(3)], todo)
-    shard = {"shard": 0, "start": 0, "end": 3, "todo_uri": todo, "shards": shards}
+    shard = Shard(shard=0, start=0, end=3, todo_uri=todo, shards=shards)
     before = torch.get_num_threads()
 
-    result = steps.assign_shard(config, "run-1", {"snapshot_uri": "unused"}, shard, tasks_at_once=tasks_at_once)
+    result = steps.assign_shard(config, "run-1", SNAPSHOT, shard, tasks_at_once=tasks_at_once)
 
-    assert result["items"] == 3
+    assert result.items == 3
     assert indexer.threads == [expected]
     assert torch.get_num_threads() == before  # the process's setting is given back
 
@@ -282,21 +280,20 @@ def test_the_check_of_an_incremental_run_runs_the_id_suite_on_the_rows_added_sin
 
     base, new = wiki_items[:40], wiki_items[40:46]
     snapshot_uri = fit_snapshot(config, base + new, tmp_path)
-    pointer = publish(config, "r0", base, snapshot_uri)
-    move_current(config, {**pointer, "ids_rows": len(base)})
+    live = publish(config, "r0", base, snapshot_uri)
+    move_current(config, {**live, "ids_rows": len(base)})
     catalog_uri = config.uri(config.catalog_prefix, "r1", "items.parquet")
     write_catalog(base + new, catalog_uri)
-    assign_ids(snapshot_uri, catalog_uri, pointer["ids_uri"], progress=False)
-    merged = {"catalog_uri": catalog_uri}
-    reduced = {"ids_uri": pointer["ids_uri"], "rows_before": len(base), "rows_after": len(base) + len(new)}
-    checked = steps.check(config, "r1", merged, {"mode": "apply"}, {}, reduced)
-    assert checked["passed"] and checked["id_rows_checked"] == len(new)
-    assert checked["metrics"]["items"] == len(base) + len(new)
+    assign_ids(snapshot_uri, catalog_uri, live["ids_uri"], progress=False)
+    added = reduced(ids_uri=live["ids_uri"], rows_before=len(base), rows_after=len(base) + len(new))
+    checked = steps.check(config, "r1", merged(catalog_uri=catalog_uri), APPLY, SNAPSHOT, added)
+    assert checked.passed and checked.id_rows_checked == len(new)
+    assert checked.metrics.items == len(base) + len(new)
 
     lost_uri = config.uri(config.catalog_prefix, "r2", "items.parquet")
     write_catalog([*base, *new, wiki_items[46]], lost_uri)  # a live item that never got an ID
     with pytest.raises(steps.QualityGateFailed, match="ID table checks"):
-        steps.check(config, "r2", {"catalog_uri": lost_uri}, {"mode": "apply"}, {}, reduced)
+        steps.check(config, "r2", merged(catalog_uri=lost_uri), APPLY, SNAPSHOT, added)
 
 
 def test_the_plan_takes_the_runs_upserts_and_any_item_an_earlier_run_left_without_an_id(config, wiki_items, tmp_path):
@@ -310,23 +307,22 @@ def test_the_plan_takes_the_runs_upserts_and_any_item_an_earlier_run_left_withou
 
     base, new = wiki_items[:30], wiki_items[30:34]
     snapshot_uri = fit_snapshot(config, base + new, tmp_path)
-    pointer = publish(config, "r0", base, snapshot_uri)
-    version = pointer["snapshot_version"]
-    snapshot = {"version": version, "snapshot_uri": snapshot_uri}
+    live = publish(config, "r0", base, snapshot_uri)
+    snapshot = Snapshot(trained=False, snapshot_uri=snapshot_uri, snapshot_version=live["snapshot_version"])
     upload_drop(config.base_uri.removeprefix("s3://"), "incoming/new.jsonl", [i.to_dict() for i in new])
     validated = steps.validate_drops(config, "r1", steps.discover(config, "r1"))
-    merged = steps.merge(config, "r1", validated)
+    merged_r1 = steps.merge(config, "r1", validated)
 
     def planned(run_id: str) -> list:
-        shards = steps.plan_shards(config, run_id, merged, snapshot)
-        return items_from_table(read_catalog_table(shards[0]["todo_uri"])) if shards else []
+        shards = steps.plan_shards(config, run_id, merged_r1, snapshot)
+        return items_from_table(read_catalog_table(shards[0].todo_uri)) if shards else []
 
     assert planned("r1") == sorted(new, key=lambda item: item.item_id)
-    upserts = read_catalog_table(merged["upserts_uri"])
+    upserts = read_catalog_table(merged_r1.upserts_uri)
     assert sorted(upserts.column("item_id").to_pylist()) == sorted(i.item_id for i in new)
 
     # An earlier run was interrupted before base[3] got its ID: the plan picks it up from the catalogue.
-    table = IdTable.read(pointer["ids_uri"])
+    table = IdTable.read(live["ids_uri"])
     kept = table.table.filter(pc.not_equal(table.table.column("item_id"), base[3].item_id))
-    write_bytes(IdTable(kept, table.space).to_parquet_bytes(), pointer["ids_uri"])
+    write_bytes(IdTable(kept, table.space).to_parquet_bytes(), live["ids_uri"])
     assert planned("r2") == sorted([*new, base[3]], key=lambda item: item.item_id)
