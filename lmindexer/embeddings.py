@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 
 from lmindexer.cache import cache_root
 from lmindexer.errors import ConfigError
+from lmindexer.methods import PACKAGED_ENCODER
 from lmindexer.precision import inference_autocast, resolve_precision
 
-DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+DEFAULT_ENCODER = PACKAGED_ENCODER
 _PACKAGED_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 _SQLITE_MAX_PARAMS = 500
 _CACHE_CHUNK = 1024

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 InferencePrecision = Literal["auto", "fp32", "bf16"]
 ResolvedPrecision = Literal["fp32", "bf16"]
@@ -31,6 +32,8 @@ PRECISION_DESCRIPTION = (
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:
     """Whether ``device`` computes bfloat16 matrix products natively (not by emulation)."""
+    import torch  # here, not at the top: the option types above are read by configs that load without torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
@@ -55,6 +58,8 @@ def inference_autocast(precision: str, device: torch.device | str = "cpu") -> It
     """Run the enclosed forward passes in ``precision`` (a resolved one) on ``device``. Callers convert the outputs
     they compare or store back to float32 (``.float()``): autocast returns bf16 tensors from matrix products."""
     if precision == "bf16":
+        import torch
+
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
             yield
     else:

@@ -39,9 +39,9 @@ from lmindexer.idtable import IdTable
 from lmindexer.indexers.base import Indexer
 from lmindexer.indexers.integrity import INTEGRITY_KEY, seal, verify, write_safetensors
 from lmindexer.indexers.lm.backbone import backbone_from_snapshot, load_backbone
-from lmindexer.indexers.lm.config import PACKAGED_BACKBONE
 from lmindexer.indexers.lm.indexer import LMIndexer
 from lmindexer.indexers.lm.model import tied_names
+from lmindexer.methods import PACKAGED_ENCODER
 from lmindexer.precision import PRECISION_DESCRIPTION, InferencePrecision, inference_autocast, resolve_precision
 
 DOCUMENT = "generative.json"
@@ -57,7 +57,7 @@ class GenerativeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: Task = Field("retrieval", description="retrieval (text -> ID) or recommendation (history -> next ID)")
-    backbone: str = Field(PACKAGED_BACKBONE, description="the pretrained model every ID kind starts from")
+    backbone: str = Field(PACKAGED_ENCODER, description="the pretrained model every ID kind starts from")
     from_snapshot: bool = Field(
         False,
         description="start from the LMIndexer snapshot that made the IDs (its encoder weights and codebooks as the "

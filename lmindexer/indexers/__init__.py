@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmindexer.errors import ConfigError, SnapshotError
-from lmindexer.indexers.base import Indexer, IndexerConfig, read_snapshot_document, snapshot_config
+from lmindexer.indexers.base import Indexer, read_snapshot_document, snapshot_config
 from lmindexer.indexers.hkmeans import HKMeansIndexer
 from lmindexer.indexers.lm import LMIndexer
 from lmindexer.indexers.rq_kmeans import RQKMeansIndexer
 from lmindexer.indexers.rqvae import RQVAEIndexer
-from lmindexer.methods import DEFAULT_METHOD, INDEXER_METHODS
+from lmindexer.methods import DEFAULT_METHOD, INDEXER_CONFIGS, INDEXER_METHODS, IndexerConfig
 from lmindexer.storage.s3 import is_s3_uri
 
 INDEXERS: dict[str, type[Indexer]] = {
@@ -23,8 +23,11 @@ INDEXERS: dict[str, type[Indexer]] = {
     RQVAEIndexer.method: RQVAEIndexer,
     LMIndexer.method: LMIndexer,
 }
-if sorted(INDEXERS) != sorted(INDEXER_METHODS) or DEFAULT_METHOD not in INDEXERS:
-    raise ImportError(f"lmindexer.methods names {INDEXER_METHODS}, but the registered indexers are {sorted(INDEXERS)}")
+if {method: cls.config_class for method, cls in INDEXERS.items()} != INDEXER_CONFIGS:
+    raise ImportError(
+        f"lmindexer.methods declares {INDEXER_METHODS} with their option classes, but the registered indexers are "
+        f"{ {method: cls.config_class.__name__ for method, cls in INDEXERS.items()} }"
+    )
 
 if TYPE_CHECKING:
     from lmindexer.idtable import IdSpace

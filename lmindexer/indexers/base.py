@@ -18,11 +18,10 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -30,68 +29,20 @@ import lmindexer
 from lmindexer.catalog.items import Item
 from lmindexer.errors import ConfigError, SnapshotError
 from lmindexer.indexers.integrity import INTEGRITY_KEY, legacy_content_hash, seal, verify, write_safetensors
+from lmindexer.methods import IndexerConfig
 from lmindexer.options import parse_config
-from lmindexer.precision import PRECISION_DESCRIPTION, InferencePrecision, resolve_precision
-from lmindexer.text import DEFAULT_TEMPLATE, TextTemplate
+from lmindexer.precision import resolve_precision
+from lmindexer.text import TextTemplate
 
 SNAPSHOT_FORMAT = "lmindexer-snapshot"
 SNAPSHOT_FORMAT_VERSION = 1
 SNAPSHOT_FILE = "snapshot.json"
 WEIGHTS_FILE = "weights.safetensors"
-MAX_LEVELS = 8
-MAX_CODEBOOK_SIZE = 65536
 # Parts of snapshot.json hashed key by key, so that a mismatch names the key (``config.text_template``).
 _EXPANDED = ("config", "metadata")
 # The version ends in the content digest, so it cannot be one of the digest's parts.
 _UNHASHED = ("version",)
 _VERSION_HASH = re.compile(r"-([0-9a-f]{8})$")
-
-
-class IndexerConfig(BaseModel):
-    """Options every indexer shares. ``codebook_size`` is one K for all levels or one per level."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    levels: int = Field(3, ge=1, le=MAX_LEVELS, description="number of learned code positions L")
-    codebook_size: list[int] = Field(
-        default_factory=lambda: [32], description="K per level (a single value applies to every level)"
-    )
-    text_template: str = Field(DEFAULT_TEMPLATE, description="how an item's fields become the indexed text")
-    seed: int = Field(0, ge=0, description="random seed for fitting")
-    last_level: Literal["balanced", "argmax"] = Field(
-        "balanced",
-        description=(
-            "how the ID table picks the last code: 'balanced' gives each item the code it prefers most among those "
-            "no other item under the same prefix holds (so items sharing a prefix get distinct IDs while codes are "
-            "free, and a suffix only when a prefix holds more items than codes); 'argmax' always takes the item's "
-            "own best code and separates items that share it by the suffix"
-        ),
-    )
-
-    inference_precision: InferencePrecision = Field("auto", description=PRECISION_DESCRIPTION)
-
-    @field_validator("codebook_size", mode="before")
-    @classmethod
-    def _listify(cls, value: Any) -> Any:
-        return [value] if isinstance(value, int) else value
-
-    @field_validator("text_template")
-    @classmethod
-    def _valid_template(cls, value: str) -> str:
-        TextTemplate(value)
-        return value
-
-    @model_validator(mode="after")
-    def _sizes_per_level(self) -> IndexerConfig:
-        sizes = self.codebook_size
-        if len(sizes) == 1 and self.levels > 1:
-            object.__setattr__(self, "codebook_size", sizes * self.levels)
-        elif len(sizes) != self.levels:
-            raise ValueError(f"codebook_size has {len(sizes)} values but levels is {self.levels}")
-        for size in self.codebook_size:
-            if not 2 <= size <= MAX_CODEBOOK_SIZE:
-                raise ValueError(f"each codebook size must be between 2 and {MAX_CODEBOOK_SIZE}, got {size}")
-        return self
 
 
 class Indexer(ABC):

@@ -7,17 +7,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 
-from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
+from lmindexer.embeddings import TextEncoder
 from lmindexer.errors import SnapshotError
-from lmindexer.indexers.base import Indexer, IndexerConfig
-
-
-class EmbeddingIndexerConfig(IndexerConfig):
-    encoder: str = Field(DEFAULT_ENCODER, description="frozen sentence encoder (name, local path or hub id)")
-    max_length: int = Field(128, ge=8, le=4096, description="tokens per text given to the encoder")
-    embed_batch_size: int = Field(64, ge=1, le=4096, description="texts per encoder forward pass")
+from lmindexer.indexers.base import Indexer
+from lmindexer.methods import EmbeddingIndexerConfig, IndexerConfig
 
 
 class EmbeddingIndexer(Indexer):

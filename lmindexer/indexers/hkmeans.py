@@ -14,16 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 from tqdm.auto import tqdm
 
 from lmindexer.errors import SnapshotError
-from lmindexer.indexers.embedding import EmbeddingIndexer, EmbeddingIndexerConfig
+from lmindexer.indexers.embedding import EmbeddingIndexer
 from lmindexer.indexers.kmeans import centroids_by_distance, fit_kmeans, nearest_centroid
-
-
-class HKMeansConfig(EmbeddingIndexerConfig):
-    kmeans_iterations: int = Field(25, ge=1, le=1000, description="Lloyd iterations per node")
+from lmindexer.methods import HKMeansConfig
 
 
 def _group_by_path(codes: np.ndarray, depth: int) -> dict[tuple[int, ...], np.ndarray]:

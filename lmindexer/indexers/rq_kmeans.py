@@ -11,16 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 from tqdm.auto import tqdm
 
 from lmindexer.errors import SnapshotError
-from lmindexer.indexers.embedding import EmbeddingIndexer, EmbeddingIndexerConfig
+from lmindexer.indexers.embedding import EmbeddingIndexer
 from lmindexer.indexers.kmeans import centroids_by_distance, fit_kmeans, nearest_centroid
-
-
-class RQKMeansConfig(EmbeddingIndexerConfig):
-    kmeans_iterations: int = Field(25, ge=1, le=1000, description="Lloyd iterations per level")
+from lmindexer.methods import RQKMeansConfig
 
 
 class RQKMeansIndexer(EmbeddingIndexer):

@@ -14,32 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 from tqdm.auto import tqdm
 
 from lmindexer.errors import SnapshotError
-from lmindexer.indexers.embedding import EmbeddingIndexer, EmbeddingIndexerConfig
+from lmindexer.indexers.embedding import EmbeddingIndexer
 from lmindexer.indexers.kmeans import centroids_by_distance, fit_kmeans, nearest_centroid
-
-
-class RQVAEConfig(EmbeddingIndexerConfig):
-    latent_dim: int = Field(32, ge=2, le=4096, description="width of the quantised latent")
-    hidden_dims: list[int] = Field(default_factory=lambda: [512, 256, 128], description="encoder MLP widths")
-    epochs: int = Field(150, ge=1, le=100_000, description="passes over the catalogue")
-    batch_size: int = Field(256, ge=2, le=65_536, description="items per optimisation step")
-    learning_rate: float = Field(1e-3, gt=0, le=10)
-    commitment_weight: float = Field(0.25, ge=0, le=10, description="beta: pulls latents towards their codes")
-    dropout: float = Field(0.0, ge=0, lt=1)
-    kmeans_init: bool = Field(True, description="initialise codebooks by k-means on the first latents")
-    restart_dead_codes: bool = Field(True, description="re-seed codes unused in an epoch from current residuals")
-
-    @field_validator("hidden_dims")
-    @classmethod
-    def _positive(cls, value: list[int]) -> list[int]:
-        if any(width < 1 for width in value):
-            raise ValueError("hidden_dims must be positive widths")
-        return value
+from lmindexer.methods import RQVAEConfig
 
 
 def _mlp(widths: list[int], dropout: float) -> nn.Sequential:

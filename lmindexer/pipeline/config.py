@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
-from lmindexer.methods import DEFAULT_METHOD, INDEXER_METHODS
+from lmindexer.methods import DEFAULT_METHOD, INDEXER_CONFIGS, INDEXER_METHODS, IndexerConfig, MixedPrecision
+from lmindexer.options import describe_validation_error
 
 Mode = Literal["auto", "apply", "retrain"]
 _RUN_ID = re.compile(r"[^A-Za-z0-9._-]+")
@@ -55,7 +56,11 @@ class PipelineConfig(BaseModel):
     catalog_prefix: str = "catalog/"
     state_prefix: str = "state/"
     method: str = Field(DEFAULT_METHOD, description="indexer method trained on a retrain")
-    indexer: dict[str, Any] = Field(default_factory=dict, description="options of the indexer method")
+    # Typed by the method (its class in lmindexer.methods) and validated with the rest of the config, so a bad option
+    # fails at load, before any task runs; the training task receives these options already resolved.
+    indexer: SerializeAsAny[IndexerConfig] = Field(
+        default_factory=dict, validate_default=True, description="options of the indexer method"
+    )
     label: str | None = Field("category", description="label for the quality gates (None: no label gates)")
     max_invalid_share: float = Field(0.05, ge=0, le=1, description="a drop with more invalid rows fails the run")
     retrain_added_share: float = Field(
@@ -63,7 +68,7 @@ class PipelineConfig(BaseModel):
     )
     shard_size: int = Field(5000, ge=1, description="items per mapped assignment task")
     train_processes: int = Field(1, ge=1, description="processes for accelerate launch")
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: MixedPrecision = "no"
     gates: QualityGates = Field(default_factory=QualityGates)
 
     @field_validator("method")
@@ -72,6 +77,24 @@ class PipelineConfig(BaseModel):
         if value not in INDEXER_METHODS:
             raise ValueError(f"unknown indexer method {value!r}; available: {', '.join(INDEXER_METHODS)}")
         return value
+
+    @field_validator("indexer", mode="before")
+    @classmethod
+    def _method_options(cls, value: Any, info: ValidationInfo) -> Any:
+        method = info.data.get("method")
+        if method not in INDEXER_CONFIGS:
+            return value  # the method's own check names the problem
+        config_class = INDEXER_CONFIGS[method]
+        if isinstance(value, config_class):
+            return value
+        if isinstance(value, IndexerConfig):
+            raise ValueError(f"{type(value).__name__} given for method {method!r}, which takes {config_class.__name__}")
+        if not isinstance(value, dict):
+            raise ValueError(f"the options of {method!r} are a mapping, not {type(value).__name__}")
+        try:
+            return config_class.model_validate(value)
+        except ValidationError as exc:
+            raise ValueError(f"{method} options: {describe_validation_error(exc)}") from None
 
     @field_validator(
         "incoming_prefix",

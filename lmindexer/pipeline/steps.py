@@ -263,7 +263,7 @@ def train(config: PipelineConfig, run_id: str, merged: Merged, decision: Decisio
                 catalog = work / "catalog.parquet"
                 shutil.copyfile(path, catalog)
             options = work / "options.yaml"
-            options.write_text(yaml.safe_dump(dict(config.indexer)))
+            options.write_text(yaml.safe_dump(config.indexer.model_dump(mode="json")))
             out = work / "snapshot"
             # Outside the temporary directory, so that a retry of this task on the same worker resumes training.
             checkpoint = cache_root() / "training" / safe_run_id(run_id)

@@ -137,7 +137,7 @@ def test_unfitted_indexer_and_too_small_catalogue(wiki_items):
     ("options", "message"),
     [
         ({"levels": 0}, "levels"),
-        ({"levels": 2, "codebook_size": [8, 8, 8]}, "codebook_size has 3 values but levels is 2"),
+        ({"levels": 2, "codebook_size": [8, 8, 8]}, "codebook_size: 3 values but levels is 2"),
         ({"codebook_size": 1}, "between 2 and"),
         ({"text_template": "{nope}"}, "unknown placeholder"),
         ({"colour": "red"}, "colour"),

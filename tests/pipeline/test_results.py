@@ -26,7 +26,9 @@ from lmindexer.pipeline.results import (
 )
 from lmindexer.storage.drops import Drop
 
-DROP = Drop(bucket="b", key="incoming/a.jsonl", etag="e1", size=10, last_modified=dt.datetime(2026, 1, 2, tzinfo=dt.UTC))
+DROP = Drop(
+    bucket="b", key="incoming/a.jsonl", etag="e1", size=10, last_modified=dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+)
 RESULTS = [
     ValidatedDrop(drop=DROP, accepted=True, source="s3://b/incoming/a.jsonl", run_id="r/000-a", rows_in=5, staged=4,
                   quarantined=1, tombstones=0, rejections_by_rule={"non_empty": 1}, success=True,

@@ -26,10 +26,11 @@ from torch import nn
 from lmindexer.cache import cache_root
 from lmindexer.embeddings import resolve_encoder
 from lmindexer.errors import ConfigError, SnapshotError
+from lmindexer.methods import PACKAGED_ENCODER
 from lmindexer.storage.s3 import is_s3_uri
 
 TOKENIZER_DIR = "tokenizer"
-PACKAGED_BACKBONE_ALIAS = "all-MiniLM-L6-v2"
+PACKAGED_BACKBONE_ALIAS = PACKAGED_ENCODER
 PACKAGED_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 TINY_DIMENSIONS = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
 

@@ -17,11 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from lmindexer.errors import ConfigError, SnapshotError
-from lmindexer.indexers.base import Indexer, IndexerConfig
-from lmindexer.indexers.lm.config import LMIndexerConfig
+from lmindexer.indexers.base import Indexer
 from lmindexer.indexers.lm.encoder import encoder_from_snapshot, load_encoder
 from lmindexer.indexers.lm.model import LMIndexerModel, tied_names
 from lmindexer.indexers.lm.training import Trainer
+from lmindexer.methods import IndexerConfig, LMIndexerConfig
 from lmindexer.precision import inference_autocast
 
 

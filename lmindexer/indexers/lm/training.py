@@ -41,9 +41,9 @@ from tqdm.auto import tqdm
 
 from lmindexer.indexers.kmeans import fit_kmeans
 from lmindexer.indexers.lm.checkpoint import find_checkpoint, save_checkpoint
-from lmindexer.indexers.lm.config import LMIndexerConfig
 from lmindexer.indexers.lm.encoder import mean_pool
 from lmindexer.indexers.lm.model import LMIndexerModel, NodeCentres, nearest
+from lmindexer.methods import LMIndexerConfig
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 20
