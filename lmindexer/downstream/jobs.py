@@ -35,13 +35,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from lmindexer.downstream.generative import GenerativeModel, parse_generative_config
 from lmindexer.errors import ConfigError, RetrieverError, RetrieverGateFailed
 from lmindexer.idtable import IdTable
+from lmindexer.layout import CURRENT
 from lmindexer.options import parse_config
 from lmindexer.pipeline.config import PipelineConfig, normalise_prefix, safe_run_id
 from lmindexer.pipeline.records import current as pipeline_current
 from lmindexer.pipeline.records import read_json, remembered_at, write_json
 from lmindexer.storage.s3 import is_s3_uri, local_copy, open_binary, upload_file
 
-CURRENT = "current.json"
 MODES = ("auto", "retrain")
 _POINTER_FIELDS = ("run_id", "snapshot_uri", "snapshot_version", "ids_uri", "catalog_uri")
 

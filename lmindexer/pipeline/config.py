@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
+from lmindexer import layout
 from lmindexer.methods import DEFAULT_METHOD, INDEXER_CONFIGS, INDEXER_METHODS, IndexerConfig, MixedPrecision
 from lmindexer.options import describe_validation_error
 
@@ -48,13 +49,13 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base_uri: str = Field(description="root of the catalogue store: s3://bucket[/prefix] or a local directory")
-    incoming_prefix: str = "incoming/"
-    quarantine_prefix: str = "quarantine/"
-    staged_prefix: str = "staged/"
-    models_prefix: str = "models/"
-    ids_prefix: str = "ids/"
-    catalog_prefix: str = "catalog/"
-    state_prefix: str = "state/"
+    incoming_prefix: str = layout.INCOMING_PREFIX
+    quarantine_prefix: str = layout.QUARANTINE_PREFIX
+    staged_prefix: str = layout.STAGED_PREFIX
+    models_prefix: str = layout.MODELS_PREFIX
+    ids_prefix: str = layout.IDS_PREFIX
+    catalog_prefix: str = layout.CATALOG_PREFIX
+    state_prefix: str = layout.STATE_PREFIX
     method: str = Field(DEFAULT_METHOD, description="indexer method trained on a retrain")
     # Typed by the method (its class in lmindexer.methods) and validated with the rest of the config, so a bad option
     # fails at load, before any task runs; the training task receives these options already resolved.
@@ -110,4 +111,4 @@ class PipelineConfig(BaseModel):
         return normalise_prefix(value)
 
     def uri(self, *parts: str) -> str:
-        return "/".join([self.base_uri.rstrip("/"), *(p.strip("/") for p in parts)])
+        return layout.join_uri(self.base_uri, *parts)

@@ -17,11 +17,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from lmindexer.layout import CURRENT
 from lmindexer.pipeline.config import PipelineConfig
 from lmindexer.storage.s3 import StorageError, exists, open_binary, write_bytes
 from lmindexer.storage.versioned import read_versioned, write_if_version
 
-CURRENT = "current.json"
 CHECKSUM_KEY = "_checksum"
 
 

@@ -25,8 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lmindexer.errors import UserError
-
-S3_SCHEME = "s3://"
+from lmindexer.layout import S3_SCHEME, is_s3_uri
 
 
 class StorageError(UserError):
@@ -49,10 +48,6 @@ class S3Location:
 
     def __str__(self) -> str:
         return f"{S3_SCHEME}{self.bucket}/{self.key}"
-
-
-def is_s3_uri(location: str | os.PathLike[str]) -> bool:
-    return isinstance(location, str) and location.startswith(S3_SCHEME)
 
 
 _default_client_options: dict[str, Any] = {}

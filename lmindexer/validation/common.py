@@ -6,14 +6,14 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from lmindexer.errors import ConfigError, UserError
-from lmindexer.storage.s3 import S3Location, is_s3_uri
+from lmindexer.layout import QUARANTINE_PREFIX, STAGED_PREFIX, is_s3_uri, join_uri
+from lmindexer.storage.s3 import S3Location
 
-DEFAULT_STAGED_PREFIX = "staged"
-DEFAULT_QUARANTINE_PREFIX = "quarantine"
+DEFAULT_STAGED_PREFIX = STAGED_PREFIX
+DEFAULT_QUARANTINE_PREFIX = QUARANTINE_PREFIX
 STAGED_ITEMS = "items.parquet"
 REJECTED_ROWS = "rejected.jsonl"
 VALIDATION_RESULT = "validation.json"
@@ -43,14 +43,6 @@ def check_run_id(run_id: str) -> str:
                 f"invalid run id {run_id!r}: use letters, digits and . _ : + = @ , - in '/'-separated segments"
             )
     return run_id
-
-
-def join_uri(base_uri: str, *parts: str) -> str:
-    """``base_uri`` (``s3://bucket``, ``s3://bucket/root`` or a local directory) joined with relative parts."""
-    clean = [p.strip("/") for p in parts if p.strip("/")]
-    if is_s3_uri(base_uri):
-        return "/".join([base_uri.rstrip("/"), *clean])
-    return str(Path(base_uri).joinpath(*clean))
 
 
 @dataclass(frozen=True)

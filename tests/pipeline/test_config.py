@@ -36,7 +36,10 @@ def test_indexer_options_are_typed_by_the_method():
         ({"indexer": {"levels": 3, "codebook_size": [4, 4]}}, "codebook_size: 2 values but levels is 3"),
         ({"method": "lmindexer", "indexer": {"preset": "huge"}}, "indexer: lmindexer options: preset: Input should be"),
         # An option of another method is not silently ignored.
-        ({"method": "hkmeans", "indexer": {"preset": "fast"}}, "hkmeans options: preset: Extra inputs are not permitted"),
+        (
+            {"method": "hkmeans", "indexer": {"preset": "fast"}},
+            "hkmeans options: preset: Extra inputs are not permitted",
+        ),
         ({"indexer": [8, 3]}, "the options of 'rq-kmeans' are a mapping, not list"),
         ({"method": "nope"}, "unknown indexer method 'nope'"),
     ],
