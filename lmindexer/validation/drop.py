@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lmindexer.catalog.items import BigInteger, Item, RowError, raw_excerpt
-from lmindexer.catalog.readers import CatalogReader
+from lmindexer.catalog.readers import CatalogReader, ReadSummary
 from lmindexer.errors import ConfigError
 from lmindexer.storage.s3 import remove, upload_file, write_bytes
 from lmindexer.validation.common import (
@@ -341,95 +341,36 @@ def validate_drop(
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"the invalid-row threshold is a share between 0 and 1, got {threshold}")
     layout = RunLayout(base_uri, run_id, staged_prefix, quarantine_prefix)
-    frame = _ContractFrame()
-    rejected: set[int] = set()
-    staged_rows: list[int] = []  # the source row of each staged item, in file order
-    pending: list[int] = []  # rows parsed since the last batch was handed out
 
     with tempfile.TemporaryDirectory(prefix="lmindexer-validate-") as tmp:
         rejected_path = Path(tmp) / "rejected.jsonl"
         staged_path = Path(tmp) / "items.parquet"
         metadata = {_STAGED_METADATA_KEY: json.dumps({"source": source_uri, "run_id": run_id}).encode()}
-        schema = STAGED_SCHEMA.with_metadata(metadata)
-
-        with (
-            rejected_path.open("w", encoding="utf-8") as rejects,
-            pq.ParquetWriter(staged_path, schema, compression="zstd") as writer,
-        ):
-
-            def on_row(row: int, record: Any, errors: Sequence[RowError]) -> None:
-                frame.add(row, record, errors)
-                pending.append(row)
-
-            def on_reject(errors: Sequence[RowError]) -> None:
-                rejected.add(errors[0].row)
-                _write_line(rejects, _quarantine_record(source_uri, errors))
-
-            reader = _TeeReader(
-                source_uri, on_row=on_row, on_reject=on_reject, s3_client=s3_client, batch_size=batch_size
-            )
-            for batch in reader:
-                # The reader checks rows one at a time and hands out a batch right after its last item, so the
-                # rows parsed since the previous batch are exactly this batch's items plus rejected rows.
-                accepted = [row for row in pending if row not in rejected]
-                if len(accepted) != len(batch):
-                    raise AssertionError(f"row bookkeeping lost track: {len(accepted)} rows for {len(batch)} items")
-                staged_rows.extend(accepted)
-                pending.clear()
-                writer.write_batch(_staged_batch(batch))
-            summary = reader.summary
-            by_rule = Counter(summary.rejections_by_rule)
-
-            extra_meta = {"source": source_uri, "run_id": run_id, "threshold": threshold}
-            outcome = run_suite(
-                INPUT_SUITE,
-                frame.to_pandas(rejected),
-                input_expectations(threshold),
-                index_columns=[SOURCE_ROW, "item_id"],
-                run_name=run_id,
-                extra_meta=extra_meta,
-            )
-            unexplained = _unexplained_rows(outcome, rejected)
-
+        rows = _stage_rows(source_uri, rejected_path, staged_path, metadata, s3_client=s3_client, batch_size=batch_size)
+        by_rule = Counter(rows.summary.rejections_by_rule)
+        extra_meta = {"source": source_uri, "run_id": run_id, "threshold": threshold}
+        outcome = _input_suite(rows, threshold, run_id, extra_meta)
+        unexplained = _unexplained_rows(outcome, rows.rejected)
         if unexplained:
-            log.warning(
-                "%s: %d rows passed the row rules but failed the input suite; quarantining them as %s",
-                source_uri,
-                len(unexplained),
-                FAILED_EXPECTATION,
-            )
-            _quarantine_unexplained(source_uri, unexplained, staged_rows, staged_path, rejected_path, metadata)
-            rejected.update(unexplained)
+            _quarantine_unexplained(source_uri, unexplained, rows.staged, staged_path, rejected_path, metadata)
+            rows.rejected.update(unexplained)
+            rows.staged = [row for row in rows.staged if row not in unexplained]
             by_rule[FAILED_EXPECTATION] += len(unexplained)
-            staged_rows = [row for row in staged_rows if row not in unexplained]
-            # Rerun so the stored result and the gate count the rows that are actually quarantined.
-            outcome = run_suite(
-                INPUT_SUITE,
-                frame.to_pandas(rejected),
-                input_expectations(threshold),
-                index_columns=[SOURCE_ROW, "item_id"],
-                run_name=run_id,
-                extra_meta=extra_meta,
-            )
+            # Again, on the rows now left: the stored result and the gate count the rows actually quarantined.
+            outcome = _input_suite(rows, threshold, run_id, extra_meta)
 
-        rows_in = summary.rows_in
-        quarantined = len(rejected)
-        staged = len(staged_rows)
+        rows_in, quarantined, staged = rows.summary.rows_in, len(rows.rejected), len(rows.staged)
         if rows_in != staged + quarantined:
             raise AssertionError(f"counts do not reconcile: {rows_in} rows in, {staged} staged, {quarantined} out")
         share = quarantined / rows_in if rows_in else 0.0
         success = share <= threshold
-        tombstones = 0
-        if staged:
-            deleted = pq.read_table(staged_path, columns=["deleted"]).column("deleted")
-            tombstones = int(pc.sum(deleted).as_py() or 0)
         result = DropValidation(
             source=source_uri,
             run_id=run_id,
             rows_in=rows_in,
             staged=staged,
             quarantined=quarantined,
-            tombstones=tombstones,
+            tombstones=_tombstones(staged_path) if staged else 0,
             rejections_by_rule=dict(sorted(by_rule.items())),
             invalid_share=share,
             threshold=threshold,
@@ -460,13 +401,86 @@ def validate_drop(
         )
 
     if not success:
-        rules = ", ".join(f"{rule} {count}" for rule, count in result.rejections_by_rule.items())
-        raise ValidationFailed(
-            f"{source_uri}: {quarantined} of {rows_in} rows ({share:.1%}) were rejected, more than the "
-            f"{threshold:.1%} allowed ({rules}); rejected rows and reasons are in {layout.rejected_rows}",
-            result,
-        )
+        raise _over_threshold(result)
     return result
+
+
+def _over_threshold(result: DropValidation) -> ValidationFailed:
+    rules = ", ".join(f"{rule} {count}" for rule, count in result.rejections_by_rule.items())
+    return ValidationFailed(
+        f"{result.source}: {result.quarantined} of {result.rows_in} rows ({result.invalid_share:.1%}) were rejected, "
+        f"more than the {result.threshold:.1%} allowed ({rules}); rejected rows and reasons are in "
+        f"{result.quarantine_uri}",
+        result,
+    )
+
+
+@dataclass
+class _StagedRows:
+    """What reading a drop produced: the read's counts, the contract frame of every row, the rejected source rows,
+    and the source row of each staged item in file order."""
+
+    summary: ReadSummary
+    frame: _ContractFrame
+    rejected: set[int]
+    staged: list[int]
+
+
+def _stage_rows(
+    source_uri: str,
+    rejected_path: Path,
+    staged_path: Path,
+    metadata: dict[bytes | str, bytes],
+    *,
+    s3_client: Any,
+    batch_size: int,
+) -> _StagedRows:
+    """Read the drop once: rows that break a row rule to ``rejected_path``, the others to ``staged_path``."""
+    frame = _ContractFrame()
+    rejected: set[int] = set()
+    staged_rows: list[int] = []
+    pending: list[int] = []  # rows parsed since the last batch was handed out
+    with (
+        rejected_path.open("w", encoding="utf-8") as rejects,
+        pq.ParquetWriter(staged_path, STAGED_SCHEMA.with_metadata(metadata), compression="zstd") as writer,
+    ):
+
+        def on_row(row: int, record: Any, errors: Sequence[RowError]) -> None:
+            frame.add(row, record, errors)
+            pending.append(row)
+
+        def on_reject(errors: Sequence[RowError]) -> None:
+            rejected.add(errors[0].row)
+            _write_line(rejects, _quarantine_record(source_uri, errors))
+
+        reader = _TeeReader(source_uri, on_row=on_row, on_reject=on_reject, s3_client=s3_client, batch_size=batch_size)
+        for batch in reader:
+            # The reader checks rows one at a time and hands out a batch right after its last item, so the
+            # rows parsed since the previous batch are exactly this batch's items plus rejected rows.
+            accepted = [row for row in pending if row not in rejected]
+            if len(accepted) != len(batch):
+                raise AssertionError(f"row bookkeeping lost track: {len(accepted)} rows for {len(batch)} items")
+            staged_rows.extend(accepted)
+            pending.clear()
+            writer.write_batch(_staged_batch(batch))
+    return _StagedRows(reader.summary, frame, rejected, staged_rows)
+
+
+def _input_suite(rows: _StagedRows, threshold: float, run_id: str, extra_meta: dict[str, Any]) -> Any:
+    """The GX input suite over every row of the drop, the rejected ones marked as such."""
+    return run_suite(
+        INPUT_SUITE,
+        rows.frame.to_pandas(rows.rejected),
+        input_expectations(threshold),
+        index_columns=[SOURCE_ROW, "item_id"],
+        run_name=run_id,
+        extra_meta=extra_meta,
+    )
+
+
+def _tombstones(staged_path: Path) -> int:
+    deleted = pq.read_table(staged_path, columns=["deleted"]).column("deleted")
+    return int(pc.sum(deleted).as_py() or 0)
 
 
 def _write_line(handle: IO[str], record: dict[str, Any]) -> None:
@@ -482,6 +496,12 @@ def _quarantine_unexplained(
     metadata: Mapping[bytes, bytes],
 ) -> None:
     """Move rows only the input suite rejected from the staged file to the quarantine file."""
+    log.warning(
+        "%s: %d rows passed the row rules but failed the input suite; quarantining them as %s",
+        source,
+        len(unexplained),
+        FAILED_EXPECTATION,
+    )
     table = pq.read_table(staged_path)
     keep = [row not in unexplained for row in staged_rows]
     moved = table.filter(pa.array([not k for k in keep]))
