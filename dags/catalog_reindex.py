@@ -1,5 +1,8 @@
 """catalog_reindex: new catalogue drops in S3 -> validated -> semantic IDs (apply or retrain) -> checked -> published.
 
+Five task groups tell the story: ingest (discover, validate, merge), index (decide, train, assign), gate (check),
+go_live (publish, then the alias swap as its own task), record (commit, confirm).
+
 Every step is a function of ``lmindexer.pipeline.steps``; this file only wires them, handing each task's typed
 result (``lmindexer.pipeline.results``) to the next as JSON. Each step stores its result
 under the run's state, so retrying a task or rerunning the run repeats no work and works on the drops the run first
@@ -12,7 +15,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
+from airflow.sdk import Param, TaskGroup, TriggerRule, dag, get_current_context, task
 from lmindexer_airflow.assets import SEARCH_INDEX, SEMANTIC_IDS
 from lmindexer_airflow.context import prepare, search_config, task_defaults
 
@@ -138,6 +141,15 @@ def catalog_reindex() -> None:
             Reduced.from_xcom(reduced),
         ).to_xcom()  # fmt: skip
 
+    @task
+    def swap_alias(merged: dict, published: dict) -> dict:
+        from lmindexer.pipeline import steps
+
+        config, run_id = _setup()
+        return steps.swap_alias(
+            config, search_config(), run_id, Merged.from_xcom(merged), Published.from_xcom(published)
+        ).to_xcom()
+
     @task(outlets=[SEMANTIC_IDS])
     def commit(
         validated: list[dict],
@@ -163,20 +175,27 @@ def catalog_reindex() -> None:
 
         return steps.confirm_drops(ValidatedDrop.many(validated)).to_xcom()
 
-    drops = discover()
-    gate = has_new_drops(drops)
-    validated = validate(drops)
-    gate >> validated
-    merged = merge(validated)
-    decision = decide(merged)
-    snapshot = train(merged, decision)
-    shards = plan_shards(merged, snapshot)
-    coded = assign_shard.partial(snapshot=snapshot).expand(shard=shards)
-    reduced = reduce_ids(snapshot, coded)
-    checked = check(merged, decision, snapshot, reduced)
-    published = publish(merged, decision, reduced, checked)
-    committed = commit(validated, merged, decision, snapshot, reduced, checked, published)
-    confirm(validated, committed)
+    # The story, one group per chapter; task ids stay unprefixed (logs, alerts and retries name them as before).
+    with TaskGroup("ingest", prefix_group_id=False, tooltip="new drops found, validated, merged into the catalogue"):
+        drops = discover()
+        validated = validate(drops)
+        has_new_drops(drops) >> validated
+        merged = merge(validated)
+    with TaskGroup("index", prefix_group_id=False, tooltip="apply the snapshot or retrain; IDs for new items"):
+        decision = decide(merged)
+        snapshot = train(merged, decision)
+        shards = plan_shards(merged, snapshot)
+        coded = assign_shard.partial(snapshot=snapshot).expand(shard=shards)
+        reduced = reduce_ids(snapshot, coded)
+    with TaskGroup("gate", prefix_group_id=False, tooltip="the output suite and the quality gates"):
+        checked = check(merged, decision, snapshot, reduced)
+    with TaskGroup("go_live", prefix_group_id=False, tooltip="load and verify the index, then swap the alias"):
+        published = publish(merged, decision, reduced, checked)
+        swapped = swap_alias(merged, published)
+    with TaskGroup("record", prefix_group_id=False, tooltip="make the run current; fail it if a drop was rejected"):
+        committed = commit(validated, merged, decision, snapshot, reduced, checked, published)
+        swapped >> committed
+        confirm(validated, committed)
 
 
 catalog_reindex()

@@ -229,7 +229,8 @@ class Checked(StepResult):
 
 @dataclass(frozen=True)
 class Published(StepResult):
-    """What reached the search alias: a new index swapped in (``full``) or upserts and deletes (``incremental``)."""
+    """What reached the search engine: a new index loaded and verified beside the live one (``full``; ``swap_alias``
+    makes it live), or upserts and deletes through the alias (``incremental``)."""
 
     mode: Literal["full", "incremental"]
     index: str | None
@@ -238,7 +239,7 @@ class Published(StepResult):
     attempted: int = 0
     indexed: int = 0
     deleted: int = 0
-    # The publisher's own account (bulk counts, the swap, errors kept up to 50), as it reported it.
+    # The publisher's own account (bulk counts, verification, errors kept up to 50), as it reported it.
     details: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -252,6 +253,19 @@ class Published(StepResult):
                 "details": {**dict(data.get("details") or {}), **{k: v for k, v in data.items() if k not in own}}
             }
         return super().from_xcom(data)
+
+
+@dataclass(frozen=True)
+class Swapped(StepResult):
+    """The alias after ``swap_alias``: moved to the run's new index (``swapped``), found there already, or left as it
+    was after an incremental publish (``alias`` None: nothing to move)."""
+
+    alias: str | None
+    index: str | None
+    previous_index: str | None
+    swapped: bool
+    pruned: list[str] = field(default_factory=list)
+    prune_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +312,7 @@ __all__ = [
     "ShardCodes",
     "Snapshot",
     "StepResult",
+    "Swapped",
     "ValidatedDrop",
     "accepted",
     "to_xcom",

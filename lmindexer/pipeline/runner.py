@@ -47,6 +47,7 @@ def run_pipeline(
     reduced = record("reduce_ids", steps.reduce_ids(config, run_id, snapshot, coded))
     checked = record("check", steps.check(config, run_id, merged, decision, snapshot, reduced))
     published = record("publish", steps.publish(config, search, run_id, merged, decision, reduced))
+    record("swap_alias", steps.swap_alias(config, search, run_id, merged, published))
     record("commit", steps.commit(config, run_id, validated, merged, decision, snapshot, reduced, checked, published))
     record("confirm", steps.confirm_drops(validated))
     return done

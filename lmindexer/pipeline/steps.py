@@ -65,6 +65,7 @@ from lmindexer.pipeline.results import (
     Shard,
     ShardCodes,
     Snapshot,
+    Swapped,
     ValidatedDrop,
     accepted,
 )
@@ -415,8 +416,9 @@ def check(
 def publish(
     config: PipelineConfig, search: Any, run_id: str, merged: Merged, decision: Decision, reduced: Reduced
 ) -> Published:
-    """Publish to the search alias: a new versioned index and one alias swap after a retrain (or when the alias
-    does not exist yet); otherwise upserts of new and changed items and deletes of removed ones through the alias.
+    """Publish to the search engine: after a retrain (or when the alias does not exist yet) a new versioned index,
+    loaded and verified beside the live one, which :func:`swap_alias` then makes live; otherwise upserts of new and
+    changed items and deletes of removed ones through the alias.
 
     Documents the engine refuses for what they hold (a 4xx answer such as a field of the wrong type) are
     quarantined with the engine's reason, up to the invalid-row threshold of the documents sent; a failure that
@@ -437,7 +439,7 @@ def publish(
             with SearchBackend(settings.model_copy(update={"max_failed_documents": allowed})) as backend:
                 result = backend.publish_full(
                     iter_documents(catalogue.values(), table), table.space.snapshot_version, run_id,
-                    total=len(catalogue),
+                    total=len(catalogue), live=False,
                 )  # fmt: skip
             refused = [e for e in result.bulk.errors if e.refused]
             return Published(
@@ -472,6 +474,23 @@ def publish(
         ).to_xcom()  # fmt: skip
 
     return Published.from_xcom(remembered(config, run_id, "publish", compute))
+
+
+def swap_alias(config: PipelineConfig, search: Any, run_id: str, merged: Merged, published: Published) -> Swapped:
+    """Make a full publish's new index live: one atomic alias swap, then old indexes pruned down to
+    ``keep_indexes``. A step of its own so that the moment readers change over is seen, and retried, on its own; a
+    run that has gone stale (another run committed since it merged) never swaps. After an incremental publish the
+    alias already serves the changes and nothing moves."""
+    from lmindexer.search import SearchBackend, load_search_config
+
+    def compute() -> dict[str, Any]:
+        if published.mode != "full" or published.index is None:
+            return Swapped(alias=None, index=published.index, previous_index=published.index, swapped=False).to_xcom()
+        _ensure_not_stale(config, run_id, merged)
+        with SearchBackend(load_search_config(search)) as backend:
+            return Swapped(**backend.swap_alias(published.index).to_dict()).to_xcom()
+
+    return Swapped.from_xcom(remembered(config, run_id, "swap", compute))
 
 
 def commit(
@@ -743,6 +762,7 @@ __all__ = [
     "publish",
     "read_catalog_rows",
     "reduce_ids",
+    "swap_alias",
     "train",
     "train_command",
     "validate_drops",

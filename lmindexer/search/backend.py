@@ -188,7 +188,7 @@ class IndexInfo:
 
 @dataclass
 class PublishResult:
-    """The outcome of a full publish that went live."""
+    """The outcome of a full publish: a new, verified index, live unless it was built with ``live=False``."""
 
     alias: str
     index: str
@@ -201,11 +201,27 @@ class PublishResult:
     pruned: list[str] = field(default_factory=list)
     prune_error: str | None = None
     already_live: bool = False
+    live: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["bulk"] = self.bulk.to_dict()
         return data
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    """The alias moved to ``index`` (``swapped``), or found already there; and the old indexes then pruned."""
+
+    alias: str
+    index: str
+    previous_index: str | None
+    swapped: bool
+    pruned: list[str] = field(default_factory=list)
+    prune_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -381,9 +397,11 @@ class SearchBackend:
         *,
         progress: bool = False,
         total: int | None = None,
+        live: bool = True,
     ) -> PublishResult:
         """Load ``docs`` into a new index (named by :func:`~lmindexer.search.documents.index_name`), verify it,
-        make it live with one atomic alias swap and prune old indexes down to ``keep_indexes``.
+        make it live with one atomic alias swap and prune old indexes down to ``keep_indexes``. With ``live=False``
+        the verified index is left beside the live one, for :meth:`swap_alias` to make live as a step of its own.
 
         Raises :class:`PublishError` (alias untouched) when loading or verification fails. Rerunning with the same
         version and run id replaces a leftover index of a failed attempt; if that index is already live, the
@@ -429,7 +447,8 @@ class SearchBackend:
             self._bulk(self._index_actions(docs, index, result, sample), result, progress=progress, total=total)
             doc_count, sample_checked = self._verify(index, result, sample)
             self.engine.put_meta(index, {META_KEY: {**meta, "verified": True, "documents": doc_count}})
-            self._swap(index, previous)
+            if live:
+                self._swap(index, previous)
         except Exception as exc:
             failure = self._abandon(index, previous, result, exc)
             if isinstance(exc, (UserError, *self.engine.client_errors())):
@@ -438,6 +457,10 @@ class SearchBackend:
         except BaseException:
             self._abandon(index, previous, result, None)
             raise
+        if not live:
+            logger.info("%s is loaded and verified (%s); alias %s still points at %s", index, result.summary(), alias,
+                        previous)  # fmt: skip
+            return PublishResult(alias, index, previous, version, run_id, result, doc_count, sample_checked, live=False)
         logger.info("alias %s now points at %s (%s)", alias, index, result.summary())
 
         pruned, prune_error = self._prune(cutoff=meta["created_at"])
@@ -536,6 +559,29 @@ class SearchBackend:
                     f"(e.g. {differing[:5]})"
                 )
         return doc_count, len(expected)
+
+    def swap_alias(self, index: str) -> SwapResult:
+        """Make ``index``, a verified index of this alias (from ``publish_full(..., live=False)``), live in one atomic
+        request, then prune old indexes down to ``keep_indexes``. Idempotent: if ``index`` is live already, nothing
+        changes. Refuses an index this alias did not publish, or one whose load was not verified."""
+        previous = self.live_index()
+        if previous == index:
+            logger.info("alias %s already points at %s", self.alias, index)
+            return SwapResult(self.alias, index, previous, swapped=False)
+        with self.engine.translate(f"checking index {index}"):
+            exists = self.engine.index_exists(index)
+        meta = self._index_meta(index) if exists else {}
+        if meta.get("alias") != self.alias or not meta.get("verified"):
+            reason = "does not exist" if not exists else "is not a verified index of this alias"
+            raise SearchError(
+                f"cannot point alias {self.alias!r} at {index}: it {reason}; the alias still points at "
+                f"{previous or 'nothing'}"
+            )
+        with self.engine.translate(f"moving alias {self.alias!r} from {previous or 'nothing'} to {index}"):
+            self._swap(index, previous)
+        logger.info("alias %s now points at %s (was %s)", self.alias, index, previous)
+        pruned, prune_error = self._prune(cutoff=str(meta.get("created_at") or ""))
+        return SwapResult(self.alias, index, previous, swapped=True, pruned=pruned, prune_error=prune_error)
 
     def _swap(self, index: str, previous: str | None) -> None:
         actions: list[dict[str, Any]] = []

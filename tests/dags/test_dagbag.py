@@ -18,6 +18,8 @@ print(json.dumps({
     "max_active_runs": dag.max_active_runs if dag else None,
     "train_queue": dag.task_dict["train"].queue if dag else None,
     "params": sorted(dag.params.keys()) if dag else [],
+    "groups": {t.task_id: t.task_group.group_id for t in dag.tasks} if dag else {},
+    "downstream": {t: sorted(dag.task_dict[t].downstream_task_ids) for t in ("publish", "swap_alias")} if dag else {},
     "retries": dag.task_dict["discover"].retries if dag else None,
     "failure_callbacks": [getattr(c, "__name__", str(c)) for c in dag.task_dict["discover"].on_failure_callback or []]
     if dag else [],
@@ -35,7 +37,7 @@ def test_dagbag_loads_without_import_errors(airflow_home):
     assert report["tasks"] == sorted(
         [
             "discover", "has_new_drops", "validate", "merge", "decide", "train", "plan_shards", "assign_shard",
-            "reduce_ids", "check", "publish", "commit", "confirm",
+            "reduce_ids", "check", "publish", "swap_alias", "commit", "confirm",
         ]
     )  # fmt: skip
     assert report["schedule"] == "0 2 * * *"
@@ -44,3 +46,22 @@ def test_dagbag_loads_without_import_errors(airflow_home):
     assert report["retries"] == 2 and report["failure_callbacks"] == ["log_failure"]
     assert report["train_queue"] == "gpu"
     assert report["params"] == ["max_invalid_share", "mode", "retrain_added_share"]
+
+
+def test_the_dag_reads_as_the_story_with_the_alias_swap_its_own_task(airflow_home):
+    completed = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=airflow_home, capture_output=True, text=True, timeout=300, check=True
+    )
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    chapters: dict[str, list[str]] = {}
+    for task_id, group in report["groups"].items():
+        chapters.setdefault(group, []).append(task_id)
+    assert {group: sorted(tasks) for group, tasks in chapters.items()} == {
+        "ingest": ["discover", "has_new_drops", "merge", "validate"],
+        "index": ["assign_shard", "decide", "plan_shards", "reduce_ids", "train"],
+        "gate": ["check"],
+        "go_live": ["publish", "swap_alias"],
+        "record": ["commit", "confirm"],
+    }
+    # The swap comes after the load and before anything is made current.
+    assert report["downstream"] == {"publish": ["commit", "swap_alias"], "swap_alias": ["commit"]}

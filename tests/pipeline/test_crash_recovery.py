@@ -31,7 +31,9 @@ from lmindexer.storage.state import ProcessingState
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parents[1]
 BASE, NEW = 60, 12
-STEPS = ["discover", "validate", "merge", "decide", "train", "plan", "assign-00000", "reduce", "check", "publish"]
+STEPS = [
+    "discover", "validate", "merge", "decide", "train", "plan", "assign-00000", "reduce", "check", "publish", "swap",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,37 @@ def test_full_publish_goes_live_behind_the_alias(engine, make_backend, docs_fact
     assert json.loads(json.dumps(info.to_dict()))["live"] is True
 
 
+def test_an_index_built_apart_goes_live_only_when_the_alias_is_swapped(engine, make_backend, docs_factory):
+    backend = make_backend(engine)
+    first = backend.publish_full(docs_factory(30), "v1", "r1").index
+    built = backend.publish_full(docs_factory(45, title="new"), "v2", "r2", live=False)
+    assert (built.live, built.previous_index, built.doc_count) == (False, first, 45)
+    # Loaded and verified beside the live index; readers still see the old one.
+    assert backend.live_index() == first and backend.count() == 30
+    assert {i.name: (i.live, i.verified) for i in backend.list_indexes()} == {
+        first: (True, True),
+        built.index: (False, True),
+    }
+    swap = backend.swap_alias(built.index)
+    assert (swap.swapped, swap.previous_index, swap.index) == (True, first, built.index)
+    assert backend.live_index() == built.index and backend.count() == 45
+    # Idempotent: a retried swap changes nothing.
+    again = backend.swap_alias(built.index)
+    assert (again.swapped, again.previous_index) == (False, built.index)
+    assert backend.live_index() == built.index
+
+
+def test_the_alias_is_never_swapped_to_an_index_that_is_not_a_verified_one_of_its_own(make_backend, docs_factory):
+    backend = make_backend()
+    live = backend.publish_full(docs_factory(10), "v1", "r1").index
+    with pytest.raises(SearchError, match="it does not exist; the alias still points at"):
+        backend.swap_alias(f"{backend.alias}-no-such-index")
+    backend.engine.create_index(f"{backend.alias}-stranger", settings={}, mappings={})
+    with pytest.raises(SearchError, match="is not a verified index of this alias"):
+        backend.swap_alias(f"{backend.alias}-stranger")
+    assert backend.live_index() == live
+
+
 def test_lookups_take_semantic_ids_and_user_text_is_only_data(make_backend, docs_factory):
     backend = make_backend()
     backend.publish_full(docs_factory(10), "v1", "r1")
