@@ -499,7 +499,7 @@ def serve(
 
     from lmindexer.downstream.generative import GenerativeModel
     from lmindexer.options import parse_config
-    from lmindexer.search import SearchBackend
+    from lmindexer.search import SearchReader
     from lmindexer.serving import ServingLimits, create_app, serving_threads
 
     if retriever is None and recommender is None:
@@ -524,7 +524,7 @@ def serve(
     with ExitStack() as stack:
         backend = None
         if search:
-            backend = stack.enter_context(SearchBackend(_search_config(url, alias)))
+            backend = stack.enter_context(SearchReader(_search_config(url, alias)))
             try:
                 backend.server_info()
             except UserError as exc:

@@ -48,9 +48,9 @@ def run_summary(
         "publish": _publish_counts(steps["publish"]),
     }
     if search is not None:
-        from lmindexer.search import SearchBackend
+        from lmindexer.search import SearchReader
 
-        with SearchBackend(search) as backend:
+        with SearchReader(search) as backend:
             summary["search"] = {
                 "alias": backend.alias,
                 "live_index": backend.live_index(),

@@ -1,4 +1,5 @@
-"""Publishing semantic IDs to Elasticsearch / OpenSearch: documents, versioned indexes behind an alias, rollback."""
+"""Publishing semantic IDs to Elasticsearch / OpenSearch (:class:`SearchBackend`: versioned indexes behind an alias,
+the alias swap, pruning, rollback) and reading what is live (:class:`SearchReader`: what serving uses)."""
 
 from lmindexer.search.backend import (
     BulkResult,
@@ -22,6 +23,7 @@ from lmindexer.search.documents import (
     prefix_field,
 )
 from lmindexer.search.errors import InvalidDocumentError, PublishError, SearchConfigError, SearchError
+from lmindexer.search.reader import SearchReader
 
 __all__ = [
     "BulkResult",
@@ -35,6 +37,7 @@ __all__ = [
     "SearchConfig",
     "SearchConfigError",
     "SearchError",
+    "SearchReader",
     "SwapResult",
     "TextHit",
     "build_document",

@@ -1,5 +1,6 @@
 """Publishing search documents: full (a new versioned index, made live by one atomic alias swap) or incremental
-(upserts and deletes through the alias), with rollback and lookups.
+(upserts and deletes through the alias), with pruning and rollback. :class:`SearchBackend` is the writer; it reads
+too, through :class:`~lmindexer.search.reader.SearchReader`, which serving uses on its own.
 
 Safety rules, in the order a full publish meets them:
 
@@ -22,242 +23,34 @@ import datetime as dt
 import logging
 import random
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lmindexer.downstream.fusion import PrefixBoosts, prefix_terms
 from lmindexer.errors import UserError
-from lmindexer.search.clients import Engine, connect
-from lmindexer.search.config import SearchConfig, load_search_config
+from lmindexer.search.config import SearchConfig
 from lmindexer.search.documents import (
     MAPPING_VERSION,
-    MAX_PREFIX_LEVELS,
     META_KEY,
-    TEXT_FIELDS,
     index_name,
     index_template,
-    parse_prefix,
     prefix_field,
     template_name,
 )
 from lmindexer.search.errors import PublishError, SearchError
+from lmindexer.search.reader import MAX_LOOKUP_SIZE, SearchReader
+from lmindexer.search.results import (
+    _ERRORS_IN_MESSAGES,
+    BoostedSearch,
+    BulkResult,
+    DocumentError,
+    IndexInfo,
+    PublishResult,
+    RollbackResult,
+    SwapResult,
+    TextHit,
+    _documents,
+)
 
 logger = logging.getLogger(__name__)
-
-MAX_LOOKUP_SIZE = 10_000
-_ERRORS_IN_MESSAGES = 5
-
-
-@dataclass(frozen=True)
-class DocumentError:
-    """One document the engine (or the backend, before sending) refused."""
-
-    item_id: str | None
-    operation: str
-    status: int | None
-    error_type: str
-    reason: str
-
-    @property
-    def refused(self) -> bool:
-        """The document was refused for what it holds: by the engine with a 4xx answer (e.g. a field of the wrong
-        type), or by the backend before sending (no id, a duplicate id, another snapshot's document). Sending it
-        again changes nothing. Throttling (429), timeouts (408) and server errors are not refusals: they may pass
-        on a retry."""
-        if self.status is None:
-            return True
-        return 400 <= self.status < 500 and self.status not in (408, 429)
-
-    def describe(self) -> str:
-        status = "" if self.status is None else f" ({self.status})"
-        return f"{self.operation} {self.item_id!r}{status}: {self.error_type}: {self.reason}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class BulkResult:
-    """What happened to every document of one bulk run.
-
-    ``attempted`` counts every document handed in; once the run completed, ``attempted == succeeded + failed``.
-    A run cut short (the engine went away) has ``unconfirmed > 0``: documents sent without an answer.
-    """
-
-    attempted: int = 0
-    indexed: int = 0
-    deleted: int = 0
-    not_found: int = 0
-    failed: int = 0
-    errors: list[DocumentError] = field(default_factory=list)
-
-    @property
-    def succeeded(self) -> int:
-        return self.indexed + self.deleted + self.not_found
-
-    @property
-    def unconfirmed(self) -> int:
-        return self.attempted - self.succeeded - self.failed
-
-    @property
-    def reconciles(self) -> bool:
-        return self.unconfirmed == 0 and self.failed == len(self.errors)
-
-    def reject(self, item_id: str | None, operation: str, error_type: str, reason: str) -> None:
-        """A document refused before it was sent (counts as attempted and failed)."""
-        self.attempted += 1
-        self.failed += 1
-        self.errors.append(DocumentError(item_id, operation, None, error_type, reason))
-
-    def record(self, ok: bool, response: Mapping[str, Any]) -> None:
-        """One item of a bulk response, as the client helpers yield it (``{op: info}``)."""
-        operation, info = next(iter(response.items()))
-        status = info.get("status")
-        if ok:
-            if operation == "delete":
-                self.deleted += 1
-            else:
-                self.indexed += 1
-            return
-        error = info.get("error")
-        if operation == "delete" and status == 404 and error is None:
-            # Deleting what is not there leaves the index as intended; it is counted, not failed.
-            self.not_found += 1
-            return
-        self.failed += 1
-        if isinstance(error, Mapping):
-            error_type = str(error.get("type", "error"))
-            reason = str(error.get("reason", ""))
-            cause = error.get("caused_by")
-            if isinstance(cause, Mapping) and cause.get("reason"):
-                reason += f" (caused by {cause.get('type')}: {cause.get('reason')})"
-        else:
-            error_type, reason = "error", str(error)
-        self.errors.append(
-            DocumentError(info.get("_id"), operation, status if isinstance(status, int) else None, error_type, reason)
-        )
-
-    def summary(self) -> str:
-        parts = [f"{self.attempted} attempted", f"{self.indexed} indexed"]
-        if self.deleted or self.not_found:
-            parts += [f"{self.deleted} deleted", f"{self.not_found} deletes of missing documents"]
-        parts.append(f"{self.failed} failed")
-        if self.unconfirmed:
-            parts.append(f"{self.unconfirmed} unconfirmed (the run stopped before the engine answered for them)")
-        return ", ".join(parts)
-
-    def describe_errors(self, limit: int = _ERRORS_IN_MESSAGES) -> str:
-        shown = "; ".join(error.describe() for error in self.errors[:limit])
-        more = len(self.errors) - limit
-        return shown + (f"; and {more} more" if more > 0 else "")
-
-    def check(self, max_failed: int = 0) -> BulkResult:
-        """Raise :class:`PublishError` when more than ``max_failed`` documents failed; return ``self`` otherwise."""
-        if self.failed > max_failed:
-            message = f"{_documents(self.failed)} failed ({self.summary()}): {self.describe_errors()}"
-            raise PublishError(message, result=self)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "attempted": self.attempted,
-            "indexed": self.indexed,
-            "deleted": self.deleted,
-            "not_found": self.not_found,
-            "failed": self.failed,
-            "unconfirmed": self.unconfirmed,
-            "errors": [error.to_dict() for error in self.errors],
-        }
-
-
-@dataclass(frozen=True)
-class IndexInfo:
-    """One versioned index of an alias."""
-
-    name: str
-    live: bool
-    verified: bool
-    created_at: str
-    snapshot_version: str | None
-    run_id: str | None
-    doc_count: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class PublishResult:
-    """The outcome of a full publish: a new, verified index, live unless it was built with ``live=False``."""
-
-    alias: str
-    index: str
-    previous_index: str | None
-    snapshot_version: str
-    run_id: str
-    bulk: BulkResult
-    doc_count: int
-    sample_checked: int
-    pruned: list[str] = field(default_factory=list)
-    prune_error: str | None = None
-    already_live: bool = False
-    live: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["bulk"] = self.bulk.to_dict()
-        return data
-
-
-@dataclass(frozen=True)
-class SwapResult:
-    """The alias moved to ``index`` (``swapped``), or found already there; and the old indexes then pruned."""
-
-    alias: str
-    index: str
-    previous_index: str | None
-    swapped: bool
-    pruned: list[str] = field(default_factory=list)
-    prune_error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class TextHit:
-    """One hit of a free-text search: the live document and its relevance score."""
-
-    document: dict[str, Any]
-    score: float
-
-    @property
-    def item_id(self) -> str:
-        return str(self.document["item_id"])
-
-
-@dataclass(frozen=True)
-class BoostedSearch:
-    """The hits of a prefix-boosted text search and the scale its boosts were multiplied by (the plain text search's
-    best score; 1.0 when no document matched a word)."""
-
-    hits: list[TextHit]
-    text_scale: float
-
-
-@dataclass(frozen=True)
-class RollbackResult:
-    alias: str
-    from_index: str
-    to_index: str
-    doc_count: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _documents(count: int) -> str:
-    return f"{count} document" if count == 1 else f"{count} documents"
 
 
 def _now() -> str:
@@ -290,35 +83,9 @@ class _Sample:
             self.docs[item_id] = doc
 
 
-class SearchBackend:
-    """Publishes to one alias on one engine. Use as a context manager, or call :meth:`close`."""
-
-    def __init__(self, config: SearchConfig | Mapping[str, Any] | None = None, *, client: Any = None) -> None:
-        self.config = load_search_config(config)
-        self.engine: Engine = connect(self.config, client)
-
-    @property
-    def alias(self) -> str:
-        return self.config.alias
-
-    @property
-    def client(self) -> Any:
-        """The underlying ``OpenSearch`` / ``Elasticsearch`` client."""
-        return self.engine.client
-
-    def close(self) -> None:
-        self.engine.close()
-
-    def __enter__(self) -> SearchBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def server_info(self) -> dict[str, Any]:
-        """The engine's root endpoint (name, version); a cheap connectivity check."""
-        with self.engine.translate(f"connecting to {self.config.describe()}"):
-            return self.engine.info()
+class SearchBackend(SearchReader):
+    """Publishes to one alias on one engine (and reads it, as :class:`SearchReader`). Use as a context manager, or
+    call :meth:`close`."""
 
     # -- indexes of the alias --------------------------------------------------------------------------------------
 
@@ -331,61 +98,6 @@ class SearchBackend:
         )
         with self.engine.translate(f"installing index template {template_name(self.alias)}"):
             self.engine.put_index_template(template_name(self.alias), body)
-
-    def live_index(self) -> str | None:
-        """The index the alias points at, ``None`` if the alias does not exist."""
-        targets = self._alias_targets()
-        if len(targets) > 1:
-            raise SearchError(f"alias {self.alias!r} points at several indexes ({', '.join(targets)}); expected one")
-        return targets[0] if targets else None
-
-    def list_indexes(self, *, doc_counts: bool = True) -> list[IndexInfo]:
-        """This alias's indexes, newest first, with document counts and which one is live."""
-        live = set(self._alias_targets())
-        infos = []
-        for name, meta in self._managed_indexes():
-            count = None
-            if doc_counts:
-                with self.engine.translate(f"counting documents of {name}"):
-                    count = self.engine.count(name)
-            infos.append(
-                IndexInfo(
-                    name=name,
-                    live=name in live,
-                    verified=bool(meta.get("verified")),
-                    created_at=str(meta.get("created_at", "")),
-                    snapshot_version=meta.get("snapshot_version"),
-                    run_id=meta.get("run_id"),
-                    doc_count=count,
-                )
-            )
-        return infos
-
-    def _alias_targets(self) -> list[str]:
-        with self.engine.translate(f"reading alias {self.alias!r}"):
-            return self.engine.alias_targets(self.alias)
-
-    def _managed_indexes(self) -> list[tuple[str, dict[str, Any]]]:
-        """(name, our _meta) of the indexes created for this alias, newest first.
-
-        ``<alias>-*`` also matches indexes of a longer alias (``catalog-eu-...``) and indexes made by others; only
-        the ``_meta`` record says which ones are ours.
-        """
-        with self.engine.translate(f"listing indexes of alias {self.alias!r}"):
-            indexes = self.engine.get_indexes(f"{self.alias}-*")
-        managed = []
-        for name, description in indexes.items():
-            meta = ((description.get("mappings") or {}).get("_meta") or {}).get(META_KEY)
-            if isinstance(meta, Mapping) and meta.get("alias") == self.alias:
-                managed.append((name, dict(meta)))
-        managed.sort(key=lambda entry: (str(entry[1].get("created_at", "")), entry[0]), reverse=True)
-        return managed
-
-    def _index_meta(self, index: str) -> dict[str, Any]:
-        with self.engine.translate(f"reading the mapping of {index}"):
-            mapping = self.engine.get_mapping(index)
-        meta = (mapping.get("_meta") or {}).get(META_KEY)
-        return dict(meta) if isinstance(meta, Mapping) else {}
 
     # -- full publish ----------------------------------------------------------------------------------------------
 
@@ -415,29 +127,7 @@ class SearchBackend:
             with self.engine.translate(f"counting documents of {index}"):
                 count = self.engine.count(index)
             return PublishResult(alias, index, None, version, run_id, BulkResult(), count, 0, already_live=True)
-        with self.engine.translate(f"preparing index {index}"):
-            if previous is None and self.engine.index_exists(alias):
-                raise SearchError(
-                    f"{alias!r} is an index, not an alias; readers must use an alias, so choose another alias name "
-                    "or move that index away"
-                )
-        self.install_template()
-        with self.engine.translate(f"creating index {index}"):
-            if self.engine.index_exists(index):
-                logger.warning("index %s is left from an attempt that did not go live; replacing it", index)
-                self.engine.delete_index(index)
-            meta = {
-                "alias": alias,
-                "snapshot_version": version,
-                "run_id": run_id,
-                "created_at": _now(),
-                "mapping_version": MAPPING_VERSION,
-                "verified": False,
-            }
-            # Refreshing during a bulk load only costs time; the index is refreshed once before verification.
-            self.engine.create_index(
-                index, settings={"index": {"refresh_interval": "-1"}}, mappings={"_meta": {META_KEY: meta}}
-            )
+        meta = self._create_index(index, version, run_id, previous)
         logger.info("created %s for alias %s (previous: %s)", index, alias, previous)
 
         result = BulkResult()
@@ -464,18 +154,36 @@ class SearchBackend:
         logger.info("alias %s now points at %s (%s)", alias, index, result.summary())
 
         pruned, prune_error = self._prune(cutoff=meta["created_at"])
-        return PublishResult(
-            alias=alias,
-            index=index,
-            previous_index=previous,
-            snapshot_version=version,
-            run_id=run_id,
-            bulk=result,
-            doc_count=doc_count,
-            sample_checked=sample_checked,
-            pruned=pruned,
-            prune_error=prune_error,
-        )
+        return PublishResult(alias, index, previous, version, run_id, result, doc_count, sample_checked, pruned,
+                             prune_error)  # fmt: skip
+
+    def _create_index(self, index: str, version: str, run_id: str, previous: str | None) -> dict[str, Any]:
+        """Create ``index`` empty and unverified, from the alias's template; returns the ``_meta`` it records."""
+        alias = self.alias
+        with self.engine.translate(f"preparing index {index}"):
+            if previous is None and self.engine.index_exists(alias):
+                raise SearchError(
+                    f"{alias!r} is an index, not an alias; readers must use an alias, so choose another alias name "
+                    "or move that index away"
+                )
+        self.install_template()
+        with self.engine.translate(f"creating index {index}"):
+            if self.engine.index_exists(index):
+                logger.warning("index %s is left from an attempt that did not go live; replacing it", index)
+                self.engine.delete_index(index)
+            meta = {
+                "alias": alias,
+                "snapshot_version": version,
+                "run_id": run_id,
+                "created_at": _now(),
+                "mapping_version": MAPPING_VERSION,
+                "verified": False,
+            }
+            # Refreshing during a bulk load only costs time; the index is refreshed once before verification.
+            self.engine.create_index(
+                index, settings={"index": {"refresh_interval": "-1"}}, mappings={"_meta": {META_KEY: meta}}
+            )
+        return meta
 
     def _check_template_applied(self, index: str) -> None:
         mapping = self.engine.get_mapping(index)
@@ -778,95 +486,6 @@ class SearchBackend:
             result.attempted += 1
             yield {"_op_type": "delete", "_index": self.alias, "_id": item_id}
 
-    # -- lookups ---------------------------------------------------------------------------------------------------
-
-    def get(self, item_id: str) -> dict[str, Any] | None:
-        """The live document of an item, ``None`` if there is none."""
-        with self.engine.translate(f"reading {item_id!r} from alias {self.alias!r}"):
-            return self.engine.get(self.alias, item_id)
-
-    def get_many(self, item_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The live documents of those items that have one, by item_id (one request)."""
-        wanted = sorted({item_id for item_id in item_ids if isinstance(item_id, str) and item_id})
-        if not wanted:
-            return {}
-        with self.engine.translate(f"reading {len(wanted)} documents from alias {self.alias!r}"):
-            return self.engine.mget(self.alias, wanted)
-
-    def search_text(self, query: str, size: int = 10) -> list[TextHit]:
-        """Live documents matching free text on their title and text, best first (the engine's BM25 relevance).
-
-        The text goes into a structured ``multi_match`` query as data: query-string operators, field names and
-        wildcards in it are analysed as words, never interpreted.
-        """
-        self._check_text_search(query, size)
-        body = self._text_query(query)
-        with self.engine.translate(f"searching alias {self.alias!r} for text"):
-            hits = self.engine.search_hits(
-                self.alias, query=body, size=size, sort=["_score", {"item_id": "asc"}], track_scores=True
-            )
-        return [TextHit(dict(hit["_source"]), float(hit.get("_score") or 0.0)) for hit in hits]
-
-    def _text_query(self, query: str) -> dict[str, Any]:
-        return {
-            "multi_match": {
-                "query": query,
-                "fields": [f"{name}^{boost:g}" for name, boost in TEXT_FIELDS.items()],
-                "type": "best_fields",
-                # A document matching in both fields ranks above one matching as well in only one of them.
-                "tie_breaker": 0.3,
-            }
-        }
-
-    def search_boosted(self, query: str, boosts: PrefixBoosts, size: int = 10) -> BoostedSearch:
-        """The text search with the generative model's prefix boosts added (:mod:`lmindexer.downstream.fusion`).
-
-        Two requests: the plain text search's best score sets the scale, then one ``bool`` query adds, for each
-        boosted prefix, a ``constant_score`` ``term`` query on its ``sid_prefix_<level>`` field worth that prefix's
-        boost times the scale. A document matching no word of the query but a boosted prefix is a hit too. The
-        prefixes are values in the query body, like the text.
-        """
-        self._check_text_search(query, size)
-        if boosts.levels > MAX_PREFIX_LEVELS:
-            raise SearchError(f"prefix boosts name {boosts.levels} levels; at most {MAX_PREFIX_LEVELS} are published")
-        best = self.search_text(query, size=1)
-        scale = best[0].score if best and best[0].score > 0 else 1.0
-        clauses: list[dict[str, Any]] = [self._text_query(query)]
-        clauses += [
-            {"constant_score": {"filter": {"term": {prefix_field(level): prefix}}, "boost": boost}}
-            for level, prefix, boost in prefix_terms(boosts, scale)
-        ]
-        body = {"bool": {"should": clauses, "minimum_should_match": 1}}
-        with self.engine.translate(f"searching alias {self.alias!r} for text with ID-prefix boosts"):
-            hits = self.engine.search_hits(
-                self.alias, query=body, size=size, sort=["_score", {"item_id": "asc"}], track_scores=True
-            )
-        return BoostedSearch([TextHit(dict(hit["_source"]), float(hit.get("_score") or 0.0)) for hit in hits], scale)
-
-    def _check_text_search(self, query: str, size: int) -> None:
-        if not isinstance(query, str) or not query.strip():
-            raise SearchError("a text search needs a non-empty query")
-        if not 1 <= size <= MAX_LOOKUP_SIZE:
-            raise SearchError(f"size must be between 1 and {MAX_LOOKUP_SIZE}, got {size}")
-
-    def items_sharing_prefix(self, sid: str, level: int, size: int = 10) -> list[dict[str, Any]]:
-        """Live documents whose semantic ID shares the first ``level`` codes of ``sid``, ordered by sid."""
-        if not 1 <= size <= MAX_LOOKUP_SIZE:
-            raise SearchError(f"size must be between 1 and {MAX_LOOKUP_SIZE}, got {size}")
-        prefix = parse_prefix(sid, level)
-        with self.engine.translate(f"searching alias {self.alias!r} for prefix {prefix!r}"):
-            return self.engine.search(
-                self.alias,
-                query={"term": {prefix_field(level): prefix}},
-                size=size,
-                sort=[{"sid": "asc"}, {"item_id": "asc"}],
-            )
-
-    def count(self) -> int:
-        """Documents behind the alias."""
-        with self.engine.translate(f"counting documents of alias {self.alias!r}"):
-            return self.engine.count(self.alias)
-
 
 def rollback_alias(config: SearchConfig | Mapping[str, Any] | None = None) -> RollbackResult:
     """Roll the configured alias back to its previous verified index (what ``lmindexer search rollback`` runs)."""
@@ -878,3 +497,20 @@ def list_alias_indexes(config: SearchConfig | Mapping[str, Any] | None = None) -
     """The configured alias's indexes, newest first, with document counts and which one is live."""
     with SearchBackend(config) as backend:
         return backend.list_indexes()
+
+
+__all__ = [
+    "MAX_LOOKUP_SIZE",
+    "BoostedSearch",
+    "BulkResult",
+    "DocumentError",
+    "IndexInfo",
+    "PublishResult",
+    "RollbackResult",
+    "SearchBackend",
+    "SearchReader",
+    "SwapResult",
+    "TextHit",
+    "list_alias_indexes",
+    "rollback_alias",
+]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from lmindexer.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
-    from lmindexer.search.backend import BulkResult
+    from lmindexer.search.results import BulkResult
 
 
 class SearchError(UserError):

@@ -48,8 +48,9 @@ from lmindexer.downstream.fusion import (
 from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.errors import ConfigError
 from lmindexer.options import parse_config
-from lmindexer.search.backend import BoostedSearch, SearchBackend, TextHit
 from lmindexer.search.errors import SearchError
+from lmindexer.search.reader import SearchReader
+from lmindexer.search.results import BoostedSearch, TextHit
 from lmindexer.serving.batching import Closed, MicroBatcher, Overloaded
 from lmindexer.serving.body_limit import RequestBodyLimit
 
@@ -485,7 +486,7 @@ def create_app(
     *,
     retriever: GenerativeModel | None,
     recommender: GenerativeModel | None,
-    backend: SearchBackend | None,
+    backend: SearchReader | None,
     limits: ServingLimits | Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """The API over whichever components are given. The caller owns them (and closes the backend)."""
@@ -556,7 +557,7 @@ def create_app(
             results = [ResultItem(item_id=i, sid=sid, score=s, source="generative") for i, s, sid in beam[:k]]
             return SearchResponse(query=text, k=k, mode=chosen, blend=False, results=results)
         # Checked before decoding: a request that can only end in 503 costs no beam search.
-        search_backend: SearchBackend = _need(
+        search_backend: SearchReader = _need(
             backend, f"{'blend=true' if blend else f'mode={chosen}'} needs the search backend, which is not configured"
         )
         beam = served.batcher.submit(text)
@@ -623,7 +624,7 @@ def create_app(
         item_id: str = PathParam(..., min_length=1, max_length=MAX_ITEM_ID_LENGTH, description="the item"),
         k: SimilarK = similar_default,
     ) -> SimilarResponse:
-        search_backend: SearchBackend = _need(backend, "no search backend is configured on this server")
+        search_backend: SearchReader = _need(backend, "no search backend is configured on this server")
         item_id = unicodedata.normalize("NFC", item_id)  # catalogue ids are stored in NFC
         document = search_backend.get(item_id)
         if document is None:
