@@ -15,6 +15,9 @@ from airflow.sdk import Param, dag, get_current_context, task
 from lmindexer_airflow.assets import RETRIEVER, SEMANTIC_IDS
 from lmindexer_airflow.context import prepare_retriever, task_defaults
 
+# The typed results the steps hand each other; tasks pass their JSON (to_xcom / from_xcom). Light: no model stack.
+from lmindexer.downstream.results import EvaluatedRetriever, GateOutcome, RefreshPlan, TrainedRetriever
+
 
 def _setup():
     return prepare_retriever(get_current_context())
@@ -37,25 +40,25 @@ def retriever_refresh() -> None:
         from lmindexer.downstream import jobs
 
         pipeline, retriever, run_id = _setup()
-        return jobs.plan_refresh(pipeline, retriever, run_id, mode=get_current_context()["params"]["mode"])
+        return jobs.plan_refresh(pipeline, retriever, run_id, mode=get_current_context()["params"]["mode"]).to_xcom()
 
     @task.branch
     def route(planned: dict) -> str:
-        return {"retrain": "train", "sync": "sync", "none": "up_to_date"}[planned["action"]]
+        return {"retrain": "train", "sync": "sync", "none": "up_to_date"}[RefreshPlan.from_xcom(planned).action]
 
     @task(queue="gpu", execution_timeout=timedelta(hours=6))
     def train(planned: dict) -> dict:
         from lmindexer.downstream import jobs
 
         pipeline, retriever, run_id = _setup()
-        return jobs.train_retriever(pipeline, retriever, run_id, planned)
+        return jobs.train_retriever(pipeline, retriever, run_id, RefreshPlan.from_xcom(planned)).to_xcom()
 
     @task
     def evaluate(trained: dict) -> dict:
         from lmindexer.downstream import jobs
 
         pipeline, retriever, run_id = _setup()
-        return jobs.evaluate_retriever(pipeline, retriever, run_id, trained)
+        return jobs.evaluate_retriever(pipeline, retriever, run_id, TrainedRetriever.from_xcom(trained)).to_xcom()
 
     # A failed gate is a verdict on a stored evaluation: retrying cannot change it.
     @task(retries=0)
@@ -63,25 +66,25 @@ def retriever_refresh() -> None:
         from lmindexer.downstream import jobs
 
         pipeline, retriever, run_id = _setup()
-        return jobs.gate_retriever(pipeline, retriever, run_id, evaluated)
+        return jobs.gate_retriever(pipeline, retriever, run_id, EvaluatedRetriever.from_xcom(evaluated)).to_xcom()
 
     @task(outlets=[RETRIEVER])
     def promote(gated: dict) -> dict:
         from lmindexer.downstream import jobs
 
         pipeline, retriever, run_id = _setup()
-        return jobs.promote_retriever(pipeline, retriever, run_id, gated)
+        return jobs.promote_retriever(pipeline, retriever, run_id, GateOutcome.from_xcom(gated)).to_xcom()
 
     @task(outlets=[RETRIEVER])
     def sync(planned: dict) -> dict:
         from lmindexer.downstream import jobs
 
         pipeline, retriever, run_id = _setup()
-        return jobs.sync_retriever(pipeline, retriever, run_id, planned)
+        return jobs.sync_retriever(pipeline, retriever, run_id, RefreshPlan.from_xcom(planned)).to_xcom()
 
     @task
     def up_to_date(planned: dict) -> str:
-        return planned["reason"]
+        return RefreshPlan.from_xcom(planned).reason
 
     planned = plan()
     trained = train(planned)

@@ -608,10 +608,8 @@ def retriever_refresh(
     retriever = parse_retriever_config(load_config_file(retriever_config))
     run_id = run_id or f"cli-{dt.datetime.now(dt.UTC):%Y%m%dt%H%M%S}"
     result = refresh_retriever(pipeline, retriever, run_id, mode=mode, progress=not quiet)
-    console.print(
-        f"retriever run {result['run_id']}: {result['action']} ({result['reason']})", highlight=False, markup=False
-    )
-    _print_json(result)
+    console.print(f"retriever run {result.run_id}: {result.action} ({result.reason})", highlight=False, markup=False)
+    _print_json(result.to_xcom())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

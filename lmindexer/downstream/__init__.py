@@ -6,5 +6,6 @@
 - :mod:`.training`: fine-tuning it from an LMIndexer snapshot (or a plain backbone for baseline IDs).
 - :mod:`.ranking`: Recall/NDCG/MRR; :mod:`.baselines`: BM25, dense retrieval and popularity.
 - :mod:`.fusion`: hybrid rankings: reciprocal rank fusion, and the text score boosted by predicted ID prefixes.
-- :mod:`.jobs`: the retriever refresh (plan, train, evaluate, gate, promote or sync) the DAG and the CLI run.
+- :mod:`.jobs`: the retriever refresh (plan, train, evaluate, gate, promote or sync) the DAG and the CLI run;
+  :mod:`.results`: the typed records its steps hand each other.
 """

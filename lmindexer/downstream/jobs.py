@@ -22,6 +22,7 @@ in its ID table, so the table is restricted to the pointer's catalogue before it
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -33,6 +34,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmindexer.downstream.generative import GenerativeModel, parse_generative_config
+from lmindexer.downstream.results import (
+    Action,
+    EvaluatedRetriever,
+    GateOutcome,
+    LiveComparison,
+    LiveRetriever,
+    PipelineRef,
+    Refreshed,
+    RefreshPlan,
+    SyncedRetriever,
+    TrainedRetriever,
+)
 from lmindexer.errors import ConfigError, RetrieverError, RetrieverGateFailed
 from lmindexer.idtable import IdTable
 from lmindexer.layout import CURRENT
@@ -154,9 +167,10 @@ def _run_uri(pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, 
     return _uri(pipeline, retriever, "runs", run_id, *parts)
 
 
-def current_retriever(pipeline: PipelineConfig, retriever: RetrieverConfig) -> dict[str, Any] | None:
+def current_retriever(pipeline: PipelineConfig, retriever: RetrieverConfig) -> LiveRetriever | None:
     """The live retriever's record (``current.json``), or None when none has been promoted."""
-    return read_json(_uri(pipeline, retriever, CURRENT))
+    record = read_json(_uri(pipeline, retriever, CURRENT))
+    return None if record is None else LiveRetriever.from_xcom(record)
 
 
 def _now() -> str:
@@ -253,7 +267,7 @@ def _align(model: GenerativeModel, target: GenerativeModel) -> None:
 
 def plan_refresh(
     pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str | None = None, *, mode: str = "auto"
-) -> dict[str, Any]:
+) -> RefreshPlan:
     """Retrain, sync or nothing, from the pipeline's pointer and the live retriever (see the module doc).
 
     ``mode="retrain"`` retrains even in the same ID space (new training queries, new options). With a ``run_id``
@@ -263,113 +277,105 @@ def plan_refresh(
         raise ConfigError(f"unknown refresh mode {mode!r}; use one of {', '.join(MODES)}")
 
     def compute() -> dict[str, Any]:
-        pointer = pipeline_current(pipeline)
-        live = current_retriever(pipeline, retriever)
-        plan: dict[str, Any] = {
-            "run_id": run_id,
-            "mode": mode,
-            "planned_at": _now(),
-            "pointer": {k: pointer.get(k) for k in _POINTER_FIELDS} if pointer else None,
-            "live": live,
-        }
-
-        def decided(action: str, reason: str, **extra: Any) -> dict[str, Any]:
-            return {**plan, "action": action, "reason": reason, **extra}
-
-        if pointer is None:
-            return decided("none", "the pipeline has published no semantic IDs yet")
-        if live is None:
-            return decided("retrain", "no retriever has been promoted yet")
-        if live["snapshot_version"] != pointer["snapshot_version"]:
-            return decided(
-                "retrain",
-                f"the ID space changed: the live retriever writes IDs of snapshot {live['snapshot_version']}, "
-                f"the pipeline now publishes {pointer['snapshot_version']}",
-            )
-        if mode == "retrain":
-            return decided("retrain", "retrain requested")
-        if live.get("pipeline_run_id") == pointer["run_id"]:
-            return decided("none", f"the live retriever already serves pipeline run {pointer['run_id']}")
-        ids = IdTable.read(pointer["ids_uri"]).restricted(_catalogue_ids(pointer["catalog_uri"]))
-        fingerprint = ids_fingerprint(ids)
-        if fingerprint == live.get("ids_fingerprint"):
-            return decided("none", f"pipeline run {pointer['run_id']} left the live items and their IDs unchanged")
-        suffixes = ids.table.column("suffix").to_pylist()
-        largest = max(suffixes) if suffixes else -1
-        capacity = int(live.get("suffix_capacity", 0))
-        if largest >= capacity:
-            return decided(
-                "retrain",
-                f"suffix {largest} does not fit the live model's suffix vocabulary (0..{capacity - 1}); "
-                "a retrain widens it",
-            )
-        return decided(
-            "sync",
-            f"pipeline run {pointer['run_id']} changed the live items in the same ID space: {len(ids)} items now",
-            items=len(ids),
-            ids_fingerprint=fingerprint,
-        )
+        return _decide_refresh(
+            pipeline_current(pipeline), current_retriever(pipeline, retriever), run_id, mode
+        ).to_xcom()
 
     if run_id is None:
-        return compute()
+        return RefreshPlan.from_xcom(compute())
     run_id = safe_run_id(run_id)
-    return remembered_at(_run_uri(pipeline, retriever, run_id, "plan.json"), compute)
+    return RefreshPlan.from_xcom(remembered_at(_run_uri(pipeline, retriever, run_id, "plan.json"), compute))
 
 
-def _expect(plan: Mapping[str, Any], action: str, run_id: str) -> None:
-    if plan.get("action") != action:
-        raise RetrieverError(f"run {run_id} planned {plan.get('action')!r} ({plan.get('reason')}), not {action!r}")
+def _decide_refresh(
+    current_pointer: Mapping[str, Any] | None, live: LiveRetriever | None, run_id: str | None, mode: str
+) -> RefreshPlan:
+    pointer = None
+    if current_pointer is not None:
+        pointer = PipelineRef.from_xcom({k: current_pointer.get(k) for k in _POINTER_FIELDS})
+
+    def decided(action: Action, reason: str, **extra: Any) -> RefreshPlan:
+        return RefreshPlan(run_id=run_id, mode=mode, planned_at=_now(), pointer=pointer, live=live, action=action,
+                           reason=reason, **extra)  # fmt: skip
+
+    if pointer is None:
+        return decided("none", "the pipeline has published no semantic IDs yet")
+    if live is None:
+        return decided("retrain", "no retriever has been promoted yet")
+    if live.snapshot_version != pointer.snapshot_version:
+        return decided(
+            "retrain",
+            f"the ID space changed: the live retriever writes IDs of snapshot {live.snapshot_version}, "
+            f"the pipeline now publishes {pointer.snapshot_version}",
+        )
+    if mode == "retrain":
+        return decided("retrain", "retrain requested")
+    if live.pipeline_run_id == pointer.run_id:
+        return decided("none", f"the live retriever already serves pipeline run {pointer.run_id}")
+    ids = IdTable.read(pointer.ids_uri).restricted(_catalogue_ids(pointer.catalog_uri))
+    fingerprint = ids_fingerprint(ids)
+    if fingerprint == live.ids_fingerprint:
+        return decided("none", f"pipeline run {pointer.run_id} left the live items and their IDs unchanged")
+    suffixes = ids.table.column("suffix").to_pylist()
+    largest = max(suffixes) if suffixes else -1
+    if largest >= live.suffix_capacity:
+        return decided(
+            "retrain",
+            f"suffix {largest} does not fit the live model's suffix vocabulary (0..{live.suffix_capacity - 1}); "
+            "a retrain widens it",
+        )
+    return decided(
+        "sync",
+        f"pipeline run {pointer.run_id} changed the live items in the same ID space: {len(ids)} items now",
+        items=len(ids),
+        ids_fingerprint=fingerprint,
+    )
 
 
-def _live_summary(live: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if not live:
-        return None
-    keys = ("run_id", "model_uri", "snapshot_version", "pipeline_run_id", "metrics", "metrics_run_id", "eval_queries")
-    return {k: live.get(k) for k in keys}
+def _expect(plan: RefreshPlan, action: str, run_id: str) -> PipelineRef:
+    if plan.action != action:
+        raise RetrieverError(f"run {run_id} planned {plan.action!r} ({plan.reason}), not {action!r}")
+    if plan.pointer is None:
+        raise RetrieverError(f"run {run_id} planned {action!r} without a pipeline version to work from")
+    return plan.pointer
 
 
 def train_retriever(
     pipeline: PipelineConfig,
     retriever: RetrieverConfig,
     run_id: str,
-    plan: Mapping[str, Any],
+    plan: RefreshPlan | Mapping[str, Any],
     *,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> TrainedRetriever:
     """Train on the pointer's snapshot, ID table and catalogue; save under ``runs/<run>/model/``. Trains once per
     run: a rerun returns the stored result."""
     run_id = safe_run_id(run_id)
-    _expect(plan, "retrain", run_id)
-    pointer = plan["pointer"]
+    plan = RefreshPlan.from_xcom(plan)
+    pointer = _expect(plan, "retrain", run_id)
 
     def compute() -> dict[str, Any]:
         result = train_model(
-            pointer["snapshot_uri"], pointer["ids_uri"], pointer["catalog_uri"], retriever.train_queries,
+            pointer.snapshot_uri, pointer.ids_uri, pointer.catalog_uri, retriever.train_queries,
             _run_uri(pipeline, retriever, run_id, "model"), retriever.options, progress=progress,
         )  # fmt: skip
-        return {
-            "run_id": run_id,
-            "trained_at": _now(),
-            "pipeline_run_id": pointer["run_id"],
-            "snapshot_uri": pointer["snapshot_uri"],
-            "ids_uri": pointer["ids_uri"],
-            "catalog_uri": pointer["catalog_uri"],
-            "options": dict(retriever.options),
-            "live": _live_summary(plan.get("live")),
+        return TrainedRetriever(
+            run_id=run_id, trained_at=_now(), pipeline_run_id=pointer.run_id, snapshot_uri=pointer.snapshot_uri,
+            ids_uri=pointer.ids_uri, catalog_uri=pointer.catalog_uri, options=dict(retriever.options), live=plan.live,
             **result,
-        }
+        ).to_xcom()  # fmt: skip
 
-    return remembered_at(_run_uri(pipeline, retriever, run_id, "train.json"), compute)
+    return TrainedRetriever.from_xcom(remembered_at(_run_uri(pipeline, retriever, run_id, "train.json"), compute))
 
 
 def evaluate_retriever(
     pipeline: PipelineConfig,
     retriever: RetrieverConfig,
     run_id: str,
-    trained: Mapping[str, Any],
+    trained: TrainedRetriever | Mapping[str, Any],
     *,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> EvaluatedRetriever:
     """The new model's metrics on the eval queries, and the live model's for comparison.
 
     In the same ID space the live model is measured now, on the same queries, after its trie is given exactly the
@@ -378,48 +384,60 @@ def evaluate_retriever(
     informational figure only (and :func:`gate_retriever` does not gate on them).
     """
     run_id = safe_run_id(run_id)
+    trained = TrainedRetriever.from_xcom(trained)
 
     def compute() -> dict[str, Any]:
         pairs = read_queries(retriever.eval_queries)
-        model = GenerativeModel.load(trained["model_uri"])
+        model = GenerativeModel.load(trained.model_uri)
         metrics = evaluate_model(model, pairs, progress=progress)
-        live = trained.get("live")
-        comparison = None
-        if live:
-            comparison = {**live, "same_id_space": live["snapshot_version"] == trained["snapshot_version"]}
-            comparison["compared"] = False
-            comparison["recorded_metrics"] = comparison.pop("metrics")
-            if comparison["same_id_space"]:
-                live_model = GenerativeModel.load(live["model_uri"])
-                try:
-                    _align(live_model, model)
-                except ConfigError as exc:
-                    comparison["note"] = f"the live model cannot hold the new model's items ({exc})"
-                else:
-                    comparison["metrics"] = evaluate_model(live_model, pairs, progress=progress)
-                    comparison["compared"] = True
-                    comparison["note"] = "measured now, on the same eval queries and the same items"
-            else:
-                comparison["note"] = (
-                    "another ID space: recorded when the live model was promoted, on the catalogue of its time; "
-                    "informational, not gated"
-                )
-        return {
-            "run_id": run_id,
-            "evaluated_at": _now(),
-            "model_uri": trained["model_uri"],
-            "snapshot_version": trained["snapshot_version"],
-            "eval_queries": retriever.eval_queries,
-            "metrics": metrics,
-            "live": comparison,
-        }
+        return EvaluatedRetriever(
+            run_id=run_id, evaluated_at=_now(), model_uri=trained.model_uri, snapshot_version=trained.snapshot_version,
+            eval_queries=retriever.eval_queries, metrics=metrics,
+            live=_compare_live(trained.live, model, trained.snapshot_version, pairs, progress=progress),
+        ).to_xcom()  # fmt: skip
 
-    return remembered_at(_run_uri(pipeline, retriever, run_id, "evaluate.json"), compute)
+    return EvaluatedRetriever.from_xcom(remembered_at(_run_uri(pipeline, retriever, run_id, "evaluate.json"), compute))
+
+
+def _compare_live(
+    live: LiveRetriever | None,
+    model: GenerativeModel,
+    snapshot_version: str,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    progress: bool,
+) -> LiveComparison | None:
+    if live is None:
+        return None
+    same_space = live.snapshot_version == snapshot_version
+    about = {
+        "run_id": live.run_id, "model_uri": live.model_uri, "snapshot_version": live.snapshot_version,
+        "pipeline_run_id": live.pipeline_run_id, "metrics_run_id": live.metrics_run_id,
+        "eval_queries": live.eval_queries, "same_id_space": same_space, "recorded_metrics": live.metrics,
+    }  # fmt: skip
+    if not same_space:
+        note = (
+            "another ID space: recorded when the live model was promoted, on the catalogue of its time; "
+            "informational, not gated"
+        )
+        return LiveComparison(**about, compared=False, note=note)
+    live_model = GenerativeModel.load(live.model_uri)
+    try:
+        _align(live_model, model)
+    except ConfigError as exc:
+        return LiveComparison(**about, compared=False, note=f"the live model cannot hold the new model's items ({exc})")
+    return LiveComparison(
+        **about, compared=True, note="measured now, on the same eval queries and the same items",
+        metrics=evaluate_model(live_model, pairs, progress=progress),
+    )  # fmt: skip
 
 
 def gate_retriever(
-    pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, evaluated: Mapping[str, Any]
-) -> dict[str, Any]:
+    pipeline: PipelineConfig,
+    retriever: RetrieverConfig,
+    run_id: str,
+    evaluated: EvaluatedRetriever | Mapping[str, Any],
+) -> GateOutcome:
     """Check the new model against the gates; record the outcome; raise :class:`RetrieverGateFailed` on failure.
 
     Always: recall@10 >= ``min_recall_at_10``. Only when the live model was measured now in the same ID space (see
@@ -428,14 +446,14 @@ def gate_retriever(
     applies them.
     """
     run_id = safe_run_id(run_id)
-    metrics = evaluated["metrics"]
+    evaluated = EvaluatedRetriever.from_xcom(evaluated)
+    metrics, live = evaluated.metrics, evaluated.live
     failures: list[str] = []
     checks: dict[str, Any] = {"recall@10": metrics["recall@10"], "min_recall_at_10": retriever.min_recall_at_10}
     if metrics["recall@10"] < retriever.min_recall_at_10:
         failures.append(f"recall@10 {metrics['recall@10']:.4f} is below the floor {retriever.min_recall_at_10:.4f}")
-    live = evaluated.get("live")
-    if live and live.get("compared"):
-        live_ndcg = live["metrics"]["ndcg@10"]
+    if live is not None and live.compared and live.metrics is not None:
+        live_ndcg = live.metrics["ndcg@10"]
         checks.update(
             {"ndcg@10": metrics["ndcg@10"], "live_ndcg@10": live_ndcg, "max_ndcg_drop": retriever.max_ndcg_drop}
         )
@@ -444,18 +462,18 @@ def gate_retriever(
                 f"ndcg@10 {metrics['ndcg@10']:.4f} is more than {retriever.max_ndcg_drop:.4f} below the live "
                 f"model's {live_ndcg:.4f} on the same eval queries"
             )
-    elif live and (live.get("recorded_metrics") or {}).get("ndcg@10") is not None:
-        recorded = live["recorded_metrics"]["ndcg@10"]
+    elif live is not None and (live.recorded_metrics or {}).get("ndcg@10") is not None:
+        recorded = live.recorded_metrics["ndcg@10"]  # type: ignore[index]
         checks["informational"] = {
             "ndcg@10": metrics["ndcg@10"],
             "live_recorded_ndcg@10": recorded,
             "difference": metrics["ndcg@10"] - recorded,
-            "note": live.get("note"),
+            "note": live.note,
         }
-    result = {"run_id": run_id, "gated_at": _now(), "passed": not failures, "failures": failures, "checks": checks}
-    write_json(_run_uri(pipeline, retriever, run_id, "gate.json"), result)
+    result = GateOutcome(run_id=run_id, gated_at=_now(), passed=not failures, failures=failures, checks=checks)
+    write_json(_run_uri(pipeline, retriever, run_id, "gate.json"), result.to_xcom())
     if failures:
-        holder = f"run {live['run_id']}" if live else "none"
+        holder = f"run {live.run_id}" if live else "none"
         raise RetrieverGateFailed(
             f"retriever run {run_id} failed its gates: {'; '.join(failures)}. Nothing was promoted; "
             f"the live retriever ({holder}) stays in charge"
@@ -464,17 +482,17 @@ def gate_retriever(
 
 
 def _switch(
-    pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, planned_live: str | None, entry: dict
-) -> dict[str, Any]:
+    pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, planned_live: str | None, entry: LiveRetriever
+) -> LiveRetriever:
     """Point ``current.json`` at ``entry`` (one atomic write) unless this run already did; refuse when another run
     went live after this one planned, so an older plan never replaces a newer model."""
     record = _run_uri(pipeline, retriever, run_id, "promote.json")
     done = read_json(record)
     if done is not None:
-        return done
+        return LiveRetriever.from_xcom(done)
     live = current_retriever(pipeline, retriever)
-    live_run = live.get("run_id") if live else None
-    if live_run == run_id:
+    live_run = live.run_id if live else None
+    if live is not None and live_run == run_id:
         entry = live
     elif live_run != planned_live:
         raise RetrieverError(
@@ -482,87 +500,71 @@ def _switch(
             "nothing was promoted: start a new refresh"
         )
     else:
-        write_json(_uri(pipeline, retriever, CURRENT), entry)
-    write_json(record, entry)
+        write_json(_uri(pipeline, retriever, CURRENT), entry.to_xcom())
+    write_json(record, entry.to_xcom())
     return entry
 
 
 def promote_retriever(
-    pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, gated: Mapping[str, Any]
-) -> dict[str, Any]:
+    pipeline: PipelineConfig,
+    retriever: RetrieverConfig,
+    run_id: str,
+    gated: GateOutcome | Mapping[str, Any],
+) -> LiveRetriever:
     """Make the run's model the live retriever, once its gates passed. A rerun changes nothing."""
     run_id = safe_run_id(run_id)
     stored_gate = read_json(_run_uri(pipeline, retriever, run_id, "gate.json")) or {}
-    if not (gated.get("passed") and stored_gate.get("passed")):
+    passed = gated.passed if isinstance(gated, GateOutcome) else bool(gated.get("passed"))
+    if not (passed and stored_gate.get("passed")):
         raise RetrieverGateFailed(f"retriever run {run_id} has not passed its gates; nothing was promoted")
-    trained = read_json(_run_uri(pipeline, retriever, run_id, "train.json"))
-    evaluated = read_json(_run_uri(pipeline, retriever, run_id, "evaluate.json"))
-    if trained is None or evaluated is None:
+    trained_record = read_json(_run_uri(pipeline, retriever, run_id, "train.json"))
+    evaluated_record = read_json(_run_uri(pipeline, retriever, run_id, "evaluate.json"))
+    if trained_record is None or evaluated_record is None:
         raise RetrieverError(f"retriever run {run_id} has no stored training or evaluation to promote")
-    planned_live = (trained.get("live") or {}).get("run_id")
-    entry = {
-        "run_id": run_id,
-        "kind": "trained",
-        "promoted_at": _now(),
-        "model_uri": trained["model_uri"],
-        "trained_run_id": run_id,
-        "previous_run_id": planned_live,
-        "snapshot_version": trained["snapshot_version"],
-        "pipeline_run_id": trained["pipeline_run_id"],
-        "ids_uri": trained["ids_uri"],
-        "catalog_uri": trained["catalog_uri"],
-        "ids_fingerprint": trained["ids_fingerprint"],
-        "items": trained["items"],
-        "suffix_capacity": trained["suffix_capacity"],
-        "metrics": evaluated["metrics"],
-        "metrics_run_id": run_id,
-        "eval_queries": evaluated["eval_queries"],
-    }
+    trained = TrainedRetriever.from_xcom(trained_record)
+    evaluated = EvaluatedRetriever.from_xcom(evaluated_record)
+    planned_live = trained.live.run_id if trained.live else None
+    entry = LiveRetriever(
+        run_id=run_id, kind="trained", promoted_at=_now(), model_uri=trained.model_uri, trained_run_id=run_id,
+        previous_run_id=planned_live, snapshot_version=trained.snapshot_version,
+        pipeline_run_id=trained.pipeline_run_id, ids_uri=trained.ids_uri, catalog_uri=trained.catalog_uri,
+        ids_fingerprint=trained.ids_fingerprint, items=trained.items, suffix_capacity=trained.suffix_capacity,
+        metrics=evaluated.metrics, metrics_run_id=run_id, eval_queries=evaluated.eval_queries,
+    )  # fmt: skip
     return _switch(pipeline, retriever, run_id, planned_live, entry)
 
 
 def sync_retriever(
-    pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, plan: Mapping[str, Any]
-) -> dict[str, Any]:
+    pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, plan: RefreshPlan | Mapping[str, Any]
+) -> SyncedRetriever:
     """Give the live model the pointer's live items (new ones in, deleted ones out), save it as the run's model
     and make it live. No training, so no gates: the weights are the live ones. Its metrics are carried over from
     the run that measured them."""
     run_id = safe_run_id(run_id)
-    _expect(plan, "sync", run_id)
-    pointer, live = plan["pointer"], plan["live"]
+    plan = RefreshPlan.from_xcom(plan)
+    pointer, live = _expect(plan, "sync", run_id), plan.live
+    if live is None:
+        raise RetrieverError(f"run {run_id} planned a sync without a live retriever to sync")
 
     def compute() -> dict[str, Any]:
-        model = GenerativeModel.load(live["model_uri"])
-        ids = IdTable.read(pointer["ids_uri"]).restricted(_catalogue_ids(pointer["catalog_uri"]))
+        model = GenerativeModel.load(live.model_uri)
+        ids = IdTable.read(pointer.ids_uri).restricted(_catalogue_ids(pointer.catalog_uri))
         counts = model.sync(ids)
-        return {
-            "run_id": run_id,
-            "synced_at": _now(),
-            "from_model_uri": live["model_uri"],
-            "model_uri": save_model(model, _run_uri(pipeline, retriever, run_id, "model")),
-            "pipeline_run_id": pointer["run_id"],
-            "ids_uri": pointer["ids_uri"],
-            "catalog_uri": pointer["catalog_uri"],
-            "ids_fingerprint": ids_fingerprint(ids),
-            **counts,
-        }
+        return SyncedRetriever(
+            run_id=run_id, synced_at=_now(), from_model_uri=live.model_uri,
+            model_uri=save_model(model, _run_uri(pipeline, retriever, run_id, "model")),
+            pipeline_run_id=pointer.run_id, ids_uri=pointer.ids_uri, catalog_uri=pointer.catalog_uri,
+            ids_fingerprint=ids_fingerprint(ids), **counts,
+        ).to_xcom()  # fmt: skip
 
-    synced = remembered_at(_run_uri(pipeline, retriever, run_id, "sync.json"), compute)
-    entry = {
-        **live,
-        "run_id": run_id,
-        "kind": "synced",
-        "promoted_at": _now(),
-        "model_uri": synced["model_uri"],
-        "trained_run_id": live.get("trained_run_id", live["run_id"]),
-        "previous_run_id": live["run_id"],
-        "pipeline_run_id": synced["pipeline_run_id"],
-        "ids_uri": synced["ids_uri"],
-        "catalog_uri": synced["catalog_uri"],
-        "ids_fingerprint": synced["ids_fingerprint"],
-        "items": synced["items"],
-    }
-    return {**synced, "current": _switch(pipeline, retriever, run_id, live["run_id"], entry)}
+    synced = SyncedRetriever.from_xcom(remembered_at(_run_uri(pipeline, retriever, run_id, "sync.json"), compute))
+    entry = dataclasses.replace(
+        live, run_id=run_id, kind="synced", promoted_at=_now(), model_uri=synced.model_uri,
+        trained_run_id=live.trained_run_id or live.run_id, previous_run_id=live.run_id,
+        pipeline_run_id=synced.pipeline_run_id, ids_uri=synced.ids_uri, catalog_uri=synced.catalog_uri,
+        ids_fingerprint=synced.ids_fingerprint, items=synced.items,
+    )  # fmt: skip
+    return dataclasses.replace(synced, current=_switch(pipeline, retriever, run_id, live.run_id, entry))
 
 
 def refresh_retriever(
@@ -572,20 +574,21 @@ def refresh_retriever(
     *,
     mode: str = "auto",
     progress: bool = False,
-) -> dict[str, Any]:
+) -> Refreshed:
     """The whole refresh in-process: plan, then train -> evaluate -> gate -> promote, or sync, or nothing."""
     plan = plan_refresh(pipeline, retriever, run_id, mode=mode)
-    result: dict[str, Any] = {"run_id": safe_run_id(run_id), "action": plan["action"], "reason": plan["reason"]}
-    if plan["action"] == "retrain":
+    done = Refreshed(run_id=safe_run_id(run_id), action=plan.action, reason=plan.reason)
+    if plan.action == "retrain":
         trained = train_retriever(pipeline, retriever, run_id, plan, progress=progress)
         evaluated = evaluate_retriever(pipeline, retriever, run_id, trained, progress=progress)
         gated = gate_retriever(pipeline, retriever, run_id, evaluated)
-        result.update(metrics=evaluated["metrics"], live=evaluated["live"], gate=gated)
-        result["current"] = promote_retriever(pipeline, retriever, run_id, gated)
-    elif plan["action"] == "sync":
+        current = promote_retriever(pipeline, retriever, run_id, gated)
+        return dataclasses.replace(done, metrics=evaluated.metrics, live=evaluated.live, gate=gated, current=current)
+    if plan.action == "sync":
         synced = sync_retriever(pipeline, retriever, run_id, plan)
-        result.update(synced={k: synced[k] for k in ("inserted", "removed", "items")}, current=synced["current"])
-    return result
+        counts = {"inserted": synced.inserted, "removed": synced.removed, "items": synced.items}
+        return dataclasses.replace(done, synced=counts, current=synced.current)
+    return done
 
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +20,7 @@ from testsupport.retriever_state import (
 
 from lmindexer.downstream import jobs
 from lmindexer.downstream.generative import GenerativeModel
+from lmindexer.downstream.results import EvaluatedRetriever, LiveComparison
 from lmindexer.errors import ConfigError, RetrieverError, RetrieverGateFailed
 from lmindexer.idtable import IdTable
 from lmindexer.pipeline import PipelineConfig
@@ -70,31 +72,31 @@ def current_bytes(world) -> bytes:
 
 
 def test_first_refresh_trains_evaluates_gates_and_promotes(world, first):
-    assert first.plan["action"] == "retrain" and first.plan["reason"] == "no retriever has been promoted yet"
-    assert first.plan["pointer"]["run_id"] == "p1" and first.plan["live"] is None
+    assert first.plan.action == "retrain" and first.plan.reason == "no retriever has been promoted yet"
+    assert first.plan.pointer.run_id == "p1" and first.plan.live is None
     trained = first.trained
-    assert trained["model_uri"] == f"{world.pipeline.base_uri}/retrievers/runs/r1/model"
-    assert sorted(p.name for p in Path(trained["model_uri"]).iterdir()) == [
+    assert trained.model_uri == f"{world.pipeline.base_uri}/retrievers/runs/r1/model"
+    assert sorted(p.name for p in Path(trained.model_uri).iterdir()) == [
         "generative.json", "tokenizer", "weights.safetensors"
     ]  # fmt: skip
-    assert (trained["items"], trained["train_pairs"], trained["train_pairs_skipped"]) == (INITIAL, INITIAL, 0)
-    assert trained["snapshot_version"] == world.pointer["snapshot_version"]
-    assert trained["training"]["epoch_loss"][-1] < trained["training"]["epoch_loss"][0]
-    metrics = first.evaluated["metrics"]
+    assert (trained.items, trained.train_pairs, trained.train_pairs_skipped) == (INITIAL, INITIAL, 0)
+    assert trained.snapshot_version == world.pointer["snapshot_version"]
+    assert trained.training["epoch_loss"][-1] < trained.training["epoch_loss"][0]
+    metrics = first.evaluated.metrics
     assert metrics["queries"] == 30 and metrics["skipped_queries"] == 1
     assert {"recall@1", "recall@10", "ndcg@10", "mrr@10"} <= set(metrics)
-    assert first.evaluated["live"] is None
-    assert first.gated["passed"] and first.gated["failures"] == []
+    assert first.evaluated.live is None
+    assert first.gated.passed and first.gated.failures == []
     live = jobs.current_retriever(world.pipeline, world.retriever)
     assert live == first.promoted
-    assert live["run_id"] == "r1" and live["kind"] == "trained" and live["model_uri"] == trained["model_uri"]
-    assert live["pipeline_run_id"] == "p1" and live["metrics"] == metrics and live["previous_run_id"] is None
+    assert live.run_id == "r1" and live.kind == "trained" and live.model_uri == trained.model_uri
+    assert live.pipeline_run_id == "p1" and live.metrics == metrics and live.previous_run_id is None
     # every step's result is recorded beside the model
     run_dir = Path(world.pipeline.base_uri) / "retrievers" / "runs" / "r1"
     assert sorted(p.name for p in run_dir.glob("*.json")) == [
         "evaluate.json", "gate.json", "plan.json", "promote.json", "train.json"
     ]  # fmt: skip
-    model = GenerativeModel.load(live["model_uri"])
+    model = GenerativeModel.load(live.model_uri)
     catalogue = {item.item_id for item in world.items[:INITIAL]}
     for ranked in model.search([q for q, _ in title_queries(world.items[:20])], k=10):
         assert ranked and {item_id for item_id, _ in ranked} <= catalogue
@@ -111,11 +113,11 @@ def test_reruns_repeat_no_work(world, first, monkeypatch):
     assert jobs.train_retriever(p, r, "r1", first.plan) == first.trained
     assert jobs.evaluate_retriever(p, r, "r1", first.trained) == first.evaluated
     assert jobs.promote_retriever(p, r, "r1", first.gated) == first.promoted
-    assert jobs.refresh_retriever(p, r, "r1")["current"] == first.promoted
+    assert jobs.refresh_retriever(p, r, "r1").current == first.promoted
     assert current_bytes(world) == before
     # a new run against the same pointer has nothing to do
     again = jobs.plan_refresh(p, r, "r2")
-    assert again["action"] == "none"
+    assert again.action == "none"
     with pytest.raises(RetrieverError, match="run r2 planned 'none'"):
         jobs.train_retriever(p, r, "r2", again)
 
@@ -145,16 +147,22 @@ def test_gates_compare_with_the_live_model_only_in_the_same_id_space(world):
     p, r = world.pipeline, world.retriever
 
     def evaluated(new_ndcg, live):
-        return {"metrics": {"recall@10": 0.5, "ndcg@10": new_ndcg}, "live": live}
+        return EvaluatedRetriever(run_id="e", evaluated_at="t", model_uri="m", snapshot_version="v", eval_queries="q",
+                                  metrics={"recall@10": 0.5, "ndcg@10": new_ndcg}, live=live)  # fmt: skip
 
-    same_space = {"run_id": "old", "same_id_space": True, "compared": True, "metrics": {"ndcg@10": 0.5}}
-    assert jobs.gate_retriever(p, r, "g1", evaluated(0.49, same_space))["passed"]
+    def live_model(**fields):
+        return LiveComparison(run_id="old", model_uri="m-old", snapshot_version="v", recorded_metrics=None, **fields)
+
+    same_space = live_model(same_id_space=True, compared=True, metrics={"ndcg@10": 0.5})
+    assert jobs.gate_retriever(p, r, "g1", evaluated(0.49, same_space)).passed
     with pytest.raises(RetrieverGateFailed, match=r"ndcg@10 0\.4700 is more than 0\.0200 below the live model's 0\.5"):
         jobs.gate_retriever(p, r, "g2", evaluated(0.47, same_space))
     # Another ID space: the live model's recorded figure is reported, not gated on; only the floor applies.
-    other_space = {"run_id": "old", "same_id_space": False, "compared": False, "recorded_metrics": {"ndcg@10": 0.9}}
+    other_space = dataclasses.replace(
+        live_model(same_id_space=False, compared=False), recorded_metrics={"ndcg@10": 0.9}
+    )
     gated = jobs.gate_retriever(p, r, "g3", evaluated(0.1, other_space))
-    assert gated["passed"] and gated["checks"]["informational"]["difference"] == pytest.approx(-0.8)
+    assert gated.passed and gated.checks["informational"]["difference"] == pytest.approx(-0.8)
     floor = r.model_copy(update={"min_recall_at_10": 0.6})
     with pytest.raises(RetrieverGateFailed, match="recall@10"):
         jobs.gate_retriever(p, floor, "g4", evaluated(0.1, other_space))
@@ -163,8 +171,9 @@ def test_gates_compare_with_the_live_model_only_in_the_same_id_space(world):
 def test_promote_refuses_to_replace_a_retriever_that_went_live_after_its_plan(world, first):
     p, r = world.pipeline, world.retriever
     run = Path(p.base_uri) / "retrievers" / "runs" / "stale"
-    write_json(str(run / "train.json"), {**first.trained, "live": {"run_id": "an-older-run"}})
-    write_json(str(run / "evaluate.json"), first.evaluated)
+    older = {"run_id": "an-older-run", "model_uri": "m-older", "snapshot_version": first.trained.snapshot_version}
+    write_json(str(run / "train.json"), {**first.trained.to_xcom(), "live": older})
+    write_json(str(run / "evaluate.json"), first.evaluated.to_xcom())
     write_json(str(run / "gate.json"), {"passed": True})
     before = current_bytes(world)
     with pytest.raises(RetrieverError, match="changed since run stale planned"):
@@ -175,20 +184,22 @@ def test_promote_refuses_to_replace_a_retriever_that_went_live_after_its_plan(wo
 def test_plan(world, first, tmp_path):
     other = PipelineConfig(base_uri=str(tmp_path / "store"))
     r = world.retriever
-    assert jobs.plan_refresh(other, r)["action"] == "none"  # nothing published
+    assert jobs.plan_refresh(other, r).action == "none"  # nothing published
     move_current(other, world.pointer)
-    assert jobs.plan_refresh(other, r)["reason"] == "no retriever has been promoted yet"
+    assert jobs.plan_refresh(other, r).reason == "no retriever has been promoted yet"
     live = jobs.current_retriever(world.pipeline, r)
-    write_json(other.uri("retrievers", "current.json"), live)
+    write_json(other.uri("retrievers", "current.json"), live.to_xcom())
     move_current(other, {**world.pointer, "run_id": "p9", "snapshot_version": "rq-kmeans-new"})
     plan = jobs.plan_refresh(other, r)
-    assert plan["action"] == "retrain" and "the ID space changed" in plan["reason"]
+    assert plan.action == "retrain" and "the ID space changed" in plan.reason
     # the same space, but an ID past the live model's suffix vocabulary: only a retrain can return that item
     move_current(other, {**world.pointer, "run_id": "p9"})
-    write_json(other.uri("retrievers", "current.json"), {**live, "suffix_capacity": 1, "ids_fingerprint": "x"})
+    write_json(
+        other.uri("retrievers", "current.json"), {**live.to_xcom(), "suffix_capacity": 1, "ids_fingerprint": "x"}
+    )
     plan = jobs.plan_refresh(other, r)
-    assert plan["action"] == "retrain" and "suffix vocabulary" in plan["reason"]
-    assert jobs.plan_refresh(other, r, mode="retrain")["action"] == "retrain"
+    assert plan.action == "retrain" and "suffix vocabulary" in plan.reason
+    assert jobs.plan_refresh(other, r, mode="retrain").action == "retrain"
     with pytest.raises(ConfigError, match="unknown refresh mode"):
         jobs.plan_refresh(other, r, mode="later")
 
@@ -196,10 +207,10 @@ def test_plan(world, first, tmp_path):
 def test_sync_puts_new_items_in_the_trie_and_drops_deleted_ones_without_training(world, first, monkeypatch):
     p, r = world.pipeline, world.retriever
     live = jobs.current_retriever(p, r)
-    before_model = GenerativeModel.load(live["model_uri"])
+    before_model = GenerativeModel.load(live.model_uri)
     # a pipeline run that changed texts only moves the pointer, not the items or their IDs
     move_current(p, {**world.pointer, "run_id": "p1-text"})
-    assert "left the live items and their IDs unchanged" in jobs.plan_refresh(p, r)["reason"]
+    assert "left the live items and their IDs unchanged" in jobs.plan_refresh(p, r).reason
 
     added = world.items[INITIAL:]
     deleted = world.items[0]
@@ -211,17 +222,17 @@ def test_sync_puts_new_items_in_the_trie_and_drops_deleted_ones_without_training
 
     monkeypatch.setattr(GenerativeModel, "fit_retrieval", lambda *a, **k: pytest.fail("sync must not train"))
     plan = jobs.plan_refresh(p, r, "s1")
-    assert plan["action"] == "sync" and plan["items"] == INITIAL + ADDED - 1
+    assert plan.action == "sync" and plan.items == INITIAL + ADDED - 1
     synced = jobs.sync_retriever(p, r, "s1", plan)
-    assert (synced["inserted"], synced["removed"], synced["items"]) == (ADDED, 1, INITIAL + ADDED - 1)
+    assert (synced.inserted, synced.removed, synced.items) == (ADDED, 1, INITIAL + ADDED - 1)
     current = jobs.current_retriever(p, r)
-    assert current == synced["current"]
-    assert current["kind"] == "synced" and current["trained_run_id"] == "r1" and current["previous_run_id"] == "r1"
-    assert current["model_uri"] == f"{p.base_uri}/retrievers/runs/s1/model" and current["pipeline_run_id"] == "p2"
-    assert current["metrics"] == live["metrics"] and current["metrics_run_id"] == "r1"
+    assert current == synced.current
+    assert current.kind == "synced" and current.trained_run_id == "r1" and current.previous_run_id == "r1"
+    assert current.model_uri == f"{p.base_uri}/retrievers/runs/s1/model" and current.pipeline_run_id == "p2"
+    assert current.metrics == live.metrics and current.metrics_run_id == "r1"
 
     # The decoder may now write every new item's ID (and maps it back to the item); the deleted item's it may not.
-    after = GenerativeModel.load(current["model_uri"])
+    after = GenerativeModel.load(current.model_uri)
     sids = table.sid_map()
     for item_id in new_ids:
         tokens = after.vocabulary.tokens_of_sid(sids[item_id])
@@ -230,9 +241,9 @@ def test_sync_puts_new_items_in_the_trie_and_drops_deleted_ones_without_training
     assert deleted.item_id not in {i for ranked in after.search([deleted.title, deleted.text]) for i, _ in ranked}
 
     before = current_bytes(world)
-    assert jobs.sync_retriever(p, r, "s1", plan)["current"] == current
+    assert jobs.sync_retriever(p, r, "s1", plan).current == current
     assert current_bytes(world) == before
-    assert jobs.plan_refresh(p, r, "s2")["action"] == "none"
+    assert jobs.plan_refresh(p, r, "s2").action == "none"
 
 
 def test_config_errors_are_clear(world):
