@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from lmindexer.assign import code_items
 from lmindexer.catalog import CatalogReader, ReadSummary, RowError
 from lmindexer.errors import ConfigError, IdTableError, UserError
 from lmindexer.idtable import (
@@ -187,17 +188,12 @@ def assign_ids(
             else:
                 live.append(item)
         texts = indexer.texts(live)
-        hashes = [text_hash(t) for t in texts]
         known = table.codes_of(item.item_id for item in live)
+        # Items with an ID keep their codes (the allocation counts a changed text); only new items are coded.
         unknown = [i for i, item in enumerate(live) if item.item_id not in known]
-        preferences: dict[str, tuple[int, ...]] = {}
-        if unknown:
-            codes, ranked = indexer.codes_and_preferences([texts[i] for i in unknown])
-            for i, row, order in zip(unknown, codes, ranked, strict=True):
-                known[live[i].item_id] = tuple(int(c) for c in row)
-                preferences[live[i].item_id] = tuple(int(c) for c in order if c >= 0)
-        for item, digest in zip(live, hashes, strict=True):
-            candidates.append(Candidate(item.item_id, known[item.item_id], digest, preferences.get(item.item_id, ())))
+        coded = {c.item_id: c for c in code_items(indexer, [live[i] for i in unknown], [texts[i] for i in unknown])}
+        for item, text in zip(live, texts, strict=True):
+            candidates.append(coded.get(item.item_id) or Candidate(item.item_id, known[item.item_id], text_hash(text)))
         bar.update(len(batch))
     bar.close()
     stored = store_allocation(ids, space, candidates)

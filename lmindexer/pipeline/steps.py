@@ -44,12 +44,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lmindexer.assign import code_items, read_candidates, write_candidates
 from lmindexer.cache import cache_root
 from lmindexer.catalog.items import Item
 from lmindexer.catalog.store import SCHEMA as CATALOG_SCHEMA
 from lmindexer.catalog.store import items_from_table, merge_catalog, read_catalog_table
 from lmindexer.errors import CatalogError, UserError
-from lmindexer.idtable import Candidate, IdTable, id_stability, store_allocation
+from lmindexer.idtable import IdTable, id_stability, store_allocation
 from lmindexer.pipeline.config import Mode, PipelineConfig, safe_run_id
 from lmindexer.pipeline.records import current as current_record
 from lmindexer.pipeline.records import current_versioned, remembered, set_current
@@ -73,19 +74,10 @@ from lmindexer.storage.drops import Drop
 from lmindexer.storage.parquet import read_parquet, write_parquet
 from lmindexer.storage.s3 import exists, upload_file, write_bytes
 from lmindexer.storage.versioned import VersionConflict
-from lmindexer.text import text_hash
 from lmindexer.threads import limited_threads, threads_per_task
 
 log = logging.getLogger(__name__)
 
-_CODES_SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("codes", pa.list_(pa.int32())),
-        ("text_hash", pa.string()),
-        ("preferences", pa.list_(pa.int32())),  # last-level codes best first, for a balanced last level
-    ]
-)
 ENGINE_REJECTED = "engine_rejected"  # the rule of a document the search engine refused
 _ENGINE_FIELD = re.compile(r"field \[([^\]]+)\]")
 
@@ -324,25 +316,14 @@ def assign_shard(
 
         todo = read_catalog_table(shard.todo_uri)
         items = items_from_table(todo.slice(shard.start, shard.end - shard.start))
-        wanted = [item.item_id for item in items]
         indexer = load_snapshot(snapshot.snapshot_uri)
-        texts = indexer.texts(items)
         threads = threads_per_task(max(1, min(tasks_at_once, shard.shards)))
         log.info("shard %s: %d items on %d threads", shard.shard, len(items), threads)
         with limited_threads(threads):
-            codes, preferences = indexer.codes_and_preferences(texts)
+            candidates = code_items(indexer, items)
         codes_uri = config.uri(config.staged_prefix, run_id, "codes", f"shard-{shard.shard:05d}.parquet")
-        table = pa.Table.from_pydict(
-            {
-                "item_id": wanted,
-                "codes": [row.tolist() for row in codes.astype(np.int32)],
-                "text_hash": [text_hash(t) for t in texts],
-                "preferences": [[int(c) for c in row if c >= 0] for row in preferences],
-            },
-            schema=_CODES_SCHEMA,
-        )
-        write_parquet(table, codes_uri)
-        return ShardCodes(shard=shard.shard, codes_uri=codes_uri, items=len(wanted)).to_xcom()
+        write_candidates(candidates, codes_uri)
+        return ShardCodes(shard=shard.shard, codes_uri=codes_uri, items=len(candidates)).to_xcom()
 
     return ShardCodes.from_xcom(remembered(config, run_id, f"assign-{shard.shard:05d}", compute))
 
@@ -359,13 +340,7 @@ def reduce_ids(config: PipelineConfig, run_id: str, snapshot: Snapshot, shards: 
 
         table_uri = ids_uri(config, snapshot.snapshot_version)
         space = read_id_space(snapshot.snapshot_uri)
-        candidates = []
-        for shard in sorted(shards, key=lambda s: s.shard):
-            rows = read_parquet(shard.codes_uri).to_pylist()
-            candidates.extend(
-                Candidate(r["item_id"], tuple(r["codes"]), r["text_hash"], tuple(r.get("preferences") or ()))
-                for r in rows
-            )
+        candidates = [c for shard in sorted(shards, key=lambda s: s.shard) for c in read_candidates(shard.codes_uri)]
         stored = store_allocation(table_uri, space, candidates)
         return Reduced(
             ids_uri=table_uri,
