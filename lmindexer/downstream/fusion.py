@@ -15,7 +15,7 @@ Two combinations, each with one configuration for every catalogue (the defaults 
   and a document outside every predicted prefix gains nothing. Scaling by the query's own best text score keeps one
   weight meaningful across queries and catalogues whose text scores differ in size. The search engine applies it
   with ``term`` queries on the published ``sid_prefix_<level>`` fields
-  (:meth:`lmindexer.search.backend.SearchBackend.search_boosted`); :func:`boosted_scores` applies the same formula to
+  (:meth:`lmindexer.search.reader.SearchReader.search_boosted`); :func:`boosted_scores` applies the same formula to
   any text scores (the benchmarks use bm25s), and a test checks that the two agree.
 """
 
