@@ -34,9 +34,9 @@ CANDIDATES_SCHEMA = pa.schema(
 def code_items(indexer: Indexer, items: Sequence[Item], texts: Sequence[str] | None = None) -> list[Candidate]:
     """The learned codes of ``items`` (``texts``: their indexed texts, when the caller has them already), with the
     hash of each text and the item's last-level preferences: what the allocation needs, no suffix yet."""
-    texts = indexer.texts(list(items)) if texts is None else texts
     if not items:
         return []
+    texts = indexer.texts(list(items)) if texts is None else texts
     codes, ranked = indexer.codes_and_preferences(list(texts))
     return [
         Candidate(item.item_id, tuple(int(c) for c in row), text_hash(text), tuple(int(c) for c in order if c >= 0))
