@@ -112,3 +112,19 @@ def write_results(stem: Path, document: dict[str, Any], markdown: str) -> None:
         f"({env['cpu_threads_available']} CPU threads). Command: `{env['command']}`\n"
     )
     stem.with_suffix(".md").write_text(markdown.rstrip() + footer)
+
+
+def stamp_figure(png: Path) -> None:
+    """Write into ``png`` (a PNG text chunk) the commit and load its sibling ``.json`` records, so the figure can be
+    tied to the code it measured even when it travels alone (in docs, a slide, an issue)."""
+    from PIL import Image, PngImagePlugin
+
+    document = json.loads(png.with_suffix(".json").read_text())
+    load = document.get("load_average") or {}
+    info = PngImagePlugin.PngInfo()
+    info.add_text("lmindexer-git-commit", str(document["git_commit"]))
+    info.add_text("lmindexer-uncommitted-changes", json.dumps(document.get("uncommitted_changes")))
+    info.add_text("lmindexer-load-average", json.dumps(load))
+    with Image.open(png) as image:
+        image.load()
+        image.save(png, pnginfo=info)

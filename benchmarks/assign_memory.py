@@ -47,7 +47,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, write_results
+from _harness import RESULTS, environment, stamp_figure, write_results
 
 # Only light modules at the top: the measuring processes import torch themselves (see the module docstring).
 from lmindexer import datasets
@@ -370,6 +370,7 @@ def main() -> int:
         f"![assign memory]({stem.name}.png)\n",
     )
     plot(rows, stem.with_suffix(".png"), title)
+    stamp_figure(stem.with_suffix(".png"))
     print(table)
     print(f"written: {stem}.json, .md, .png")
     return 0

@@ -35,7 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, write_results
+from _harness import RESULTS, environment, stamp_figure, write_results
 
 from lmindexer import datasets
 from lmindexer.cache import cache_root
@@ -544,6 +544,7 @@ def main() -> int:
         f"# Downstream — {title}\n\n{table}{aim_line}\n\n{ids_table}\n\n![metrics]({stem.name}.png)\n",
     )
     plot(rows, keys, stem.with_suffix(".png"), title)
+    stamp_figure(stem.with_suffix(".png"))
     print(table)
     print(ids_table + aim_line)
     print(f"written: {stem}.json, .md, .png")

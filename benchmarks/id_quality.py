@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, format_mean_sd, markdown_table, mean_sd, write_results
+from _harness import RESULTS, environment, format_mean_sd, markdown_table, mean_sd, stamp_figure, write_results
 
 from lmindexer import datasets
 from lmindexer.catalog import read_items
@@ -313,6 +313,7 @@ def main() -> int:
     )
     write_results(stem, document, markdown)
     plot(summaries, stem.with_suffix(".png"), title)
+    stamp_figure(stem.with_suffix(".png"))
     print(table)
     print(f"written: {stem}.json, .md, .png")
     return 0

@@ -48,7 +48,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, write_results
+from _harness import RESULTS, environment, stamp_figure, write_results
 
 from lmindexer import datasets, devstack
 from lmindexer.cache import cache_root
@@ -324,6 +324,7 @@ def main() -> int:
         f"![incremental cost]({stem.name}.png)\n",
     )
     plot(measured, sizes, stem.with_suffix(".png"), title)
+    stamp_figure(stem.with_suffix(".png"))
     print(table_md)
     print(f"written: {stem}.json, .md, .png")
     return 0

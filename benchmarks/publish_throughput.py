@@ -42,7 +42,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, write_results
+from _harness import RESULTS, environment, stamp_figure, write_results
 
 from lmindexer import datasets, devstack
 from lmindexer.catalog import read_items
@@ -335,6 +335,7 @@ def main() -> int:
         f"![throughput]({stem.name}.png)\n",
     )
     plot(summary, runs, len(docs), stem.with_suffix(".png"), title)
+    stamp_figure(stem.with_suffix(".png"))
     print(table_md)
     print(f"platform / raw: {ratio:.2f}x")
     print(f"written: {stem}.json, .md, .png")

@@ -38,7 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, markdown_table, write_results
+from _harness import RESULTS, environment, markdown_table, stamp_figure, write_results
 
 from lmindexer import datasets
 from lmindexer.cache import cache_root
@@ -227,6 +227,7 @@ def main() -> int:
         f"{os.cpu_count()} CPUs shared by the server and locust.\n\n![throughput and latency]({stem.name}.png)\n",
     )
     plot(rows, args.users, stem.with_suffix(".png"))
+    stamp_figure(stem.with_suffix(".png"))
     print(table + verdict)
     print(f"written: {stem}.json, .md, .png")
     return 0

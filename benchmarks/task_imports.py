@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, ROOT, environment, format_mean_sd, markdown_table, mean_sd, write_results
+from _harness import RESULTS, ROOT, environment, format_mean_sd, markdown_table, mean_sd, stamp_figure, write_results
 
 HEAVY = ("torch", "transformers", "faiss", "sklearn", "great_expectations", "opensearchpy", "elasticsearch", "fastapi")
 CONFIG = "{'base_uri': 's3://b', 'method': 'lmindexer', 'indexer': {'levels': 2, 'codebook_size': 8}}"
@@ -150,6 +150,7 @@ def main() -> None:
     stem = args.out / "task_imports"
     write_results(stem, document, markdown)
     plot(summary, stem.with_suffix(".png"))
+    stamp_figure(stem.with_suffix(".png"))
     print(stem.with_suffix(".md").read_text())
 
 

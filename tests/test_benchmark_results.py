@@ -1,5 +1,6 @@
 """Every stored benchmark figure can be tied to code: its JSON names the full commit it was measured at (one this
-repository's history holds) and the load average, and its Markdown names the same commit."""
+repository's history holds) and the load average, and its Markdown and its chart (a PNG text chunk) name the same
+commit."""
 
 from __future__ import annotations
 
@@ -37,3 +38,14 @@ def test_a_stored_figure_names_the_commit_and_load_it_was_measured_at(path):
 
 def test_there_are_stored_figures_to_check():
     assert len(RESULTS) >= 10
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
+def test_a_stored_chart_carries_the_commit_of_its_figures(path):
+    from PIL import Image
+
+    document = json.loads(path.read_text())
+    with Image.open(path.with_suffix(".png")) as image:
+        text = dict(image.text)
+    assert text.get("lmindexer-git-commit") == document["git_commit"], f"{path.name}: the chart names no commit"
+    assert json.loads(text["lmindexer-load-average"]) == document["load_average"]
