@@ -13,20 +13,27 @@ import math
 import re
 import struct
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from lmindexer.catalog.values import (
+    INT64_MAX,
+    INT64_MIN,
+    BigInteger,
+    decode_json,
+    describe_json_error,
+    jsonable,
+    printable,
+    type_name,
+)
 
 MAX_ITEM_ID_LENGTH = 256
 # How deeply arrays and objects may nest in a row; the row itself is level 1. Search engines cap the depth of a
 # document's objects (Elasticsearch's index.mapping.depth.limit defaults to 20; attributes sit one level below the
 # document's root), and a parser must not recurse without bound on a hostile row.
 MAX_NESTING_DEPTH = 16
-# The search engine stores integers as signed 64-bit longs and maps fractional attribute values dynamically as
-# 32-bit floats: a number outside those ranges fails the whole publish, so the contract rejects it up front.
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 CONTRACT_FIELDS = ("item_id", "title", "text", "category", "attributes", "updated_at", "deleted")
 ROW_FIELD = "(row)"  # the field name used when a rule concerns the whole row
 _RAW_EXCERPT_CHARS = 500
@@ -111,15 +118,6 @@ class Item:
         return self.attributes.get(name)
 
 
-def _printable(text: str) -> str:
-    """``text`` safe to write as UTF-8: undecodable input bytes (kept as surrogate escapes) are shown as ``\\xNN``,
-    any other lone surrogate as ``\\uXXXX``."""
-    try:
-        return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
-
-
 def raw_excerpt(value: Any) -> str:
     """A bounded, printable rendering of a rejected row for reports and quarantine files."""
     # Clip before escaping: a rejected row may be megabytes long, and escaping only ever lengthens the text.
@@ -127,7 +125,7 @@ def raw_excerpt(value: Any) -> str:
     if isinstance(value, bytes):
         text = value[:head].decode("utf-8", errors="backslashreplace")
     elif isinstance(value, str):
-        text = _printable(value[:head])
+        text = printable(value[:head])
     else:
         try:
             text = json.dumps(value, ensure_ascii=False, default=str)
@@ -135,8 +133,8 @@ def raw_excerpt(value: Any) -> str:
             try:
                 text = repr(value)
             except (ValueError, RecursionError):  # a huge int, or nesting too deep even for repr
-                text = f"<{_type_name(value)} that cannot be shown>"
-        text = _printable(text[:head])
+                text = f"<{type_name(value)} that cannot be shown>"
+        text = printable(text[:head])
     text = text.rstrip("\r\n")
     return text if len(text) <= _RAW_EXCERPT_CHARS else text[:_RAW_EXCERPT_CHARS] + "…"
 
@@ -146,82 +144,10 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 _FLOAT32 = struct.Struct("<f")
 _MAX_KEY_CHARS = 100  # of one key in a field path; a key can be as long as the row
-_LONGEST_INT64 = len(str(INT64_MIN))
-
-
-def _has_lone_surrogate(value: str) -> bool:
-    return _LONE_SURROGATE.search(value) is not None
 
 
 def _control_characters(value: str) -> list[str]:
     return sorted({f"U+{ord(ch):04X}" for ch in _CONTROL.findall(value)})
-
-
-class BigInteger:
-    """A JSON integer literal too long for a signed 64-bit integer, kept as its text.
-
-    Python refuses to turn integer strings of more than 4,300 digits into ints (a guard against quadratic-time
-    conversion), so the parser hands such literals over as this instead of failing the whole read; the row rules
-    reject them as ``number_out_of_range``.
-    """
-
-    __slots__ = ("digits",)
-
-    def __init__(self, digits: str) -> None:
-        self.digits = digits
-
-    def __repr__(self) -> str:
-        shown = self.digits if len(self.digits) <= 24 else self.digits[:20] + "…"
-        return f"{shown} ({len(self.digits.lstrip('-'))} digits)"
-
-    __str__ = __repr__
-
-
-class DuplicateKeys(dict[str, Any]):
-    """A parsed JSON object that named some keys more than once (``duplicates``); like :mod:`json`, the last value
-    is kept, but the row rules reject the row instead of guessing which copy was meant."""
-
-    __slots__ = ("duplicates",)
-
-    def __init__(self, pairs: list[tuple[str, Any]], duplicates: tuple[str, ...]) -> None:
-        super().__init__(pairs)
-        self.duplicates = duplicates
-
-
-def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) == len(pairs):
-        return obj
-    seen: set[str] = set()
-    duplicates: dict[str, None] = {}  # ordered, each repeated key once
-    for key, _ in pairs:
-        if key in seen:
-            duplicates[key] = None
-        seen.add(key)
-    return DuplicateKeys(pairs, tuple(duplicates))
-
-
-def _json_integer(text: str) -> int | BigInteger:
-    # A literal longer than "-9223372036854775808" is out of the 64-bit range whatever its digits (JSON allows no
-    # leading zeros), so it is never converted.
-    return int(text) if len(text) <= _LONGEST_INT64 else BigInteger(text)
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_json_object, parse_int=_json_integer)
-
-
-def _json_problem(text: str, exc: json.JSONDecodeError) -> str:
-    """Where and why ``text`` is not JSON, in words: "Expecting value at the end of the text", "Invalid control
-    character at column 9"."""
-    # Some of Python's messages end in "at" ("Invalid control character at"), which the position completes.
-    problem = exc.msg.removesuffix(" at")
-    if exc.pos >= len(text.rstrip(" \t\r\n")):
-        # Cut short: the decoder stopped past the last character (for a JSONL line read with its line break, on
-        # the line after it, where "column 1" would point at nothing).
-        return f"{problem} at the end of the text"
-    if exc.lineno == 1:
-        return f"{problem} at column {exc.colno}"
-    return f"{problem} at line {exc.lineno}, column {exc.colno}"
 
 
 def parse_json(text: str) -> tuple[Any, tuple[Rule, str] | None]:
@@ -232,25 +158,14 @@ def parse_json(text: str) -> tuple[Any, tuple[Rule, str] | None]:
     non-finite numbers (``NaN``, ``Infinity``, ``1e999``) do parse; the row rules reject them, naming the field.
     """
     try:
-        return _DECODER.decode(text), None
+        return decode_json(text), None
     except json.JSONDecodeError as exc:
-        return None, (Rule.MALFORMED_JSON, f"not valid JSON: {_json_problem(text, exc)}")
+        return None, (Rule.MALFORMED_JSON, f"not valid JSON: {describe_json_error(text, exc)}")
     except RecursionError:
         return None, (
             Rule.TOO_DEEPLY_NESTED,
             f"arrays and objects nest too deeply to parse; at most {MAX_NESTING_DEPTH} levels are allowed",
         )
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | BigInteger):
-        return "integer"
-    for kind, name in ((float, "number"), (str, "string"), (Mapping, "object"), (list, "array")):
-        if isinstance(value, kind):
-            return name
-    return type(value).__name__
 
 
 def _fits_float32(value: float) -> bool:
@@ -339,30 +254,13 @@ def _render_path(path: _Path) -> str:
             parts.append(f"[{segment}]")
             continue
         name = segment if len(segment) <= _MAX_KEY_CHARS else segment[:_MAX_KEY_CHARS] + "…"
-        parts.append(("." if parts else "") + _printable(name))
+        parts.append(("." if parts else "") + printable(name))
     return "".join(parts) or ROW_FIELD
 
 
 def _where(paths: list[_Path]) -> str:
     shown = ", ".join(_render_path(p) for p in paths[:3])
     return shown if len(paths) <= 3 else f"{shown} and {len(paths) - 3} more"
-
-
-def _jsonable(value: Any) -> Any:
-    """Attributes must survive JSON (search documents, reports); convert what Parquet/NumPy hand us."""
-    if value is None or isinstance(value, str | bool | int):
-        return value
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):  # NumPy scalars and arrays
-        return _jsonable(value.tolist())
-    return str(value)
 
 
 def _normalise_timestamp(value: Any) -> str:
@@ -375,10 +273,134 @@ def _normalise_timestamp(value: Any) -> str:
     elif isinstance(value, str):
         stamp = dt.datetime.fromisoformat(value.strip())
     else:
-        raise ValueError(f"expected an ISO-8601 string or epoch seconds, got {_type_name(value)}")
+        raise ValueError(f"expected an ISO-8601 string or epoch seconds, got {type_name(value)}")
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=dt.UTC)
     return stamp.astimezone(dt.UTC).isoformat()
+
+
+# Records one broken rule of the row being checked: (field, rule, message).
+_Fail = Callable[[str, Rule, str], None]
+
+
+def _check_values(record: Mapping[str, Any], fail: _Fail) -> tuple[Any, dict[Rule, list[_Path]]]:
+    """The rules on every value of the row, at any depth (keys included), which run before the field rules: what
+    the search engine or a UTF-8 writer cannot take must be rejected here, with its field, or it fails a later step
+    for the whole drop.
+
+    Returns the explicit ``attributes`` (parsed, when a CSV cell holds the object as JSON text; ``None`` when that
+    text is not JSON) and the paths of the rejected values, by rule.
+    """
+    found: dict[Rule, list[_Path]] = {}
+    _scan_values(record, (), 1, found)
+    explicit = record.get("attributes")
+    blocked = any(rule in found for rule in _BLOCKING_RULES)
+    if isinstance(explicit, str) and explicit.strip() and not blocked:
+        explicit, problem = parse_json(explicit)  # a CSV cell holding the attributes object as JSON text
+        if problem is None:
+            _scan_values(explicit, ("attributes",), 2, found)
+        elif problem[0] is Rule.TOO_DEEPLY_NESTED:
+            fail("attributes", problem[0], problem[1])
+        else:
+            fail("attributes", Rule.WRONG_TYPE, "attributes must be a JSON object; the text is not valid JSON")
+    for rule in _VALUE_RULES:
+        paths = found.get(rule)
+        if paths:
+            fail(_render_path(paths[0]), rule, _VALUE_MESSAGES[rule].format(where=_where(paths)))
+    return explicit, found
+
+
+def _check_item_id(item_id: Any, flagged: set[str], fail: _Fail) -> str | None:
+    """The item_id in its one spelling, or ``None`` when it is missing, not a string, or rejected for its value."""
+    if "item_id" in flagged:
+        return None
+    if item_id is None or (isinstance(item_id, str) and not item_id.strip()):
+        fail("item_id", Rule.MISSING_ITEM_ID, "item_id is required and must be a non-empty string")
+        return None
+    if not isinstance(item_id, str):
+        fail("item_id", Rule.WRONG_TYPE, f"item_id must be a string, got {type_name(item_id)}")
+        return None
+    # One spelling per id: "café" typed precomposed (NFC) or decomposed (NFD) is the same item.
+    normalised_id = unicodedata.normalize("NFC", item_id)
+    if len(normalised_id) > MAX_ITEM_ID_LENGTH:
+        fail(
+            "item_id",
+            Rule.ITEM_ID_TOO_LONG,
+            f"item_id has {len(normalised_id)} characters; at most {MAX_ITEM_ID_LENGTH} are allowed",
+        )
+    controls = _control_characters(normalised_id)
+    if controls:
+        fail("item_id", Rule.CONTROL_CHARACTERS, f"item_id contains control characters {', '.join(controls)}")
+    return normalised_id
+
+
+def _check_text_fields(record: Mapping[str, Any], flagged: set[str], fail: _Fail) -> dict[str, str | None]:
+    """``title``, ``text`` and ``category`` by name, each a string or ``None``; a field that is rejected is left out."""
+    strings: dict[str, str | None] = {}
+    for name in ("title", "text", "category"):
+        value = record.get(name)
+        if name in flagged:
+            continue
+        if value is None or isinstance(value, str):
+            strings[name] = value
+        else:
+            fail(name, Rule.WRONG_TYPE, f"{name} must be a string, got {type_name(value)}")
+    return strings
+
+
+def _check_deleted(deleted: Any, flagged: set[str], fail: _Fail) -> bool:
+    """Whether the row is a tombstone. Besides booleans, ``deleted`` may be 0/1 or a yes/no word, as CSV spells it."""
+    if "deleted" in flagged or deleted is None:
+        return False
+    if isinstance(deleted, bool):
+        return deleted
+    if isinstance(deleted, str) and deleted.strip().lower() in _TRUE_STRINGS | _FALSE_STRINGS:
+        return deleted.strip().lower() in _TRUE_STRINGS
+    if isinstance(deleted, int) and deleted in (0, 1):
+        return bool(deleted)
+    fail("deleted", Rule.WRONG_TYPE, f"deleted must be a boolean, got {deleted!r:.40}")
+    return False
+
+
+def _collect_attributes(
+    record: Mapping[str, Any], explicit: Any, explicit_rejected: bool, fail: _Fail
+) -> dict[str, Any]:
+    """The explicit ``attributes`` object, then every other non-null field outside the contract (the explicit
+    object wins on a name clash). ``explicit_rejected`` says a value rule already rejected the ``attributes``
+    field, so it is not reported again for its type."""
+    attributes: dict[str, Any] = {}
+    if explicit is not None and explicit != "":
+        if isinstance(explicit, Mapping):
+            attributes.update(jsonable(explicit))
+        elif isinstance(explicit, list | tuple) and all(isinstance(p, tuple | list) and len(p) == 2 for p in explicit):
+            attributes.update({str(k): jsonable(v) for k, v in explicit})  # Parquet map columns
+        elif not explicit_rejected:
+            fail("attributes", Rule.WRONG_TYPE, f"attributes must be an object, got {type_name(explicit)}")
+    for key, value in record.items():
+        if key not in CONTRACT_FIELDS and value is not None:
+            attributes.setdefault(str(key), jsonable(value))
+    return attributes
+
+
+def _check_updated_at(updated_at: Any, flagged: set[str], fail: _Fail) -> str | None:
+    """``updated_at`` as an ISO-8601 UTC timestamp, or ``None`` when it is absent or rejected."""
+    if updated_at is None or updated_at == "" or "updated_at" in flagged:
+        return None
+    try:
+        return _normalise_timestamp(updated_at)
+    except (ValueError, OverflowError, OSError) as exc:
+        fail("updated_at", Rule.INVALID_TIMESTAMP, f"updated_at is not a valid timestamp ({exc})")
+        return None
+
+
+def _check_has_content(strings: Mapping[str, str | None], fail: _Fail) -> None:
+    """A live item needs something to index: its title or its text must have content. Not judged when either field
+    was rejected for its type (one reason per field)."""
+    if "title" not in strings or "text" not in strings:
+        return
+    title, text = strings["title"], strings["text"]
+    if not (title and title.strip()) and not (text and text.strip()):
+        fail("text", Rule.EMPTY_TEXT, "title and text are both empty; at least one must have content")
 
 
 class RowChecker:
@@ -402,11 +424,14 @@ class RowChecker:
         return self._error(row, field_name, rule, message, None, raw)
 
     def check(self, record: Any, row: int, raw: Any = None) -> tuple[Item | None, list[RowError]]:
-        """Validate one parsed record. Returns the item, or ``None`` and every rule it breaks."""
+        """Validate one parsed record. Returns the item, or ``None`` and every rule it breaks.
+
+        The rule groups run in a fixed order, which is the order the errors are reported in.
+        """
         raw = record if raw is None else raw
         if not isinstance(record, Mapping):
             return None, [
-                self.row_error(row, Rule.WRONG_TYPE, f"a row must be an object, got {_type_name(record)}", raw)
+                self.row_error(row, Rule.WRONG_TYPE, f"a row must be an object, got {type_name(record)}", raw)
             ]
         errors: list[RowError] = []
         item_id = record.get("item_id")
@@ -414,110 +439,29 @@ class RowChecker:
         def fail(field_name: str, rule: Rule, message: str) -> None:
             errors.append(self._error(row, field_name, rule, message, item_id, raw))
 
-        # Every value, at any depth (keys included), before the field rules: what the search engine or a UTF-8
-        # writer cannot take must be rejected here, with its field, or it fails a later step for the whole drop.
-        found: dict[Rule, list[_Path]] = {}
-        _scan_values(record, (), 1, found)
-        explicit = record.get("attributes")
-        blocked = any(rule in found for rule in _BLOCKING_RULES)
-        if isinstance(explicit, str) and explicit.strip() and not blocked:
-            explicit, problem = parse_json(explicit)  # a CSV cell holding the attributes object as JSON text
-            if problem is None:
-                _scan_values(explicit, ("attributes",), 2, found)
-            elif problem[0] is Rule.TOO_DEEPLY_NESTED:
-                fail("attributes", problem[0], problem[1])
-            else:
-                fail("attributes", Rule.WRONG_TYPE, "attributes must be a JSON object; the text is not valid JSON")
-        for rule in _VALUE_RULES:
-            paths = found.get(rule)
-            if paths:
-                fail(_render_path(paths[0]), rule, _VALUE_MESSAGES[rule].format(where=_where(paths)))
+        explicit_attributes, found = _check_values(record, fail)
         if any(e.rule in _BLOCKING_RULES for e in errors):
             return None, errors
         # A field already rejected for its value is not judged again by its own rule (one reason per field).
         flagged = {str(path[0]) for paths in found.values() for path in paths}
-
-        normalised_id: str | None = None
-        if "item_id" in flagged:
-            pass
-        elif item_id is None or (isinstance(item_id, str) and not item_id.strip()):
-            fail("item_id", Rule.MISSING_ITEM_ID, "item_id is required and must be a non-empty string")
-        elif not isinstance(item_id, str):
-            fail("item_id", Rule.WRONG_TYPE, f"item_id must be a string, got {_type_name(item_id)}")
-        else:
-            # One spelling per id: "café" typed precomposed (NFC) or decomposed (NFD) is the same item.
-            normalised_id = unicodedata.normalize("NFC", item_id)
-            if len(normalised_id) > MAX_ITEM_ID_LENGTH:
-                fail(
-                    "item_id",
-                    Rule.ITEM_ID_TOO_LONG,
-                    f"item_id has {len(normalised_id)} characters; at most {MAX_ITEM_ID_LENGTH} are allowed",
-                )
-            controls = _control_characters(normalised_id)
-            if controls:
-                fail("item_id", Rule.CONTROL_CHARACTERS, f"item_id contains control characters {', '.join(controls)}")
-
-        strings: dict[str, str | None] = {}
-        for name in ("title", "text", "category"):
-            value = record.get(name)
-            if name in flagged:
-                continue
-            if value is None or isinstance(value, str):
-                strings[name] = value
-            else:
-                fail(name, Rule.WRONG_TYPE, f"{name} must be a string, got {_type_name(value)}")
-
-        deleted = record.get("deleted")
-        is_deleted = False
-        if "deleted" in flagged or deleted is None:
-            pass
-        elif isinstance(deleted, bool):
-            is_deleted = deleted
-        elif isinstance(deleted, str) and deleted.strip().lower() in _TRUE_STRINGS | _FALSE_STRINGS:
-            is_deleted = deleted.strip().lower() in _TRUE_STRINGS
-        elif isinstance(deleted, int) and deleted in (0, 1):
-            is_deleted = bool(deleted)
-        else:
-            fail("deleted", Rule.WRONG_TYPE, f"deleted must be a boolean, got {deleted!r:.40}")
-
-        attributes: dict[str, Any] = {}
-        if explicit is not None and explicit != "":
-            if isinstance(explicit, Mapping):
-                attributes.update(_jsonable(explicit))
-            elif isinstance(explicit, list | tuple) and all(
-                isinstance(p, tuple | list) and len(p) == 2 for p in explicit
-            ):
-                attributes.update({str(k): _jsonable(v) for k, v in explicit})  # Parquet map columns
-            elif not any(e.field == "attributes" for e in errors):
-                fail("attributes", Rule.WRONG_TYPE, f"attributes must be an object, got {_type_name(explicit)}")
-        for key, value in record.items():
-            if key not in CONTRACT_FIELDS and value is not None:
-                attributes.setdefault(str(key), _jsonable(value))
-
-        updated_at = record.get("updated_at")
-        normalised_updated_at = None
-        if updated_at is not None and updated_at != "" and "updated_at" not in flagged:
-            try:
-                normalised_updated_at = _normalise_timestamp(updated_at)
-            except (ValueError, OverflowError, OSError) as exc:
-                fail("updated_at", Rule.INVALID_TIMESTAMP, f"updated_at is not a valid timestamp ({exc})")
-
-        if not is_deleted and "title" in strings and "text" in strings:
-            title, text = strings["title"], strings["text"]
-            if not (title and title.strip()) and not (text and text.strip()):
-                fail("text", Rule.EMPTY_TEXT, "title and text are both empty; at least one must have content")
+        normalised_id = _check_item_id(item_id, flagged, fail)
+        strings = _check_text_fields(record, flagged, fail)
+        is_deleted = _check_deleted(record.get("deleted"), flagged, fail)
+        explicit_rejected = any(e.field == "attributes" for e in errors)
+        attributes = _collect_attributes(record, explicit_attributes, explicit_rejected, fail)
+        updated_at = _check_updated_at(record.get("updated_at"), flagged, fail)
+        if not is_deleted:
+            _check_has_content(strings, fail)
 
         if errors or normalised_id is None:
             return None, errors
-        return (
-            Item(
-                item_id=normalised_id,
-                title=strings.get("title") or None,
-                text=strings.get("text") or None,
-                category=strings.get("category") or None,
-                attributes=attributes,
-                updated_at=normalised_updated_at,
-                deleted=is_deleted,
-            ),
-            [],
+        item = Item(
+            item_id=normalised_id,
+            title=strings.get("title") or None,
+            text=strings.get("text") or None,
+            category=strings.get("category") or None,
+            attributes=attributes,
+            updated_at=updated_at,
+            deleted=is_deleted,
         )
+        return item, []

@@ -20,7 +20,6 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, TextIO
 
@@ -29,6 +28,7 @@ import pyarrow.parquet as pq
 
 from lmindexer.catalog.items import Item, RowChecker, RowError, Rule, parse_json
 from lmindexer.errors import CatalogError
+from lmindexer.storage.formats import CatalogFormat, detect_format
 from lmindexer.storage.s3 import is_s3_uri, local_copy, open_binary
 
 DEFAULT_BATCH_SIZE = 1024
@@ -51,39 +51,6 @@ _BYTE_ORDER_MARKS = (
     (codecs.BOM_UTF16_LE, "UTF-16 (little-endian, with a byte-order mark)"),
     (codecs.BOM_UTF16_BE, "UTF-16 (big-endian, with a byte-order mark)"),
 )
-
-
-class CatalogFormat(StrEnum):
-    JSONL = "jsonl"
-    JSONL_GZ = "jsonl.gz"
-    PARQUET = "parquet"
-    CSV = "csv"
-    CSV_GZ = "csv.gz"
-
-
-_SUFFIXES = {
-    ".jsonl": CatalogFormat.JSONL,
-    ".ndjson": CatalogFormat.JSONL,
-    ".jsonl.gz": CatalogFormat.JSONL_GZ,
-    ".ndjson.gz": CatalogFormat.JSONL_GZ,
-    ".parquet": CatalogFormat.PARQUET,
-    ".pq": CatalogFormat.PARQUET,
-    ".csv": CatalogFormat.CSV,
-    ".csv.gz": CatalogFormat.CSV_GZ,
-}
-
-
-def detect_format(location: str | os.PathLike[str]) -> CatalogFormat:
-    """The catalogue format implied by a file name."""
-    name = str(location).lower().rstrip("/")
-    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix):
-            return _SUFFIXES[suffix]
-    known = ", ".join(sorted(_SUFFIXES))
-    raise CatalogError(
-        f"cannot tell the format of {location} from its name: a catalogue's name ends in one of {known}; rename the "
-        "file (or copy it) to end in the suffix of its format"
-    )
 
 
 @dataclass

@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lmindexer.catalog.readers import CatalogFormat, detect_format
 from lmindexer.errors import CatalogError
 from lmindexer.layout import INCOMING_PREFIX
+from lmindexer.storage.formats import CatalogFormat, detect_format
 from lmindexer.storage.s3 import S3_SCHEME, ObjectInfo, S3Location, StorageError, is_s3_uri, list_objects
 
 DEFAULT_INCOMING_PREFIX = INCOMING_PREFIX
