@@ -493,56 +493,26 @@ def serve(
     ] = None,
 ) -> None:
     """Serve generative search and recommendation, and items sharing an ID prefix, over HTTP (docs at /docs)."""
-    import logging
-
-    import uvicorn
-
-    from lmindexer.downstream.generative import GenerativeModel
-    from lmindexer.options import parse_config
-    from lmindexer.search import SearchReader
-    from lmindexer.serving import ServingLimits, create_app, serving_threads
+    from lmindexer.serving.server import run_server
 
     if retriever is None and recommender is None:
         raise ConfigError("nothing to serve: give --retriever and/or --recommender")
     if (url or alias) and not search:
         raise ConfigError("--url and --alias choose the search backend; add --search to use one")
-    # Checked before the models load, which takes a while.
-    # Only what was given: every default is declared once, in ServingLimits.
-    given = {"max_query_chars": max_query_chars, "max_history": max_history, "max_k": max_k,
-             "max_body_bytes": max_body_bytes, "batch_max_size": batch_max_size,
-             "batch_max_wait_ms": batch_max_wait_ms}  # fmt: skip
-    if precision is not None and precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"--precision must be auto, fp32 or bf16, not {precision!r}")
-    limits = parse_config(ServingLimits, {k: v for k, v in given.items() if v is not None}, what="serving limits")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    per_model = serving_threads((retriever is not None) + (recommender is not None), threads)
-    search_model = GenerativeModel.load(retriever) if retriever else None
-    recommend_model = GenerativeModel.load(recommender) if recommender else None
-    for model in (search_model, recommend_model):
-        if model is not None and precision is not None:
-            model.use_precision(precision)
-    with ExitStack() as stack:
-        backend = None
-        if search:
-            backend = stack.enter_context(SearchReader(_search_config(url, alias)))
-            try:
-                backend.server_info()
-            except UserError as exc:
-                # The engine may come up later; until then only the endpoints that need it answer 503.
-                console.print(f"warning: {exc}", highlight=False, markup=False)
-        application = create_app(retriever=search_model, recommender=recommend_model, backend=backend, limits=limits)
-        for role, model in (("retriever", search_model), ("recommender", recommend_model)):
-            if model is not None:
-                console.print(
-                    f"{role}: {len(model.trie)} items, IDs of snapshot {model.vocabulary.snapshot_version}, "
-                    f"decoding in {model.precision}",
-                    highlight=False,
-                    markup=False,
-                )
-        if backend is not None:
-            console.print(f"search: {backend.config.describe()}", highlight=False, markup=False)
-        console.print(f"torch threads per model: {per_model}", highlight=False, markup=False)
-        uvicorn.run(application, host=host, port=port, log_level="info")
+    limits = {"max_query_chars": max_query_chars, "max_history": max_history, "max_k": max_k,
+              "max_body_bytes": max_body_bytes, "batch_max_size": batch_max_size,
+              "batch_max_wait_ms": batch_max_wait_ms}  # fmt: skip
+    run_server(
+        retriever=retriever,
+        recommender=recommender,
+        search_config=(lambda: _search_config(url, alias)) if search else None,
+        limits=limits,
+        host=host,
+        port=port,
+        threads=threads,
+        precision=precision,
+        say=lambda line: console.print(line, highlight=False, markup=False),
+    )
 
 
 RetrieverConfigOption = Annotated[Path, typer.Option("--retriever-config", help="Retriever config (YAML or JSON).")]
