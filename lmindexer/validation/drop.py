@@ -383,14 +383,7 @@ def validate_drop(
             summary_uri=layout.summary,
             expectations=[e.to_dict() for e in outcome.expectations],
         )
-        if success != outcome.critical_success:
-            log.warning(
-                "%s: the threshold (%s) and the input suite's gate disagree on %d of %d rows; the threshold decides",
-                source_uri,
-                "pass" if success else "fail",
-                quarantined,
-                rows_in,
-            )
+        _warn_if_gates_disagree(result)
         _write_outputs(
             layout,
             rejected_path=rejected_path,
@@ -403,6 +396,19 @@ def validate_drop(
     if not success:
         raise _over_threshold(result)
     return result
+
+
+def _warn_if_gates_disagree(result: DropValidation) -> None:
+    """The share threshold decides whether a drop passes; the input suite's own gate is reported beside it, and a
+    disagreement between the two is worth a look at the suite or the threshold."""
+    if result.success != result.suite_success:
+        log.warning(
+            "%s: the threshold (%s) and the input suite's gate disagree on %d of %d rows; the threshold decides",
+            result.source,
+            "pass" if result.success else "fail",
+            result.quarantined,
+            result.rows_in,
+        )
 
 
 def _over_threshold(result: DropValidation) -> ValidationFailed:
