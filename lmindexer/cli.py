@@ -533,14 +533,28 @@ def retriever_train(
     options: Annotated[
         Path | None, typer.Option("--options", help="YAML or JSON file of generative model options.")
     ] = None,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint-dir",
+            help="Keep resumable training state here (default: <out>.checkpoint); rerunning the same training resumes.",
+        ),
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary to this file.")] = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Train a generative retriever for the catalogue's items in the ID table's ID space; print a JSON summary."""
+    """Train a generative retriever for the catalogue's items in the ID table's ID space; print a JSON summary
+    (works under `accelerate launch`)."""
     from lmindexer.downstream.jobs import train_model
     from lmindexer.jobs import load_config_file
 
     values = load_config_file(options) if options else {}
-    _print_json(train_model(snapshot, ids, catalog, queries, out, values, progress=not quiet))
+    checkpoint = checkpoint_dir or out.with_name(out.name + ".checkpoint")
+    summary = train_model(snapshot, ids, catalog, queries, out, values, checkpoint_dir=checkpoint, progress=not quiet)
+    if summary is None:
+        return  # a non-main process of a multi-process training: the main process saves and reports
+    _write_json(json_out, summary)
+    _print_json(summary)
 
 
 @retriever_app.command("evaluate")

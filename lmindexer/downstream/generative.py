@@ -14,7 +14,6 @@ model whose files or document differ from what was saved is refused on load.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -32,16 +31,17 @@ from tqdm.auto import tqdm
 
 from lmindexer.downstream.model import GenerativeIdModel, Task
 from lmindexer.downstream.ranking import rank_metrics
+from lmindexer.downstream.training import TokenizedTexts, train_network
 from lmindexer.downstream.trie import IdTrie
 from lmindexer.downstream.vocabulary import IdVocabulary
 from lmindexer.errors import ConfigError, SnapshotError
 from lmindexer.idtable import IdTable
 from lmindexer.indexers.base import Indexer
-from lmindexer.indexers.integrity import INTEGRITY_KEY, seal, verify, write_safetensors
 from lmindexer.indexers.lm.backbone import backbone_from_snapshot, load_backbone
 from lmindexer.indexers.lm.indexer import LMIndexer
 from lmindexer.indexers.lm.model import tied_names
-from lmindexer.methods import PACKAGED_ENCODER
+from lmindexer.integrity import INTEGRITY_KEY, seal, verify, write_safetensors
+from lmindexer.methods import PACKAGED_ENCODER, MixedPrecision
 from lmindexer.precision import PRECISION_DESCRIPTION, InferencePrecision, inference_autocast, resolve_precision
 
 DOCUMENT = "generative.json"
@@ -82,6 +82,10 @@ class GenerativeConfig(BaseModel):
     beam_size: int = Field(20, ge=1, le=1000, description="beams kept per position; also the most results returned")
     inference_batch_size: int = Field(64, ge=1, le=65536)
     inference_precision: InferencePrecision = Field("auto", description=PRECISION_DESCRIPTION)
+    checkpoint_every: int = Field(200, ge=1, description="training steps between checkpoints (with a checkpoint_dir)")
+    mixed_precision: MixedPrecision | None = Field(
+        None, description="training autocast; None follows accelerate launch's --mixed_precision"
+    )
     seed: int = 0
     device: Literal["auto", "cpu"] = "auto"
 
@@ -98,61 +102,6 @@ def parse_generative_config(values: Mapping[str, Any] | GenerativeConfig | None)
 
 def _device(config: GenerativeConfig) -> torch.device:
     return torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else "cpu")
-
-
-def _lr_lambda(total: int, warmup_share: float):
-    warmup = max(1, int(total * warmup_share))
-
-    def scale(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return scale
-
-
-class TokenizedTexts:
-    """Every text's token ids (truncated, unpadded) and, with a frozen encoder, its cached encoder states."""
-
-    def __init__(self, tokenizer: Any, texts: Sequence[str], max_length: int) -> None:
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-        self.ids = [torch.tensor(row, dtype=torch.long) for row in encoded["input_ids"]]
-        self.pad_id = tokenizer.pad_token_id or 0
-        self.memory: list[torch.Tensor] | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def batch(self, index: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
-        rows = [self.ids[i] for i in index]
-        length = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for n, row in enumerate(rows):
-            input_ids[n, : len(row)] = row
-            mask[n, : len(row)] = 1
-        batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
-        if self.memory is not None:
-            states = [self.memory[i] for i in index]
-            memory = torch.zeros((len(rows), length, states[0].size(-1)), dtype=states[0].dtype)
-            for n, state in enumerate(states):
-                memory[n, : len(state)] = state
-            batch["memory"] = memory.to(device)
-        return batch
-
-    @torch.inference_mode()
-    def cache_memory(self, encode: Any, batch_size: int, device: torch.device, progress: bool) -> None:
-        """Run the frozen encoder once over every text; training then reads its states from memory (float16)."""
-        memory: list[torch.Tensor | None] = [None] * len(self.ids)
-        # Texts of similar length batched together: little padding.
-        order = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i]))
-        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        for index in tqdm(batches, desc="encoding texts", unit="batch", disable=not progress, leave=False):
-            batch = self.batch(index, device)
-            states = encode(batch["input_ids"], batch["attention_mask"]).to(torch.float16).cpu()
-            for n, i in enumerate(index):
-                memory[i] = states[n, : len(self.ids[i])].clone()
-        self.memory = memory  # type: ignore[assignment]
 
 
 class GenerativeModel:
@@ -172,6 +121,8 @@ class GenerativeModel:
         self.network.to(self.device)
         self.initialised_from: str = "backbone"
         self.training: dict[str, Any] = {}
+        # False in every process but the first of a multi-process training: only the first saves and reports.
+        self.is_main_process = True
 
     # -- construction ----------------------------------------------------------------------------------------------
 
@@ -251,18 +202,6 @@ class GenerativeModel:
             rows.append(tokens)
         return torch.tensor(rows, dtype=torch.long)
 
-    def _optimizer(self, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        encoder = {id(p) for p in self.network.backbone.encoder_parameters()}
-        head = [p for p in self.network.parameters() if id(p) not in encoder and p.requires_grad]
-        groups = [{"params": head, "lr": self.config.learning_rate}]
-        if self.config.train_encoder and self.config.task == "retrieval":
-            groups.append(
-                {"params": self.network.backbone.encoder_parameters(), "lr": self.config.encoder_learning_rate}
-            )
-        optimizer = torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps, self.config.warmup_share))
-        return optimizer, schedule
-
     def _freeze_encoder(self) -> bool:
         frozen = not (self.config.train_encoder and self.config.task == "retrieval")
         for parameter in self.network.backbone.encoder_parameters():
@@ -274,9 +213,11 @@ class GenerativeModel:
         pairs: Sequence[tuple[str, str]],
         item_texts: Mapping[str, str] | None = None,
         *,
+        checkpoint_dir: Path | None = None,
         progress: bool = False,
     ) -> dict[str, Any]:
-        """Fine-tune on (query text, item_id) pairs, plus (item text, item_id) indexing pairs when configured."""
+        """Fine-tune on (query text, item_id) pairs, plus (item text, item_id) indexing pairs when configured.
+        With ``checkpoint_dir`` the training is resumable (see :mod:`lmindexer.downstream.training`)."""
         if self.config.task != "retrieval":
             raise ConfigError("this model is a recommender; train it with fit_recommendation")
         examples = list(pairs)
@@ -290,6 +231,7 @@ class GenerativeModel:
         targets = self._targets([item_id for _, item_id in examples])
         bank = TokenizedTexts(self.network.backbone.tokenizer, texts, self.config.max_length)
         frozen = self._freeze_encoder()
+        accelerator = self._start_training()
         started = time.perf_counter()
         if frozen:
             bank.cache_memory(self.network.encode, self.config.inference_batch_size, self.device, progress)
@@ -304,7 +246,13 @@ class GenerativeModel:
                 memory = self.network.encode(batch["input_ids"], mask)
             return self.network.loss(memory, mask, targets[index].to(self.device))
 
-        stats = self._train(len(examples), batch_loss, progress=progress)
+        described = (
+            f"{text}\x1f{item_id}\x1f{row}" for (text, item_id), row in zip(examples, targets.tolist(), strict=True)
+        )
+        stats = train_network(
+            self.network, self.config, accelerator, len(examples), batch_loss, trains_encoder=not frozen,
+            described_examples=described, checkpoint_dir=checkpoint_dir, progress=progress,
+        )  # fmt: skip
         stats.update({"pairs": len(pairs), "indexing_pairs": len(examples) - len(pairs), "encode_s": encoded_s})
         self.training = stats
         return stats
@@ -322,8 +270,11 @@ class GenerativeModel:
             mask[row, window - len(known) :] = 1
         return tokens, mask
 
-    def fit_recommendation(self, sequences: Sequence[Sequence[str]], *, progress: bool = False) -> dict[str, Any]:
-        """Train on every (prefix of a user's sequence -> the item that followed it) in ``sequences``."""
+    def fit_recommendation(
+        self, sequences: Sequence[Sequence[str]], *, checkpoint_dir: Path | None = None, progress: bool = False
+    ) -> dict[str, Any]:
+        """Train on every (prefix of a user's sequence -> the item that followed it) in ``sequences``; resumable
+        with ``checkpoint_dir``."""
         if self.config.task != "recommendation":
             raise ConfigError("this model is a retriever; train it with fit_retrieval")
         histories: list[Sequence[str]] = []
@@ -339,48 +290,33 @@ class GenerativeModel:
         history, item_mask = self._history_tensors(histories)
         targets = self._targets(nexts)
         self._freeze_encoder()
+        accelerator = self._start_training()
 
         def batch_loss(index: list[int]) -> torch.Tensor:
             memory, mask = self.network.encode_history(history[index].to(self.device), item_mask[index].to(self.device))
             return self.network.loss(memory, mask, targets[index].to(self.device))
 
-        stats = self._train(len(histories), batch_loss, progress=progress)
+        described = ("\x1d".join(h) + f"\x1f{n}" for h, n in zip(histories, nexts, strict=True))
+        stats = train_network(
+            self.network, self.config, accelerator, len(histories), batch_loss, trains_encoder=False,
+            described_examples=described, checkpoint_dir=checkpoint_dir, progress=progress,
+        )  # fmt: skip
         stats["examples"] = len(histories)
         self.training = stats
         return stats
 
-    def _train(self, examples: int, batch_loss, *, progress: bool) -> dict[str, Any]:
-        config = self.config
-        generator = torch.Generator().manual_seed(config.seed)
-        torch.manual_seed(config.seed)
-        per_epoch = math.ceil(examples / config.batch_size)
-        optimizer, schedule = self._optimizer(per_epoch * config.epochs)
-        self.network.train()
-        losses: list[float] = []
-        started = time.perf_counter()
-        bar = tqdm(total=per_epoch * config.epochs, desc="training", unit="step", disable=not progress, leave=False)
-        for _ in range(config.epochs):
-            order = torch.randperm(examples, generator=generator).tolist()
-            total = 0.0
-            for start in range(0, examples, config.batch_size):
-                loss = batch_loss(order[start : start + config.batch_size])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
-                total += float(loss.detach())
-                bar.update(1)
-            losses.append(total / per_epoch)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        bar.close()
-        self.network.eval()
-        return {
-            "epochs": config.epochs,
-            "steps": per_epoch * config.epochs,
-            "epoch_loss": losses,
-            "train_s": time.perf_counter() - started,
-        }
+    def _start_training(self) -> Any:
+        """The Accelerator this training runs on; the network moves to its device (one GPU per process)."""
+        from accelerate.utils import set_seed
+
+        from lmindexer.training.loop import create_accelerator
+
+        accelerator = create_accelerator(self.config.mixed_precision, self.config.device)
+        set_seed(self.config.seed)
+        self.device = accelerator.device
+        self.network.to(self.device)
+        self.is_main_process = accelerator.is_main_process
+        return accelerator
 
     # -- decoding --------------------------------------------------------------------------------------------------
 

@@ -26,13 +26,16 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lmindexer.catalog.store import read_catalog_table
 from lmindexer.downstream.generative import GenerativeModel, parse_generative_config
 from lmindexer.downstream.results import (
     Action,
@@ -53,7 +56,7 @@ from lmindexer.options import parse_config
 from lmindexer.pipeline.config import PipelineConfig, normalise_prefix, safe_run_id
 from lmindexer.pipeline.records import current as pipeline_current
 from lmindexer.pipeline.records import read_json, remembered_at, write_json
-from lmindexer.storage.s3 import is_s3_uri, local_copy, open_binary, upload_file
+from lmindexer.storage.s3 import is_s3_uri, local_copy, open_binary, upload_tree
 
 MODES = ("auto", "retrain")
 _POINTER_FIELDS = ("run_id", "snapshot_uri", "snapshot_version", "ids_uri", "catalog_uri")
@@ -128,11 +131,9 @@ def read_queries(location: str | Path) -> list[tuple[str, str]]:
 
 def _catalogue_ids(location: str) -> set[str]:
     if str(location).endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        # The pipeline's catalogue is Parquet: its item_id column is all a plan needs, not every item's text.
-        with local_copy(location, suffix=".parquet") as path:
-            return set(pq.read_table(path, columns=["item_id"]).column("item_id").to_pylist())
+        # A catalogue version the pipeline wrote (its rows validated when their drop came in): its item_id column
+        # is all a plan needs, read as trusted Arrow, not every item's text through the validating reader.
+        return set(read_catalog_table(location, columns=["item_id"]).column("item_id").to_pylist())
     from lmindexer.catalog.store import read_catalog
 
     return set(read_catalog(location))
@@ -152,10 +153,7 @@ def save_model(model: GenerativeModel, location: str) -> str:
         model.save(location)
         return location
     with tempfile.TemporaryDirectory(prefix="lmindexer-retriever-") as tmp:
-        staged = model.save(Path(tmp) / "model")
-        for path in sorted(staged.rglob("*")):
-            if path.is_file():
-                upload_file(path, f"{location.rstrip('/')}/{path.relative_to(staged).as_posix()}")
+        upload_tree(model.save(Path(tmp) / "model"), location)
     return location
 
 
@@ -187,9 +185,11 @@ def fit_retriever(
     queries: str | Path,
     options: Mapping[str, Any] | None = None,
     *,
+    checkpoint_dir: str | Path | None = None,
     progress: bool = False,
 ) -> tuple[GenerativeModel, dict[str, Any]]:
-    """Train a retriever for the catalogue's items in the ID space of ``ids`` (made by ``snapshot``).
+    """Train a retriever for the catalogue's items in the ID space of ``ids`` (made by ``snapshot``); resumable with
+    ``checkpoint_dir``, and the same code on a CPU, a GPU or several processes under ``accelerate launch``.
 
     Queries about items without a live ID are skipped and counted; the items' own texts (as the snapshot renders
     them) are the indexing pairs. The vocabulary is sized on the whole table, deleted items included, so every
@@ -213,7 +213,8 @@ def fit_retriever(
     model.sync(live)
     item_ids = live.item_ids
     texts = dict(zip(item_ids, indexer.texts([catalogue[i] for i in item_ids]), strict=True))
-    stats = model.fit_retrieval(known, texts, progress=progress)
+    checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    stats = model.fit_retrieval(known, texts, checkpoint_dir=checkpoint, progress=progress)
     summary = {
         "snapshot_version": table.space.snapshot_version,
         "method": table.space.method,
@@ -237,11 +238,21 @@ def train_model(
     out: str | Path,
     options: Mapping[str, Any] | None = None,
     *,
+    checkpoint_dir: str | Path | None = None,
     progress: bool = False,
-) -> dict[str, Any]:
-    """:func:`fit_retriever`, then save the model to ``out`` (a directory or s3:// prefix); returns the summary."""
-    model, summary = fit_retriever(snapshot, ids, catalog, queries, options, progress=progress)
-    return {"model_uri": save_model(model, str(out)), **summary}
+) -> dict[str, Any] | None:
+    """:func:`fit_retriever`, then save the model to ``out`` (a directory or s3:// prefix) and remove the
+    checkpoint; returns the summary. In a multi-process training only the first process saves and returns one
+    (the others return None)."""
+    model, summary = fit_retriever(
+        snapshot, ids, catalog, queries, options, checkpoint_dir=checkpoint_dir, progress=progress
+    )
+    if not model.is_main_process:
+        return None
+    saved = {"model_uri": save_model(model, str(out)), **summary}
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return saved
 
 
 def evaluate_model(model: GenerativeModel, pairs: Sequence[tuple[str, str]], *, progress: bool = False) -> dict:
@@ -348,17 +359,16 @@ def train_retriever(
     *,
     progress: bool = False,
 ) -> TrainedRetriever:
-    """Train on the pointer's snapshot, ID table and catalogue; save under ``runs/<run>/model/``. Trains once per
-    run: a rerun returns the stored result."""
+    """Train on the pointer's snapshot, ID table and catalogue in an ``accelerate launch`` subprocess, as the
+    indexer's training step does (the pipeline's ``train_processes`` and ``mixed_precision``; a GPU per process where
+    there is one); save under ``runs/<run>/model/``. A retried task on the same worker resumes the training from its
+    checkpoint; once trained, a rerun returns the stored result."""
     run_id = safe_run_id(run_id)
     plan = RefreshPlan.from_xcom(plan)
     pointer = _expect(plan, "retrain", run_id)
 
     def compute() -> dict[str, Any]:
-        result = train_model(
-            pointer.snapshot_uri, pointer.ids_uri, pointer.catalog_uri, retriever.train_queries,
-            _run_uri(pipeline, retriever, run_id, "model"), retriever.options, progress=progress,
-        )  # fmt: skip
+        result = _launch_training(pipeline, retriever, run_id, pointer, progress=progress)
         return TrainedRetriever(
             run_id=run_id, trained_at=_now(), pipeline_run_id=pointer.run_id, snapshot_uri=pointer.snapshot_uri,
             ids_uri=pointer.ids_uri, catalog_uri=pointer.catalog_uri, options=dict(retriever.options), live=plan.live,
@@ -366,6 +376,42 @@ def train_retriever(
         ).to_xcom()  # fmt: skip
 
     return TrainedRetriever.from_xcom(remembered_at(_run_uri(pipeline, retriever, run_id, "train.json"), compute))
+
+
+def _launch_training(
+    pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, pointer: PipelineRef, *, progress: bool
+) -> dict[str, Any]:
+    """``lmindexer retriever train`` under ``accelerate launch`` on local copies of its inputs; the model is then
+    copied to the run's ``model/``. Returns the training summary, as :func:`train_model` does."""
+    from lmindexer.cache import cache_root
+    from lmindexer.storage.s3 import download_prefix
+    from lmindexer.training.launch import accelerate_command, run_training
+
+    with tempfile.TemporaryDirectory(prefix="lmindexer-retriever-train-") as tmp, ExitStack() as inputs:
+        work = Path(tmp)
+        snapshot = Path(pointer.snapshot_uri)
+        if is_s3_uri(pointer.snapshot_uri):
+            snapshot = work / "snapshot"
+            download_prefix(pointer.snapshot_uri, snapshot)
+        ids = inputs.enter_context(local_copy(pointer.ids_uri, suffix=".parquet"))
+        catalog = inputs.enter_context(local_copy(pointer.catalog_uri, suffix=".parquet"))
+        queries = inputs.enter_context(local_copy(retriever.train_queries, suffix=".jsonl"))
+        options = work / "options.json"
+        options.write_text(json.dumps(retriever.options))
+        out, summary = work / "model", work / "summary.json"
+        # Outside the temporary directory, so that a retry of this task on the same worker resumes the training.
+        checkpoint = cache_root() / "training" / f"retriever-{run_id}"
+        command = accelerate_command(pipeline.train_processes, pipeline.mixed_precision, [
+            "retriever", "train", "--snapshot", str(snapshot), "--ids", str(ids), "--catalog", str(catalog),
+            "--queries", str(queries), "--out", str(out), "--options", str(options),
+            "--checkpoint-dir", str(checkpoint), "--json", str(summary), *([] if progress else ["--quiet"]),
+        ])  # fmt: skip
+        run_training(command, produces=summary)
+        result = json.loads(summary.read_text())
+        model_uri = _run_uri(pipeline, retriever, run_id, "model")
+        upload_tree(out, model_uri)
+    # The summary names the local copies the training read; the record names what the run trained on.
+    return {**result, "model_uri": model_uri, "train_queries": retriever.train_queries}
 
 
 def evaluate_retriever(

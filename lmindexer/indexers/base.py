@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 import lmindexer
 from lmindexer.catalog.items import Item
 from lmindexer.errors import ConfigError, SnapshotError
-from lmindexer.indexers.integrity import INTEGRITY_KEY, legacy_content_hash, seal, verify, write_safetensors
+from lmindexer.integrity import INTEGRITY_KEY, legacy_content_hash, seal, verify, write_safetensors
 from lmindexer.methods import IndexerConfig
 from lmindexer.options import parse_config
 from lmindexer.precision import resolve_precision

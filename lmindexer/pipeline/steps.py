@@ -33,8 +33,6 @@ import logging
 import math
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,9 +70,10 @@ from lmindexer.pipeline.results import (
 )
 from lmindexer.storage.drops import Drop
 from lmindexer.storage.parquet import read_parquet, write_parquet
-from lmindexer.storage.s3 import exists, upload_file, write_bytes
+from lmindexer.storage.s3 import exists, upload_tree, write_bytes
 from lmindexer.storage.versioned import VersionConflict
 from lmindexer.threads import limited_threads, threads_per_task
+from lmindexer.training.launch import TrainingFailed, accelerate_command, run_training
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +83,6 @@ _ENGINE_FIELD = re.compile(r"field \[([^\]]+)\]")
 
 class QualityGateFailed(UserError):
     """A new ID table failed a check; nothing was published."""
-
-
-class TrainingFailed(UserError):
-    """The training subprocess did not produce a snapshot."""
 
 
 class StaleRun(UserError):
@@ -260,15 +255,10 @@ def train(config: PipelineConfig, run_id: str, merged: Merged, decision: Decisio
             out = work / "snapshot"
             # Outside the temporary directory, so that a retry of this task on the same worker resumes training.
             checkpoint = cache_root() / "training" / safe_run_id(run_id)
-            command = train_command(config, catalog, out, options, checkpoint)
-            log.info("training: %s", " ".join(command))
-            completed = subprocess.run(command, capture_output=True, text=True, check=False)
-            if completed.returncode != 0 or not (out / "snapshot.json").is_file():
-                tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
-                raise TrainingFailed(f"training exited with code {completed.returncode}: {' | '.join(tail)}")
+            run_training(train_command(config, catalog, out, options, checkpoint), produces=out / "snapshot.json")
             version = read_snapshot_document(out)["version"]
             snapshot_uri = config.uri(config.models_prefix, version)
-            _copy_tree_to(out, snapshot_uri)
+            upload_tree(out, snapshot_uri)
         return Snapshot(trained=True, snapshot_uri=snapshot_uri, snapshot_version=version).to_xcom()
 
     return Snapshot.from_xcom(remembered(config, run_id, "train", compute))
@@ -565,33 +555,11 @@ def train_command(
     config: PipelineConfig, catalog: Path, out: Path, options_file: Path, checkpoint_dir: Path | None = None
 ) -> list[str]:
     """``accelerate launch`` of the fit entry point: the same command on a CPU box and a GPU worker."""
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        str(config.train_processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        config.mixed_precision,
-        "--dynamo_backend",
-        "no",
-    ]
-    if config.train_processes > 1:
-        launcher.append("--multi_gpu")
-    return [
-        *launcher, "-m", "lmindexer.cli", "fit",
-        "--method", config.method, "--catalog", str(catalog), "--out", str(out), "--config", str(options_file),
+    return accelerate_command(config.train_processes, config.mixed_precision, [
+        "fit", "--method", config.method, "--catalog", str(catalog), "--out", str(out), "--config", str(options_file),
         *(["--checkpoint-dir", str(checkpoint_dir)] if checkpoint_dir is not None else []),
         "--quiet",
-    ]  # fmt: skip
-
-
-def _copy_tree_to(source: Path, destination: str) -> None:
-    for path in sorted(source.rglob("*")):
-        if path.is_file():
-            upload_file(path, f"{destination.rstrip('/')}/{path.relative_to(source).as_posix()}")
+    ])  # fmt: skip
 
 
 def ids_uri(config: PipelineConfig, version: str) -> str:

@@ -198,6 +198,15 @@ def upload_file(path: str | os.PathLike[str], destination: str, *, client: Any =
     os.replace(tmp, target)
 
 
+def upload_tree(source: str | os.PathLike[str], destination: str, *, client: Any = None) -> None:
+    """Copy every file under a local directory to the same relative paths under a local directory or ``s3://``
+    prefix, in path order."""
+    root = Path(source)
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            upload_file(path, f"{destination.rstrip('/')}/{path.relative_to(root).as_posix()}", client=client)
+
+
 def exists(location: str | os.PathLike[str], *, client: Any = None) -> bool:
     if not is_s3_uri(location):
         return Path(location).exists()

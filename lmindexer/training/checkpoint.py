@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lmindexer.errors import SnapshotError
-from lmindexer.indexers.integrity import write_safetensors
+from lmindexer.integrity import write_safetensors
 
 PROGRESS_FILE = "progress.json"
 

@@ -111,7 +111,7 @@ def test_a_failed_save_keeps_the_previous_model(model, saved, monkeypatch):
         # The text safetensors raises when the disk fills up (seen on a full tmpfs).
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr("lmindexer.indexers.integrity.save_file", disk_full)
+    monkeypatch.setattr("lmindexer.integrity.save_file", disk_full)
     with pytest.raises(OSError, match="No space left on device") as caught:
         model.save(saved)
     assert caught.value.errno == errno.ENOSPC

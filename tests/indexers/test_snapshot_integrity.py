@@ -177,7 +177,7 @@ def test_a_failed_save_keeps_the_previous_snapshot(fitted, snapshot, monkeypatch
         # The text safetensors raises when the disk fills up (seen on a full tmpfs).
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr("lmindexer.indexers.integrity.save_file", disk_full)
+    monkeypatch.setattr("lmindexer.integrity.save_file", disk_full)
     with pytest.raises(OSError, match="No space left on device") as caught:
         fitted["rq-kmeans"].save(snapshot)
     assert caught.value.errno == errno.ENOSPC

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from lmindexer.indexers.lm.checkpoint import find_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
+from lmindexer.training.checkpoint import find_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
 
 
 def _stepped_optimizer() -> tuple[torch.nn.Module, torch.optim.Optimizer]:

@@ -14,8 +14,9 @@ Every learned change is kept only where a label-free criterion says it helped: t
 content words under a smoothed word distribution per code prefix fitted on the other items (how much the codes say
 about the text). Otherwise the initial (k-means) state is restored. Both values are reported.
 
-One AdamW optimiser and one schedule (linear warm-up, cosine decay) run across all phases; the parameters of a phase
-not running get no gradient. Whole-catalogue passes (caches, k-means, assignment) run on every process and the main
+One AdamW optimiser and one schedule (linear warm-up, cosine decay) run across all phases, through the platform's one
+training loop (:mod:`lmindexer.training.loop`); the parameters of a phase not running get no gradient. Whole-catalogue
+passes (caches, k-means, assignment) run on every process and the main
 process's result is broadcast, so processes agree exactly. The state is checkpointed every ``checkpoint_every``
 steps and at phase boundaries; a rerun with the same options and catalogue resumes from it.
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import math
 import time
@@ -40,15 +40,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lmindexer.indexers.kmeans import fit_kmeans
-from lmindexer.indexers.lm.checkpoint import find_checkpoint, save_checkpoint
 from lmindexer.indexers.lm.encoder import mean_pool
 from lmindexer.indexers.lm.model import LMIndexerModel, NodeCentres, nearest
 from lmindexer.methods import LMIndexerConfig
+from lmindexer.training.checkpoint import find_checkpoint, save_checkpoint
+from lmindexer.training.loop import (
+    TrainingLoop,
+    create_accelerator,
+    pad_token_rows,
+    process_share,
+    summarise_losses,
+    training_fingerprint,
+)
 
 log = logging.getLogger(__name__)
-LOG_EVERY = 20
-LOSS_WINDOW = 10
 SINKHORN_ITERATIONS = 3
+# Seeds of one phase's steps start this far from the previous phase's: phases never share a step's randomness.
+PHASE_SEED_STRIDE = 7919
 # Dirichlet prior (in tokens) pulling a code's word distribution towards the catalogue's: a code seen on few items
 # says little, and the criterion must not reward codes for memorising their handful of items.
 CRITERION_PRIOR = 50.0
@@ -77,14 +85,7 @@ class CatalogueTokens:
         return len(self.ids)
 
     def padded(self, index: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.ids[i] for i in index]
-        length = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for n, row in enumerate(rows):
-            input_ids[n, : len(row)] = row
-            mask[n, : len(row)] = 1
-        return input_ids, mask
+        return pad_token_rows([self.ids[i] for i in index], self.pad_id)
 
     def word_targets(self, index: Sequence[int]) -> torch.Tensor:
         """``(B, V)`` each item's content-word distribution (uniform over its content tokens)."""
@@ -266,16 +267,6 @@ def reset_writer(writer: nn.Module) -> None:
     writer.correction.bias.zero_()
 
 
-def schedule_factor(step: int, total_steps: int, warmup_share: float) -> float:
-    """Share of the peak learning rate at ``step`` (0-based) of a run of ``total_steps`` across all phases: linear
-    warm-up over the first ``warmup_share`` of the steps, then cosine decay to zero."""
-    total = max(total_steps, 1)
-    warmup = max(1, int(total * warmup_share))
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
-
-
 @dataclass(frozen=True)
 class Phase:
     name: str  # "encoder" or "position"
@@ -287,24 +278,8 @@ class Phase:
         return "encoder" if self.name == "encoder" else f"position {self.level + 1}"
 
 
-def create_accelerator(config: LMIndexerConfig) -> Any:
-    from accelerate import Accelerator
-
-    options: dict[str, Any] = {}
-    if config.mixed_precision is not None:
-        options["mixed_precision"] = config.mixed_precision
-    if config.device == "cpu" or not torch.cuda.is_available():
-        options["cpu"] = True
-    return Accelerator(**options)
-
-
-def training_fingerprint(config: LMIndexerConfig, texts: Sequence[str], warm_version: str | None) -> str:
-    digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
-    digest.update(str(warm_version).encode())
-    for text in texts:
-        digest.update(text.encode())
-        digest.update(b"\x1e")
-    return digest.hexdigest()[:24]
+def fingerprint_of(config: LMIndexerConfig, texts: Sequence[str], warm_version: str | None) -> str:
+    return training_fingerprint(config.model_dump(mode="json"), [str(warm_version), *texts])
 
 
 class Trainer:
@@ -321,7 +296,7 @@ class Trainer:
         from accelerate.utils import set_seed
 
         self.config = config
-        self.accelerator = create_accelerator(config)
+        self.accelerator = create_accelerator(config.mixed_precision, config.device)
         self.is_main = self.accelerator.is_main_process
         self.progress = progress and self.is_main
         self.device = self.accelerator.device
@@ -334,7 +309,7 @@ class Trainer:
             parameter.requires_grad_(False)
         self.codes = torch.full((len(texts), config.levels), -1, dtype=torch.long)
         self.phases = self._plan()
-        self.fingerprint = training_fingerprint(config, texts, warm_version)
+        self.fingerprint = fingerprint_of(config, texts, warm_version)
         self.checkpoint_dir = checkpoint_dir
         self.history: list[dict[str, Any]] = []
         self.lower: StateCache | None = None
@@ -346,6 +321,9 @@ class Trainer:
         # The objectives are not wrapped in DistributedDataParallel: which parameters train changes from phase to
         # phase (DDP fixes that set when it wraps), so gradients are averaged across processes by hand.
         self.optimizer = self.accelerator.prepare(self.optimizer)
+        self.loop = TrainingLoop(self.accelerator, self.optimizer, self.objectives, self.total_steps,
+                                 config.warmup_share, config.seed, checkpoint_every=config.checkpoint_every,
+                                 progress=self.progress)  # fmt: skip
 
     # -- plan, optimiser, schedule -------------------------------------------------------------------------------
 
@@ -371,29 +349,6 @@ class Trainer:
         if encoder:
             groups.append({"params": encoder, "lr": config.encoder_learning_rate, "peak": config.encoder_learning_rate})
         return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-
-    def _set_rate(self, global_step: int) -> None:
-        factor = schedule_factor(global_step, self.total_steps, self.config.warmup_share)
-        for group in getattr(self.optimizer, "optimizer", self.optimizer).param_groups:
-            group["lr"] = group["peak"] * factor
-
-    def _average_gradients(self) -> None:
-        if self.accelerator.num_processes == 1:
-            return
-        import torch.distributed as dist
-
-        trained = [p for p in self.objectives.parameters() if p.requires_grad]
-        for parameter in trained:
-            if parameter.grad is None:  # every process must join the same collective
-                parameter.grad = torch.zeros_like(parameter)
-        flat = torch.cat([p.grad.reshape(-1) for p in trained])
-        dist.all_reduce(flat)
-        flat /= self.accelerator.num_processes
-        offset = 0
-        for parameter in trained:
-            size = parameter.grad.numel()
-            parameter.grad.copy_(flat[offset : offset + size].view_as(parameter.grad))
-            offset += size
 
     def _train_only(self, parameters: Sequence[nn.Parameter]) -> None:
         for parameter in self.objectives.parameters():
@@ -581,43 +536,17 @@ class Trainer:
         while len(batches) < needed:
             order = training[torch.randperm(len(training), generator=generator)]
             batches += [order[i : i + size].tolist() for i in range(0, len(order) - size + 1, size)]
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        return batches[rank:needed:world]
+        return process_share(batches[:needed], self.accelerator.process_index, self.accelerator.num_processes)
 
     def _train(self, index: int, phase: Phase, start_step: int, steps_before: int, make_batch: Any) -> dict[str, Any]:
-        from accelerate.utils import set_seed
+        def loss(batch_index: list[int]) -> dict[str, torch.Tensor]:
+            return self.objectives(make_batch(batch_index), phase.name, phase.level, self.split)
 
-        batches = self._batches(index, phase)
-        losses: list[dict[str, float]] = []
-        bar = tqdm(total=phase.steps, initial=start_step, desc=phase.title, unit="step", disable=not self.progress,
-                   leave=False)  # fmt: skip
-        self.objectives.train()
-        for step in range(start_step, phase.steps):
-            # Views and dropout depend only on (seed, phase, step): a resumed run continues the same sequence.
-            set_seed(self.config.seed + 7919 * index + step + 1_000_003 * self.accelerator.process_index)
-            self._set_rate(steps_before + step)
-            batch = make_batch(batches[step])
-            with self.accelerator.autocast():
-                out = self.objectives(batch, phase.name, phase.level, self.split)
-            self.accelerator.backward(out["loss"])
-            self._average_gradients()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            values = {k: float(v.detach()) for k, v in out.items()}
-            losses.append(values)
-            bar.update(1)
-            bar.set_postfix(loss=f"{values['loss']:.3f}")
-            if (step + 1) % LOG_EVERY == 0:
-                log.info("%s step %d/%d: %s", phase.title, step + 1, phase.steps,
-                         ", ".join(f"{k} {v:.4f}" for k, v in sorted(values.items())))  # fmt: skip
-            if (step + 1) % self.config.checkpoint_every == 0 and step + 1 < phase.steps:
-                self._checkpoint(index, step + 1)
-        bar.close()
-        record: dict[str, Any] = {"steps": phase.steps, "resumed_at_step": start_step or None}
-        for key in losses[0] if losses else []:
-            record[f"{key}_first"] = round(float(np.mean([row[key] for row in losses[:LOSS_WINDOW]])), 4)
-            record[f"{key}_last"] = round(float(np.mean([row[key] for row in losses[-LOSS_WINDOW:]])), 4)
-        return record
+        losses = self.loop.run(
+            self._batches(index, phase), loss, title=phase.title, start_step=start_step, steps_before=steps_before,
+            seed_offset=PHASE_SEED_STRIDE * index + 1, checkpoint=lambda step, _: self._checkpoint(index, step),
+        )  # fmt: skip
+        return {"steps": phase.steps, "resumed_at_step": start_step or None, **summarise_losses(losses)}
 
     def _views(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return view_masks(mask, self.config.token_dropout), view_masks(mask, self.config.token_dropout)

@@ -20,8 +20,8 @@ from testsupport.lm import TINY_LM
 
 from lmindexer.indexers import load_snapshot
 from lmindexer.indexers.base import WEIGHTS_FILE
-from lmindexer.indexers.lm.checkpoint import PROGRESS_FILE
-from lmindexer.indexers.lm.training import schedule_factor
+from lmindexer.training.checkpoint import PROGRESS_FILE
+from lmindexer.training.loop import schedule_factor
 
 CLI = [sys.executable, "-m", "lmindexer.cli"]
 
