@@ -18,6 +18,7 @@ from testsupport.retriever_state import (
     write_queries,
 )
 
+from lmindexer.cache import cache_root
 from lmindexer.downstream import jobs
 from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.downstream.results import EvaluatedRetriever, LiveComparison
@@ -48,7 +49,7 @@ def world(wiki_items, tmp_path_factory):
     eval_pairs = [*title_queries(items[:30]), ("an item nobody indexed", "wiki-missing")]
     evaluation = write_queries(root / "eval.jsonl", eval_pairs)
     retriever = jobs.parse_retriever_config(
-        {"train_queries": train, "eval_queries": evaluation, "options": TINY_RETRIEVER}
+        {"train_queries": train, "eval_queries": evaluation, "options": {**TINY_RETRIEVER, "checkpoint_every": 1}}
     )
     return SimpleNamespace(
         pipeline=pipeline, retriever=retriever, items=items, snapshot_uri=snapshot_uri, pointer=pointer, root=root
@@ -82,6 +83,10 @@ def test_first_refresh_trains_evaluates_gates_and_promotes(world, first):
     assert (trained.items, trained.train_pairs, trained.train_pairs_skipped) == (INITIAL, INITIAL, 0)
     assert trained.snapshot_version == world.pointer["snapshot_version"]
     assert trained.training["epoch_loss"][-1] < trained.training["epoch_loss"][0]
+    # trained in an accelerate launch subprocess on local copies; the record names what the run trained on
+    assert (trained.training["processes"], trained.training["device"]) == (1, "cpu")
+    assert trained.train_queries == world.retriever.train_queries
+    assert not (cache_root() / "training" / "retriever-r1").exists(), "the checkpoint goes once the model is saved"
     metrics = first.evaluated.metrics
     assert metrics["queries"] == 30 and metrics["skipped_queries"] == 1
     assert {"recall@1", "recall@10", "ndcg@10", "mrr@10"} <= set(metrics)
