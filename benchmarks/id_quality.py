@@ -39,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import RESULTS, environment, format_mean_sd, markdown_table, mean_sd, stamp_figure, write_results
 
 from lmindexer import datasets
+from lmindexer.assign import code_items
 from lmindexer.catalog import read_items
 from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
 from lmindexer.idtable import Candidate, IdSpace, IdTable
 from lmindexer.indexers import available_methods, create_indexer, load_snapshot
 from lmindexer.indexers.embedding import EmbeddingIndexer
 from lmindexer.metrics import evaluate_codes
-from lmindexer.text import text_hash
 
 ENCODER_SAMPLE = 512
 LM_METHOD = "lmindexer"
@@ -61,14 +61,9 @@ def encoder_throughput(texts: list[str], max_length: int) -> float:
     return len(sample) / (time.perf_counter() - started)
 
 
-def stored_codes(indexer: Any, items: list, codes: np.ndarray, preferences: np.ndarray, policy: str) -> np.ndarray:
+def stored_codes(indexer: Any, items: list, candidates: list[Candidate], policy: str) -> np.ndarray:
     """The learned codes the ID table stores for every item under ``policy`` (an allocation into an empty table)."""
     space = IdSpace(indexer.version, indexer.method, tuple(indexer.codebook_sizes), policy)
-    texts = indexer.texts(items)
-    candidates = [
-        Candidate(item.item_id, tuple(int(c) for c in row), text_hash(text), tuple(int(p) for p in ranked if p >= 0))
-        for item, text, row, ranked in zip(items, texts, codes, preferences, strict=True)
-    ]
     table, _ = IdTable.empty(space).allocate(candidates)
     by_item = table.codes_of(item.item_id for item in items)
     return np.asarray([by_item[item.item_id] for item in items], dtype=np.int64)
@@ -84,7 +79,7 @@ def run_once(method: str, items: list, labels: list, options: dict, workdir: Pat
     indexer.save(workdir / method)
     started = time.perf_counter()
     loaded = load_snapshot(workdir / method)
-    codes, preferences = loaded.codes_and_preferences(loaded.texts(items))
+    candidates = code_items(loaded, items)  # the platform's one assignment path (lmindexer.assign)
     assign_seconds = time.perf_counter() - started
     run: dict[str, Any] = {
         "fit_seconds": round(fit_seconds, 2),
@@ -93,7 +88,7 @@ def run_once(method: str, items: list, labels: list, options: dict, workdir: Pat
         "policies": {},
     }
     for policy in POLICIES:
-        report = evaluate_codes(stored_codes(loaded, items, codes, preferences, policy), loaded.codebook_sizes, labels)
+        report = evaluate_codes(stored_codes(loaded, items, candidates, policy), loaded.codebook_sizes, labels)
         run["policies"][policy] = {
             "ami": [row["ami"] for row in report.agreement],
             "nmi": [row["nmi"] for row in report.agreement],
