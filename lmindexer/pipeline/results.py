@@ -176,7 +176,7 @@ class Snapshot(StepResult):
 
 @dataclass(frozen=True)
 class Shard(StepResult):
-    """Rows ``start:end`` of the run's items to assign (``todo_uri``), one of ``shards``."""
+    """Rows ``start:end`` of the run's items to assign, one of ``shards``; ``todo_uri`` holds exactly those rows."""
 
     shard: int
     start: int

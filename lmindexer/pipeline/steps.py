@@ -279,14 +279,14 @@ def plan_shards(config: PipelineConfig, run_id: str, merged: Merged, snapshot: S
         # Usually they are among the run's upserts; items an earlier run left without an ID come from the whole
         # catalogue.
         todo = _upserted_rows(merged, live_ids)
-        todo_uri = config.uri(config.staged_prefix, run_id, "to_assign.parquet")
-        write_parquet(todo, todo_uri)
         starts = range(0, needed, config.shard_size)
-        shards = [
-            Shard(shard=n, start=start, end=min(start + config.shard_size, needed), todo_uri=todo_uri,
-                  shards=len(starts)).to_xcom()
-            for n, start in enumerate(starts)
-        ]  # fmt: skip
+        shards = []
+        for n, start in enumerate(starts):
+            end = min(start + config.shard_size, needed)
+            # One file per shard: a shard task reads its own rows and nothing else.
+            todo_uri = config.uri(config.staged_prefix, run_id, "to_assign", f"shard-{n:05d}.parquet")
+            write_parquet(todo.slice(start, end - start), todo_uri)
+            shards.append(Shard(shard=n, start=start, end=end, todo_uri=todo_uri, shards=len(starts)).to_xcom())
         return {"shards": shards, "items": needed}
 
     return Shard.many(remembered(config, run_id, "plan", compute)["shards"])
@@ -305,7 +305,10 @@ def assign_shard(
         from lmindexer.indexers import load_snapshot
 
         todo = read_catalog_table(shard.todo_uri)
-        items = items_from_table(todo.slice(shard.start, shard.end - shard.start))
+        if todo.num_rows != shard.end - shard.start:
+            # A plan stored by the previous release: one file of the run's items for all shards.
+            todo = todo.slice(shard.start, shard.end - shard.start)
+        items = items_from_table(todo)
         indexer = load_snapshot(snapshot.snapshot_uri)
         threads = threads_per_task(max(1, min(tasks_at_once, shard.shards)))
         log.info("shard %s: %d items on %d threads", shard.shard, len(items), threads)

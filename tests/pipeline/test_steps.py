@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from testsupport.retriever_state import move_current
@@ -301,8 +302,10 @@ def test_the_plan_takes_the_runs_upserts_and_any_item_an_earlier_run_left_withou
     catalogue that an interrupted earlier run left without an ID is planned too, read from the whole catalogue."""
     from testsupport.retriever_state import fit_snapshot, publish
 
+    from lmindexer.assign import read_candidates
     from lmindexer.catalog.store import items_from_table, read_catalog_table
     from lmindexer.idtable import IdTable
+    from lmindexer.storage.parquet import write_parquet
     from lmindexer.storage.s3 import write_bytes
 
     base, new = wiki_items[:30], wiki_items[30:34]
@@ -315,7 +318,7 @@ def test_the_plan_takes_the_runs_upserts_and_any_item_an_earlier_run_left_withou
 
     def planned(run_id: str) -> list:
         shards = steps.plan_shards(config, run_id, merged_r1, snapshot)
-        return items_from_table(read_catalog_table(shards[0].todo_uri)) if shards else []
+        return [item for shard in shards for item in items_from_table(read_catalog_table(shard.todo_uri))]
 
     assert planned("r1") == sorted(new, key=lambda item: item.item_id)
     upserts = read_catalog_table(merged_r1.upserts_uri)
@@ -326,3 +329,20 @@ def test_the_plan_takes_the_runs_upserts_and_any_item_an_earlier_run_left_withou
     kept = table.table.filter(pc.not_equal(table.table.column("item_id"), base[3].item_id))
     write_bytes(IdTable(kept, table.space).to_parquet_bytes(), live["ids_uri"])
     assert planned("r2") == sorted([*new, base[3]], key=lambda item: item.item_id)
+
+    # Each shard's file holds exactly its rows, so a shard task reads only what it codes.
+    sharded = config.model_copy(update={"shard_size": 2})
+    shards = steps.plan_shards(sharded, "r3", merged_r1, snapshot)
+    assert [(s.start, s.end) for s in shards] == [(0, 2), (2, 4), (4, 5)]
+    assert len({s.todo_uri for s in shards}) == 3
+    rows = [read_catalog_table(s.todo_uri).column("item_id").to_pylist() for s in shards]
+    assert rows == [[i.item_id for i in planned("r2")][s.start : s.end] for s in shards]
+    coded = steps.assign_shard(sharded, "r3", snapshot, shards[1])
+    assert [c.item_id for c in read_candidates(coded.codes_uri)] == rows[1]
+
+    # A plan stored by the previous release named one file of all the run's items: a shard still codes its rows.
+    whole_uri = config.uri(config.staged_prefix, "r4", "to_assign.parquet")
+    write_parquet(pa.concat_tables([read_catalog_table(s.todo_uri) for s in shards]), whole_uri)
+    whole = dataclasses.replace(shards[1], todo_uri=whole_uri)
+    coded = steps.assign_shard(sharded, "r4", snapshot, whole)
+    assert [c.item_id for c in read_candidates(coded.codes_uri)] == rows[1]
