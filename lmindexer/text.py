@@ -23,16 +23,17 @@ DEFAULT_TEMPLATE = "[{title}. ]{text}"
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
-_ITEM_FIELDS = ("item_id", "title", "text", "category")
 _WHITESPACE = re.compile(r"\s+")
 
 
 def _check_placeholder(name: str, template: str) -> None:
-    if name in _ITEM_FIELDS:
+    from lmindexer.catalog.schema import STRING_FIELDS
+
+    if name in STRING_FIELDS:
         return
     if name.startswith("attributes.") and re.fullmatch(r"attributes\.[A-Za-z0-9_\-]+", name):
         return
-    allowed = ", ".join("{" + f + "}" for f in _ITEM_FIELDS)
+    allowed = ", ".join("{" + f + "}" for f in STRING_FIELDS)
     raise ConfigError(
         f"text template {template!r}: unknown placeholder {{{name}}}; use {allowed} or {{attributes.KEY}}"
     )

@@ -24,20 +24,12 @@ import pyarrow.parquet as pq
 
 from lmindexer.catalog.items import Item
 from lmindexer.catalog.readers import CatalogReader
+from lmindexer.catalog.schema import CATALOG_SCHEMA, item_columns, items_from_rows
 from lmindexer.errors import UserError
 from lmindexer.storage.parquet import write_parquet
 from lmindexer.storage.s3 import local_copy
 
-SCHEMA = pa.schema(
-    [
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("title", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("category", pa.string()),
-        pa.field("attributes", pa.string()),
-        pa.field("updated_at", pa.string()),
-    ]
-)
+SCHEMA = CATALOG_SCHEMA  # the name this module has always exported
 
 
 def read_catalog(location: str | os.PathLike[str]) -> dict[str, Item]:
@@ -48,17 +40,7 @@ def read_catalog(location: str | os.PathLike[str]) -> dict[str, Item]:
 def catalog_table(items: Iterable[Item]) -> pa.Table:
     """Live items as a catalogue table sorted by item_id (tombstones left out)."""
     rows = sorted((item for item in items if not item.deleted), key=lambda item: item.item_id)
-    return pa.Table.from_pydict(
-        {
-            "item_id": [i.item_id for i in rows],
-            "title": [i.title for i in rows],
-            "text": [i.text for i in rows],
-            "category": [i.category for i in rows],
-            "attributes": [json.dumps(dict(i.attributes), sort_keys=True) if i.attributes else None for i in rows],
-            "updated_at": [i.updated_at for i in rows],
-        },
-        schema=SCHEMA,
-    )
+    return pa.Table.from_pydict(item_columns(rows), schema=SCHEMA)
 
 
 def write_catalog(items: Iterable[Item], destination: str | os.PathLike[str]) -> int:
@@ -92,17 +74,7 @@ def read_catalog_table(
 
 def items_from_table(table: pa.Table) -> list[Item]:
     """The rows of a catalogue table (all of :data:`SCHEMA`'s columns) as items."""
-    return [
-        Item(
-            row["item_id"],
-            row["title"],
-            row["text"],
-            row["category"],
-            json.loads(row["attributes"]) if row["attributes"] else {},
-            row["updated_at"],
-        )
-        for row in table.to_pylist()
-    ]
+    return items_from_rows(table.to_pylist())
 
 
 @dataclass

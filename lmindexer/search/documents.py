@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from lmindexer.catalog.items import Item
+from lmindexer.catalog.schema import ITEM_FIELDS
 from lmindexer.errors import IdTableError
 from lmindexer.idtable import IdTable, format_sid, parse_sid, sid_prefix
 from lmindexer.search.errors import InvalidDocumentError
@@ -22,7 +23,6 @@ MAPPING_VERSION = 1
 # The indexers allow at most 8 learned levels; the mapping is strict, so every prefix field must be declared.
 MAX_PREFIX_LEVELS = 8
 MAX_INDEX_NAME_BYTES = 255
-ITEM_FIELDS = ("item_id", "title", "text", "category", "attributes", "updated_at")
 ID_FIELDS = ("item_id", "codes", "suffix", "sid", "snapshot_version")
 # The analysed text fields a free-text query searches, with their boosts: a title match says more than a body match.
 TEXT_FIELDS = {"title": 2.0, "text": 1.0}

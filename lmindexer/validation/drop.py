@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from lmindexer.catalog.items import BigInteger, Item, RowError, raw_excerpt
 from lmindexer.catalog.readers import CatalogReader, ReadSummary
+from lmindexer.catalog.schema import STAGED_SCHEMA, STRING_FIELDS, item_columns
 from lmindexer.errors import ConfigError
 from lmindexer.storage.s3 import remove, upload_file, write_bytes
 from lmindexer.validation.common import (
@@ -60,18 +61,6 @@ _STAGED_METADATA_KEY = b"lmindexer.staged"
 _TRUE_STRINGS = {"true", "1", "yes", "y", "t"}  # the tombstone spellings the row rules accept
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # undecodable input bytes and "\ud800"-style escapes
-
-STAGED_SCHEMA = pa.schema(
-    [
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("title", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("category", pa.string()),
-        pa.field("attributes", pa.string()),  # a JSON object; CatalogReader parses it back into Item.attributes
-        pa.field("updated_at", pa.string()),  # UTC ISO-8601, as normalised by the row rules
-        pa.field("deleted", pa.bool_(), nullable=False),
-    ]
-)
 
 
 @dataclass
@@ -212,7 +201,7 @@ class _ContractFrame:
         item_id = record.get("item_id")
         c["item_id"].append(_as_text(item_id))
         c["item_id_type"].append(_kind(item_id))
-        for name in ("title", "text", "category"):
+        for name in STRING_FIELDS[1:]:
             c[f"{name}_type"].append(_kind(record.get(name)))
         c["has_text"].append(
             _is_tombstone(record.get("deleted")) or _non_blank(record.get("title")) or _non_blank(record.get("text"))
@@ -257,18 +246,7 @@ class _TeeReader(CatalogReader):
 
 
 def _staged_batch(items: Sequence[Item]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pydict(
-        {
-            "item_id": [i.item_id for i in items],
-            "title": [i.title for i in items],
-            "text": [i.text for i in items],
-            "category": [i.category for i in items],
-            "attributes": [json.dumps(dict(i.attributes), ensure_ascii=False) if i.attributes else None for i in items],
-            "updated_at": [i.updated_at for i in items],
-            "deleted": [i.deleted for i in items],
-        },
-        schema=STAGED_SCHEMA,
-    )
+    return pa.RecordBatch.from_pydict(item_columns(items, staged=True), schema=STAGED_SCHEMA)
 
 
 def _quarantine_record(source: str, errors: Sequence[RowError]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmindexer.catalog.items import MAX_ITEM_ID_LENGTH, Rule
+from lmindexer.catalog.schema import STRING_FIELDS
 from lmindexer.idtable import IdSpace
 from lmindexer.validation.gx import CRITICAL, WARNING, load
 
@@ -80,7 +81,7 @@ def input_expectations(threshold: float) -> list[Any]:
             meta=_meta(Rule.EMPTY_TEXT, note="title or text non-blank, unless the row is a tombstone"),
         ),
     ]
-    for name in ("title", "text", "category"):
+    for name in STRING_FIELDS[1:]:  # item_id has its own expectations above
         expectations.append(
             gxe.ExpectColumnValuesToBeInSet(
                 column=f"{name}_type", value_set=[STRING], severity=WARNING, meta=_meta(Rule.WRONG_TYPE)
