@@ -17,11 +17,12 @@ from lmindexer.catalog.items import Item
 from lmindexer.catalog.schema import ITEM_FIELDS
 from lmindexer.errors import IdTableError
 from lmindexer.idtable import IdTable, format_sid, parse_sid, sid_prefix
+from lmindexer.methods import MAX_LEVELS
 from lmindexer.search.errors import InvalidDocumentError
 
 MAPPING_VERSION = 1
-# The indexers allow at most 8 learned levels; the mapping is strict, so every prefix field must be declared.
-MAX_PREFIX_LEVELS = 8
+# The mapping is strict, so a prefix field is declared for every level an indexer may learn.
+MAX_PREFIX_LEVELS = MAX_LEVELS
 MAX_INDEX_NAME_BYTES = 255
 ID_FIELDS = ("item_id", "codes", "suffix", "sid", "snapshot_version")
 # The analysed text fields a free-text query searches, with their boosts: a title match says more than a body match.
