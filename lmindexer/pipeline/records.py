@@ -1,4 +1,5 @@
-"""Small JSON records the pipeline keeps next to its data: per-run step results and the current-version pointer.
+"""Small JSON records the pipeline keeps next to its data: per-run step results and the current-version pointer,
+and (:func:`processing_state`) which drops have been processed. Everything under ``state/`` is reached through here.
 
 Every step stores its result under ``state/runs/<run>/<step>.json`` and returns the stored result when it runs again,
 so retrying a task or rerunning a whole run repeats no work and gives the same answer. ``state/current.json`` points
@@ -20,6 +21,7 @@ from typing import Any
 from lmindexer.layout import CURRENT
 from lmindexer.pipeline.config import PipelineConfig
 from lmindexer.storage.s3 import StorageError, exists, open_binary, write_bytes
+from lmindexer.storage.state import ProcessingState
 from lmindexer.storage.versioned import read_versioned, write_if_version
 
 CHECKSUM_KEY = "_checksum"
@@ -112,3 +114,8 @@ def set_current(config: PipelineConfig, value: dict[str, Any], *, replacing: str
     """Move the live pointer, compare-and-swap: only if ``current.json`` is still at version ``replacing``
     (``None``: only if there is none). Raises :class:`~lmindexer.storage.versioned.VersionConflict` otherwise."""
     return write_if_version(encode_record(value), current_uri(config), replacing)
+
+
+def processing_state(config: PipelineConfig) -> ProcessingState:
+    """Which drops have been processed (``state/processed.json``): what ``discover`` skips and ``commit`` marks."""
+    return ProcessingState(config.base_uri, prefix=config.state_prefix)

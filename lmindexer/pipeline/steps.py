@@ -51,7 +51,7 @@ from lmindexer.errors import CatalogError, UserError
 from lmindexer.idtable import IdTable, id_stability, store_allocation
 from lmindexer.pipeline.config import Mode, PipelineConfig, safe_run_id
 from lmindexer.pipeline.records import current as current_record
-from lmindexer.pipeline.records import current_versioned, remembered, set_current
+from lmindexer.pipeline.records import current_versioned, processing_state, remembered, set_current
 from lmindexer.pipeline.results import (
     Checked,
     Confirmed,
@@ -112,11 +112,10 @@ def discover(config: PipelineConfig, run_id: str) -> list[Drop]:
     Remembered per run: a retried task, a cleared run or a rerun of the whole run works on exactly the drops its
     first attempt found. A drop that lands later waits for the next run."""
     from lmindexer.storage.drops import list_drops
-    from lmindexer.storage.state import ProcessingState
 
     def compute() -> dict[str, Any]:
         drops = list_drops(config.base_uri, config.incoming_prefix)
-        state = ProcessingState(config.base_uri, prefix=config.state_prefix)
+        state = processing_state(config)
         return {"drops": [drop.to_dict() for drop in state.unprocessed(drops)]}
 
     return [Drop.from_dict(entry) for entry in remembered(config, run_id, "discover", compute)["drops"]]
@@ -676,9 +675,8 @@ def mark_processed(config: PipelineConfig, run_id: str, validated: Sequence[Vali
     """Record the drops this run validated (key + ETag, with their counts): accepted ones as processed, rejected
     ones as rejected with the reason, so neither is picked up again. Only drops named in ``validated`` are
     recorded, never a drop that landed after the run's discovery."""
-    from lmindexer.storage.state import ProcessingState
 
-    state = ProcessingState(config.base_uri, prefix=config.state_prefix)
+    state = processing_state(config)
     recorded = []
     for entry in validated:
         status = "processed" if entry.accepted else "rejected"

@@ -26,6 +26,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from lmindexer.layout import STATE_PREFIX
 from lmindexer.storage.drops import Drop
 from lmindexer.storage.s3 import S3_SCHEME, S3Location, StorageError, describe_error, is_s3_uri, shared_s3_client
 
@@ -33,7 +34,7 @@ STATE_FORMAT_VERSION = 1
 PROCESSED = "processed"
 REJECTED = "rejected"
 _CHECKSUM_KEY = "checksum"
-DEFAULT_STATE_PREFIX = "state/"
+DEFAULT_STATE_PREFIX = STATE_PREFIX  # the name this module has always exported
 DEFAULT_STATE_NAME = "processed.json"
 # S3 answers a failed If-Match/If-None-Match with 412; two conditional writes racing can also get 409, and If-Match
 # on an object deleted in the meantime gets 404.
