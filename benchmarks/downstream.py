@@ -59,12 +59,6 @@ TOP_K = 10
 FUSION_DEPTH = 100
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    # Lines end at "\n" only: str.splitlines() would also split inside a string at U+0085 or U+2028.
-    with path.open(encoding="utf-8", newline="\n") as stream:
-        return [json.loads(line) for line in stream if line.strip()]
-
-
 def ids_for(method: str, catalogue: Path, options: dict, work: Path, refit: bool) -> tuple[object, IdTable, dict]:
     """The method's snapshot and ID table for the catalogue, fitted once and reused while the options match."""
     snapshot_dir, ids_path = work / f"snapshot-{method}", work / f"ids-{method}.parquet"
@@ -275,10 +269,10 @@ def prefix_boost_row(method: str, beams: list, bm25_scores: list[dict[str, float
 
 def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_options: dict) -> tuple[list[dict], dict]:
     catalogue = data_dir / "items.jsonl"
-    sequences = read_jsonl(data_dir / "sequences.jsonl")
+    sequences = datasets.read_sequences(data_dir / "sequences.jsonl")
     # Training and evaluation histories are the same: the test item is the only thing held out.
-    histories = [row["train"] + [row["valid"]] for row in sequences]
-    targets = [row["test"] for row in sequences]
+    histories = [sequence.history for sequence in sequences]
+    targets = [sequence.test for sequence in sequences]
     relevant = [{t} for t in targets]
     rows, id_reports = [], {}
     peers = peer_rows(args, catalogue, histories, gen_options)  # first: the cheaper models fail fast

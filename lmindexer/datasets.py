@@ -115,6 +115,45 @@ _WHEELS: dict[str, _Wheel] = {
 }
 
 
+@dataclass(frozen=True)
+class UserSequence:
+    """One user's interactions in time order, split leave-last-out: ``train``, then ``valid``, then ``test``."""
+
+    user_id: str
+    train: tuple[str, ...]
+    valid: str
+    test: str
+
+    @property
+    def history(self) -> list[str]:
+        """What a model may see when it is tested: everything before the test item."""
+        return [*self.train, self.valid]
+
+
+def read_sequences(path: str | os.PathLike[str]) -> list[UserSequence]:
+    """The ``sequences.jsonl`` of an interaction data set (``{"user_id", "train": [...], "valid", "test"}`` per
+    line). Lines end at "\n" only: an item id may hold any character, U+2028 and U+0085 included. A malformed line
+    is an error naming its number."""
+    sequences: list[UserSequence] = []
+    with open(path, encoding="utf-8", newline="\n") as stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                train = row["train"]
+                ok = isinstance(train, list) and all(isinstance(i, str) for i in [row["user_id"], *train])
+                ok = ok and isinstance(row["valid"], str) and isinstance(row["test"], str)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f'{path} line {number}: expected {{"user_id": str, "train": [str, ...], "valid": str, "test": str}}'
+                )
+            sequences.append(UserSequence(row["user_id"], tuple(train), row["valid"], row["test"]))
+    return sequences
+
+
 def dataset_info(name: str) -> DatasetInfo:
     """Describe data set ``name``; raises ``ValueError`` for an unknown name."""
     try:

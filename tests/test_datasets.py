@@ -182,6 +182,25 @@ def test_movielens(movielens: Path) -> None:
         assert seq["train"] + [seq["valid"], seq["test"]] == history[user]
         assert seq["test"] == history[user][-1] and seq["valid"] == history[user][-2]
     assert all(len(s["train"]) + 2 == len(history[s["user_id"]]) for s in sequences)
+    typed = datasets.read_sequences(movielens / "sequences.jsonl")
+    assert [(s.user_id, list(s.train), s.valid, s.test) for s in typed] == [
+        (s["user_id"], s["train"], s["valid"], s["test"]) for s in sequences
+    ]
+    assert typed[0].history == [*sequences[0]["train"], sequences[0]["valid"]]
+
+
+def test_sequences_read_line_by_line_whatever_the_item_ids_hold(tmp_path: Path) -> None:
+    path = tmp_path / "sequences.jsonl"
+    odd = "item\u2028with\u0085separators\r"  # str.splitlines() would break a line at each of these
+    rows = [{"user_id": "u1", "train": [odd, "b"], "valid": "c", "test": odd}, {"user_id": "u2", "train": [],
+            "valid": "x", "test": "y"}]  # fmt: skip
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    sequences = datasets.read_sequences(path)
+    assert [s.user_id for s in sequences] == ["u1", "u2"] and sequences[0].train == (odd, "b")
+    assert sequences[0].test == odd
+    path.write_text(path.read_text(encoding="utf-8") + '{"user_id": "u3", "train": "abc"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="line 3"):
+        datasets.read_sequences(path)
 
 
 # ----------------------------------------------------------------------------------------------------- caching

@@ -44,8 +44,7 @@ def movielens_subset(root: Path, movies: int = 300) -> tuple[Indexer, IdTable, l
     from lmindexer import datasets
 
     data = datasets.fetch("movielens-100k", progress=False)
-    rows = [json.loads(line) for line in (data / "sequences.jsonl").read_text().splitlines()]
-    full = [row["train"] + [row["valid"], row["test"]] for row in rows]
+    full = [[*s.history, s.test] for s in datasets.read_sequences(data / "sequences.jsonl")]
     popular = {item for item, _ in Counter(i for seq in full for i in seq).most_common(movies)}
     catalogue = root / "items.jsonl"
     items = [line for line in (data / "items.jsonl").read_text().splitlines() if json.loads(line)["item_id"] in popular]
