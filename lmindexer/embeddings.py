@@ -145,6 +145,7 @@ class TextEncoder:
         location = resolve_encoder(name)
         self.tokenizer, self.model, self.fingerprint = _load_frozen_encoder(name, str(location), str(self.device))
         self.dim = int(self.model.config.hidden_size)
+        self.use_cache = use_cache
         self._cache = None
         if use_cache:
             self._cache = EmbeddingCache(cache_path or cache_root() / "embeddings.sqlite", self.dim)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from lmindexer.errors import SnapshotError
 from lmindexer.indexers.embedding import EmbeddingIndexer
-from lmindexer.indexers.kmeans import centroids_by_distance, fit_kmeans, nearest_centroid
+from lmindexer.indexers.kmeans import centroids_by_distance, decision_radius, fit_kmeans, nearest_centroid
 from lmindexer.methods import HKMeansConfig
 
 
@@ -73,6 +73,17 @@ class HKMeansIndexer(EmbeddingIndexer):
                 if centroids is not None:
                     codes[members, level] = nearest_centroid(embeddings[members], centroids)
         return codes
+
+    def decision_radii(self, embeddings: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        # Every level chooses among the children of the item's node by the embedding itself.
+        radius = decision_radius(embeddings, self.root, codes[:, 0])
+        for level in range(1, self.levels):
+            for path, members in _group_by_path(codes, level).items():
+                centroids = self.nodes[level - 1].get(path)
+                if centroids is not None:
+                    near = decision_radius(embeddings[members], centroids, codes[members, level])
+                    radius[members] = np.minimum(radius[members], near)
+        return radius
 
     def last_level_preferences(self, embeddings: np.ndarray, codes: np.ndarray) -> np.ndarray:
         # The children of the item's node from nearest to farthest; a node with fewer children ranks fewer (-1 pads).

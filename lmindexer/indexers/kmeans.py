@@ -52,3 +52,21 @@ def nearest_centroid(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     c = np.asarray(centroids, dtype=np.float64)
     distances = (c * c).sum(axis=1)[None, :] - 2.0 * (x @ c.T)
     return distances.argmin(axis=1).astype(np.int64)
+
+
+def decision_radius(points: np.ndarray, centroids: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """For each point, how far it may move (L2) before another centroid becomes nearer than ``chosen``: its distance
+    to the nearest bisecting hyperplane between the chosen centroid and another one (inf with a single centroid)."""
+    x = np.asarray(points, dtype=np.float64)
+    c = np.asarray(centroids, dtype=np.float64)
+    if len(c) < 2:
+        return np.full(len(x), np.inf)
+    squared = (c * c).sum(axis=1)[None, :] - 2.0 * (x @ c.T)
+    rows = np.arange(len(x))
+    gap = squared - squared[rows, chosen][:, None]  # ||x - c_j||^2 - ||x - c_chosen||^2 >= 0
+    between = np.sqrt(np.maximum((c * c).sum(axis=1)[:, None] + (c * c).sum(axis=1)[None, :] - 2.0 * (c @ c.T), 0.0))
+    separation = between[chosen]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        radius = np.where(separation > 0, gap / (2.0 * separation), np.inf)
+    radius[rows, chosen] = np.inf
+    return radius.min(axis=1)

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from lmindexer.errors import SnapshotError
 from lmindexer.indexers.embedding import EmbeddingIndexer
-from lmindexer.indexers.kmeans import centroids_by_distance, fit_kmeans, nearest_centroid
+from lmindexer.indexers.kmeans import centroids_by_distance, decision_radius, fit_kmeans, nearest_centroid
 from lmindexer.methods import RQKMeansConfig
 
 
@@ -55,6 +55,15 @@ class RQKMeansIndexer(EmbeddingIndexer):
             codes[:, level] = nearest_centroid(residual, centroids)
             residual = residual - centroids.astype(np.float64)[codes[:, level]]
         return codes
+
+    def decision_radii(self, embeddings: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        # A level's residual moves exactly as far as the embedding does while the earlier codes hold.
+        residual = embeddings.astype(np.float64)
+        radius = np.full(len(residual), np.inf)
+        for level, centroids in enumerate(self.codebooks):
+            radius = np.minimum(radius, decision_radius(residual, centroids, codes[:, level]))
+            residual = residual - centroids.astype(np.float64)[codes[:, level]]
+        return radius
 
     def last_level_preferences(self, embeddings: np.ndarray, codes: np.ndarray) -> np.ndarray:
         # The last level's centroids from nearest to farthest from what the earlier levels left unexplained.
