@@ -112,7 +112,7 @@ def code_agreement(work: Path, items: list) -> list[dict]:
             indexer.codes_for_texts(texts[:32])  # warm-up (and, for rq-kmeans, the encoder's load)
             codes[precision], seconds[precision] = timed(lambda i=indexer, t=texts: i.codes_for_texts(t))
             if precision == "bf16":
-                # Items near a decision boundary that the two-stage methods embedded again in float32.
+                # Items near a code boundary that the bf16 coding computed again in float32.
                 rechecked = getattr(indexer, "last_recheck", None)
         same = (codes["fp32"] == codes["bf16"]).all(axis=1)
         rows.append(
@@ -123,7 +123,7 @@ def code_agreement(work: Path, items: list) -> list[dict]:
                 "same_first_code_share": float((codes["fp32"][:, 0] == codes["bf16"][:, 0]).mean()),
                 "assign_s": {p: round(s, 2) for p, s in seconds.items()},
                 "assign_speedup": round(seconds["fp32"] / seconds["bf16"], 3),
-                "bf16_embedded_again_in_fp32": None if rechecked is None else rechecked["embedded_again_in_fp32"],
+                "bf16_recomputed_in_fp32": None if rechecked is None else rechecked["recomputed_in_fp32"],
             }
         )
     return rows
@@ -250,7 +250,7 @@ def main() -> int:
                 "assign s fp32",
                 "assign s bf16",
                 "speedup",
-                "bf16: embedded again in fp32",
+                "bf16: recomputed in fp32",
             ],
             [
                 [
@@ -261,7 +261,7 @@ def main() -> int:
                     row["assign_s"]["fp32"],
                     row["assign_s"]["bf16"],
                     f"{row['assign_speedup']:.2f}x",
-                    "-" if row["bf16_embedded_again_in_fp32"] is None else row["bf16_embedded_again_in_fp32"],
+                    "-" if row["bf16_recomputed_in_fp32"] is None else row["bf16_recomputed_in_fp32"],
                 ]
                 for row in agreement
             ],

@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 
 InferencePrecision = Literal["auto", "fp32", "bf16"]
 ResolvedPrecision = Literal["fp32", "bf16"]
+# The largest share of its length by which bf16 moves a vector the codes are chosen from, that codes are certified
+# against (see lmindexer.indexers.embedding and lmindexer.indexers.lm.indexer). Measured, bf16 against float32: the
+# unit-length MiniLM embedding moved by at most 0.0072 on 1,500 wiki-topics texts and 0.0075 on 1,500 MovieLens
+# texts; the LMIndexer's writer states (fast preset) by at most 0.72% and 0.78% of their length on the same texts.
+BF16_RELATIVE_ERROR = 0.01
+
 PRECISION_DESCRIPTION = (
     "numeric precision of inference: 'bf16' runs the model's matrix products in bfloat16 (float32 accumulation), "
     "'fp32' in float32, 'auto' chooses bf16 where the hardware computes it natively (AVX512-BF16 or AMX CPUs, "

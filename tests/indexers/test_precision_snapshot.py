@@ -90,7 +90,7 @@ def test_bf16_codes_are_the_fp32_codes_wherever_the_rounding_could_not_change_th
     indexer._fp32_encoder = SimpleNamespace(encode=lambda batch, progress: exact[[int(t) for t in batch]])
     indexer.embed = lambda batch, progress: moved[[int(t) for t in batch]]
     np.testing.assert_array_equal(indexer.encode_texts(texts, progress=False), truth)
-    again = indexer.last_recheck["embedded_again_in_fp32"]
+    again = indexer.last_recheck["recomputed_in_fp32"]
     assert 0 < again < len(texts) / 2, f"{again} of {len(texts)} embedded again"
 
 

@@ -22,7 +22,7 @@ from lmindexer.indexers.lm.encoder import encoder_from_snapshot, load_encoder
 from lmindexer.indexers.lm.model import LMIndexerModel, tied_names
 from lmindexer.indexers.lm.training import Trainer
 from lmindexer.methods import IndexerConfig, LMIndexerConfig
-from lmindexer.precision import inference_autocast
+from lmindexer.precision import BF16_RELATIVE_ERROR, inference_autocast
 
 
 class LMIndexer(Indexer):
@@ -36,6 +36,7 @@ class LMIndexer(Indexer):
         super().__init__(config)
         self._model: LMIndexerModel | None = None
         self._previous: LMIndexer | None = None
+        self.last_recheck: dict[str, int] | None = None  # what the last bf16 coding ran again in float32
 
     @property
     def model(self) -> LMIndexerModel:
@@ -97,6 +98,7 @@ class LMIndexer(Indexer):
         model = self.model.eval()
         device = next(model.parameters()).device
         encoder = model.encoder
+        self.last_recheck = {"items": 0, "recomputed_in_fp32": 0}
         # Batches of similar length keep padding small; codes go back to the caller's order.
         tokenized = encoder.tokenizer(list(texts), truncation=True, max_length=self.config.max_length)
         lengths = [len(ids) for ids in tokenized["input_ids"]]
@@ -115,12 +117,32 @@ class LMIndexer(Indexer):
                 states = model.token_states(input_ids, mask)
             states = states.float()
             written = model.greedy_codes(states, mask)
+            if self.config.inference_precision != "fp32":
+                states, written = self._recheck_in_fp32(input_ids, mask, states, written)
             codes[index] = written.cpu().numpy()
             if preferences:
                 ranked[index] = model.last_level_preferences(states, mask, written).numpy()
             else:
                 ranked[index] = written[:, -1:].cpu().numpy()
         return codes, ranked
+
+    def _recheck_in_fp32(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, states: torch.Tensor, written: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The items whose codes bf16 could have changed (a writer state within
+        :data:`~lmindexer.precision.BF16_RELATIVE_ERROR` of a code boundary) run again in float32: every code is
+        then the float32 one wherever bf16 moved the states by less than that."""
+        model = self.model
+        doubtful = torch.as_tensor(model.relative_radii(states, mask, written) < BF16_RELATIVE_ERROR)
+        self.last_recheck["items"] += len(written)
+        if not bool(doubtful.any()):
+            return states, written
+        self.last_recheck["recomputed_in_fp32"] += int(doubtful.sum())
+        exact = model.token_states(input_ids[doubtful], mask[doubtful]).float()
+        states, written = states.clone(), written.clone()
+        states[doubtful] = exact
+        written[doubtful] = model.greedy_codes(exact, mask[doubtful])
+        return states, written
 
     def encode_texts(self, texts: Sequence[str], *, progress: bool) -> np.ndarray:
         return self._decode(texts, progress=progress, preferences=False)[0]

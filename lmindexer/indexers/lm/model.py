@@ -153,6 +153,26 @@ class LMIndexerModel(nn.Module):
         return prefix
 
     @torch.no_grad()
+    def relative_radii(self, states: torch.Tensor, mask: torch.Tensor, codes: torch.Tensor) -> np.ndarray:
+        """For each item, how far (as a share of the writer state's length) its states may move at any position
+        before that position's code changes: the distance from the centred state to the nearest boundary between
+        its code and another, over the state's length, the smallest over positions."""
+        from lmindexer.indexers.kmeans import decision_radius
+
+        radii = np.full(states.size(0), np.inf)
+        for level in range(self.levels):
+            prefix = codes[:, :level]
+            state = self.writers[level](states, mask, prefix).double()
+            centres = self.centres[level]
+            if centres is None:
+                raise RuntimeError(f"position {level + 1} has no node centres yet")
+            space = state - centres.lookup(prefix.cpu()).to(state.device, state.dtype)
+            radius = decision_radius(space.cpu().numpy(), self.codebooks[level].double().cpu().numpy(),
+                                     codes[:, level].cpu().numpy())  # fmt: skip
+            radii = np.minimum(radii, radius / np.maximum(state.norm(dim=1).cpu().numpy(), 1e-12))
+        return radii
+
+    @torch.no_grad()
     def last_level_preferences(self, states: torch.Tensor, mask: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Every last-level code from nearest to farthest, given the item's prefix (its own code first)."""
         level = self.levels - 1

@@ -192,13 +192,15 @@ def test_bf16_assign_runs_the_encoder_in_bf16_and_writes_nearly_the_same_codes(t
     those of float32 for nearly every item; the code writers always compare in float32/float64."""
     model = tiny_lm.model
     captured: list[torch.Tensor] = []
-    greedy = model.greedy_codes
+    token_states = model.token_states
 
-    def spy(states, mask, *args, **kwargs):
-        captured.append(states.detach().clone())
-        return greedy(states, mask, *args, **kwargs)
+    def spy(*args, **kwargs):
+        states = token_states(*args, **kwargs)
+        if not captured or torch.is_autocast_enabled("cpu") or tiny_lm.config.inference_precision == "fp32":
+            captured.append(states.detach().float().clone())  # not the float32 re-run of items near a boundary
+        return states
 
-    monkeypatch.setattr(model, "greedy_codes", spy)
+    monkeypatch.setattr(model, "token_states", spy)
     texts = tiny_lm.texts(wiki_items)
     codes = {}
     states = {}
@@ -207,7 +209,30 @@ def test_bf16_assign_runs_the_encoder_in_bf16_and_writes_nearly_the_same_codes(t
         captured.clear()
         codes[precision] = tiny_lm.codes_for_texts(texts)
         states[precision] = torch.cat([s.flatten() for s in captured])
-        assert all(s.dtype == torch.float32 for s in captured)
     assert not torch.equal(states["fp32"], states["bf16"])
     assert torch.nn.functional.cosine_similarity(states["fp32"], states["bf16"], dim=0) > 0.999
     assert (codes["fp32"] == codes["bf16"]).all(axis=1).mean() >= 0.9
+
+
+def test_the_bf16_recheck_recomputes_the_items_near_a_code_boundary_in_fp32(tiny_lm, wiki_items):
+    """States moved further than bf16 moves them: some codes change; the recheck runs exactly the items within the
+    error bound of a code boundary again in float32 (they get the exact codes) and leaves the others alone."""
+    from lmindexer.precision import BF16_RELATIVE_ERROR
+
+    model = tiny_lm.model.eval()
+    batch = model.encoder.tokenize(tiny_lm.texts(wiki_items[:96]), tiny_lm.config.max_length)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        exact = model.token_states(ids, mask).float()
+        truth = model.greedy_codes(exact, mask)
+        noise = torch.randn(exact.shape, generator=torch.Generator().manual_seed(0))
+        moved = exact + 0.2 * exact.norm(dim=-1, keepdim=True) * noise / exact.size(-1) ** 0.5
+        guessed = model.greedy_codes(moved, mask)
+        assert (guessed != truth).any(dim=1).any(), "the moved states must change some codes"
+        doubtful = torch.as_tensor(model.relative_radii(moved, mask, guessed) < BF16_RELATIVE_ERROR)
+        assert 0 < int(doubtful.sum()) < len(doubtful)
+        tiny_lm.last_recheck = {"items": 0, "recomputed_in_fp32": 0}
+        _, written = tiny_lm._recheck_in_fp32(ids, mask, moved, guessed)
+    assert torch.equal(written[doubtful], truth[doubtful])
+    assert torch.equal(written[~doubtful], guessed[~doubtful])
+    assert tiny_lm.last_recheck["recomputed_in_fp32"] == int(doubtful.sum())
