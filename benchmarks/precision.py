@@ -13,6 +13,9 @@ For one data set, with the models ``benchmarks/downstream.py`` fitted and traine
     python benchmarks/downstream.py --dataset clothing-reviews       # once: the snapshots and the retriever
     python benchmarks/precision.py --dataset clothing-reviews
 
+Without a downstream run, ``--fit-missing`` fits the two snapshots as downstream.py would (L=3, K=32, seed 0; the
+LMIndexer's ``fast`` preset) in the work directory; the retriever's part is then skipped.
+
 Writes <out>/precision-<dataset>.json, .md and .png.
 """
 
@@ -41,7 +44,7 @@ from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.downstream.jobs import read_queries
 from lmindexer.downstream.ranking import rank_metrics
 from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
-from lmindexer.indexers import load_snapshot
+from lmindexer.indexers import create_indexer, load_snapshot
 from lmindexer.precision import native_bf16
 from lmindexer.text import DEFAULT_TEMPLATE, TextTemplate
 
@@ -96,6 +99,24 @@ def with_precision(indexer, precision: str):
             precision=precision,
         )
     return indexer
+
+
+# What benchmarks/downstream.py fits by default (its --levels, --codebook-size, --seed and --lm-preset).
+SNAPSHOT_OPTIONS = {"rq-kmeans": {"levels": 3, "codebook_size": 32, "seed": 0},
+                    "lmindexer": {"levels": 3, "codebook_size": 32, "seed": 0, "preset": "fast"}}  # fmt: skip
+
+
+def fit_missing_snapshots(work: Path, items: list) -> None:
+    for method, options in SNAPSHOT_OPTIONS.items():
+        directory = work / f"snapshot-{method}"
+        if directory.is_dir():
+            continue
+        print(f"fitting {method} into {directory}", flush=True)
+        indexer = create_indexer(method, options)
+        if hasattr(indexer, "checkpoint_dir"):
+            indexer.checkpoint_dir = None
+        indexer.fit(items, progress=False)
+        indexer.save(directory)
 
 
 def code_agreement(work: Path, items: list) -> list[dict]:
@@ -181,6 +202,7 @@ def main() -> int:
     parser.add_argument("--texts", type=int, default=1000, help="catalogue texts in each timed encoder round")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--work", type=Path, default=None, help="downstream.py's work directory")
+    parser.add_argument("--fit-missing", action="store_true", help="fit the snapshots the work directory lacks")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.rounds < 2:
@@ -196,6 +218,8 @@ def main() -> int:
 
     speed = [encoder_speed(texts[: args.texts], n, args.rounds, args.max_length) for n in threads]
     torch.set_num_threads(cores)
+    if args.fit_missing:
+        fit_missing_snapshots(work, items)
     agreement = code_agreement(work, items)
     retrieval = generative(work / "model-lmindexer", read_queries(data_dir / "queries-test.jsonl"))
 
