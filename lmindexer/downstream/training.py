@@ -10,12 +10,12 @@ other examples is ignored, with a warning.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -128,12 +128,12 @@ def train_network(
     start_step, losses = _resume(checkpoint_dir, fingerprint, network, trained, optimizer)
     losses = loop.run(batches, batch_loss, start_step=start_step, checkpoint=save, losses=losses)
     network.eval()
-    per_epoch = math.ceil(len(batches) / config.epochs)
+    # This process's steps in as many consecutive groups as there are epochs (one group per epoch with one process).
+    per_epoch = np.array_split(np.asarray([row["loss"] for row in losses]), min(config.epochs, max(len(losses), 1)))
     return {
         "epochs": config.epochs,
         "steps": len(batches),
-        "epoch_loss": [sum(row["loss"] for row in chunk) / len(chunk)
-                       for chunk in (losses[i : i + per_epoch] for i in range(0, len(losses), per_epoch))],
+        "epoch_loss": [float(chunk.mean()) for chunk in per_epoch if len(chunk)],
         "train_s": time.perf_counter() - started,
         "processes": world,
         "device": str(accelerator.device),

@@ -122,5 +122,5 @@ def test_two_gloo_processes_train_one_retriever(files, tmp_path):
     assert completed.stdout.count('"model_uri"') == 1, "only the main process saves and reports"
     training = json.loads((out / "generative.json").read_text())["training"]
     # 24 batches shared between two processes: 12 steps each, every gradient averaged across both.
-    assert (training["processes"], training["steps"]) == (2, 12)
+    assert (training["processes"], training["steps"], len(training["epoch_loss"])) == (2, 12, 8)
     assert set(load_file(str(out / WEIGHTS))) and GenerativeModel.load(out).search(["anything"], k=3)
