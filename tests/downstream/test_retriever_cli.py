@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import yaml
 from testsupport.retriever_state import (
     TINY_RETRIEVER,
-    fit_snapshot,
     one_torch_thread,
-    publish,
-    title_queries,
-    write_queries,
+    retriever_files,
 )
 
 from lmindexer.cli import main
-from lmindexer.pipeline import PipelineConfig
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,20 +33,7 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def files(wiki_items, tmp_path_factory):
     """A snapshot directory, an ID table and a catalogue of 40 real items, with title queries and tiny options."""
-    root = tmp_path_factory.mktemp("retriever-cli")
-    store = PipelineConfig(base_uri=str(root / "store"))
-    items = wiki_items[:40]
-    pointer = publish(store, "p1", items, fit_snapshot(store, items, root))
-    options = root / "options.yaml"
-    options.write_text(yaml.safe_dump({**TINY_RETRIEVER, "epochs": 2}))
-    return SimpleNamespace(
-        root=root,
-        snapshot=pointer["snapshot_uri"],
-        ids=pointer["ids_uri"],
-        catalog=pointer["catalog_uri"],
-        queries=write_queries(root / "queries.jsonl", title_queries(items)),
-        options=str(options),
-    )
+    return retriever_files(tmp_path_factory.mktemp("retriever-cli"), wiki_items[:40], {**TINY_RETRIEVER, "epochs": 2})
 
 
 @pytest.mark.parametrize("command", [["retriever"], ["retriever", "train"], ["retriever", "evaluate"]])

@@ -7,25 +7,19 @@ import json
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 from testsupport.retriever_state import (
     TINY_RETRIEVER,
-    fit_snapshot,
     one_torch_thread,
-    publish,
-    title_queries,
-    write_queries,
+    retriever_files,
 )
 
 from lmindexer.downstream import jobs
 from lmindexer.downstream.generative import WEIGHTS, GenerativeModel
 from lmindexer.downstream.model import GenerativeIdModel
-from lmindexer.pipeline import PipelineConfig
 from lmindexer.training.checkpoint import PROGRESS_FILE
 
 # 40 items: 40 title queries + 40 indexing pairs = 80 examples, 3 batches of 32 per epoch, 24 steps in all.
@@ -40,16 +34,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def files(wiki_items, tmp_path_factory):
-    root = tmp_path_factory.mktemp("retriever-training")
-    store = PipelineConfig(base_uri=str(root / "store"))
-    items = wiki_items[:40]
-    pointer = publish(store, "p1", items, fit_snapshot(store, items, root))
-    options = root / "options.yaml"
-    options.write_text(yaml.safe_dump(OPTIONS))
-    return SimpleNamespace(
-        root=root, snapshot=pointer["snapshot_uri"], ids=pointer["ids_uri"], catalog=pointer["catalog_uri"],
-        queries=write_queries(root / "queries.jsonl", title_queries(items)), options=str(options),
-    )  # fmt: skip
+    return retriever_files(tmp_path_factory.mktemp("retriever-training"), wiki_items[:40], OPTIONS)
 
 
 def _fit(files, checkpoint):

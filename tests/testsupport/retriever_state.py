@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from lmindexer.catalog import Item
@@ -92,3 +93,18 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def retriever_files(root: Path, items: Sequence[Item], options: dict[str, Any]) -> SimpleNamespace:
+    """What ``lmindexer retriever train`` reads, for ``items``: a published rq-kmeans snapshot, its ID table and
+    catalogue, title queries and an options file."""
+    import yaml
+
+    store = PipelineConfig(base_uri=str(root / "store"))
+    pointer = publish(store, "p1", items, fit_snapshot(store, items, root))
+    options_file = root / "options.yaml"
+    options_file.write_text(yaml.safe_dump(options))
+    return SimpleNamespace(
+        root=root, snapshot=pointer["snapshot_uri"], ids=pointer["ids_uri"], catalog=pointer["catalog_uri"],
+        queries=write_queries(root / "queries.jsonl", title_queries(items)), options=str(options_file),
+    )  # fmt: skip
