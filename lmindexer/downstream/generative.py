@@ -13,6 +13,7 @@ model whose files or document differ from what was saved is refused on load.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -24,12 +25,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from lmindexer.downstream.model import GenerativeIdModel, Task
+from lmindexer.downstream.pseudo_queries import pseudo_query_pairs
 from lmindexer.downstream.ranking import rank_metrics
 from lmindexer.downstream.training import TokenizedTexts, train_network
 from lmindexer.downstream.trie import IdTrie
@@ -38,6 +40,7 @@ from lmindexer.errors import ConfigError, SnapshotError
 from lmindexer.idtable import IdTable
 from lmindexer.indexers.base import Indexer
 from lmindexer.indexers.lm.backbone import backbone_from_snapshot, load_backbone
+from lmindexer.indexers.lm.encoder import EncoderStack
 from lmindexer.indexers.lm.indexer import LMIndexer
 from lmindexer.indexers.lm.model import tied_names
 from lmindexer.integrity import INTEGRITY_KEY, seal, verify, write_safetensors
@@ -65,8 +68,20 @@ class GenerativeConfig(BaseModel):
     )
     decoder_layers: int = Field(2, ge=1, le=24, description="decoder depth when built from an encoder")
     max_length: int = Field(64, ge=8, le=4096, description="tokens of a query or item text the encoder reads")
-    train_encoder: bool = Field(False, description="fine-tune the text encoder (else frozen, its states cached)")
+    train_layers: int = Field(
+        0,
+        ge=-1,
+        description="retrieval: top encoder layers that train, over the cached states of the layers below (0: frozen, "
+        "its states cached; -1: all of it, embeddings included)",
+    )
     indexing_pairs: bool = Field(True, description="also train on (item text -> ID), as generative retrieval does")
+    pseudo_queries: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="retrieval: also train on up to this many sentences of each item's text as queries for it "
+        "(document as query)",
+    )
     history_window: int = Field(20, ge=1, le=512, description="most recent items of a history the model reads")
     history_layers: int = Field(2, ge=1, le=12)
     examples_per_history: int | None = Field(
@@ -88,6 +103,18 @@ class GenerativeConfig(BaseModel):
     )
     seed: int = 0
     device: Literal["auto", "cpu"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_train_encoder(cls, values: Any) -> Any:
+        # Models saved before train_layers existed record train_encoder (true: the whole encoder trained).
+        if isinstance(values, dict) and "train_encoder" in values:
+            values = dict(values)
+            whole = values.pop("train_encoder")
+            if not isinstance(whole, bool):
+                raise ValueError("train_encoder must be true or false (it is now train_layers: -1 or 0)")
+            values.setdefault("train_layers", -1 if whole else 0)
+        return values
 
 
 def parse_generative_config(values: Mapping[str, Any] | GenerativeConfig | None) -> GenerativeConfig:
@@ -202,11 +229,35 @@ class GenerativeModel:
             rows.append(tokens)
         return torch.tensor(rows, dtype=torch.long)
 
-    def _freeze_encoder(self) -> bool:
-        frozen = not (self.config.train_encoder and self.config.task == "retrieval")
+    def _encoder_stack(self) -> EncoderStack:
+        """The backbone's encoder as a stack of layers that can run in two parts (a view: it shares the weights)."""
+        return EncoderStack(self.network.backbone.encoder_module, self.network.backbone.tokenizer)
+
+    def _freeze_encoder(self) -> int:
+        """Only the encoder layers that train keep gradients; returns the first of them (the layer count when the
+        encoder is frozen: recommendation never trains it)."""
+        stack = self._encoder_stack()
+        layers = self.config.train_layers if self.config.task == "retrieval" else 0
+        split = stack.split_at(layers)
+        trained = {id(parameter) for parameter in stack.trainable_parameters(layers)}
         for parameter in self.network.backbone.encoder_parameters():
-            parameter.requires_grad_(not frozen)
-        return frozen
+            parameter.requires_grad_(id(parameter) in trained)
+        return split
+
+    def retrieval_examples(
+        self, pairs: Sequence[tuple[str, str]], item_texts: Mapping[str, str] | None = None
+    ) -> list[tuple[str, str]]:
+        """What :meth:`fit_retrieval` trains on: the query pairs, then each item's text (``indexing_pairs``), then
+        up to ``pseudo_queries`` sentences of each item's text (items this model can return, in the given order)."""
+        examples = list(pairs)
+        wants_texts = self.config.indexing_pairs or self.config.pseudo_queries > 0
+        if wants_texts and not item_texts:
+            raise ConfigError("indexing_pairs or pseudo_queries is on, so the items' texts are needed")
+        returnable = {item_id: text for item_id, text in (item_texts or {}).items() if item_id in self.trie}
+        if self.config.indexing_pairs:
+            examples += [(text, item_id) for item_id, text in returnable.items()]
+        examples += pseudo_query_pairs(returnable, self.config.pseudo_queries, self.config.seed)
+        return examples
 
     def fit_retrieval(
         self,
@@ -216,32 +267,38 @@ class GenerativeModel:
         checkpoint_dir: Path | None = None,
         progress: bool = False,
     ) -> dict[str, Any]:
-        """Fine-tune on (query text, item_id) pairs, plus (item text, item_id) indexing pairs when configured.
-        With ``checkpoint_dir`` the training is resumable (see :mod:`lmindexer.downstream.training`)."""
+        """Fine-tune on (query text, item_id) pairs, plus (item text, item_id) indexing pairs and pseudo-queries
+        when configured (:meth:`retrieval_examples`). The encoder layers below ``train_layers`` run once per text
+        and their states are cached. With ``checkpoint_dir`` the training is resumable (see
+        :mod:`lmindexer.downstream.training`)."""
         if self.config.task != "retrieval":
             raise ConfigError("this model is a recommender; train it with fit_recommendation")
-        examples = list(pairs)
-        if self.config.indexing_pairs:
-            if not item_texts:
-                raise ConfigError("indexing_pairs is on, so the items' texts are needed")
-            examples += [(text, item_id) for item_id, text in item_texts.items() if item_id in self.trie]
+        examples = self.retrieval_examples(pairs, item_texts)
         if not examples:
             raise ConfigError("no training pairs")
         texts = [text for text, _ in examples]
         targets = self._targets([item_id for _, item_id in examples])
         bank = TokenizedTexts(self.network.backbone.tokenizer, texts, self.config.max_length)
-        frozen = self._freeze_encoder()
+        split = self._freeze_encoder()
+        stack = self._encoder_stack()
+        frozen, partly = split >= stack.num_layers, 0 < split < stack.num_layers
         accelerator = self._start_training()
         started = time.perf_counter()
         if frozen:
             bank.cache_memory(self.network.encode, self.config.inference_batch_size, self.device, progress)
+        elif partly:
+            lower = functools.partial(stack.lower, split=split)
+            bank.cache_memory(lower, self.config.inference_batch_size, self.device, progress)
         encoded_s = time.perf_counter() - started
+        dtype = next(self.network.parameters()).dtype
 
         def batch_loss(index: list[int]) -> torch.Tensor:
             batch = bank.batch(index, self.device)
             mask = batch["attention_mask"]
             if frozen:
-                memory = batch["memory"].to(next(self.network.parameters()).dtype)
+                memory = batch["memory"].to(dtype)
+            elif partly:
+                memory = stack.upper(batch["memory"].to(dtype), mask, split, batch["input_ids"])
             else:
                 memory = self.network.encode(batch["input_ids"], mask)
             return self.network.loss(memory, mask, targets[index].to(self.device))
@@ -253,7 +310,11 @@ class GenerativeModel:
             self.network, self.config, accelerator, len(examples), batch_loss, trains_encoder=not frozen,
             described_examples=described, checkpoint_dir=checkpoint_dir, progress=progress,
         )  # fmt: skip
-        stats.update({"pairs": len(pairs), "indexing_pairs": len(examples) - len(pairs), "encode_s": encoded_s})
+        indexing = sum(item_id in self.trie for item_id in item_texts or {}) if self.config.indexing_pairs else 0
+        stats.update({
+            "pairs": len(pairs), "indexing_pairs": indexing,
+            "pseudo_queries": len(examples) - len(pairs) - indexing, "encode_s": encoded_s,
+        })  # fmt: skip
         self.training = stats
         return stats
 

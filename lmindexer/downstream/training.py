@@ -77,13 +77,14 @@ class TokenizedTexts:
 
 
 def optimizer_for(network: GenerativeIdModel, config: GenerativeConfig, trains_encoder: bool) -> torch.optim.AdamW:
-    """AdamW over the head (and the encoder, at its own rate, when it trains); each group carries its peak rate."""
+    """AdamW over the head (and the encoder layers that train, at their own rate); each group carries its peak rate."""
     encoder = {id(p) for p in network.backbone.encoder_parameters()}
     head = [p for p in network.parameters() if id(p) not in encoder and p.requires_grad]
     groups = [{"params": head, "lr": config.learning_rate, "peak": config.learning_rate}]
     if trains_encoder:
         rate = config.encoder_learning_rate
-        groups.append({"params": network.backbone.encoder_parameters(), "lr": rate, "peak": rate})
+        trained = [p for p in network.backbone.encoder_parameters() if p.requires_grad]
+        groups.append({"params": trained, "lr": rate, "peak": rate})
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 

@@ -250,3 +250,55 @@ def test_incremental_beam_search_scores_equal_teacher_forced_scores_from_scratch
             assert len(ranked) == model.config.beam_size
             for item_id, score in ranked[:5] + ranked[-2:]:
                 assert score == pytest.approx(exact(source, trie.tokens_of(item_id)), abs=1e-4)
+
+
+def test_with_train_layers_only_the_top_encoder_layers_train_over_cached_lower_states(rq_ids, title_pairs, item_texts):
+    """train_layers=1 on the two-layer tiny encoder: the embeddings and the first layer keep their weights, the top
+    layer and the head change, and the split computation (cached lower states, then the top layer) is exactly what
+    the whole encoder computes at search time."""
+    snapshot, table = rq_ids
+    model = GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "train_layers": 1, "epochs": 2})
+    encoder = model.network.backbone.encoder_module
+    before = {name: tensor.clone() for name, tensor in encoder.state_dict().items()}
+    stats = model.fit_retrieval(title_pairs[:100], item_texts)
+    after = encoder.state_dict()
+    changed = {name for name, tensor in after.items() if not torch.equal(tensor, before[name])}
+    assert changed, "the top layer trained"
+    assert all(name.startswith("encoder.layer.1.") for name in changed), sorted(changed)[:5]
+    assert stats["epoch_loss"][-1] < stats["epoch_loss"][0]
+
+    model.network.eval()
+    stack = model._encoder_stack()
+    batch = model.network.backbone.tokenize([q for q, _ in title_pairs[:8]], 32)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        split = stack.upper(stack.lower(ids, mask, 1), mask, 1, ids)
+        whole = model.network.encode(ids, mask)
+    present = mask.bool()
+    assert torch.allclose(split[present], whole[present], atol=1e-5)
+
+
+def test_train_encoder_of_earlier_releases_reads_as_train_layers(rq_ids):
+    snapshot, table = rq_ids
+    assert GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "train_layers": 0}).config.train_layers == 0
+    old = {key: value for key, value in TINY_GENERATIVE.items() if key != "train_layers"}
+    assert GenerativeModel.create(table, snapshot, {**old, "train_encoder": True}).config.train_layers == -1
+    assert GenerativeModel.create(table, snapshot, {**old, "train_encoder": False}).config.train_layers == 0
+    with pytest.raises(ConfigError, match="train_layers"):
+        GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "train_layers": -2})
+
+
+def test_pseudo_queries_add_sentences_of_each_items_text_to_the_training(rq_ids, title_pairs, item_texts):
+    snapshot, table = rq_ids
+    model = GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "pseudo_queries": 2, "epochs": 1})
+    examples = model.retrieval_examples(title_pairs[:50], item_texts)
+    extra = examples[50 + len(item_texts) :]
+    assert examples[:50] == title_pairs[:50]
+    assert 0 < len(extra) <= 2 * len(item_texts)
+    for query, item_id in extra:  # a run of the item's own words
+        words, text = query.split(), item_texts[item_id].split()
+        assert any(text[i : i + len(words)] == words for i in range(len(text))), (query, item_id)
+    stats = model.fit_retrieval(title_pairs[:50], item_texts)
+    assert (stats["pairs"], stats["indexing_pairs"], stats["pseudo_queries"]) == (50, len(item_texts), len(extra))
+    without = GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "indexing_pairs": False, "epochs": 1})
+    assert without.retrieval_examples(title_pairs[:50], item_texts) == title_pairs[:50]

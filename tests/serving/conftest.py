@@ -38,7 +38,7 @@ def retriever(wiki_sample_path, wiki_items, tmp_path_factory) -> Trained:
     minutes, and the tests need a real model, not a good one."""
     root = tmp_path_factory.mktemp("serving-retriever")
     snapshot, table = snapshot_and_ids("rq-kmeans", RQ_OPTIONS, wiki_sample_path, root)
-    options = {**TINY_GENERATIVE, "train_encoder": False, "indexing_pairs": False, "epochs": 10}
+    options = {**TINY_GENERATIVE, "train_layers": 0, "indexing_pairs": False, "epochs": 10}
     model = GenerativeModel.create(table, snapshot, options)
     model.fit_retrieval([(item.title, item.item_id) for item in wiki_items])
     directory = model.save(root / "retriever")

@@ -19,7 +19,7 @@ TINY_GENERATIVE = {
     "epochs": 8,
     "batch_size": 32,
     "beam_size": 10,
-    "train_encoder": True,
+    "train_layers": -1,
     "encoder_learning_rate": 1e-3,
 }
 RQ_OPTIONS = {"levels": 2, "codebook_size": 8}
