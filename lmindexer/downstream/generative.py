@@ -76,7 +76,7 @@ class GenerativeConfig(BaseModel):
     )
     indexing_pairs: bool = Field(True, description="also train on (item text -> ID), as generative retrieval does")
     pseudo_queries: int = Field(
-        0,
+        5,
         ge=0,
         le=64,
         description="retrieval: also train on up to this many sentences of each item's text as queries for it "
@@ -88,7 +88,7 @@ class GenerativeConfig(BaseModel):
         None, ge=1, description="train on only the last N next-item steps of each history (None: every step)"
     )
     suffix_headroom: int = Field(16, ge=0, le=100000, description="spare suffix values for items indexed later")
-    epochs: int = Field(8, ge=1, le=1000)
+    epochs: int = Field(16, ge=1, le=1000, description="passes over the training examples")
     batch_size: int = Field(64, ge=1, le=65536)
     learning_rate: float = Field(1e-3, gt=0, le=1)
     encoder_learning_rate: float = Field(5e-5, gt=0, le=1)

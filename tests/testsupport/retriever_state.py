@@ -28,6 +28,8 @@ TINY_RETRIEVER: dict[str, Any] = {
     "beam_size": 10,
     "train_layers": -1,
     "encoder_learning_rate": 1e-3,
+    # Off unless a test asks for them: they several-fold the examples, and so the training time.
+    "pseudo_queries": 0,
 }
 RQ_OPTIONS = {"levels": 2, "codebook_size": 8}
 
