@@ -87,7 +87,7 @@ def main() -> int:
     reference_texts = snapshot.texts([items[i] for i in ids])  # what the IDs and the generative model read
     print("-- dense MiniLM and BM25", flush=True)
     encoder = TextEncoder(DEFAULT_ENCODER, max_length=args.dense_max_length)
-    dense = DenseRetriever(encoder).index_embeddings(ids, encoder.encode(reference_texts))
+    dense = DenseRetriever(encoder).index(ids, reference_texts)
     rows.append({"name": "dense MiniLM", "metrics": rank_metrics(dense.search(queries, 10), relevant)})
     bm25 = BM25Retriever.fit(ids, reference_texts)
     rows.append({"name": "BM25 (bm25s)", "metrics": rank_metrics(bm25.search(queries, 10), relevant)})

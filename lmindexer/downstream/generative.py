@@ -233,10 +233,9 @@ class GenerativeModel:
         """The backbone's encoder as a stack of layers that can run in two parts (a view: it shares the weights)."""
         return EncoderStack(self.network.backbone.encoder_module, self.network.backbone.tokenizer)
 
-    def _freeze_encoder(self) -> int:
+    def _freeze_encoder(self, stack: EncoderStack) -> int:
         """Only the encoder layers that train keep gradients; returns the first of them (the layer count when the
         encoder is frozen: recommendation never trains it)."""
-        stack = self._encoder_stack()
         layers = self.config.train_layers if self.config.task == "retrieval" else 0
         split = stack.split_at(layers)
         trained = {id(parameter) for parameter in stack.trainable_parameters(layers)}
@@ -279,8 +278,8 @@ class GenerativeModel:
         texts = [text for text, _ in examples]
         targets = self._targets([item_id for _, item_id in examples])
         bank = TokenizedTexts(self.network.backbone.tokenizer, texts, self.config.max_length)
-        split = self._freeze_encoder()
         stack = self._encoder_stack()
+        split = self._freeze_encoder(stack)
         frozen, partly = split >= stack.num_layers, 0 < split < stack.num_layers
         accelerator = self._start_training()
         started = time.perf_counter()
@@ -350,7 +349,7 @@ class GenerativeModel:
             raise ConfigError("no training examples: every sequence needs at least two items with IDs")
         history, item_mask = self._history_tensors(histories)
         targets = self._targets(nexts)
-        self._freeze_encoder()
+        self._freeze_encoder(self._encoder_stack())
         accelerator = self._start_training()
 
         def batch_loss(index: list[int]) -> torch.Tensor:
