@@ -81,25 +81,37 @@ def catalogue_counts(merged: dict[str, Any]) -> dict[str, Any]:
 def _lookups(backend: Any, config: PipelineConfig, live: dict[str, Any], count: int, size: int) -> list[dict]:
     from lmindexer.idtable import IdTable
 
-    table = IdTable.read(live["ids_uri"])
-    if table.space.levels < 2 or not len(table):
+    return prefix_lookups(backend, IdTable.read(live["ids_uri"]), count, size)
+
+
+def prefix_lookups(backend: Any, table: Any, count: int, size: int, *, depth: int = 2, scan: int = 1000) -> list[dict]:
+    """Up to ``count`` of the newest live items (among the table's last ``scan`` rows), each with the items sharing
+    its first ``depth`` codes, one item per prefix: the newest rows of a run often share a prefix, and two lookups
+    of one group would show the same list twice."""
+    if table.space.levels < depth or not len(table):
         return []
-    newest = table.table.slice(max(len(table) - count, 0)).to_pylist()
-    results = []
-    for row in newest:
-        document = backend.get(row["item_id"])
-        if document is None:
+    results: list[dict] = []
+    shown: set[tuple[int, ...]] = set()
+    for row in reversed(table.table.slice(max(len(table) - scan, 0)).to_pylist()):
+        prefix = tuple(row["codes"][:depth])
+        if prefix in shown:
             continue
-        neighbours = backend.items_sharing_prefix(row["sid"], 2, size=size)
+        document = backend.get(row["item_id"])
+        if document is None:  # deleted since: its ID stays in the table, but there is nothing to show
+            continue
+        shown.add(prefix)
+        neighbours = backend.items_sharing_prefix(row["sid"], depth, size=size)
         results.append(
             {
                 "item_id": row["item_id"],
                 "title": document.get("title"),
                 "sid": row["sid"],
-                "prefix": "-".join(str(c) for c in row["codes"][:2]),
+                "prefix": "-".join(str(c) for c in prefix),
                 "sharing_prefix": [{"sid": n.get("sid"), "title": n.get("title")} for n in neighbours],
             }
         )
+        if len(results) == count:
+            break
     return results
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from lmindexer.pipeline.summary import catalogue_counts, render_summary
+import datetime as dt
+
+from lmindexer.idtable import Candidate, IdSpace, IdTable
+from lmindexer.pipeline.summary import catalogue_counts, prefix_lookups, render_summary
 
 
 def _merge_record(**counts: int) -> dict:
@@ -53,3 +56,41 @@ def test_the_collision_rate_says_that_ids_stay_unique():
         "collision rate 64.6% (items whose learned codes are shared with another item; such items get a suffix, so "
         "IDs stay unique)" in text
     )
+
+
+class _Backend:
+    """The two reads the lookups make, over documents kept in a dict (deleted items are absent)."""
+
+    def __init__(self, table: IdTable, deleted: set[str] = frozenset()) -> None:
+        self.sids = {row["item_id"]: row["sid"] for row in table.table.to_pylist() if row["item_id"] not in deleted}
+
+    def get(self, item_id: str) -> dict | None:
+        return {"title": item_id.upper()} if item_id in self.sids else None
+
+    def items_sharing_prefix(self, sid: str, level: int, size: int) -> list[dict]:
+        prefix = "-".join(sid.split("-")[:level]) + "-"
+        return [{"sid": s, "title": i.upper()} for i, s in sorted(self.sids.items()) if s.startswith(prefix)][:size]
+
+
+def _table() -> IdTable:
+    space = IdSpace("rq-kmeans-20260101T000000Z-abcd1234", "rq-kmeans", (4, 4, 4))
+    codes = {"a": (0, 1, 0), "b": (2, 3, 0), "c": (2, 3, 1), "d": (3, 3, 2), "e": (3, 3, 3)}
+    table, _ = IdTable.empty(space).allocate(
+        [Candidate(item_id, code, "h") for item_id, code in codes.items()],
+        assigned_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )
+    return table
+
+
+def test_prefix_lookups_show_different_groups():
+    # The newest rows, d and e, share the prefix 3-3: the second lookup is the newest item of another group.
+    table = _table()
+    lookups = prefix_lookups(_Backend(table), table, count=2, size=6)
+    assert [(lookup["item_id"], lookup["prefix"]) for lookup in lookups] == [("e", "3-3"), ("c", "2-3")]
+    assert [n["title"] for n in lookups[1]["sharing_prefix"]] == ["B", "C"]
+
+
+def test_prefix_lookups_skip_items_deleted_since():
+    table = _table()
+    lookups = prefix_lookups(_Backend(table, deleted={"e", "c"}), table, count=2, size=6)
+    assert [(lookup["item_id"], lookup["prefix"]) for lookup in lookups] == [("d", "3-3"), ("b", "2-3")]
