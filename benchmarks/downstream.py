@@ -7,14 +7,16 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
 
 - retrieval (wiki-topics queries-test, clothing-reviews held-out reviews): vs BM25 (bm25s) and dense MiniLM, and the
   hybrids: RRF(BM25, dense), and for each ID kind RRF(BM25, generative) (`serve` mode=rrf), RRF(BM25, dense,
-  generative) and BM25 + ID-prefix boost (`serve` mode=prefix-boost; the formula of lmindexer.downstream.fusion,
-  with bm25s's scores in place of the engine's);
+  generative), BM25 + ID-prefix boost (`serve` mode=prefix-boost; the formula of lmindexer.downstream.fusion,
+  with bm25s's scores in place of the engine's) and RRF(BM25 + ID-prefix boost, dense) (benchmark only: `serve` has
+  no dense leg);
 - recommendation (movielens-100k, leave-last-out): vs popularity, under both protocols (the full ranking, and with
   each user's history left out, `exclude_seen`, as `/recommend` answers).
 
     python benchmarks/downstream.py                                  # wiki-topics document retrieval
     python benchmarks/downstream.py --dataset clothing-reviews       # product search
     python benchmarks/downstream.py --dataset movielens-100k         # sequential recommendation
+    python benchmarks/downstream.py --methods rq-kmeans --no-snapshot-variant   # one ID kind (about half the time)
 
 Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
 the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
@@ -128,7 +130,7 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
     relevant = [{item_id} for _, item_id in test]
     queries = [q for q, _ in test]
     rows, id_reports, beams, id_codes = [], {}, {}, {}
-    for method in ID_METHODS:
+    for method in args.methods:
         print(f"-- {method}: snapshot and IDs", flush=True)
         snapshot, table, report = ids_for(
             method, catalogue, {**id_options, **_method_options(method, args)}, work, args.refit
@@ -184,7 +186,7 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
 
     print("-- hybrids", flush=True)
     rows.append(fused_row("RRF(BM25, dense)", [bm25_ranked, dense_ranked], "hybrid"))
-    for method in ID_METHODS:
+    for method in args.methods:
         generated = [[item_id for item_id, _, _ in ranked] for ranked in beams[method]]
         rows.append(fused_row(f"RRF(BM25, generative {method} IDs)", [bm25_ranked, generated], "ID-aware hybrid"))
         rows.append(
@@ -192,7 +194,18 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
                 f"RRF(BM25, dense, generative {method} IDs)", [bm25_ranked, dense_ranked, generated], "ID-aware hybrid"
             )
         )
-        rows.append(prefix_boost_row(method, beams[method], bm25_scores, id_codes[method]))
+        boosted = prefix_boost_row(method, beams[method], bm25_scores, id_codes[method])
+        rows.append(boosted)
+        # The boost keeps BM25's ranking and RRF(BM25, dense) is the best hybrid without IDs: the boosted ranking in
+        # BM25's place asks whether the IDs add anything on top of dense retrieval (benchmark only: `serve` has no
+        # dense leg).
+        rows.append(
+            fused_row(
+                f"RRF(BM25 + ID-prefix boost ({method} IDs), dense)",
+                [boosted.pop("deep"), dense_ranked],
+                "ID-aware hybrid",
+            )
+        )
     for row in rows:
         row["metrics"] = rank_metrics(row.pop("ranked"), relevant)
     return rows, {**id_reports, "similar_items": similar}
@@ -248,7 +261,8 @@ def fused_row(name: str, rankings: list[list[list[str]]], kind: str) -> dict:
 
 
 def prefix_boost_row(method: str, beams: list, bm25_scores: list[dict[str, float]], codes: dict) -> dict:
-    """BM25 plus the generative beam's ID-prefix boost: what `serve` mode=prefix-boost asks the engine for."""
+    """BM25 plus the generative beam's ID-prefix boost: what `serve` mode=prefix-boost asks the engine for. Its
+    rankings go FUSION_DEPTH deep (``deep``) so that they can be fused with dense retrieval too."""
     started = time.perf_counter()
     by_first_code: dict[int, list[str]] = {}
     for item_id, item_codes in codes.items():
@@ -258,10 +272,11 @@ def prefix_boost_row(method: str, beams: list, bm25_scores: list[dict[str, float
         boosts = prefix_boosts([(sid, score) for _, sid, score in beam])
         # Only items under a boosted first code can gain anything: score just those.
         candidates = [i for prefix in boosts.boosts.get(1, {}) for i in by_first_code.get(int(prefix), [])]
-        ranked.append(top_items(boosted_scores(text_scores, {i: codes[i] for i in candidates}, boosts), TOP_K))
+        ranked.append(top_items(boosted_scores(text_scores, {i: codes[i] for i in candidates}, boosts), FUSION_DEPTH))
     return {
         "name": f"BM25 + ID-prefix boost ({method} IDs)",
-        "ranked": ranked,
+        "ranked": [r[:TOP_K] for r in ranked],
+        "deep": ranked,
         "fuse_s": round(time.perf_counter() - started, 2),
         "kind": "ID-aware hybrid",
     }
@@ -276,7 +291,7 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
     relevant = [{t} for t in targets]
     rows, id_reports = [], {}
     peers = peer_rows(args, catalogue, histories, gen_options)  # first: the cheaper models fail fast
-    for method in ID_METHODS:
+    for method in args.methods:
         print(f"-- {method}: snapshot and IDs", flush=True)
         snapshot, table, report = ids_for(
             method, catalogue, {**id_options, **_method_options(method, args)}, work, args.refit
@@ -452,10 +467,18 @@ def main() -> int:
         action="store_true",
         help="skip the model that starts from the LMIndexer snapshot (a third of the run's training time)",
     )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(ID_METHODS),
+        choices=ID_METHODS,
+        help="ID kinds to train generative models on (rq-kmeans, the ratios' anchor, always runs)",
+    )
     parser.add_argument("--refit", action="store_true", help="refit snapshots even if matching ones are kept")
     parser.add_argument("--work", type=Path, default=None, help="where snapshots and ID tables are kept")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    args.methods = [method for method in ID_METHODS if method in {*args.methods, "rq-kmeans"}]
     env = environment()
 
     data_dir = datasets.fetch(args.dataset)
@@ -492,6 +515,7 @@ def main() -> int:
         "levels": args.levels,
         "codebook_size": args.codebook_size,
         "lm_preset": args.lm_preset,
+        "id_methods": args.methods,
         "generative_options": parse_generative_config(gen_options).model_dump(mode="json"),  # defaults included
         "ids": id_reports,
         "results": rows,
