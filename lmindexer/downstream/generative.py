@@ -419,9 +419,9 @@ class GenerativeModel:
     ) -> list[list[tuple[str, float]]]:
         """The top ``k`` next items per history (item_ids, most recent last).
 
-        ``exclude_seen`` leaves out the items of each history (all of it, not only the window the model reads): the
-        result is the best ``k`` of the beam's IDs that are not in it, so it holds fewer than ``k`` items when more
-        than ``beam_size - k`` of the beam's IDs are seen ones."""
+        ``exclude_seen`` leaves out the items of each history (all of it, not only the window the model reads) inside
+        the beam search: no beam is spent on them, so the result is the model's best ``k`` unseen items (fewer only
+        when fewer unseen items exist)."""
         if self.config.task != "recommendation":
             raise ConfigError("this model is a retriever, not a recommender")
         self._check_k(k)
@@ -433,12 +433,10 @@ class GenerativeModel:
             tokens, item_mask = self._history_tensors(chunk)
             with inference_autocast(self.precision, self.device):
                 memory, mask = self.network.encode_history(tokens.to(self.device), item_mask.to(self.device))
-                found = self.network.beam_search(memory, mask, self.trie, self.config.beam_size)
-            for history, ranked in zip(chunk, found, strict=True):
-                if exclude_seen:
-                    seen = set(history)
-                    ranked = [(item_id, score) for item_id, score in ranked if item_id not in seen]
-                results.append(ranked[:k])
+                found = self.network.beam_search(
+                    memory, mask, self.trie, self.config.beam_size, excluded=chunk if exclude_seen else None
+                )
+            results.extend(ranked[:k] for ranked in found)
         return results
 
     def evaluate_retrieval(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False) -> dict[str, float]:

@@ -12,7 +12,8 @@ Retrieval reads text with the backbone's encoder. Recommendation reads the user'
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from typing import Literal
 
 import torch
@@ -155,19 +156,32 @@ class GenerativeIdModel(nn.Module):
 
     @torch.no_grad()
     def beam_search(
-        self, memory: torch.Tensor, memory_mask: torch.Tensor, trie: IdTrie, beam_size: int
+        self,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        trie: IdTrie,
+        beam_size: int,
+        excluded: Sequence[Collection[str]] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """The ``beam_size`` most likely existing IDs per source, as (item_id, log-probability), best first.
 
         At each position only tokens that continue a prefix in ``trie`` are scored (the softmax is taken over them),
-        so every finished beam is an ID that exists and maps back to its item. Decoding is incremental: each
-        position feeds only the beams' last tokens and reads the earlier positions and the memory's cross-attention
-        keys and values from the decoder's cache (the same states as :meth:`states` recomputes from scratch, which
-        the tests cross-check against teacher-forced scores).
+        so every finished beam is an ID that exists and maps back to its item. ``excluded`` (one collection of
+        item_ids per source, e.g. a user's history) is never returned for that source: a beam is not extended by a
+        token under which every item is excluded, so no beam is spent on them and the result holds ``beam_size``
+        items whenever that many others exist. Scores stay the model's log-probabilities under the trie (the
+        exclusion prunes, it does not renormalise), so the result is the model's ranking with those items left out.
+
+        Decoding is incremental: each position feeds only the beams' last tokens and reads the earlier positions and
+        the memory's cross-attention keys and values from the decoder's cache (the same states as :meth:`states`
+        recomputes from scratch, which the tests cross-check against teacher-forced scores).
         """
         if trie.depth != self.depth:
             raise ValueError(f"the trie holds IDs of {trie.depth} tokens, the model writes {self.depth}")
         batch = memory.size(0)
+        if excluded is not None and len(excluded) != batch:
+            raise ValueError(f"excluded holds {len(excluded)} collections for {batch} sources")
+        pruned = [trie.excluded_counts(items) for items in excluded] if excluded is not None else [Counter()] * batch
         summary = self.summary(memory, memory_mask)
         cache = self.backbone.new_cache()
         # One row per live beam: its source's memory, mask and summary, and its cached decoder states.
@@ -186,6 +200,11 @@ class GenerativeIdModel(nn.Module):
             logits = self.logits(state, position, prefix)
             allowed = torch.full_like(logits, float("-inf"))
             children = [trie.allowed(tokens) for tokens in prefixes]
+            # What may extend each beam: the trie's children, less those under which all items are excluded.
+            extensions = [
+                trie.open_children(tokens, pruned[owner]) if pruned[owner] else tokens_allowed
+                for owner, tokens, tokens_allowed in zip(owners, prefixes, children, strict=True)
+            ]
             rows = [row for row, tokens in enumerate(children) for _ in tokens]
             cols = [token for tokens in children for token in tokens]
             allowed[rows, cols] = 0.0
@@ -193,7 +212,7 @@ class GenerativeIdModel(nn.Module):
             scores = [score for b in range(batch) for _, score, _ in beams[b]]
             candidates: list[list[tuple[tuple[int, ...], float, int]]] = [[] for _ in range(batch)]
             for row, (owner, tokens) in enumerate(zip(owners, prefixes, strict=True)):
-                for token in children[row]:
+                for token in extensions[row]:
                     candidates[owner].append(((*tokens, token), scores[row] + float(log_probs[row, token]), row))
             beams = [sorted(found, key=lambda c: (-c[1], c[0]))[:beam_size] for found in candidates]
             if position + 1 < self.depth:

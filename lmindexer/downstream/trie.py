@@ -3,12 +3,14 @@
 Each item's ID is a fixed-length tuple of tokens (its codes, then its suffix), unique per item. The trie answers
 "which tokens may follow this prefix" so decoding can only produce IDs that exist, and maps a complete tuple back to
 its item. Inserting and removing items is O(depth), so a newly indexed item becomes retrievable without rebuilding
-anything, and a deleted one can no longer be returned.
+anything, and a deleted one can no longer be returned. It also counts the items under every prefix, so a decoder can
+leave out a set of items (a user's history) by pruning the prefixes that lead only to them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator, Sequence
 
 from lmindexer.errors import ConfigError
 
@@ -24,6 +26,7 @@ class IdTrie:
         self.depth = depth
         self._root: dict = {}
         self._tokens_of: dict[str, tuple[int, ...]] = {}
+        self._counts: Counter[tuple[int, ...]] = Counter()  # prefix (length 1..depth) -> items under it
 
     @classmethod
     def build(cls, depth: int, entries: Iterable[tuple[str, Sequence[int]]]) -> IdTrie:
@@ -65,6 +68,8 @@ class IdTrie:
             node = node.setdefault(token, {})
         node[_ITEM] = item_id
         self._tokens_of[item_id] = key
+        for length in range(1, self.depth + 1):
+            self._counts[key[:length]] += 1
 
     def remove(self, item_id: str) -> bool:
         """Drop an item; its now-empty branches go too. False if the item was not there."""
@@ -75,6 +80,10 @@ class IdTrie:
         for token in key:
             path.append(path[-1][token])
         del path[-1][_ITEM]
+        for length in range(1, self.depth + 1):
+            self._counts[key[:length]] -= 1
+            if not self._counts[key[:length]]:
+                del self._counts[key[:length]]
         for depth in range(self.depth, 0, -1):
             if path[depth]:
                 break
@@ -95,6 +104,32 @@ class IdTrie:
             return []
         node = self._node(prefix)
         return sorted(t for t in node if t is not _ITEM) if node else []
+
+    def count(self, prefix: Sequence[int]) -> int:
+        """How many items have an ID starting with ``prefix`` (all of them for the empty prefix)."""
+        key = tuple(int(t) for t in prefix)
+        return self._counts.get(key, 0) if key else len(self._tokens_of)
+
+    def excluded_counts(self, item_ids: Collection[str]) -> Counter[tuple[int, ...]]:
+        """For the items of ``item_ids`` that are in the trie: how many of them lie under each of their prefixes.
+        A prefix leads to an item outside ``item_ids`` exactly when :meth:`count` exceeds this count (see
+        :meth:`open_children`); items not in the trie are ignored."""
+        counts: Counter[tuple[int, ...]] = Counter()
+        for item_id in set(item_ids):
+            key = self._tokens_of.get(item_id)
+            if key is not None:
+                for length in range(1, self.depth + 1):
+                    counts[key[:length]] += 1
+        return counts
+
+    def open_children(self, prefix: Sequence[int], excluded: Counter[tuple[int, ...]]) -> list[int]:
+        """:meth:`allowed`, less the tokens under which every item is excluded (``excluded`` from
+        :meth:`excluded_counts`): the continuations that still reach an item that may be returned."""
+        key = tuple(int(t) for t in prefix)
+        tokens = self.allowed(key)
+        if not excluded:
+            return tokens
+        return [t for t in tokens if self._counts[(*key, t)] > excluded.get((*key, t), 0)]
 
     def item_for(self, tokens: Sequence[int]) -> str | None:
         """The item a complete ID belongs to, ``None`` if no item has it."""

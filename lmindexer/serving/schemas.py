@@ -83,7 +83,7 @@ def recommend_request(max_history: int, k_cap: int) -> type[BaseModel]:
         exclude_seen: bool = Field(
             True,
             description="leave out the items of the history (default); false lets the model recommend one again. "
-            "With it on, fewer than k results come back when the model's beam holds mostly seen items",
+            "With it on, the beam search itself skips them: k unseen items come back whenever the catalogue has them",
         )
 
     return RecommendRequest

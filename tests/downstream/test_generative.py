@@ -191,13 +191,41 @@ def test_a_recommender_can_leave_out_the_items_a_history_holds(recommender, movi
     # Off (the default): seen items can come back.
     assert any({i for i, _ in ranked[:5]} & set(h) for h, ranked in zip(histories, full, strict=True))
     assert model.recommend(histories, k=5) == [ranked[:5] for ranked in full]
-    # On: never a seen item, and otherwise the same ranking, scores included.
-    unseen = model.recommend(histories, k=5, exclude_seen=True)
+    # On: never a seen item, and no beam is spent on seen items: a full beam of unseen items for every history,
+    # holding every unseen item the unconstrained beam found, with its score.
+    unseen = model.recommend(histories, k=beam, exclude_seen=True)
+    short = 0
     for history, ranked, kept in zip(histories, full, unseen, strict=True):
         assert not {i for i, _ in kept} & set(history)
-        assert kept == [(i, score) for i, score in ranked if i not in set(history)][:5]
+        assert len(kept) == beam
+        scores = dict(kept)
+        for item_id, score in ranked:
+            if item_id not in history:
+                assert scores[item_id] == pytest.approx(score, abs=1e-5)
+        assert [score for _, score in kept] == sorted(scores.values(), reverse=True)
+        short += len([i for i, _ in ranked if i not in history]) < beam
+    assert short  # filtering the unconstrained beam afterwards would have left some histories short
     metrics = model.evaluate_recommendation(histories, [s[-1] for s in sequences], exclude_seen=True)
     assert np.isfinite(metrics["recall@10"])
+
+
+def test_excluding_items_in_the_beam_is_the_exact_ranking_without_them(recommender, movielens_small):
+    """With a beam as large as the catalogue the search is exhaustive: excluding a history's items inside it must
+    give exactly the full ranking with those items taken out, the same scores in the same order."""
+    _, _, sequences = movielens_small
+    model, _ = recommender
+    histories = [s[:-1] for s in sequences[:6]]
+    tokens, item_mask = model._history_tensors(histories)
+    everything = len(model.trie)
+    with torch.no_grad():
+        memory, mask = model.network.encode_history(tokens, item_mask)
+        full = model.network.beam_search(memory, mask, model.trie, everything)
+        pruned = model.network.beam_search(memory, mask, model.trie, everything, excluded=histories)
+    for history, ranked, kept in zip(histories, full, pruned, strict=True):
+        assert len(ranked) == everything
+        expected = [(i, score) for i, score in ranked if i not in history]
+        assert [i for i, _ in kept] == [i for i, _ in expected]
+        assert [score for _, score in kept] == pytest.approx([score for _, score in expected], abs=1e-5)
 
 
 def test_bf16_decoding_really_runs_in_bf16_and_ranks_nearly_as_fp32_does(trained, title_pairs, monkeypatch):

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmindexer.downstream.trie import IdTrie
 from lmindexer.errors import ConfigError
@@ -57,3 +59,46 @@ def test_bad_ids_are_refused():
         trie.insert("z", (1, -2, 0))
     with pytest.raises(ConfigError, match="depth"):
         IdTrie(0)
+
+
+def test_open_children_prune_prefixes_whose_items_are_all_excluded():
+    trie = _trie()
+    assert trie.count(()) == 4 and trie.count((1,)) == 3 and trie.count((1, 2)) == 2 and trie.count((9,)) == 0
+    excluded = trie.excluded_counts({"a", "b", "zz"})  # zz is not in the trie: ignored
+    assert trie.open_children((), excluded) == [1, 4]  # c is still under 1
+    assert trie.open_children((1,), excluded) == [5]  # 1-2 holds only a and b
+    assert trie.open_children((1,), trie.excluded_counts(set())) == [2, 5]
+    everything = trie.excluded_counts({"a", "b", "c", "d"})
+    assert trie.open_children((), everything) == []
+
+
+# Items with distinct ids and distinct IDs of three tokens (one ID per item, one item per ID).
+_ITEMS = st.dictionaries(st.tuples(*[st.integers(0, 2)] * 3), st.text("abcdef", min_size=1, max_size=3), max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    by_tokens=_ITEMS.filter(lambda found: len(set(found.values())) == len(found)),
+    removed=st.sets(st.text("abcdef", min_size=1, max_size=3), max_size=5),
+    excluded=st.sets(st.text("abcdef", min_size=1, max_size=3), max_size=8),
+)
+def test_open_children_agree_with_a_scan_of_the_items(by_tokens, removed, excluded):
+    """After inserts and removals, a token is open exactly when some item outside ``excluded`` lies under it."""
+    ids = {item_id: tokens for tokens, item_id in by_tokens.items()}
+    trie = IdTrie.build(3, ids.items())
+    for item_id in removed:
+        trie.remove(item_id)
+    live = {item_id: tokens for item_id, tokens in ids.items() if item_id not in removed}
+    prefixes = {tokens[:length] for tokens in live.values() for length in range(3)} | {()}
+    counts = trie.excluded_counts(excluded)
+    for prefix in prefixes:
+        under = [tokens for tokens in live.values() if tokens[: len(prefix)] == prefix]
+        assert trie.count(prefix) == len(under)
+        reachable = sorted(
+            {
+                tokens[len(prefix)]
+                for item_id, tokens in live.items()
+                if tokens[: len(prefix)] == prefix and item_id not in excluded
+            }
+        )
+        assert trie.open_children(prefix, counts) == reachable
