@@ -337,7 +337,7 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
     """Cornac's SASRec and TIGER (its GRID recipe) on the same histories, with the generative model's training budget:
     the same next-item steps per user (each history cut to its last examples_per_history + 1 items) for the same
     number of epochs. They read each full history when recommending (their own max_len)."""
-    if args.no_peers:
+    if not args.peers:
         return []
     window = gen_options["examples_per_history"] + 1
     train = [history[-window:] for history in histories]
@@ -347,10 +347,9 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
     vectors = encoder.encode(create_indexer("rq-kmeans").texts(items))
     features = dict(zip([item.item_id for item in items], vectors, strict=True))
     rows = []
-    for name, build in (
-        ("SASRec (cornac)", CornacRecommender.sasrec),
-        ("TIGER (cornac, GRID recipe)", CornacRecommender.tiger),
-    ):
+    peers = {"sasrec": ("SASRec (cornac)", CornacRecommender.sasrec)}
+    peers["tiger"] = ("TIGER (cornac, GRID recipe)", CornacRecommender.tiger)
+    for name, build in (peers[peer] for peer in args.peers):
         print(f"-- {name}", flush=True)
         peer = build(seed=args.seed, n_epochs=gen_options["epochs"])
         started = time.perf_counter()
@@ -461,7 +460,14 @@ def main() -> int:
     parser.add_argument("--limit-queries", type=int, default=None, help="evaluate only the first N test queries")
     parser.add_argument("--dense-max-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-peers", action="store_true", help="recommendation: skip Cornac's SASRec and TIGER")
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        default=["sasrec", "tiger"],
+        choices=["sasrec", "tiger"],
+        help="recommendation: which of Cornac's peers to train (TIGER takes most of the run's time on a CPU)",
+    )
+    parser.add_argument("--no-peers", action="store_true", help="recommendation: no Cornac peers (--peers with none)")
     parser.add_argument(
         "--no-snapshot-variant",
         action="store_true",
@@ -478,6 +484,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None, help="where snapshots and ID tables are kept")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.no_peers:
+        args.peers = []
     args.methods = [method for method in ID_METHODS if method in {*args.methods, "rq-kmeans"}]
     env = environment()
 
@@ -505,7 +513,7 @@ def main() -> int:
     for row in rows:
         row["ndcg@10_ratio_to_" + anchor.split()[0]] = round(row["metrics"]["ndcg@10"] / base, 3) if base else None
     hybrid_aim = None if is_recommendation else hybrid_summary(rows)
-    peer_aim = peer_summary(rows) if is_recommendation and not args.no_peers else None
+    peer_aim = peer_summary(rows) if is_recommendation and args.peers else None
     similar = id_reports.pop("similar_items", None)
 
     stem = args.out / f"downstream-{args.dataset}"
@@ -516,6 +524,7 @@ def main() -> int:
         "codebook_size": args.codebook_size,
         "lm_preset": args.lm_preset,
         "id_methods": args.methods,
+        "peers": args.peers if is_recommendation else None,
         "generative_options": parse_generative_config(gen_options).model_dump(mode="json"),  # defaults included
         "ids": id_reports,
         "results": rows,
