@@ -202,7 +202,7 @@ class GenerativeIdModel(nn.Module):
             children = [trie.allowed(tokens) for tokens in prefixes]
             # What may extend each beam: the trie's children, less those under which all items are excluded.
             extensions = [
-                trie.open_children(tokens, pruned[owner]) if pruned[owner] else tokens_allowed
+                trie.open_children(tokens, pruned[owner], tokens_allowed) if pruned[owner] else tokens_allowed
                 for owner, tokens, tokens_allowed in zip(owners, prefixes, children, strict=True)
             ]
             rows = [row for row, tokens in enumerate(children) for _ in tokens]

@@ -122,11 +122,14 @@ class IdTrie:
                     counts[key[:length]] += 1
         return counts
 
-    def open_children(self, prefix: Sequence[int], excluded: Counter[tuple[int, ...]]) -> list[int]:
+    def open_children(
+        self, prefix: Sequence[int], excluded: Counter[tuple[int, ...]], allowed: Sequence[int] | None = None
+    ) -> list[int]:
         """:meth:`allowed`, less the tokens under which every item is excluded (``excluded`` from
-        :meth:`excluded_counts`): the continuations that still reach an item that may be returned."""
+        :meth:`excluded_counts`): the continuations that still reach an item that may be returned. ``allowed``:
+        :meth:`allowed` of ``prefix`` when the caller already has it."""
         key = tuple(int(t) for t in prefix)
-        tokens = self.allowed(key)
+        tokens = list(allowed) if allowed is not None else self.allowed(key)
         if not excluded:
             return tokens
         return [t for t in tokens if self._counts[(*key, t)] > excluded.get((*key, t), 0)]
