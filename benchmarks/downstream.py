@@ -8,8 +8,8 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
 - retrieval (wiki-topics queries-test, clothing-reviews held-out reviews): vs BM25 (bm25s) and dense MiniLM, and the
   hybrids: RRF(BM25, dense), and for each ID kind RRF(BM25, generative) (`serve` mode=rrf), RRF(BM25, dense,
   generative), BM25 + ID-prefix boost (`serve` mode=prefix-boost; the formula of lmindexer.downstream.fusion,
-  with bm25s's scores in place of the engine's) and RRF(BM25 + ID-prefix boost, dense) (benchmark only: `serve` has
-  no dense leg);
+  with bm25s's scores in place of the engine's) and RRF(BM25 + ID-prefix boost, dense) (`serve` mode=hybrid, with
+  a dense index of the same embeddings);
 - recommendation (movielens-100k, leave-last-out): vs popularity, under both protocols (the full ranking, and with
   each user's history left out, `exclude_seen`, as `/recommend` answers).
 
@@ -43,6 +43,7 @@ from lmindexer import datasets
 from lmindexer.cache import cache_root
 from lmindexer.catalog import read_items
 from lmindexer.downstream.baselines import BM25Retriever, DenseRetriever, PopularityRecommender
+from lmindexer.downstream.dense import DenseIndexConfig
 from lmindexer.downstream.fusion import boosted_scores, prefix_boosts, reciprocal_rank_fusion, top_items
 from lmindexer.downstream.generative import GenerativeModel, parse_generative_config
 from lmindexer.downstream.jobs import read_queries
@@ -52,13 +53,15 @@ from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
 from lmindexer.idtable import IdTable
 from lmindexer.indexers import create_indexer, load_snapshot
 from lmindexer.jobs import assign_ids
+from lmindexer.serving.limits import ServingLimits
 
 ID_METHODS = ("lmindexer", "rq-kmeans")
 RETRIEVAL_KEYS = ("recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
 RECOMMENDATION_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
 TOP_K = 10
-# How deep each single system's ranking goes into a fusion (the generative one: its whole beam).
-FUSION_DEPTH = 100
+# How deep each single system's ranking goes into a fusion (the generative one: its whole beam): the depth `serve`
+# fuses at, so the served hybrids are the measured ones.
+FUSION_DEPTH = ServingLimits().blend_candidates
 
 
 def ids_for(method: str, catalogue: Path, options: dict, work: Path, refit: bool) -> tuple[object, IdTable, dict]:
@@ -197,8 +200,7 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
         boosted = prefix_boost_row(method, beams[method], bm25_scores, id_codes[method])
         rows.append(boosted)
         # The boost keeps BM25's ranking and RRF(BM25, dense) is the best hybrid without IDs: the boosted ranking in
-        # BM25's place asks whether the IDs add anything on top of dense retrieval (benchmark only: `serve` has no
-        # dense leg).
+        # BM25's place asks whether the IDs add anything on top of dense retrieval (`serve` mode=hybrid).
         rows.append(
             fused_row(
                 f"RRF(BM25 + ID-prefix boost ({method} IDs), dense)",
@@ -458,7 +460,7 @@ def main() -> int:
         "--epochs", type=int, default=None, help="generative model epochs (retrieval: the library's default)"
     )
     parser.add_argument("--limit-queries", type=int, default=None, help="evaluate only the first N test queries")
-    parser.add_argument("--dense-max-length", type=int, default=256)
+    parser.add_argument("--dense-max-length", type=int, default=DenseIndexConfig().max_length)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--peers",

@@ -43,6 +43,7 @@ from lmindexer import datasets
 from lmindexer.cache import cache_root
 from lmindexer.catalog import read_items
 from lmindexer.downstream.baselines import BM25Retriever, DenseRetriever
+from lmindexer.downstream.dense import DenseIndexConfig
 from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.downstream.jobs import read_queries
 from lmindexer.downstream.ranking import rank_metrics
@@ -75,7 +76,7 @@ def main() -> int:
         help=f"train only these rungs (default: all; rung {DEFAULT_RUNG}, the default configuration, always runs)",
     )
     parser.add_argument("--skip-encoder-training", action="store_true", help="leave out rung 4 (the slow one)")
-    parser.add_argument("--dense-max-length", type=int, default=256)
+    parser.add_argument("--dense-max-length", type=int, default=DenseIndexConfig().max_length)
     parser.add_argument("--work", type=Path, default=None, help="where the snapshots and ID tables are kept")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -41,6 +41,8 @@ pipeline_app = typer.Typer(help="The reindex pipeline's state.", no_args_is_help
 app.add_typer(pipeline_app, name="pipeline")
 retriever_app = typer.Typer(help="The generative retriever: train, evaluate, refresh.", no_args_is_help=True)
 app.add_typer(retriever_app, name="retriever")
+dense_app = typer.Typer(help="The dense index that serve's dense and hybrid search use.", no_args_is_help=True)
+app.add_typer(dense_app, name="dense")
 SearchUrlOption = Annotated[
     str | None, typer.Option("--url", help="Search node URL (default: LMINDEXER_SEARCH_HOSTS).")
 ]
@@ -442,6 +444,12 @@ def serve(
     recommender: Annotated[
         str | None, typer.Option("--recommender", help="Generative recommender (directory or s3://) for /recommend.")
     ] = None,
+    dense: Annotated[
+        str | None,
+        typer.Option(
+            "--dense", help="Dense index (directory or s3://, from `lmindexer dense build`) for /search dense, hybrid."
+        ),
+    ] = None,
     search: Annotated[
         bool,
         typer.Option(
@@ -495,8 +503,8 @@ def serve(
     """Serve generative search and recommendation, and items sharing an ID prefix, over HTTP (docs at /docs)."""
     from lmindexer.serving.server import run_server
 
-    if retriever is None and recommender is None:
-        raise ConfigError("nothing to serve: give --retriever and/or --recommender")
+    if retriever is None and recommender is None and dense is None:
+        raise ConfigError("nothing to serve: give --retriever, --recommender and/or --dense")
     if (url or alias) and not search:
         raise ConfigError("--url and --alias choose the search backend; add --search to use one")
     limits = {"max_query_chars": max_query_chars, "max_history": max_history, "max_k": max_k,
@@ -511,6 +519,7 @@ def serve(
         port=port,
         threads=threads,
         precision=precision,
+        dense=dense,
         say=lambda line: console.print(line, highlight=False, markup=False),
     )
 
@@ -594,6 +603,28 @@ def retriever_refresh(
     result = refresh_retriever(pipeline, retriever, run_id, mode=mode, progress=not quiet)
     console.print(f"retriever run {result.run_id}: {result.action} ({result.reason})", highlight=False, markup=False)
     _print_json(result.to_xcom())
+
+
+@dense_app.command("build")
+def dense_build(
+    catalog: CatalogOption,
+    out: Annotated[Path, typer.Option("--out", help="Dense index directory to write.")],
+    options: Annotated[
+        Path | None,
+        typer.Option("--options", help="YAML or JSON file of dense index options (encoder, max_length, template)."),
+    ] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Embed the catalogue's live items into a dense index for `serve --dense` (texts embedded before come from the
+    embedding cache, so building again after a catalogue change embeds only the new texts)."""
+    from lmindexer.catalog.store import read_catalog
+    from lmindexer.downstream.dense import DenseIndex, parse_dense_config
+    from lmindexer.jobs import load_config_file
+
+    config = parse_dense_config(load_config_file(options) if options else {})  # bad options fail before the reads
+    index = DenseIndex.build(read_catalog(catalog).values(), config, progress=not quiet)
+    index.save(out)
+    _print_json({"out": str(out), "items": len(index), "encoder": config.encoder, "built_at": index.built_at})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -143,17 +143,24 @@ class DenseRetriever:
 
     def search_embeddings(self, matrix: np.ndarray, k: int) -> list[list[str]]:
         """The ``k`` nearest item_ids of each precomputed query embedding."""
+        return [[item_id for item_id, _ in ranked] for ranked in self.search_scored(matrix, k)]
+
+    def search_scored(self, matrix: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """The ``k`` nearest (item_id, inner product) of each precomputed query embedding, best first."""
         _check_k(k)
         if self._index is None:
             raise ConfigError("DenseRetriever has no index: call index() or index_embeddings() first")
         vectors = np.ascontiguousarray(matrix, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self._index.d:
             raise ConfigError(f"query embeddings must have shape (n, {self._index.d}), got {vectors.shape}")
-        results: list[list[str]] = []
+        results: list[list[tuple[str, float]]] = []
         top = min(k, self._index.ntotal)
         for start in range(0, len(vectors), _SEARCH_BATCH):
-            _, labels = self._index.search(vectors[start : start + _SEARCH_BATCH], top)
-            results.extend([self.item_ids[i] for i in row if i >= 0] for row in labels)
+            scores, labels = self._index.search(vectors[start : start + _SEARCH_BATCH], top)
+            results.extend(
+                [(self.item_ids[i], float(s)) for i, s in zip(row, row_scores, strict=True) if i >= 0]
+                for row, row_scores in zip(labels, scores, strict=True)
+            )
         return results
 
 

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lmindexer.downstream.dense import DenseIndex
 from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.options import parse_config
 from lmindexer.search.errors import SearchError
@@ -62,14 +63,18 @@ def create_app(
     recommender: GenerativeModel | None,
     backend: SearchReader | None,
     limits: ServingLimits | Mapping[str, Any] | None = None,
+    dense: DenseIndex | None = None,
 ) -> FastAPI:
     """The API over whichever components are given. The caller owns them (and closes the backend)."""
     limits = parse_config(ServingLimits, limits, what="serving limits")
-    state = ServingState.build(retriever=retriever, recommender=recommender, backend=backend, limits=limits)
+    state = ServingState.build(
+        retriever=retriever, recommender=recommender, backend=backend, limits=limits, dense=dense
+    )
     app = FastAPI(
         lifespan=_lifespan,
         title="lmindexer",
-        summary="Generative retrieval and recommendation over semantic IDs, and items sharing an ID prefix.",
+        summary="Generative retrieval and recommendation over semantic IDs, hybrid search with the engine's text "
+        "search and dense retrieval, and items sharing an ID prefix.",
         version="1",
         # Any request may be refused for its size, and any may fail unexpectedly.
         responses=error_responses(413, 500),

@@ -32,7 +32,14 @@ class ServingLimits(BaseModel):
         f"size; /items/.../similar: {SIMILAR_MAX_K})",
     )
     default_k: int = Field(10, ge=1, le=1000, description="results returned when a request gives no k")
-    blend_candidates: int = Field(50, ge=1, le=1000, description="text-search hits fused into a blended /search")
+    # 100: the depth benchmarks/downstream.py fuses each ranking at, so the served fusions are the measured ones.
+    blend_candidates: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="mode=rrf: text-search hits fused with the beam; mode=hybrid: how deep the prefix-boosted text "
+        "search and dense retrieval are fused",
+    )
     rrf_k: int = Field(RRF_K, ge=1, le=10_000, description="reciprocal rank fusion constant: 1 / (rrf_k + rank)")
     batch_max_size: int = Field(
         16, ge=1, le=1024, description="most concurrent requests for one model decoded as one batched beam search"

@@ -18,8 +18,8 @@ from pydantic_core import PydanticCustomError
 
 from lmindexer.catalog.items import MAX_ITEM_ID_LENGTH
 
-Source = Literal["generative", "text", "both"]
-SearchMode = Literal["generative", "rrf", "prefix-boost"]
+Source = Literal["generative", "text", "both", "dense"]
+SearchMode = Literal["generative", "rrf", "prefix-boost", "dense", "hybrid"]
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ITEM_ID_LENGTH)]
 
 
@@ -31,12 +31,15 @@ class ResultItem(BaseModel):
     item_id: str
     sid: str = Field(description="the item's semantic ID")
     score: float = Field(
-        description="mode=generative: log-probability of the ID (<= 0); mode=rrf: reciprocal rank fusion score; "
-        "mode=prefix-boost: the engine's text score plus the prefix boost"
+        description="mode=generative: log-probability of the ID (<= 0); mode=rrf and mode=hybrid: reciprocal rank "
+        "fusion score; mode=prefix-boost: the engine's text score plus the prefix boost; mode=dense: cosine "
+        "similarity of the query's and the item's embeddings"
     )
     source: Source = Field(
         description="which ranking found the item: generative, text (BM25) or both; with mode=prefix-boost, "
-        "generative means a boosted ID prefix and no matching word"
+        "generative means a boosted ID prefix and no matching word; dense: dense retrieval alone found it (with "
+        "mode=hybrid, both means dense retrieval and the prefix-boosted text search found it, and otherwise the "
+        "source is what that search says)"
     )
 
 
@@ -127,11 +130,19 @@ class SearchHealth(BaseModel):
     documents: int | None = Field(None, description="documents behind the alias")
 
 
+class DenseHealth(BaseModel):
+    loaded: bool
+    items: int | None = Field(None, description="items the dense index holds")
+    encoder: str | None = Field(None, description="the sentence encoder that embeds items and queries")
+    built_at: str | None = Field(None, description="when the index was built (items added since are not in it)")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"] = Field(description="degraded: a configured component cannot be reached")
     retriever: ModelHealth
     recommender: ModelHealth
     search: SearchHealth
+    dense: DenseHealth = Field(default_factory=lambda: DenseHealth(loaded=False))
     warnings: list[str] = Field(default_factory=list)
 
 

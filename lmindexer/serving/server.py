@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from typing import Any
 
+from lmindexer.downstream.dense import DenseIndex
 from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.errors import ConfigError, UserError
 from lmindexer.options import parse_config
@@ -46,6 +47,7 @@ def run_server(
     port: int,
     threads: int | None = None,
     precision: str | None = None,
+    dense: str | None = None,
     say: Callable[[str], None] = print,
 ) -> None:
     """Serve the API on ``host``:``port`` until the server stops.
@@ -56,6 +58,7 @@ def run_server(
     - ``limits``: :class:`ServingLimits` fields; a value of None keeps the default;
     - ``threads``: torch threads per model (default: :func:`serving_threads`'s share of the cores);
     - ``precision``: auto, fp32 or bf16 (default: each model's own);
+    - ``dense``: a dense index (directory or s3://) for ``/search`` mode=dense and mode=hybrid; None: none;
     - ``say``: where the startup report goes, one line at a time.
     """
     import uvicorn
@@ -65,9 +68,11 @@ def run_server(
         raise ConfigError(f"--precision must be auto, fp32 or bf16, not {precision!r}")
     chosen_limits = serving_limits(limits)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    per_model = serving_threads((retriever is not None) + (recommender is not None), threads)
+    # The dense index's query encoder is one more model computing beside the others.
+    per_model = serving_threads((retriever is not None) + (recommender is not None) + (dense is not None), threads)
     retriever_model = GenerativeModel.load(retriever) if retriever else None
     recommender_model = GenerativeModel.load(recommender) if recommender else None
+    dense_index = DenseIndex.load(dense) if dense else None
     models = {"retriever": retriever_model, "recommender": recommender_model}
     for model in models.values():
         if model is not None and precision is not None:
@@ -75,7 +80,11 @@ def run_server(
     with ExitStack() as stack:
         backend = _open_backend(stack, search_config(), say) if search_config else None
         application = create_app(
-            retriever=retriever_model, recommender=recommender_model, backend=backend, limits=chosen_limits
+            retriever=retriever_model,
+            recommender=recommender_model,
+            backend=backend,
+            limits=chosen_limits,
+            dense=dense_index,
         )
         for role, model in models.items():
             if model is not None:
@@ -83,6 +92,11 @@ def run_server(
                     f"{role}: {len(model.trie)} items, IDs of snapshot {model.vocabulary.snapshot_version}, "
                     f"decoding in {model.precision}"
                 )
+        if dense_index is not None:
+            say(
+                f"dense: {len(dense_index)} items embedded by {dense_index.config.encoder}, built at "
+                f"{dense_index.built_at}"
+            )
         if backend is not None:
             say(f"search: {backend.config.describe()}")
         say(f"torch threads per model: {per_model}")

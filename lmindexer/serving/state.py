@@ -18,15 +18,18 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 
+from lmindexer.downstream.dense import DenseIndex
 from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.errors import ConfigError
 from lmindexer.search.reader import SearchReader
 from lmindexer.serving.batching import MicroBatcher
 from lmindexer.serving.limits import ServingLimits
-from lmindexer.serving.schemas import ModelHealth
+from lmindexer.serving.schemas import DenseHealth, ModelHealth
 
 # An item of a model's whole beam: (item_id, log-probability, semantic ID).
 Ranked = list[tuple[str, float, str]]
+# Dense retrieval's nearest items: (item_id, cosine similarity).
+Scored = list[tuple[str, float]]
 
 Component = TypeVar("Component")
 
@@ -93,6 +96,41 @@ class ServedModel:
         )
 
 
+@dataclass
+class ServedDense:
+    """The dense index, the depth it is searched to, and the batcher that embeds concurrent queries together (one
+    worker thread: the tokenizer must not be used by two threads at once)."""
+
+    index: DenseIndex
+    depth: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: MicroBatcher[str, Scored] | None = None
+
+    @classmethod
+    def of(cls, index: DenseIndex | None, limits: ServingLimits, cap: int) -> ServedDense | None:
+        """``index`` searched deep enough for any k up to ``cap`` and for a fusion's candidates."""
+        if index is None:
+            return None
+        served = cls(index, max(cap, limits.blend_candidates))
+        served.batcher = MicroBatcher(
+            served.search_batch,
+            max_batch=limits.batch_max_size,
+            max_wait_s=limits.batch_max_wait_ms / 1000,
+            max_pending=limits.max_pending_requests,
+            name="lmindexer-dense",
+        )
+        return served
+
+    def search_batch(self, texts: Sequence[str]) -> list[Scored]:
+        with self.lock:
+            return self.index.search(list(texts), k=self.depth)
+
+    def health(self) -> DenseHealth:
+        return DenseHealth(
+            loaded=True, items=len(self.index), encoder=self.index.config.encoder, built_at=self.index.built_at
+        )
+
+
 @dataclass(frozen=True)
 class ServingState:
     """The components of one application (any of them may be missing) and the limits it applies."""
@@ -101,6 +139,7 @@ class ServingState:
     retriever: ServedModel | None
     recommender: ServedModel | None
     backend: SearchReader | None
+    dense: ServedDense | None = None
 
     @classmethod
     def build(
@@ -110,25 +149,38 @@ class ServingState:
         recommender: GenerativeModel | None,
         backend: SearchReader | None,
         limits: ServingLimits,
+        dense: DenseIndex | None = None,
     ) -> ServingState:
+        served_retriever = ServedModel.of(retriever, "retrieval", "retriever", limits)
         return cls(
             limits=limits,
-            retriever=ServedModel.of(retriever, "retrieval", "retriever", limits),
+            retriever=served_retriever,
             recommender=ServedModel.of(recommender, "recommendation", "recommender", limits),
             backend=backend,
+            # /search's k is bounded by the retriever's cap; dense retrieval is searched that deep at least.
+            dense=ServedDense.of(dense, limits, cls.k_cap_of(limits, served_retriever)),
         )
+
+    @staticmethod
+    def k_cap_of(limits: ServingLimits, served: ServedModel | None) -> int:
+        return served.cap if served else limits.k_cap(None)
 
     def k_cap(self, served: ServedModel | None) -> int:
         """The largest k of an endpoint answered by ``served``: its model's cap, else the cap with no model."""
-        return served.cap if served else self.limits.k_cap(None)
+        return self.k_cap_of(self.limits, served)
 
     def served_models(self) -> dict[str, ServedModel]:
         """The loaded models, by role."""
         served = {"retriever": self.retriever, "recommender": self.recommender}
         return {role: model for role, model in served.items() if model is not None}
 
-    def batchers(self) -> dict[str, MicroBatcher[Any, Ranked]]:
-        return {role: served.batcher for role, served in self.served_models().items() if served.batcher is not None}
+    def batchers(self) -> dict[str, MicroBatcher[Any, Any]]:
+        batchers: dict[str, MicroBatcher[Any, Any]] = {
+            role: served.batcher for role, served in self.served_models().items() if served.batcher is not None
+        }
+        if self.dense is not None and self.dense.batcher is not None:
+            batchers["dense"] = self.dense.batcher
+        return batchers
 
     def close(self) -> None:
         """Stop the models' batch workers (the application's shutdown); the caller owns, and closes, the backend."""

@@ -12,6 +12,7 @@ import pytest
 from testsupport.downstream_models import RQ_OPTIONS, TINY_GENERATIVE, movielens_subset, snapshot_and_ids
 from testsupport.search_server import SearchServer, running_search_server
 
+from lmindexer.downstream.dense import DenseIndex
 from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.idtable import IdTable
 from lmindexer.search import SearchBackend, SearchConfig, iter_documents
@@ -43,6 +44,12 @@ def retriever(wiki_sample_path, wiki_items, tmp_path_factory) -> Trained:
     model.fit_retrieval([(item.title, item.item_id) for item in wiki_items])
     directory = model.save(root / "retriever")
     return Trained(GenerativeModel.load(directory), directory, table)
+
+
+@pytest.fixture(scope="session")
+def dense_index(wiki_items) -> DenseIndex:
+    """A dense index of the wiki sample with the packaged encoder (what `lmindexer dense build` writes)."""
+    return DenseIndex.build(wiki_items)
 
 
 @pytest.fixture(scope="session")

@@ -40,8 +40,8 @@ EXAMPLES = 25
 
 
 @pytest.fixture(scope="module")
-def api_schema(retriever, recommender, backend):
-    app = create_app(retriever=retriever.model, recommender=recommender.model, backend=backend)
+def api_schema(retriever, recommender, backend, dense_index):
+    app = create_app(retriever=retriever.model, recommender=recommender.model, backend=backend, dense=dense_index)
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

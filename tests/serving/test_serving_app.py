@@ -544,11 +544,15 @@ def assert_refused_as_too_large(response: bytes, limit: int) -> None:
     assert httpx.Response(413, content=body).json() == {"detail": too_large_message(limit)}
 
 
-def test_lmindexer_serve_answers_over_http(retriever, recommender, backend, search_server, tmp_path):
+def test_lmindexer_serve_answers_over_http(
+    retriever, recommender, backend, search_server, dense_index, wiki_items, tmp_path
+):
     port = free_port()
     log = tmp_path / "serve.log"
+    dense = dense_index.save(tmp_path / "dense")
     command = [sys.executable, "-m", "lmindexer.cli", "serve", "--retriever", str(retriever.directory)]
     command += ["--recommender", str(recommender.directory), "--search", "--url", search_server.url]
+    command += ["--dense", str(dense)]
     command += ["--alias", backend.alias, "--port", str(port), "--max-history", "5", "--max-body-bytes", "65536"]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     with log.open("wb") as sink:
@@ -569,6 +573,9 @@ def test_lmindexer_serve_answers_over_http(retriever, recommender, backend, sear
         with httpx.Client(base_url=base, timeout=30) as http:
             found = http.get("/search", params={"q": "physics", "k": 3, "blend": True}).json()["results"]
             assert len(found) == 3
+            hybrid = http.get("/search", params={"q": "physics", "k": 3, "mode": "hybrid"}).json()["results"]
+            assert len(hybrid) == 3 and all(r["source"] in {"text", "generative", "both", "dense"} for r in hybrid)
+            assert health.json()["dense"]["items"] == len(wiki_items)
             item_id = found[0]["item_id"]
             assert http.get(f"/items/{item_id}/similar", params={"k": 2}).json()["results"]
             known = list(recommender.table.sid_map())

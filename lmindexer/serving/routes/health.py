@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from lmindexer.search.errors import SearchError
 from lmindexer.search.reader import SearchReader
-from lmindexer.serving.schemas import HealthResponse, ModelHealth, SearchHealth
+from lmindexer.serving.schemas import DenseHealth, HealthResponse, ModelHealth, SearchHealth
 from lmindexer.serving.state import ServingStateDependency
 
 # The server logs under one name, the one docs/serving.md gives operators.
@@ -29,6 +29,7 @@ def health(state: ServingStateDependency) -> HealthResponse:
         retriever=state.retriever.health() if state.retriever else ModelHealth(loaded=False),
         recommender=state.recommender.health() if state.recommender else ModelHealth(loaded=False),
         search=search_health,
+        dense=state.dense.health() if state.dense else DenseHealth(loaded=False),
         warnings=warnings,
     )
 

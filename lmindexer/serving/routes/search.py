@@ -1,4 +1,5 @@
-"""``GET /search``: items for a text query, from the generative retriever alone or with the engine's text search."""
+"""``GET /search``: items for a text query, from the generative retriever, dense retrieval, the engine's text
+search, or fusions of them."""
 
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
@@ -10,16 +11,21 @@ from lmindexer.search.reader import SearchReader
 from lmindexer.search.results import BoostedSearch, TextHit
 from lmindexer.serving.limits import ServingLimits
 from lmindexer.serving.schemas import ResultItem, SearchMode, SearchResponse, Source, error_responses, query_k
-from lmindexer.serving.state import Ranked, ServingStateDependency, required
+from lmindexer.serving.state import Ranked, Scored, ServingState, ServingStateDependency, required
 
 ModeParameter = Annotated[
     SearchMode | None,
     Query(
         description="generative (default): the retriever's IDs; rrf: its beam and the engine's BM25 text "
         "search fused by reciprocal rank, live items only; prefix-boost: the engine's text search with a boost "
-        "for documents whose ID prefixes the retriever predicts (term queries on the published prefix fields)",
+        "for documents whose ID prefixes the retriever predicts (term queries on the published prefix fields); "
+        "dense: the dense index's nearest items (live items only when the search backend is configured); hybrid: "
+        "prefix-boost and dense fused by reciprocal rank, live items only",
     ),
 ]
+
+NO_RETRIEVER = "no retriever is loaded on this server"
+NO_DENSE = "no dense index is loaded on this server (lmindexer serve --dense)"
 
 
 def search_router(limits: ServingLimits, k_cap: int) -> APIRouter:
@@ -42,7 +48,6 @@ def search_router(limits: ServingLimits, k_cap: int) -> APIRouter:
         mode: ModeParameter = None,
         blend: bool = Query(False, description="the older name of mode=rrf"),
     ) -> SearchResponse:
-        served = required(state.retriever, "no retriever is loaded on this server")
         text = q.strip()
         if not text:
             raise HTTPException(status_code=422, detail="query parameter 'q' must contain text, not only spaces")
@@ -50,11 +55,18 @@ def search_router(limits: ServingLimits, k_cap: int) -> APIRouter:
             detail = f"blend=true means mode=rrf; it cannot be used with mode={mode}"
             raise HTTPException(status_code=422, detail=detail)
         chosen: SearchMode = "rrf" if blend else mode or "generative"
+
+        def answer(results: list[ResultItem]) -> SearchResponse:
+            return SearchResponse(query=text, k=k, mode=chosen, blend=chosen == "rrf", results=results)
+
+        if chosen == "dense":
+            return answer(_dense(state, text, k=k))
+        served = required(state.retriever, NO_RETRIEVER)
         if chosen == "generative":
             beam: Ranked = served.batcher.submit(text)
-            results = [ResultItem(item_id=i, sid=sid, score=s, source="generative") for i, s, sid in beam[:k]]
-            return SearchResponse(query=text, k=k, mode=chosen, blend=False, results=results)
+            return answer([ResultItem(item_id=i, sid=sid, score=s, source="generative") for i, s, sid in beam[:k]])
         # Checked before decoding: a request that can only end in 503 costs no beam search.
+        dense = required(state.dense, f"mode=hybrid needs a dense index: {NO_DENSE}") if chosen == "hybrid" else None
         backend = required(
             state.backend,
             f"{'blend=true' if blend else f'mode={chosen}'} needs the search backend, which is not configured",
@@ -62,13 +74,64 @@ def search_router(limits: ServingLimits, k_cap: int) -> APIRouter:
         # The beam up to the cap: items that turn out deleted must not leave the fused list short, and every
         # predicted prefix gets its share of the beam's mass.
         beam = served.batcher.submit(text)[: served.cap]
+        weight = state.limits.prefix_boost_weight
         if chosen == "prefix-boost":
-            results = _prefix_boosted(backend, text, beam, k=k, weight=state.limits.prefix_boost_weight)
-            return SearchResponse(query=text, k=k, mode=chosen, blend=False, results=results)
-        results = _rank_fused(backend, text, beam, k=k, limits=state.limits)
-        return SearchResponse(query=text, k=k, mode=chosen, blend=True, results=results)
+            return answer(_prefix_boosted(backend, text, beam, k=k, weight=weight))
+        if dense is not None:
+            # Both legs as deep as the benchmarks fuse them (blend_candidates); the dense leg holds live items only.
+            depth = state.limits.blend_candidates
+            boosted_leg = _prefix_boosted(backend, text, beam, k=depth, weight=weight)
+            nearest = _live_nearest(backend, dense.batcher.submit(text), depth)
+            return answer(fuse_hybrid(boosted_leg, nearest, k=k, rrf_k=state.limits.rrf_k))
+        return answer(_rank_fused(backend, text, beam, k=k, limits=state.limits))
 
     return router
+
+
+def _dense(state: ServingState, text: str, *, k: int) -> list[ResultItem]:
+    """The dense index's ``k`` nearest items: live ones only, with their live sids, when a backend is configured;
+    otherwise as indexed, with the retriever's sids where it has them."""
+    dense = required(state.dense, NO_DENSE)
+    nearest: Scored = dense.batcher.submit(text)
+    if state.backend is not None:
+        live = _live_nearest(state.backend, nearest, k)
+        return [ResultItem(item_id=i, sid=str(doc.get("sid", "")), score=s, source="dense") for i, s, doc in live]
+    model = state.retriever.model if state.retriever else None
+    return [
+        ResultItem(item_id=i, sid=(model.sid_of(i) if model else None) or "", score=s, source="dense")
+        for i, s in nearest[:k]
+    ]
+
+
+def _live_nearest(backend: SearchReader, nearest: Scored, depth: int) -> list[tuple[str, float, Mapping[str, Any]]]:
+    """The first ``depth`` of ``nearest`` that are live behind the alias, with their documents."""
+    live = backend.get_many(item_id for item_id, _ in nearest)
+    return [(item_id, score, live[item_id]) for item_id, score in nearest if item_id in live][:depth]
+
+
+def fuse_hybrid(
+    boosted_leg: Sequence[ResultItem],
+    nearest: Sequence[tuple[str, float, Mapping[str, Any]]],
+    *,
+    k: int,
+    rrf_k: int,
+) -> list[ResultItem]:
+    """Reciprocal rank fusion of the prefix-boosted text search and dense retrieval (both of live items).
+
+    The source is ``dense`` for an item only dense retrieval found, ``both`` for one both legs found, and otherwise
+    what the boosted search says of it (text, generative or both)."""
+    by_boost = {result.item_id: result for result in boosted_leg}
+    by_dense = {item_id: document for item_id, _, document in nearest}
+    rankings = [[result.item_id for result in boosted_leg], [item_id for item_id, _, _ in nearest]]
+    results = []
+    for item_id, score in reciprocal_rank_fusion(rankings, k=k, rrf_k=rrf_k):
+        boosted_result = by_boost.get(item_id)
+        if boosted_result is None:
+            sid, source = str(by_dense[item_id].get("sid", "")), "dense"
+        else:
+            sid, source = boosted_result.sid, "both" if item_id in by_dense else boosted_result.source
+        results.append(ResultItem(item_id=item_id, sid=sid, score=score, source=source))
+    return results
 
 
 def _prefix_boosted(backend: SearchReader, text: str, beam: Ranked, *, k: int, weight: float) -> list[ResultItem]:
