@@ -1,4 +1,5 @@
-"""Locust users for ``benchmarks/serving.py``: together they send each held-out query once to ``GET /search``.
+"""Locust users for ``benchmarks/serving.py`` and ``benchmarks/search_modes.py``: together they send each held-out
+query once to ``GET /search`` (with ``mode=LMINDEXER_BENCH_MODE`` when that is set).
 
 Not meant to be run by hand (serving.py starts the server and passes the settings), but it can be:
 
@@ -26,6 +27,7 @@ from locust.exception import StopUser
 QUERIES: list[str] = json.loads(Path(os.environ["LMINDEXER_BENCH_QUERIES"]).read_text())
 RESULTS = Path(os.environ["LMINDEXER_BENCH_RESULTS"])
 K = int(os.environ.get("LMINDEXER_BENCH_K", "10"))
+MODE = os.environ.get("LMINDEXER_BENCH_MODE")
 # gevent switches only at I/O, so these read-and-update steps are never interleaved.
 _run = {"sent": 0, "answered": 0, "failures": 0, "first_sent": None, "last_answered": None, "latencies_ms": []}
 
@@ -52,7 +54,10 @@ class SearchUser(FastHttpUser):
         _run["sent"] += 1
         if _run["first_sent"] is None:
             _run["first_sent"] = time.perf_counter()
-        self.client.get("/search", params={"q": query, "k": K}, name="/search")
+        params: dict[str, str | int] = {"q": query, "k": K}
+        if MODE:
+            params["mode"] = MODE
+        self.client.get("/search", params=params, name="/search")
         _run["answered"] += 1
         if _run["answered"] == len(QUERIES):
             _run["last_answered"] = time.perf_counter()

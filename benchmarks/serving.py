@@ -81,8 +81,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def locust_run(base: str, queries_file: Path, users: int, k: int, max_run_time: str, work: Path) -> dict:
-    """One headless locust run; figures from every request's latency, recorded by the locustfile."""
+def locust_run(
+    base: str, queries_file: Path, users: int, k: int, max_run_time: str, work: Path, mode: str | None = None
+) -> dict:
+    """One headless locust run (``GET /search``, with ``mode`` when given); figures from every request's latency,
+    recorded by the locustfile."""
     results = work / f"locust-{users}.json"
     results.unlink(missing_ok=True)
     command = [
@@ -91,7 +94,7 @@ def locust_run(base: str, queries_file: Path, users: int, k: int, max_run_time: 
         "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "30",
     ]  # fmt: skip
     env = {**os.environ, "LMINDEXER_BENCH_QUERIES": str(queries_file), "LMINDEXER_BENCH_RESULTS": str(results),
-           "LMINDEXER_BENCH_K": str(k)}  # fmt: skip
+           "LMINDEXER_BENCH_K": str(k), **({"LMINDEXER_BENCH_MODE": mode} if mode else {})}  # fmt: skip
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600, check=False)
     if not results.is_file():
         raise SystemExit(f"locust wrote no results (exit {completed.returncode}): {completed.stderr[-2000:]}")

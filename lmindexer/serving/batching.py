@@ -94,13 +94,19 @@ class MicroBatcher(Generic[Request, Result]):
 
     def submit(self, request: Request) -> Result:
         """Run ``request`` in the next batch and return its result (or raise what running it raised)."""
+        return self.submit_nowait(request).result()
+
+    def submit_nowait(self, request: Request) -> Future[Result]:
+        """Queue ``request`` for the next batch and return at once: the future holds its result (or what running it
+        raised). A caller that needs two batchers' results submits to one this way and waits for it after the other.
+        Raises :class:`Overloaded` at once when ``max_pending`` requests already wait."""
         pending: _Pending[Request, Result] = _Pending(request)
         try:
             self._queue.put_nowait(pending)
         except queue.Full:
             raise Overloaded(f"{self._queue.maxsize} requests are already waiting for this model") from None
         self._ensure_worker()
-        return pending.future.result()
+        return pending.future
 
     def close(self, timeout: float = 30.0) -> None:
         """Answer what is queued, then stop the worker. Requests that queue behind the stop get :class:`Closed`."""

@@ -158,3 +158,20 @@ def test_a_request_queued_behind_the_stop_is_refused_not_left_waiting(run):
     assert answers == {"a": "a!"}
     with pytest.raises(Closed, match="shutting down"):
         late.future.result(timeout=30)
+
+
+def test_submit_nowait_returns_before_the_batch_runs_and_its_future_holds_the_result(run):
+    batcher = MicroBatcher(run, max_batch=16, max_wait_s=0, max_pending=1)
+    future = batcher.submit_nowait("a")
+    assert run.started.wait(30)
+    assert not future.done()  # the batch is still held: the call did not wait for it
+    queued_future = batcher.submit_nowait("b")
+    wait_for(lambda: queued(batcher) == 1)
+    with pytest.raises(Overloaded, match="1 requests are already waiting"):
+        batcher.submit_nowait("c")
+    run.release.set()
+    assert future.result(30) == "a!" and queued_future.result(30) == "b!"
+    failing = batcher.submit_nowait("bad one")
+    with pytest.raises(ValueError, match="a bad request"):
+        failing.result(30)
+    batcher.close()

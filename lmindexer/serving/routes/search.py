@@ -39,7 +39,7 @@ def search_router(limits: ServingLimits, k_cap: int) -> APIRouter:
         response_model=SearchResponse,
         responses=error_responses(422, 503),
         tags=["retrieval"],
-        summary="Items for a text query, decoded by the generative retriever",
+        summary="Items for a text query: generative, dense, or fused with the engine's text search",
     )
     def search(
         state: ServingStateDependency,
@@ -71,17 +71,19 @@ def search_router(limits: ServingLimits, k_cap: int) -> APIRouter:
             state.backend,
             f"{'blend=true' if blend else f'mode={chosen}'} needs the search backend, which is not configured",
         )
+        # The query is embedded on the dense index's worker while the beam search and the engine requests run.
+        embedding = dense.batcher.submit_nowait(text) if dense is not None else None
         # The beam up to the cap: items that turn out deleted must not leave the fused list short, and every
         # predicted prefix gets its share of the beam's mass.
         beam = served.batcher.submit(text)[: served.cap]
         weight = state.limits.prefix_boost_weight
         if chosen == "prefix-boost":
             return answer(_prefix_boosted(backend, text, beam, k=k, weight=weight))
-        if dense is not None:
+        if embedding is not None:
             # Both legs as deep as the benchmarks fuse them (blend_candidates); the dense leg holds live items only.
             depth = state.limits.blend_candidates
             boosted_leg = _prefix_boosted(backend, text, beam, k=depth, weight=weight)
-            nearest = _live_nearest(backend, dense.batcher.submit(text), depth)
+            nearest = _live_nearest(backend, embedding.result(), depth)
             return answer(fuse_hybrid(boosted_leg, nearest, k=k, rrf_k=state.limits.rrf_k))
         return answer(_rank_fused(backend, text, beam, k=k, limits=state.limits))
 
