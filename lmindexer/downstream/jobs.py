@@ -5,13 +5,16 @@ After every commit of the pipeline, :func:`plan_refresh` compares its current po
 - a new ID space (a new snapshot), or no retriever yet: **retrain** -> :func:`train_retriever` ->
   :func:`evaluate_retriever` -> :func:`gate_retriever` -> :func:`promote_retriever`;
 - the same ID space with other live items (new items, deletions): **sync** -> :func:`sync_retriever`, which brings
-  the live model's trie in line with the IDs (no training: the model already writes IDs of this space);
+  the live model's trie in line with the IDs (no training: the model already writes IDs of this space); with a
+  dense index configured (``dense_index``), also a new catalogue version whose items and IDs are unchanged (texts
+  changed), or a live retriever without a dense index yet, since the dense index follows the catalogue's texts;
 - nothing that changes what the retriever may return: **none**.
 
 Layout under ``<base_uri>/<prefix>`` (``retrievers/`` by default)::
 
     current.json              the live retriever: its model, the pipeline run and ID space it serves, its metrics
     runs/<run>/model/         the model a run trained or synced
+    runs/<run>/dense/         the dense index of the same catalogue version, when ``dense_index`` is set
     runs/<run>/<step>.json    what each step of the run did: plan, train, evaluate, gate, promote, sync
 
 Every step is idempotent per run id: a step whose record exists returns it (a retried task never retrains), and
@@ -77,6 +80,12 @@ class RetrieverConfig(BaseModel):
         ge=0,
         description="most the new model's NDCG@10 may fall below the live one's, same eval set and ID space",
     )
+    dense_index: dict[str, Any] | None = Field(
+        None,
+        description="dense index options (encoder, max_length, text_template, batch_size; {} for the defaults): "
+        "every trained or synced model gets a dense index of its catalogue version beside it, for serve --dense "
+        "and mode=hybrid; None: no dense index",
+    )
 
     @field_validator("train_queries", "eval_queries")
     @classmethod
@@ -94,6 +103,18 @@ class RetrieverConfig(BaseModel):
             raise ValueError(str(exc)) from None
         if options.task != "retrieval":
             raise ValueError("the refresh trains retrievers: task must be 'retrieval'")
+        return value
+
+    @field_validator("dense_index")
+    @classmethod
+    def _dense_index(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from lmindexer.downstream.dense import parse_dense_config
+
+            try:
+                parse_dense_config(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     _prefix = field_validator("prefix")(normalise_prefix)
@@ -154,6 +175,26 @@ def save_model(model: GenerativeModel, location: str) -> str:
         return location
     with tempfile.TemporaryDirectory(prefix="lmindexer-retriever-") as tmp:
         upload_tree(model.save(Path(tmp) / "model"), location)
+    return location
+
+
+def _build_dense_index(
+    pipeline: PipelineConfig, retriever: RetrieverConfig, run_id: str, catalog_uri: str, *, progress: bool = False
+) -> str | None:
+    """The dense index of the catalogue version at ``catalog_uri``, saved under the run (None when the config asks
+    for none). Texts embedded before come from the embedding cache, so a sync's rebuild embeds only new texts."""
+    if retriever.dense_index is None:
+        return None
+    from lmindexer.catalog.store import read_catalog
+    from lmindexer.downstream.dense import DenseIndex
+
+    index = DenseIndex.build(read_catalog(catalog_uri).values(), retriever.dense_index, progress=progress)
+    location = _run_uri(pipeline, retriever, run_id, "dense")
+    if not is_s3_uri(location):
+        index.save(location)
+        return location
+    with tempfile.TemporaryDirectory(prefix="lmindexer-dense-") as tmp:
+        upload_tree(index.save(Path(tmp) / "dense"), location)
     return location
 
 
@@ -289,8 +330,9 @@ def plan_refresh(
 
     def compute() -> dict[str, Any]:
         return _decide_refresh(
-            pipeline_current(pipeline), current_retriever(pipeline, retriever), run_id, mode
-        ).to_xcom()
+            pipeline_current(pipeline), current_retriever(pipeline, retriever), run_id, mode,
+            dense=retriever.dense_index is not None,
+        ).to_xcom()  # fmt: skip
 
     if run_id is None:
         return RefreshPlan.from_xcom(compute())
@@ -299,7 +341,12 @@ def plan_refresh(
 
 
 def _decide_refresh(
-    current_pointer: Mapping[str, Any] | None, live: LiveRetriever | None, run_id: str | None, mode: str
+    current_pointer: Mapping[str, Any] | None,
+    live: LiveRetriever | None,
+    run_id: str | None,
+    mode: str,
+    *,
+    dense: bool = False,
 ) -> RefreshPlan:
     pointer = None
     if current_pointer is not None:
@@ -321,12 +368,21 @@ def _decide_refresh(
         )
     if mode == "retrain":
         return decided("retrain", "retrain requested")
-    if live.pipeline_run_id == pointer.run_id:
+    missing_dense = dense and live.dense_uri is None
+    if live.pipeline_run_id == pointer.run_id and not missing_dense:
         return decided("none", f"the live retriever already serves pipeline run {pointer.run_id}")
     ids = IdTable.read(pointer.ids_uri).restricted(_catalogue_ids(pointer.catalog_uri))
     fingerprint = ids_fingerprint(ids)
     if fingerprint == live.ids_fingerprint:
-        return decided("none", f"pipeline run {pointer.run_id} left the live items and their IDs unchanged")
+        # The items and their IDs are the live model's; only a dense index reads the texts, which may have changed.
+        unchanged = f"pipeline run {pointer.run_id} left the live items and their IDs unchanged"
+        if missing_dense:
+            reason = f"{unchanged}, but the live retriever has no dense index yet"
+            return decided("sync", reason, items=len(ids), ids_fingerprint=fingerprint)
+        if dense and live.catalog_uri != pointer.catalog_uri:
+            reason = f"{unchanged}; the dense index follows its catalogue version"
+            return decided("sync", reason, items=len(ids), ids_fingerprint=fingerprint)
+        return decided("none", unchanged)
     suffixes = ids.table.column("suffix").to_pylist()
     largest = max(suffixes) if suffixes else -1
     if largest >= live.suffix_capacity:
@@ -369,10 +425,11 @@ def train_retriever(
 
     def compute() -> dict[str, Any]:
         result = _launch_training(pipeline, retriever, run_id, pointer, progress=progress)
+        dense_uri = _build_dense_index(pipeline, retriever, run_id, pointer.catalog_uri, progress=progress)
         return TrainedRetriever(
             run_id=run_id, trained_at=_now(), pipeline_run_id=pointer.run_id, snapshot_uri=pointer.snapshot_uri,
             ids_uri=pointer.ids_uri, catalog_uri=pointer.catalog_uri, options=dict(retriever.options), live=plan.live,
-            **result,
+            dense_uri=dense_uri, **result,
         ).to_xcom()  # fmt: skip
 
     return TrainedRetriever.from_xcom(remembered_at(_run_uri(pipeline, retriever, run_id, "train.json"), compute))
@@ -576,6 +633,7 @@ def promote_retriever(
         pipeline_run_id=trained.pipeline_run_id, ids_uri=trained.ids_uri, catalog_uri=trained.catalog_uri,
         ids_fingerprint=trained.ids_fingerprint, items=trained.items, suffix_capacity=trained.suffix_capacity,
         metrics=evaluated.metrics, metrics_run_id=run_id, eval_queries=evaluated.eval_queries,
+        dense_uri=trained.dense_uri,
     )  # fmt: skip
     return _switch(pipeline, retriever, run_id, planned_live, entry)
 
@@ -600,7 +658,8 @@ def sync_retriever(
             run_id=run_id, synced_at=_now(), from_model_uri=live.model_uri,
             model_uri=save_model(model, _run_uri(pipeline, retriever, run_id, "model")),
             pipeline_run_id=pointer.run_id, ids_uri=pointer.ids_uri, catalog_uri=pointer.catalog_uri,
-            ids_fingerprint=ids_fingerprint(ids), **counts,
+            ids_fingerprint=ids_fingerprint(ids),
+            dense_uri=_build_dense_index(pipeline, retriever, run_id, pointer.catalog_uri), **counts,
         ).to_xcom()  # fmt: skip
 
     synced = SyncedRetriever.from_xcom(remembered_at(_run_uri(pipeline, retriever, run_id, "sync.json"), compute))
@@ -608,7 +667,7 @@ def sync_retriever(
         live, run_id=run_id, kind="synced", promoted_at=_now(), model_uri=synced.model_uri,
         trained_run_id=live.trained_run_id or live.run_id, previous_run_id=live.run_id,
         pipeline_run_id=synced.pipeline_run_id, ids_uri=synced.ids_uri, catalog_uri=synced.catalog_uri,
-        ids_fingerprint=synced.ids_fingerprint, items=synced.items,
+        ids_fingerprint=synced.ids_fingerprint, items=synced.items, dense_uri=synced.dense_uri,
     )  # fmt: skip
     return dataclasses.replace(synced, current=_switch(pipeline, retriever, run_id, live.run_id, entry))
 

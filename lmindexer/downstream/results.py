@@ -43,6 +43,8 @@ class LiveRetriever(StepResult):
     metrics: dict[str, Any] | None = None
     metrics_run_id: str | None = None
     eval_queries: str | None = None
+    # The dense index of the same catalogue version (serve --dense), when the refresh builds one.
+    dense_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class TrainedRetriever(StepResult):
     train_pairs: int = 0
     train_pairs_skipped: int = 0
     training: dict[str, Any] = field(default_factory=dict)
+    dense_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ class SyncedRetriever(StepResult):
     removed: int
     items: int
     current: LiveRetriever | None = None
+    dense_uri: str | None = None
 
 
 @dataclass(frozen=True)
