@@ -14,6 +14,7 @@ from testsupport.airflow_runs import run_dag
 from testsupport.retriever_state import TINY_RETRIEVER, fit_snapshot, publish, title_queries, write_queries
 
 from lmindexer import devstack
+from lmindexer.downstream.dense import DenseIndex
 from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.pipeline import PipelineConfig
 
@@ -77,6 +78,7 @@ def test_a_run_trains_gates_and_promotes(airflow_home, local_stack, wiki_items, 
         "eval_queries": queries,
         "options": {**TINY_RETRIEVER, "epochs": 2},
         "min_recall_at_10": 0.0,
+        "dense_index": {},
     }
     env = {
         **airflow_home,
@@ -103,4 +105,7 @@ def test_a_run_trains_gates_and_promotes(airflow_home, local_stack, wiki_items, 
     assert f"retrievers/runs/{current['run_id']}/sync.json" not in keys  # the branch not taken
     model = GenerativeModel.load(current["model_uri"])
     assert len(model.trie) == 40
+    # The dense index of the same catalogue version, beside the model, loadable from S3 as serve --dense loads it.
+    assert current["dense_uri"] == f"s3://{bucket}/retrievers/runs/{current['run_id']}/dense"
+    assert DenseIndex.load(current["dense_uri"]).item_ids == sorted(item.item_id for item in items)
     assert {i for ranked in model.search([items[0].title]) for i, _ in ranked} <= {item.item_id for item in items}
