@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -34,6 +34,7 @@ from lmindexer.downstream.baselines import DenseRetriever
 from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
 from lmindexer.errors import ConfigError, SnapshotError
 from lmindexer.integrity import INTEGRITY_KEY, seal, verify, write_safetensors
+from lmindexer.options import parse_config
 from lmindexer.text import DEFAULT_TEMPLATE, TextTemplate
 
 DOCUMENT = "dense_index.json"
@@ -62,13 +63,8 @@ class DenseIndexConfig(BaseModel):
 
 
 def parse_dense_config(values: Mapping[str, Any] | DenseIndexConfig | None) -> DenseIndexConfig:
-    if isinstance(values, DenseIndexConfig):
-        return values
-    try:
-        return DenseIndexConfig(**dict(values or {}))
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid dense index options: {problems}") from None
+    """Validate dense index options; one :class:`ConfigError` names every problem."""
+    return parse_config(DenseIndexConfig, values, what="dense index options")
 
 
 class DenseIndex:

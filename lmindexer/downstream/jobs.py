@@ -31,7 +31,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -168,14 +168,19 @@ def ids_fingerprint(table: IdTable) -> str:
     return digest.hexdigest()
 
 
-def save_model(model: GenerativeModel, location: str) -> str:
-    """Save to a local directory, or through a local staging directory to an ``s3://`` prefix."""
+def save_to(location: str, save: Callable[[Path], Path]) -> str:
+    """``save(directory)`` to a local directory, or through a local staging directory to an ``s3://`` prefix."""
     if not is_s3_uri(location):
-        model.save(location)
+        save(Path(location))
         return location
     with tempfile.TemporaryDirectory(prefix="lmindexer-retriever-") as tmp:
-        upload_tree(model.save(Path(tmp) / "model"), location)
+        upload_tree(save(Path(tmp) / "artifact"), location)
     return location
+
+
+def save_model(model: GenerativeModel, location: str) -> str:
+    """Save to a local directory, or through a local staging directory to an ``s3://`` prefix."""
+    return save_to(location, model.save)
 
 
 def _build_dense_index(
@@ -189,13 +194,7 @@ def _build_dense_index(
     from lmindexer.downstream.dense import DenseIndex
 
     index = DenseIndex.build(read_catalog(catalog_uri).values(), retriever.dense_index, progress=progress)
-    location = _run_uri(pipeline, retriever, run_id, "dense")
-    if not is_s3_uri(location):
-        index.save(location)
-        return location
-    with tempfile.TemporaryDirectory(prefix="lmindexer-dense-") as tmp:
-        upload_tree(index.save(Path(tmp) / "dense"), location)
-    return location
+    return save_to(_run_uri(pipeline, retriever, run_id, "dense"), index.save)
 
 
 def _uri(pipeline: PipelineConfig, retriever: RetrieverConfig, *parts: str) -> str:
