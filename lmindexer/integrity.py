@@ -17,7 +17,10 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,22 @@ _CHUNK = 1 << 20
 _SHOWN = 6
 # Rust's io::Error text, which safetensors passes on instead of raising OSError.
 _OS_ERROR = re.compile(r"os error (\d+)")
+
+
+@contextmanager
+def replaced_atomically(target: Path) -> Iterator[Path]:
+    """A staging directory beside ``target`` to write into: when the block ends, it replaces ``target`` with one
+    rename (a half-written directory never replaces a good one); when the block fails, it is removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from lmindexer.catalog.items import Item
 from lmindexer.downstream.baselines import DenseRetriever
 from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
 from lmindexer.errors import ConfigError, SnapshotError
-from lmindexer.integrity import INTEGRITY_KEY, seal, verify, write_safetensors
+from lmindexer.integrity import INTEGRITY_KEY, replaced_atomically, seal, verify, write_safetensors
 from lmindexer.options import parse_config
 from lmindexer.text import DEFAULT_TEMPLATE, TextTemplate
 
@@ -133,9 +131,7 @@ class DenseIndex:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the index atomically (a half-written directory never replaces a good one)."""
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+        with replaced_atomically(target) as staging:
             write_safetensors({_EMBEDDINGS: torch.from_numpy(self._matrix.copy())}, staging / WEIGHTS)
             document: dict[str, Any] = {
                 "format_version": FORMAT_VERSION,
@@ -147,29 +143,18 @@ class DenseIndex:
             }
             document[INTEGRITY_KEY] = seal(staging, document, document_file=DOCUMENT, expand=_EXPANDED)
             (staging / DOCUMENT).write_text(json.dumps(document, indent=1) + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return target
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> DenseIndex:
         """Load a saved index from a local directory or an ``s3://`` prefix, verified against what was saved."""
-        from lmindexer.storage.s3 import is_s3_uri
+        from lmindexer.storage.s3 import local_directory
 
-        if is_s3_uri(str(directory)):
-            from lmindexer.storage.s3 import download_prefix
+        with local_directory(directory, prefix="lmindexer-dense-") as path:
+            return cls._load_verified(path)
 
-            with tempfile.TemporaryDirectory(prefix="lmindexer-dense-") as tmp:
-                download_prefix(str(directory), Path(tmp))
-                try:
-                    return cls.load(tmp)
-                except SnapshotError as exc:
-                    raise SnapshotError(str(exc).replace(tmp, str(directory).rstrip("/"))) from exc
-        path = Path(directory)
+    @classmethod
+    def _load_verified(cls, path: Path) -> DenseIndex:
         try:
             document = json.loads((path / DOCUMENT).read_text())
         except (OSError, ValueError) as exc:

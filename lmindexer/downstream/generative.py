@@ -16,8 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,7 +41,7 @@ from lmindexer.indexers.lm.backbone import backbone_from_snapshot, load_backbone
 from lmindexer.indexers.lm.encoder import EncoderStack
 from lmindexer.indexers.lm.indexer import LMIndexer
 from lmindexer.indexers.lm.model import tied_names
-from lmindexer.integrity import INTEGRITY_KEY, seal, verify, write_safetensors
+from lmindexer.integrity import INTEGRITY_KEY, replaced_atomically, seal, verify, write_safetensors
 from lmindexer.methods import PACKAGED_ENCODER, MixedPrecision
 from lmindexer.precision import PRECISION_DESCRIPTION, InferencePrecision, inference_autocast, resolve_precision
 
@@ -465,9 +463,7 @@ class GenerativeModel:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the model atomically (a half-written directory never replaces a good one)."""
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+        with replaced_atomically(target) as staging:
             tied = tied_names(self.network)
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items() if k not in tied}
             write_safetensors(tensors, staging / WEIGHTS)
@@ -485,12 +481,6 @@ class GenerativeModel:
             document = json.loads(json.dumps(document, default=_json_default))
             document[INTEGRITY_KEY] = seal(staging, document, document_file=DOCUMENT, expand=_EXPANDED)
             (staging / DOCUMENT).write_text(json.dumps(document, indent=1) + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return target
 
     @classmethod
@@ -498,19 +488,13 @@ class GenerativeModel:
         cls, directory: str | os.PathLike[str], *, device: Literal["auto", "cpu"] | None = None
     ) -> GenerativeModel:
         """Load a saved model from a local directory or an ``s3://`` prefix."""
-        from lmindexer.storage.s3 import is_s3_uri
+        from lmindexer.storage.s3 import local_directory
 
-        if is_s3_uri(str(directory)):
-            from lmindexer.storage.s3 import download_prefix
+        with local_directory(directory, prefix="lmindexer-generative-") as path:
+            return cls._load_verified(path, device=device)
 
-            with tempfile.TemporaryDirectory(prefix="lmindexer-generative-") as tmp:
-                download_prefix(str(directory), Path(tmp))
-                try:
-                    return cls.load(tmp, device=device)
-                except SnapshotError as exc:
-                    # Name the model the user asked for, not the temporary copy.
-                    raise SnapshotError(str(exc).replace(tmp, str(directory).rstrip("/"))) from exc
-        path = Path(directory)
+    @classmethod
+    def _load_verified(cls, path: Path, *, device: Literal["auto", "cpu"] | None) -> GenerativeModel:
         try:
             document = json.loads((path / DOCUMENT).read_text())
         except (OSError, ValueError) as exc:

@@ -51,15 +51,10 @@ def create_indexer(method: str, config: Mapping[str, Any] | None = None) -> Inde
 def load_snapshot(location: str | os.PathLike[str]) -> Indexer:
     """Load a snapshot from a local directory or an ``s3://`` prefix, verified against its recorded digests."""
     if is_s3_uri(location):
-        from lmindexer.storage.s3 import download_prefix
+        from lmindexer.storage.s3 import local_directory
 
-        with tempfile.TemporaryDirectory(prefix="lmindexer-snapshot-") as tmp:
-            download_prefix(str(location), Path(tmp))
-            try:
-                return load_snapshot(tmp)
-            except SnapshotError as exc:
-                # Name the snapshot the user asked for, not the temporary copy.
-                raise SnapshotError(str(exc).replace(tmp, str(location).rstrip("/"))) from exc
+        with local_directory(location, prefix="lmindexer-snapshot-") as copy:
+            return load_snapshot(copy)
     directory = Path(location)
     if not directory.is_dir():
         raise SnapshotError(f"snapshot not found: {location}")

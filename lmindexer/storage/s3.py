@@ -24,7 +24,7 @@ from boto3.exceptions import Boto3Error
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lmindexer.errors import UserError
+from lmindexer.errors import SnapshotError, UserError
 from lmindexer.layout import S3_SCHEME, is_s3_uri
 
 
@@ -177,6 +177,21 @@ def local_copy(location: str | os.PathLike[str], *, client: Any = None, suffix: 
         except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise StorageError(f"cannot read {where}: {describe_error(exc)}") from exc
         yield target
+
+
+@contextmanager
+def local_directory(location: str | os.PathLike[str], *, prefix: str = "lmindexer-") -> Iterator[Path]:
+    """A local directory holding what ``location`` holds: the directory itself, or a temporary copy of an ``s3://``
+    prefix, removed after the block. A :class:`SnapshotError` raised in the block names ``location``, not the copy."""
+    if not is_s3_uri(str(location)):
+        yield Path(location)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        download_prefix(str(location), Path(tmp))
+        try:
+            yield Path(tmp)
+        except SnapshotError as exc:
+            raise SnapshotError(str(exc).replace(tmp, str(location).rstrip("/"))) from exc
 
 
 def upload_file(path: str | os.PathLike[str], destination: str, *, client: Any = None) -> None:
