@@ -4,7 +4,9 @@ Sets up, untimed: the local stack's search server (osmem, in memory), the data s
 alias with the ID table ``benchmarks/downstream.py`` made, and a dense index of the catalogue (``lmindexer dense
 build``'s code; embeddings from the cache). Then starts one ``lmindexer serve --retriever ... --dense ... --search``
 (the retriever downstream.py trained on those IDs, default settings) and, for each mode, sends every held-out query
-once with locust (headless, ``FastHttpUser``, no think time) from 1 and from 8 concurrent users:
+once with locust (headless, ``FastHttpUser``, no think time) from 1 and from 8 concurrent users, ``--repeats``
+times with the modes in a rotated order each time (so that load and warm-up spread over all of them; medians
+are compared):
 
 - ``generative``: the retriever's beam alone (no engine request): the baseline of the same run;
 - ``dense``: one query embedding, exact cosine search and one engine request (which results are live);
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,20 +75,41 @@ def serve_and_load(args, command: list[str], queries_file: Path, work: Path) -> 
         )
         try:
             wait_until_up(base, process)
-            for mode in args.modes:
-                # Warm-up: the first request of each input shape allocates (and in bf16 builds its kernels).
-                for n in range(1, 65, 7):
-                    query = " ".join(["warm"] * n)
-                    response = httpx.get(f"{base}/search", params={"q": query, "k": args.k, "mode": mode}, timeout=60)
-                    response.raise_for_status()
-                for users in args.users:
-                    row = {"mode": mode, **locust_run(base, queries_file, users, args.k, args.max_run_time, work, mode)}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+            for repeat in range(args.repeats):
+                shift = repeat % len(args.modes)
+                for mode in args.modes[shift:] + args.modes[:shift]:
+                    # Warm-up: the first request of each input shape allocates (and in bf16 builds its kernels).
+                    for n in range(1, 65, 7):
+                        query = " ".join(["warm"] * n)
+                        params = {"q": query, "k": args.k, "mode": mode}
+                        httpx.get(f"{base}/search", params=params, timeout=60).raise_for_status()
+                    for users in args.users:
+                        measured = locust_run(base, queries_file, users, args.k, args.max_run_time, work, mode)
+                        row = {"mode": mode, "repeat": repeat, **measured}
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
         finally:
             process.terminate()
             process.wait(timeout=30)
     return rows
+
+
+def medians(rows: list[dict], modes: list[str], users: list[int]) -> list[dict]:
+    """Per mode and user count: the median over the repeats of each figure, and the repeats' range of p50."""
+    summary = []
+    for mode in modes:
+        for count in users:
+            runs = [r for r in rows if r["mode"] == mode and r["users"] == count]
+            if not runs:
+                continue
+            summary.append({
+                "mode": mode, "users": count, "repeats": len(runs),
+                "requests": sum(r["requests"] for r in runs), "failures": sum(r["failures"] for r in runs),
+                **{key: round(statistics.median(r[key] for r in runs), 2)
+                   for key in ("p50_ms", "p99_ms", "mean_ms", "requests_per_s")},
+                "p50_ms_range": [min(r["p50_ms"] for r in runs), max(r["p50_ms"] for r in runs)],
+            })  # fmt: skip
+    return summary
 
 
 def plot(rows: list[dict], modes: list[str], users: list[int], path: Path) -> None:
@@ -100,7 +124,7 @@ def plot(rows: list[dict], modes: list[str], users: list[int], path: Path) -> No
         axis.set_xticks(range(len(modes)), modes, fontsize=9)
         axis.set_ylabel(label)
         axis.legend()
-    fig.suptitle("lmindexer serve, GET /search by mode, local engine on loopback (locust)")
+    fig.suptitle("lmindexer serve, GET /search by mode (median of passes), local engine on loopback (locust)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -115,6 +139,7 @@ def main() -> int:
     parser.add_argument("--limit-queries", type=int, default=None, help="send only the first N held-out queries")
     parser.add_argument("--max-run-time", default="15m", help="locust's bound on one setting's run")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3, help="passes over the modes, each in a rotated order")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -142,8 +167,9 @@ def main() -> int:
         finally:
             devstack.stop(work / "stack")
 
-    baseline = {r["users"]: r for r in rows if r["mode"] == BASELINE}
-    for row in rows:
+    summary = medians(rows, args.modes, args.users)
+    baseline = {r["users"]: r for r in summary if r["mode"] == BASELINE}
+    for row in summary:
         base = baseline.get(row["users"])
         row["p50_vs_generative"] = round(row["p50_ms"] / base["p50_ms"], 2) if base else None
     stem = args.out / f"search_modes-{args.dataset}"
@@ -156,21 +182,25 @@ def main() -> int:
         "documents": documents,
         "k": args.k,
         "queries": len(queries),
-        "results": rows,
+        "repeats": args.repeats,
+        "results": summary,
+        "runs": rows,
         "environment": env,
     }
-    header = ["mode", "users", "requests", "failures", "p50 ms", "p99 ms", "req/s", "p50 vs generative", "load after"]
-    keys = ["mode", "users", "requests", "failures", "p50_ms", "p99_ms", "requests_per_s", "p50_vs_generative"]
-    table = markdown_table(header, [[r[key] for key in keys] + [r["load_average_after"][0]] for r in rows])
+    header = ["mode", "users", "requests", "failures", "p50 ms", "p50 range", "p99 ms", "req/s", "p50 vs generative"]
+    keys = ["mode", "users", "requests", "failures", "p50_ms", "p50_ms_range", "p99_ms", "requests_per_s",
+            "p50_vs_generative"]  # fmt: skip
+    table = markdown_table(header, [[r[key] for key in keys] for r in summary])
     write_results(
         stem,
         document,
         f"# Serving: GET /search by mode, local engine on loopback, locust\n\n{table}\n\n"
-        f"{len(queries)} held-out queries per setting, {documents} documents behind the alias, beam size "
+        f"Medians over {args.repeats} passes, the modes in a rotated order in each; "
+        f"{len(queries)} held-out queries per setting and pass, {documents} documents behind the alias, beam size "
         f"{config['beam_size']}, k={args.k}, {os.cpu_count()} CPUs shared by the server, the local engine and "
         f"locust.\n\n![throughput and latency]({stem.name}.png)\n",
     )
-    plot(rows, args.modes, args.users, stem.with_suffix(".png"))
+    plot(summary, args.modes, args.users, stem.with_suffix(".png"))
     stamp_figure(stem.with_suffix(".png"))
     print(table)
     print(f"written: {stem}.json, .md, .png")
