@@ -611,7 +611,10 @@ def dense_build(
     out: Annotated[Path, typer.Option("--out", help="Dense index directory to write.")],
     options: Annotated[
         Path | None,
-        typer.Option("--options", help="YAML or JSON file of dense index options (encoder, max_length, template)."),
+        typer.Option(
+            "--options",
+            help="YAML or JSON file of dense index options (encoder, max_length, text_template, batch_size).",
+        ),
     ] = None,
     quiet: QuietOption = False,
 ) -> None:
