@@ -42,8 +42,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, markdown_table, stamp_figure, write_results
-from serving import free_port, locust_run, wait_until_up
+from _harness import environment, markdown_table, stamp_figure, write_results
+from serving import add_load_options, free_port, locust_run, wait_until_up
 
 from lmindexer import datasets, devstack
 from lmindexer.cache import cache_root
@@ -135,12 +135,8 @@ def main() -> int:
     parser.add_argument("--dataset", default="clothing-reviews", choices=["wiki-topics", "clothing-reviews"])
     parser.add_argument("--ids", default="rq-kmeans", help="which of downstream's ID tables and retrievers")
     parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
-    parser.add_argument("--users", type=int, nargs="+", default=[1, 8], help="concurrent locust users")
-    parser.add_argument("--limit-queries", type=int, default=None, help="send only the first N held-out queries")
-    parser.add_argument("--max-run-time", default="15m", help="locust's bound on one setting's run")
-    parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="passes over the modes, each in a rotated order")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_load_options(parser)
     args = parser.parse_args()
 
     work_dir = cache_root() / "benchmarks" / "downstream" / args.dataset

@@ -62,6 +62,15 @@ BASELINE, CANDIDATE = CONFIGURATIONS[0][0], CONFIGURATIONS[-1][0]
 AIM_SPEEDUP, AIM_P99_MS, AIM_USERS = 4.0, 300.0, 8
 
 
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    """The locust load options every serving benchmark takes, with the same names and defaults."""
+    parser.add_argument("--users", type=int, nargs="+", default=[1, AIM_USERS], help="concurrent locust users")
+    parser.add_argument("--limit-queries", type=int, default=None, help="send only the first N held-out queries")
+    parser.add_argument("--max-run-time", default="15m", help="locust's bound on one setting's run")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+
+
 def wait_until_up(base: str, process: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -163,11 +172,7 @@ def main() -> int:
     parser.add_argument("--dataset", default="clothing-reviews", choices=["wiki-topics", "clothing-reviews"])
     parser.add_argument("--ids", default="lmindexer", help="which of downstream's retrievers: its ID method")
     parser.add_argument("--model", type=Path, default=None, help="retriever directory (default: downstream's)")
-    parser.add_argument("--users", type=int, nargs="+", default=[1, AIM_USERS], help="concurrent locust users")
-    parser.add_argument("--limit-queries", type=int, default=None, help="send only the first N held-out queries")
-    parser.add_argument("--max-run-time", default="15m", help="locust's bound on one setting's run")
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_load_options(parser)
     args = parser.parse_args()
 
     model_dir = args.model or cache_root() / "benchmarks" / "downstream" / args.dataset / f"model-{args.ids}"

@@ -136,6 +136,12 @@ class DenseRetriever:
         self._index = index
         return self
 
+    def vectors(self) -> np.ndarray:
+        """The indexed embeddings, one row per item_id (read back from the index, which holds the only copy)."""
+        if self._index is None:
+            raise ConfigError("DenseRetriever has no index: call index() or index_embeddings() first")
+        return self._index.reconstruct_n(0, self._index.ntotal)
+
     def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
         """The ``k`` nearest item_ids of each query text (fewer only when the index holds fewer items)."""
         _check_k(k)

@@ -82,7 +82,6 @@ class DenseIndex:
         self.encoder = encoder
         self.built_at = built_at or dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self._retriever = DenseRetriever(encoder).index_embeddings(list(item_ids), matrix)
-        self._matrix = np.ascontiguousarray(matrix, dtype=np.float32)
 
     @property
     def item_ids(self) -> list[str]:
@@ -132,12 +131,13 @@ class DenseIndex:
         """Write the index atomically (a half-written directory never replaces a good one)."""
         target = Path(directory)
         with replaced_atomically(target) as staging:
-            write_safetensors({_EMBEDDINGS: torch.from_numpy(self._matrix.copy())}, staging / WEIGHTS)
+            matrix = self._retriever.vectors()
+            write_safetensors({_EMBEDDINGS: torch.from_numpy(matrix)}, staging / WEIGHTS)
             document: dict[str, Any] = {
                 "format_version": FORMAT_VERSION,
                 "config": self.config.model_dump(mode="json"),
                 "encoder_fingerprint": self.encoder.fingerprint,
-                "dim": int(self._matrix.shape[1]),
+                "dim": int(matrix.shape[1]),
                 "built_at": self.built_at,
                 "item_ids": self.item_ids,
             }

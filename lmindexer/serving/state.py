@@ -98,12 +98,11 @@ class ServedModel:
 
 @dataclass
 class ServedDense:
-    """The dense index, the depth it is searched to, and the batcher that embeds concurrent queries together (one
-    worker thread: the tokenizer must not be used by two threads at once)."""
+    """The dense index, the depth it is searched to, and the batcher that embeds concurrent queries together (its
+    one worker thread is the index's only user: the tokenizer must not be used by two threads at once)."""
 
     index: DenseIndex
     depth: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
     batcher: MicroBatcher[str, Scored] | None = None
 
     @classmethod
@@ -122,8 +121,7 @@ class ServedDense:
         return served
 
     def search_batch(self, texts: Sequence[str]) -> list[Scored]:
-        with self.lock:
-            return self.index.search(list(texts), k=self.depth)
+        return self.index.search(list(texts), k=self.depth)
 
     def health(self) -> DenseHealth:
         return DenseHealth(
