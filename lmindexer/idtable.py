@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lmindexer.errors import IdTableError
+from lmindexer.storage.s3 import exists, open_random_access
 from lmindexer.storage.versioned import VersionConflict, read_versioned, write_if_version
 
 SID_SEPARATOR = "-"
@@ -455,6 +456,21 @@ class IdTable:
         if stored.data is None:
             raise IdTableError(f"ID table not found: {location}")
         return cls.from_parquet_bytes(stored.data, location)
+
+
+def stored_item_ids(location: str | os.PathLike[str]) -> pa.ChunkedArray | None:
+    """The item_id column of the ID table at ``location`` (None: no table there), read alone: for a membership
+    question (which items already have an ID), without reading and verifying the whole table."""
+    if not exists(location):
+        return None
+    with open_random_access(location) as handle:
+        try:
+            parquet = pq.ParquetFile(handle, page_checksum_verification=True)
+            if _METADATA_KEY not in (parquet.schema_arrow.metadata or {}):
+                raise IdTableError(f"{location} is not an lmindexer ID table (no ID space in its metadata)")
+            return parquet.read(columns=["item_id"]).column("item_id")
+        except (pa.ArrowException, OSError) as exc:
+            raise IdTableError(f"{location} is not a readable Parquet ID table: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
 
@@ -35,14 +37,22 @@ def prefix_groups(codes: np.ndarray, level: int) -> np.ndarray:
     return groups.reshape(-1)
 
 
-def _label_ids(labels: Sequence[Any]) -> np.ndarray:
+Labels = Sequence[Any] | pa.Array | pa.ChunkedArray
+
+
+def _label_ids(labels: Labels) -> np.ndarray:
     """Labels as integers numbered by first appearance: the agreement scores do not depend on the labels' names,
-    and scoring integers spares each of the 2 x L scores converting a million strings again."""
+    and scoring integers spares each of the 2 x L scores converting a million strings again. An Arrow column is
+    numbered by Arrow (its dictionary encoding numbers values by first appearance too), with no Python pass."""
+    if isinstance(labels, pa.ChunkedArray):
+        labels = labels.combine_chunks()
+    if isinstance(labels, pa.Array):
+        return pc.dictionary_encode(labels, null_encoding="encode").indices.to_numpy(zero_copy_only=False)
     numbers: dict[Any, int] = {}
     return np.fromiter((numbers.setdefault(label, len(numbers)) for label in labels), dtype=np.int64, count=len(labels))
 
 
-def label_agreement(codes: np.ndarray, labels: Sequence[Any]) -> list[dict[str, float]]:
+def label_agreement(codes: np.ndarray, labels: Labels) -> list[dict[str, float]]:
     """AMI and NMI of every prefix level against ``labels`` (one per row of ``codes``)."""
     if len(labels) != len(codes):
         raise ValueError(f"{len(labels)} labels for {len(codes)} code rows")
@@ -65,7 +75,9 @@ def collision_stats(codes: np.ndarray) -> dict[str, Any]:
     """How unique the learned code tuples are on their own."""
     if len(codes) == 0:
         return {"collision_rate": 0.0, "largest_bucket": 0, "distinct_tuples": 0, "items": 0}
-    _, counts = np.unique(codes, axis=0, return_counts=True)
+    # Tuples numbered through one integer key each (prefix_groups), then counted: a million rows in a fraction of
+    # a second, where a row-wise unique took seconds.
+    counts = np.bincount(prefix_groups(codes, codes.shape[1]))
     colliding = int(counts[counts > 1].sum())
     return {
         "collision_rate": colliding / len(codes),
@@ -167,15 +179,23 @@ def describe_collisions(rate: float, digits: int = 1) -> str:
 def evaluate_codes(
     codes: np.ndarray,
     codebook_sizes: Sequence[int],
-    labels: Sequence[Any] | None = None,
+    labels: Labels | None = None,
     *,
     label_name: str | None = None,
 ) -> QualityReport:
-    """Metrics for ``codes`` (``(n, L)``); ``labels`` may contain ``None`` for unlabelled rows."""
+    """Metrics for ``codes`` (``(n, L)``); ``labels`` may contain ``None`` for unlabelled rows. Labels given as an
+    Arrow string column are compared as they are; any other labels as their ``str``."""
     codes = np.asarray(codes, dtype=np.int64)
     agreement: list[dict[str, float]] = []
     labelled = 0
-    if labels is not None:
+    if isinstance(labels, pa.ChunkedArray):
+        labels = labels.combine_chunks()
+    if isinstance(labels, pa.Array) and (pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type)):
+        mask = labels.is_valid().to_numpy(zero_copy_only=False)
+        labelled = int(mask.sum())
+        if labelled:
+            agreement = label_agreement(codes[mask], labels.filter(pa.array(mask)))
+    elif labels is not None:
         mask = np.array([label is not None for label in labels], dtype=bool)
         labelled = int(mask.sum())
         if labelled:

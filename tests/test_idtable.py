@@ -18,6 +18,7 @@ from lmindexer.idtable import (
     parse_sid,
     read_id_table,
     store_allocation,
+    stored_item_ids,
 )
 from lmindexer.storage.versioned import VersionConflict
 
@@ -297,3 +298,15 @@ def test_the_last_level_policy_is_recorded_with_the_table(tmp_path):
     assert old.last_level == "argmax"
     with pytest.raises(IdTableError, match="unknown last-level policy"):
         IdSpace("v", "m", (4,), "random")
+
+
+def test_stored_item_ids_are_the_tables_item_ids_read_alone(tmp_path):
+    """Which items already have an ID, without reading and verifying the whole table: the same ids as the table,
+    None where there is no table, and a file that is not an ID table is refused naming it."""
+    table, _ = IdTable.empty(SPACE).allocate([cand("b", (1, 2)), cand("a", (1, 2)), cand("c", (0, 3))], assigned_at=T0)
+    table.write(tmp_path / "ids.parquet")
+    assert stored_item_ids(tmp_path / "ids.parquet").to_pylist() == table.item_ids
+    assert stored_item_ids(tmp_path / "none.parquet") is None
+    pq.write_table(pa.table({"item_id": ["a"]}), tmp_path / "other.parquet")
+    with pytest.raises(IdTableError, match=r"other\.parquet is not an lmindexer ID table"):
+        stored_item_ids(tmp_path / "other.parquet")

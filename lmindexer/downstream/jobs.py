@@ -38,7 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lmindexer.catalog.store import read_catalog_table
+from lmindexer.catalog.store import catalog_file, is_catalog_version, read_catalog_table
 from lmindexer.downstream.generative import GenerativeModel, parse_generative_config
 from lmindexer.downstream.results import (
     Action,
@@ -151,7 +151,7 @@ def read_queries(location: str | Path) -> list[tuple[str, str]]:
 
 
 def _catalogue_ids(location: str) -> set[str]:
-    if str(location).endswith(".parquet"):
+    if is_catalog_version(location) or str(location).endswith(".parquet"):
         # A catalogue version the pipeline wrote (its rows validated when their drop came in): its item_id column
         # is all a plan needs, read as trusted Arrow, not every item's text through the validating reader.
         return set(read_catalog_table(location, columns=["item_id"]).column("item_id").to_pylist())
@@ -450,7 +450,7 @@ def _launch_training(
             snapshot = work / "snapshot"
             download_prefix(pointer.snapshot_uri, snapshot)
         ids = inputs.enter_context(local_copy(pointer.ids_uri, suffix=".parquet"))
-        catalog = inputs.enter_context(local_copy(pointer.catalog_uri, suffix=".parquet"))
+        catalog = inputs.enter_context(catalog_file(pointer.catalog_uri))
         queries = inputs.enter_context(local_copy(retriever.train_queries, suffix=".jsonl"))
         options = work / "options.json"
         options.write_text(json.dumps(retriever.options))

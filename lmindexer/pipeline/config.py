@@ -68,6 +68,9 @@ class PipelineConfig(BaseModel):
         0.25, ge=0, description="retrain when items added since the last retrain exceed this share of it"
     )
     shard_size: int = Field(5000, ge=1, description="items per mapped assignment task")
+    catalog_max_parts: int = Field(
+        16, ge=1, description="parts a catalogue version may have before a run compacts it into one (1: every run)"
+    )
     train_processes: int = Field(1, ge=1, description="processes for accelerate launch")
     mixed_precision: MixedPrecision = "no"
     gates: QualityGates = Field(default_factory=QualityGates)

@@ -36,7 +36,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,9 +46,9 @@ from lmindexer.assign import code_items, read_candidates, write_candidates
 from lmindexer.cache import cache_root
 from lmindexer.catalog.items import Item
 from lmindexer.catalog.store import SCHEMA as CATALOG_SCHEMA
-from lmindexer.catalog.store import items_from_table, merge_catalog, read_catalog_table
+from lmindexer.catalog.store import catalog_file, items_from_table, merge_into_version, read_catalog_table
 from lmindexer.errors import CatalogError, UserError
-from lmindexer.idtable import IdTable, id_stability, store_allocation
+from lmindexer.idtable import IdTable, id_stability, store_allocation, stored_item_ids
 from lmindexer.pipeline.config import Mode, PipelineConfig, safe_run_id
 from lmindexer.pipeline.records import current as current_record
 from lmindexer.pipeline.records import current_versioned, processing_state, remembered, set_current
@@ -70,10 +70,13 @@ from lmindexer.pipeline.results import (
 )
 from lmindexer.storage.drops import Drop
 from lmindexer.storage.parquet import read_parquet, write_parquet
-from lmindexer.storage.s3 import exists, upload_tree, write_bytes
+from lmindexer.storage.s3 import upload_tree, write_bytes
 from lmindexer.storage.versioned import VersionConflict
 from lmindexer.threads import limited_threads, threads_per_task
 from lmindexer.training.launch import TrainingFailed, accelerate_command, run_training
+
+if TYPE_CHECKING:  # the metrics load scikit-learn, which a task that only validates or publishes must not
+    from lmindexer.metrics import Labels
 
 log = logging.getLogger(__name__)
 
@@ -180,23 +183,25 @@ def merge(config: PipelineConfig, run_id: str, validated: Sequence[ValidatedDrop
         live_record, version = current_versioned(config)
         live = None if live_record is None else LiveVersion.from_xcom(live_record)
         drops = [read_catalog_rows(_staged(entry)) for entry in accepted(validated)]
-        merged, delta = merge_catalog(live.catalog_uri if live else None, drops)
-        catalog_uri = config.uri(config.catalog_prefix, run_id, "items.parquet")
-        write_parquet(merged, catalog_uri)
+        written, delta = merge_into_version(
+            live.catalog_uri if live else None, drops, config.uri(config.catalog_prefix, run_id),
+            max_parts=config.catalog_max_parts,
+        )  # fmt: skip
         delta_uri = config.uri(config.staged_prefix, run_id, "delta.parquet")
         kinds = (["new"] * len(delta.new)) + (["changed"] * len(delta.changed)) + (["deleted"] * len(delta.deleted))
         write_parquet(pa.table({"item_id": delta.new + delta.changed + delta.deleted, "change": kinds}), delta_uri)
-        # The catalogue rows of the items this run added or changed, beside the whole version: what the later
-        # steps encode and publish, read without decoding the whole catalogue again.
+        # The catalogue rows of the items this run added or changed: what the later steps encode and publish, read
+        # without resolving the whole catalogue version.
         upserts_uri = config.uri(config.staged_prefix, run_id, "upserts.parquet")
-        upserted = pa.array(delta.new + delta.changed, pa.string())
-        write_parquet(merged.filter(pc.is_in(merged.column("item_id"), value_set=upserted)), upserts_uri)
+        write_parquet(written.upserts, upserts_uri)
+        log.info("catalogue version %s: %d items in %d parts%s", written.uri, written.items, written.parts,
+                 " (compacted)" if written.compacted else "")  # fmt: skip
         return Merged(
-            catalog_uri=catalog_uri,
+            catalog_uri=written.uri,
             delta_uri=delta_uri,
             upserts_uri=upserts_uri,
-            items=merged.num_rows,
-            previous_items=merged.num_rows - len(delta.new) + len(delta.deleted),
+            items=written.items,
+            previous_items=written.items - len(delta.new) + len(delta.deleted),
             base_run_id=live.run_id if live else None,
             base_version=version,
             **delta.counts(),
@@ -230,7 +235,6 @@ def decide(config: PipelineConfig, run_id: str, merged: Merged, mode: Mode = "au
 
 def train(config: PipelineConfig, run_id: str, merged: Merged, decision: Decision) -> Snapshot:
     """Fit a new snapshot on the run's catalogue in an ``accelerate launch`` subprocess (retrain only)."""
-    from lmindexer.storage.s3 import local_copy
 
     def compute() -> dict[str, Any]:
         if decision.mode != "retrain":
@@ -246,7 +250,7 @@ def train(config: PipelineConfig, run_id: str, merged: Merged, decision: Decisio
 
         with tempfile.TemporaryDirectory(prefix="lmindexer-train-") as tmp:
             work = Path(tmp)
-            with local_copy(merged.catalog_uri, suffix=".parquet") as path:
+            with catalog_file(merged.catalog_uri) as path:
                 catalog = work / "catalog.parquet"
                 shutil.copyfile(path, catalog)
             options = work / "options.yaml"
@@ -268,10 +272,13 @@ def plan_shards(config: PipelineConfig, run_id: str, merged: Merged, snapshot: S
 
     def compute() -> dict[str, Any]:
         table_uri = ids_uri(config, snapshot.snapshot_version)
-        live_ids = read_catalog_table(merged.catalog_uri, columns=["item_id"]).column("item_id")
-        if exists(table_uri):
-            known = IdTable.read(table_uri).table.column("item_id")
+        # Every live item without an ID in this table, also one an interrupted earlier run left without: two
+        # item_id columns (the catalogue's parts, the table's), read alone.
+        live_ids = read_catalog_table(merged.catalog_uri, columns=["item_id"], ordered=False).column("item_id")
+        known = stored_item_ids(table_uri)
+        if known is not None:
             live_ids = live_ids.filter(pc.invert(pc.is_in(live_ids, value_set=known)))
+        live_ids = live_ids.take(pc.sort_indices(live_ids))  # the few left, in the catalogue's order
         needed = len(live_ids)
         # The items themselves, not just their ids (sorted by item_id, as the catalogue is): a shard then reads
         # only the items to encode, so its cost follows the new items rather than the size of the catalogue.
@@ -361,7 +368,7 @@ def check(
         # The suite runs on the rows added since the live version committed (all rows of a new table); reading the
         # table verified every row's structure, and the committed rows passed this suite when they were added.
         checked_before = (live.ids_rows or 0) if live is not None and same_table else 0
-        output = validate_ids(table, live_ids.to_pylist(), first_row=min(checked_before, len(table)))
+        output = validate_ids(table, live_ids, first_row=min(checked_before, len(table)))
         failures = [] if output.success else [f"ID table checks: {output.describe()}"]
         metrics = _quality(table, live_ids, labels, config.label)
         stability = None
@@ -580,26 +587,33 @@ def _upserted_rows(merged: Merged, item_ids: pa.ChunkedArray | pa.Array) -> pa.T
     return read_catalog_table(merged.catalog_uri, item_ids=wanted.to_pylist())
 
 
-def _live_catalogue(config: PipelineConfig, catalog_uri: str) -> tuple[pa.ChunkedArray, list[Any] | None]:
-    """The live items' ids (sorted) and, with a label configured, each one's label: two columns, not the items."""
+def _live_catalogue(config: PipelineConfig, catalog_uri: str) -> tuple[pa.ChunkedArray, Labels | None]:
+    """The live items' ids and, with a label configured, each one's label: two columns, not the items. A label
+    column of the catalogue stays Arrow; a label among the attributes is read out of each row's JSON."""
     label = config.label
     if label is None:
-        return read_catalog_table(catalog_uri, columns=["item_id"]).column("item_id"), None
+        return read_catalog_table(catalog_uri, columns=["item_id"], ordered=False).column("item_id"), None
     column = label if label in CATALOG_SCHEMA.names else "attributes"
-    table = read_catalog_table(catalog_uri, columns=["item_id", column])
-    values = table.column(column).to_pylist()
-    if column == "attributes":  # a label kept among the attributes, such as ``class``
-        values = [json.loads(text).get(label) if text else None for text in values]
+    table = read_catalog_table(catalog_uri, columns=["item_id", column], ordered=False)
+    if column != "attributes":
+        return table.column("item_id"), table.column(column)
+    # a label kept among the attributes, such as ``class``
+    values = [json.loads(text).get(label) if text else None for text in table.column(column).to_pylist()]
     return table.column("item_id"), values
 
 
-def _quality(table: IdTable, live_ids: pa.ChunkedArray, labels: list[Any] | None, label: str | None) -> IdQuality:
+def _quality(table: IdTable, live_ids: pa.ChunkedArray, labels: Labels | None, label: str | None) -> IdQuality:
     from lmindexer.metrics import evaluate_codes
 
     rows = pc.index_in(live_ids, value_set=table.table.column("item_id"))
     present = pc.is_valid(rows).to_numpy(zero_copy_only=False)
     codes = table.code_matrix()[rows.drop_null().to_numpy(zero_copy_only=False)].astype(np.int64)
-    present_labels = [value for value, keep in zip(labels, present.tolist(), strict=True) if keep] if labels else None
+    if isinstance(labels, pa.ChunkedArray | pa.Array):
+        present_labels: Labels | None = labels.filter(pa.array(present))
+    else:
+        present_labels = (
+            [value for value, keep in zip(labels, present.tolist(), strict=True) if keep] if labels else None
+        )
     report = evaluate_codes(codes, table.space.codebook_sizes, present_labels, label_name=label)
     return IdQuality(
         items=report.items,

@@ -158,6 +158,68 @@ def open_binary(location: str | os.PathLike[str], *, client: Any = None) -> Iter
         yield handle
 
 
+class _RangedObjectReader(io.RawIOBase):
+    """A seekable read-only view of one S3 object that fetches only the byte ranges read (``Range`` GETs), so a
+    Parquet reader reads the footer and the column chunks it needs, not the whole object. Pinned to the object's
+    ETag at open: a replacement between two ranges is an error, never a mix of two objects."""
+
+    def __init__(self, client: Any, where: S3Location) -> None:
+        self._client, self._where, self._position = client, where, 0
+        try:
+            head = client.head_object(Bucket=where.bucket, Key=where.key)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot read {where}: {describe_error(exc)}") from exc
+        self._size, self._etag = int(head["ContentLength"]), head["ETag"]
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        end = min(self._position + len(buffer), self._size)
+        if end <= self._position:
+            return 0
+        try:
+            response = self._client.get_object(
+                Bucket=self._where.bucket, Key=self._where.key, Range=f"bytes={self._position}-{end - 1}",
+                IfMatch=self._etag,
+            )  # fmt: skip
+            chunk = response["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot read {self._where}: {describe_error(exc)}") from exc
+        buffer[: len(chunk)] = chunk
+        self._position += len(chunk)
+        return len(chunk)
+
+
+@contextmanager
+def open_random_access(location: str | os.PathLike[str], *, client: Any = None) -> Iterator[BinaryIO]:
+    """A seekable binary file for a local path or an ``s3://`` object, for formats that read a few parts of a
+    large file (a Parquet footer and some column chunks): an S3 object is read range by range, never downloaded
+    whole."""
+    if not is_s3_uri(location):
+        path = Path(location)
+        if not path.is_file():
+            raise StorageError(f"no such file: {path}")
+        with path.open("rb") as handle:
+            yield handle
+        return
+    reader = _RangedObjectReader(client or shared_s3_client(), S3Location.parse(str(location)))
+    # Buffered so the many small reads of a Parquet footer share one request; column chunks are larger than it.
+    with io.BufferedReader(reader, buffer_size=1 << 16) as stream:
+        yield stream  # type: ignore[misc]
+
+
 @contextmanager
 def local_copy(location: str | os.PathLike[str], *, client: Any = None, suffix: str = "") -> Iterator[Path]:
     """A local path for a file that needs random access (Parquet). S3 objects are downloaded to a temporary file,
@@ -297,6 +359,12 @@ def list_objects(uri: str, *, client: Any = None, page_size: int = 1000) -> Iter
                 )
     except (ClientError, BotoCoreError) as exc:
         raise StorageError(f"cannot list {where}: {describe_error(exc)}") from exc
+
+
+def read_bytes(location: str | os.PathLike[str], *, client: Any = None) -> bytes:
+    """The whole content of a small local file or ``s3://`` object."""
+    with open_binary(location, client=client) as stream:
+        return stream.read()
 
 
 def write_bytes(data: bytes, destination: str | os.PathLike[str], *, client: Any = None) -> None:

@@ -65,10 +65,9 @@ def staged_item_ids(staged_uri: str, *, live_only: bool = True, s3_client: Any =
     return [item_id for item_id, deleted in zip(ids, table.column("deleted").to_pylist(), strict=True) if not deleted]
 
 
-def _frame(table: IdTable, staged: list[str], first_row: int = 0) -> tuple[Any, int]:
+def _frame(table: IdTable, staged_ids: pa.Array, first_row: int = 0) -> tuple[Any, int]:
     """The suite's data frame: one row per ID row from ``first_row`` on, then one empty row per staged item
     without an ID anywhere in the table. Returns it with the number of such items."""
-    staged_ids = pa.array(staged, pa.string())
     missing = pc.filter(staged_ids, pc.invert(pc.is_in(staged_ids, value_set=table.table.column("item_id"))))
     checked = IdTable(table.table.slice(first_row), table.space) if first_row else table
     lengths = pc.list_value_length(checked.table.column("codes")).to_numpy(zero_copy_only=False)
@@ -131,7 +130,7 @@ def _frame_row_by_row(table: IdTable, missing: list[str]) -> Any:
 
 def validate_ids(
     table: IdTable,
-    staged_item_ids: Iterable[str] = (),
+    staged_item_ids: Iterable[str] | pa.Array | pa.ChunkedArray = (),
     *,
     run_id: str = "ids",
     result_uri: str | None = None,
@@ -150,7 +149,10 @@ def validate_ids(
     With ``result_uri`` the GX result is stored there (local path or ``s3://``). With ``raise_on_failure`` a failed
     suite raises :class:`ValidationFailed` carrying the :class:`OutputValidation`, after the result is stored.
     """
-    staged = list(dict.fromkeys(staged_item_ids))
+    if isinstance(staged_item_ids, pa.Array | pa.ChunkedArray):  # a catalogue's column: no Python pass over it
+        staged = pc.unique(staged_item_ids)
+    else:
+        staged = pa.array(list(dict.fromkeys(staged_item_ids)), pa.string())
     frame, missing = _frame(table, staged, first_row)
     outcome = run_suite(
         OUTPUT_SUITE,

@@ -8,10 +8,14 @@ from hypothesis import strategies as st
 
 from lmindexer.catalog.items import Item
 from lmindexer.catalog.store import (
+    CatalogVersion,
     apply_drops,
+    catalog_file,
     catalog_table,
     items_from_table,
+    load_catalog_version,
     merge_catalog,
+    merge_into_version,
     read_catalog,
     read_catalog_table,
     write_catalog,
@@ -104,3 +108,77 @@ def test_a_file_that_is_not_a_catalogue_version_is_refused_by_the_trusted_read(t
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
     with pytest.raises(UserError, match="not a readable catalogue version"):
         read_catalog_table(tmp_path / "broken.parquet")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    previous=st.lists(rows, max_size=10, unique_by=lambda item: item.item_id),
+    runs=st.lists(st.lists(st.lists(rows, max_size=5), max_size=2), min_size=1, max_size=5),
+    max_parts=st.integers(1, 4),
+)
+def test_a_version_of_parts_holds_exactly_the_catalogue_of_applying_every_drop(tmp_path, previous, runs, max_parts):
+    """Run after run, each writing only its drops' rows as a part (compacting every ``max_parts``): the version
+    read back, whole, by columns, by item_ids and unordered, is the catalogue of applying every drop to every item,
+    and each run's delta is the item-by-item merge's."""
+    import uuid
+
+    root = tmp_path / uuid.uuid4().hex
+    write_catalog(previous, root / "legacy.parquet")  # a version written before manifests: one file
+    location, expected = str(root / "legacy.parquet"), {item.item_id: item for item in previous if not item.deleted}
+    for number, drops in enumerate(runs):
+        expected, expected_delta = apply_drops(expected, drops)
+        written, delta = merge_into_version(location, drops, str(root / f"run-{number}"), max_parts=max_parts)
+        location = written.uri
+        assert read_catalog_table(location).equals(catalog_table(expected.values()))
+        assert (delta.counts(), delta.new, delta.changed, delta.deleted) == (
+            expected_delta.counts(),
+            expected_delta.new,
+            expected_delta.changed,
+            expected_delta.deleted,
+        )
+        assert written.items == len(expected) == load_catalog_version(location).items
+        assert written.parts <= max_parts
+        assert written.upserts.equals(catalog_table(expected[i] for i in delta.new + delta.changed))
+    wanted = [*sorted(expected)[::2], "not-there"]
+    assert read_catalog_table(location, columns=["text"], item_ids=wanted).equals(
+        catalog_table(expected[i] for i in wanted if i in expected).select(["text"])
+    )
+    unordered = read_catalog_table(location, columns=["item_id", "category"], ordered=False)
+    assert unordered.sort_by("item_id").equals(catalog_table(expected.values()).select(["item_id", "category"]))
+    with catalog_file(location) as path:
+        assert read_catalog(path) == dict(sorted(expected.items()))
+
+
+def test_a_run_writes_only_its_drops_rows_and_compacts_after_max_parts(tmp_path):
+    """The point of parts: a run's new part holds the rows its drops added or changed and the ids they deleted, not
+    the catalogue; the manifest lists the earlier parts unchanged; the run that would exceed ``max_parts`` writes
+    one compacted part instead."""
+    base = [Item(f"item-{n:03d}", text=f"T{n}") for n in range(100)]
+    first, _ = merge_into_version(None, [base], str(tmp_path / "r0"), max_parts=3)
+    drop = [Item("item-005", text="changed"), Item("new-1", text="N"), Item("item-007", deleted=True)]
+    second, delta = merge_into_version(first.uri, [drop], str(tmp_path / "r1"), max_parts=3)
+    version = load_catalog_version(second.uri)
+    assert [part.rows for part in version.parts] == [
+        *(part.rows for part in load_catalog_version(first.uri).parts),
+        str(tmp_path / "r1" / "part.parquet"),
+    ]
+    assert pq.read_table(version.parts[-1].rows).column("item_id").to_pylist() == ["item-005", "new-1"]
+    assert pq.read_table(version.parts[-1].removed).column("item_id").to_pylist() == ["item-007"]
+    assert (version.items, delta.counts()["new"], delta.counts()["changed"]) == (100, 1, 1)
+    third, _ = merge_into_version(second.uri, [[Item("new-2", text="M")]], str(tmp_path / "r2"), max_parts=3)
+    assert third.parts == 3 and not third.compacted
+    fourth, _ = merge_into_version(third.uri, [[Item("new-3", text="O")]], str(tmp_path / "r3"), max_parts=3)
+    assert fourth.compacted and load_catalog_version(fourth.uri).parts[0].rows == str(tmp_path / "r3" / "items.parquet")
+    assert pq.read_table(tmp_path / "r3" / "items.parquet").num_rows == 102
+    assert read_catalog(fourth.uri)["item-005"].text == "changed" and "item-007" not in read_catalog(fourth.uri)
+    unchanged, _ = merge_into_version(fourth.uri, [[Item("new-3", text="O")]], str(tmp_path / "r4"), max_parts=3)
+    assert load_catalog_version(unchanged.uri).parts == load_catalog_version(fourth.uri).parts
+
+
+def test_a_version_manifest_that_is_not_one_is_refused_naming_it(tmp_path):
+    bad = tmp_path / "version.json"
+    bad.write_text('{"format": "lmindexer.catalog-version", "format_version": 1, "items": 1}')
+    with pytest.raises(UserError, match=f"{bad} is not a catalogue version manifest"):
+        read_catalog_table(bad)
+    good = CatalogVersion(items=0, parts=[])
+    assert good.format == "lmindexer.catalog-version"
