@@ -127,6 +127,46 @@ def test_a_rerun_works_on_the_drops_its_first_attempt_discovered(config, s3_buck
     assert [d.key for d in steps.discover(config, "r2")] == ["incoming/b.jsonl"]
 
 
+def test_a_merge_stores_its_drops_rows_as_a_part_and_compacts_after_the_configured_parts(config, s3_bucket):
+    """An incremental run's catalogue version is the live version's parts plus the run's own (what its drops
+    changed), so what a run stores follows its drops, not the catalogue; the run that would pass
+    ``catalog_max_parts`` stores one compacted part; every version reads back as the whole catalogue."""
+    from lmindexer.catalog import Item
+    from lmindexer.catalog.store import load_catalog_version, read_catalog, write_catalog
+    from lmindexer.storage.s3 import list_objects
+
+    base = [Item(f"base-{n:03d}", title=f"base {n}", text="A real sentence of text.") for n in range(200)]
+    write_catalog(base, config.uri("catalog", "r0", "items.parquet"))  # a version stored before manifests
+    move_current(config, pointer(catalog_uri=config.uri("catalog", "r0", "items.parquet"), items=200))
+    config = config.model_copy(update={"catalog_max_parts": 3})
+
+    def run(run_id: str, drop_rows: list[dict]):
+        upload_drop(s3_bucket, f"incoming/{run_id}.jsonl", drop_rows)
+        done = steps.merge(config, run_id, steps.validate_drops(config, run_id, steps.discover(config, run_id)))
+        steps.mark_processed(config, run_id, steps.validate_drops(config, run_id, steps.discover(config, run_id)))
+        move_current(config, pointer(run_id, catalog_uri=done.catalog_uri, items=done.items))
+        return done
+
+    first = run("r1", [*rows("a", 3), {"item_id": "base-007", "deleted": True}])
+    assert first.catalog_uri == config.uri("catalog", "r1", "version.json")
+    stored = {info.key: info.size for info in list_objects(config.uri("catalog", "r1"))}
+    assert sorted(stored) == ["catalog/r1/part.parquet", "catalog/r1/removed.parquet", "catalog/r1/version.json"]
+    version = load_catalog_version(first.catalog_uri)
+    assert [part.row_count for part in version.parts] == [200, 3] and version.parts[1].removed_count == 1
+    catalogue = read_catalog(first.catalog_uri)
+    assert (first.items, len(catalogue), "base-007" in catalogue, "a-2" in catalogue) == (202, 202, False, True)
+
+    second = run("r2", rows("b", 2))
+    assert len(load_catalog_version(second.catalog_uri).parts) == 3
+    third = run("r3", rows("c", 1))
+    assert [part.rows for part in load_catalog_version(third.catalog_uri).parts] == [
+        config.uri("catalog", "r3", "items.parquet")
+    ]
+    assert sorted(read_catalog(third.catalog_uri)) == sorted(
+        [item.item_id for item in base if item.item_id != "base-007"] + ["a-0", "a-1", "a-2", "b-0", "b-1", "c-0"]
+    )
+
+
 def test_an_unreadable_drop_is_quarantined_whole_and_the_others_go_on(config, s3_bucket):
     from lmindexer.storage.s3 import s3_client
 
