@@ -55,6 +55,15 @@ stdout = Console(soft_wrap=True)
 CatalogOption = Annotated[
     str, typer.Option("--catalog", help="Catalogue file or s3:// URI (.jsonl, .jsonl.gz, .parquet, .csv, .csv.gz).")
 ]
+# Commands that read a catalogue whole, as trusted rows (no per-row report), also take a version the pipeline wrote.
+CatalogVersionOption = Annotated[
+    str,
+    typer.Option(
+        "--catalog",
+        help="Catalogue file or s3:// URI (.jsonl, .jsonl.gz, .parquet, .csv, .csv.gz), or a catalogue version the "
+        "pipeline wrote (catalog/<run>/version.json).",
+    ),
+]
 StrictOption = Annotated[bool, typer.Option("--strict", help="Fail on the first invalid row instead of skipping it.")]
 RejectsOption = Annotated[
     Path | None, typer.Option("--rejects", help="Write every rejected row (with field and rule) to this JSONL file.")
@@ -536,7 +545,7 @@ def _print_json(data: Any) -> None:
 def retriever_train(
     snapshot: Annotated[str, typer.Option("--snapshot", help="Snapshot (directory or s3://) that made the IDs.")],
     ids: Annotated[str, typer.Option("--ids", help="ID table (Parquet, local or s3://).")],
-    catalog: CatalogOption,
+    catalog: CatalogVersionOption,
     queries: Annotated[str, typer.Option("--queries", help="Training queries: JSONL of {query, item_id} rows.")],
     out: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
     options: Annotated[
@@ -607,7 +616,7 @@ def retriever_refresh(
 
 @dense_app.command("build")
 def dense_build(
-    catalog: CatalogOption,
+    catalog: CatalogVersionOption,
     out: Annotated[Path, typer.Option("--out", help="Dense index directory to write.")],
     options: Annotated[
         Path | None,

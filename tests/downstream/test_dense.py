@@ -134,6 +134,19 @@ def test_dense_build_writes_an_index_serve_can_load(wiki_sample_path, tmp_path, 
     summary = json.loads(printed)
     loaded = DenseIndex.load(out)
     assert summary["items"] == len(loaded) > 100 and summary["out"] == str(out)
+    # A catalogue version the pipeline wrote (a manifest over parts) is read as its live items: one deleted, one added.
+    from lmindexer.catalog import Item
+    from lmindexer.catalog.store import merge_into_version, read_catalog, write_catalog
+
+    first = read_catalog(wiki_sample_path)
+    gone = next(iter(first))
+    write_catalog(first.values(), tmp_path / "catalog" / "r0" / "items.parquet")
+    drop = [Item(gone, deleted=True), Item("added", text="A new item")]
+    version, _ = merge_into_version(str(tmp_path / "catalog" / "r0" / "items.parquet"), [drop],
+                                    str(tmp_path / "catalog" / "r1"), max_parts=16)  # fmt: skip
+    code, printed, _ = run(capsys, "dense", "build", "--catalog", version.uri, "--out", str(tmp_path / "v"), "-q")
+    assert code == 0
+    assert set(DenseIndex.load(tmp_path / "v").item_ids) == (set(first) - {gone}) | {"added"}
     options = tmp_path / "options.json"
     options.write_text(json.dumps({"max_length": 3}))
     code, _, err = run(capsys, "dense", "build", "--catalog", str(wiki_sample_path), "--out", str(out), "--options",
