@@ -147,7 +147,7 @@ def set_up(args: argparse.Namespace) -> dict[str, Any]:
         "items": args.size,
         "items_at_retrain": args.size,
         "added_since_retrain": 0,
-        "metrics": {},
+        "metrics": None,  # a pointer written before any quality check
         "index": index,
     }
     set_current(config, pointer, replacing=current_versioned(config)[1])
