@@ -1,6 +1,8 @@
 """Quality metrics of semantic IDs.
 
-- AMI / NMI of each prefix level against a label (do items that share a prefix share a label?), by scikit-learn;
+- AMI / NMI of each prefix level against a label (do items that share a prefix share a label?), as scikit-learn
+  defines them (its contingency table and mutual information; the expected mutual information of AMI computed here,
+  at a cost that does not grow with the number of items: see :func:`expected_mutual_information`);
 - collision rate: the share of items whose learned code tuple is shared with another item (before the suffix);
 - largest bucket: the most items sharing one code tuple;
 - per-level utilisation (codes used / K) and perplexity (exp of the code distribution's entropy; K at best).
@@ -15,7 +17,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+from scipy.special import gammaln
+from sklearn.metrics import mutual_info_score
+from sklearn.metrics.cluster import contingency_matrix
 
 
 def prefix_groups(codes: np.ndarray, level: int) -> np.ndarray:
@@ -60,15 +64,97 @@ def label_agreement(codes: np.ndarray, labels: Labels) -> list[dict[str, float]]
     truth = _label_ids(labels)
     for level in range(1, codes.shape[1] + 1):
         groups = prefix_groups(codes, level)
-        rows.append(
-            {
-                "level": level,
-                "ami": float(adjusted_mutual_info_score(truth, groups)),
-                "nmi": float(normalized_mutual_info_score(truth, groups)),
-                "prefixes": int(groups.max() + 1) if len(groups) else 0,
-            }
-        )
+        ami, nmi = mutual_information_scores(truth, groups)
+        rows.append({"level": level, "ami": ami, "nmi": nmi, "prefixes": int(groups.max() + 1) if len(groups) else 0})
     return rows
+
+
+def _entropy(sizes: np.ndarray) -> float:
+    """The entropy (nats) of a labelling with these cluster sizes, as scikit-learn computes it."""
+    sizes = sizes[sizes > 0].astype(np.float64)
+    total = sizes.sum()
+    return float(-np.sum((sizes / total) * (np.log(sizes) - np.log(total)))) if len(sizes) else 1.0
+
+
+def mutual_information_scores(truth: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """(AMI, NMI) of two integer labellings, arithmetic normalisation: scikit-learn's
+    ``adjusted_mutual_info_score`` and ``normalized_mutual_info_score`` (the same special cases, contingency table,
+    mutual information and entropies), with one contingency table for both and the expected mutual information of
+    :func:`expected_mutual_information`, which at a million items is seconds faster per score."""
+    classes, true_sizes = np.unique(truth, return_counts=True)
+    clusters, group_sizes = np.unique(groups, return_counts=True)
+    if len(classes) == len(clusters) == 1 or len(classes) == len(clusters) == 0:
+        return 1.0, 1.0
+    contingency = contingency_matrix(truth, groups, sparse=True)
+    mi = float(mutual_info_score(truth, groups, contingency=contingency))
+    normalizer = (_entropy(true_sizes) + _entropy(group_sizes)) / 2
+    nmi = 0.0 if mi == 0 else mi / normalizer
+    if len(classes) == 1 or len(clusters) == 1:
+        return 0.0, float(nmi)
+    emi = expected_mutual_information(true_sizes, group_sizes, len(truth))
+    eps = np.finfo("float64").eps
+    # scikit-learn's guards: keep the ratio's sign and stay off zero
+    denominator = min(normalizer - emi, -eps) if normalizer - emi < 0 else max(normalizer - emi, eps)
+    numerator = min(mi - emi, -eps) if mi - emi < 0 else max(mi - emi, eps)
+    return float(numerator / denominator), float(nmi)
+
+
+# A hypergeometric count stays within TAIL_WIDTH * sqrt(m) of its mean (m: the smaller of the two sizes) with
+# probability at least 1 - 2 exp(-2 TAIL_WIDTH**2) (Hoeffding's bound, which holds for sampling without
+# replacement): 1 - 4e-35 here, so the counts left out change the sum by far less than float64 rounding does.
+TAIL_WIDTH = np.sqrt(40.0)
+_CHUNK = 1 << 22  # (size pair, count) terms evaluated at once: bounded memory on any catalogue
+
+
+def expected_mutual_information(row_sizes: np.ndarray, column_sizes: np.ndarray, n_samples: int) -> float:
+    """The expected mutual information (nats) of two random labellings with these cluster sizes under the
+    hypergeometric model: the term AMI subtracts (Vinh, Epps & Bailey, 2010), as scikit-learn's
+    ``expected_mutual_information``, which sums over every pair of clusters and every count a pair could share.
+
+    The sum depends on a pair only through its two sizes, so each distinct pair of sizes is evaluated once and
+    weighted by how many cluster pairs have it (a million items in ~8,000 prefixes have a few hundred distinct
+    sizes); and only counts within :data:`TAIL_WIDTH` standard bounds of the mean are summed, where sklearn walks
+    every count up to the smaller size (25,000 per pair at the first level of a million items). Equal to
+    scikit-learn's within rounding (``tests/test_metrics.py``)."""
+    rows = np.asarray(row_sizes, dtype=np.int64)
+    columns = np.asarray(column_sizes, dtype=np.int64)
+    if rows.size <= 1 or columns.size <= 1:
+        return 0.0  # a labelling with zero entropy
+    n = int(n_samples)
+    row_values, row_weights = np.unique(rows, return_counts=True)
+    column_values, column_weights = np.unique(columns, return_counts=True)
+    a_sizes, b_sizes = np.meshgrid(row_values, column_values, indexing="ij")
+    weights = np.outer(row_weights, column_weights).astype(np.float64).ravel()
+    a_sizes, b_sizes = a_sizes.ravel(), b_sizes.ravel()
+    smaller = np.minimum(a_sizes, b_sizes)
+    reach = np.ceil(TAIL_WIDTH * np.sqrt(smaller)).astype(np.int64)
+    mean = a_sizes * (b_sizes / n)
+    first = np.maximum(np.maximum(1, a_sizes + b_sizes - n), np.floor(mean).astype(np.int64) - reach)
+    last = np.minimum(smaller, np.ceil(mean).astype(np.int64) + reach)
+    counts = np.maximum(last - first + 1, 0)
+    # the size-only parts of each term, per size pair
+    log_ab = np.log(a_sizes) + np.log(b_sizes)
+    gln_pair = gammaln(a_sizes + 1) + gammaln(b_sizes + 1) + gammaln(n - a_sizes + 1) + gammaln(n - b_sizes + 1)
+    gln_pair -= gammaln(n + 1)
+    emi = 0.0
+    ends = np.cumsum(counts)
+    start = 0
+    while start < len(counts):
+        # size pairs [start, stop) with at most _CHUNK counts between them (at least one pair)
+        stop = max(int(np.searchsorted(ends, (ends[start - 1] if start else 0) + _CHUNK, side="right")), start + 1)
+        pair_counts = counts[start:stop]
+        pair = np.repeat(np.arange(start, stop), pair_counts)
+        offsets = np.arange(len(pair)) - np.repeat(np.cumsum(pair_counts) - pair_counts, pair_counts)
+        nij = (first[pair] + offsets).astype(np.float64)
+        a, b = a_sizes[pair], b_sizes[pair]
+        log_probability = (
+            gln_pair[pair] - gammaln(nij + 1) - gammaln(a - nij + 1) - gammaln(b - nij + 1)
+            - gammaln(n - a - b + nij + 1)
+        )  # fmt: skip
+        terms = (nij / n) * (np.log(n) + np.log(nij) - log_ab[pair]) * np.exp(log_probability)
+        emi += float(np.dot(weights[pair], terms))
+        start = stop
+    return emi
 
 
 def collision_stats(codes: np.ndarray) -> dict[str, Any]:

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmindexer.metrics import collision_stats, evaluate_codes, label_agreement, level_usage, prefix_groups
+from lmindexer.metrics import (
+    collision_stats,
+    evaluate_codes,
+    expected_mutual_information,
+    label_agreement,
+    level_usage,
+    prefix_groups,
+)
 
 
 def test_prefix_groups():
@@ -92,6 +99,51 @@ def test_prefix_groups_and_agreement_equal_the_row_wise_definitions(rows, names)
         groups = prefix_groups(codes, row["level"])
         assert row["ami"] == pytest.approx(adjusted_mutual_info_score(raw, groups), abs=1e-12)
         assert row["nmi"] == pytest.approx(normalized_mutual_info_score(raw, groups), abs=1e-12)
+
+
+def _sklearn_emi(row_sizes, column_sizes):
+    """scikit-learn's expected mutual information for clusters of these sizes (a contingency table that has them
+    as its margins: only the margins enter the expectation)."""
+    from scipy.sparse import coo_matrix
+    from sklearn.metrics.cluster._expected_mutual_info_fast import expected_mutual_information as reference
+
+    rows, columns, cells = [], [], []
+    row_left, column_left = list(row_sizes), list(column_sizes)
+    i = j = 0
+    while i < len(row_left) and j < len(column_left):  # fill the table greedily, north-west corner rule
+        take = min(row_left[i], column_left[j])
+        rows.append(i), columns.append(j), cells.append(take)
+        row_left[i] -= take
+        column_left[j] -= take
+        i += row_left[i] == 0
+        j += column_left[j] == 0
+    table = coo_matrix((cells, (rows, columns)), shape=(len(row_sizes), len(column_sizes))).tocsr()
+    return reference(table, int(sum(row_sizes)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(sizes=st.lists(st.integers(1, 400), min_size=2, max_size=40), split=st.integers(1, 39), seed=st.integers(0, 9))
+def test_expected_mutual_information_equals_scikit_learn(sizes, split, seed):
+    """AMI's expected mutual information is computed once per distinct pair of cluster sizes and only over the
+    counts with non-negligible probability; it must equal scikit-learn's sum over every pair and every count."""
+    split = max(1, min(split, len(sizes) - 1))
+    rows = sizes[:split]
+    total = sum(rows)
+    # columns: another partition of the same items, with repeated sizes (as prefixes of a big catalogue have)
+    rng = np.random.default_rng(seed)
+    cuts = np.sort(rng.choice(np.arange(1, total), size=min(len(sizes) - split, total - 1), replace=False))
+    columns = np.diff(np.concatenate([[0], cuts, [total]])).tolist()
+    ours = expected_mutual_information(np.array(rows), np.array(columns), total)
+    assert ours == pytest.approx(_sklearn_emi(rows, columns), rel=1e-9, abs=1e-12)
+
+
+def test_expected_mutual_information_of_large_clusters_leaves_out_only_negligible_counts():
+    """Clusters of thousands of items, where only counts near the mean are summed (the first level of a large
+    catalogue): still scikit-learn's value."""
+    rows = [60_000, 25_000, 9_000, 5_000, 1_000]
+    columns = [20_000] * 4 + [12_000, 5_000, 2_500, 500]
+    ours = expected_mutual_information(np.array(rows), np.array(columns), sum(rows))
+    assert ours == pytest.approx(_sklearn_emi(rows, columns), rel=1e-9)
 
 
 @settings(max_examples=60, deadline=None)
