@@ -43,6 +43,9 @@ ARGMAX, BALANCED = "argmax", "balanced"
 LAST_LEVEL_POLICIES = (ARGMAX, BALANCED)
 # How often a writer re-reads and re-allocates after another writer changed the table under it.
 DEFAULT_WRITE_ATTEMPTS = 8
+# Rows per Parquet row group of a stored table: a reader of a few rows (:func:`read_id_rows`) decodes only the
+# groups that hold them, and the rows a run appends land in the last ones.
+ROW_GROUP_ROWS = 65_536
 
 SCHEMA = pa.schema(
     [
@@ -391,7 +394,7 @@ class IdTable:
     def to_parquet_bytes(self) -> bytes:
         """The table as a Parquet file (zstd, with page checksums so corruption is caught on read)."""
         buffer = io.BytesIO()
-        pq.write_table(self.table, buffer, compression="zstd", write_page_checksum=True)
+        pq.write_table(self.table, buffer, compression="zstd", write_page_checksum=True, row_group_size=ROW_GROUP_ROWS)
         return buffer.getvalue()
 
     @classmethod
@@ -471,6 +474,38 @@ def stored_item_ids(location: str | os.PathLike[str]) -> pa.ChunkedArray | None:
             return parquet.read(columns=["item_id"]).column("item_id")
         except (pa.ArrowException, OSError) as exc:
             raise IdTableError(f"{location} is not a readable Parquet ID table: {exc}") from exc
+
+
+def read_id_rows(location: str | os.PathLike[str], item_ids: Iterable[str] | pa.Array) -> IdTable:
+    """The rows of ``item_ids`` (those that have one) of the ID table at ``location``, in table order, verified as
+    a table of their own: the item_id column and then only the row groups that hold the wanted rows are read (by
+    byte ranges on S3), so a step that needs the rows of a run's thousand items does not read and verify a million.
+    For reading only: the whole table's structure is what ``check`` verifies."""
+    wanted = item_ids if isinstance(item_ids, pa.Array) else pa.array(sorted(set(item_ids)), pa.string())
+    if not exists(location):
+        raise IdTableError(f"ID table not found: {location}")
+    with open_random_access(location) as handle:
+        try:
+            parquet = pq.ParquetFile(handle, page_checksum_verification=True)
+            metadata = parquet.schema_arrow.metadata or {}
+            if _METADATA_KEY not in metadata:
+                raise IdTableError(f"{location} is not an lmindexer ID table (no ID space in its metadata)")
+            space = IdSpace.from_json(metadata[_METADATA_KEY])
+            rows = np.flatnonzero(
+                pc.is_in(parquet.read(columns=["item_id"]).column("item_id"), value_set=wanted).to_numpy(
+                    zero_copy_only=False
+                )
+            )
+            group_ends = np.cumsum([parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
+            groups = np.unique(np.searchsorted(group_ends, rows, side="right")).tolist()
+            found = parquet.read_row_groups(groups) if groups else parquet.schema_arrow.empty_table()
+        except (pa.ArrowException, OSError) as exc:
+            raise IdTableError(f"{location} is not a readable Parquet ID table: {exc}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IdTableError(f"{location} has an unreadable ID space in its metadata ({exc})") from exc
+    table = IdTable(found.filter(pc.is_in(found.column("item_id"), value_set=wanted)), space)
+    table.verify(location)
+    return table
 
 
 @dataclass(frozen=True)

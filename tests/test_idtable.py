@@ -16,6 +16,7 @@ from lmindexer.idtable import (
     format_sid,
     id_stability,
     parse_sid,
+    read_id_rows,
     read_id_table,
     store_allocation,
     stored_item_ids,
@@ -310,3 +311,46 @@ def test_stored_item_ids_are_the_tables_item_ids_read_alone(tmp_path):
     pq.write_table(pa.table({"item_id": ["a"]}), tmp_path / "other.parquet")
     with pytest.raises(IdTableError, match=r"other\.parquet is not an lmindexer ID table"):
         stored_item_ids(tmp_path / "other.parquet")
+
+
+def test_read_id_rows_reads_only_the_row_groups_of_the_rows_asked_for(s3_bucket, monkeypatch, tmp_path):
+    """A step that needs a run's few rows of a large table (publish) gets exactly those rows, verified, for a
+    fraction of the table's bytes: its item_id column and the row groups holding the rows; a row asked for that
+    is corrupted is refused."""
+    import hashlib
+
+    from lmindexer.storage.s3 import s3_client
+
+    monkeypatch.setattr(idtable, "ROW_GROUP_ROWS", 2000)
+    rng = random.Random(3)
+    space = IdSpace("v", "rq-kmeans", (64, 64, 64))
+    candidates = [
+        cand(f"item-{n:05d}", tuple(rng.randrange(64) for _ in range(3)), hashlib.sha256(b"%d" % n).hexdigest())
+        for n in range(60_000)
+    ]
+    # a run's rows are appended after the rows of the runs before it
+    table, _ = IdTable.empty(space).allocate(candidates[:59_950], assigned_at=T0)
+    table, _ = table.allocate(candidates[59_950:], assigned_at=T1)
+    uri = f"s3://{s3_bucket}/ids/v/ids.parquet"
+    table.write(uri)
+    wanted = [f"item-{n:05d}" for n in (*range(59_950, 60_000), 12, 4001)] + ["not-there"]  # the run's, 2 older
+    client = s3_client()
+    fetched: list[int] = []
+    client.meta.events.register("after-call.s3.GetObject", lambda http_response, parsed, **_: fetched.append(
+        int(parsed.get("ContentLength", 0))))  # fmt: skip
+    monkeypatch.setattr("lmindexer.storage.s3.shared_s3_client", lambda: client)
+    rows = read_id_rows(uri, wanted)
+    assert rows.table.equals(table.restricted(wanted).table)
+    assert rows.space == space
+    size = len(table.to_parquet_bytes())
+    assert 0 < sum(fetched) < size / 3
+    # the same row corrupted: its sid no longer spells its codes
+    broken = table.table.set_column(
+        table.table.schema.get_field_index("sid"), table.table.schema.field("sid"),
+        pa.array([("9-9-9-9" if item == "item-04001" else sid) for item, sid in zip(
+            table.item_ids, table.table.column("sid").to_pylist(), strict=True)]),
+    )  # fmt: skip
+    pq.write_table(IdTable(broken, space).table, tmp_path / "broken.parquet")
+    with pytest.raises(IdTableError, match="a sid does not match"):
+        read_id_rows(tmp_path / "broken.parquet", ["item-04001"])
+    assert len(read_id_rows(tmp_path / "broken.parquet", ["item-00001"])) == 1

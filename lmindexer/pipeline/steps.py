@@ -48,7 +48,7 @@ from lmindexer.catalog.items import Item
 from lmindexer.catalog.store import SCHEMA as CATALOG_SCHEMA
 from lmindexer.catalog.store import catalog_file, items_from_table, merge_into_version, read_catalog_table
 from lmindexer.errors import CatalogError, UserError
-from lmindexer.idtable import IdTable, id_stability, store_allocation, stored_item_ids
+from lmindexer.idtable import IdTable, id_stability, read_id_rows, store_allocation, stored_item_ids
 from lmindexer.pipeline.config import Mode, PipelineConfig, safe_run_id
 from lmindexer.pipeline.records import current as current_record
 from lmindexer.pipeline.records import current_versioned, processing_state, remembered, set_current
@@ -402,12 +402,12 @@ def publish(
 
     def compute() -> dict[str, Any]:
         _ensure_not_stale(config, run_id, merged)
-        table = IdTable.read(reduced.ids_uri)
         delta = read_parquet(merged.delta_uri).to_pylist()
         settings = load_search_config(search)
         with SearchBackend(settings.model_copy(update={"max_failed_documents": 0})) as backend:
             full = decision.mode == "retrain" or backend.live_index() is None
         if full:
+            table = IdTable.read(reduced.ids_uri)
             catalogue = {item.item_id: item for item in items_from_table(read_catalog_table(merged.catalog_uri))}
             allowed = _refusals_allowed(config, len(catalogue))
             with SearchBackend(settings.model_copy(update={"max_failed_documents": allowed})) as backend:
@@ -423,10 +423,12 @@ def publish(
             ).to_xcom()  # fmt: skip
         upsert_ids = [row["item_id"] for row in delta if row["change"] in ("new", "changed")]
         deletes = [row["item_id"] for row in delta if row["change"] == "deleted"]
-        # Only the rows this run changed are read, from the catalogue and from the ID table.
+        # Only the rows this run changed are read, from the catalogue and from the ID table (its item_id column
+        # and the row groups holding them).
         upserts = items_from_table(_upserted_rows(merged, pa.array(upsert_ids, pa.string())))
         with SearchBackend(settings) as backend:
-            bulk = backend.publish_incremental(iter_documents(upserts, table.restricted(upsert_ids)), deletes)
+            rows = read_id_rows(reduced.ids_uri, upsert_ids)
+            bulk = backend.publish_incremental(iter_documents(upserts, rows), deletes)
             live_index = backend.live_index()
         passing = [e for e in bulk.errors if not e.refused]
         if passing:

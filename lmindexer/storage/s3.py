@@ -215,8 +215,9 @@ def open_random_access(location: str | os.PathLike[str], *, client: Any = None) 
             yield handle
         return
     reader = _RangedObjectReader(client or shared_s3_client(), S3Location.parse(str(location)))
-    # Buffered so the many small reads of a Parquet footer share one request; column chunks are larger than it.
-    with io.BufferedReader(reader, buffer_size=1 << 16) as stream:
+    # Buffered so that small reads (Parquet page headers) share a request; small, because every seek to another
+    # column chunk starts a new request of at least this size (pyarrow reads the footer in one read of its own).
+    with io.BufferedReader(reader, buffer_size=1 << 14) as stream:
         yield stream  # type: ignore[misc]
 
 
