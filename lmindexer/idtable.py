@@ -24,7 +24,8 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -461,19 +462,32 @@ class IdTable:
         return cls.from_parquet_bytes(stored.data, location)
 
 
+@contextmanager
+def _stored_columns(location: str | os.PathLike[str]) -> Iterator[tuple[pq.ParquetFile, IdSpace]]:
+    """The ID table at ``location`` opened for reading some of its columns and row groups (byte ranges on S3), with
+    its ID space; anything that is not a readable ID table is an :class:`IdTableError` naming it."""
+    with open_random_access(location) as handle:
+        try:
+            parquet = pq.ParquetFile(handle, page_checksum_verification=True)
+            metadata = parquet.schema_arrow.metadata or {}
+            if _METADATA_KEY not in metadata:
+                raise IdTableError(f"{location} is not an lmindexer ID table (no ID space in its metadata)")
+            try:
+                space = IdSpace.from_json(metadata[_METADATA_KEY])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise IdTableError(f"{location} has an unreadable ID space in its metadata ({exc})") from exc
+            yield parquet, space
+        except (pa.ArrowException, OSError) as exc:
+            raise IdTableError(f"{location} is not a readable Parquet ID table: {exc}") from exc
+
+
 def stored_item_ids(location: str | os.PathLike[str]) -> pa.ChunkedArray | None:
     """The item_id column of the ID table at ``location`` (None: no table there), read alone: for a membership
     question (which items already have an ID), without reading and verifying the whole table."""
     if not exists(location):
         return None
-    with open_random_access(location) as handle:
-        try:
-            parquet = pq.ParquetFile(handle, page_checksum_verification=True)
-            if _METADATA_KEY not in (parquet.schema_arrow.metadata or {}):
-                raise IdTableError(f"{location} is not an lmindexer ID table (no ID space in its metadata)")
-            return parquet.read(columns=["item_id"]).column("item_id")
-        except (pa.ArrowException, OSError) as exc:
-            raise IdTableError(f"{location} is not a readable Parquet ID table: {exc}") from exc
+    with _stored_columns(location) as (parquet, _):
+        return parquet.read(columns=["item_id"]).column("item_id")
 
 
 def read_id_rows(location: str | os.PathLike[str], item_ids: Iterable[str] | pa.Array) -> IdTable:
@@ -484,25 +498,12 @@ def read_id_rows(location: str | os.PathLike[str], item_ids: Iterable[str] | pa.
     wanted = item_ids if isinstance(item_ids, pa.Array) else pa.array(sorted(set(item_ids)), pa.string())
     if not exists(location):
         raise IdTableError(f"ID table not found: {location}")
-    with open_random_access(location) as handle:
-        try:
-            parquet = pq.ParquetFile(handle, page_checksum_verification=True)
-            metadata = parquet.schema_arrow.metadata or {}
-            if _METADATA_KEY not in metadata:
-                raise IdTableError(f"{location} is not an lmindexer ID table (no ID space in its metadata)")
-            space = IdSpace.from_json(metadata[_METADATA_KEY])
-            rows = np.flatnonzero(
-                pc.is_in(parquet.read(columns=["item_id"]).column("item_id"), value_set=wanted).to_numpy(
-                    zero_copy_only=False
-                )
-            )
-            group_ends = np.cumsum([parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
-            groups = np.unique(np.searchsorted(group_ends, rows, side="right")).tolist()
-            found = parquet.read_row_groups(groups) if groups else parquet.schema_arrow.empty_table()
-        except (pa.ArrowException, OSError) as exc:
-            raise IdTableError(f"{location} is not a readable Parquet ID table: {exc}") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IdTableError(f"{location} has an unreadable ID space in its metadata ({exc})") from exc
+    with _stored_columns(location) as (parquet, space):
+        hits = pc.is_in(parquet.read(columns=["item_id"]).column("item_id"), value_set=wanted)
+        rows = np.flatnonzero(hits.to_numpy(zero_copy_only=False))
+        group_ends = np.cumsum([parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
+        groups = np.unique(np.searchsorted(group_ends, rows, side="right")).tolist()
+        found = parquet.read_row_groups(groups) if groups else parquet.schema_arrow.empty_table()
     table = IdTable(found.filter(pc.is_in(found.column("item_id"), value_set=wanted)), space)
     table.verify(location)
     return table

@@ -426,8 +426,8 @@ def publish(
         # Only the rows this run changed are read, from the catalogue and from the ID table (its item_id column
         # and the row groups holding them).
         upserts = items_from_table(_upserted_rows(merged, pa.array(upsert_ids, pa.string())))
+        rows = read_id_rows(reduced.ids_uri, upsert_ids)
         with SearchBackend(settings) as backend:
-            rows = read_id_rows(reduced.ids_uri, upsert_ids)
             bulk = backend.publish_incremental(iter_documents(upserts, rows), deletes)
             live_index = backend.live_index()
         passing = [e for e in bulk.errors if not e.refused]
