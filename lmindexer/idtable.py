@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lmindexer.errors import IdTableError
+from lmindexer.storage.parquet import prefetch_columns
 from lmindexer.storage.s3 import exists, open_random_access
 from lmindexer.storage.versioned import VersionConflict, read_versioned, write_if_version
 
@@ -462,8 +463,23 @@ class IdTable:
         return cls.from_parquet_bytes(stored.data, location)
 
 
+@dataclass(frozen=True)
+class _ColumnReader:
+    """An open ID table file: reads of some columns and row groups, each fetched in as few requests as pay."""
+
+    handle: Any
+    parquet: pq.ParquetFile
+
+    def read(self, columns: Sequence[str] | None = None, row_groups: Sequence[int] | None = None) -> pa.Table:
+        names = self.parquet.schema_arrow.names if columns is None else columns
+        prefetch_columns(self.handle, self.parquet, names, row_groups)
+        if row_groups is None:
+            return self.parquet.read(columns=columns)
+        return self.parquet.read_row_groups(row_groups, columns=columns)
+
+
 @contextmanager
-def _stored_columns(location: str | os.PathLike[str]) -> Iterator[tuple[pq.ParquetFile, IdSpace]]:
+def _stored_columns(location: str | os.PathLike[str]) -> Iterator[tuple[_ColumnReader, IdSpace]]:
     """The ID table at ``location`` opened for reading some of its columns and row groups (byte ranges on S3), with
     its ID space; anything that is not a readable ID table is an :class:`IdTableError` naming it."""
     with open_random_access(location) as handle:
@@ -476,7 +492,7 @@ def _stored_columns(location: str | os.PathLike[str]) -> Iterator[tuple[pq.Parqu
                 space = IdSpace.from_json(metadata[_METADATA_KEY])
             except (ValueError, KeyError, TypeError) as exc:
                 raise IdTableError(f"{location} has an unreadable ID space in its metadata ({exc})") from exc
-            yield parquet, space
+            yield _ColumnReader(handle, parquet), space
         except (pa.ArrowException, OSError) as exc:
             raise IdTableError(f"{location} is not a readable Parquet ID table: {exc}") from exc
 
@@ -486,8 +502,8 @@ def stored_item_ids(location: str | os.PathLike[str]) -> pa.ChunkedArray | None:
     question (which items already have an ID), without reading and verifying the whole table."""
     if not exists(location):
         return None
-    with _stored_columns(location) as (parquet, _):
-        return parquet.read(columns=["item_id"]).column("item_id")
+    with _stored_columns(location) as (reader, _):
+        return reader.read(["item_id"]).column("item_id")
 
 
 def read_id_rows(location: str | os.PathLike[str], item_ids: Iterable[str] | pa.Array) -> IdTable:
@@ -498,12 +514,13 @@ def read_id_rows(location: str | os.PathLike[str], item_ids: Iterable[str] | pa.
     wanted = item_ids if isinstance(item_ids, pa.Array) else pa.array(sorted(set(item_ids)), pa.string())
     if not exists(location):
         raise IdTableError(f"ID table not found: {location}")
-    with _stored_columns(location) as (parquet, space):
-        hits = pc.is_in(parquet.read(columns=["item_id"]).column("item_id"), value_set=wanted)
+    with _stored_columns(location) as (reader, space):
+        hits = pc.is_in(reader.read(["item_id"]).column("item_id"), value_set=wanted)
         rows = np.flatnonzero(hits.to_numpy(zero_copy_only=False))
-        group_ends = np.cumsum([parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
+        metadata = reader.parquet.metadata
+        group_ends = np.cumsum([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])
         groups = np.unique(np.searchsorted(group_ends, rows, side="right")).tolist()
-        found = parquet.read_row_groups(groups) if groups else parquet.schema_arrow.empty_table()
+        found = reader.read(row_groups=groups) if groups else reader.parquet.schema_arrow.empty_table()
     table = IdTable(found.filter(pc.is_in(found.column("item_id"), value_set=wanted)), space)
     table.verify(location)
     return table

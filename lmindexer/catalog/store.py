@@ -38,7 +38,7 @@ from lmindexer.catalog.readers import CatalogReader
 from lmindexer.catalog.schema import CATALOG_SCHEMA, item_columns, items_from_rows
 from lmindexer.errors import UserError
 from lmindexer.layout import join_uri
-from lmindexer.storage.parquet import write_parquet
+from lmindexer.storage.parquet import prefetch_columns, write_parquet
 from lmindexer.storage.s3 import local_copy, open_random_access, read_bytes, write_bytes
 
 SCHEMA = CATALOG_SCHEMA  # the name this module has always exported
@@ -159,11 +159,14 @@ def _read_part_rows(
     with open_random_access(location) as handle:
         parquet = _catalog_file(location, handle, schema)
         if keep is None:
+            prefetch_columns(handle, parquet, columns or schema.names)
             return parquet.read(columns=columns)
+        prefetch_columns(handle, parquet, ["item_id"])
         hit = pc.is_in(parquet.read(columns=["item_id"]).column("item_id"), value_set=keep)
         if not pc.any(hit).as_py():
             return schema.empty_table().select(columns) if columns is not None else schema.empty_table()
         read = columns if columns is None or "item_id" in columns else [*columns, "item_id"]
+        prefetch_columns(handle, parquet, read or schema.names)
         table = parquet.read(columns=read).filter(hit)
     return table.select(columns) if columns is not None else table
 

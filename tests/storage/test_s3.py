@@ -1,14 +1,20 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lmindexer.catalog import read_items
+from lmindexer.storage import s3
+from lmindexer.storage.parquet import prefetch_columns
 from lmindexer.storage.s3 import (
     S3Location,
     StorageError,
+    coalesce_ranges,
     download_prefix,
     exists,
     local_copy,
@@ -92,6 +98,78 @@ def test_a_parquet_column_is_read_from_s3_by_ranges_not_the_whole_object(s3_buck
         handle.seek(0)
         with pytest.raises(StorageError, match="PreconditionFailed"):
             handle.read(100)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 300)), max_size=30),
+    st.integers(0, 2_000),
+    st.integers(1, 5_000),
+)
+def test_coalesced_ranges_cover_every_byte_asked_for_and_merge_only_what_pays(spans, gap, largest):
+    """Every byte of every range stays covered; two requests stay apart only where the gap between them is more
+    than ``gap`` or joining them would make a request longer than ``largest``; a request is longer than
+    ``largest`` only when it is one range asked for."""
+    ranges = [(start, start + length) for start, length in spans]
+    merged = coalesce_ranges(ranges, gap=gap, largest=largest)
+    for start, end in ranges:
+        if end > start:
+            assert any(s <= start and end <= e for s, e in merged)
+    assert merged == sorted(merged)
+    for (s1, e1), (s2, e2) in itertools.pairwise(merged):
+        assert s2 - e1 > gap or max(e1, e2) - s1 > largest
+    for s, e in merged:
+        assert e - s <= largest or (s, e) in ranges
+        assert any(s == start for start, end in ranges if end > start)  # a request starts where a range does
+
+
+def test_ranges_exactly_the_gap_limit_apart_are_one_request():
+    assert coalesce_ranges([(15, 20), (0, 10)], gap=5, largest=100) == [(0, 20)]
+    assert coalesce_ranges([(0, 10), (15, 20)], gap=4, largest=100) == [(0, 10), (15, 20)]
+    assert coalesce_ranges([(0, 10), (15, 20)], gap=5, largest=19) == [(0, 10), (15, 20)]
+    assert coalesce_ranges([(0, 50), (5, 8), (50, 50)], gap=0, largest=10) == [(0, 50)]
+
+
+def test_a_column_of_many_row_groups_is_fetched_in_one_request_when_its_gaps_cost_less(s3_bucket, tmp_path):
+    """prefetch_columns has the ranged reader fetch a column's chunks in all row groups together (their gaps are
+    cheaper to read than a request), so reading the column costs the footer's request and one more, not one per
+    row group; where the gaps cost more (a zero gap limit), each chunk is its own request. The values are the
+    file's either way."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    local = tmp_path / "groups.parquet"
+    ids = [f"i{n:05d}" for n in range(4000)]
+    pq.write_table(pa.table({"item_id": ids, "text": [os.urandom(50).hex() for _ in ids]}), local, row_group_size=200)
+    uri = f"s3://{s3_bucket}/catalog/groups.parquet"
+    upload_file(local, uri)
+    client = s3_client()
+    fetched: list[int] = []
+    client.meta.events.register("after-call.s3.GetObject", lambda http_response, parsed, **_: fetched.append(
+        int(parsed.get("ContentLength", 0))))  # fmt: skip
+
+    def read_ids() -> list[str]:
+        fetched.clear()
+        with open_random_access(uri, client=client) as handle:
+            parquet = pq.ParquetFile(handle)
+            prefetch_columns(handle, parquet, ["item_id"])
+            return parquet.read(columns=["item_id"]).column("item_id").to_pylist()
+
+    assert read_ids() == ids
+    assert len(fetched) == 2  # the footer, then the 20 chunks of item_id and the text chunks between them
+    original = s3.COALESCE_GAP_BYTES
+    try:
+        s3.COALESCE_GAP_BYTES = 0
+        assert read_ids() == ids
+    finally:
+        s3.COALESCE_GAP_BYTES = original
+    assert len(fetched) == 1 + 20
+    # a local file has no ranged reader: nothing is fetched ahead, the read is the same
+    with open(local, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        prefetch_columns(handle, parquet, ["item_id"])
+        assert parquet.read(columns=["item_id"]).column("item_id").to_pylist() == ids
 
 
 def test_missing_objects_and_buckets_fail_with_a_reason(s3_bucket):
