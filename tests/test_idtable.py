@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -217,7 +218,8 @@ def test_a_stored_table_with_flipped_bytes_is_detected(tmp_path):
     path = tmp_path / "ids.parquet"
     table.write(path)
     data = bytearray(path.read_bytes())
-    data[len(data) // 3] ^= 0xFF  # inside a data page, far from the footer
+    item_ids = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    data[item_ids.data_page_offset + item_ids.total_compressed_size // 2] ^= 0xFF  # inside item_id's data page
     path.write_bytes(bytes(data))
     with pytest.raises(IdTableError, match=r"ids.parquet (is not a readable Parquet ID table|is corrupted)"):
         IdTable.read(path)
@@ -228,6 +230,8 @@ def test_a_stored_table_with_flipped_bytes_is_detected(tmp_path):
     [
         (lambda rows: rows.append(dict(rows[0])), "an item_id appears on more than one row"),
         (lambda rows: rows[1].update(sid=rows[0]["sid"]), "held by more than one item"),
+        # a whole row's ID repeated, each sid spelling its codes: found on the integer (codes, suffix) rows
+        (lambda rows: rows[1].update({k: rows[0][k] for k in ("sid", "codes", "suffix")}), "held by more than one"),
         (lambda rows: rows[0].update(sid="3-3-9"), "a sid does not match its codes and suffix"),
         (lambda rows: rows[0].update(codes=[9, 1]), "does not fit the codebook sizes"),
         (lambda rows: rows[0].update(codes=[1]), "does not have 2 codes"),
@@ -243,6 +247,15 @@ def test_a_stored_table_that_breaks_its_invariants_is_refused(tmp_path, damage, 
         IdTable.read(tmp_path / "ids.parquet")
     with pytest.raises(IdTableError, match=problem):
         read_id_table(tmp_path / "ids.parquet", SPACE)
+
+
+def test_rows_sharing_codes_and_suffix_are_found_also_where_one_integer_per_row_would_overflow():
+    codes = np.array([[1, 2], [1, 2], [2, 1]])
+    assert not idtable._distinct_rows(codes, np.array([0, 0, 0]), (4, 4))
+    assert idtable._distinct_rows(codes, np.array([0, 1, 0]), (4, 4))
+    huge = (2**40, 2**40)  # mixed radix past 2**63: the rows themselves are compared
+    assert not idtable._distinct_rows(codes, np.array([3, 3, 0]), huge)
+    assert idtable._distinct_rows(codes, np.array([3, 4, 0]), huge)
 
 
 BALANCED = IdSpace("rq-kmeans-20260101T000000Z-abcd1234", "rq-kmeans", (2, 4), "balanced")

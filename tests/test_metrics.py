@@ -15,6 +15,7 @@ from lmindexer.metrics import (
     expected_mutual_information,
     label_agreement,
     level_usage,
+    mutual_information_scores,
     prefix_groups,
 )
 
@@ -99,6 +100,42 @@ def test_prefix_groups_and_agreement_equal_the_row_wise_definitions(rows, names)
         groups = prefix_groups(codes, row["level"])
         assert row["ami"] == pytest.approx(adjusted_mutual_info_score(raw, groups), abs=1e-12)
         assert row["nmi"] == pytest.approx(normalized_mutual_info_score(raw, groups), abs=1e-12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(st.sampled_from([0, 1, 2, 5, -3, 2**40]), st.sampled_from([0, 3, 4, 9, -1, 2**33])),
+        min_size=1,
+        max_size=80,
+    ),
+    small=st.booleans(),
+)
+def test_mutual_information_scores_equal_scikit_learn_on_any_integer_labels(pairs, small):
+    """Labels are numbered by counting when they are small non-negative integers and by sorting otherwise
+    (negative or huge ones); the contingency table is counted in one pass. AMI and NMI must be scikit-learn's
+    either way, and the table exactly scikit-learn's sparse one."""
+    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+    from sklearn.metrics.cluster import contingency_matrix
+
+    from lmindexer.metrics import _contingency, _numbered
+
+    truth = np.array([a for a, _ in pairs], dtype=np.int64)
+    groups = np.array([b for _, b in pairs], dtype=np.int64)
+    if small:
+        truth, groups = np.abs(truth) % 7, np.abs(groups) % 11
+    ami, nmi = mutual_information_scores(truth, groups)
+    assert ami == pytest.approx(adjusted_mutual_info_score(truth, groups), abs=1e-12)
+    assert nmi == pytest.approx(normalized_mutual_info_score(truth, groups), abs=1e-12)
+    truth_ids, truth_counts = _numbered(truth)
+    group_ids, group_counts = _numbered(groups)
+    assert truth_ids.tolist() == np.unique(truth, return_inverse=True)[1].tolist()
+    assert truth_counts.tolist() == np.unique(truth, return_counts=True)[1].tolist()
+    ours = _contingency(truth_ids, group_ids, len(truth_counts), len(group_counts))
+    theirs = contingency_matrix(truth, groups, sparse=True)
+    assert ours.shape == theirs.shape
+    assert (ours.indptr.tolist(), ours.indices.tolist(), ours.data.tolist()) == (
+        theirs.indptr.tolist(), theirs.indices.tolist(), theirs.data.tolist())  # fmt: skip
 
 
 def _sklearn_emi(row_sizes, column_sizes):
