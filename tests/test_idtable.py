@@ -7,6 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmindexer import idtable
 from lmindexer.errors import IdTableError
@@ -374,3 +376,23 @@ def test_read_id_rows_reads_only_the_row_groups_of_the_rows_asked_for(s3_bucket,
     with pytest.raises(IdTableError, match="a sid does not match"):
         read_id_rows(tmp_path / "broken.parquet", ["item-04001"])
     assert len(read_id_rows(tmp_path / "broken.parquet", ["item-00001"])) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    stored=st.lists(st.integers(0, 60), unique=True, max_size=60),
+    asked=st.lists(st.integers(0, 80), max_size=40),
+)
+def test_the_rows_of_item_ids_are_found_whether_the_ids_or_the_table_are_hashed(stored, asked):
+    """A few ids against a large table hash the ids and pass over the table; many ids hash the table. Both give
+    each id's row (-1: none), repeated ids alike."""
+    table, _ = IdTable.empty(SPACE).allocate([cand(f"i{n}", (n % 4, n // 4 % 4)) for n in stored], assigned_at=T0)
+    wanted = [f"i{n}" for n in asked]
+    rows = {item_id: row for row, item_id in enumerate(table.item_ids)}
+    original = idtable._FEW_ROWS_RATIO
+    try:
+        for ratio in (0, 10**9):  # always the ids hashed; always the table hashed
+            idtable._FEW_ROWS_RATIO = ratio
+            assert table._rows_of(wanted).tolist() == [rows.get(item_id, -1) for item_id in wanted]
+    finally:
+        idtable._FEW_ROWS_RATIO = original
