@@ -132,11 +132,13 @@ def read_catalog_table(
     read = None if wanted is None else list(dict.fromkeys(["item_id", *wanted]))
     pieces: list[pa.Table] = []
     superseded = pa.array([], type=pa.string())  # item_ids a newer part holds or removed
-    for part in reversed(version.parts):
+    for older_parts, part in reversed(list(enumerate(version.parts))):
         rows = _read_part_rows(part.rows, read, keep)
         if len(superseded):
             rows = rows.filter(pc.invert(pc.is_in(rows.column("item_id"), value_set=superseded)))
         pieces.append(rows)
+        if not older_parts:
+            break  # nothing older for the oldest part's ids to supersede (at 1M items: half a second)
         newer = [rows.column("item_id").combine_chunks()]
         if part.removed is not None:
             newer.append(_read_part_rows(part.removed, None, keep, schema=_REMOVED_SCHEMA).column("item_id"))

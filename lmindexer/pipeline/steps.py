@@ -368,9 +368,11 @@ def check(
         # The suite runs on the rows added since the live version committed (all rows of a new table); reading the
         # table verified every row's structure, and the committed rows passed this suite when they were added.
         checked_before = (live.ids_rows or 0) if live is not None and same_table else 0
-        output = validate_ids(table, live_ids, first_row=min(checked_before, len(table)))
+        # Each live item's row, looked up once for the ID suite (items without an ID) and the quality metrics.
+        rows = pc.index_in(live_ids, value_set=table.table.column("item_id"))
+        output = validate_ids(table, live_ids, first_row=min(checked_before, len(table)), staged_rows=rows)
         failures = [] if output.success else [f"ID table checks: {output.describe()}"]
-        metrics = _quality(table, live_ids, labels, config.label)
+        metrics = _quality(table, rows, labels, config.label)
         stability = None
         if same_table:
             # Same ID space, same table: every write of it verified, row by row, that earlier IDs are unchanged.
@@ -604,10 +606,10 @@ def _live_catalogue(config: PipelineConfig, catalog_uri: str) -> tuple[pa.Chunke
     return table.column("item_id"), values
 
 
-def _quality(table: IdTable, live_ids: pa.ChunkedArray, labels: Labels | None, label: str | None) -> IdQuality:
+def _quality(table: IdTable, rows: pa.ChunkedArray, labels: Labels | None, label: str | None) -> IdQuality:
+    """The quality metrics of the live items' IDs; ``rows``: each live item's row in ``table`` (null: none)."""
     from lmindexer.metrics import evaluate_codes
 
-    rows = pc.index_in(live_ids, value_set=table.table.column("item_id"))
     present = pc.is_valid(rows).to_numpy(zero_copy_only=False)
     codes = table.code_matrix()[rows.drop_null().to_numpy(zero_copy_only=False)].astype(np.int64)
     if isinstance(labels, pa.ChunkedArray | pa.Array):

@@ -65,14 +65,13 @@ def staged_item_ids(staged_uri: str, *, live_only: bool = True, s3_client: Any =
     return [item_id for item_id, deleted in zip(ids, table.column("deleted").to_pylist(), strict=True) if not deleted]
 
 
-def _frame(table: IdTable, staged_ids: pa.Array, first_row: int = 0) -> tuple[Any, int]:
+def _frame(table: IdTable, missing: list[str], first_row: int = 0) -> Any:
     """The suite's data frame: one row per ID row from ``first_row`` on, then one empty row per staged item
-    without an ID anywhere in the table. Returns it with the number of such items."""
-    missing = pc.filter(staged_ids, pc.invert(pc.is_in(staged_ids, value_set=table.table.column("item_id"))))
+    without an ID anywhere in the table (``missing``)."""
     checked = IdTable(table.table.slice(first_row), table.space) if first_row else table
     lengths = pc.list_value_length(checked.table.column("codes")).to_numpy(zero_copy_only=False)
     build = _frame_column_wise if (lengths == checked.space.levels).all() else _frame_row_by_row
-    return build(checked, missing.to_pylist()), len(missing)
+    return build(checked, missing)
 
 
 def _frame_column_wise(table: IdTable, missing: list[str]) -> Any:
@@ -137,6 +136,7 @@ def validate_ids(
     raise_on_failure: bool = False,
     s3_client: Any = None,
     first_row: int = 0,
+    staged_rows: pa.Array | pa.ChunkedArray | None = None,
 ) -> OutputValidation:
     """Run the output suite on ``table``; ``staged_item_ids`` are the live items that must each have a row.
 
@@ -146,14 +146,26 @@ def validate_ids(
     earlier rows were checked by the suite when they were added and cannot have changed since (every write of the
     table keeps them byte for byte).
 
+    ``staged_rows``: each staged item's row in ``table`` (null: none), as ``pc.index_in(staged_item_ids,
+    value_set=<the table's item_id column>)`` gives it, for a caller that has looked the items up already (check,
+    for the quality metrics); the staged ids are then an Arrow column of distinct ids (a catalogue's item_id).
+
     With ``result_uri`` the GX result is stored there (local path or ``s3://``). With ``raise_on_failure`` a failed
     suite raises :class:`ValidationFailed` carrying the :class:`OutputValidation`, after the result is stored.
     """
-    if isinstance(staged_item_ids, pa.Array | pa.ChunkedArray):  # a catalogue's column: no Python pass over it
-        staged = pc.unique(staged_item_ids)
+    if staged_rows is not None:
+        if not isinstance(staged_item_ids, pa.Array | pa.ChunkedArray) or len(staged_rows) != len(staged_item_ids):
+            raise ValueError("staged_rows needs the staged ids as an Arrow column of the same length")
+        staged = staged_item_ids
+        absent = pc.filter(staged, pc.is_null(staged_rows))
     else:
-        staged = pa.array(list(dict.fromkeys(staged_item_ids)), pa.string())
-    frame, missing = _frame(table, staged, first_row)
+        if isinstance(staged_item_ids, pa.Array | pa.ChunkedArray):  # a catalogue's column: no Python pass over it
+            staged = pc.unique(staged_item_ids)
+        else:
+            staged = pa.array(list(dict.fromkeys(staged_item_ids)), pa.string())
+        absent = pc.filter(staged, pc.invert(pc.is_in(staged, value_set=table.table.column("item_id"))))
+    missing = len(absent)
+    frame = _frame(table, absent.to_pylist(), first_row)
     outcome = run_suite(
         OUTPUT_SUITE,
         frame,

@@ -133,3 +133,19 @@ def test_from_a_first_row_the_suite_checks_the_rows_after_it_and_finds_staged_it
     lost = validate_ids(table, [*ITEMS, "SKU-NEW"], first_row=2)
     assert not lost.success and lost.missing_items == 1
     assert validate_ids(table, ITEMS, first_row=len(table) + 5).rows_checked == 0
+
+
+def test_staged_items_looked_up_by_the_caller_are_found_missing_as_when_the_suite_looks_them_up():
+    """check looks each live item's row up once for the suite and the metrics (``staged_rows``): an item without
+    a row is lost either way, with the same result; rows that do not match the staged ids are refused."""
+    import pyarrow.compute as pc
+
+    table = _table(ITEMS[:28])
+    staged = pa.chunked_array([pa.array([*ITEMS, "SKU-NEW"])])
+    rows = pc.index_in(staged, value_set=table.table.column("item_id"))
+    given = validate_ids(table, staged, staged_rows=rows, first_row=3)
+    looked_up = validate_ids(table, staged, first_row=3)
+    assert not given.success and given.missing_items == 3
+    assert given.to_dict() == looked_up.to_dict()
+    with pytest.raises(ValueError, match="same length"):
+        validate_ids(table, staged, staged_rows=rows.slice(1))
