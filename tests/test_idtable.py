@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from testsupport.s3_requests import recorded_gets
 
 from lmindexer import idtable
 from lmindexer.errors import IdTableError
@@ -352,9 +353,7 @@ def test_read_id_rows_reads_only_the_row_groups_of_the_rows_asked_for(s3_bucket,
     table.write(uri)
     wanted = [f"item-{n:05d}" for n in (*range(59_950, 60_000), 12, 4001)] + ["not-there"]  # the run's, 2 older
     client = s3_client()
-    fetched: list[int] = []
-    client.meta.events.register("after-call.s3.GetObject", lambda http_response, parsed, **_: fetched.append(
-        int(parsed.get("ContentLength", 0))))  # fmt: skip
+    fetched = recorded_gets(client)
     monkeypatch.setattr("lmindexer.storage.s3.shared_s3_client", lambda: client)
     rows = read_id_rows(uri, wanted)
     assert rows.table.equals(table.restricted(wanted).table)

@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from testsupport.s3_requests import recorded_gets
 
 from lmindexer.catalog import read_items
 from lmindexer.storage import s3
@@ -82,10 +83,7 @@ def test_a_parquet_column_is_read_from_s3_by_ranges_not_the_whole_object(s3_buck
     uri = f"s3://{s3_bucket}/catalog/wide.parquet"
     upload_file(local, uri)
     client = s3_client()
-    fetched: list[int] = []
-
-    client.meta.events.register("after-call.s3.GetObject", lambda http_response, parsed, **_: fetched.append(
-        int(parsed.get("ContentLength", 0))))  # fmt: skip
+    fetched = recorded_gets(client)
     with open_random_access(uri, client=client) as handle:
         column = pq.ParquetFile(handle).read(columns=["item_id"]).column("item_id")
     assert column.to_pylist() == [f"i{n}" for n in range(3000)]
@@ -145,9 +143,7 @@ def test_a_column_of_many_row_groups_is_fetched_in_one_request_when_its_gaps_cos
     uri = f"s3://{s3_bucket}/catalog/groups.parquet"
     upload_file(local, uri)
     client = s3_client()
-    fetched: list[int] = []
-    client.meta.events.register("after-call.s3.GetObject", lambda http_response, parsed, **_: fetched.append(
-        int(parsed.get("ContentLength", 0))))  # fmt: skip
+    fetched = recorded_gets(client)
 
     def read_ids() -> list[str]:
         fetched.clear()
