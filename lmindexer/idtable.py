@@ -472,8 +472,7 @@ class IdTable:
         if sids_unique is None:
             sids_unique = pc.count_distinct(table.column("sid")).as_py() == n
         if not sids_unique:
-            problems.insert(1 if problems and problems[0].startswith("an item_id") else 0,
-                            "a semantic ID is held by more than one item")  # fmt: skip
+            problems.append("a semantic ID is held by more than one item")
         if problems:
             raise IdTableError(f"{location} is corrupted: {'; '.join(problems)}")
 
