@@ -24,7 +24,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -162,6 +162,190 @@ class AllocationReport:
         }
 
 
+@dataclass(frozen=True)
+class _AllocationBase:
+    """What allocating on top of a table reads of it: each row's item_id, codes and suffix, and the text hashes of
+    the rows the candidates already hold (read on demand: usually none, and never the whole column). Built from an
+    :class:`IdTable` in memory or from the columns of a table stored as parts, so both allocate the same way."""
+
+    space: IdSpace
+    item_ids: pa.ChunkedArray
+    codes: np.ndarray  # (rows, levels), table order
+    suffixes: np.ndarray
+    text_hashes_at: Callable[[np.ndarray], list[str]]
+
+    def __len__(self) -> int:
+        return len(self.suffixes)
+
+    def tuple_keys(self, stored: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row of ``stored`` and of ``wanted`` (code tuples of the same length) as one integer, equal exactly
+        when the tuples are equal, so that grouping and membership on code tuples run in numpy: mixed radix over
+        the codebook sizes, or, where that would not fit in 62 bits, a joint numbering of the distinct tuples."""
+        width = stored.shape[1]
+        sizes = self.space.codebook_sizes[:width]
+        if math.prod(sizes) < 2**62:
+            encoded = []
+            for rows in (stored, wanted):
+                keys = np.zeros(len(rows), dtype=np.int64)
+                for level, size in enumerate(sizes):
+                    keys = keys * size + rows[:, level].astype(np.int64)
+                encoded.append(keys)
+            return encoded[0], encoded[1]
+        _, inverse = np.unique(np.concatenate([stored, wanted]).astype(np.int64), axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        return inverse[: len(stored)], inverse[len(stored) :]
+
+    def next_suffixes(self, only: Iterable[tuple[int, ...]] | None = None) -> dict[tuple[int, ...], int]:
+        """For each code tuple in use (or each of ``only``), the suffix the next item with that tuple will get."""
+        if not len(self):
+            return {}
+        levels = self.space.levels
+        codes, suffixes = self.codes, self.suffixes
+        wanted = np.asarray(sorted(set(only)) if only is not None else [], dtype=np.int64).reshape(-1, levels)
+        keys, wanted_keys = self.tuple_keys(codes, wanted)
+        if only is not None:
+            mask = np.isin(keys, wanted_keys)
+            codes, keys, suffixes = codes[mask], keys[mask], suffixes[mask]
+        if not len(keys):
+            return {}
+        order = np.lexsort((suffixes, keys))
+        last_of_group = np.r_[keys[order][1:] != keys[order][:-1], True]
+        chosen = order[last_of_group]
+        return {
+            tuple(row): int(largest) + 1
+            for row, largest in zip(codes[chosen].tolist(), suffixes[chosen].tolist(), strict=True)
+        }
+
+    def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The row of each of ``item_ids`` in the table, -1 for those without one: one hash lookup in Arrow, so
+        the cost on a large table is a pass over its item_id column rather than a Python dict of every row."""
+        if not len(self) or not item_ids:
+            return np.full(len(item_ids), -1, dtype=np.int64)
+        wanted = pa.array(item_ids, type=pa.string())
+        if len(wanted) * _FEW_ROWS_RATIO > len(self):
+            found = pc.index_in(wanted, value_set=self.item_ids)
+            return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        # A run's thousand items against a million rows: hash the few ids and pass once over the table's column,
+        # rather than hash the million (item_ids are unique in a table, so each id has at most one row).
+        distinct = pc.unique(wanted)
+        position = pc.index_in(self.item_ids, value_set=distinct)
+        held = pc.is_valid(position).to_numpy(zero_copy_only=False)
+        rows_of_distinct = np.full(len(distinct), -1, dtype=np.int64)
+        rows_of_distinct[pc.drop_null(position).to_numpy().astype(np.int64)] = np.flatnonzero(held)
+        return rows_of_distinct[pc.index_in(wanted, value_set=distinct).to_numpy(zero_copy_only=False)]
+
+    def taken_last_codes(self, prefixes: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], set[int]]:
+        """For each of ``prefixes`` (the first L-1 codes), the last codes its rows hold (deleted items' included:
+        their IDs stay reserved)."""
+        wanted = sorted(set(prefixes))
+        if not len(self) or not wanted:
+            return {}
+        # In numpy: a drop touching every prefix of a million-row table costs a vectorised pass, not a Python
+        # loop per row.
+        levels = self.space.levels
+        codes = self.codes
+        keys, wanted_keys = self.tuple_keys(
+            codes[:, : levels - 1], np.asarray(wanted, dtype=np.int64).reshape(len(wanted), levels - 1)
+        )
+        order = np.argsort(wanted_keys)
+        sorted_keys = wanted_keys[order]
+        position = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+        mask = sorted_keys[position] == keys
+        prefix_of = order[position[mask]].astype(np.int64)  # index into ``wanted`` of each matching row
+        last = codes[mask, -1].astype(np.int64)
+        size = self.space.codebook_sizes[-1]
+        if len(wanted) * size < 2**62:
+            pairs = np.unique(prefix_of * size + last)
+            pairs = np.stack([pairs // size, pairs % size], axis=1)
+        else:
+            pairs = np.unique(np.stack([prefix_of, last], axis=1), axis=0)
+        taken: dict[tuple[int, ...], set[int]] = {}
+        for index, code in pairs.tolist():
+            taken.setdefault(wanted[index], set()).add(code)
+        return taken
+
+    def balanced_last_codes(self, fresh: Mapping[str, Candidate]) -> dict[str, tuple[int, ...]]:
+        """The balanced last level: within each prefix, new items take distinct last codes that no row holds yet,
+        each as high in its order of preference as possible (a minimum-cost assignment of items to free codes, the
+        cost being the rank of the code in the item's preferences). An item left without an acceptable free code (a
+        prefix with more items than codes) keeps its own code and is separated by the suffix. One new item alone
+        simply takes its nearest free code. Deterministic: items are taken in item_id order."""
+        from scipy.optimize import linear_sum_assignment
+
+        size = self.space.codebook_sizes[-1]
+        groups: dict[tuple[int, ...], list[Candidate]] = {}
+        for candidate in fresh.values():
+            groups.setdefault(candidate.codes[:-1], []).append(candidate)
+        taken = self.taken_last_codes(groups)
+        chosen: dict[str, tuple[int, ...]] = {}
+        for prefix, members in groups.items():
+            members.sort(key=lambda c: c.item_id)
+            free = [code for code in range(size) if code not in taken.get(prefix, set())]
+            if not free:
+                continue
+            column = {code: n for n, code in enumerate(free)}
+            unacceptable = size + 1
+            cost = np.full((len(members), len(free)), unacceptable, dtype=np.int64)
+            for row, candidate in enumerate(members):
+                ranked = candidate.preferences or candidate.codes[-1:]
+                for rank, code in enumerate(ranked):
+                    if code >= 0 and code in column:
+                        cost[row, column[code]] = min(cost[row, column[code]], rank)
+            rows, columns = linear_sum_assignment(cost)
+            for row, col in zip(rows, columns, strict=True):
+                if cost[row, col] < unacceptable:
+                    chosen[members[row].item_id] = (*prefix, free[col])
+        return chosen
+
+    def check_codes(self, candidate: Candidate) -> None:
+        sizes = self.space.codebook_sizes
+        if len(candidate.codes) != len(sizes) or any(
+            not 0 <= c < k for c, k in zip(candidate.codes, sizes, strict=False)
+        ):
+            raise IdTableError(f"codes {candidate.codes} of {candidate.item_id!r} do not fit codebook sizes {sizes}")
+
+    def allocate(self, candidates: Iterable[Candidate], stamp: dt.datetime) -> tuple[pa.Table, AllocationReport]:
+        """The rows to add (possibly none) for the candidates without an ID: each takes the next free suffix of
+        its code tuple (under a balanced last level, first a free last code of its prefix)."""
+        report = AllocationReport()
+        offered = list(candidates)
+        stored_rows = self.rows_of([c.item_id for c in offered])
+        held = stored_rows >= 0
+        stored_hash = iter(self.text_hashes_at(stored_rows[held]) if held.any() else [])
+        fresh: dict[str, Candidate] = {}
+        for candidate, is_held in zip(offered, held.tolist(), strict=True):
+            report.candidates += 1
+            self.check_codes(candidate)
+            if is_held:
+                report.already_assigned += 1
+                if next(stored_hash) != candidate.text_hash:
+                    report.text_changed += 1
+                    report.changed_item_ids.append(candidate.item_id)
+                continue
+            if candidate.item_id in fresh:
+                raise IdTableError(f"item_id {candidate.item_id!r} appears twice in one allocation")
+            fresh[candidate.item_id] = candidate
+        rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+        if not fresh:
+            return pa.Table.from_pydict(rows, schema=SCHEMA), report
+        chosen = self.balanced_last_codes(fresh) if self.space.last_level == BALANCED else {}
+        placed = [replace(c, codes=chosen.get(c.item_id, c.codes)) for c in fresh.values()]
+        following = self.next_suffixes(only=[c.codes for c in placed])
+        for candidate in sorted(placed, key=lambda c: (c.codes, c.item_id)):
+            suffix = following.get(candidate.codes, 0)
+            following[candidate.codes] = suffix + 1
+            rows["item_id"].append(candidate.item_id)
+            rows["codes"].append(list(candidate.codes))
+            rows["suffix"].append(suffix)
+            rows["sid"].append(format_sid(candidate.codes, suffix))
+            rows["snapshot_version"].append(self.space.snapshot_version)
+            rows["text_hash"].append(candidate.text_hash)
+            rows["assigned_at"].append(stamp)
+        report.newly_assigned = len(fresh)
+        report.moved_to_free_code = sum(1 for c in placed if c.codes != fresh[c.item_id].codes)
+        return pa.Table.from_pydict(rows, schema=SCHEMA), report
+
+
 class IdTable:
     """An immutable-by-convention ID table: every change returns a new table with the old rows untouched."""
 
@@ -207,65 +391,22 @@ class IdTable:
     def codes_list(self) -> list[tuple[int, ...]]:
         return [tuple(c) for c in self.table.column("codes").to_pylist()]
 
-    def _tuple_keys(self, stored: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each row of ``stored`` and of ``wanted`` (code tuples of the same length) as one integer, equal exactly
-        when the tuples are equal, so that grouping and membership on code tuples run in numpy: mixed radix over
-        the codebook sizes, or, where that would not fit in 62 bits, a joint numbering of the distinct tuples."""
-        width = stored.shape[1]
-        sizes = self.space.codebook_sizes[:width]
-        if math.prod(sizes) < 2**62:
-            encoded = []
-            for rows in (stored, wanted):
-                keys = np.zeros(len(rows), dtype=np.int64)
-                for level, size in enumerate(sizes):
-                    keys = keys * size + rows[:, level].astype(np.int64)
-                encoded.append(keys)
-            return encoded[0], encoded[1]
-        _, inverse = np.unique(np.concatenate([stored, wanted]).astype(np.int64), axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        return inverse[: len(stored)], inverse[len(stored) :]
+    def _allocation_base(self) -> _AllocationBase:
+        column = self.table.column("text_hash")
+        return _AllocationBase(
+            self.space, self.table.column("item_id"), self.code_matrix(), self.table.column("suffix").to_numpy(),
+            lambda rows: pc.take(column, pa.array(rows)).to_pylist(),
+        )  # fmt: skip
 
     def next_suffixes(self, only: Iterable[tuple[int, ...]] | None = None) -> dict[tuple[int, ...], int]:
         """For each code tuple in use (or each of ``only``), the suffix the next item with that tuple will get.
 
         Computed in numpy over the code matrix, so an incremental allocation stays cheap on a large table."""
-        if not len(self):
-            return {}
-        levels = self.space.levels
-        codes = self.code_matrix()
-        suffixes = self.table.column("suffix").to_numpy()
-        wanted = np.asarray(sorted(set(only)) if only is not None else [], dtype=np.int64).reshape(-1, levels)
-        keys, wanted_keys = self._tuple_keys(codes, wanted)
-        if only is not None:
-            mask = np.isin(keys, wanted_keys)
-            codes, keys, suffixes = codes[mask], keys[mask], suffixes[mask]
-        if not len(keys):
-            return {}
-        order = np.lexsort((suffixes, keys))
-        last_of_group = np.r_[keys[order][1:] != keys[order][:-1], True]
-        chosen = order[last_of_group]
-        return {
-            tuple(row): int(largest) + 1
-            for row, largest in zip(codes[chosen].tolist(), suffixes[chosen].tolist(), strict=True)
-        }
+        return self._allocation_base().next_suffixes(only)
 
     def _rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
-        """The row of each of ``item_ids`` in the table, -1 for those without one: one hash lookup in Arrow, so
-        the cost on a large table is a pass over its item_id column rather than a Python dict of every row."""
-        if not len(self) or not item_ids:
-            return np.full(len(item_ids), -1, dtype=np.int64)
-        wanted = pa.array(item_ids, type=pa.string())
-        if len(wanted) * _FEW_ROWS_RATIO > len(self):
-            found = pc.index_in(wanted, value_set=self.table.column("item_id"))
-            return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        # A run's thousand items against a million rows: hash the few ids and pass once over the table's column,
-        # rather than hash the million (item_ids are unique in a table, so each id has at most one row).
-        distinct = pc.unique(wanted)
-        position = pc.index_in(self.table.column("item_id"), value_set=distinct)
-        held = pc.is_valid(position).to_numpy(zero_copy_only=False)
-        rows_of_distinct = np.full(len(distinct), -1, dtype=np.int64)
-        rows_of_distinct[pc.drop_null(position).to_numpy().astype(np.int64)] = np.flatnonzero(held)
-        return rows_of_distinct[pc.index_in(wanted, value_set=distinct).to_numpy(zero_copy_only=False)]
+        """The row of each of ``item_ids`` in the table, -1 for those without one."""
+        return self._allocation_base().rows_of(item_ids)
 
     def code_matrix(self) -> np.ndarray:
         """The codes of every row, in table order, as a read-only (items, levels) integer array (built once; the
@@ -294,119 +435,17 @@ class IdTable:
         self, candidates: Iterable[Candidate], *, assigned_at: dt.datetime | None = None
     ) -> tuple[IdTable, AllocationReport]:
         """Give every candidate without an ID the next free suffix of its code tuple."""
-        report = AllocationReport()
-        offered = list(candidates)
-        stored_rows = self._rows_of([c.item_id for c in offered])
-        held = stored_rows >= 0
-        stored_hashes = (
-            pc.take(self.table.column("text_hash"), pa.array(stored_rows[held])).to_pylist() if held.any() else []
-        )
-        stored_hash = iter(stored_hashes)
-        fresh: dict[str, Candidate] = {}
-        for candidate, is_held in zip(offered, held.tolist(), strict=True):
-            report.candidates += 1
-            self._check_codes(candidate)
-            if is_held:
-                report.already_assigned += 1
-                if next(stored_hash) != candidate.text_hash:
-                    report.text_changed += 1
-                    report.changed_item_ids.append(candidate.item_id)
-                continue
-            if candidate.item_id in fresh:
-                raise IdTableError(f"item_id {candidate.item_id!r} appears twice in one allocation")
-            fresh[candidate.item_id] = candidate
-        if not fresh:
-            return self, report
         stamp = (assigned_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-        chosen = self._balanced_last_codes(fresh) if self.space.last_level == BALANCED else {}
-        placed = [replace(c, codes=chosen.get(c.item_id, c.codes)) for c in fresh.values()]
-        following = self.next_suffixes(only=[c.codes for c in placed])
-        rows: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
-        for candidate in sorted(placed, key=lambda c: (c.codes, c.item_id)):
-            suffix = following.get(candidate.codes, 0)
-            following[candidate.codes] = suffix + 1
-            rows["item_id"].append(candidate.item_id)
-            rows["codes"].append(list(candidate.codes))
-            rows["suffix"].append(suffix)
-            rows["sid"].append(format_sid(candidate.codes, suffix))
-            rows["snapshot_version"].append(self.space.snapshot_version)
-            rows["text_hash"].append(candidate.text_hash)
-            rows["assigned_at"].append(stamp)
-        report.newly_assigned = len(fresh)
-        report.moved_to_free_code = sum(1 for c in placed if c.codes != fresh[c.item_id].codes)
-        added = pa.Table.from_pydict(rows, schema=SCHEMA)
+        added, report = self._allocation_base().allocate(candidates, stamp)
+        if not added.num_rows:
+            return self, report
         combined = pa.concat_tables([self.table.replace_schema_metadata(None), added])
         return IdTable(combined, self.space), report
 
     def taken_last_codes(self, prefixes: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], set[int]]:
         """For each of ``prefixes`` (the first L-1 codes), the last codes its rows hold (deleted items' included:
         their IDs stay reserved)."""
-        wanted = sorted(set(prefixes))
-        if not len(self) or not wanted:
-            return {}
-        # In numpy: a drop touching every prefix of a million-row table costs a vectorised pass, not a Python
-        # loop per row.
-        levels = self.space.levels
-        codes = self.code_matrix()
-        keys, wanted_keys = self._tuple_keys(
-            codes[:, : levels - 1], np.asarray(wanted, dtype=np.int64).reshape(len(wanted), levels - 1)
-        )
-        order = np.argsort(wanted_keys)
-        sorted_keys = wanted_keys[order]
-        position = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-        mask = sorted_keys[position] == keys
-        prefix_of = order[position[mask]].astype(np.int64)  # index into ``wanted`` of each matching row
-        last = codes[mask, -1].astype(np.int64)
-        size = self.space.codebook_sizes[-1]
-        if len(wanted) * size < 2**62:
-            pairs = np.unique(prefix_of * size + last)
-            pairs = np.stack([pairs // size, pairs % size], axis=1)
-        else:
-            pairs = np.unique(np.stack([prefix_of, last], axis=1), axis=0)
-        taken: dict[tuple[int, ...], set[int]] = {}
-        for index, code in pairs.tolist():
-            taken.setdefault(wanted[index], set()).add(code)
-        return taken
-
-    def _balanced_last_codes(self, fresh: Mapping[str, Candidate]) -> dict[str, tuple[int, ...]]:
-        """The balanced last level: within each prefix, new items take distinct last codes that no row holds yet,
-        each as high in its order of preference as possible (a minimum-cost assignment of items to free codes, the
-        cost being the rank of the code in the item's preferences). An item left without an acceptable free code (a
-        prefix with more items than codes) keeps its own code and is separated by the suffix. One new item alone
-        simply takes its nearest free code. Deterministic: items are taken in item_id order."""
-        from scipy.optimize import linear_sum_assignment
-
-        size = self.space.codebook_sizes[-1]
-        groups: dict[tuple[int, ...], list[Candidate]] = {}
-        for candidate in fresh.values():
-            groups.setdefault(candidate.codes[:-1], []).append(candidate)
-        taken = self.taken_last_codes(groups)
-        chosen: dict[str, tuple[int, ...]] = {}
-        for prefix, members in groups.items():
-            members.sort(key=lambda c: c.item_id)
-            free = [code for code in range(size) if code not in taken.get(prefix, set())]
-            if not free:
-                continue
-            column = {code: n for n, code in enumerate(free)}
-            unacceptable = size + 1
-            cost = np.full((len(members), len(free)), unacceptable, dtype=np.int64)
-            for row, candidate in enumerate(members):
-                ranked = candidate.preferences or candidate.codes[-1:]
-                for rank, code in enumerate(ranked):
-                    if code >= 0 and code in column:
-                        cost[row, column[code]] = min(cost[row, column[code]], rank)
-            rows, columns = linear_sum_assignment(cost)
-            for row, col in zip(rows, columns, strict=True):
-                if cost[row, col] < unacceptable:
-                    chosen[members[row].item_id] = (*prefix, free[col])
-        return chosen
-
-    def _check_codes(self, candidate: Candidate) -> None:
-        sizes = self.space.codebook_sizes
-        if len(candidate.codes) != len(sizes) or any(
-            not 0 <= c < k for c, k in zip(candidate.codes, sizes, strict=False)
-        ):
-            raise IdTableError(f"codes {candidate.codes} of {candidate.item_id!r} do not fit codebook sizes {sizes}")
+        return self._allocation_base().taken_last_codes(prefixes)
 
     # -- persistence ---------------------------------------------------------------------------------------------
 
