@@ -20,23 +20,28 @@ never a silent source of wrong IDs.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmindexer.errors import IdTableError
+from lmindexer.layout import is_s3_uri, join_uri
 from lmindexer.storage.parquet import prefetch_columns
-from lmindexer.storage.s3 import exists, open_random_access
+from lmindexer.storage.s3 import StorageError, exists, local_copy, open_random_access, read_bytes, write_bytes
 from lmindexer.storage.versioned import VersionConflict, read_versioned, write_if_version
 
 SID_SEPARATOR = "-"
@@ -52,6 +57,13 @@ ROW_GROUP_ROWS = 65_536
 # The columns whose values repeat, dictionary-encoded; item_id, sid and text_hash differ on every row, where a
 # dictionary is built only to be dropped (at a million rows: a fifth of the write, half of the read).
 _REPEATING_COLUMNS = ["codes.list.element", "suffix", "snapshot_version", "assigned_at"]
+
+# A table stored as parts (:func:`is_parted`): its manifest format, its parts' folder beside the manifest.
+MANIFEST_FORMAT = "lmindexer.id-table"
+PARTS_FOLDER = "parts"
+# Parts a table stored as parts may have before a write compacts it: each part costs a reader a request or two, and
+# compaction rewrites the whole table once in this many writes.
+DEFAULT_MAX_PARTS = 16
 
 # Looking up fewer ids than a table's rows / this: the ids are hashed, not the table's item_id column.
 _FEW_ROWS_RATIO = 8
@@ -461,17 +473,7 @@ class IdTable:
     @classmethod
     def from_parquet_bytes(cls, data: bytes, location: str | os.PathLike[str]) -> IdTable:
         """Parse and verify a stored table (``location`` only names it in errors)."""
-        try:
-            table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
-        except (pa.ArrowException, OSError) as exc:
-            raise IdTableError(f"{location} is not a readable Parquet ID table: {exc}") from exc
-        metadata = table.schema.metadata or {}
-        if _METADATA_KEY not in metadata:
-            raise IdTableError(f"{location} is not an lmindexer ID table (no ID space in its metadata)")
-        try:
-            space = IdSpace.from_json(metadata[_METADATA_KEY])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IdTableError(f"{location} has an unreadable ID space in its metadata ({exc})") from exc
+        table, space = _parse_parquet(data, location)
         loaded = cls(table, space)
         loaded.verify(location)
         return loaded
@@ -518,15 +520,44 @@ class IdTable:
     def write(self, destination: str | os.PathLike[str], *, replacing: str | None = None) -> str:
         """Write the table to a local path or an ``s3://`` URI, compare-and-swap: only if the stored table is still
         at version ``replacing`` (``None``: only if there is none yet). Returns the new version; raises
-        :class:`~lmindexer.storage.versioned.VersionConflict` when another writer got there first."""
+        :class:`~lmindexer.storage.versioned.VersionConflict` when another writer got there first. A location
+        ending in ``.json`` (:func:`is_parted`) gets the table as one part under a new manifest."""
+        if is_parted(destination):
+            part = _write_part(destination, self)
+            return _write_manifest(destination, _manifest(self.space, [part]), replacing)
         return write_if_version(self.to_parquet_bytes(), destination, replacing)
 
     @classmethod
     def read(cls, location: str | os.PathLike[str]) -> IdTable:
+        """The whole table at ``location`` (one file, or every part of a table stored as parts), verified."""
+        if is_parted(location):
+            manifest, _ = _read_manifest(location)
+            if manifest is None:
+                raise IdTableError(f"ID table not found: {location}")
+            return _read_parts(location, manifest)
         stored = read_versioned(location)
         if stored.data is None:
             raise IdTableError(f"ID table not found: {location}")
         return cls.from_parquet_bytes(stored.data, location)
+
+
+def _parse_parquet(data: bytes, location: str | os.PathLike[str]) -> tuple[pa.Table, IdSpace]:
+    """The rows and ID space of an ID table's Parquet bytes (page checksums checked; structure not yet verified)."""
+    try:
+        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as exc:
+        raise IdTableError(f"{location} is not a readable Parquet ID table: {exc}") from exc
+    return table, _space_of(table.schema, location)
+
+
+def _space_of(schema: pa.Schema, location: str | os.PathLike[str]) -> IdSpace:
+    metadata = schema.metadata or {}
+    if _METADATA_KEY not in metadata:
+        raise IdTableError(f"{location} is not an lmindexer ID table (no ID space in its metadata)")
+    try:
+        return IdSpace.from_json(metadata[_METADATA_KEY])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IdTableError(f"{location} has an unreadable ID space in its metadata ({exc})") from exc
 
 
 def _distinct_rows(codes: np.ndarray, suffixes: np.ndarray, sizes: Sequence[int]) -> bool:
@@ -561,21 +592,47 @@ class _ColumnReader:
 
 @contextmanager
 def _stored_columns(location: str | os.PathLike[str]) -> Iterator[tuple[_ColumnReader, IdSpace]]:
-    """The ID table at ``location`` opened for reading some of its columns and row groups (byte ranges on S3), with
-    its ID space; anything that is not a readable ID table is an :class:`IdTableError` naming it."""
+    """The ID table file at ``location`` opened for reading some of its columns and row groups (byte ranges on
+    S3), with its ID space; anything that is not a readable ID table is an :class:`IdTableError` naming it."""
     with open_random_access(location) as handle:
         try:
             parquet = pq.ParquetFile(handle, page_checksum_verification=True)
-            metadata = parquet.schema_arrow.metadata or {}
-            if _METADATA_KEY not in metadata:
-                raise IdTableError(f"{location} is not an lmindexer ID table (no ID space in its metadata)")
-            try:
-                space = IdSpace.from_json(metadata[_METADATA_KEY])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise IdTableError(f"{location} has an unreadable ID space in its metadata ({exc})") from exc
-            yield _ColumnReader(handle, parquet), space
+            yield _ColumnReader(handle, parquet), _space_of(parquet.schema_arrow, location)
         except (pa.ArrowException, OSError) as exc:
             raise IdTableError(f"{location} is not a readable Parquet ID table: {exc}") from exc
+
+
+def _stored_files(location: str | os.PathLike[str]) -> Iterator[tuple[_ColumnReader, IdSpace]]:
+    """Each file of the table at ``location``, oldest rows first, opened as :func:`_stored_columns` does: the file
+    itself, or each part a manifest names (:func:`_open_part`)."""
+    if not is_parted(location):
+        if not exists(location):
+            raise IdTableError(f"ID table not found: {location}")
+        with _stored_columns(location) as opened:
+            yield opened
+        return
+    manifest = _require_manifest(location)
+    for part in manifest.parts:
+        with _open_part(location, manifest, part) as opened:
+            yield opened
+
+
+def _take_rows(reader: _ColumnReader, rows: np.ndarray, columns: Sequence[str] | None = None) -> pa.Table:
+    """Rows ``rows`` (ascending positions in the file) of an open ID table file: only the row groups holding them
+    are read."""
+    metadata = reader.parquet.metadata
+    group_ends = np.cumsum([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])
+    groups = np.unique(np.searchsorted(group_ends, rows, side="right")).tolist()
+    if not groups:
+        schema = reader.parquet.schema_arrow
+        return schema.empty_table() if columns is None else pa.schema([schema.field(c) for c in columns]).empty_table()
+    found = reader.read(columns, row_groups=groups)
+    group_starts = np.r_[0, group_ends[:-1]]
+    # Position of each wanted row within the concatenation of the groups read.
+    offsets = np.cumsum(np.r_[0, [metadata.row_group(g).num_rows for g in groups[:-1]]])
+    local = rows - group_starts[np.searchsorted(group_ends, rows, side="right")]
+    within = offsets[np.searchsorted(groups, np.searchsorted(group_ends, rows, side="right"))] + local
+    return found.take(pa.array(within, pa.int64()))
 
 
 def stored_item_ids(location: str | os.PathLike[str]) -> pa.ChunkedArray | None:
@@ -583,8 +640,10 @@ def stored_item_ids(location: str | os.PathLike[str]) -> pa.ChunkedArray | None:
     question (which items already have an ID), without reading and verifying the whole table."""
     if not exists(location):
         return None
-    with _stored_columns(location) as (reader, _):
-        return reader.read(["item_id"]).column("item_id")
+    chunks: list[pa.Array] = []
+    for reader, _ in _stored_files(location):
+        chunks.extend(reader.read(["item_id"]).column("item_id").chunks)
+    return pa.chunked_array(chunks, pa.string())
 
 
 def read_id_rows(location: str | os.PathLike[str], item_ids: Iterable[str] | pa.Array) -> IdTable:
@@ -595,14 +654,16 @@ def read_id_rows(location: str | os.PathLike[str], item_ids: Iterable[str] | pa.
     wanted = item_ids if isinstance(item_ids, pa.Array) else pa.array(sorted(set(item_ids)), pa.string())
     if not exists(location):
         raise IdTableError(f"ID table not found: {location}")
-    with _stored_columns(location) as (reader, space):
+    found: list[pa.Table] = []
+    space: IdSpace | None = None
+    for reader, file_space in _stored_files(location):
+        space = file_space
         hits = pc.is_in(reader.read(["item_id"]).column("item_id"), value_set=wanted)
-        rows = np.flatnonzero(hits.to_numpy(zero_copy_only=False))
-        metadata = reader.parquet.metadata
-        group_ends = np.cumsum([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])
-        groups = np.unique(np.searchsorted(group_ends, rows, side="right")).tolist()
-        found = reader.read(row_groups=groups) if groups else reader.parquet.schema_arrow.empty_table()
-    table = IdTable(found.filter(pc.is_in(found.column("item_id"), value_set=wanted)), space)
+        found.append(_take_rows(reader, np.flatnonzero(hits.to_numpy(zero_copy_only=False))))
+    if space is None:  # a table stored as parts that has none yet
+        space = _require_manifest(location).id_space
+    rows = pa.concat_tables([t.replace_schema_metadata(None) for t in found]) if found else SCHEMA.empty_table()
+    table = IdTable(rows, space)
     table.verify(location)
     return table
 
@@ -617,25 +678,34 @@ class StoredIdTable:
 
 def read_id_table(location: str | os.PathLike[str], space: IdSpace) -> StoredIdTable:
     """The table at ``location`` with its version, or an empty one of ``space``; refuses a table of another space."""
-    stored = read_versioned(location)
-    if stored.data is None:
-        return StoredIdTable(IdTable.empty(space), None)
-    table = IdTable.from_parquet_bytes(stored.data, location)
-    if table.space.snapshot_version != space.snapshot_version:
+    if is_parted(location):
+        manifest, version = _read_manifest(location)
+        table = IdTable.empty(space) if manifest is None else _read_parts(location, manifest)
+    else:
+        stored = read_versioned(location)
+        version = stored.version
+        table = IdTable.empty(space) if stored.data is None else IdTable.from_parquet_bytes(stored.data, location)
+    _check_space(location, table.space, space)
+    return StoredIdTable(table, version)
+
+
+def _check_space(location: str | os.PathLike[str], stored: IdSpace, wanted: IdSpace) -> None:
+    if stored.snapshot_version != wanted.snapshot_version:
         raise IdTableError(
-            f"{location} holds IDs of snapshot {table.space.snapshot_version}, not {space.snapshot_version}; "
+            f"{location} holds IDs of snapshot {stored.snapshot_version}, not {wanted.snapshot_version}; "
             "a new snapshot defines a new ID space, so write its IDs to a new table"
         )
-    return StoredIdTable(table, stored.version)
 
 
 @dataclass(frozen=True)
 class StoredAllocation:
-    """The outcome of :func:`store_allocation`: the table as written (or found), what changed, and how."""
+    """The outcome of :func:`store_allocation`: the rows it added (none: every candidate had an ID), the table's
+    size before and after, the version stored, and how it got there."""
 
-    table: IdTable
+    added: IdTable
     report: AllocationReport
     rows_before: int
+    rows_after: int
     version: str
     written: bool
     attempts: int
@@ -648,6 +718,7 @@ def store_allocation(
     *,
     assigned_at: dt.datetime | None = None,
     attempts: int = DEFAULT_WRITE_ATTEMPTS,
+    max_parts: int = DEFAULT_MAX_PARTS,
 ) -> StoredAllocation:
     """Give every candidate without an ID one and store the table, compare-and-swap.
 
@@ -656,27 +727,266 @@ def store_allocation(
     re-read and the allocation is made again on top of them (items it already gave an ID keep that ID); after
     ``attempts`` tries the call fails with :class:`IdTableError` and writes nothing. An absent table is created
     (empty if there are no candidates), so a completed call always leaves a stored table.
+
+    A table stored as parts (:func:`is_parted`) is not read or written whole: the allocation reads its item_id,
+    codes and suffix columns, writes the new rows as one more part and swaps the manifest; the write that would
+    make more than ``max_parts`` parts compacts the table into one instead.
     """
+    if max_parts < 1:
+        raise IdTableError(f"an ID table needs at least one part; max_parts is {max_parts}")
     wanted = list(candidates)
     stamp = (assigned_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    allocate = _allocate_on_parts if is_parted(location) else _allocate_on_file
     for attempt in range(1, attempts + 1):
-        stored = read_id_table(location, space)
-        before = stored.table
-        after, report = before.allocate(wanted, assigned_at=stamp)
-        if after is before and stored.version is not None:
-            return StoredAllocation(after, report, len(before), stored.version, False, attempt)
-        kept = after.table.slice(0, len(before)).replace_schema_metadata(None)
-        if not kept.equals(before.table.replace_schema_metadata(None)):
-            raise IdTableError(f"allocation changed existing rows of {location}; refusing to write it")
         try:
-            version = after.write(location, replacing=stored.version)
+            outcome = allocate(location, space, wanted, stamp, max_parts)
         except VersionConflict:
             continue
-        return StoredAllocation(after, report, len(before), version, True, attempt)
+        return replace(outcome, attempts=attempt)
     raise IdTableError(
         f"{location} was changed by other writers {attempts} times while IDs were being allocated; nothing of this "
         "allocation was written: run it again"
     )
+
+
+def _allocate_on_file(
+    location: str | os.PathLike[str], space: IdSpace, wanted: list[Candidate], stamp: dt.datetime, max_parts: int
+) -> StoredAllocation:
+    """One try of :func:`store_allocation` on a table stored as one file: read whole, written whole."""
+    stored = read_id_table(location, space)
+    before = stored.table
+    after, report = before.allocate(wanted, assigned_at=stamp)
+    added = IdTable(after.table.slice(len(before)), space)
+    if after is before and stored.version is not None:
+        return StoredAllocation(added, report, len(before), len(after), stored.version, False, 0)
+    kept = after.table.slice(0, len(before)).replace_schema_metadata(None)
+    if not kept.equals(before.table.replace_schema_metadata(None)):
+        raise IdTableError(f"allocation changed existing rows of {location}; refusing to write it")
+    version = after.write(location, replacing=stored.version)
+    return StoredAllocation(added, report, len(before), len(after), version, True, 0)
+
+
+def _allocate_on_parts(
+    location: str | os.PathLike[str], space: IdSpace, wanted: list[Candidate], stamp: dt.datetime, max_parts: int
+) -> StoredAllocation:
+    """One try of :func:`store_allocation` on a table stored as parts: the new rows become one more part (or,
+    past ``max_parts``, the table is compacted into one), and the manifest is swapped compare-and-swap."""
+    manifest, version = _read_manifest(location)
+    if manifest is not None:
+        _check_space(location, manifest.id_space, space)
+    base = _parts_allocation_base(location, manifest, space)
+    rows, report = base.allocate(wanted, stamp)
+    added = IdTable(rows, space)
+    rows_before = 0 if manifest is None else manifest.rows
+    if not len(added) and manifest is not None:
+        return StoredAllocation(added, report, rows_before, rows_before, version or "", False, 0)
+    parts = [] if manifest is None else list(manifest.parts)
+    if len(parts) + 1 > max_parts:
+        # Compaction: the whole table, verified, plus the new rows, as one part (the rows before it unchanged).
+        before = _read_parts(location, manifest)  # type: ignore[arg-type]  # parts exist, so a manifest does
+        parts = [_write_part(location, IdTable(pa.concat_tables([before.table, added.table]), space))]
+    elif len(added):
+        parts.append(_write_part(location, added))
+    written = _write_manifest(location, _manifest(space, parts), version)
+    return StoredAllocation(added, report, rows_before, rows_before + len(added), written, True, 0)
+
+
+# -- stored as parts -------------------------------------------------------------------------------------------
+#
+# A location ending in ".json" holds an ID table stored as parts: a manifest (IdTableManifest) naming immutable
+# Parquet parts beside it, oldest rows first, each an ID table of its own named by the SHA-256 of its bytes. A
+# write adds one part holding the rows it allocated and swaps the manifest compare-and-swap, so adding a thousand
+# IDs to a million-row table writes a thousand rows, not a million; the manifest is the one object writers race on.
+# Every ``max_parts`` writes the table is compacted into one part. A part no manifest names (a writer that lost the
+# race, or the parts a compaction replaced) is never read again; nothing is deleted (writers may not delete under
+# ids/).
+
+
+def is_parted(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` names an ID table stored as parts (a manifest ending in ``.json``) rather than one
+    Parquet file."""
+    return str(location).endswith(".json")
+
+
+class IdTablePart(BaseModel):
+    """One part of an ID table stored as parts: a Parquet ID table beside the manifest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str = Field(description="path of the part relative to the manifest's folder")
+    rows: int = Field(ge=1)
+    bytes: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the part's bytes, checked on a whole read")
+
+
+class IdTableManifest(BaseModel):
+    """An ID table stored as parts, oldest rows first: the table is the parts' rows in this order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["lmindexer.id-table"] = MANIFEST_FORMAT
+    format_version: Literal[1] = 1
+    space: dict[str, Any] = Field(description="the ID space (IdSpace) every part's codes belong to")
+    rows: int = Field(ge=0, description="rows of all parts together")
+    parts: list[IdTablePart]
+
+    @model_validator(mode="after")
+    def _rows_add_up(self) -> IdTableManifest:
+        if self.rows != sum(part.rows for part in self.parts):
+            raise ValueError(f"rows is {self.rows} but the parts hold {sum(p.rows for p in self.parts)}")
+        return self
+
+    @property
+    def id_space(self) -> IdSpace:
+        return IdSpace.from_json(json.dumps(self.space))
+
+
+def _manifest(space: IdSpace, parts: Sequence[IdTablePart]) -> IdTableManifest:
+    return IdTableManifest(space=json.loads(space.to_json()), rows=sum(p.rows for p in parts), parts=list(parts))
+
+
+def _read_manifest(location: str | os.PathLike[str]) -> tuple[IdTableManifest | None, str | None]:
+    """The manifest at ``location`` with its version; ``(None, None)`` when there is none."""
+    stored = read_versioned(location)
+    if stored.data is None:
+        return None, None
+    try:
+        manifest = IdTableManifest.model_validate_json(stored.data)
+        manifest.id_space  # noqa: B018  # an unreadable space is a damaged manifest, said here
+    except (ValidationError, ValueError, KeyError, TypeError, IdTableError) as exc:
+        raise IdTableError(f"{location} is not an lmindexer ID table manifest: {exc}") from exc
+    return manifest, stored.version
+
+
+def _require_manifest(location: str | os.PathLike[str]) -> IdTableManifest:
+    manifest, _ = _read_manifest(location)
+    if manifest is None:
+        raise IdTableError(f"ID table not found: {location}")
+    return manifest
+
+
+def _write_manifest(location: str | os.PathLike[str], manifest: IdTableManifest, replacing: str | None) -> str:
+    return write_if_version(manifest.model_dump_json(indent=1).encode(), location, replacing)
+
+
+def _part_uri(location: str | os.PathLike[str], part: IdTablePart) -> str:
+    text = str(location)
+    folder = text.rsplit("/", 1)[0] if is_s3_uri(text) else str(Path(text).parent)
+    return join_uri(folder, part.file)
+
+
+def _write_part(location: str | os.PathLike[str], table: IdTable) -> IdTablePart:
+    """Store ``table`` as a part beside the manifest at ``location``. Named by its content, so writing the same
+    rows again (a retried write) lands on the same object with the same bytes."""
+    data = table.to_parquet_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    part = IdTablePart(file=f"{PARTS_FOLDER}/{digest}.parquet", rows=len(table), bytes=len(data), sha256=digest)
+    write_bytes(data, _part_uri(location, part))
+    return part
+
+
+def _check_part(
+    location: str | os.PathLike[str], manifest: IdTableManifest, part: IdTablePart, space: IdSpace, rows: int
+) -> None:
+    if rows != part.rows or space != manifest.id_space:
+        raise IdTableError(
+            f"{location}: part {part.file} holds {rows} rows of snapshot {space.snapshot_version}, but the manifest "
+            f"says {part.rows} rows of snapshot {manifest.id_space.snapshot_version}"
+        )
+
+
+@contextmanager
+def _open_part(
+    location: str | os.PathLike[str], manifest: IdTableManifest, part: IdTablePart
+) -> Iterator[tuple[_ColumnReader, IdSpace]]:
+    """A part of the table at ``location`` opened for column reads, checked to hold what the manifest says."""
+    uri = _part_uri(location, part)
+    try:
+        with _stored_columns(uri) as (reader, space):
+            _check_part(location, manifest, part, space, reader.parquet.metadata.num_rows)
+            yield reader, space
+    except StorageError as exc:
+        raise IdTableError(f"{location}: part {part.file} cannot be read: {exc}") from exc
+
+
+def _read_parts(location: str | os.PathLike[str], manifest: IdTableManifest) -> IdTable:
+    """Every part's rows, each part checked against its content hash, as one verified table."""
+    tables = []
+    for part in manifest.parts:
+        uri = _part_uri(location, part)
+        try:
+            data = read_bytes(uri)
+        except StorageError as exc:
+            raise IdTableError(f"{location}: part {part.file} cannot be read: {exc}") from exc
+        if len(data) != part.bytes or hashlib.sha256(data).hexdigest() != part.sha256:
+            raise IdTableError(f"{location}: part {part.file} is damaged (its bytes differ from the manifest's hash)")
+        table, space = _parse_parquet(data, uri)
+        _check_part(location, manifest, part, space, table.num_rows)
+        tables.append(table.replace_schema_metadata(None))
+    table = IdTable(pa.concat_tables(tables) if tables else SCHEMA.empty_table(), manifest.id_space)
+    table.verify(location)
+    return table
+
+
+def _parts_allocation_base(
+    location: str | os.PathLike[str], manifest: IdTableManifest | None, space: IdSpace
+) -> _AllocationBase:
+    """What allocation reads of a table stored as parts: the item_id, codes and suffix columns of every part (by
+    byte ranges on S3), checked for codes that fit the space and one item per (codes, suffix); the text hashes of
+    held rows come from the row groups that hold them."""
+    item_ids: list[pa.Array] = []
+    codes: list[np.ndarray] = []
+    suffixes: list[np.ndarray] = []
+    if manifest is not None:
+        for part in manifest.parts:
+            with _open_part(location, manifest, part) as (reader, _):
+                columns = reader.read(["item_id", "codes", "suffix"])
+            item_ids.extend(columns.column("item_id").chunks)
+            flat = pc.list_flatten(columns.column("codes")).to_numpy(zero_copy_only=False)
+            if len(flat) != part.rows * space.levels:
+                raise IdTableError(
+                    f"{location} is corrupted: a row of part {part.file} does not have {space.levels} codes"
+                )
+            codes.append(flat.reshape(part.rows, space.levels))
+            suffixes.append(columns.column("suffix").to_numpy())
+    code_matrix = np.concatenate(codes) if codes else np.zeros((0, space.levels), dtype=np.int32)
+    suffix_array = np.concatenate(suffixes) if suffixes else np.zeros(0, dtype=np.int64)
+    sizes = space.codebook_sizes
+    if len(suffix_array):
+        if (code_matrix < 0).any() or any((code_matrix[:, level] >= k).any() for level, k in enumerate(sizes)):
+            raise IdTableError(f"{location} is corrupted: a code does not fit the codebook sizes {sizes}")
+        if suffix_array.min() < 0 or not _distinct_rows(code_matrix, suffix_array, sizes):
+            raise IdTableError(f"{location} is corrupted: a semantic ID is held by more than one item")
+    part_ends = np.cumsum([len(s) for s in suffixes], dtype=np.int64)
+
+    def text_hashes_at(rows: np.ndarray) -> list[str]:
+        order = np.argsort(rows, kind="stable")
+        hashes = np.empty(len(rows), dtype=object)
+        part_of = np.searchsorted(part_ends, rows[order], side="right")
+        for index in np.unique(part_of).tolist():
+            chosen = order[part_of == index]
+            start = int(part_ends[index - 1]) if index else 0
+            with _open_part(location, manifest, manifest.parts[index]) as (reader, _):  # type: ignore[union-attr]
+                taken = _take_rows(reader, rows[chosen] - start, ["text_hash"])
+            hashes[chosen] = taken.column("text_hash").to_pylist()
+        return hashes.tolist()
+
+    return _AllocationBase(space, pa.chunked_array(item_ids, pa.string()), code_matrix, suffix_array, text_hashes_at)
+
+
+@contextmanager
+def id_table_file(location: str | os.PathLike[str]) -> Iterator[Path]:
+    """A local Parquet file holding the whole table at ``location``, for tools that read one file (a training
+    subprocess): the file itself (a local copy from S3), or a table stored as parts written out as one, removed
+    after the block."""
+    if not is_parted(location):
+        with local_copy(location, suffix=".parquet") as path:
+            yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="lmindexer-ids-") as tmp:
+        path = Path(tmp) / "ids.parquet"
+        path.write_bytes(IdTable.read(location).to_parquet_bytes())
+        yield path
 
 
 def id_stability(previous: IdTable, current: IdTable) -> dict[str, Any]:

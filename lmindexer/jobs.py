@@ -201,7 +201,7 @@ def assign_ids(
         str(ids),
         space,
         stored.rows_before,
-        len(stored.table),
+        stored.rows_after,
         reader.summary,
         stored.report,
         tombstones,

@@ -147,12 +147,14 @@ def test_id_stability():
     }
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "local-parts", "s3-parts"])
 def table_uri(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "ids" / "ids.parquet")
+    """An ID table's location: one Parquet file, or a table stored as parts (a manifest), locally and on S3."""
+    name = "ids.json" if request.param.endswith("-parts") else "ids.parquet"
+    if request.param.startswith("local"):
+        return str(tmp_path / "ids" / name)
     bucket = request.getfixturevalue("s3_bucket")
-    return f"s3://{bucket}/ids/v1/ids.parquet"
+    return f"s3://{bucket}/ids/v1/{name}"
 
 
 def test_a_write_over_a_version_that_moved_on_is_refused(table_uri):
@@ -168,45 +170,56 @@ def test_a_write_over_a_version_that_moved_on_is_refused(table_uri):
     assert IdTable.read(table_uri).sid_map() == {"a": "1-1-0", "b": "1-1-1"}  # theirs survived, untouched
 
 
-def test_an_allocation_raced_by_another_writer_is_redone_on_top_of_its_rows(table_uri, monkeypatch):
-    store_allocation(table_uri, SPACE, [cand("a", (2, 2))], assigned_at=T0)
-    real_read = idtable.read_id_table
-    raced = []
+def raced_reads(monkeypatch, table_uri, other_writer):
+    """Each read of the table at ``table_uri`` by a writer is followed at once by ``other_writer()`` (a whole
+    allocation of another writer), before the writer can write: the race a compare-and-swap write must lose."""
+    real_read = idtable.read_versioned
+    busy = []
 
-    def read_then_lose_the_race(location, space):
-        stored = real_read(location, space)
-        if not raced:  # another writer slips in between this read and the write that follows it
-            theirs, _ = stored.table.allocate([cand("theirs", (2, 2))], assigned_at=T1)
-            theirs.write(location, replacing=stored.version)
-            raced.append(theirs)
+    def read_then_lose_the_race(location, **options):
+        stored = real_read(location, **options)
+        if str(location) == table_uri and not busy:
+            busy.append(True)  # the other writer's own reads do not race it
+            try:
+                other_writer()
+            finally:
+                busy.pop()
         return stored
 
-    monkeypatch.setattr(idtable, "read_id_table", read_then_lose_the_race)
+    monkeypatch.setattr(idtable, "read_versioned", read_then_lose_the_race)
+
+
+def test_an_allocation_raced_by_another_writer_is_redone_on_top_of_its_rows(table_uri, monkeypatch):
+    store_allocation(table_uri, SPACE, [cand("a", (2, 2))], assigned_at=T0)
+    raced = []
+
+    def theirs():
+        if not raced:  # once: the retry that follows wins
+            raced.append(store_allocation(table_uri, SPACE, [cand("theirs", (2, 2))], assigned_at=T1))
+
+    raced_reads(monkeypatch, table_uri, theirs)
     mine = store_allocation(table_uri, SPACE, [cand("mine", (2, 2)), cand("a", (2, 2))], assigned_at=T1)
     assert mine.attempts == 2 and mine.written
     final = IdTable.read(table_uri)
     assert final.sid_map() == {"a": "2-2-0", "theirs": "2-2-1", "mine": "2-2-2"}
     # what each writer reported is what the table holds: no ID changed owner
-    assert raced[0].sid_map()["theirs"] == final.sid_map()["theirs"]
-    assert mine.table.sid_map() == final.sid_map()
+    assert raced[0].added.sid_map() == {"theirs": "2-2-1"}
+    assert mine.added.sid_map() == {"mine": "2-2-2"}
+    assert (mine.rows_before, mine.rows_after) == (2, 3)
 
 
 def test_an_allocation_that_keeps_losing_gives_up_without_writing(table_uri, monkeypatch):
     store_allocation(table_uri, SPACE, [cand("a", (0, 0))], assigned_at=T0)
-    real_read = idtable.read_id_table
     counter = iter(range(1000))
-
-    def always_raced(location, space):
-        stored = real_read(location, space)
-        theirs, _ = stored.table.allocate([cand(f"other-{next(counter)}", (0, 1))], assigned_at=T1)
-        theirs.write(location, replacing=stored.version)
-        return stored
-
-    monkeypatch.setattr(idtable, "read_id_table", always_raced)
+    real_read = idtable.read_versioned
+    raced_reads(
+        monkeypatch, table_uri, lambda: store_allocation(table_uri, SPACE, [cand(f"other-{next(counter)}", (0, 1))])
+    )
     with pytest.raises(IdTableError, match="changed by other writers 3 times"):
         store_allocation(table_uri, SPACE, [cand("mine", (0, 0))], attempts=3)
-    monkeypatch.setattr(idtable, "read_id_table", real_read)
+    monkeypatch.setattr(idtable, "read_versioned", real_read)
     assert "mine" not in IdTable.read(table_uri)
+    assert len(IdTable.read(table_uri)) == 4  # "a" and the three writers that won
 
 
 def test_allocation_into_a_table_of_another_id_space_is_refused(table_uri):
@@ -395,3 +408,147 @@ def test_the_rows_of_item_ids_are_found_whether_the_ids_or_the_table_are_hashed(
             assert table._rows_of(wanted).tolist() == [rows.get(item_id, -1) for item_id in wanted]
     finally:
         idtable._FEW_ROWS_RATIO = original
+
+
+# -- tables stored as parts -------------------------------------------------------------------------------------
+
+
+def manifest_of(uri) -> dict:
+    import json
+    from pathlib import Path
+
+    return json.loads(Path(uri).read_text())
+
+
+def test_a_write_to_a_table_stored_as_parts_adds_one_part_of_its_rows_and_leaves_the_others_untouched(tmp_path):
+    uri = tmp_path / "ids" / "ids.json"
+    first = store_allocation(uri, SPACE, [cand(f"i{n:02d}", (n % 4, n // 4 % 4)) for n in range(40)], assigned_at=T0)
+    old_part = tmp_path / "ids" / manifest_of(uri)["parts"][0]["file"]
+    old_bytes = old_part.read_bytes()
+    second = store_allocation(uri, SPACE, [cand("i00", (0, 0)), cand("new-1", (1, 1)), cand("new-2", (1, 1))],
+                              assigned_at=T1)  # fmt: skip
+    parts = manifest_of(uri)["parts"]
+    assert [part["rows"] for part in parts] == [40, 2]
+    assert old_part.read_bytes() == old_bytes  # the earlier part is not rewritten
+    assert IdTable.read(tmp_path / "ids" / parts[1]["file"]).table.equals(second.added.table)  # only the new rows
+    whole = IdTable.read(uri)
+    assert whole.table.equals(pa.concat_tables([first.added.table, second.added.table]))
+    assert second.added.sid_map() == {"new-1": "1-1-3", "new-2": "1-1-4"}  # i05, i21 and i37 hold 1-1-0 to 1-1-2
+    assert (second.rows_before, second.rows_after, second.report.already_assigned) == (40, 42, 1)
+    # a run that adds nothing writes nothing
+    version = (tmp_path / "ids" / "ids.json").read_bytes()
+    again = store_allocation(uri, SPACE, [cand("new-1", (1, 1))], assigned_at=T1)
+    assert not again.written and (tmp_path / "ids" / "ids.json").read_bytes() == version
+
+
+def test_the_write_past_max_parts_compacts_a_table_stored_as_parts_into_one_part(tmp_path):
+    uri = tmp_path / "ids.json"
+    added = []
+    for run in range(3):
+        stored = store_allocation(uri, SPACE, [cand(f"r{run}-{n}", (n % 4, run)) for n in range(5)], max_parts=2)
+        added.append(stored.added.table)
+        assert len(manifest_of(uri)["parts"]) == [1, 2, 1][run]
+    # the compacted part holds every row, in the order they were added
+    assert IdTable.read(uri).table.equals(pa.concat_tables(added))
+    assert manifest_of(uri)["rows"] == 15
+    with pytest.raises(IdTableError, match="at least one part"):
+        store_allocation(uri, SPACE, [], max_parts=0)
+
+
+def test_a_held_items_changed_text_is_counted_from_the_part_that_holds_it(tmp_path):
+    uri = tmp_path / "ids.json"
+    store_allocation(uri, SPACE, [cand("a", (0, 0), "ha"), cand("b", (0, 1), "hb")])
+    store_allocation(uri, SPACE, [cand("c", (0, 0), "hc"), cand("d", (0, 1), "hd")])
+    report = store_allocation(
+        uri, SPACE, [cand("d", (0, 1), "hd"), cand("b", (0, 1), "new text"), cand("c", (0, 0), "new text"),
+                     cand("a", (0, 0), "ha")],
+    ).report  # fmt: skip
+    assert (report.already_assigned, report.text_changed) == (4, 2)
+    assert report.changed_item_ids == ["b", "c"]
+
+
+def test_reads_of_a_table_stored_as_parts_see_every_part(tmp_path, s3_bucket):
+    local = tmp_path / "ids.json"
+    store_allocation(local, SPACE, [cand("b", (1, 2)), cand("a", (1, 2))], assigned_at=T0)
+    store_allocation(local, SPACE, [cand("c", (1, 2)), cand("d", (0, 3))], assigned_at=T1)
+    whole = IdTable.read(local)
+    assert whole.sid_map() == {"a": "1-2-0", "b": "1-2-1", "d": "0-3-0", "c": "1-2-2"}
+    remote = f"s3://{s3_bucket}/ids/v/ids.json"
+    whole.write(remote)  # one part under a new manifest
+    for uri in (local, remote):
+        assert stored_item_ids(uri).to_pylist() == whole.item_ids
+        assert read_id_rows(uri, ["c", "a", "zz"]).table.equals(whole.restricted(["a", "c"]).table)
+        assert read_id_table(uri, SPACE).table.table.equals(whole.table)
+        with idtable.id_table_file(uri) as path:
+            assert path.suffix == ".parquet" and IdTable.read(path).table.equals(whole.table)
+    # a table stored as parts that has none yet: empty, of its ID space
+    empty = tmp_path / "empty" / "ids.json"
+    assert store_allocation(empty, SPACE, []).written
+    assert len(IdTable.read(empty)) == 0 and stored_item_ids(empty).to_pylist() == []
+    assert read_id_rows(empty, ["a"]).space == SPACE
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        # a whole read checks the part's hash; a writer reading columns, the part's Parquet checksums
+        ("flip a byte of a part", r"part parts/\w+\.parquet is damaged|parts/\w+\.parquet is not a readable"),
+        ("remove a part", r"part parts/\w+\.parquet cannot be read"),
+        ("miscount a part's rows", "rows is 3 but the parts hold 4"),
+        ("not a manifest", "not an lmindexer ID table manifest"),
+    ],
+)
+def test_a_damaged_table_stored_as_parts_is_refused(tmp_path, damage, problem):
+    import json
+
+    uri = tmp_path / "ids.json"
+    store_allocation(uri, SPACE, [cand("a", (1, 1)), cand("b", (1, 1))])
+    store_allocation(uri, SPACE, [cand("c", (1, 1)), cand("d", (2, 2))])
+    manifest = manifest_of(uri)
+    part = tmp_path / manifest["parts"][1]["file"]
+    if damage == "flip a byte of a part":
+        data = bytearray(part.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        part.write_bytes(bytes(data))
+    elif damage == "remove a part":
+        part.unlink()
+    elif damage == "miscount a part's rows":
+        manifest["rows"] = 3
+        uri.write_text(json.dumps(manifest))
+    else:
+        uri.write_bytes(b"PAR1 not a manifest")
+    stored = uri.read_bytes()
+    with pytest.raises(IdTableError, match=problem):
+        IdTable.read(uri)
+    with pytest.raises(IdTableError, match=problem):  # a writer refuses it too, and writes nothing
+        store_allocation(uri, SPACE, [cand("e", (3, 3))])
+    assert uri.read_bytes() == stored
+
+
+def test_allocation_on_a_table_stored_as_parts_reads_only_the_columns_allocation_needs(s3_bucket, monkeypatch):
+    """Adding a run's IDs to a large table stored as parts on S3 reads its item_id, codes and suffix columns (not
+    the sids, text hashes and times that make up most of its bytes) and writes the run's rows alone."""
+    import hashlib
+    import json
+
+    from lmindexer.storage import s3
+    from lmindexer.storage.s3 import read_bytes, s3_client
+
+    space = IdSpace("v", "rq-kmeans", (64, 64, 64))
+    rng = random.Random(5)
+    candidates = [
+        cand(f"item-{n:05d}", tuple(rng.randrange(64) for _ in range(3)), hashlib.sha256(b"%d" % n).hexdigest())
+        for n in range(20_000)
+    ]
+    uri = f"s3://{s3_bucket}/ids/v/ids.json"
+    store_allocation(uri, space, candidates[:19_990], assigned_at=T0)
+    part_bytes = json.loads(read_bytes(uri))["parts"][0]["bytes"]
+    client = s3_client()
+    fetched = recorded_gets(client)
+    monkeypatch.setattr("lmindexer.storage.s3.shared_s3_client", lambda: client)
+    monkeypatch.setattr(s3, "COALESCE_GAP_BYTES", 0)  # each column chunk fetched on its own
+    stored = store_allocation(uri, space, candidates[19_990:], assigned_at=T1)
+    assert stored.report.newly_assigned == 10
+    assert 0 < sum(fetched) < part_bytes / 2
+    assert [part["rows"] for part in json.loads(read_bytes(uri))["parts"]] == [19_990, 10]
+    assert len(IdTable.read(uri)) == 20_000

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from lmindexer.idtable import Candidate, IdSpace, IdTable, parse_sid, store_allocation
+from lmindexer.idtable import DEFAULT_MAX_PARTS, Candidate, IdSpace, IdTable, parse_sid, store_allocation
 
 SPACE = IdSpace("rq-kmeans-20260101T000000Z-abcd1234", "rq-kmeans", (3, 2), "argmax")
 ITEMS = [f"item-{n}" for n in range(12)]
@@ -23,11 +23,13 @@ class Allocation(RuleBasedStateMachine):
     """The catalogue changes in arbitrary ways between runs; each run allocates the live items into a stored table."""
 
     space = SPACE
+    name = "ids.parquet"  # one file
+    max_parts = DEFAULT_MAX_PARTS
 
     def __init__(self) -> None:
         super().__init__()
         self.folder = tempfile.TemporaryDirectory()
-        self.uri = str(Path(self.folder.name) / "ids.parquet")
+        self.uri = str(Path(self.folder.name) / self.name)
         self.live: dict[str, tuple[tuple[int, int], str]] = {}  # item -> (codes the indexer gives now, text)
         self.reported: dict[str, str] = {}  # every ID ever reported, by item
         self.rows: list[dict] = []  # the stored rows after the last run
@@ -53,14 +55,15 @@ class Allocation(RuleBasedStateMachine):
         candidates = [self.candidate(i, c, t) for i, (c, t) in self.live.items()]
         order.shuffle(candidates)  # the catalogue's row order must not matter
         self.clock += dt.timedelta(hours=1)
-        stored = store_allocation(self.uri, self.space, candidates, assigned_at=self.clock)
-        table = stored.table
-        for item, sid in table.sid_map().items():
-            self.reported.setdefault(item, sid)
-        new_rows = table.table.to_pylist()
+        stored = store_allocation(self.uri, self.space, candidates, assigned_at=self.clock, max_parts=self.max_parts)
+        for item, sid in stored.added.sid_map().items():
+            assert item not in self.reported  # an item with an ID is never given another
+            self.reported[item] = sid
+        new_rows = IdTable.read(self.uri).table.to_pylist()
         assert new_rows[: len(self.rows)] == self.rows  # existing rows are never rewritten
+        assert new_rows[len(self.rows) :] == stored.added.table.to_pylist()  # what was reported is what is stored
+        assert (stored.rows_before, stored.rows_after) == (len(self.rows), len(new_rows))
         self.rows = new_rows
-        assert IdTable.read(self.uri).table.to_pylist() == new_rows  # what was reported is what is stored
 
     @invariant()
     def ids_are_unique_stable_and_never_reused(self) -> None:
@@ -151,3 +154,22 @@ def test_table_lookups_agree_with_a_row_by_row_reading(sizes, rows, asked):
     assert table.taken_last_codes(prefixes) == {p: expected_taken[p] for p in prefixes if p in expected_taken}
     ids = [f"item-{n}" for n in asked]
     assert table.codes_of(ids) == {row["item_id"]: tuple(row["codes"]) for row in stored if row["item_id"] in ids}
+
+
+class PartedAllocation(Allocation):
+    """The same on a table stored as parts that is compacted every third write, so that appends, compactions and
+    runs that add nothing interleave."""
+
+    name = "ids.json"
+    max_parts = 3
+
+
+class BalancedPartedAllocation(BalancedAllocation):
+    name = "ids.json"
+    max_parts = 3
+
+
+TestPartedAllocation = PartedAllocation.TestCase
+TestPartedAllocation.settings = SETTINGS
+TestBalancedPartedAllocation = BalancedPartedAllocation.TestCase
+TestBalancedPartedAllocation.settings = SETTINGS

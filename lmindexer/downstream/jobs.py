@@ -53,7 +53,7 @@ from lmindexer.downstream.results import (
     TrainedRetriever,
 )
 from lmindexer.errors import ConfigError, RetrieverError, RetrieverGateFailed
-from lmindexer.idtable import IdTable
+from lmindexer.idtable import IdTable, id_table_file
 from lmindexer.layout import CURRENT
 from lmindexer.options import parse_config
 from lmindexer.pipeline.config import PipelineConfig, normalise_prefix, safe_run_id
@@ -449,7 +449,7 @@ def _launch_training(
         if is_s3_uri(pointer.snapshot_uri):
             snapshot = work / "snapshot"
             download_prefix(pointer.snapshot_uri, snapshot)
-        ids = inputs.enter_context(local_copy(pointer.ids_uri, suffix=".parquet"))
+        ids = inputs.enter_context(id_table_file(pointer.ids_uri))
         catalog = inputs.enter_context(catalog_file(pointer.catalog_uri))
         queries = inputs.enter_context(local_copy(retriever.train_queries, suffix=".jsonl"))
         options = work / "options.json"

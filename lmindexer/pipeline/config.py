@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
 from lmindexer import layout
+from lmindexer.idtable import DEFAULT_MAX_PARTS
 from lmindexer.methods import DEFAULT_METHOD, INDEXER_CONFIGS, INDEXER_METHODS, IndexerConfig, MixedPrecision
 from lmindexer.options import describe_validation_error
 
@@ -71,6 +72,10 @@ class PipelineConfig(BaseModel):
     catalog_max_parts: int = Field(
         16, ge=1, description="parts a catalogue version may have before a run compacts it into one (1: every run)"
     )
+    ids_max_parts: int = Field(
+        DEFAULT_MAX_PARTS, ge=1,
+        description="parts an ID table may have before a run compacts it into one (1: every run rewrites it whole)",
+    )  # fmt: skip
     train_processes: int = Field(1, ge=1, description="processes for accelerate launch")
     mixed_precision: MixedPrecision = "no"
     gates: QualityGates = Field(default_factory=QualityGates)

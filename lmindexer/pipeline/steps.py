@@ -70,7 +70,7 @@ from lmindexer.pipeline.results import (
 )
 from lmindexer.storage.drops import Drop
 from lmindexer.storage.parquet import read_parquet, write_parquet
-from lmindexer.storage.s3 import upload_tree, write_bytes
+from lmindexer.storage.s3 import exists, upload_tree, write_bytes
 from lmindexer.storage.versioned import VersionConflict
 from lmindexer.threads import limited_threads, threads_per_task
 from lmindexer.training.launch import TrainingFailed, accelerate_command, run_training
@@ -340,11 +340,11 @@ def reduce_ids(config: PipelineConfig, run_id: str, snapshot: Snapshot, shards: 
         table_uri = ids_uri(config, snapshot.snapshot_version)
         space = read_id_space(snapshot.snapshot_uri)
         candidates = [c for shard in sorted(shards, key=lambda s: s.shard) for c in read_candidates(shard.codes_uri)]
-        stored = store_allocation(table_uri, space, candidates)
+        stored = store_allocation(table_uri, space, candidates, max_parts=config.ids_max_parts)
         return Reduced(
             ids_uri=table_uri,
             rows_before=stored.rows_before,
-            rows_after=len(stored.table),
+            rows_after=stored.rows_after,
             newly_assigned=stored.report.newly_assigned,
             write_attempts=stored.attempts,
         ).to_xcom()
@@ -576,7 +576,11 @@ def train_command(
 
 
 def ids_uri(config: PipelineConfig, version: str) -> str:
-    return config.uri(config.ids_prefix, version, "ids.parquet")
+    """The ID table of a snapshot's ID space: stored as parts under ``ids/<version>/ids.json`` (a run writes its
+    own rows, not the table again), or the one Parquet file ``ids/<version>/ids.parquet`` where an ID space began
+    as one (it stays one file, so no row of it is ever moved)."""
+    single_file = config.uri(config.ids_prefix, version, "ids.parquet")
+    return single_file if exists(single_file) else config.uri(config.ids_prefix, version, "ids.json")
 
 
 def _upserted_rows(merged: Merged, item_ids: pa.ChunkedArray | pa.Array) -> pa.Table:

@@ -37,6 +37,18 @@ def test_config_validation():
         parse_config(PipelineConfig, {})
 
 
+def test_a_new_id_space_is_stored_as_parts_and_one_that_began_as_one_file_stays_one_file(config):
+    """A run writes its own rows to a new ID space's table (parts under a manifest); an ID space whose table is
+    one Parquet file keeps that file, so no row of it moves and every earlier ID stays where readers find it."""
+    from lmindexer.idtable import IdSpace, IdTable, is_parted
+
+    assert steps.ids_uri(config, "v1") == config.uri(config.ids_prefix, "v1", "ids.json")
+    assert is_parted(steps.ids_uri(config, "v1"))
+    single_file = config.uri(config.ids_prefix, "v2", "ids.parquet")
+    IdTable.empty(IdSpace("v2", "rq-kmeans", (4, 4))).write(single_file)
+    assert steps.ids_uri(config, "v2") == single_file
+
+
 def test_run_ids_become_safe_keys():
     assert safe_run_id("manual__2026-11-28T16:32:15.564518+00:00") == "manual__2026-11-28t16-32-15.564518-00-00"
     with pytest.raises(ValueError, match="no usable characters"):
@@ -346,7 +358,7 @@ def test_the_plan_takes_the_runs_upserts_and_any_item_an_earlier_run_left_withou
     from lmindexer.catalog.store import items_from_table, read_catalog_table
     from lmindexer.idtable import IdTable
     from lmindexer.storage.parquet import write_parquet
-    from lmindexer.storage.s3 import write_bytes
+    from lmindexer.storage.versioned import current_version
 
     base, new = wiki_items[:30], wiki_items[30:34]
     snapshot_uri = fit_snapshot(config, base + new, tmp_path)
@@ -367,7 +379,7 @@ def test_the_plan_takes_the_runs_upserts_and_any_item_an_earlier_run_left_withou
     # An earlier run was interrupted before base[3] got its ID: the plan picks it up from the catalogue.
     table = IdTable.read(live["ids_uri"])
     kept = table.table.filter(pc.not_equal(table.table.column("item_id"), base[3].item_id))
-    write_bytes(IdTable(kept, table.space).to_parquet_bytes(), live["ids_uri"])
+    IdTable(kept, table.space).write(live["ids_uri"], replacing=current_version(live["ids_uri"]))
     assert planned("r2") == sorted([*new, base[3]], key=lambda item: item.item_id)
 
     # Each shard's file holds exactly its rows, so a shard task reads only what it codes.
