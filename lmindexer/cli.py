@@ -52,6 +52,7 @@ StackDirOption = Annotated[Path, typer.Option("--dir", help="Where the stack rec
 console = Console(stderr=True, soft_wrap=True)
 stdout = Console(soft_wrap=True)
 
+IDS_HELP = "ID table, local or s3://: one Parquet file, or parts under a manifest (a name ending in .json)"
 CatalogOption = Annotated[
     str, typer.Option("--catalog", help="Catalogue file or s3:// URI (.jsonl, .jsonl.gz, .parquet, .csv, .csv.gz).")
 ]
@@ -172,7 +173,7 @@ def fit(
 def assign(
     snapshot: Annotated[str, typer.Option("--snapshot", help="Snapshot directory or s3:// prefix.")],
     catalog: CatalogOption,
-    ids: Annotated[str, typer.Option("--ids", help="ID table (Parquet, local or s3://); extended if it exists.")],
+    ids: Annotated[str, typer.Option("--ids", help=IDS_HELP + "; extended if it exists.")],
     strict: StrictOption = False,
     rejects: RejectsOption = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the assignment summary as JSON.")] = None,
@@ -544,7 +545,7 @@ def _print_json(data: Any) -> None:
 @retriever_app.command("train")
 def retriever_train(
     snapshot: Annotated[str, typer.Option("--snapshot", help="Snapshot (directory or s3://) that made the IDs.")],
-    ids: Annotated[str, typer.Option("--ids", help="ID table (Parquet, local or s3://).")],
+    ids: Annotated[str, typer.Option("--ids", help=IDS_HELP + ".")],
     catalog: CatalogVersionOption,
     queries: Annotated[str, typer.Option("--queries", help="Training queries: JSONL of {query, item_id} rows.")],
     out: Annotated[Path, typer.Option("--out", help="Model directory to write.")],

@@ -12,6 +12,11 @@ it reads the table with its version, allocates, and writes if nobody else wrote 
 and allocates again on top of the other writer's rows. So two writers can never both report success while one's
 IDs vanish, and an ID once reported never changes owner.
 
+A table is stored as one Parquet file, or, at a location ending in ``.json`` (:func:`is_parted`), as immutable
+Parquet parts under a manifest: a write then adds one part holding the rows it allocated (reading only the columns
+allocation needs) and swaps the manifest, so its cost follows the new rows, not the table; every ``max_parts``
+writes the table is compacted into one part. Readers take either form.
+
 Stored tables are checked when read: Parquet page checksums catch flipped bytes in the data, and the structure is
 verified (one row per item, one item per ID, IDs consistent with their codes), so a corrupted table is an error,
 never a silent source of wrong IDs.

@@ -76,6 +76,13 @@ def test_fit_assign_evaluate_round_trip(capsys, wiki_sample_path, tmp_path):
     assert code == 0, err
     assert "320 new IDs" in out
     assert json.loads((tmp_path / "assign.json").read_text())["rows_after"] == 320
+    # the same into a table stored as parts (a manifest): the same IDs
+    code, out, err = run(capsys, "assign", "--snapshot", str(tmp_path / "snap"), "--catalog", str(wiki_sample_path),
+                         "--ids", str(tmp_path / "ids.json"), "--quiet")  # fmt: skip
+    assert code == 0, err
+    from lmindexer.idtable import IdTable
+
+    assert IdTable.read(tmp_path / "ids.json").sid_map() == IdTable.read(tmp_path / "ids.parquet").sid_map()
     code, out, err = run(
         capsys,
         "evaluate",
