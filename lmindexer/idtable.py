@@ -958,6 +958,7 @@ def _parts_allocation_base(
     suffix_array = np.concatenate(suffixes) if suffixes else np.zeros(0, dtype=np.int64)
     sizes = space.codebook_sizes
     if len(suffix_array):
+        # A writer's own check, on integers (not the item_ids: allocation looks them up and adds none twice).
         if (code_matrix < 0).any() or any((code_matrix[:, level] >= k).any() for level, k in enumerate(sizes)):
             raise IdTableError(f"{location} is corrupted: a code does not fit the codebook sizes {sizes}")
         if suffix_array.min() < 0 or not _distinct_rows(code_matrix, suffix_array, sizes):
@@ -977,6 +978,86 @@ def _parts_allocation_base(
         return hashes.tolist()
 
     return _AllocationBase(space, pa.chunked_array(item_ids, pa.string()), code_matrix, suffix_array, text_hashes_at)
+
+
+@dataclass(frozen=True)
+class TableForCheck:
+    """What the pipeline's ``check`` reads of a table whose rows before ``first_row`` were checked when they were
+    added: every row's item_id and codes (for the lookup of live items and the quality metrics) and the rows from
+    ``first_row`` on, whole (for the ID suite). Verified as :func:`read_for_check` says."""
+
+    space: IdSpace
+    rows: int
+    first_row: int
+    item_ids: pa.ChunkedArray
+    codes: np.ndarray  # (rows, levels), table order
+    recent: IdTable  # rows first_row.. of the table
+
+
+def read_for_check(location: str | os.PathLike[str], first_row: int = 0) -> TableForCheck:
+    """The table at ``location`` as :class:`TableForCheck` holds it. One file: read whole and verified
+    (:meth:`IdTable.read`). Stored as parts: the parts holding rows from ``first_row`` on are read whole (their
+    hashes checked) and verified, and the parts before them only by their item_id, codes and suffix columns (page
+    checksums); across the whole table, one row per item, codes that fit the space and one item per (codes,
+    suffix) are verified. The sids, text hashes and times of the earlier parts were verified by the check that
+    added them and are immutable (each part is named by its hash), so they are not read again."""
+    if not is_parted(location):
+        table = IdTable.read(location)
+        start = min(first_row, len(table))
+        return TableForCheck(
+            table.space, len(table), start, table.table.column("item_id"), table.code_matrix(),
+            IdTable(table.table.slice(start), table.space),
+        )  # fmt: skip
+    manifest = _require_manifest(location)
+    space = manifest.id_space
+    start = min(first_row, manifest.rows)
+    item_ids: list[pa.Array] = []
+    codes: list[np.ndarray] = []
+    suffixes: list[np.ndarray] = []
+    recent: list[pa.Table] = []
+    part_start = 0
+    for part in manifest.parts:
+        if part_start + part.rows > start:  # holds rows the check has not seen: read whole
+            whole = _read_parts(location, manifest.model_copy(update={"parts": [part], "rows": part.rows}))
+            columns = whole.table
+            recent.append(columns.slice(max(0, start - part_start)).replace_schema_metadata(None))
+        else:
+            with _open_part(location, manifest, part) as (reader, _):
+                columns = reader.read(["item_id", "codes", "suffix"])
+        item_ids.extend(columns.column("item_id").chunks)
+        flat = pc.list_flatten(columns.column("codes")).to_numpy(zero_copy_only=False)
+        if len(flat) != part.rows * space.levels:
+            raise IdTableError(f"{location} is corrupted: a row of {part.file} does not have {space.levels} codes")
+        codes.append(flat.reshape(part.rows, space.levels))
+        suffixes.append(columns.column("suffix").to_numpy())
+        part_start += part.rows
+    all_ids = pa.chunked_array(item_ids, pa.string())
+    code_matrix = np.concatenate(codes) if codes else np.zeros((0, space.levels), dtype=np.int32)
+    suffix_array = np.concatenate(suffixes) if suffixes else np.zeros(0, dtype=np.int64)
+    _verify_columns(location, space, all_ids, code_matrix, suffix_array)
+    table = pa.concat_tables(recent) if recent else SCHEMA.empty_table()
+    return TableForCheck(space, manifest.rows, start, all_ids, code_matrix, IdTable(table, space))
+
+
+def _verify_columns(
+    location: str | os.PathLike[str], space: IdSpace, item_ids: pa.ChunkedArray, codes: np.ndarray, suffixes: np.ndarray
+) -> None:
+    """The structure a whole table must have, on its item_id, codes and suffix columns alone: one row per item,
+    codes that fit the space, and one item per (codes, suffix), i.e. per semantic ID."""
+    if not len(suffixes):
+        return
+    sizes = space.codebook_sizes
+    problems = []
+    if pc.count_distinct(item_ids).as_py() != len(item_ids):
+        problems.append("an item_id appears on more than one row")
+    if (codes < 0).any() or any((codes[:, level] >= k).any() for level, k in enumerate(sizes)):
+        problems.append(f"a code does not fit the codebook sizes {sizes}")
+    elif suffixes.min() < 0:
+        problems.append("a suffix is negative")
+    elif not _distinct_rows(codes, suffixes, sizes):
+        problems.append("a semantic ID is held by more than one item")
+    if problems:
+        raise IdTableError(f"{location} is corrupted: {'; '.join(problems)}")
 
 
 @contextmanager

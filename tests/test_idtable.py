@@ -552,3 +552,48 @@ def test_allocation_on_a_table_stored_as_parts_reads_only_the_columns_allocation
     assert 0 < sum(fetched) < part_bytes / 2
     assert [part["rows"] for part in json.loads(read_bytes(uri))["parts"]] == [19_990, 10]
     assert len(IdTable.read(uri)) == 20_000
+
+
+def test_the_read_for_check_holds_every_rows_ids_and_codes_and_the_recent_rows_whole(tmp_path):
+    """What check reads: every row's item_id and codes, and the rows from first_row on, whole; the same whichever
+    way the table is stored."""
+    from lmindexer.idtable import read_for_check
+
+    parted = tmp_path / "ids.json"
+    for run in range(3):
+        store_allocation(parted, SPACE, [cand(f"r{run}-{n}", (n % 4, run)) for n in range(5)], assigned_at=T0)
+    whole = IdTable.read(parted)
+    single = tmp_path / "ids.parquet"
+    whole.write(single)
+    for uri in (parted, single):
+        for first_row in (0, 7, 10, 15, 99):
+            checked = read_for_check(uri, first_row)
+            assert checked.item_ids.to_pylist() == whole.item_ids
+            assert (checked.codes == whole.code_matrix()).all()
+            assert (checked.rows, checked.first_row) == (15, min(first_row, 15))
+            assert checked.recent.table.equals(whole.table.slice(min(first_row, 15)))
+
+
+@pytest.mark.parametrize(
+    ("later_row", "problem"),
+    [
+        # the later part repeats an earlier part's item, or its (codes, suffix) under another item: found on the
+        # columns of the earlier part, which check does not read whole
+        (lambda row: row.update(item_id="a"), "an item_id appears on more than one row"),
+        (lambda row: row.update(codes=[1, 1], suffix=0, sid="1-1-0"), "a semantic ID is held by more than one item"),
+        # the later part, read whole, is verified row by row
+        (lambda row: row.update(sid="3-3-9"), "a sid does not match its codes and suffix"),
+    ],
+)
+def test_the_read_for_check_refuses_a_table_whose_parts_break_its_invariants(tmp_path, later_row, problem):
+    from lmindexer.idtable import _manifest, _write_manifest, _write_part, read_for_check
+
+    uri = tmp_path / "ids.json"
+    first, _ = IdTable.empty(SPACE).allocate([cand("a", (1, 1)), cand("b", (2, 2))], assigned_at=T0)
+    later, _ = IdTable.empty(SPACE).allocate([cand("c", (3, 3))], assigned_at=T1)
+    rows = later.table.to_pylist()
+    later_row(rows[0])
+    broken = IdTable(pa.Table.from_pylist(rows, schema=idtable.SCHEMA), SPACE)
+    _write_manifest(uri, _manifest(SPACE, [_write_part(uri, first), _write_part(uri, broken)]), None)
+    with pytest.raises(IdTableError, match=problem):
+        read_for_check(uri, first_row=2)

@@ -48,7 +48,15 @@ from lmindexer.catalog.items import Item
 from lmindexer.catalog.store import SCHEMA as CATALOG_SCHEMA
 from lmindexer.catalog.store import catalog_file, items_from_table, merge_into_version, read_catalog_table
 from lmindexer.errors import CatalogError, UserError
-from lmindexer.idtable import IdTable, id_stability, read_id_rows, store_allocation, stored_item_ids
+from lmindexer.idtable import (
+    IdSpace,
+    IdTable,
+    id_stability,
+    read_for_check,
+    read_id_rows,
+    store_allocation,
+    stored_item_ids,
+)
 from lmindexer.pipeline.config import Mode, PipelineConfig, safe_run_id
 from lmindexer.pipeline.records import current as current_record
 from lmindexer.pipeline.records import current_versioned, processing_state, remembered, set_current
@@ -361,18 +369,19 @@ def check(
     def compute() -> dict[str, Any]:
         from lmindexer.validation import validate_ids
 
-        table = IdTable.read(reduced.ids_uri)
         live_ids, labels = _live_catalogue(config, merged.catalog_uri)
         live = live_version(config)
         same_table = live is not None and live.ids_uri == reduced.ids_uri
-        # The suite runs on the rows added since the live version committed (all rows of a new table); reading the
-        # table verified every row's structure, and the committed rows passed this suite when they were added.
+        # The suite runs on the rows added since the live version committed (all rows of a new table); the read
+        # verified the whole table's structure (and these rows whole), and the committed rows passed this suite
+        # when they were added.
         checked_before = (live.ids_rows or 0) if live is not None and same_table else 0
+        table = read_for_check(reduced.ids_uri, first_row=checked_before)
         # Each live item's row, looked up once for the ID suite (items without an ID) and the quality metrics.
-        rows = pc.index_in(live_ids, value_set=table.table.column("item_id"))
-        output = validate_ids(table, live_ids, first_row=min(checked_before, len(table)), staged_rows=rows)
+        rows = pc.index_in(live_ids, value_set=table.item_ids)
+        output = validate_ids(table, live_ids, staged_rows=rows)
         failures = [] if output.success else [f"ID table checks: {output.describe()}"]
-        metrics = _quality(table, rows, labels, config.label)
+        metrics = _quality(table.codes, table.space, rows, labels, config.label)
         stability = None
         if same_table:
             # Same ID space, same table: every write of it verified, row by row, that earlier IDs are unchanged.
@@ -380,7 +389,7 @@ def check(
             stability = {"common_items": kept, "unchanged": kept, "stability": 1.0 if kept else None,
                          "same_id_space": True}  # fmt: skip
         elif live is not None:
-            stability = id_stability(IdTable.read(live.ids_uri), table)
+            stability = id_stability(IdTable.read(live.ids_uri), IdTable.read(reduced.ids_uri))
         failures += _gate_failures(config, decision, metrics, live)
         if failures:
             raise QualityGateFailed("; ".join(failures))
@@ -610,19 +619,22 @@ def _live_catalogue(config: PipelineConfig, catalog_uri: str) -> tuple[pa.Chunke
     return table.column("item_id"), values
 
 
-def _quality(table: IdTable, rows: pa.ChunkedArray, labels: Labels | None, label: str | None) -> IdQuality:
-    """The quality metrics of the live items' IDs; ``rows``: each live item's row in ``table`` (null: none)."""
+def _quality(
+    code_matrix: np.ndarray, space: IdSpace, rows: pa.ChunkedArray, labels: Labels | None, label: str | None
+) -> IdQuality:
+    """The quality metrics of the live items' IDs; ``rows``: each live item's row of ``code_matrix`` (every row's
+    codes, in table order; null: none)."""
     from lmindexer.metrics import evaluate_codes
 
     present = pc.is_valid(rows).to_numpy(zero_copy_only=False)
-    codes = table.code_matrix()[rows.drop_null().to_numpy(zero_copy_only=False)].astype(np.int64)
+    codes = code_matrix[rows.drop_null().to_numpy(zero_copy_only=False)].astype(np.int64)
     if isinstance(labels, pa.ChunkedArray | pa.Array):
         present_labels: Labels | None = labels.filter(pa.array(present))
     else:
         present_labels = (
             [value for value, keep in zip(labels, present.tolist(), strict=True) if keep] if labels else None
         )
-    report = evaluate_codes(codes, table.space.codebook_sizes, present_labels, label_name=label)
+    report = evaluate_codes(codes, space.codebook_sizes, present_labels, label_name=label)
     return IdQuality(
         items=report.items,
         level1_ami=report.agreement[0]["ami"] if report.agreement else None,

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lmindexer.idtable import SID_SEPARATOR, IdTable, format_sid
+from lmindexer.idtable import SID_SEPARATOR, IdTable, TableForCheck, format_sid
 from lmindexer.storage.s3 import local_copy, write_bytes
 from lmindexer.validation.common import ValidationFailed, dumps_document
 from lmindexer.validation.gx import run_suite
@@ -65,10 +65,9 @@ def staged_item_ids(staged_uri: str, *, live_only: bool = True, s3_client: Any =
     return [item_id for item_id, deleted in zip(ids, table.column("deleted").to_pylist(), strict=True) if not deleted]
 
 
-def _frame(table: IdTable, missing: list[str], first_row: int = 0) -> Any:
-    """The suite's data frame: one row per ID row from ``first_row`` on, then one empty row per staged item
-    without an ID anywhere in the table (``missing``)."""
-    checked = IdTable(table.table.slice(first_row), table.space) if first_row else table
+def _frame(checked: IdTable, missing: list[str]) -> Any:
+    """The suite's data frame: one row per ID row checked, then one empty row per staged item without an ID
+    anywhere in the table (``missing``)."""
     lengths = pc.list_value_length(checked.table.column("codes")).to_numpy(zero_copy_only=False)
     build = _frame_column_wise if (lengths == checked.space.levels).all() else _frame_row_by_row
     return build(checked, missing)
@@ -128,7 +127,7 @@ def _frame_row_by_row(table: IdTable, missing: list[str]) -> Any:
 
 
 def validate_ids(
-    table: IdTable,
+    table: IdTable | TableForCheck,
     staged_item_ids: Iterable[str] | pa.Array | pa.ChunkedArray = (),
     *,
     run_id: str = "ids",
@@ -146,6 +145,9 @@ def validate_ids(
     earlier rows were checked by the suite when they were added and cannot have changed since (every write of the
     table keeps them byte for byte).
 
+    ``table`` may also be what :func:`~lmindexer.idtable.read_for_check` read (the rows from its own first row on,
+    and every row's item_id): the suite runs on those rows, as with ``first_row``.
+
     ``staged_rows``: each staged item's row in ``table`` (null: none), as ``pc.index_in(staged_item_ids,
     value_set=<the table's item_id column>)`` gives it, for a caller that has looked the items up already (check,
     for the quality metrics); the staged ids are then an Arrow column of distinct ids (a catalogue's item_id).
@@ -153,6 +155,14 @@ def validate_ids(
     With ``result_uri`` the GX result is stored there (local path or ``s3://``). With ``raise_on_failure`` a failed
     suite raises :class:`ValidationFailed` carrying the :class:`OutputValidation`, after the result is stored.
     """
+    if isinstance(table, TableForCheck):
+        if first_row:
+            raise ValueError("a TableForCheck already starts at the first row to check")
+        checked, rows, all_ids, space = table.recent, table.rows, table.item_ids, table.space
+    else:
+        start = min(first_row, len(table))
+        checked = IdTable(table.table.slice(start), table.space) if start else table
+        rows, all_ids, space = len(table), table.table.column("item_id"), table.space
     if staged_rows is not None:
         if not isinstance(staged_item_ids, pa.Array | pa.ChunkedArray) or len(staged_rows) != len(staged_item_ids):
             raise ValueError("staged_rows needs the staged ids as an Arrow column of the same length")
@@ -163,19 +173,19 @@ def validate_ids(
             staged = pc.unique(staged_item_ids)
         else:
             staged = pa.array(list(dict.fromkeys(staged_item_ids)), pa.string())
-        absent = pc.filter(staged, pc.invert(pc.is_in(staged, value_set=table.table.column("item_id"))))
+        absent = pc.filter(staged, pc.invert(pc.is_in(staged, value_set=all_ids)))
     missing = len(absent)
-    frame = _frame(table, absent.to_pylist(), first_row)
+    frame = _frame(checked, absent.to_pylist())
     outcome = run_suite(
         OUTPUT_SUITE,
         frame,
-        output_expectations(table.space),
+        output_expectations(space),
         index_columns=["item_id"],
         run_name=run_id,
         extra_meta={
             "run_id": run_id,
-            "snapshot_version": table.space.snapshot_version,
-            "codebook_sizes": list(table.space.codebook_sizes),
+            "snapshot_version": space.snapshot_version,
+            "codebook_sizes": list(space.codebook_sizes),
         },
     )
     failures = []
@@ -185,13 +195,13 @@ def validate_ids(
         failures.append(details)
     result = OutputValidation(
         success=outcome.critical_success,
-        snapshot_version=table.space.snapshot_version,
-        rows=len(table),
+        snapshot_version=space.snapshot_version,
+        rows=rows,
         staged_items=len(staged),
         missing_items=missing,
         failures=failures,
         expectations=[e.to_dict() for e in outcome.expectations],
-        rows_checked=len(table) - min(first_row, len(table)),
+        rows_checked=len(checked),
         result_uri=result_uri,
         document=outcome.document,
     )
