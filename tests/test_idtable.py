@@ -597,3 +597,15 @@ def test_the_read_for_check_refuses_a_table_whose_parts_break_its_invariants(tmp
     _write_manifest(uri, _manifest(SPACE, [_write_part(uri, first), _write_part(uri, broken)]), None)
     with pytest.raises(IdTableError, match=problem):
         read_for_check(uri, first_row=2)
+
+
+def test_a_part_replaced_by_another_sound_table_is_refused_by_its_hash(tmp_path):
+    """A part swapped for a valid ID table of the same size (no Parquet checksum can see it) differs from the hash
+    the manifest records: a whole read refuses it."""
+    uri = tmp_path / "ids.json"
+    store_allocation(uri, SPACE, [cand("a", (1, 1)), cand("b", (2, 2))], assigned_at=T0)
+    part = tmp_path / manifest_of(uri)["parts"][0]["file"]
+    other, _ = IdTable.empty(SPACE).allocate([cand("x", (1, 1)), cand("y", (2, 2))], assigned_at=T0)
+    part.write_bytes(other.to_parquet_bytes())
+    with pytest.raises(IdTableError, match=r"part parts/\w+\.parquet is damaged"):
+        IdTable.read(uri)
