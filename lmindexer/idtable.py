@@ -492,7 +492,7 @@ class IdTable:
             return
         table = self.table
         problems = []
-        if pc.count_distinct(table.column("item_id")).as_py() != n:
+        if not _all_distinct(table.column("item_id")):
             problems.append("an item_id appears on more than one row")
         sids_unique: bool | None = None  # known without hashing the sid strings
         lengths = pc.list_value_length(table.column("codes"))
@@ -516,7 +516,7 @@ class IdTable:
                     # rows: counted on integers rather than by hashing a million strings.
                     sids_unique = _distinct_rows(flat, table.column("suffix").to_numpy(), sizes)
         if sids_unique is None:
-            sids_unique = pc.count_distinct(table.column("sid")).as_py() == n
+            sids_unique = _all_distinct(table.column("sid"))
         if not sids_unique:
             problems.append("a semantic ID is held by more than one item")
         if problems:
@@ -563,6 +563,12 @@ def _space_of(schema: pa.Schema, location: str | os.PathLike[str]) -> IdSpace:
         return IdSpace.from_json(metadata[_METADATA_KEY])
     except (ValueError, KeyError, TypeError) as exc:
         raise IdTableError(f"{location} has an unreadable ID space in its metadata ({exc})") from exc
+
+
+def _all_distinct(values: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether no value appears twice (no nulls: the schema has none). By the length of the unique values rather
+    than ``count_distinct``, which at a million strings takes 2-4 times as long in a fresh process."""
+    return len(pc.unique(values)) == len(values)
 
 
 def _distinct_rows(codes: np.ndarray, suffixes: np.ndarray, sizes: Sequence[int]) -> bool:
@@ -933,37 +939,63 @@ def _read_parts(location: str | os.PathLike[str], manifest: IdTableManifest) -> 
     return table
 
 
+@dataclass(frozen=True)
+class _PartColumns:
+    """The item_id, codes and suffix columns of every part of a table, in table order, and the rows from
+    ``whole_from`` on, whole (see :func:`_read_part_columns`)."""
+
+    item_ids: pa.ChunkedArray
+    codes: np.ndarray  # (rows, levels)
+    suffixes: np.ndarray
+    part_ends: np.ndarray  # the row after each part's last
+    recent: list[pa.Table]  # rows whole_from.. (no schema metadata), a table per part holding some
+
+
+def _read_part_columns(
+    location: str | os.PathLike[str], manifest: IdTableManifest | None, space: IdSpace, *, whole_from: int | None
+) -> _PartColumns:
+    """The item_id, codes and suffix columns of every part (byte ranges on S3, page checksums checked); a part
+    holding rows from ``whole_from`` on (None: none) is read whole instead, its hash checked and its rows
+    verified, and those rows kept. Not verified across parts: that is :func:`_verify_columns`."""
+    item_ids: list[pa.Array] = []
+    codes: list[np.ndarray] = []
+    suffixes: list[np.ndarray] = []
+    recent: list[pa.Table] = []
+    part_start = 0
+    for part in manifest.parts if manifest is not None else []:
+        if whole_from is not None and part_start + part.rows > whole_from:
+            whole = _read_parts(location, manifest.model_copy(update={"parts": [part], "rows": part.rows}))
+            columns = whole.table
+            recent.append(columns.slice(max(0, whole_from - part_start)).replace_schema_metadata(None))
+        else:
+            with _open_part(location, manifest, part) as (reader, _):
+                columns = reader.read(["item_id", "codes", "suffix"])
+        item_ids.extend(columns.column("item_id").chunks)
+        flat = pc.list_flatten(columns.column("codes")).to_numpy(zero_copy_only=False)
+        if len(flat) != part.rows * space.levels:
+            raise IdTableError(f"{location} is corrupted: a row of part {part.file} does not have {space.levels} codes")
+        codes.append(flat.reshape(part.rows, space.levels))
+        suffixes.append(columns.column("suffix").to_numpy())
+        part_start += part.rows
+    return _PartColumns(
+        item_ids=pa.chunked_array(item_ids, pa.string()),
+        codes=np.concatenate(codes) if codes else np.zeros((0, space.levels), dtype=np.int32),
+        suffixes=np.concatenate(suffixes) if suffixes else np.zeros(0, dtype=np.int64),
+        part_ends=np.cumsum([len(s) for s in suffixes], dtype=np.int64),
+        recent=recent,
+    )
+
+
 def _parts_allocation_base(
     location: str | os.PathLike[str], manifest: IdTableManifest | None, space: IdSpace
 ) -> _AllocationBase:
     """What allocation reads of a table stored as parts: the item_id, codes and suffix columns of every part (by
     byte ranges on S3), checked for codes that fit the space and one item per (codes, suffix); the text hashes of
     held rows come from the row groups that hold them."""
-    item_ids: list[pa.Array] = []
-    codes: list[np.ndarray] = []
-    suffixes: list[np.ndarray] = []
-    if manifest is not None:
-        for part in manifest.parts:
-            with _open_part(location, manifest, part) as (reader, _):
-                columns = reader.read(["item_id", "codes", "suffix"])
-            item_ids.extend(columns.column("item_id").chunks)
-            flat = pc.list_flatten(columns.column("codes")).to_numpy(zero_copy_only=False)
-            if len(flat) != part.rows * space.levels:
-                raise IdTableError(
-                    f"{location} is corrupted: a row of part {part.file} does not have {space.levels} codes"
-                )
-            codes.append(flat.reshape(part.rows, space.levels))
-            suffixes.append(columns.column("suffix").to_numpy())
-    code_matrix = np.concatenate(codes) if codes else np.zeros((0, space.levels), dtype=np.int32)
-    suffix_array = np.concatenate(suffixes) if suffixes else np.zeros(0, dtype=np.int64)
-    sizes = space.codebook_sizes
-    if len(suffix_array):
-        # A writer's own check, on integers (not the item_ids: allocation looks them up and adds none twice).
-        if (code_matrix < 0).any() or any((code_matrix[:, level] >= k).any() for level, k in enumerate(sizes)):
-            raise IdTableError(f"{location} is corrupted: a code does not fit the codebook sizes {sizes}")
-        if suffix_array.min() < 0 or not _distinct_rows(code_matrix, suffix_array, sizes):
-            raise IdTableError(f"{location} is corrupted: a semantic ID is held by more than one item")
-    part_ends = np.cumsum([len(s) for s in suffixes], dtype=np.int64)
+    columns = _read_part_columns(location, manifest, space, whole_from=None)
+    # A writer's own check, on integers (not the item_ids: allocation looks them up and adds none twice).
+    _verify_columns(location, space, columns.item_ids, columns.codes, columns.suffixes, check_items=False)
+    part_ends = columns.part_ends
 
     def text_hashes_at(rows: np.ndarray) -> list[str]:
         order = np.argsort(rows, kind="stable")
@@ -977,7 +1009,7 @@ def _parts_allocation_base(
             hashes[chosen] = taken.column("text_hash").to_pylist()
         return hashes.tolist()
 
-    return _AllocationBase(space, pa.chunked_array(item_ids, pa.string()), code_matrix, suffix_array, text_hashes_at)
+    return _AllocationBase(space, columns.item_ids, columns.codes, columns.suffixes, text_hashes_at)
 
 
 @dataclass(frozen=True)
@@ -1011,44 +1043,28 @@ def read_for_check(location: str | os.PathLike[str], first_row: int = 0) -> Tabl
     manifest = _require_manifest(location)
     space = manifest.id_space
     start = min(first_row, manifest.rows)
-    item_ids: list[pa.Array] = []
-    codes: list[np.ndarray] = []
-    suffixes: list[np.ndarray] = []
-    recent: list[pa.Table] = []
-    part_start = 0
-    for part in manifest.parts:
-        if part_start + part.rows > start:  # holds rows the check has not seen: read whole
-            whole = _read_parts(location, manifest.model_copy(update={"parts": [part], "rows": part.rows}))
-            columns = whole.table
-            recent.append(columns.slice(max(0, start - part_start)).replace_schema_metadata(None))
-        else:
-            with _open_part(location, manifest, part) as (reader, _):
-                columns = reader.read(["item_id", "codes", "suffix"])
-        item_ids.extend(columns.column("item_id").chunks)
-        flat = pc.list_flatten(columns.column("codes")).to_numpy(zero_copy_only=False)
-        if len(flat) != part.rows * space.levels:
-            raise IdTableError(f"{location} is corrupted: a row of {part.file} does not have {space.levels} codes")
-        codes.append(flat.reshape(part.rows, space.levels))
-        suffixes.append(columns.column("suffix").to_numpy())
-        part_start += part.rows
-    all_ids = pa.chunked_array(item_ids, pa.string())
-    code_matrix = np.concatenate(codes) if codes else np.zeros((0, space.levels), dtype=np.int32)
-    suffix_array = np.concatenate(suffixes) if suffixes else np.zeros(0, dtype=np.int64)
-    _verify_columns(location, space, all_ids, code_matrix, suffix_array)
-    table = pa.concat_tables(recent) if recent else SCHEMA.empty_table()
-    return TableForCheck(space, manifest.rows, start, all_ids, code_matrix, IdTable(table, space))
+    columns = _read_part_columns(location, manifest, space, whole_from=start)
+    _verify_columns(location, space, columns.item_ids, columns.codes, columns.suffixes)
+    table = pa.concat_tables(columns.recent) if columns.recent else SCHEMA.empty_table()
+    return TableForCheck(space, manifest.rows, start, columns.item_ids, columns.codes, IdTable(table, space))
 
 
 def _verify_columns(
-    location: str | os.PathLike[str], space: IdSpace, item_ids: pa.ChunkedArray, codes: np.ndarray, suffixes: np.ndarray
+    location: str | os.PathLike[str],
+    space: IdSpace,
+    item_ids: pa.ChunkedArray,
+    codes: np.ndarray,
+    suffixes: np.ndarray,
+    *,
+    check_items: bool = True,
 ) -> None:
-    """The structure a whole table must have, on its item_id, codes and suffix columns alone: one row per item,
-    codes that fit the space, and one item per (codes, suffix), i.e. per semantic ID."""
+    """The structure a whole table must have, on its item_id, codes and suffix columns alone: one row per item
+    (``check_items``), codes that fit the space, and one item per (codes, suffix), i.e. per semantic ID."""
     if not len(suffixes):
         return
     sizes = space.codebook_sizes
     problems = []
-    if pc.count_distinct(item_ids).as_py() != len(item_ids):
+    if check_items and not _all_distinct(item_ids):
         problems.append("an item_id appears on more than one row")
     if (codes < 0).any() or any((codes[:, level] >= k).any() for level, k in enumerate(sizes)):
         problems.append(f"a code does not fit the codebook sizes {sizes}")

@@ -599,6 +599,32 @@ def test_the_read_for_check_refuses_a_table_whose_parts_break_its_invariants(tmp
         read_for_check(uri, first_row=2)
 
 
+@pytest.mark.parametrize(
+    ("later_row", "problem"),
+    [
+        (lambda row: row.update(codes=[1, 1], suffix=0, sid="1-1-0"), "a semantic ID is held by more than one item"),
+        (lambda row: row.update(codes=[3, 9], sid="3-9-0"), "a code does not fit the codebook sizes"),
+    ],
+)
+def test_a_writer_refuses_to_allocate_on_parts_that_break_the_tables_invariants(tmp_path, later_row, problem):
+    """Allocation reads three columns of each part, never a part whole, so it checks those across the parts
+    itself: a later part repeating an earlier part's semantic ID, or holding a code outside the space, stops the
+    write, and nothing is written."""
+    from lmindexer.idtable import _manifest, _write_manifest, _write_part
+
+    uri = tmp_path / "ids.json"
+    first, _ = IdTable.empty(SPACE).allocate([cand("a", (1, 1)), cand("b", (2, 2))], assigned_at=T0)
+    later, _ = IdTable.empty(SPACE).allocate([cand("c", (3, 3))], assigned_at=T1)
+    rows = later.table.to_pylist()
+    later_row(rows[0])
+    broken = IdTable(pa.Table.from_pylist(rows, schema=idtable.SCHEMA), SPACE)
+    _write_manifest(uri, _manifest(SPACE, [_write_part(uri, first), _write_part(uri, broken)]), None)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    with pytest.raises(IdTableError, match=problem):
+        store_allocation(uri, SPACE, [cand("d", (0, 0))], assigned_at=T1)
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
 def test_a_part_replaced_by_another_sound_table_is_refused_by_its_hash(tmp_path):
     """A part swapped for a valid ID table of the same size (no Parquet checksum can see it) differs from the hash
     the manifest records: a whole read refuses it."""
