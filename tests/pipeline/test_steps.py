@@ -349,6 +349,43 @@ def test_the_check_of_an_incremental_run_runs_the_id_suite_on_the_rows_added_sin
         steps.check(config, "r2", merged(catalog_uri=lost_uri), APPLY, SNAPSHOT, added)
 
 
+def test_the_plan_reads_only_the_runs_upserts_while_the_table_holds_every_live_items_id(config, wiki_items, tmp_path):
+    """A run merged onto the live version, whose every item had an ID in this table when it was committed: while
+    the table holds at least the rows it held then, only the run's upserts can lack an ID, and the plan reads them
+    and the table's item_ids, not the catalogue version (so its cost follows the run's items). A table with fewer
+    rows than at that commit sends it back to every live item."""
+    from testsupport.retriever_state import fit_snapshot, publish
+
+    from lmindexer.catalog.store import items_from_table, read_catalog_table
+    from lmindexer.idtable import IdTable
+    from lmindexer.storage.s3 import read_bytes, remove, write_bytes
+    from lmindexer.storage.versioned import current_version
+
+    base, new = wiki_items[:30], wiki_items[30:34]
+    snapshot_uri = fit_snapshot(config, base + new, tmp_path)
+    live = {**publish(config, "r0", base, snapshot_uri), "ids_rows": len(base)}  # as commit records it
+    move_current(config, live)
+    snapshot = Snapshot(trained=False, snapshot_uri=snapshot_uri, snapshot_version=live["snapshot_version"])
+    upload_drop(config.base_uri.removeprefix("s3://"), "incoming/new.jsonl", [i.to_dict() for i in new])
+    merged_r1 = steps.merge(config, "r1", steps.validate_drops(config, "r1", steps.discover(config, "r1")))
+
+    def planned(run_id: str) -> list:
+        shards = steps.plan_shards(config, run_id, merged_r1, snapshot)
+        return [item for shard in shards for item in items_from_table(read_catalog_table(shard.todo_uri))]
+
+    # The live catalogue, the oldest part of the run's version, is unreadable: a plan reading it would fail.
+    held = read_bytes(live["catalog_uri"])
+    remove(live["catalog_uri"])
+    assert planned("r1") == sorted(new, key=lambda item: item.item_id)
+    write_bytes(held, live["catalog_uri"])
+
+    # The table lost base[3]'s row since the commit (fewer rows than then): every live item is looked up again.
+    table = IdTable.read(live["ids_uri"])
+    kept = table.table.filter(pc.not_equal(table.table.column("item_id"), base[3].item_id))
+    IdTable(kept, table.space).write(live["ids_uri"], replacing=current_version(live["ids_uri"]))
+    assert planned("r2") == sorted([*new, base[3]], key=lambda item: item.item_id)
+
+
 def test_the_plan_takes_the_runs_upserts_and_any_item_an_earlier_run_left_without_an_id(config, wiki_items, tmp_path):
     """Items to encode are read from the run's upserts (a small file) when it holds them all; an item of the
     catalogue that an interrupted earlier run left without an ID is planned too, read from the whole catalogue."""
