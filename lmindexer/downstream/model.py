@@ -11,7 +11,6 @@ Retrieval reads text with the backbone's encoder. Recommendation reads the user'
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -26,11 +25,6 @@ from lmindexer.indexers.lm.backbone import Seq2SeqBackbone
 
 Task = Literal["retrieval", "recommendation"]
 INITIAL_LOGIT_SCALE = 20.0
-
-
-def _beam_order(candidate: tuple[tuple[int, ...], float, int]) -> tuple[float, tuple[int, ...]]:
-    """Best score first; equal scores by their tokens, so the order never depends on the batch around a query."""
-    return -candidate[1], candidate[0]
 
 
 class HistoryEncoder(nn.Module):
@@ -214,17 +208,13 @@ class GenerativeIdModel(nn.Module):
             rows = [row for row, tokens in enumerate(children) for _ in tokens]
             cols = [token for tokens in children for token in tokens]
             allowed[rows, cols] = 0.0
-            # As Python floats, row by row: reading thousands of candidates' scores one tensor element at a time
-            # cost more than the decoder step itself at a batch of 8 queries.
-            log_probs = torch.log_softmax(logits + allowed, dim=-1).float().cpu().tolist()
+            log_probs = torch.log_softmax(logits + allowed, dim=-1).cpu()
             scores = [score for b in range(batch) for _, score, _ in beams[b]]
             candidates: list[list[tuple[tuple[int, ...], float, int]]] = [[] for _ in range(batch)]
             for row, (owner, tokens) in enumerate(zip(owners, prefixes, strict=True)):
-                row_log_probs, base = log_probs[row], scores[row]
-                candidates[owner].extend(
-                    ((*tokens, token), base + row_log_probs[token], row) for token in extensions[row]
-                )
-            beams = [heapq.nsmallest(beam_size, found, key=_beam_order) for found in candidates]
+                for token in extensions[row]:
+                    candidates[owner].append(((*tokens, token), scores[row] + float(log_probs[row, token]), row))
+            beams = [sorted(found, key=lambda c: (-c[1], c[0]))[:beam_size] for found in candidates]
             if position + 1 < self.depth:
                 parents = torch.tensor([row for b in range(batch) for _, _, row in beams[b]], device=memory.device)
                 if len(parents):
