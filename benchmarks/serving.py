@@ -6,7 +6,11 @@ that ``benchmarks/downstream.py`` trained on the data set, in four configuration
 - ``one at a time, fp32``: batching off (``--batch-max-size 1``) and float32 decoding: the server as it was before
   batched decoding and bf16, the baseline of the same run;
 - ``one at a time, bf16`` and ``batched, fp32``: each change alone;
-- ``batched, bf16``: the defaults (``--batch-max-size 16 --batch-max-wait-ms 5``, bf16 where the CPU has it).
+- ``batched, bf16``: batching and bf16 forced.
+
+The server's defaults (``--batch-max-size 16 --batch-max-wait-ms 5 --precision auto``) are ``batched, bf16`` on a
+CPU that computes bf16 natively (AVX-512 BF16 or AMX) and ``batched, fp32`` on one that would emulate it: the aim is
+checked on the row of the defaults as this machine resolves them (``default_precision`` in the JSON).
 
 For each, locust (headless, ``FastHttpUser``, no think time) sends every held-out query once to ``GET /search``
 from 1 and from 8 concurrent users (``--users``), and the run ends when the last query is answered (bounded by
@@ -43,6 +47,7 @@ from _harness import RESULTS, environment, markdown_table, stamp_figure, write_r
 from lmindexer import datasets
 from lmindexer.cache import cache_root
 from lmindexer.downstream.jobs import read_queries
+from lmindexer.precision import native_bf16, resolve_precision
 
 
 def free_port() -> int:
@@ -58,7 +63,7 @@ CONFIGURATIONS = [
     ("batched, fp32", ["--precision", "fp32"]),
     ("batched, bf16", ["--precision", "bf16"]),
 ]
-BASELINE, CANDIDATE = CONFIGURATIONS[0][0], CONFIGURATIONS[-1][0]
+BASELINE = CONFIGURATIONS[0][0]
 AIM_SPEEDUP, AIM_P99_MS, AIM_USERS = 4.0, 300.0, 8
 
 
@@ -194,12 +199,17 @@ def main() -> int:
     def row(name: str, users: int) -> dict | None:
         return next((r for r in rows if r["configuration"] == name and r["users"] == users), None)
 
-    baseline, candidate = row(BASELINE, AIM_USERS), row(CANDIDATE, AIM_USERS)
+    # The candidate is the server's defaults as this CPU resolves them: batched, and bf16 only where the CPU computes
+    # it natively (``--precision auto``); elsewhere the forced-bf16 rows show what emulated bf16 costs.
+    precision = resolve_precision("auto", "cpu")
+    candidate_name = f"batched, {precision}"
+    baseline, candidate = row(BASELINE, AIM_USERS), row(candidate_name, AIM_USERS)
     aim = None
     if baseline and candidate:
         speedup = candidate["requests_per_s"] / baseline["requests_per_s"]
         aim = {
             "users": AIM_USERS,
+            "candidate": candidate_name,
             "speedup_vs_one_at_a_time_fp32": round(speedup, 2),
             "p99_ms": candidate["p99_ms"],
             "aim": f">= {AIM_SPEEDUP}x requests/s with p99 <= {AIM_P99_MS:.0f} ms",
@@ -214,6 +224,8 @@ def main() -> int:
         "k": args.k,
         "queries": len(queries),
         "configurations": {name: options for name, options in CONFIGURATIONS},
+        "native_bf16": native_bf16("cpu"),
+        "default_precision": precision,
         "results": rows,
         "aim": aim,
         "environment": env,
@@ -224,8 +236,10 @@ def main() -> int:
     verdict = ""
     if aim:
         verdict = (
-            f"\n\nAt {AIM_USERS} users, {CANDIDATE} answers {aim['speedup_vs_one_at_a_time_fp32']}x the requests/s of "
-            f"{BASELINE} with p99 {aim['p99_ms']:.0f} ms (aim {aim['aim']}: {'met' if aim['met'] else 'not met'})."
+            f"\n\nAt {AIM_USERS} users, {candidate_name} (the defaults on this CPU, which has "
+            f"{'native' if precision == 'bf16' else 'no native'} bf16) answers "
+            f"{aim['speedup_vs_one_at_a_time_fp32']}x the requests/s of {BASELINE} with p99 {aim['p99_ms']:.0f} ms "
+            f"(aim {aim['aim']}: {'met' if aim['met'] else 'not met'})."
         )
     write_results(
         stem,
