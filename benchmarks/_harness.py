@@ -49,15 +49,32 @@ def package_versions(names: Sequence[str]) -> dict[str, str | None]:
     return versions
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (``platform.processor()`` where there is no /proc/cpuinfo)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
     """Machine, versions (:data:`PACKAGES` and ``extra_packages``), commit and the load average at the start."""
     import torch
+
+    from lmindexer.precision import native_bf16
 
     versions = package_versions([*PACKAGES, *extra_packages])
     return {
         **git_commit(),
         "python": platform.python_version(),
         "machine": platform.machine(),
+        # Figures from two machines compare only with the same CPU: bf16, for one, is native on some and emulated
+        # (several times slower) on others, which decides what ``--precision auto`` runs.
+        "cpu_model": cpu_model(),
+        "native_bf16": native_bf16("cpu"),
         "cpu_count": os.cpu_count(),
         "cpu_threads_available": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),

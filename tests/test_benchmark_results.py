@@ -49,3 +49,19 @@ def test_a_stored_chart_carries_the_commit_of_its_figures(path):
         text = dict(image.text)
     assert text.get("lmindexer-git-commit") == document["git_commit"], f"{path.name}: the chart names no commit"
     assert json.loads(text["lmindexer-load-average"]) == document["load_average"]
+
+
+def test_a_new_figure_records_the_cpu_it_ran_on_and_whether_it_computes_bf16_natively(monkeypatch):
+    """What the benchmarks record of the machine: a CPU model and its bf16 support, which decide what
+    ``--precision auto`` runs and how fast, so figures from two machines can be told apart."""
+    import sys
+
+    from lmindexer.precision import native_bf16
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("_harness", None)
+    import _harness
+
+    recorded = _harness.environment()
+    assert recorded["native_bf16"] is native_bf16("cpu")
+    assert recorded["cpu_model"] and recorded["cpu_model"] != "unknown"
