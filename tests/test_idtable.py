@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -574,6 +575,21 @@ def test_the_read_for_check_holds_every_rows_ids_and_codes_and_the_recent_rows_w
             assert checked.recent.table.equals(whole.table.slice(min(first_row, 15)))
 
 
+def two_parts_the_later_changed(tmp_path, later_row) -> Path:
+    """A table stored as two sound-looking parts, items a, b and then c, with ``later_row`` applied to c's row
+    (each part written as it is, with its hash in the manifest)."""
+    from lmindexer.idtable import _manifest, _write_manifest, _write_part
+
+    uri = tmp_path / "ids.json"
+    first, _ = IdTable.empty(SPACE).allocate([cand("a", (1, 1)), cand("b", (2, 2))], assigned_at=T0)
+    later, _ = IdTable.empty(SPACE).allocate([cand("c", (3, 3))], assigned_at=T1)
+    rows = later.table.to_pylist()
+    later_row(rows[0])
+    broken = IdTable(pa.Table.from_pylist(rows, schema=idtable.SCHEMA), SPACE)
+    _write_manifest(uri, _manifest(SPACE, [_write_part(uri, first), _write_part(uri, broken)]), None)
+    return uri
+
+
 @pytest.mark.parametrize(
     ("later_row", "problem"),
     [
@@ -586,15 +602,9 @@ def test_the_read_for_check_holds_every_rows_ids_and_codes_and_the_recent_rows_w
     ],
 )
 def test_the_read_for_check_refuses_a_table_whose_parts_break_its_invariants(tmp_path, later_row, problem):
-    from lmindexer.idtable import _manifest, _write_manifest, _write_part, read_for_check
+    from lmindexer.idtable import read_for_check
 
-    uri = tmp_path / "ids.json"
-    first, _ = IdTable.empty(SPACE).allocate([cand("a", (1, 1)), cand("b", (2, 2))], assigned_at=T0)
-    later, _ = IdTable.empty(SPACE).allocate([cand("c", (3, 3))], assigned_at=T1)
-    rows = later.table.to_pylist()
-    later_row(rows[0])
-    broken = IdTable(pa.Table.from_pylist(rows, schema=idtable.SCHEMA), SPACE)
-    _write_manifest(uri, _manifest(SPACE, [_write_part(uri, first), _write_part(uri, broken)]), None)
+    uri = two_parts_the_later_changed(tmp_path, later_row)
     with pytest.raises(IdTableError, match=problem):
         read_for_check(uri, first_row=2)
 
@@ -610,15 +620,7 @@ def test_a_writer_refuses_to_allocate_on_parts_that_break_the_tables_invariants(
     """Allocation reads three columns of each part, never a part whole, so it checks those across the parts
     itself: a later part repeating an earlier part's semantic ID, or holding a code outside the space, stops the
     write, and nothing is written."""
-    from lmindexer.idtable import _manifest, _write_manifest, _write_part
-
-    uri = tmp_path / "ids.json"
-    first, _ = IdTable.empty(SPACE).allocate([cand("a", (1, 1)), cand("b", (2, 2))], assigned_at=T0)
-    later, _ = IdTable.empty(SPACE).allocate([cand("c", (3, 3))], assigned_at=T1)
-    rows = later.table.to_pylist()
-    later_row(rows[0])
-    broken = IdTable(pa.Table.from_pylist(rows, schema=idtable.SCHEMA), SPACE)
-    _write_manifest(uri, _manifest(SPACE, [_write_part(uri, first), _write_part(uri, broken)]), None)
+    uri = two_parts_the_later_changed(tmp_path, later_row)
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     with pytest.raises(IdTableError, match=problem):
         store_allocation(uri, SPACE, [cand("d", (0, 0))], assigned_at=T1)
