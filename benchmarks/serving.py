@@ -47,7 +47,7 @@ from _harness import RESULTS, environment, markdown_table, stamp_figure, write_r
 from lmindexer import datasets
 from lmindexer.cache import cache_root
 from lmindexer.downstream.jobs import read_queries
-from lmindexer.precision import native_bf16, resolve_precision
+from lmindexer.precision import resolve_precision
 
 
 def free_port() -> int:
@@ -224,7 +224,6 @@ def main() -> int:
         "k": args.k,
         "queries": len(queries),
         "configurations": {name: options for name, options in CONFIGURATIONS},
-        "native_bf16": native_bf16("cpu"),
         "default_precision": precision,
         "results": rows,
         "aim": aim,
