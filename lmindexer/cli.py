@@ -339,15 +339,20 @@ def stack_env(directory: StackDirOption = Path(".stack")) -> None:
         print(f"export {name}={shlex.quote(value)}")
 
 
-def _search_config(url: str | None, alias: str | None) -> Any:
-    from lmindexer.search import load_search_config
-
+def _search_values(url: str | None, alias: str | None) -> dict[str, Any]:
+    """The search backend's settings given on the command line (the rest come from LMINDEXER_SEARCH_*)."""
     values: dict[str, Any] = {}
     if url:
         values["hosts"] = [url]
     if alias:
         values["alias"] = alias
-    return load_search_config(values)
+    return values
+
+
+def _search_config(url: str | None, alias: str | None) -> Any:
+    from lmindexer.search import load_search_config
+
+    return load_search_config(_search_values(url, alias))
 
 
 @search_app.command("indexes")
@@ -509,9 +514,19 @@ def serve(
             "model's own setting.",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Serving processes sharing the port, each loading the models and batching its own requests "
+            "(default 1). The cores are shared among them unless --threads is given.",
+        ),
+    ] = 1,
 ) -> None:
     """Serve generative search and recommendation, and items sharing an ID prefix, over HTTP (docs at /docs)."""
-    from lmindexer.serving.server import run_server
+    from lmindexer.serving.server import run_server, serve_spec
 
     if retriever is None and recommender is None and dense is None:
         raise ConfigError("nothing to serve: give --retriever, --recommender and/or --dense")
@@ -520,18 +535,19 @@ def serve(
     limits = {"max_query_chars": max_query_chars, "max_history": max_history, "max_k": max_k,
               "max_body_bytes": max_body_bytes, "batch_max_size": batch_max_size,
               "batch_max_wait_ms": batch_max_wait_ms}  # fmt: skip
-    run_server(
-        retriever=retriever,
-        recommender=recommender,
-        search_config=(lambda: _search_config(url, alias)) if search else None,
-        limits=limits,
-        host=host,
-        port=port,
-        threads=threads,
-        precision=precision,
-        dense=dense,
-        say=lambda line: console.print(line, highlight=False, markup=False),
+    spec = serve_spec(
+        {
+            "retriever": retriever,
+            "recommender": recommender,
+            "dense": dense,
+            "search": _search_values(url, alias) if search else None,
+            "limits": limits,
+            "threads": threads,
+            "precision": precision,
+            "workers": workers,
+        }
     )
+    run_server(spec, host=host, port=port, say=lambda line: console.print(line, highlight=False, markup=False))
 
 
 RetrieverConfigOption = Annotated[Path, typer.Option("--retriever-config", help="Retriever config (YAML or JSON).")]

@@ -9,6 +9,7 @@ No ``from __future__ import annotations`` here: the bounds inside the annotation
 model are local to that call, and must be evaluated where it defines the model.
 """
 
+import os
 import re
 from typing import Annotated, Any, Literal
 
@@ -144,6 +145,9 @@ class HealthResponse(BaseModel):
     search: SearchHealth
     dense: DenseHealth = Field(default_factory=lambda: DenseHealth(loaded=False))
     warnings: list[str] = Field(default_factory=list)
+    process: int = Field(
+        default_factory=os.getpid, description="the serving process that answered (one of `lmindexer serve --workers`)"
+    )
 
 
 _ERROR_DESCRIPTIONS = {

@@ -12,7 +12,7 @@ threads use it at once, and concurrent forward passes would only compete for the
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
@@ -138,6 +138,8 @@ class ServingState:
     recommender: ServedModel | None
     backend: SearchReader | None
     dense: ServedDense | None = None
+    # Run after the batchers stop, at the application's shutdown (a worker process closes its search backend so).
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -180,10 +182,17 @@ class ServingState:
             batchers["dense"] = self.dense.batcher
         return batchers
 
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Run ``closer`` at :meth:`close`, after the batch workers stop."""
+        self.closers.append(closer)
+
     def close(self) -> None:
-        """Stop the models' batch workers (the application's shutdown); the caller owns, and closes, the backend."""
+        """Stop the models' batch workers (the application's shutdown), then run what :meth:`on_close` added; the
+        caller owns, and closes, the backend unless it added its closing here."""
         for batcher in self.batchers().values():
             batcher.close()
+        for closer in self.closers:
+            closer()
 
 
 def required(component: Component | None, message: str) -> Component:

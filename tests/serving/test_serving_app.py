@@ -544,6 +544,32 @@ def assert_refused_as_too_large(response: bytes, limit: int) -> None:
     assert httpx.Response(413, content=body).json() == {"detail": too_large_message(limit)}
 
 
+def start_server(command: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    with log.open("wb") as sink:
+        return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+
+def wait_for_health(base: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"{base}/health", timeout=5)
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def test_lmindexer_serve_answers_over_http(
     retriever, recommender, backend, search_server, dense_index, wiki_items, tmp_path
 ):
@@ -554,20 +580,10 @@ def test_lmindexer_serve_answers_over_http(
     command += ["--recommender", str(recommender.directory), "--search", "--url", search_server.url]
     command += ["--dense", str(dense)]
     command += ["--alias", backend.alias, "--port", str(port), "--max-history", "5", "--max-body-bytes", "65536"]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    process = start_server(command, log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                health = httpx.get(f"{base}/health", timeout=5)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+        health = wait_for_health(base, process, log)
         assert health.status_code == 200 and health.json()["status"] == "ok"
         assert health.json()["search"]["documents"] == len(retriever.table)
         with httpx.Client(base_url=base, timeout=30) as http:
@@ -592,13 +608,55 @@ def test_lmindexer_serve_answers_over_http(
         assert_refused_as_too_large(raw_exchange(port, post + b"Transfer-Encoding: chunked\r\n\r\n" + chunks), limit)
         assert httpx.get(f"{base}/health", timeout=5).status_code == 200  # and the server carries on
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_server(process)
     assert "Uvicorn running on" in log.read_text() or "Application startup complete" in log.read_text()
+
+
+def test_lmindexer_serve_with_workers_answers_from_each_worker_process(retriever, tmp_path):
+    import psutil
+
+    port, log = free_port(), tmp_path / "serve.log"
+    command = [sys.executable, "-m", "lmindexer.cli", "serve", "--retriever", str(retriever.directory)]
+    process = start_server([*command, "--port", str(port), "--workers", "2"], log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for_health(base, process, log).status_code == 200
+        children = {child.pid for child in psutil.Process(process.pid).children()}
+        # Each new connection goes to whichever worker accepts it first: from several clients at once, both answer.
+        statuses: set[int] = set()
+        workers: set[int] = set()
+
+        def ask() -> None:
+            for _ in range(25):
+                with httpx.Client(base_url=base, timeout=30) as http:  # a new connection each time
+                    statuses.add(http.get("/search", params={"q": "physics", "k": 3}).status_code)
+                    workers.add(http.get("/health").json()["process"])
+
+        clients = [threading.Thread(target=ask) for _ in range(4)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join()
+        assert statuses == {200}
+        assert len(workers) == 2 and workers <= children, (workers, children, process.pid)
+    finally:
+        stop_server(process)
+    assert process.returncode == 0
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in workers)
+
+
+def test_serve_with_workers_stops_when_a_worker_cannot_load_its_model(tmp_path):
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "lmindexer.cli", "serve", "--retriever", str(tmp_path / "missing"), "--workers"]
+    process = start_server([*command, "2", "--port", str(free_port())], log)
+    try:
+        process.wait(timeout=120)  # a worker that cannot start is not started again and again
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 2, log.read_text()
+    text = log.read_text()
+    assert "could not start" in text and str(tmp_path / "missing") in text
 
 
 def test_serve_refuses_to_start_without_a_model(capsys):
