@@ -105,6 +105,36 @@ def format_mean_sd(summary: dict[str, Any], spec: str = ".4f") -> str:
     return f"{summary['mean']:{spec}} ± {summary['sd']:{spec}}"
 
 
+LOAD_FIGURES = ("p50_ms", "p99_ms", "mean_ms", "requests_per_s")
+
+
+def medians_over_passes(
+    runs: Sequence[dict[str, Any]],
+    by: str,
+    names: Sequence[str],
+    users: Sequence[int],
+    *,
+    spread: str,
+    count_field: str,
+) -> list[dict[str, Any]]:
+    """Load-test rows summarised per ``by`` value (in ``names`` order) and user count: requests and failures summed,
+    the median over the passes of each of :data:`LOAD_FIGURES`, the passes' range of ``spread`` (as
+    ``<spread>_range``) and their number (as ``count_field``)."""
+    summary = []
+    for name in names:
+        for count in users:
+            found = [r for r in runs if r[by] == name and r["users"] == count]
+            if not found:
+                continue
+            summary.append({
+                by: name, "users": count, count_field: len(found),
+                "requests": sum(r["requests"] for r in found), "failures": sum(r["failures"] for r in found),
+                **{key: round(statistics.median(r[key] for r in found), 2) for key in LOAD_FIGURES},
+                f"{spread}_range": [min(r[spread] for r in found), max(r[spread] for r in found)],
+            })  # fmt: skip
+    return summary
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import environment, markdown_table, stamp_figure, write_results
+from _harness import environment, markdown_table, medians_over_passes, stamp_figure, write_results
 from serving import add_load_options, free_port, locust_run, wait_until_up
 
 from lmindexer import datasets, devstack
@@ -92,24 +91,6 @@ def serve_and_load(args, command: list[str], queries_file: Path, work: Path) -> 
             process.terminate()
             process.wait(timeout=30)
     return rows
-
-
-def medians(rows: list[dict], modes: list[str], users: list[int]) -> list[dict]:
-    """Per mode and user count: the median over the repeats of each figure, and the repeats' range of p50."""
-    summary = []
-    for mode in modes:
-        for count in users:
-            runs = [r for r in rows if r["mode"] == mode and r["users"] == count]
-            if not runs:
-                continue
-            summary.append({
-                "mode": mode, "users": count, "repeats": len(runs),
-                "requests": sum(r["requests"] for r in runs), "failures": sum(r["failures"] for r in runs),
-                **{key: round(statistics.median(r[key] for r in runs), 2)
-                   for key in ("p50_ms", "p99_ms", "mean_ms", "requests_per_s")},
-                "p50_ms_range": [min(r["p50_ms"] for r in runs), max(r["p50_ms"] for r in runs)],
-            })  # fmt: skip
-    return summary
 
 
 def plot(rows: list[dict], modes: list[str], users: list[int], path: Path) -> None:
@@ -163,7 +144,7 @@ def main() -> int:
         finally:
             devstack.stop(work / "stack")
 
-    summary = medians(rows, args.modes, args.users)
+    summary = medians_over_passes(rows, "mode", args.modes, args.users, spread="p50_ms", count_field="repeats")
     baseline = {r["users"]: r for r in summary if r["mode"] == BASELINE}
     for row in summary:
         base = baseline.get(row["users"])

@@ -55,7 +55,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, markdown_table, stamp_figure, write_results
+from _harness import RESULTS, environment, markdown_table, medians_over_passes, stamp_figure, write_results
 
 from lmindexer import datasets
 from lmindexer.cache import cache_root
@@ -113,26 +113,6 @@ def wait_until_up(base: str, process: subprocess.Popen, timeout: float = 300) ->
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def medians(runs: list[dict], names: list[str], users: list[int]) -> list[dict]:
-    """Per configuration and user count: the median over the passes of each figure, and the passes' range of
-    requests/s."""
-    summary = []
-    for name in names:
-        for count in users:
-            found = [r for r in runs if r["configuration"] == name and r["users"] == count]
-            if not found:
-                continue
-            summary.append({
-                "configuration": name, "users": count, "passes": len(found),
-                "requests": sum(r["requests"] for r in found), "failures": sum(r["failures"] for r in found),
-                **{key: round(statistics.median(r[key] for r in found), 2)
-                   for key in ("p50_ms", "p99_ms", "mean_ms", "requests_per_s")},
-                "requests_per_s_range": [min(r["requests_per_s"] for r in found),
-                                         max(r["requests_per_s"] for r in found)],
-            })  # fmt: skip
-    return summary
 
 
 def locust_run(
@@ -271,7 +251,7 @@ def main() -> int:
                 found = serve_and_load(args, model, queries_file, name, options, work, tree=tree)
                 runs += [{"pass": number, **found_row} for found_row in found]
     names = [name for name, *_ in plan]
-    rows = medians(runs, names, args.users)
+    rows = medians_over_passes(runs, "configuration", names, args.users, spread="requests_per_s", count_field="passes")
 
     def run_of(name: str, users: int, number: int) -> dict | None:
         return next(
