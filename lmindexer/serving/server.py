@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from typing import Any, Literal
@@ -108,11 +109,17 @@ def run_server(spec: ServeSpec, *, host: str, port: int, say: Callable[[str], No
 def build_application(spec: ServeSpec, stack: ExitStack, say: Callable[[str], None]) -> FastAPI:
     """Load what ``spec`` names into this process and build the API over it; the search backend is closed with
     ``stack``."""
+    from tqdm import tqdm
+
     from lmindexer.downstream.dense import DenseIndex
     from lmindexer.downstream.generative import GenerativeModel
     from lmindexer.search import load_search_config
     from lmindexer.serving.app import create_app
 
+    # tqdm's first bar (even a disabled one, as searches make) creates a multiprocessing lock whose semaphore a worker
+    # process leaves registered at exit ("leaked semaphore" warnings at every shutdown); a server shows no bars, so
+    # a thread lock serves.
+    tqdm.set_lock(threading.RLock())
     per_model = serving_threads(spec.computing, spec.threads, workers=spec.workers)
     retriever_model = GenerativeModel.load(spec.retriever) if spec.retriever else None
     recommender_model = GenerativeModel.load(spec.recommender) if spec.recommender else None

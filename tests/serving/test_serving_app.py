@@ -642,6 +642,7 @@ def test_lmindexer_serve_with_workers_answers_from_each_worker_process(retriever
     finally:
         stop_server(process)
     assert process.returncode == 0
+    assert "leaked semaphore" not in log.read_text()  # the workers leave nothing behind for the resource tracker
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in workers)
 
 
