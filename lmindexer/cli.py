@@ -518,10 +518,8 @@ def serve(
         int,
         typer.Option(
             "--workers",
-            min=1,
-            max=64,
             help="Serving processes sharing the port, each loading the models and batching its own requests "
-            "(default 1). The cores are shared among them unless --threads is given.",
+            "(default 1, at most 64). The cores are shared among them unless --threads is given.",
         ),
     ] = 1,
 ) -> None:

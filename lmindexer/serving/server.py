@@ -46,7 +46,7 @@ class ServeSpec(BaseModel):
         description="the search backend's settings as given (hosts, alias; the rest from LMINDEXER_SEARCH_*), "
         "read by load_search_config; None: no backend",
     )
-    limits: dict[str, Any] = Field(default_factory=dict, description="ServingLimits fields; absent keeps the default")
+    limits: ServingLimits = Field(default_factory=ServingLimits)
     threads: int | None = Field(None, ge=1, description="torch threads per model (default: a share of the cores)")
     precision: Literal["auto", "fp32", "bf16"] | None = Field(None, description="default: each model's own")
     workers: int = Field(1, ge=1, le=MAX_WORKERS, description="serving processes, each with its own copy of the models")
@@ -75,20 +75,14 @@ def serving_limits(given: Mapping[str, Any]) -> ServingLimits:
 
 
 def serve_spec(values: Mapping[str, Any]) -> ServeSpec:
-    """A :class:`ServeSpec` from options as given, every problem reported at once and worded for ``lmindexer serve``
-    (checked before any model loads, which takes a while)."""
+    """A :class:`ServeSpec` from options as given (None keeps a default), every problem reported at once and worded
+    for ``lmindexer serve`` (checked before any model loads, which takes a while)."""
     precision = values.get("precision")
     if precision is not None and precision not in PRECISIONS:
         raise ConfigError(f"--precision must be auto, fp32 or bf16, not {precision!r}")
-    workers = values.get("workers")
-    if workers is not None and not (isinstance(workers, int) and 1 <= workers <= MAX_WORKERS):
-        raise ConfigError(f"--workers must be a whole number from 1 to {MAX_WORKERS}, not {workers!r}")
     given = {key: value for key, value in values.items() if value is not None}
-    given["limits"] = serving_limits(given.get("limits", {})).model_dump(exclude_unset=True)
-    try:
-        return ServeSpec.model_validate(given)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid serving options: {exc}") from exc
+    given["limits"] = serving_limits(given.get("limits", {}))
+    return parse_config(ServeSpec, given, what="serving options")
 
 
 def run_server(spec: ServeSpec, *, host: str, port: int, say: Callable[[str], None] = print) -> None:

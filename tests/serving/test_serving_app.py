@@ -666,3 +666,10 @@ def test_serve_refuses_to_start_without_a_model(capsys):
     assert err.startswith("error: nothing to serve") and len(err.strip().splitlines()) == 1
     assert main(["serve", "--retriever", "x", "--url", "http://127.0.0.1:9"]) == 2
     assert "add --search" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_worker_count_out_of_range_before_loading_anything(capsys):
+    for workers in ("0", "65"):
+        assert main(["serve", "--retriever", "missing-model", "--workers", workers]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: invalid serving options: workers:") and "missing-model" not in err
