@@ -172,9 +172,12 @@ class GenerativeIdModel(nn.Module):
         items whenever that many others exist. Scores stay the model's log-probabilities under the trie (the
         exclusion prunes, it does not renormalise), so the result is the model's ranking with those items left out.
 
-        Decoding is incremental: each position feeds only the beams' last tokens and reads the earlier positions and
-        the memory's cross-attention keys and values from the decoder's cache (the same states as :meth:`states`
-        recomputes from scratch, which the tests cross-check against teacher-forced scores).
+        Decoding is incremental (see :mod:`lmindexer.indexers.lm.decoding`): each position feeds only the beams'
+        last tokens and reads the earlier positions and the memory's cross-attention keys and values from the
+        decoder's cache (the same states as :meth:`states` recomputes from scratch, which the tests cross-check
+        against teacher-forced scores). Each source keeps the same number of rows at a position (a source with fewer
+        live beams is padded with dead rows that are never extended), so that its rows can share one copy of its
+        memory's keys and values.
         """
         if trie.depth != self.depth:
             raise ValueError(f"the trie holds IDs of {trie.depth} tokens, the model writes {self.depth}")
@@ -183,45 +186,60 @@ class GenerativeIdModel(nn.Module):
             raise ValueError(f"excluded holds {len(excluded)} collections for {batch} sources")
         pruned = [trie.excluded_counts(items) for items in excluded] if excluded is not None else [Counter()] * batch
         summary = self.summary(memory, memory_mask)
-        cache = self.backbone.new_cache()
-        # One row per live beam: its source's memory, mask and summary, and its cached decoder states.
-        row_memory, row_mask, row_summary = memory, memory_mask, summary
+        decoder = self.backbone.incremental_decoder(memory, memory_mask)
+        row_summary = summary
         inputs = F.normalize(summary + self.start, dim=-1).unsqueeze(1) * self.input_scale
-        # beams[b] = list of (tokens, score, row of the beam it extends); all sources advance together.
+        # The live beams of each source: (tokens, score, row of the beam it extends); all sources advance together.
         beams: list[list[tuple[tuple[int, ...], float, int]]] = [[((), 0.0, b)] for b in range(batch)]
+        # The decoder's rows, source-major, ``width`` per source: (tokens, score, live) of the beam (or padding) each
+        # row holds.
+        rows: list[tuple[tuple[int, ...], float, bool]] = [((), 0.0, True) for _ in range(batch)]
+        width = 1
         for position in range(self.depth):
-            owners = [b for b in range(batch) for _ in beams[b]]
-            if not owners:
-                break
-            prefixes = [tokens for b in range(batch) for tokens, _, _ in beams[b]]
-            prefix = torch.tensor(prefixes, dtype=torch.long, device=memory.device).reshape(len(owners), position)
-            hidden = self.backbone.decode_step(inputs.to(memory.dtype), row_memory, row_mask, cache)[:, -1]
+            prefix = torch.tensor([tokens for tokens, _, _ in rows], dtype=torch.long, device=memory.device)
+            prefix = prefix.reshape(len(rows), position)
+            hidden = decoder.step(inputs)
             state = hidden + self.summary_scale * row_summary.to(hidden.dtype)
             logits = self.logits(state, position, prefix)
             allowed = torch.full_like(logits, float("-inf"))
-            children = [trie.allowed(tokens) for tokens in prefixes]
+            children = [trie.allowed(tokens) if live else [] for tokens, _, live in rows]
             # What may extend each beam: the trie's children, less those under which all items are excluded.
             extensions = [
-                trie.open_children(tokens, pruned[owner], tokens_allowed) if pruned[owner] else tokens_allowed
-                for owner, tokens, tokens_allowed in zip(owners, prefixes, children, strict=True)
+                trie.open_children(tokens, pruned[row // width], tokens_allowed)
+                if live and pruned[row // width]
+                else tokens_allowed
+                for row, ((tokens, _, live), tokens_allowed) in enumerate(zip(rows, children, strict=True))
             ]
-            rows = [row for row, tokens in enumerate(children) for _ in tokens]
-            cols = [token for tokens in children for token in tokens]
-            allowed[rows, cols] = 0.0
+            allowed_rows = [row for row, tokens in enumerate(children) for _ in tokens]
+            allowed_cols = [token for tokens in children for token in tokens]
+            allowed[allowed_rows, allowed_cols] = 0.0
             log_probs = torch.log_softmax(logits + allowed, dim=-1).cpu()
-            scores = [score for b in range(batch) for _, score, _ in beams[b]]
             candidates: list[list[tuple[tuple[int, ...], float, int]]] = [[] for _ in range(batch)]
-            for row, (owner, tokens) in enumerate(zip(owners, prefixes, strict=True)):
+            for row, (tokens, score, _) in enumerate(rows):
                 for token in extensions[row]:
-                    candidates[owner].append(((*tokens, token), scores[row] + float(log_probs[row, token]), row))
+                    candidates[row // width].append(((*tokens, token), score + float(log_probs[row, token]), row))
             beams = [sorted(found, key=lambda c: (-c[1], c[0]))[:beam_size] for found in candidates]
-            if position + 1 < self.depth:
-                parents = torch.tensor([row for b in range(batch) for _, _, row in beams[b]], device=memory.device)
-                if len(parents):
-                    cache.reorder_cache(parents)
-                    row_memory, row_mask, row_summary = row_memory[parents], row_mask[parents], row_summary[parents]
-                    last = torch.tensor([t[-1] for b in range(batch) for t, _, _ in beams[b]], device=memory.device)
-                    inputs = self.embed_tokens(position, last).unsqueeze(1) * self.input_scale
+            if position + 1 == self.depth:
+                break
+            previous, width = width, max(len(found) for found in beams)
+            if width == 0:
+                break
+            # A source with fewer live beams repeats its first row with any valid token (0) as padding.
+            parents: list[int] = []
+            current, rows = rows, []
+            for source, found in enumerate(beams):
+                for tokens, score, parent in found:
+                    parents.append(parent)
+                    rows.append((tokens, score, True))
+                padding = source * previous
+                for _ in range(width - len(found)):
+                    parents.append(padding)
+                    rows.append(((*current[padding][0], 0), float("-inf"), False))
+            index = torch.tensor(parents, device=memory.device)
+            decoder.reorder(index)
+            row_summary = row_summary[index]
+            last = torch.tensor([tokens[-1] for tokens, _, _ in rows], device=memory.device)
+            inputs = self.embed_tokens(position, last).unsqueeze(1) * self.input_scale
         results: list[list[tuple[str, float]]] = []
         for found in beams:
             ranked = []

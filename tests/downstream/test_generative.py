@@ -228,6 +228,45 @@ def test_excluding_items_in_the_beam_is_the_exact_ranking_without_them(recommend
         assert [score for _, score in kept] == pytest.approx([score for _, score in expected], abs=1e-5)
 
 
+def test_a_source_with_fewer_live_beams_is_padded_without_changing_any_ranking(
+    recommender, movielens_small, monkeypatch
+):
+    """The decoder keeps the same number of rows per source. Excluding every item under one first token for one
+    source leaves it fewer live beams than the others at the next position, so its rows are padded: its ranking must
+    still be exactly the full ranking without those items, the other sources' rankings must not move, and decoding
+    with one copy of each source's memory must give what decoding with a copy per row (the cache path) gives."""
+    from lmindexer.indexers.lm import backbone as backbone_module
+
+    _, _, sequences = movielens_small
+    model, _ = recommender
+    histories = [s[:-1] for s in sequences[:5]]
+    tokens, item_mask = model._history_tensors(histories)
+    everything = len(model.trie)
+    first = model.trie.allowed(())[0]
+    subtree = {item_id for item_id, ids in model.trie if ids[0] == first}
+    excluded = [subtree, *[set() for _ in histories[1:]]]
+
+    def search(shared: bool) -> tuple[list, list]:
+        monkeypatch.setattr(backbone_module, "shares_memory", lambda decoder: shared)
+        with torch.no_grad():
+            memory, mask = model.network.encode_history(tokens, item_mask)
+            full = model.network.beam_search(memory, mask, model.trie, everything)
+            pruned = model.network.beam_search(memory, mask, model.trie, everything, excluded=excluded)
+        return full, pruned
+
+    full, pruned = search(shared=True)
+    assert 0 < len(subtree) < everything
+    assert [i for i, _ in pruned[0]] == [i for i, _ in full[0] if i not in subtree]
+    assert [s for _, s in pruned[0]] == pytest.approx([s for i, s in full[0] if i not in subtree], abs=1e-5)
+    for kept, ranked in zip(pruned[1:], full[1:], strict=True):
+        assert [i for i, _ in kept] == [i for i, _ in ranked]
+        assert [s for _, s in kept] == pytest.approx([s for _, s in ranked], abs=1e-5)
+    cached_full, cached_pruned = search(shared=False)
+    for ours, theirs in zip(full + pruned, cached_full + cached_pruned, strict=True):
+        assert [i for i, _ in ours] == [i for i, _ in theirs]
+        assert [s for _, s in ours] == pytest.approx([s for _, s in theirs], abs=1e-5)
+
+
 def test_bf16_decoding_really_runs_in_bf16_and_ranks_nearly_as_fp32_does(trained, title_pairs, monkeypatch):
     model, _, _ = trained
     captured: list[torch.Tensor] = []

@@ -26,6 +26,7 @@ from torch import nn
 from lmindexer.cache import cache_root
 from lmindexer.embeddings import resolve_encoder
 from lmindexer.errors import ConfigError, SnapshotError
+from lmindexer.indexers.lm.decoding import CachedDecoding, IncrementalDecoder, SharedMemoryDecoding, shares_memory
 from lmindexer.methods import PACKAGED_ENCODER
 from lmindexer.storage.s3 import is_s3_uri
 
@@ -127,29 +128,15 @@ class Seq2SeqBackbone(nn.Module):
         )
         return out.last_hidden_state
 
-    @staticmethod
-    def new_cache() -> Any:
-        """An empty cache of the decoder's self-attention and cross-attention keys and values."""
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-        return EncoderDecoderCache(DynamicCache(), DynamicCache())
-
-    def decode_step(
-        self, inputs_embeds: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, cache: Any
-    ) -> torch.Tensor:
-        """Hidden states of the next positions ``inputs_embeds`` (B, n, d) after those held in ``cache``, which
-        they extend: incremental decoding. The memory's cross-attention keys and values are computed on the first
-        step only and read from ``cache`` afterwards (reorder it with ``cache.reorder_cache(rows)`` when rows
-        change), so a beam of many prefixes over one source does not project the same memory again per prefix and
-        position."""
-        out = self._decoder(
-            inputs_embeds=inputs_embeds,
-            encoder_hidden_states=memory,
-            encoder_attention_mask=memory_mask,
-            cache=cache,
-            use_cache=True,
-        )
-        return out.last_hidden_state
+    def incremental_decoder(
+        self, memory: torch.Tensor, memory_mask: torch.Tensor, *, shared_memory: bool = True
+    ) -> IncrementalDecoder:
+        """A decoder that extends many prefixes per source one position at a time (see
+        :mod:`lmindexer.indexers.lm.decoding`): with one copy of each source's cross-attention keys and values where
+        the decoder is BERT-style and ``shared_memory`` holds, else through Hugging Face's cache."""
+        if shared_memory and shares_memory(self._decoder):
+            return SharedMemoryDecoding(self._decoder, memory, memory_mask)
+        return CachedDecoding(self._decoder, memory, memory_mask)
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         return self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
