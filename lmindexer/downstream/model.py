@@ -201,24 +201,47 @@ class GenerativeIdModel(nn.Module):
             hidden = decoder.step(inputs)
             state = hidden + self.summary_scale * row_summary.to(hidden.dtype)
             logits = self.logits(state, position, prefix)
-            allowed = torch.full_like(logits, float("-inf"))
             children = [trie.allowed(tokens) if live else [] for tokens, _, live in rows]
-            # What may extend each beam: the trie's children, less those under which all items are excluded.
-            extensions = [
-                trie.open_children(tokens, pruned[row // width], tokens_allowed)
-                if live and pruned[row // width]
-                else tokens_allowed
-                for row, ((tokens, _, live), tokens_allowed) in enumerate(zip(rows, children, strict=True))
-            ]
-            allowed_rows = [row for row, tokens in enumerate(children) for _ in tokens]
-            allowed_cols = [token for tokens in children for token in tokens]
-            allowed[allowed_rows, allowed_cols] = 0.0
+            allowed = torch.full_like(logits, float("-inf"))
+            allowed[_cells(children)] = 0.0
             log_probs = torch.log_softmax(logits + allowed, dim=-1).cpu()
-            candidates: list[list[tuple[tuple[int, ...], float, int]]] = [[] for _ in range(batch)]
-            for row, (tokens, score, _) in enumerate(rows):
-                for token in extensions[row]:
-                    candidates[row // width].append(((*tokens, token), score + float(log_probs[row, token]), row))
-            beams = [sorted(found, key=lambda c: (-c[1], c[0]))[:beam_size] for found in candidates]
+            if any(pruned):
+                # What may extend each beam: the trie's children, less those under which all items are excluded
+                # (the softmax stays over the children: the exclusion prunes, it does not renormalise).
+                extensions = [
+                    trie.open_children(tokens, pruned[row // width], tokens_allowed)
+                    if tokens_allowed and pruned[row // width]
+                    else tokens_allowed
+                    for row, ((tokens, _, _), tokens_allowed) in enumerate(zip(rows, children, strict=True))
+                ]
+                open_cells = torch.zeros_like(log_probs, dtype=torch.bool)
+                open_cells[_cells(extensions)] = True
+                log_probs = log_probs.masked_fill(~open_cells, float("-inf"))
+            # Every (row, token) candidate's score; off the trie, excluded or on a padding row: -inf (a padding row's
+            # softmax over nothing is NaN).
+            totals = log_probs + torch.tensor([score for _, score, _ in rows]).unsqueeze(1)
+            totals = totals.masked_fill(totals.isnan(), float("-inf")).view(batch, -1)
+            values, indices = totals.topk(min(beam_size, totals.size(1)), dim=1)
+            # Candidates that tie with the last one kept are all taken, so that the order below (score, then tokens)
+            # decides which stay, as it does for the others, not topk's order among equal values (bf16 states give
+            # equal scores often enough).
+            edge = values[:, -1:]
+            tied = ((totals >= edge).sum(dim=1) > values.size(1)) & torch.isfinite(edge).squeeze(1)
+            vocabulary = log_probs.size(1)
+            beams = []
+            for source in range(batch):
+                if tied[source]:
+                    found_indices = (totals[source] >= edge[source]).nonzero().squeeze(1)
+                    found_values = totals[source, found_indices]
+                else:
+                    found_indices, found_values = indices[source], values[source]
+                found = []
+                for value, index in zip(found_values.tolist(), found_indices.tolist(), strict=True):
+                    if value == float("-inf"):
+                        continue
+                    row = source * width + index // vocabulary
+                    found.append(((*rows[row][0], index % vocabulary), value, row))
+                beams.append(sorted(found, key=lambda c: (-c[1], c[0]))[:beam_size])
             if position + 1 == self.depth:
                 break
             previous, width = width, max(len(found) for found in beams)
@@ -249,3 +272,8 @@ class GenerativeIdModel(nn.Module):
                     ranked.append((item_id, score))
             results.append(ranked)
         return results
+
+
+def _cells(tokens_per_row: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """The (rows, columns) index of every token of every row, for indexing a (rows, vocabulary) tensor."""
+    return [row for row, tokens in enumerate(tokens_per_row) for _ in tokens], [t for ts in tokens_per_row for t in ts]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -265,6 +266,35 @@ def test_a_source_with_fewer_live_beams_is_padded_without_changing_any_ranking(
     for ours, theirs in zip(full + pruned, cached_full + cached_pruned, strict=True):
         assert [i for i, _ in ours] == [i for i, _ in theirs]
         assert [s for _, s in ours] == pytest.approx([s for _, s in theirs], abs=1e-5)
+
+
+def test_equal_scores_are_ranked_and_cut_by_their_tokens_ascending(trained, title_pairs, monkeypatch):
+    """With every logit equal, each position's candidates tie in large groups (the same number of children under
+    the same parent score). The beam keeps, and ranks, tied candidates by their tokens, ascending, at every
+    position: exactly what a plain beam search ordering by (score, tokens) keeps."""
+    model, _, _ = trained
+    network, trie = model.network, model.trie
+    sizes = network.sizes
+    monkeypatch.setattr(network, "logits", lambda state, position, prefix: torch.zeros(state.size(0), sizes[position]))
+    batch = network.backbone.tokenize([q for q, _ in title_pairs[:3]], model.config.max_length)
+    beam = 5
+    with torch.no_grad():
+        memory = network.encode(batch["input_ids"], batch["attention_mask"])
+        found = network.beam_search(memory, batch["attention_mask"], trie, beam)
+
+    kept: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
+    for _ in range(trie.depth):
+        candidates = [
+            ((*tokens, token), score - math.log(len(trie.allowed(tokens))))
+            for tokens, score in kept
+            for token in trie.allowed(tokens)
+        ]
+        kept = sorted(candidates, key=lambda c: (-c[1], c[0]))[:beam]
+    assert len(trie.allowed(())) > beam  # the first position's ties are cut
+    expected = [trie.item_for(tokens) for tokens, _ in kept]
+    for ranked in found:
+        assert [item_id for item_id, _ in ranked] == expected
+        assert [score for _, score in ranked] == pytest.approx([score for _, score in kept], abs=1e-5)
 
 
 def test_bf16_decoding_really_runs_in_bf16_and_ranks_nearly_as_fp32_does(trained, title_pairs, monkeypatch):
