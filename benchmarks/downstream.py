@@ -6,10 +6,11 @@ comparison is of the IDs alone), plus a third row where the model for LMIndexer 
 them (its encoder and codebooks, the paper's recipe), and evaluates everything on the same held-out split:
 
 - retrieval (wiki-topics queries-test, clothing-reviews held-out reviews): vs BM25 (bm25s) and dense MiniLM, and the
-  hybrids: RRF(BM25, dense), and for each ID kind RRF(BM25, generative) (`serve` mode=rrf), RRF(BM25, dense,
-  generative), BM25 + ID-prefix boost (`serve` mode=prefix-boost; the formula of lmindexer.downstream.fusion,
-  with bm25s's scores in place of the engine's) and RRF(BM25 + ID-prefix boost, dense) (`serve` mode=hybrid, with
-  a dense index of the same embeddings);
+  hybrids: RRF(BM25, dense) and score fusion(BM25, dense), and for each ID kind RRF(BM25, generative) (`serve`
+  mode=rrf), RRF(BM25, dense, generative), BM25 + ID-prefix boost (`serve` mode=prefix-boost; the formula of
+  lmindexer.downstream.fusion, with bm25s's scores in place of the engine's), RRF(BM25 + ID-prefix boost, dense)
+  and score fusion(BM25 + ID-prefix boost, dense) (`serve` mode=hybrid, with a dense index of the same
+  embeddings);
 - recommendation (movielens-100k, leave-last-out): vs popularity, under both protocols (the full ranking, and with
   each user's history left out, `exclude_seen`, as `/recommend` answers).
 
@@ -44,7 +45,7 @@ from lmindexer.cache import cache_root
 from lmindexer.catalog import read_items
 from lmindexer.downstream.baselines import BM25Retriever, DenseRetriever, PopularityRecommender
 from lmindexer.downstream.dense import DenseIndexConfig
-from lmindexer.downstream.fusion import boosted_scores, prefix_boosts, reciprocal_rank_fusion, top_items
+from lmindexer.downstream.fusion import boosted_scores, prefix_boosts, reciprocal_rank_fusion, score_fusion, top_items
 from lmindexer.downstream.generative import GenerativeModel, parse_generative_config
 from lmindexer.downstream.jobs import read_queries
 from lmindexer.downstream.peers import CornacRecommender
@@ -170,25 +171,28 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
     bm25_scores = bm25.pop("ranked").match_scores(queries)
     bm25["train_s"] = round(bm25["train_s"] + time.perf_counter() - started, 1)
     bm25_ranked = [top_items(scores, FUSION_DEPTH) for scores in bm25_scores]
+    bm25_scored = [[(i, scores[i]) for i in ranked] for scores, ranked in zip(bm25_scores, bm25_ranked, strict=True)]
     rows.append({**bm25, "ranked": [r[:TOP_K] for r in bm25_ranked], "kind": "single"})
     print("-- dense MiniLM", flush=True)
 
     dense_index: dict = {}
 
-    def dense() -> list[list[str]]:
+    def dense() -> list[list[tuple[str, float]]]:
         encoder = TextEncoder(DEFAULT_ENCODER, max_length=args.dense_max_length)
         dense_index["matrix"] = encoder.encode(list(texts))
         retriever = DenseRetriever(encoder).index_embeddings(ids, dense_index["matrix"])
         dense_index["retriever"] = retriever
-        return retriever.search(queries, FUSION_DEPTH)
+        return retriever.search_scored(encoder.encode(list(queries)), FUSION_DEPTH)
 
     dense_row = timed_baseline("dense MiniLM", dense)
-    dense_ranked = dense_row.pop("ranked")
+    dense_scored = dense_row.pop("ranked")
+    dense_ranked = [[item_id for item_id, _ in ranked] for ranked in dense_scored]
     similar = similar_items(args.dataset, items, id_codes, dense_index["retriever"], dense_index["matrix"], ids)
     rows.append({**dense_row, "ranked": [r[:TOP_K] for r in dense_ranked], "kind": "single"})
 
     print("-- hybrids", flush=True)
     rows.append(fused_row("RRF(BM25, dense)", [bm25_ranked, dense_ranked], "hybrid"))
+    rows.append(score_fused_row("score fusion(BM25, dense)", [bm25_scored, dense_scored], "hybrid"))
     for method in args.methods:
         generated = [[item_id for item_id, _, _ in ranked] for ranked in beams[method]]
         rows.append(fused_row(f"RRF(BM25, generative {method} IDs)", [bm25_ranked, generated], "ID-aware hybrid"))
@@ -199,12 +203,19 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
         )
         boosted = prefix_boost_row(method, beams[method], bm25_scores, id_codes[method])
         rows.append(boosted)
-        # The boost keeps BM25's ranking and RRF(BM25, dense) is the best hybrid without IDs: the boosted ranking in
-        # BM25's place asks whether the IDs add anything on top of dense retrieval (`serve` mode=hybrid).
+        # The boost keeps BM25's ranking: the boosted ranking in BM25's place, fused with dense retrieval, asks
+        # whether the IDs add anything on top of dense retrieval, by rank and by score (`serve` mode=hybrid).
         rows.append(
             fused_row(
                 f"RRF(BM25 + ID-prefix boost ({method} IDs), dense)",
                 [boosted.pop("deep"), dense_ranked],
+                "ID-aware hybrid",
+            )
+        )
+        rows.append(
+            score_fused_row(
+                f"score fusion(BM25 + ID-prefix boost ({method} IDs), dense)",
+                [boosted.pop("deep_scored"), dense_scored],
                 "ID-aware hybrid",
             )
         )
@@ -262,23 +273,35 @@ def fused_row(name: str, rankings: list[list[list[str]]], kind: str) -> dict:
     return {"name": name, "ranked": ranked, "fuse_s": round(time.perf_counter() - started, 2), "kind": kind}
 
 
+def score_fused_row(name: str, rankings: list[list[list[tuple[str, float]]]], kind: str) -> dict:
+    """Score fusion (lmindexer.downstream.fusion, its one configuration: equal weights) of per-query scored
+    rankings, each FUSION_DEPTH deep: what `serve` mode=hybrid answers."""
+    started = time.perf_counter()
+    ranked = [[item_id for item_id, _ in score_fusion(per_query, k=TOP_K)] for per_query in zip(*rankings, strict=True)]
+    return {"name": name, "ranked": ranked, "fuse_s": round(time.perf_counter() - started, 2), "kind": kind}
+
+
 def prefix_boost_row(method: str, beams: list, bm25_scores: list[dict[str, float]], codes: dict) -> dict:
     """BM25 plus the generative beam's ID-prefix boost: what `serve` mode=prefix-boost asks the engine for. Its
-    rankings go FUSION_DEPTH deep (``deep``) so that they can be fused with dense retrieval too."""
+    rankings go FUSION_DEPTH deep (``deep``; with their scores, ``deep_scored``) so that they can be fused with
+    dense retrieval too."""
     started = time.perf_counter()
     by_first_code: dict[int, list[str]] = {}
     for item_id, item_codes in codes.items():
         by_first_code.setdefault(int(item_codes[0]), []).append(item_id)
-    ranked = []
+    ranked, scored = [], []
     for beam, text_scores in zip(beams, bm25_scores, strict=True):
         boosts = prefix_boosts([(sid, score) for _, sid, score in beam])
         # Only items under a boosted first code can gain anything: score just those.
         candidates = [i for prefix in boosts.boosts.get(1, {}) for i in by_first_code.get(int(prefix), [])]
-        ranked.append(top_items(boosted_scores(text_scores, {i: codes[i] for i in candidates}, boosts), FUSION_DEPTH))
+        scores = boosted_scores(text_scores, {i: codes[i] for i in candidates}, boosts)
+        ranked.append(top_items(scores, FUSION_DEPTH))
+        scored.append([(item_id, scores[item_id]) for item_id in ranked[-1]])
     return {
         "name": f"BM25 + ID-prefix boost ({method} IDs)",
         "ranked": [r[:TOP_K] for r in ranked],
         "deep": ranked,
+        "deep_scored": scored,
         "fuse_s": round(time.perf_counter() - started, 2),
         "kind": "ID-aware hybrid",
     }

@@ -1,7 +1,7 @@
 """A dense index of the catalogue for serving: each live item's sentence embedding, saved as a verified artifact.
 
 ``lmindexer serve --dense DIR`` loads it to answer ``/search?mode=dense`` and to put a dense leg into
-``mode=hybrid`` (reciprocal rank fusion of the engine's ID-prefix-boosted BM25 search with dense retrieval: the best
+``mode=hybrid`` (score fusion of the engine's ID-prefix-boosted BM25 search with dense retrieval: the best
 ID-aware hybrid measured in ``benchmarks/downstream.py``). The embeddings are those of the dense baseline the
 benchmarks measure: the frozen encoder (all-MiniLM-L6-v2 by default), mean-pooled and L2-normalised, over the same
 text the ID indexers read; search is exact inner product (cosine) with a flat faiss index.

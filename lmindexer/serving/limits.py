@@ -40,7 +40,9 @@ class ServingLimits(BaseModel):
         description="mode=rrf: text-search hits fused with the beam; mode=hybrid: how deep the prefix-boosted text "
         "search and dense retrieval are fused",
     )
-    rrf_k: int = Field(RRF_K, ge=1, le=10_000, description="reciprocal rank fusion constant: 1 / (rrf_k + rank)")
+    rrf_k: int = Field(
+        RRF_K, ge=1, le=10_000, description="mode=rrf: the reciprocal rank fusion constant, 1 / (rrf_k + rank)"
+    )
     batch_max_size: int = Field(
         16, ge=1, le=1024, description="most concurrent requests for one model decoded as one batched beam search"
     )

@@ -32,8 +32,9 @@ class ResultItem(BaseModel):
     item_id: str
     sid: str = Field(description="the item's semantic ID")
     score: float = Field(
-        description="mode=generative: log-probability of the ID (<= 0); mode=rrf and mode=hybrid: reciprocal rank "
-        "fusion score; mode=prefix-boost: the engine's text score plus the prefix boost; mode=dense: cosine "
+        description="mode=generative: log-probability of the ID (<= 0); mode=rrf: reciprocal rank fusion score; "
+        "mode=hybrid: score fusion (the mean of the two legs' standardised scores); mode=prefix-boost: the engine's "
+        "text score plus the prefix boost; mode=dense: cosine "
         "similarity of the query's and the item's embeddings"
     )
     source: Source = Field(

@@ -1,4 +1,4 @@
-"""Hybrid rankings: reciprocal rank fusion and the ID-prefix boost."""
+"""Hybrid rankings: score fusion, reciprocal rank fusion and the ID-prefix boost."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from lmindexer.downstream.fusion import (
     prefix_boosts,
     prefix_terms,
     reciprocal_rank_fusion,
+    score_fusion,
+    standardised,
     top_items,
 )
 from lmindexer.errors import ConfigError
@@ -51,6 +53,80 @@ def test_fusion_refuses_a_string_as_a_ranking_and_bad_constants():
         reciprocal_rank_fusion([["a"]], rrf_k=0)
     with pytest.raises(ConfigError, match="k must be"):
         reciprocal_rank_fusion([["a"]], k=0)
+
+
+def test_score_fusion_sums_equally_weighted_standardised_scores():
+    text = [("a", 30.0), ("b", 20.0), ("c", 10.0)]
+    dense = [("b", 0.9), ("a", 0.5), ("d", 0.4)]
+    sd_text, sd_dense = math.sqrt(200 / 3), math.sqrt((0.9**2 + 0.5**2 + 0.4**2) / 3 - 0.6**2)
+    z_text = {"a": 10 / sd_text, "b": 0.0, "c": -10 / sd_text}
+    z_dense = {"b": 0.3 / sd_dense, "a": -0.1 / sd_dense, "d": -0.2 / sd_dense}
+    # An item a ranking did not return takes that ranking's lowest standardised score.
+    expected = {
+        "a": (z_text["a"] + z_dense["a"]) / 2,
+        "b": (z_text["b"] + z_dense["b"]) / 2,
+        "c": (z_text["c"] + z_dense["d"]) / 2,
+        "d": (z_text["c"] + z_dense["d"]) / 2,
+    }
+    fused = score_fusion([text, dense])
+    assert dict(fused) == pytest.approx(expected)
+    assert [item for item, _ in fused] == ["b", "a", "c", "d"]  # c and d tie: by item_id
+
+
+def test_score_fusion_keeps_a_wide_lead_that_rank_fusion_flattens():
+    # "a" is far ahead in the text ranking and a hair behind in the dense one: ranks put "b" (second in text,
+    # first in dense) ahead of it; scores keep a's lead.
+    text = [("a", 50.0), ("b", 10.0), ("c", 9.0), ("d", 8.0)]
+    dense = [("b", 0.80), ("c", 0.795), ("a", 0.79), ("d", 0.1)]
+    assert score_fusion([text, dense], k=1)[0][0] == "a"
+    assert reciprocal_rank_fusion([[i for i, _ in text], [i for i, _ in dense]], k=1)[0][0] == "b"
+
+
+@given(
+    # Scores on a grid: rescaling scores that differ by less than the offset's rounding error is not a question of
+    # fusion but of floating point.
+    st.lists(st.tuples(st.sampled_from([f"i{n}" for n in range(12)]), st.integers(-50, 50).map(float)), max_size=12),
+    st.lists(
+        st.tuples(st.sampled_from([f"i{n}" for n in range(12)]), st.integers(-100, 100).map(lambda x: x / 100)),
+        max_size=12,
+    ),
+    st.floats(0.01, 1000),
+    st.floats(-1000, 1000),
+)
+def test_score_fusion_does_not_depend_on_a_rankings_scale_or_offset(text, dense, scale, offset):
+    """Standardising is what lets one configuration fuse BM25 scores (any size) with cosine similarities."""
+    rescaled = [(item, scale * score + offset) for item, score in text]
+    original, moved = score_fusion([text, dense]), score_fusion([rescaled, dense])
+    assert dict(moved) == pytest.approx(dict(original), abs=1e-6)
+    assert sorted(item for item, _ in original) == sorted({item for item, _ in text + dense})
+    keys = [(-score, item) for item, score in original]
+    assert keys == sorted(keys)
+
+
+def test_score_fusion_weights_and_degenerate_rankings():
+    text, dense = [("a", 2.0), ("b", 1.0)], [("b", 0.9), ("a", 0.1)]
+    assert score_fusion([text, dense], weights=[1, 0])[0][0] == "a"
+    assert score_fusion([text, dense], weights=[0, 3])[0][0] == "b"
+    # Equal scores standardise to 0; an empty ranking changes no order; a repeat keeps its first (best) score.
+    assert standardised([("a", 5.0), ("b", 5.0)]) == {"a": 0.0, "b": 0.0}
+    assert [item for item, _ in score_fusion([text, []])] == [item for item, _ in score_fusion([text])] == ["a", "b"]
+    assert standardised([("a", 3.0), ("b", 1.0), ("a", 0.0)]) == {"a": 1.0, "b": -1.0}
+    assert score_fusion([]) == []
+
+
+def test_score_fusion_refuses_bad_weights_scores_and_rankings():
+    with pytest.raises(ConfigError, match="2 weights for 1 rankings"):
+        score_fusion([[("a", 1.0)]], weights=[1, 1])
+    with pytest.raises(ConfigError, match="not all 0"):
+        score_fusion([[("a", 1.0)]], weights=[0])
+    with pytest.raises(ConfigError, match="not all 0"):
+        score_fusion([[("a", 1.0)]], weights=[-1])
+    with pytest.raises(ConfigError, match="finite scores"):
+        score_fusion([[("a", math.nan)]])
+    with pytest.raises(ConfigError, match="not the string"):
+        score_fusion(["ab"])
+    with pytest.raises(ConfigError, match="k must be"):
+        score_fusion([[("a", 1.0)]], k=0)
 
 
 def test_prefix_boosts_split_the_beams_probability_mass_over_each_level():

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
-from lmindexer.downstream.fusion import PrefixBoosts, prefix_boosts, reciprocal_rank_fusion
+from lmindexer.downstream.fusion import PrefixBoosts, prefix_boosts, reciprocal_rank_fusion, score_fusion
 from lmindexer.search.reader import SearchReader
 from lmindexer.search.results import BoostedSearch, TextHit
 from lmindexer.serving.limits import ServingLimits
@@ -20,7 +20,7 @@ ModeParameter = Annotated[
         "search fused by reciprocal rank, live items only; prefix-boost: the engine's text search with a boost "
         "for documents whose ID prefixes the retriever predicts (term queries on the published prefix fields); "
         "dense: the dense index's nearest items (live items only when the search backend is configured); hybrid: "
-        "prefix-boost and dense fused by reciprocal rank, live items only",
+        "prefix-boost and dense fused by their standardised scores (equal weights), live items only",
     ),
 ]
 
@@ -84,7 +84,7 @@ def search_router(limits: ServingLimits, k_cap: int) -> APIRouter:
             depth = state.limits.blend_candidates
             boosted_leg = _prefix_boosted(backend, text, beam, k=depth, weight=weight)
             nearest = _live_nearest(backend, embedding.result(), depth)
-            return answer(fuse_hybrid(boosted_leg, nearest, k=k, rrf_k=state.limits.rrf_k))
+            return answer(fuse_hybrid(boosted_leg, nearest, k=k))
         return answer(_rank_fused(backend, text, beam, k=k, limits=state.limits))
 
     return router
@@ -116,17 +116,17 @@ def fuse_hybrid(
     nearest: Sequence[tuple[str, float, Mapping[str, Any]]],
     *,
     k: int,
-    rrf_k: int,
 ) -> list[ResultItem]:
-    """Reciprocal rank fusion of the prefix-boosted text search and dense retrieval (both of live items).
+    """Score fusion (:func:`lmindexer.downstream.fusion.score_fusion`, equal weights) of the prefix-boosted text
+    search and dense retrieval (both of live items): each leg's scores standardised over its own hits, summed.
 
     The source is ``dense`` for an item only dense retrieval found, ``both`` for one both legs found, and otherwise
     what the boosted search says of it (text, generative or both)."""
     by_boost = {result.item_id: result for result in boosted_leg}
     by_dense = {item_id: document for item_id, _, document in nearest}
-    rankings = [[result.item_id for result in boosted_leg], [item_id for item_id, _, _ in nearest]]
+    legs = [[(result.item_id, result.score) for result in boosted_leg], [(i, score) for i, score, _ in nearest]]
     results = []
-    for item_id, score in reciprocal_rank_fusion(rankings, k=k, rrf_k=rrf_k):
+    for item_id, score in score_fusion(legs, k=k):
         boosted_result = by_boost.get(item_id)
         if boosted_result is None:
             sid, source = str(by_dense[item_id].get("sid", "")), "dense"
