@@ -21,7 +21,7 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
 
 Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
 the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
-Writes <out>/downstream-<dataset>.json, .md and .png.
+Writes <out>/downstream-<dataset>.json, .md and .png (downstream-<dataset>-seed-<N>.* for --seed N other than 0).
 """
 
 from __future__ import annotations
@@ -541,7 +541,8 @@ def main() -> int:
     peer_aim = peer_summary(rows) if is_recommendation and args.peers else None
     similar = id_reports.pop("similar_items", None)
 
-    stem = args.out / f"downstream-{args.dataset}"
+    # Seed 0 is the reference run; other seeds write files of their own, for mean +- SD over seeds.
+    stem = args.out / (f"downstream-{args.dataset}" + (f"-seed-{args.seed}" if args.seed else ""))
     document = {
         "dataset": args.dataset,
         "task": gen_options["task"],
