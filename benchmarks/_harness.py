@@ -145,9 +145,11 @@ def write_results(stem: Path, document: dict[str, Any], markdown: str) -> None:
     """``<stem>.json`` (with the load at the end) and ``<stem>.md``; the caller writes ``<stem>.png``."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     finish(document)
-    # At the top level too, so that a reader (or a check) ties the figures to code without knowing the layout.
+    # At the top level too, so that a reader (or a check) ties the figures to code without knowing the layout: under
+    # both names such readers look for, ``git_commit`` and ``commit``.
     env = document["environment"]
-    document = {"git_commit": env.get("commit"), "uncommitted_changes": env.get("uncommitted_changes"),
+    document = {"git_commit": env.get("commit"), "commit": env.get("commit"),
+                "uncommitted_changes": env.get("uncommitted_changes"),
                 "load_average": {"start": env["load_average_at_start"], "end": env["load_average_at_end"]},
                 **document}  # fmt: skip
     stem.with_suffix(".json").write_text(json.dumps(document, indent=2, default=str) + "\n")

@@ -30,6 +30,7 @@ def test_a_stored_figure_names_the_commit_and_load_it_was_measured_at(path):
     commit = document.get("git_commit")
     assert isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit), f"{path.name}: git_commit {commit!r}"
     assert document["environment"]["commit"] == commit
+    assert document.get("commit") == commit, f"{path.name}: no top-level commit"
     assert isinstance(document.get("uncommitted_changes"), bool)
     assert len(document["load_average"]["start"]) == 3 and len(document["load_average"]["end"]) == 3
     assert f"Measured at commit `{commit[:12]}`" in path.with_suffix(".md").read_text()
@@ -65,3 +66,17 @@ def test_a_new_figure_records_the_cpu_it_ran_on_and_whether_it_computes_bf16_nat
     recorded = _harness.environment()
     assert recorded["native_bf16"] is native_bf16("cpu")
     assert recorded["cpu_model"] and recorded["cpu_model"] != "unknown"
+
+
+def test_a_new_figure_names_its_commit_at_the_top_level_under_both_names(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("_harness", None)
+    import _harness
+
+    _harness.write_results(tmp_path / "figure", {"environment": _harness.environment()}, "# figure")
+    document = json.loads((tmp_path / "figure.json").read_text())
+    commit = document["environment"]["commit"]
+    assert document["git_commit"] == document["commit"] == commit
+    assert list(document)[:2] == ["git_commit", "commit"]
