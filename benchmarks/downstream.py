@@ -205,18 +205,17 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
         rows.append(boosted)
         # The boost keeps BM25's ranking: the boosted ranking in BM25's place, fused with dense retrieval, asks
         # whether the IDs add anything on top of dense retrieval, by rank and by score (`serve` mode=hybrid).
+        deep = boosted.pop("deep")
         rows.append(
             fused_row(
                 f"RRF(BM25 + ID-prefix boost ({method} IDs), dense)",
-                [boosted.pop("deep"), dense_ranked],
+                [[[item_id for item_id, _ in ranked] for ranked in deep], dense_ranked],
                 "ID-aware hybrid",
             )
         )
         rows.append(
             score_fused_row(
-                f"score fusion(BM25 + ID-prefix boost ({method} IDs), dense)",
-                [boosted.pop("deep_scored"), dense_scored],
-                "ID-aware hybrid",
+                f"score fusion(BM25 + ID-prefix boost ({method} IDs), dense)", [deep, dense_scored], "ID-aware hybrid"
             )
         )
     for row in rows:
@@ -283,25 +282,22 @@ def score_fused_row(name: str, rankings: list[list[list[tuple[str, float]]]], ki
 
 def prefix_boost_row(method: str, beams: list, bm25_scores: list[dict[str, float]], codes: dict) -> dict:
     """BM25 plus the generative beam's ID-prefix boost: what `serve` mode=prefix-boost asks the engine for. Its
-    rankings go FUSION_DEPTH deep (``deep``; with their scores, ``deep_scored``) so that they can be fused with
-    dense retrieval too."""
+    rankings go FUSION_DEPTH deep, with their scores (``deep``), so that they can be fused with dense retrieval too."""
     started = time.perf_counter()
     by_first_code: dict[int, list[str]] = {}
     for item_id, item_codes in codes.items():
         by_first_code.setdefault(int(item_codes[0]), []).append(item_id)
-    ranked, scored = [], []
+    scored = []
     for beam, text_scores in zip(beams, bm25_scores, strict=True):
         boosts = prefix_boosts([(sid, score) for _, sid, score in beam])
         # Only items under a boosted first code can gain anything: score just those.
         candidates = [i for prefix in boosts.boosts.get(1, {}) for i in by_first_code.get(int(prefix), [])]
         scores = boosted_scores(text_scores, {i: codes[i] for i in candidates}, boosts)
-        ranked.append(top_items(scores, FUSION_DEPTH))
-        scored.append([(item_id, scores[item_id]) for item_id in ranked[-1]])
+        scored.append([(item_id, scores[item_id]) for item_id in top_items(scores, FUSION_DEPTH)])
     return {
         "name": f"BM25 + ID-prefix boost ({method} IDs)",
-        "ranked": [r[:TOP_K] for r in ranked],
-        "deep": ranked,
-        "deep_scored": scored,
+        "ranked": [[item_id for item_id, _ in ranked[:TOP_K]] for ranked in scored],
+        "deep": scored,
         "fuse_s": round(time.perf_counter() - started, 2),
         "kind": "ID-aware hybrid",
     }

@@ -54,16 +54,22 @@ def reciprocal_rank_fusion(
     """
     if rrf_k < 1:
         raise ConfigError(f"rrf_k must be >= 1, got {rrf_k}")
-    if k is not None and k < 1:
-        raise ConfigError(f"k must be >= 1, got {k}")
+    _check_rankings(rankings, k, "item_ids")
     scores: dict[str, float] = {}
     for ranking in rankings:
-        if isinstance(ranking, str):
-            raise ConfigError(f"a ranking must be a sequence of item_ids, not the string {ranking!r}")
         for rank, item_id in enumerate(dict.fromkeys(ranking), start=1):
             scores[item_id] = scores.get(item_id, 0.0) + 1.0 / (rrf_k + rank)
     order = sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))
     return order if k is None else order[:k]
+
+
+def _check_rankings(rankings: Sequence[Sequence[object]], k: int | None, entries: str) -> None:
+    """Refuse a ``k`` below 1 and a string where a ranking (a sequence of ``entries``) belongs."""
+    if k is not None and k < 1:
+        raise ConfigError(f"k must be >= 1, got {k}")
+    for ranking in rankings:
+        if isinstance(ranking, str):
+            raise ConfigError(f"a ranking must be a sequence of {entries}, not the string {ranking!r}")
 
 
 def standardised(scores: Sequence[tuple[str, float]]) -> dict[str, float]:
@@ -96,11 +102,7 @@ def score_fusion(
     item, so it changes no order.
     Returns (item_id, fused score) pairs, the first ``k`` of them when ``k`` is given.
     """
-    if k is not None and k < 1:
-        raise ConfigError(f"k must be >= 1, got {k}")
-    for ranking in rankings:
-        if isinstance(ranking, str):
-            raise ConfigError(f"a ranking must be a sequence of (item_id, score) pairs, not the string {ranking!r}")
+    _check_rankings(rankings, k, "(item_id, score) pairs")
     chosen = [1.0] * len(rankings) if weights is None else [float(w) for w in weights]
     if len(chosen) != len(rankings):
         raise ConfigError(f"score fusion got {len(chosen)} weights for {len(rankings)} rankings")

@@ -34,8 +34,7 @@ class ResultItem(BaseModel):
     score: float = Field(
         description="mode=generative: log-probability of the ID (<= 0); mode=rrf: reciprocal rank fusion score; "
         "mode=hybrid: score fusion (the mean of the two legs' standardised scores); mode=prefix-boost: the engine's "
-        "text score plus the prefix boost; mode=dense: cosine "
-        "similarity of the query's and the item's embeddings"
+        "text score plus the prefix boost; mode=dense: cosine similarity of the query's and the item's embeddings"
     )
     source: Source = Field(
         description="which ranking found the item: generative, text (BM25) or both; with mode=prefix-boost, "

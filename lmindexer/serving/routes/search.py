@@ -118,7 +118,7 @@ def fuse_hybrid(
     k: int,
 ) -> list[ResultItem]:
     """Score fusion (:func:`lmindexer.downstream.fusion.score_fusion`, equal weights) of the prefix-boosted text
-    search and dense retrieval (both of live items): each leg's scores standardised over its own hits, summed.
+    search and dense retrieval (both of live items): each leg's scores standardised over its own hits, averaged.
 
     The source is ``dense`` for an item only dense retrieval found, ``both`` for one both legs found, and otherwise
     what the boosted search says of it (text, generative or both)."""
