@@ -80,3 +80,14 @@ def test_a_new_figure_names_its_commit_at_the_top_level_under_both_names(monkeyp
     commit = document["environment"]["commit"]
     assert document["git_commit"] == document["commit"] == commit
     assert list(document)[:2] == ["git_commit", "commit"]
+
+
+def test_a_figure_from_one_seed_says_so_instead_of_showing_no_spread(monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("_harness", None)
+    import _harness
+
+    assert _harness.format_mean_sd(_harness.mean_sd([0.25])) == "0.2500 (one seed)"
+    assert _harness.format_mean_sd(_harness.mean_sd([0.2, 0.3]), ".2f") == "0.25 ± 0.07"
