@@ -102,9 +102,10 @@ def mean_sd(values: Sequence[float]) -> dict[str, Any]:
 
 
 def format_mean_sd(summary: dict[str, Any], spec: str = ".4f") -> str:
-    """``mean ± SD``; a single seed's value says so, since its SD of 0 would read as no spread at all."""
+    """``mean ± SD``; a single seed's value alone, since an SD of 0 would read as no spread at all (the table's
+    caption says it is one seed)."""
     if summary.get("n", 2) == 1:
-        return f"{summary['mean']:{spec}} (one seed)"
+        return f"{summary['mean']:{spec}}"
     return f"{summary['mean']:{spec}} ± {summary['sd']:{spec}}"
 
 

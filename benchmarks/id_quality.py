@@ -177,7 +177,7 @@ def methods_markdown(summaries: list[dict[str, Any]], levels: int) -> str:
             p = s["policies"][policy]
             rows.append([
                 s["method"], policy, *[format_mean_sd(a) for a in p["ami"]], format_mean_sd(p["nmi"][-1]),
-                f"{p['collision_rate']['mean']:.2%} ± {p['collision_rate']['sd']:.2%}",
+                format_mean_sd(p["collision_rate"], ".2%"),
                 format_mean_sd(p["largest_bucket"], ".1f"),
                 f"{p['min_utilisation']['mean']:.0%}", format_mean_sd(s["fit_seconds"], ".1f"),
                 format_mean_sd(s["assign_items_per_second"], ".0f"),
@@ -302,8 +302,9 @@ def main() -> int:
     table = methods_markdown(summaries, args.levels)
     if comparison is not None:
         table += "\n\n" + comparison_markdown(comparison)
+    spread = f"Mean ± SD over {len(args.seeds)} seeds." if len(args.seeds) > 1 else "One seed: no spread to report."
     markdown = (
-        f"# Semantic-ID quality — {title}\n\nLabel: `{label}`. Mean ± SD over {len(args.seeds)} seeds.\n\n{table}\n\n"
+        f"# Semantic-ID quality — {title}\n\nLabel: `{label}`. {spread}\n\n{table}\n\n"
         f"![AMI@1 and collision rate per method and last-level policy]({stem.name}.png)\n"
     )
     write_results(stem, document, markdown)

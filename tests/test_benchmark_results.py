@@ -82,12 +82,13 @@ def test_a_new_figure_names_its_commit_at_the_top_level_under_both_names(monkeyp
     assert list(document)[:2] == ["git_commit", "commit"]
 
 
-def test_a_figure_from_one_seed_says_so_instead_of_showing_no_spread(monkeypatch):
+def test_a_figure_from_one_seed_shows_no_spread_it_does_not_have(monkeypatch):
     import sys
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     sys.modules.pop("_harness", None)
     import _harness
 
-    assert _harness.format_mean_sd(_harness.mean_sd([0.25])) == "0.2500 (one seed)"
+    assert _harness.format_mean_sd(_harness.mean_sd([0.25])) == "0.2500"
     assert _harness.format_mean_sd(_harness.mean_sd([0.2, 0.3]), ".2f") == "0.25 ± 0.07"
+    assert _harness.format_mean_sd(_harness.mean_sd([0.2, 0.3]), ".1%") == "25.0% ± 7.1%"
