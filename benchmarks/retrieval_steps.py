@@ -180,7 +180,11 @@ def main() -> int:
         "wall_s": round(time.perf_counter() - started, 1),
         "environment": env,
     }
-    spread = f"mean ± SD over seeds {', '.join(map(str, args.seeds))}"
+    spread = (
+        f"mean ± SD over seeds {', '.join(map(str, args.seeds))}"
+        if len(args.seeds) > 1
+        else f"seed {args.seeds[0]} alone (no spread to report)"
+    )
     table_md = markdown_table(
         ["system", *KEYS, "Recall@10 vs dense", "Recall@10 gain (vs rung, paired by seed)", "examples", "train s"],
         [
