@@ -28,7 +28,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from lmindexer.downstream.model import GenerativeIdModel, Task
+from lmindexer.downstream.dense import DenseIndexConfig
+from lmindexer.downstream.model import GenerativeIdModel, PriorScores, Task
+from lmindexer.downstream.prior import DensePrior
 from lmindexer.downstream.pseudo_queries import pseudo_query_pairs
 from lmindexer.downstream.ranking import rank_metrics
 from lmindexer.downstream.training import TokenizedTexts, train_network
@@ -47,6 +49,8 @@ from lmindexer.precision import PRECISION_DESCRIPTION, InferencePrecision, infer
 
 DOCUMENT = "generative.json"
 WEIGHTS = "weights.safetensors"
+# The items' embeddings behind the dense prior, saved with the weights (their item_ids in the document).
+ITEM_VECTORS = "dense_prior.item_vectors"
 FORMAT_VERSION = 1
 # Options are hashed one by one, so that a mismatch names the option.
 _EXPANDED = ("config",)
@@ -79,6 +83,18 @@ class GenerativeConfig(BaseModel):
         le=64,
         description="retrieval: also train on up to this many sentences of each item's text as queries for it "
         "(document as query)",
+    )
+    dense_prior: bool = Field(
+        False,
+        description="retrieval: add to each next-token score the log-sum-exp of the query's cosines to the items "
+        "under the prefix it makes (its embedding by the model's encoder), times a learned weight "
+        "(lmindexer.downstream.prior)",
+    )
+    prior_max_length: int = Field(
+        DenseIndexConfig.model_fields["max_length"].default,
+        ge=8,
+        le=4096,
+        description="tokens of an item text the encoder reads to embed it for the dense prior (the dense index's)",
     )
     history_window: int = Field(20, ge=1, le=512, description="most recent items of a history the model reads")
     history_layers: int = Field(2, ge=1, le=12)
@@ -141,6 +157,8 @@ class GenerativeModel:
         self.vocabulary = vocabulary
         self.network = network
         self.trie: IdTrie = vocabulary.trie(sids)
+        # The items' embeddings behind the dense prior (retrieval with dense_prior only).
+        self.prior: DensePrior | None = DensePrior(vocabulary.sizes) if network.prior_weight is not None else None
         self.device = _device(config)
         # Decoding only reads the IDs that exist; its precision changes rankings, never a stored ID, so 'auto' is
         # resolved for the machine serving the model.
@@ -178,6 +196,7 @@ class GenerativeModel:
             task=options.task,
             history_window=options.history_window,
             history_layers=options.history_layers,
+            dense_prior=options.dense_prior and options.task == "retrieval",
         )
         model = cls(options, vocabulary, network, ids.sid_map())
         if options.from_snapshot:
@@ -190,10 +209,13 @@ class GenerativeModel:
     def insert(self, item_id: str, sid: str) -> None:
         """Make a newly indexed item retrievable (no retraining; its suffix must fit the model's vocabulary)."""
         self.trie.insert(item_id, self.vocabulary.tokens_of_sid(sid))
+        self._trie_changed()
 
     def remove(self, item_id: str) -> bool:
         """Stop returning an item; False if it was not there."""
-        return self.trie.remove(item_id)
+        removed = self.trie.remove(item_id)
+        self._trie_changed()
+        return removed
 
     def sync(self, ids: IdTable) -> dict[str, int]:
         """Bring the trie in line with an ID table of the same ID space: inserts new items, drops missing ones."""
@@ -212,7 +234,12 @@ class GenerativeModel:
             if self.trie.tokens_of(item_id) != tokens:
                 self.trie.insert(item_id, tokens)
                 inserted += 1
+        self._trie_changed()
         return {"inserted": inserted, "removed": len(removed), "items": len(self.trie)}
+
+    def _trie_changed(self) -> None:
+        if self.prior is not None:
+            self.prior.invalidate()
 
     def sid_of(self, item_id: str) -> str | None:
         tokens = self.trie.tokens_of(item_id)
@@ -275,6 +302,11 @@ class GenerativeModel:
         examples = self.retrieval_examples(pairs, item_texts)
         if not examples:
             raise ConfigError("no training pairs")
+        embedded = 0
+        if self.prior is not None:
+            # Items embedded before (embed_items, with the encoder as it is now) are not embedded again.
+            missing = {i: text for i, text in (item_texts or {}).items() if i in self.trie and i not in self.prior}
+            embedded = self.embed_items(missing, progress=progress) if missing else 0
         texts = [text for text, _ in examples]
         targets = self._targets([item_id for _, item_id in examples])
         bank = TokenizedTexts(self.network.backbone.tokenizer, texts, self.config.max_length)
@@ -300,8 +332,9 @@ class GenerativeModel:
                 memory = stack.upper(batch["memory"].to(dtype), mask, split, batch["input_ids"])
             else:
                 memory = self.network.encode(batch["input_ids"], mask)
-            return self.network.loss(memory, mask, targets[index].to(self.device))
+            return self.network.loss(memory, mask, targets[index].to(self.device), prior)
 
+        prior = self._prior()
         described = (
             f"{text}\x1f{item_id}\x1f{row}" for (text, item_id), row in zip(examples, targets.tolist(), strict=True)
         )
@@ -313,9 +346,40 @@ class GenerativeModel:
         stats.update({
             "pairs": len(pairs), "indexing_pairs": indexing,
             "pseudo_queries": len(examples) - len(pairs) - indexing, "encode_s": encoded_s,
+            "embedded_items": embedded,
         })  # fmt: skip
         self.training = stats
         return stats
+
+    @torch.no_grad()
+    def embed_items(self, item_texts: Mapping[str, str], *, progress: bool = False) -> int:
+        """Embed the texts of the items this model can return (the encoder's summary, as the decoder reads a query)
+        for the dense prior; returns how many were embedded. :meth:`fit_retrieval` embeds the texts it trains
+        on that have no embedding yet, with the encoder as it is before training."""
+        if self.prior is None:
+            raise ConfigError("this model has no dense prior (dense_prior is off, or it recommends)")
+        item_ids = [item_id for item_id in item_texts if item_id in self.trie]
+        if not item_ids:
+            raise ConfigError("the dense prior needs the texts of the items: none of the given items has an ID here")
+        was_training = self.network.training
+        self.network.eval()
+        size, rows = self.config.inference_batch_size, []
+        for start in tqdm(range(0, len(item_ids), size), desc="embedding items", disable=not progress, leave=False):
+            batch = self.network.backbone.tokenize(
+                [item_texts[i] for i in item_ids[start : start + size]], self.config.prior_max_length
+            )
+            mask = batch["attention_mask"].to(self.device)
+            memory = self.network.encode(batch["input_ids"].to(self.device), mask)
+            rows.append(self.network.summary(memory, mask).float().cpu())
+        self.network.train(was_training)
+        self.prior.set_vectors(item_ids, torch.cat(rows))
+        return len(item_ids)
+
+    def _prior(self) -> PriorScores | None:
+        prior, trie = self.prior, self.trie
+        if prior is None:
+            return None
+        return lambda position, summaries, prefixes: prior.scores(trie, position, summaries, prefixes)
 
     def _history_tensors(self, histories: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-aligned windows of the most recent items; unknown items are skipped, like a deleted item."""
@@ -404,7 +468,7 @@ class GenerativeModel:
             mask = batch["attention_mask"].to(self.device)
             with inference_autocast(self.precision, self.device):
                 memory = self.network.encode(batch["input_ids"].to(self.device), mask)
-                found = self.network.beam_search(memory, mask, self.trie, self.config.beam_size)
+                found = self.network.beam_search(memory, mask, self.trie, self.config.beam_size, prior=self._prior())
             results.extend(ranked[:k] for ranked in found)
         return results
 
@@ -466,6 +530,9 @@ class GenerativeModel:
         with replaced_atomically(target) as staging:
             tied = tied_names(self.network)
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items() if k not in tied}
+            embedded = self.prior.item_ids() if self.prior is not None else []
+            if embedded:
+                tensors[ITEM_VECTORS] = self.prior.vectors(embedded).contiguous()  # type: ignore[union-attr]
             write_safetensors(tensors, staging / WEIGHTS)
             self.network.backbone.save_tokenizer(staging)
             document: dict[str, Any] = {
@@ -476,6 +543,7 @@ class GenerativeModel:
                 "initialised_from": self.initialised_from,
                 "training": self.training,
                 "ids": {item_id: self.vocabulary.sid(tokens) for item_id, tokens in sorted(self.trie)},
+                "dense_prior_items": embedded,
             }
             # The digests are taken over the JSON form, which is what a load reads back.
             document = json.loads(json.dumps(document, default=_json_default))
@@ -520,17 +588,24 @@ class GenerativeModel:
             task=config.task,
             history_window=config.history_window,
             history_layers=config.history_layers,
+            dense_prior=config.dense_prior and config.task == "retrieval",
         )
         try:
             tensors = load_file(str(path / WEIGHTS))
         except (OSError, SafetensorError) as exc:
             raise SnapshotError(f"cannot read {path / WEIGHTS}: {exc}") from exc
+        item_vectors = tensors.pop(ITEM_VECTORS, None)
         missing, unexpected = network.load_state_dict(tensors, strict=False)
         if unexpected or set(missing) - tied_names(network):
             raise SnapshotError(
                 f"{path}: the weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
             )
         model = cls(config, vocabulary, network.eval(), document["ids"])
+        embedded = list(document.get("dense_prior_items", []))
+        if model.prior is not None and embedded:
+            if item_vectors is None or item_vectors.size(0) != len(embedded):
+                raise SnapshotError(f"{path}: the item embeddings of the dense prior do not match the document")
+            model.prior.set_vectors(embedded, item_vectors)
         model.initialised_from = document.get("initialised_from", "backbone")
         model.training = document.get("training", {})
         return model

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Literal
 
 import torch
@@ -24,6 +24,8 @@ from lmindexer.downstream.trie import IdTrie
 from lmindexer.indexers.lm.backbone import Seq2SeqBackbone
 
 Task = Literal["retrieval", "recommendation"]
+# (position, source summaries (R, d), the rows' prefixes (R, position)) -> (R, sizes[position]) prior scores.
+PriorScores = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 INITIAL_LOGIT_SCALE = 20.0
 
 
@@ -66,6 +68,7 @@ class GenerativeIdModel(nn.Module):
         task: Task = "retrieval",
         history_window: int = 20,
         history_layers: int = 2,
+        dense_prior: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -85,6 +88,11 @@ class GenerativeIdModel(nn.Module):
             [nn.Parameter(vectors.detach().clone()) for vectors in self.token_vectors]
         )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(INITIAL_LOGIT_SCALE)))
+        # The log-weight of the dense prior (see lmindexer.downstream.prior), starting at a weight of 1; only models
+        # that use the prior have it.
+        self.prior_weight: nn.Parameter | None = None
+        if dense_prior:
+            self.prior_weight = nn.Parameter(torch.zeros(()))
         # A centre per previous token subtracted before scoring. Zero (no effect): kept so that the weights of
         # models saved by earlier releases, which copied them from LMIndexer snapshots, still load.
         for position in range(self.depth):
@@ -133,8 +141,12 @@ class GenerativeIdModel(nn.Module):
     def centre(self, position: int) -> torch.Tensor:
         return getattr(self, f"centre_{position}")
 
-    def logits(self, state: torch.Tensor, position: int, prefix: torch.Tensor) -> torch.Tensor:
-        """Scores (B, sizes[position]) of the next token: scaled cosine of the centred state to the output vectors.
+    def logits(
+        self, state: torch.Tensor, position: int, prefix: torch.Tensor, prior: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scores (B, sizes[position]) of the next token: scaled cosine of the centred state to the output vectors,
+        plus ``prior`` (B, sizes[position]: the dense prior's score of each token, -inf off the trie) times the
+        learned prior weight when the model has one.
 
         ``prefix`` holds the tokens before ``position`` (at least ``position`` columns).
         """
@@ -144,12 +156,31 @@ class GenerativeIdModel(nn.Module):
             parents = prefix[:, position - 1]
         centred = state.float() - self.centre(position)[parents].float()
         scores = F.normalize(centred, dim=-1) @ F.normalize(self.output_vectors[position].float(), dim=-1).T
-        return scores * self.logit_scale.exp().clamp(max=100.0)
+        scores = scores * self.logit_scale.exp().clamp(max=100.0)
+        if prior is not None:
+            if self.prior_weight is None:
+                raise ValueError("this model was built without a dense prior")
+            # -inf (off the trie) is masked, not multiplied: its gradient would be NaN.
+            off = torch.isinf(prior).to(scores.device)
+            weighted = prior.to(scores.device).masked_fill(off, 0.0) * self.prior_weight.exp().clamp(max=100.0)
+            scores = (scores + weighted).masked_fill(off, float("-inf"))
+        return scores
 
-    def loss(self, memory: torch.Tensor, memory_mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced cross-entropy of the target IDs (B, depth), averaged over positions."""
+    def loss(
+        self,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        targets: torch.Tensor,
+        prior: PriorScores | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced cross-entropy of the target IDs (B, depth), averaged over positions. With ``prior`` (see
+        :meth:`beam_search`) the softmax runs over the tokens that continue an existing ID, as decoding does."""
         states = self.states(memory, memory_mask, targets[:, :-1])
-        losses = [F.cross_entropy(self.logits(states[:, p], p, targets), targets[:, p]) for p in range(self.depth)]
+        summary = self.summary(memory, memory_mask) if prior is not None else None
+        losses = []
+        for p in range(self.depth):
+            scores = None if prior is None else prior(p, summary, targets[:, :p])  # type: ignore[arg-type]
+            losses.append(F.cross_entropy(self.logits(states[:, p], p, targets, scores), targets[:, p]))
         return torch.stack(losses).mean()
 
     # -- decoding --------------------------------------------------------------------------------------------------
@@ -162,6 +193,7 @@ class GenerativeIdModel(nn.Module):
         trie: IdTrie,
         beam_size: int,
         excluded: Sequence[Collection[str]] | None = None,
+        prior: PriorScores | None = None,
     ) -> list[list[tuple[str, float]]]:
         """The ``beam_size`` most likely existing IDs per source, as (item_id, log-probability), best first.
 
@@ -171,6 +203,7 @@ class GenerativeIdModel(nn.Module):
         token under which every item is excluded, so no beam is spent on them and the result holds ``beam_size``
         items whenever that many others exist. Scores stay the model's log-probabilities under the trie (the
         exclusion prunes, it does not renormalise), so the result is the model's ranking with those items left out.
+        ``prior(position, summaries, prefixes)`` gives each row's dense-prior scores (see :meth:`logits`).
 
         Decoding is incremental (see :mod:`lmindexer.indexers.lm.decoding`): each position feeds only the beams'
         last tokens and reads the earlier positions and the memory's cross-attention keys and values from the
@@ -200,7 +233,8 @@ class GenerativeIdModel(nn.Module):
             prefix = prefix.reshape(len(rows), position)
             hidden = decoder.step(inputs)
             state = hidden + self.summary_scale * row_summary.to(hidden.dtype)
-            logits = self.logits(state, position, prefix)
+            scores = None if prior is None else prior(position, row_summary, prefix)
+            logits = self.logits(state, position, prefix, scores)
             children = [trie.allowed(tokens) if live else [] for tokens, _, live in rows]
             allowed = torch.full_like(logits, float("-inf"))
             allowed[_cells(children)] = 0.0

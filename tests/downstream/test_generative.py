@@ -275,7 +275,9 @@ def test_equal_scores_are_ranked_and_cut_by_their_tokens_ascending(trained, titl
     model, _, _ = trained
     network, trie = model.network, model.trie
     sizes = network.sizes
-    monkeypatch.setattr(network, "logits", lambda state, position, prefix: torch.zeros(state.size(0), sizes[position]))
+    monkeypatch.setattr(
+        network, "logits", lambda state, position, prefix, prior=None: torch.zeros(state.size(0), sizes[position])
+    )
     batch = network.backbone.tokenize([q for q, _ in title_pairs[:3]], model.config.max_length)
     beam = 5
     with torch.no_grad():
