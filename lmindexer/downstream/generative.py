@@ -605,7 +605,7 @@ class GenerativeModel:
         if model.prior is not None and embedded:
             if item_vectors is None or item_vectors.size(0) != len(embedded):
                 raise SnapshotError(f"{path}: the item embeddings of the dense prior do not match the document")
-            model.prior.set_vectors(embedded, item_vectors)
+            model.prior.set_vectors(embedded, item_vectors, normalised=True)
         model.initialised_from = document.get("initialised_from", "backbone")
         model.training = document.get("training", {})
         return model

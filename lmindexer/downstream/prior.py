@@ -62,11 +62,13 @@ class DensePrior:
     def vectors(self, item_ids: Sequence[str]) -> torch.Tensor:
         return torch.stack([self._vectors[item_id] for item_id in item_ids])
 
-    def set_vectors(self, item_ids: Sequence[str], vectors: torch.Tensor) -> None:
-        """Set (or replace) the embeddings of these items; rows are L2-normalised."""
+    def set_vectors(self, item_ids: Sequence[str], vectors: torch.Tensor, *, normalised: bool = False) -> None:
+        """Set (or replace) the embeddings of these items; rows are L2-normalised unless ``normalised`` says they
+        are already (rows read back from a saved model: normalising again would move their last bits)."""
         if vectors.ndim != 2 or vectors.size(0) != len(item_ids):
             raise ConfigError(f"expected {len(item_ids)} embedding rows, got a tensor of shape {tuple(vectors.shape)}")
-        rows = F.normalize(vectors.detach().float().cpu(), dim=-1)
+        rows = vectors.detach().float().cpu()
+        rows = rows if normalised else F.normalize(rows, dim=-1)
         for item_id, row in zip(item_ids, rows, strict=True):
             self._vectors[item_id] = row
         self._built_for = None

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY_GENERATIVE
+
+from lmindexer.downstream.generative import GenerativeModel
+from lmindexer.downstream.prior import TEMPERATURE, DensePrior
+from lmindexer.downstream.trie import IdTrie
+from lmindexer.errors import ConfigError, SnapshotError
+
+SIZES = (3, 4, 3)
+IDS = {
+    "a": (0, 0, 0), "b": (0, 0, 1), "c": (0, 2, 0), "d": (1, 3, 0),
+    "e": (2, 1, 0), "f": (2, 1, 1), "g": (2, 3, 0),
+}  # fmt: skip
+
+
+def _prior_and_trie(seed: int = 0) -> tuple[DensePrior, IdTrie, dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    vectors = {item_id: torch.randn(8, generator=generator) for item_id in IDS}
+    prior = DensePrior(SIZES)
+    prior.set_vectors(list(vectors), torch.stack(list(vectors.values())))
+    return prior, IdTrie.build(len(SIZES), IDS.items()), vectors
+
+
+def _log_probability(prior: DensePrior, trie: IdTrie, query: torch.Tensor, tokens: tuple[int, ...]) -> float:
+    """log P(ID) under the prior alone: the sum over positions of the log-softmax of the prior's scores."""
+    total = 0.0
+    for position in range(len(tokens)):
+        prefix = torch.tensor([tokens[:position]], dtype=torch.long).reshape(1, position)
+        scores = prior.scores(trie, position, query.unsqueeze(0), prefix)
+        total += torch.log_softmax(scores, dim=-1)[0, tokens[position]].item()
+    return total
+
+
+def test_the_prior_alone_is_the_softmax_over_all_items_of_their_scaled_cosines():
+    """What makes an untrained model rank like dense retrieval: the product over positions of the prior's softmaxes
+    is exactly the softmax over items of TEMPERATURE x cosine, whatever the tree."""
+    prior, trie, vectors = _prior_and_trie()
+    query = torch.randn(8, generator=torch.Generator().manual_seed(7))
+    cosines = torch.stack([F.cosine_similarity(query, v, dim=0) for v in vectors.values()]) * TEMPERATURE
+    expected = torch.log_softmax(cosines, dim=0)
+    for (item_id, tokens), want in zip(IDS.items(), expected.tolist(), strict=True):
+        assert _log_probability(prior, trie, query, tokens) == pytest.approx(want, abs=1e-4), item_id
+
+
+def test_a_token_that_continues_no_id_scores_minus_infinity():
+    prior, trie, _ = _prior_and_trie()
+    query = torch.randn(2, 8)
+    first = prior.scores(trie, 0, query, torch.zeros(2, 0, dtype=torch.long))
+    assert torch.isfinite(first).all()  # all three first codes exist
+    second = prior.scores(trie, 1, query, torch.tensor([[0], [1]]))
+    assert torch.isfinite(second[0]).tolist() == [True, False, True, False]
+    assert torch.isfinite(second[1]).tolist() == [False, False, False, True]
+    unknown = prior.scores(trie, 2, query[:1], torch.tensor([[1, 0]]))  # (1, 0) is no prefix of any ID
+    assert torch.isinf(unknown).all()
+
+
+def test_an_item_without_an_embedding_takes_its_nearest_embedded_ancestors_centroid():
+    prior, trie, vectors = _prior_and_trie()
+    trie.insert("h", (2, 1, 2))  # indexed later, without its text
+    prior.invalidate()
+    query = torch.randn(8, generator=torch.Generator().manual_seed(3))
+    leaf = prior.scores(trie, 2, query.unsqueeze(0), torch.tensor([[2, 1]]))[0]
+    centroid = F.normalize(F.normalize(vectors["e"], dim=0) + F.normalize(vectors["f"], dim=0), dim=0)
+    assert leaf[2].item() == pytest.approx(TEMPERATURE * F.cosine_similarity(query, centroid, dim=0).item(), abs=1e-4)
+    assert math.isfinite(_log_probability(prior, trie, query, (2, 1, 2)))
+
+
+def test_the_prior_is_rebuilt_when_the_trie_changes():
+    prior, trie, _ = _prior_and_trie()
+    query = torch.randn(1, 8)
+    before = prior.scores(trie, 0, query, torch.zeros(1, 0, dtype=torch.long))
+    trie.remove("d")  # the only item under code 1
+    prior.invalidate()
+    after = prior.scores(trie, 0, query, torch.zeros(1, 0, dtype=torch.long))
+    assert math.isfinite(before[0, 1].item()) and after[0, 1].item() == float("-inf")
+
+
+def test_a_prior_needs_item_embeddings():
+    prior = DensePrior(SIZES)
+    with pytest.raises(ConfigError, match="no item embeddings"):
+        prior.scores(IdTrie.build(3, IDS.items()), 0, torch.randn(1, 8), torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ConfigError, match="expected 2 embedding rows"):
+        prior.set_vectors(["a", "b"], torch.randn(3, 8))
+
+
+# -- in the generative model -------------------------------------------------------------------------------------
+
+PRIOR_OPTIONS = {**TINY_GENERATIVE, "dense_prior": True, "prior_max_length": 32, "epochs": 2}
+
+
+def test_with_a_silent_decoder_search_returns_the_items_nearest_to_the_query(rq_ids, item_texts, title_pairs):
+    """The prior is wired into decoding: with the decoder's own scores scaled to nothing and a beam as wide as the
+    catalogue, the search ranks exactly as cosine over the embedded items does."""
+    snapshot, table = rq_ids
+    model = GenerativeModel.create(table, snapshot, {**PRIOR_OPTIONS, "beam_size": 400, "inference_precision": "fp32"})
+    model.embed_items(item_texts)
+    with torch.no_grad():
+        model.network.logit_scale.fill_(-30.0)
+    queries = [query for query, _ in title_pairs[:5]]
+    found = model.search(queries, k=10)
+    ids = model.prior.item_ids()
+    vectors = model.prior.vectors(ids)
+    batch = model.network.backbone.tokenize(queries, model.config.max_length)
+    with torch.no_grad():
+        memory = model.network.encode(batch["input_ids"], batch["attention_mask"])
+        summaries = model.network.summary(memory, batch["attention_mask"])
+    cosines = summaries @ vectors.T
+    for query, ranked in enumerate(found):
+        want = [ids[i] for i in cosines[query].topk(10).indices.tolist()]
+        assert [item_id for item_id, _ in ranked] == want
+
+
+def test_training_with_the_prior_keeps_every_weight_finite_and_learns_its_weight(rq_ids, title_pairs, item_texts):
+    """Scores off the trie are -inf; multiplied by the learned weight their gradient would be NaN."""
+    snapshot, table = rq_ids
+    model = GenerativeModel.create(table, snapshot, PRIOR_OPTIONS)
+    stats = model.fit_retrieval(title_pairs[:100], item_texts)
+    assert stats["embedded_items"] == len(item_texts)
+    assert all(math.isfinite(loss) for loss in stats["epoch_loss"])
+    assert all(torch.isfinite(parameter).all() for parameter in model.network.parameters())
+    assert model.network.prior_weight.item() != 0.0
+
+
+def test_a_saved_model_keeps_its_item_embeddings_and_ranks_the_same(rq_ids, title_pairs, item_texts, tmp_path):
+    snapshot, table = rq_ids
+    model = GenerativeModel.create(table, snapshot, PRIOR_OPTIONS)
+    model.fit_retrieval(title_pairs[:50], item_texts)
+    queries = [query for query, _ in title_pairs[:20]]
+    loaded = GenerativeModel.load(model.save(tmp_path / "model"))
+    ids = model.prior.item_ids()
+    assert loaded.prior.item_ids() == ids
+    assert torch.equal(loaded.prior.vectors(ids), model.prior.vectors(ids))
+    assert loaded.search(queries, k=5) == model.search(queries, k=5)
+
+
+def test_a_saved_model_whose_item_embeddings_were_changed_is_refused(rq_ids, title_pairs, item_texts, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    snapshot, table = rq_ids
+    model = GenerativeModel.create(table, snapshot, PRIOR_OPTIONS)
+    model.fit_retrieval(title_pairs[:50], item_texts)
+    path = model.save(tmp_path / "model")
+    tensors = load_file(str(path / "weights.safetensors"))
+    tensors["dense_prior.item_vectors"][0] += 1.0
+    save_file(tensors, str(path / "weights.safetensors"))
+    with pytest.raises(SnapshotError):
+        GenerativeModel.load(path)
+
+
+def test_a_model_without_the_prior_has_no_item_embeddings_to_make(rq_ids, item_texts, movielens_small):
+    snapshot, table = rq_ids
+    model = GenerativeModel.create(table, snapshot, TINY_GENERATIVE)
+    assert model.prior is None and model.network.prior_weight is None
+    with pytest.raises(ConfigError, match="no dense prior"):
+        model.embed_items(item_texts)
+    snapshot, table, _ = movielens_small
+    recommender = GenerativeModel.create(table, snapshot, {**PRIOR_OPTIONS, "task": "recommendation"})
+    assert recommender.prior is None  # the prior reads a query's text; a recommender reads a history
