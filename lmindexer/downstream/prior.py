@@ -127,9 +127,15 @@ class DensePrior:
         device = summaries.device
         items = self._items.to(device)
         node_of_item = self._node_of_item[position].to(device)
+        # In decoding the beams of one source share its summary: each distinct summary is scored against the items
+        # once. (In training every row is its own source, and a training encoder needs the gradient unique drops.)
+        if summaries.requires_grad:
+            distinct, row_of = summaries.float(), torch.arange(summaries.size(0), device=device)
+        else:
+            distinct, row_of = torch.unique(summaries.float(), dim=0, return_inverse=True)
         # float32 even under a bf16 autocast: the scores of near neighbours differ in the third digit.
         with torch.autocast(device.type, enabled=False):
-            logits = TEMPERATURE * (F.normalize(summaries.float(), dim=-1) @ items.T)  # (rows, items)
+            logits = TEMPERATURE * (F.normalize(distinct, dim=-1) @ items.T)  # (distinct summaries, items)
         # Log-sum-exp per node: the largest term out first, for stability.
         shape = (logits.size(0), self._node_counts[position])
         index = node_of_item.unsqueeze(0).expand_as(logits)
@@ -142,5 +148,5 @@ class DensePrior:
         children = self._children[position][torch.tensor([row or 0 for row in found], dtype=torch.long)]
         children[~known] = -1
         present = (children >= 0).to(device)
-        chosen = node_scores.gather(1, children.clamp(min=0).to(device))
+        chosen = node_scores[row_of].gather(1, children.clamp(min=0).to(device))
         return chosen.masked_fill(~present, float("-inf"))
