@@ -303,6 +303,23 @@ def evaluate_model(model: GenerativeModel, pairs: Sequence[tuple[str, str]], *, 
     return {**model.evaluate_retrieval(known, progress=progress), "skipped_queries": len(pairs) - len(known)}
 
 
+def _embed_new_items(model: GenerativeModel, pointer: PipelineRef) -> int:
+    """Embed, for the model's dense prior, the texts (as the snapshot renders them) of its items that have none yet:
+    a synced item then ranks by its own text, not by its neighbours' centroid."""
+    from lmindexer.catalog.store import read_catalog
+    from lmindexer.indexers import load_snapshot
+
+    missing = [item_id for item_id, _ in model.trie if model.prior is not None and item_id not in model.prior]
+    if not missing:
+        return 0
+    catalogue = read_catalog(pointer.catalog_uri)
+    missing = [item_id for item_id in missing if item_id in catalogue]
+    if not missing:
+        return 0
+    indexer = load_snapshot(pointer.snapshot_uri)
+    return model.embed_items(dict(zip(missing, indexer.texts([catalogue[i] for i in missing]), strict=True)))
+
+
 def _align(model: GenerativeModel, target: GenerativeModel) -> None:
     """Make ``model`` return exactly ``target``'s items under the same IDs (both write IDs of one space)."""
     wanted = {item_id: target.vocabulary.sid(tokens) for item_id, tokens in target.trie}
@@ -653,6 +670,8 @@ def sync_retriever(
         model = GenerativeModel.load(live.model_uri)
         ids = IdTable.read(pointer.ids_uri).restricted(_catalogue_ids(pointer.catalog_uri))
         counts = model.sync(ids)
+        if model.prior is not None:
+            _embed_new_items(model, pointer)
         return SyncedRetriever(
             run_id=run_id, synced_at=_now(), from_model_uri=live.model_uri,
             model_uri=save_model(model, _run_uri(pipeline, retriever, run_id, "model")),

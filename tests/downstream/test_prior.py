@@ -162,3 +162,30 @@ def test_a_model_without_the_prior_has_no_item_embeddings_to_make(rq_ids, item_t
     snapshot, table, _ = movielens_small
     recommender = GenerativeModel.create(table, snapshot, {**PRIOR_OPTIONS, "task": "recommendation"})
     assert recommender.prior is None  # the prior reads a query's text; a recommender reads a history
+
+
+def test_items_a_sync_adds_are_embedded_from_their_own_texts(wiki_sample_path, item_texts, tmp_path):
+    """A synced retriever's new items get their own embeddings (the snapshot renders their catalogue texts), not
+    their neighbours' centroid."""
+    from types import SimpleNamespace
+
+    from testsupport.downstream_models import RQ_OPTIONS, snapshot_and_ids
+
+    from lmindexer.catalog import read_items
+    from lmindexer.downstream import jobs
+
+    snapshot, table = snapshot_and_ids("rq-kmeans", RQ_OPTIONS, wiki_sample_path, tmp_path)
+    model = GenerativeModel.create(table, snapshot, PRIOR_OPTIONS)
+    new = table.item_ids[:10]
+    for item_id in new:
+        model.remove(item_id)
+    model.embed_items({i: t for i, t in item_texts.items() if i not in new})
+    model.sync(table)
+    assert all(item_id in model.trie and item_id not in model.prior for item_id in new)
+    pointer = SimpleNamespace(catalog_uri=str(wiki_sample_path), snapshot_uri=str(tmp_path / "rq-kmeans" / "snapshot"))
+    assert jobs._embed_new_items(model, pointer) == 10
+    expected = GenerativeModel.create(table, snapshot, PRIOR_OPTIONS)
+    catalogue = {item.item_id: item for item in read_items(wiki_sample_path)[0]}
+    expected.embed_items(dict(zip(new, snapshot.texts([catalogue[i] for i in new]), strict=True)))
+    assert torch.allclose(model.prior.vectors(new), expected.prior.vectors(new), atol=1e-6)
+    assert jobs._embed_new_items(model, pointer) == 0  # nothing left to embed
