@@ -303,6 +303,8 @@ class GenerativeModel:
         if not examples:
             raise ConfigError("no training pairs")
         embedded = 0
+        if self.prior is not None and not item_texts:
+            raise ConfigError("dense_prior is on, so the items' texts are needed (they are embedded for the prior)")
         if self.prior is not None:
             # Items embedded before (embed_items, with the encoder as it is now) are not embedded again.
             missing = {i: text for i, text in (item_texts or {}).items() if i in self.trie and i not in self.prior}
@@ -530,7 +532,8 @@ class GenerativeModel:
         with replaced_atomically(target) as staging:
             tied = tied_names(self.network)
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items() if k not in tied}
-            embedded = self.prior.item_ids() if self.prior is not None else []
+            # Only the items it can return: a removed item's embedding is not carried on (a sync embeds it again).
+            embedded = [i for i in self.prior.item_ids() if i in self.trie] if self.prior is not None else []
             if embedded:
                 tensors[ITEM_VECTORS] = self.prior.vectors(embedded).contiguous()  # type: ignore[union-attr]
             write_safetensors(tensors, staging / WEIGHTS)

@@ -18,17 +18,18 @@ nearest ancestor prefix, so it stays reachable and ranks with its siblings.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from lmindexer.downstream.model import INITIAL_LOGIT_SCALE
 from lmindexer.downstream.trie import IdTrie
 from lmindexer.errors import ConfigError
 
 Prefix = tuple[int, ...]
-# The softmax temperature of the item cosines (the generative model's initial logit scale, lmindexer.downstream.model).
-TEMPERATURE = 20.0
+# The softmax temperature of the item cosines: the scale the model's own cosine scores start at.
+TEMPERATURE = INITIAL_LOGIT_SCALE
 
 
 class DensePrior:
@@ -71,11 +72,6 @@ class DensePrior:
         rows = rows if normalised else F.normalize(rows, dim=-1)
         for item_id, row in zip(item_ids, rows, strict=True):
             self._vectors[item_id] = row
-        self._built_for = None
-
-    def drop(self, item_ids: Iterable[str]) -> None:
-        for item_id in item_ids:
-            self._vectors.pop(item_id, None)
         self._built_for = None
 
     def invalidate(self) -> None:

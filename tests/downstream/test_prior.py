@@ -189,3 +189,20 @@ def test_items_a_sync_adds_are_embedded_from_their_own_texts(wiki_sample_path, i
     expected.embed_items(dict(zip(new, snapshot.texts([catalogue[i] for i in new]), strict=True)))
     assert torch.allclose(model.prior.vectors(new), expected.prior.vectors(new), atol=1e-6)
     assert jobs._embed_new_items(model, pointer) == 0  # nothing left to embed
+
+
+def test_a_saved_model_carries_no_embedding_of_an_item_it_no_longer_returns(rq_ids, item_texts, tmp_path):
+    snapshot, table = rq_ids
+    model = GenerativeModel.create(table, snapshot, PRIOR_OPTIONS)
+    model.embed_items(item_texts)
+    gone = table.item_ids[0]
+    model.remove(gone)
+    loaded = GenerativeModel.load(model.save(tmp_path / "model"))
+    assert gone not in loaded.prior and len(loaded.prior) == len(item_texts) - 1
+
+
+def test_training_with_the_prior_needs_the_items_texts(rq_ids, title_pairs):
+    snapshot, table = rq_ids
+    model = GenerativeModel.create(table, snapshot, {**PRIOR_OPTIONS, "indexing_pairs": False})
+    with pytest.raises(ConfigError, match="dense_prior is on, so the items' texts are needed"):
+        model.fit_retrieval(title_pairs[:20])
