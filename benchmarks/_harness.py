@@ -109,6 +109,13 @@ def format_mean_sd(summary: dict[str, Any], spec: str = ".4f") -> str:
     return f"{summary['mean']:{spec}} ± {summary['sd']:{spec}}"
 
 
+def format_gain(summary: dict[str, Any], spec: str = ".4f") -> str:
+    """A signed gain ``+mean ± SD`` (the SD unsigned); a single seed's gain alone, as :func:`format_mean_sd`."""
+    if summary.get("n", 2) == 1:
+        return f"{summary['mean']:+{spec}}"
+    return f"{summary['mean']:+{spec}} ± {summary['sd']:{spec}}"
+
+
 LOAD_FIGURES = ("p50_ms", "p99_ms", "mean_ms", "requests_per_s")
 
 

@@ -39,7 +39,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, format_mean_sd, markdown_table, mean_sd, stamp_figure, write_results
+from _harness import (
+    RESULTS,
+    environment,
+    format_gain,
+    format_mean_sd,
+    markdown_table,
+    mean_sd,
+    stamp_figure,
+    write_results,
+)
 from downstream import ids_for
 
 from lmindexer import datasets
@@ -211,7 +220,7 @@ def main() -> int:
                 row["name"],
                 *(metric_cell(row, key) for key in KEYS),
                 format_mean_sd(row["recall@10_vs_dense"], ".3f") if "recall@10_vs_dense" in row else "",
-                f"{gain_cell(row['recall@10_gain'])} (vs {row['changes_rung']})" if "recall@10_gain" in row else "",
+                f"{format_gain(row['recall@10_gain'])} (vs {row['changes_rung']})" if "recall@10_gain" in row else "",
                 sum(row["examples"].values()) if "examples" in row else "",
                 format_mean_sd(row["train_s"], ".0f") if "train_s" in row else "",
             ]
@@ -246,11 +255,6 @@ def main() -> int:
     print(table_md)
     print(verdict)
     return 0
-
-
-def gain_cell(gain: dict) -> str:
-    """A signed gain, ± its SD over seeds (one seed's gain alone: it has no spread)."""
-    return f"{gain['mean']:+.4f}" if gain.get("n", 2) == 1 else f"{gain['mean']:+.4f} ± {gain['sd']:.4f}"
 
 
 def metric_cell(row: dict, key: str) -> str:

@@ -92,3 +92,5 @@ def test_a_figure_from_one_seed_shows_no_spread_it_does_not_have(monkeypatch):
     assert _harness.format_mean_sd(_harness.mean_sd([0.25])) == "0.2500"
     assert _harness.format_mean_sd(_harness.mean_sd([0.2, 0.3]), ".2f") == "0.25 ± 0.07"
     assert _harness.format_mean_sd(_harness.mean_sd([0.2, 0.3]), ".1%") == "25.0% ± 7.1%"
+    assert _harness.format_gain(_harness.mean_sd([0.33])) == "+0.3300"
+    assert _harness.format_gain(_harness.mean_sd([-0.01, 0.03]), ".2f") == "+0.01 ± 0.03"
