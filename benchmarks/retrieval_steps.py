@@ -1,8 +1,9 @@
 """What each training step of the generative retriever adds, measured one step at a time against dense retrieval.
 
 The generative retriever learns, for every item, which texts lead to its ID. This script trains the same model on
-the same rq-kmeans IDs (L=3, K=32) under a ladder of configurations, each one change against the rung it names,
-and evaluates every rung on the same held-out queries next to dense MiniLM retrieval and BM25 in the same run:
+the same IDs (rq-kmeans by default, ``--ids lmindexer`` for LMIndexer's; L=3, K=32) under a ladder of
+configurations, each one change against the rung it names, and evaluates every rung on the same held-out queries
+next to dense MiniLM retrieval and BM25 in the same run:
 
 1. ``queries + item texts``: the training queries and each item's text, frozen encoder (states cached), 8 epochs
    (the retriever's configuration before pseudo-queries existed);
@@ -72,6 +73,8 @@ LADDER = (
     ("+ dense prior", 2, {"dense_prior": True}),
 )
 DEFAULT_RUNG = 2
+# Each ID kind's options beyond L, K and the seed (benchmarks/downstream.py's).
+ID_KIND_OPTIONS = {"rq-kmeans": {}, "lmindexer": {"preset": "fast"}}
 OPTIONS_SHOWN = {"pseudo_queries", "epochs", "train_layers", "dense_prior"}
 
 
@@ -90,6 +93,12 @@ def main() -> int:
         help=f"train only these rungs (default: all; rung {DEFAULT_RUNG}, the default configuration, always runs)",
     )
     parser.add_argument("--skip-encoder-training", action="store_true", help="leave out rung 4 (the slow one)")
+    parser.add_argument(
+        "--ids",
+        default="rq-kmeans",
+        choices=["rq-kmeans", "lmindexer"],
+        help="the ID kind every rung writes (lmindexer: the fast preset, as benchmarks/downstream.py fits it)",
+    )
     parser.add_argument("--dense-max-length", type=int, default=DenseIndexConfig().max_length)
     parser.add_argument("--work", type=Path, default=None, help="where the snapshots and ID tables are kept")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -125,9 +134,8 @@ def main() -> int:
     id_reports = {}
     for seed in args.seeds:
         # Each seed fits its own IDs as well as its own model: both vary in what a user would run.
-        snapshot, table, id_reports[seed] = ids_for(
-            "rq-kmeans", catalogue, {"levels": 3, "codebook_size": 32, "seed": seed}, work, refit=False
-        )
+        id_options = {"levels": 3, "codebook_size": 32, "seed": seed, **ID_KIND_OPTIONS[args.ids]}
+        snapshot, table, id_reports[seed] = ids_for(args.ids, catalogue, id_options, work, refit=False)
         texts = dict(zip(table.item_ids, snapshot.texts([items[i] for i in table.item_ids]), strict=True))
         for rung in rungs:
             name, _, options = LADDER[rung - 1]
@@ -197,11 +205,17 @@ def main() -> int:
         "aim": 0.8,
         "met_in_mean": default["recall@10_vs_dense"]["mean"] >= 0.8,
     }
-    stem = args.out / f"retrieval_steps-{args.dataset}"
+    stem = args.out / (f"retrieval_steps-{args.dataset}" + ("" if args.ids == "rq-kmeans" else f"-{args.ids}-ids"))
     document = {
         "dataset": args.dataset,
         "seeds": args.seeds,
-        "ids": {"method": "rq-kmeans", "levels": 3, "codebook_size": 32, "per_seed": id_reports},
+        "ids": {
+            "method": args.ids,
+            "levels": 3,
+            "codebook_size": 32,
+            **ID_KIND_OPTIONS[args.ids],
+            "per_seed": id_reports,
+        },
         "queries": {"train": len(train), "test": len(test)},
         "results": rows,
         "aim": aim,
@@ -236,7 +250,7 @@ def main() -> int:
         stem,
         document,
         f"# Generative retrieval, step by step — {args.dataset}\n\nGenerative rows: {spread} (each seed fits its own "
-        f"rq-kmeans IDs and trains its own models); dense and BM25 do not vary with the seed.\n\n{table_md}\n\n"
+        f"{args.ids} IDs and trains its own models); dense and BM25 do not vary with the seed.\n\n{table_md}\n\n"
         f"{verdict}\n\n![recall]({stem.name}.png)\n",
     )
     fig, ax = plt.subplots(figsize=(9, 4))
