@@ -309,7 +309,8 @@ def _embed_new_items(model: GenerativeModel, pointer: PipelineRef) -> int:
     from lmindexer.catalog.store import read_catalog
     from lmindexer.indexers import load_snapshot
 
-    missing = [item_id for item_id, _ in model.trie if model.prior is not None and item_id not in model.prior]
+    prior = model.prior
+    missing = [item_id for item_id, _ in model.trie if item_id not in prior] if prior is not None else []
     if not missing:
         return 0
     catalogue = read_catalog(pointer.catalog_uri)
