@@ -196,7 +196,7 @@ class GenerativeModel:
             task=options.task,
             history_window=options.history_window,
             history_layers=options.history_layers,
-            dense_prior=options.dense_prior and options.task == "retrieval",
+            dense_prior=options.dense_prior,
         )
         model = cls(options, vocabulary, network, ids.sid_map())
         if options.from_snapshot:
@@ -591,7 +591,7 @@ class GenerativeModel:
             task=config.task,
             history_window=config.history_window,
             history_layers=config.history_layers,
-            dense_prior=config.dense_prior and config.task == "retrieval",
+            dense_prior=config.dense_prior,
         )
         try:
             tensors = load_file(str(path / WEIGHTS))
