@@ -7,22 +7,22 @@ next to dense MiniLM retrieval and BM25 in the same run:
 
 1. ``queries + item texts``: the training queries and each item's text, frozen encoder (states cached), 8 epochs
    (the retriever's configuration before pseudo-queries existed);
-2. ``+ pseudo-queries``: 1 plus up to 5 sentences of each item's own text as more queries for it (document as query),
-   which is ``GenerativeConfig``'s default (what ``lmindexer retriever train`` and ``benchmarks/downstream.py``
-   train);
+2. ``+ pseudo-queries``: 1 plus up to 5 sentences of each item's own text as more queries for it (document as query);
 3. ``+ twice the epochs``: 2 at 16 epochs;
 4. ``+ top 2 encoder layers train``: 2 with the top two of MiniLM's six layers training over cached states of the
    four below (the CPU-reach encoder training; ``--skip-encoder-training`` leaves it out: it is the slow rung);
 5. ``+ dense prior``: 2 with the dense prior (``dense_prior``, :mod:`lmindexer.downstream.prior`): each next-token
-   score gains the log-sum-exp of the query's cosines to the items under the prefix it makes. The same model before
-   training (decoder untrained, so the prior decides) is its own row, ``5, untrained``: what the training adds.
+   score gains the log-sum-exp of the query's cosines to the items under the prefix it makes. This is
+   ``GenerativeConfig``'s default (what ``lmindexer retriever train`` and ``benchmarks/downstream.py`` train). The
+   same model before training (decoder untrained, so the prior decides) is its own row, ``5, untrained``: what the
+   training adds.
 
 Each seed (``--seeds``, default 0 1 2) fits its own IDs and trains every rung on them; the generative rows are the
 mean +- SD over the seeds, and each rung's gain is paired by seed. The aim: Recall@10 of the default configuration
 >= 0.8x dense retrieval's, in the mean.
 
     python benchmarks/retrieval_steps.py --dataset clothing-reviews --skip-encoder-training   # ~35 min on 2 cores
-    python benchmarks/retrieval_steps.py --dataset wiki-topics --seeds 0 --rungs 2           # ~30 min: the default only
+    python benchmarks/retrieval_steps.py --dataset wiki-topics --seeds 0 --rungs 5           # ~35 min: the default only
 
 Writes <out>/retrieval_steps-<dataset>.json, .md and .png.
 """
@@ -72,7 +72,7 @@ LADDER = (
     ("+ top 2 encoder layers train", 2, {"epochs": 8, "train_layers": 2, "dense_prior": False}),
     ("+ dense prior", 2, {"dense_prior": True}),
 )
-DEFAULT_RUNG = 2
+DEFAULT_RUNG = 5
 # Each ID kind's options beyond L, K and the seed (benchmarks/downstream.py's).
 ID_KIND_OPTIONS = {"rq-kmeans": {}, "lmindexer": {"preset": "fast"}}
 OPTIONS_SHOWN = {"pseudo_queries", "epochs", "train_layers", "dense_prior"}

@@ -85,7 +85,7 @@ class GenerativeConfig(BaseModel):
         "(document as query)",
     )
     dense_prior: bool = Field(
-        False,
+        True,
         description="retrieval: add to each next-token score the log-sum-exp of the query's cosines to the items "
         "under the prefix it makes (its embedding by the model's encoder), times a learned weight "
         "(lmindexer.downstream.prior)",
@@ -581,6 +581,8 @@ class GenerativeModel:
             )
         verify(path, document, what="generative model", document_file=DOCUMENT, expand=_EXPANDED)
         values = dict(document["config"])
+        # Models saved before the dense prior existed have none (their options do not name it).
+        values.setdefault("dense_prior", False)
         if device is not None:
             values["device"] = device
         config = parse_generative_config(values)

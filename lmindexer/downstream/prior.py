@@ -82,7 +82,10 @@ class DensePrior:
         if trie.depth != self.depth:
             raise ConfigError(f"the trie holds IDs of {trie.depth} tokens, the prior {self.depth}")
         if not self._vectors:
-            raise ConfigError("no item embeddings: the dense prior is built from the items' texts")
+            raise ConfigError(
+                "no item embeddings: the dense prior is built from the items' texts (fit_retrieval embeds them; "
+                "GenerativeModel.embed_items embeds them without training)"
+            )
         hidden = next(iter(self._vectors.values())).numel()
         entries = sorted(trie)
         sums: dict[Prefix, torch.Tensor] = {}

@@ -17,6 +17,7 @@ def trained(rq_ids, title_pairs, item_texts):
     """A tiny retriever trained on (title -> ID) for 200 items plus every item's (text -> ID)."""
     snapshot, table = rq_ids
     model = GenerativeModel.create(table, snapshot, TINY_GENERATIVE)
+    model.embed_items(item_texts)  # the default dense prior's item embeddings, so that the untrained model ranks
     before = model.evaluate_retrieval(title_pairs[:200])
     stats = model.fit_retrieval(title_pairs[:200], item_texts)
     return model, before, stats
@@ -57,7 +58,8 @@ def test_constrained_search_only_returns_ids_that_exist(trained, title_pairs, rq
 
 def test_the_trie_is_what_keeps_an_untrained_model_on_existing_ids(rq_ids, title_pairs):
     snapshot, table = rq_ids
-    model = GenerativeModel.create(table, snapshot, TINY_GENERATIVE)
+    # The decoder alone: the dense prior scores only existing prefixes, so it would keep the model on them too.
+    model = GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "dense_prior": False})
     queries = [q for q, _ in title_pairs]
     network = model.network.eval()
     batch = network.backbone.tokenize(queries, model.config.max_length)
@@ -77,6 +79,7 @@ def test_the_trie_is_what_keeps_an_untrained_model_on_existing_ids(rq_ids, title
 def test_removed_items_are_never_returned_and_inserted_ones_are(rq_ids, title_pairs, item_texts):
     snapshot, table = rq_ids
     model = GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "epochs": 1})
+    model.embed_items(item_texts)
     keep = [item_id for _, item_id in title_pairs[:3]]
     for item_id in list(table.sid_map()):
         if item_id not in keep:
@@ -325,22 +328,25 @@ def test_bf16_decoding_really_runs_in_bf16_and_ranks_nearly_as_fp32_does(trained
 def test_incremental_beam_search_scores_equal_teacher_forced_scores_from_scratch(trained, title_pairs, monkeypatch):
     """The beam search decodes incrementally (cached decoder states, the memory projected once); each ID it returns
     must carry exactly the log-probability that recomputing every position from scratch gives that ID, with the
-    softmax over the trie's allowed tokens."""
+    softmax over the trie's allowed tokens (the dense prior's scores included: the model has the default one)."""
     model, _, _ = trained
     monkeypatch.setattr(model, "precision", "fp32")
-    network, trie = model.network, model.trie
+    network, trie, prior = model.network, model.trie, model.prior
+    assert prior is not None
     queries = [q for q, _ in title_pairs[:12]]
     found = model.search(queries, k=model.config.beam_size)
     batch = network.backbone.tokenize(queries, model.config.max_length)
     with torch.no_grad():
         memory = network.encode(batch["input_ids"], batch["attention_mask"])
+        summaries = network.summary(memory, batch["attention_mask"])
 
         def exact(source: int, tokens: tuple[int, ...]) -> float:
             target = torch.tensor([tokens])
             states = network.states(memory[source : source + 1], batch["attention_mask"][source : source + 1], target)
             total = 0.0
             for position in range(network.depth):
-                logits = network.logits(states[:, position], position, target)[0]
+                scores = prior.scores(trie, position, summaries[source : source + 1], target[:, :position])
+                logits = network.logits(states[:, position], position, target, scores)[0]
                 allowed = trie.allowed(tokens[:position])
                 total += float(torch.log_softmax(logits[allowed], dim=-1)[allowed.index(tokens[position])])
             return total

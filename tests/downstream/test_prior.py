@@ -155,7 +155,7 @@ def test_a_saved_model_whose_item_embeddings_were_changed_is_refused(rq_ids, tit
 
 def test_a_model_without_the_prior_has_no_item_embeddings_to_make(rq_ids, item_texts, movielens_small):
     snapshot, table = rq_ids
-    model = GenerativeModel.create(table, snapshot, TINY_GENERATIVE)
+    model = GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "dense_prior": False})
     assert model.prior is None and model.network.prior_weight is None
     with pytest.raises(ConfigError, match="no dense prior"):
         model.embed_items(item_texts)
