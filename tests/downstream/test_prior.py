@@ -153,6 +153,26 @@ def test_a_saved_model_whose_item_embeddings_were_changed_is_refused(rq_ids, tit
         GenerativeModel.load(path)
 
 
+def test_a_model_saved_before_the_prior_existed_loads_without_one_and_ranks_the_same(rq_ids, title_pairs, tmp_path):
+    """The prior is on by default now; a model whose saved options do not name it was trained without it."""
+    import json
+
+    from lmindexer.downstream.generative import _EXPANDED, DOCUMENT
+    from lmindexer.integrity import INTEGRITY_KEY, seal
+
+    snapshot, table = rq_ids
+    model = GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "dense_prior": False})
+    path = model.save(tmp_path / "model")
+    document = json.loads((path / DOCUMENT).read_text())
+    del document["config"]["dense_prior"], document["config"]["prior_max_length"], document[INTEGRITY_KEY]
+    document[INTEGRITY_KEY] = seal(path, document, document_file=DOCUMENT, expand=_EXPANDED)
+    (path / DOCUMENT).write_text(json.dumps(document))
+    loaded = GenerativeModel.load(path)
+    assert loaded.prior is None and loaded.network.prior_weight is None
+    queries = [query for query, _ in title_pairs[:20]]
+    assert loaded.search(queries, k=5) == model.search(queries, k=5)
+
+
 def test_a_model_without_the_prior_has_no_item_embeddings_to_make(rq_ids, item_texts, movielens_small):
     snapshot, table = rq_ids
     model = GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "dense_prior": False})
