@@ -41,7 +41,8 @@ def retriever(wiki_sample_path, wiki_items, tmp_path_factory) -> Trained:
     snapshot, table = snapshot_and_ids("rq-kmeans", RQ_OPTIONS, wiki_sample_path, root)
     options = {**TINY_GENERATIVE, "train_layers": 0, "indexing_pairs": False, "epochs": 10}
     model = GenerativeModel.create(table, snapshot, options)
-    model.fit_retrieval([(item.title, item.item_id) for item in wiki_items])
+    # The items' texts are embedded for the dense prior (on by default); indexing pairs stay off.
+    model.fit_retrieval([(item.title, item.item_id) for item in wiki_items], {i.item_id: i.text for i in wiki_items})
     directory = model.save(root / "retriever")
     return Trained(GenerativeModel.load(directory), directory, table)
 
