@@ -103,7 +103,8 @@ def timed_baseline(name: str, rank) -> dict:
 
 def run_generative(method: str, snapshot, table: IdTable, options: dict, train, evaluate, save_to: Path) -> dict:
     model = GenerativeModel.create(table, snapshot, options)
-    name = f"generative ({method} IDs" + (", from its snapshot)" if options.get("from_snapshot") else ")")
+    name = f"generative ({method} IDs" + (", from its snapshot" if options.get("from_snapshot") else "")
+    name += ", item prior)" if options.get("item_prior") else ")"
     print(
         f"   {method} IDs: vocabulary {model.vocabulary.sizes}, initialised from {model.initialised_from}", flush=True
     )
@@ -310,6 +311,7 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
     histories = [sequence.history for sequence in sequences]
     targets = [sequence.test for sequence in sequences]
     relevant = [{t} for t in targets]
+    items = {item.item_id: item for item in read_items(catalogue)[0]}
     rows, id_reports = [], {}
     peers = peer_rows(args, catalogue, histories, gen_options)  # first: the cheaper models fail fast
     for method in args.methods:
@@ -319,8 +321,11 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
         )
         id_reports[method] = report
 
-        def fit(model):
-            return model.fit_recommendation(histories, progress=True)
+        # The item prior's vectors start from the items' texts as this ID kind's indexer renders them.
+        texts = dict(zip(table.item_ids, snapshot.texts([items[i] for i in table.item_ids]), strict=True))
+
+        def fit(model, texts=texts):
+            return model.fit_recommendation(histories, texts if model.config.item_prior else None, progress=True)
 
         def recommend(model):
             # Both protocols: the full ranking, and with each user's history left out (what /recommend returns).
@@ -332,9 +337,10 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
                 for exclude_seen in (False, True)
             }
 
-        for variant in _variants(method, gen_options, args.no_snapshot_variant):
+        for variant in _variants(method, gen_options, args.no_snapshot_variant, args.item_prior):
             print(
-                f"-- generative model on {method} IDs (from {'snapshot' if variant['from_snapshot'] else 'backbone'})"
+                f"-- generative model on {method} IDs (from {'snapshot' if variant['from_snapshot'] else 'backbone'}"
+                + (", item prior)" if variant.get("item_prior") else ")")
             )
             rows.append(
                 run_generative(method, snapshot, table, variant, fit, recommend, _model_dir(work, method, variant))
@@ -388,16 +394,20 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
     return rows
 
 
-def _variants(method: str, options: dict, skip_snapshot_variant: bool = False) -> list[dict]:
-    """Every ID kind's model from the backbone; for LMIndexer IDs also the one that starts from its snapshot."""
+def _variants(method: str, options: dict, skip_snapshot_variant: bool = False, item_prior: bool = False) -> list[dict]:
+    """Every ID kind's model from the backbone; for LMIndexer IDs also the one that starts from its snapshot; with
+    ``item_prior`` (recommendation) also each ID kind's model from the backbone with the item prior."""
     variants = [{**options, "from_snapshot": False}]
     if method == "lmindexer" and not skip_snapshot_variant:
         variants.append({**options, "from_snapshot": True})
+    if item_prior:
+        variants.append({**options, "from_snapshot": False, "item_prior": True})
     return variants
 
 
 def _model_dir(work: Path, method: str, options: dict) -> Path:
-    return work / (f"model-{method}-from-snapshot" if options["from_snapshot"] else f"model-{method}")
+    name = f"model-{method}-from-snapshot" if options["from_snapshot"] else f"model-{method}"
+    return work / (name + "-item-prior" if options.get("item_prior") else name)
 
 
 def _method_options(method: str, args) -> dict:
@@ -500,6 +510,12 @@ def main() -> int:
         default=list(ID_METHODS),
         choices=ID_METHODS,
         help="ID kinds to train generative models on (rq-kmeans, the ratios' anchor, always runs)",
+    )
+    parser.add_argument(
+        "--item-prior",
+        action="store_true",
+        help="recommendation: also train each ID kind's model with the item prior (a learned vector per item), "
+        "as its own row",
     )
     parser.add_argument("--refit", action="store_true", help="refit snapshots even if matching ones are kept")
     parser.add_argument("--work", type=Path, default=None, help="where snapshots and ID tables are kept")

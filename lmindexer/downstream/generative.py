@@ -13,6 +13,7 @@ model whose files or document differ from what was saved is refused on load.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -90,6 +91,13 @@ class GenerativeConfig(BaseModel):
         "under the prefix it makes (its embedding by the model's encoder), times a learned weight "
         "(lmindexer.downstream.prior)",
     )
+    item_prior: bool = Field(
+        False,
+        description="recommendation: add to each next-token score the log-sum-exp of the cosines of the history's "
+        "summary to a vector learned for each item under the prefix it makes (initialised from the item's text "
+        "embedding where fit_recommendation is given the texts), times a learned weight "
+        "(lmindexer.downstream.prior)",
+    )
     prior_max_length: int = Field(
         DenseIndexConfig.model_fields["max_length"].default,
         ge=8,
@@ -132,6 +140,12 @@ class GenerativeConfig(BaseModel):
             values.setdefault("train_layers", -1 if whole else 0)
         return values
 
+    @model_validator(mode="after")
+    def _item_prior_recommends(self) -> GenerativeConfig:
+        if self.item_prior and self.task != "recommendation":
+            raise ValueError("item_prior is a recommender's option; a retriever's prior is dense_prior")
+        return self
+
 
 def parse_generative_config(values: Mapping[str, Any] | GenerativeConfig | None) -> GenerativeConfig:
     if isinstance(values, GenerativeConfig):
@@ -141,6 +155,12 @@ def parse_generative_config(values: Mapping[str, Any] | GenerativeConfig | None)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid generative model options: {problems}") from None
+
+
+def _uses_prior(config: GenerativeConfig) -> bool:
+    """Whether the model scores next tokens with a prior over its items: the dense prior of a retriever, the item
+    prior of a recommender."""
+    return config.dense_prior if config.task == "retrieval" else config.item_prior
 
 
 def _device(config: GenerativeConfig) -> torch.device:
@@ -157,7 +177,8 @@ class GenerativeModel:
         self.vocabulary = vocabulary
         self.network = network
         self.trie: IdTrie = vocabulary.trie(sids)
-        # The items' embeddings behind the dense prior (retrieval with dense_prior only).
+        # The items' vectors behind the prior: text embeddings (a retriever's dense prior) or learned vectors (a
+        # recommender's item prior).
         self.prior: DensePrior | None = DensePrior(vocabulary.sizes) if network.prior_weight is not None else None
         self.device = _device(config)
         # Decoding only reads the IDs that exist; its precision changes rankings, never a stored ID, so 'auto' is
@@ -196,7 +217,7 @@ class GenerativeModel:
             task=options.task,
             history_window=options.history_window,
             history_layers=options.history_layers,
-            dense_prior=options.dense_prior,
+            prior=_uses_prior(options),
         )
         model = cls(options, vocabulary, network, ids.sid_map())
         if options.from_snapshot:
@@ -358,24 +379,28 @@ class GenerativeModel:
         """Embed the texts of the items this model can return (the encoder's summary, as the decoder reads a query)
         for the dense prior; returns how many were embedded. :meth:`fit_retrieval` embeds the texts it trains
         on that have no embedding yet, with the encoder as it is before training."""
-        if self.prior is None:
+        if self.prior is None or self.config.task != "retrieval":
+            # A recommender's item vectors are learned: text embeddings would replace them with another space.
             raise ConfigError("this model has no dense prior (dense_prior is off, or it recommends)")
         item_ids = [item_id for item_id in item_texts if item_id in self.trie]
         if not item_ids:
             raise ConfigError("the dense prior needs the texts of the items: none of the given items has an ID here")
+        self.prior.set_vectors(item_ids, self._text_vectors([item_texts[i] for i in item_ids], progress))
+        return len(item_ids)
+
+    @torch.no_grad()
+    def _text_vectors(self, texts: Sequence[str], progress: bool) -> torch.Tensor:
+        """The encoder's summaries of ``texts`` (rows in order), as the decoder reads a query."""
         was_training = self.network.training
         self.network.eval()
         size, rows = self.config.inference_batch_size, []
-        for start in tqdm(range(0, len(item_ids), size), desc="embedding items", disable=not progress, leave=False):
-            batch = self.network.backbone.tokenize(
-                [item_texts[i] for i in item_ids[start : start + size]], self.config.prior_max_length
-            )
+        for start in tqdm(range(0, len(texts), size), desc="embedding items", disable=not progress, leave=False):
+            batch = self.network.backbone.tokenize(list(texts[start : start + size]), self.config.prior_max_length)
             mask = batch["attention_mask"].to(self.device)
             memory = self.network.encode(batch["input_ids"].to(self.device), mask)
             rows.append(self.network.summary(memory, mask).float().cpu())
         self.network.train(was_training)
-        self.prior.set_vectors(item_ids, torch.cat(rows))
-        return len(item_ids)
+        return torch.cat(rows)
 
     def _prior(self) -> PriorScores | None:
         prior, trie = self.prior, self.trie
@@ -397,10 +422,16 @@ class GenerativeModel:
         return tokens, mask
 
     def fit_recommendation(
-        self, sequences: Sequence[Sequence[str]], *, checkpoint_dir: Path | None = None, progress: bool = False
+        self,
+        sequences: Sequence[Sequence[str]],
+        item_texts: Mapping[str, str] | None = None,
+        *,
+        checkpoint_dir: Path | None = None,
+        progress: bool = False,
     ) -> dict[str, Any]:
         """Train on every (prefix of a user's sequence -> the item that followed it) in ``sequences``; resumable
-        with ``checkpoint_dir``."""
+        with ``checkpoint_dir``. With ``item_prior`` the items' vectors train too, each starting from its text's
+        embedding where ``item_texts`` has it (else from a random direction)."""
         if self.config.task != "recommendation":
             raise ConfigError("this model is a retriever; train it with fit_retrieval")
         histories: list[Sequence[str]] = []
@@ -416,20 +447,39 @@ class GenerativeModel:
         history, item_mask = self._history_tensors(histories)
         targets = self._targets(nexts)
         self._freeze_encoder(self._encoder_stack())
+        embedded = self._start_item_vectors(item_texts, progress) if self.prior is not None else 0
         accelerator = self._start_training()
+        prior = self._prior()
 
         def batch_loss(index: list[int]) -> torch.Tensor:
             memory, mask = self.network.encode_history(history[index].to(self.device), item_mask[index].to(self.device))
-            return self.network.loss(memory, mask, targets[index].to(self.device))
+            return self.network.loss(memory, mask, targets[index].to(self.device), prior)
 
         described = ("\x1d".join(h) + f"\x1f{n}" for h, n in zip(histories, nexts, strict=True))
-        stats = train_network(
-            self.network, self.config, accelerator, len(histories), batch_loss, trains_encoder=False,
-            described_examples=described, checkpoint_dir=checkpoint_dir, progress=progress,
-        )  # fmt: skip
-        stats["examples"] = len(histories)
+        learning = self.prior.learning(self.network, self.trie) if self.prior is not None else contextlib.nullcontext()
+        with learning:
+            stats = train_network(
+                self.network, self.config, accelerator, len(histories), batch_loss, trains_encoder=False,
+                described_examples=described, checkpoint_dir=checkpoint_dir, progress=progress,
+            )  # fmt: skip
+        stats.update({"examples": len(histories), "embedded_items": embedded})
         self.training = stats
         return stats
+
+    def _start_item_vectors(self, item_texts: Mapping[str, str] | None, progress: bool) -> int:
+        """Give every item without a vector one to start learning from: its text's embedding where given, else a
+        random direction (seeded); items that have one (an earlier training) keep it. Returns how many texts were
+        embedded."""
+        prior = self.prior
+        assert prior is not None
+        texts = {i: text for i, text in (item_texts or {}).items() if i in self.trie and i not in prior}
+        if texts:
+            prior.set_vectors(list(texts), self._text_vectors(list(texts.values()), progress))
+        unset = [item_id for item_id, _ in sorted(self.trie) if item_id not in prior]
+        if unset:
+            generator = torch.Generator().manual_seed(self.config.seed)
+            prior.set_vectors(unset, torch.randn(len(unset), self.network.backbone.hidden_size, generator=generator))
+        return len(texts)
 
     def _start_training(self) -> Any:
         """The Accelerator this training runs on; the network moves to its device (one GPU per process)."""
@@ -500,7 +550,12 @@ class GenerativeModel:
             with inference_autocast(self.precision, self.device):
                 memory, mask = self.network.encode_history(tokens.to(self.device), item_mask.to(self.device))
                 found = self.network.beam_search(
-                    memory, mask, self.trie, self.config.beam_size, excluded=chunk if exclude_seen else None
+                    memory,
+                    mask,
+                    self.trie,
+                    self.config.beam_size,
+                    excluded=chunk if exclude_seen else None,
+                    prior=self._prior(),
                 )
             results.extend(ranked[:k] for ranked in found)
         return results
@@ -593,7 +648,7 @@ class GenerativeModel:
             task=config.task,
             history_window=config.history_window,
             history_layers=config.history_layers,
-            dense_prior=config.dense_prior,
+            prior=_uses_prior(config),
         )
         try:
             tensors = load_file(str(path / WEIGHTS))

@@ -68,7 +68,7 @@ class GenerativeIdModel(nn.Module):
         task: Task = "retrieval",
         history_window: int = 20,
         history_layers: int = 2,
-        dense_prior: bool = False,
+        prior: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -88,10 +88,10 @@ class GenerativeIdModel(nn.Module):
             [nn.Parameter(vectors.detach().clone()) for vectors in self.token_vectors]
         )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(INITIAL_LOGIT_SCALE)))
-        # The log-weight of the dense prior (see lmindexer.downstream.prior), starting at a weight of 1; only
-        # retrievers that use the prior have it (it reads a query's text; a recommender reads a history).
+        # The log-weight of the prior over the items (see lmindexer.downstream.prior), starting at a weight of 1;
+        # only models that use one have it (a retriever's dense prior, a recommender's item prior).
         self.prior_weight: nn.Parameter | None = None
-        if dense_prior and task == "retrieval":
+        if prior:
             self.prior_weight = nn.Parameter(torch.zeros(()))
         # A centre per previous token subtracted before scoring. Zero (no effect): kept so that the weights of
         # models saved by earlier releases, which copied them from LMIndexer snapshots, still load.

@@ -14,14 +14,22 @@ so every ID kind can use it.
 
 An item inserted without its text (so without an embedding) takes the centroid of the embedded items under its
 nearest ancestor prefix, so it stays reachable and ranks with its siblings.
+
+A recommender's **item prior** is the same score with other vectors: the summary is that of the history encoder's
+states, and each item's vector is learned with the model (:meth:`DensePrior.learning`), starting from the item's
+text embedding where its text is given. With an untrained decoder the recommender then ranks as a two-tower model
+with a free vector per item (SASRec's output layer, with cosines): the per-item memory that a decoder spelling IDs
+token by token lacks. An item indexed after training takes its prefix's centroid, as above.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lmindexer.downstream.model import INITIAL_LOGIT_SCALE
 from lmindexer.downstream.trie import IdTrie
@@ -30,6 +38,8 @@ from lmindexer.errors import ConfigError
 Prefix = tuple[int, ...]
 # The softmax temperature of the item cosines: the scale the model's own cosine scores start at.
 TEMPERATURE = INITIAL_LOGIT_SCALE
+# The name of the learned item vectors on the network while :meth:`DensePrior.learning` trains them.
+LEARNED_ITEMS = "prior_items"
 
 
 class DensePrior:
@@ -46,6 +56,8 @@ class DensePrior:
         self._node_counts: list[int] = []
         self._parents: list[dict[Prefix, int]] = []
         self._children: list[torch.Tensor] = []
+        # While learning: the trainable item vectors (rows in the order of the built tables) the scores read.
+        self._learned: nn.Parameter | None = None
 
     def __len__(self) -> int:
         return len(self._vectors)
@@ -76,7 +88,30 @@ class DensePrior:
 
     def invalidate(self) -> None:
         """Call when the trie changed: the tables are rebuilt before the next use."""
+        if self._learned is not None:
+            raise ConfigError("the items changed while their vectors were being learned")
         self._built_for = None
+
+    @contextlib.contextmanager
+    def learning(self, network: nn.Module, trie: IdTrie) -> Iterator[None]:
+        """Train the vectors of ``trie``'s items with ``network``: inside the block they are a parameter of the
+        network (``LEARNED_ITEMS``, on its device, so its optimiser and checkpoints hold them) that the scores read;
+        when the block ends without an error the learned rows become the items' vectors. Every item needs a vector
+        to start from."""
+        missing = [item_id for item_id, _ in trie if item_id not in self._vectors]
+        if missing:
+            raise ConfigError(f"{len(missing)} items have no vector to start from, e.g. {missing[0]!r}")
+        self._build(trie)
+        device = next(network.parameters()).device
+        self._learned = nn.Parameter(self._items.clone().to(device))
+        network.register_parameter(LEARNED_ITEMS, self._learned)
+        try:
+            yield
+            learned = self._learned.detach()
+        finally:
+            del network._parameters[LEARNED_ITEMS]
+            self._learned = None
+        self.set_vectors([item_id for item_id, _ in sorted(trie)], learned)
 
     def _build(self, trie: IdTrie) -> None:
         if trie.depth != self.depth:
@@ -124,7 +159,7 @@ class DensePrior:
         if self._built_for != (id(trie), len(trie)):
             self._build(trie)
         device = summaries.device
-        items = self._items.to(device)
+        items = self._items.to(device) if self._learned is None else F.normalize(self._learned.float(), dim=-1)
         node_of_item = self._node_of_item[position].to(device)
         # In decoding the beams of one source share its summary: each distinct summary is scored against the items
         # once. (In training every row is its own source, and a training encoder needs the gradient unique drops.)

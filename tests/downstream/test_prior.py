@@ -226,3 +226,133 @@ def test_training_with_the_prior_needs_the_items_texts(rq_ids, title_pairs):
     model = GenerativeModel.create(table, snapshot, {**PRIOR_OPTIONS, "indexing_pairs": False})
     with pytest.raises(ConfigError, match="dense_prior is on, so the items' texts are needed"):
         model.fit_retrieval(title_pairs[:20])
+
+
+# -- a recommender's item prior ------------------------------------------------------------------------------------
+
+ITEM_PRIOR_OPTIONS = {
+    **TINY_GENERATIVE, "task": "recommendation", "item_prior": True, "history_window": 8, "epochs": 3,
+    "batch_size": 64, "prior_max_length": 32,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def item_prior_recommender(movielens_small, movielens_subset_parts):
+    snapshot, table, sequences = movielens_small
+    texts = _movie_texts(snapshot, table, movielens_subset_parts)
+    model = GenerativeModel.create(table, snapshot, ITEM_PRIOR_OPTIONS)
+    # The vectors the training starts from: each item's text embedding.
+    started = model._text_vectors([texts[i] for i in table.item_ids], progress=False)
+    stats = model.fit_recommendation([s[:-1] for s in sequences], texts)
+    return model, stats, dict(zip(table.item_ids, F.normalize(started, dim=-1), strict=True))
+
+
+def _movie_texts(snapshot, table, parts) -> dict[str, str]:
+    from lmindexer.catalog import read_items
+
+    catalogue = {item.item_id: item for item in read_items(parts[3])[0]}
+    return dict(zip(table.item_ids, snapshot.texts([catalogue[i] for i in table.item_ids]), strict=True))
+
+
+def test_a_recommenders_item_prior_learns_vectors_that_rank_the_next_items_higher(
+    item_prior_recommender, movielens_small
+):
+    """The items' vectors train with the model: scored against the trained history encoder's summaries, the learned
+    vectors give the training histories' next items a higher log-probability (softmax over all items) than the
+    text embeddings they started from."""
+    _, _, sequences = movielens_small
+    model, stats, started = item_prior_recommender
+    assert stats["embedded_items"] == len(started)
+    ids = model.prior.item_ids()
+    learned = model.prior.vectors(ids)
+    initial = torch.stack([started[i] for i in ids])
+    assert not torch.allclose(learned, initial, atol=1e-3)
+    histories = [s[:-2] for s in sequences if len(s) > 2]
+    nexts = torch.tensor([ids.index(s[-2]) for s in sequences if len(s) > 2])
+    tokens, item_mask = model._history_tensors(histories)
+    with torch.no_grad():
+        memory, mask = model.network.encode_history(tokens, item_mask)
+        summaries = model.network.summary(memory, mask)
+
+    def mean_log_probability(vectors: torch.Tensor) -> float:
+        log_probs = torch.log_softmax(TEMPERATURE * summaries @ vectors.T, dim=-1)
+        return log_probs[torch.arange(len(nexts)), nexts].mean().item()
+
+    assert mean_log_probability(learned) > mean_log_probability(initial) + 0.2
+
+
+def test_a_recommender_with_the_item_prior_decodes_exactly_and_keeps_its_vectors_through_save_and_load(
+    item_prior_recommender, movielens_small, tmp_path, monkeypatch
+):
+    """Beam search scores each ID with the item prior as recomputing every position from scratch does; a saved
+    model has the same vectors and recommendations; an item indexed later takes its prefix's centroid and can be
+    recommended."""
+    _, table, sequences = movielens_small
+    model, _, _ = item_prior_recommender
+    monkeypatch.setattr(model, "precision", "fp32")
+    network, trie, prior = model.network, model.trie, model.prior
+    histories = [s[:-1] for s in sequences[:8]]
+    found = model.recommend(histories, k=model.config.beam_size)
+    tokens, item_mask = model._history_tensors(histories)
+    with torch.no_grad():
+        memory, mask = network.encode_history(tokens, item_mask)
+        summaries = network.summary(memory, mask)
+
+        def exact(source: int, ids: tuple[int, ...]) -> float:
+            target = torch.tensor([ids])
+            states = network.states(memory[source : source + 1], mask[source : source + 1], target)
+            total = 0.0
+            for position in range(network.depth):
+                scores = prior.scores(trie, position, summaries[source : source + 1], target[:, :position])
+                logits = network.logits(states[:, position], position, target, scores)[0]
+                allowed = trie.allowed(ids[:position])
+                total += float(torch.log_softmax(logits[allowed], dim=-1)[allowed.index(ids[position])])
+            return total
+
+        for source, ranked in enumerate(found):
+            for item_id, score in ranked[:5] + ranked[-2:]:
+                assert score == pytest.approx(exact(source, trie.tokens_of(item_id)), abs=1e-4)
+    loaded = GenerativeModel.load(model.save(tmp_path / "model"))
+    loaded.use_precision("fp32")
+    ids = model.prior.item_ids()
+    assert loaded.prior.item_ids() == ids
+    assert torch.equal(loaded.prior.vectors(ids), model.prior.vectors(ids))
+    assert loaded.recommend(histories, k=10) == model.recommend(histories, k=10)
+    item_id, sid = next(iter(table.sid_map().items()))
+    loaded.remove(item_id)
+    loaded.insert(item_id, sid)  # back under its ID, without its learned vector
+    loaded.prior._vectors.pop(item_id)
+    wide = loaded.recommend(histories, k=loaded.config.beam_size)
+    assert all(math.isfinite(score) for ranked in wide for _, score in ranked)
+    everything = len(loaded.trie)
+    with torch.no_grad():
+        memory, mask = loaded.network.encode_history(*loaded._history_tensors(histories[:1]))
+        ranked = loaded.network.beam_search(memory, mask, loaded.trie, everything, prior=loaded._prior())[0]
+    assert item_id in {i for i, _ in ranked}
+
+
+def test_an_interrupted_training_leaves_the_item_vectors_as_they_were():
+    prior, trie, _ = _prior_and_trie()
+    network = torch.nn.Linear(2, 2)
+    before = prior.vectors(prior.item_ids())
+    with pytest.raises(RuntimeError, match="stopped"), prior.learning(network, trie):
+        assert "prior_items" in dict(network.named_parameters())
+        with torch.no_grad():
+            network.prior_items.add_(1.0)
+        raise RuntimeError("stopped")
+    assert "prior_items" not in dict(network.named_parameters())
+    assert torch.equal(prior.vectors(prior.item_ids()), before)
+    with prior.learning(network, trie), torch.no_grad():
+        network.prior_items.mul_(-1.0)
+    assert torch.allclose(prior.vectors(prior.item_ids()), -before, atol=1e-6)
+
+
+def test_the_item_prior_is_a_recommenders_option_and_its_vectors_are_not_text_embeddings(
+    rq_ids, item_texts, item_prior_recommender
+):
+    snapshot, table = rq_ids
+    with pytest.raises(ConfigError, match="item_prior is a recommender's option"):
+        GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "item_prior": True})
+    model, _, _ = item_prior_recommender
+    with pytest.raises(ConfigError, match="no dense prior"):
+        model.embed_items({item_id: "a text" for item_id in model.prior.item_ids()[:3]})
