@@ -11,8 +11,9 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
   lmindexer.downstream.fusion, with bm25s's scores in place of the engine's), RRF(BM25 + ID-prefix boost, dense)
   and score fusion(BM25 + ID-prefix boost, dense) (`serve` mode=hybrid, with a dense index of the same
   embeddings);
-- recommendation (movielens-100k, leave-last-out): vs popularity, under both protocols (the full ranking, and with
-  each user's history left out, `exclude_seen`, as `/recommend` answers).
+- recommendation (movielens-100k, leave-last-out): vs popularity and Cornac's peers (SASRec, TIGER), and each ID
+  kind's model without the item prior (the library's default has it: what it adds, in the same run), under both
+  protocols (the full ranking, and with each user's history left out, `exclude_seen`, as `/recommend` answers).
 
     python benchmarks/downstream.py                                  # wiki-topics document retrieval
     python benchmarks/downstream.py --dataset clothing-reviews       # product search
@@ -104,7 +105,7 @@ def timed_baseline(name: str, rank) -> dict:
 def run_generative(method: str, snapshot, table: IdTable, options: dict, train, evaluate, save_to: Path) -> dict:
     model = GenerativeModel.create(table, snapshot, options)
     name = f"generative ({method} IDs" + (", from its snapshot" if options.get("from_snapshot") else "")
-    name += ", item prior)" if options.get("item_prior") else ")"
+    name += ", no item prior)" if options.get("item_prior") is False else ")"
     print(
         f"   {method} IDs: vocabulary {model.vocabulary.sizes}, initialised from {model.initialised_from}", flush=True
     )
@@ -325,7 +326,7 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
         texts = dict(zip(table.item_ids, snapshot.texts([items[i] for i in table.item_ids]), strict=True))
 
         def fit(model, texts=texts):
-            return model.fit_recommendation(histories, texts if model.config.item_prior else None, progress=True)
+            return model.fit_recommendation(histories, texts, progress=True)
 
         def recommend(model):
             # Both protocols: the full ranking, and with each user's history left out (what /recommend returns).
@@ -337,10 +338,10 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
                 for exclude_seen in (False, True)
             }
 
-        for variant in _variants(method, gen_options, args.no_snapshot_variant, args.item_prior):
+        for variant in _variants(method, gen_options, args.no_snapshot_variant, recommendation=True):
             print(
                 f"-- generative model on {method} IDs (from {'snapshot' if variant['from_snapshot'] else 'backbone'}"
-                + (", item prior)" if variant.get("item_prior") else ")")
+                + (", no item prior)" if variant.get("item_prior") is False else ")")
             )
             rows.append(
                 run_generative(method, snapshot, table, variant, fit, recommend, _model_dir(work, method, variant))
@@ -394,20 +395,23 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
     return rows
 
 
-def _variants(method: str, options: dict, skip_snapshot_variant: bool = False, item_prior: bool = False) -> list[dict]:
-    """Every ID kind's model from the backbone; for LMIndexer IDs also the one that starts from its snapshot; with
-    ``item_prior`` (recommendation) also each ID kind's model from the backbone with the item prior."""
+def _variants(
+    method: str, options: dict, skip_snapshot_variant: bool = False, *, recommendation: bool = False
+) -> list[dict]:
+    """Every ID kind's model from the backbone; for LMIndexer IDs also the one that starts from its snapshot; for
+    recommendation also each ID kind's model from the backbone without the item prior (what it adds, in the same
+    run)."""
     variants = [{**options, "from_snapshot": False}]
     if method == "lmindexer" and not skip_snapshot_variant:
         variants.append({**options, "from_snapshot": True})
-    if item_prior:
-        variants.append({**options, "from_snapshot": False, "item_prior": True})
+    if recommendation:
+        variants.append({**options, "from_snapshot": False, "item_prior": False})
     return variants
 
 
 def _model_dir(work: Path, method: str, options: dict) -> Path:
     name = f"model-{method}-from-snapshot" if options["from_snapshot"] else f"model-{method}"
-    return work / (name + "-item-prior" if options.get("item_prior") else name)
+    return work / (name + "-no-item-prior" if options.get("item_prior") is False else name)
 
 
 def _method_options(method: str, args) -> dict:
@@ -510,12 +514,6 @@ def main() -> int:
         default=list(ID_METHODS),
         choices=ID_METHODS,
         help="ID kinds to train generative models on (rq-kmeans, the ratios' anchor, always runs)",
-    )
-    parser.add_argument(
-        "--item-prior",
-        action="store_true",
-        help="recommendation: also train each ID kind's model with the item prior (a learned vector per item), "
-        "as its own row",
     )
     parser.add_argument("--refit", action="store_true", help="refit snapshots even if matching ones are kept")
     parser.add_argument("--work", type=Path, default=None, help="where snapshots and ID tables are kept")

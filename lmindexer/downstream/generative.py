@@ -92,11 +92,11 @@ class GenerativeConfig(BaseModel):
         "(lmindexer.downstream.prior)",
     )
     item_prior: bool = Field(
-        False,
+        True,
         description="recommendation: add to each next-token score the log-sum-exp of the cosines of the history's "
         "summary to a vector learned for each item under the prefix it makes (initialised from the item's text "
         "embedding where fit_recommendation is given the texts), times a learned weight "
-        "(lmindexer.downstream.prior)",
+        "(lmindexer.downstream.prior); a retriever's prior is dense_prior",
     )
     prior_max_length: int = Field(
         DenseIndexConfig.model_fields["max_length"].default,
@@ -139,12 +139,6 @@ class GenerativeConfig(BaseModel):
                 raise ValueError("train_encoder must be true or false (it is now train_layers: -1 or 0)")
             values.setdefault("train_layers", -1 if whole else 0)
         return values
-
-    @model_validator(mode="after")
-    def _item_prior_recommends(self) -> GenerativeConfig:
-        if self.item_prior and self.task != "recommendation":
-            raise ValueError("item_prior is a recommender's option; a retriever's prior is dense_prior")
-        return self
 
 
 def parse_generative_config(values: Mapping[str, Any] | GenerativeConfig | None) -> GenerativeConfig:
@@ -636,8 +630,10 @@ class GenerativeModel:
             )
         verify(path, document, what="generative model", document_file=DOCUMENT, expand=_EXPANDED)
         values = dict(document["config"])
-        # Models saved before the dense prior existed have none (their options do not name it).
+        # Models saved before the dense prior or the item prior existed have none (their options do not name it).
         values.setdefault("dense_prior", False)
+        if values.get("task") == "recommendation":
+            values.setdefault("item_prior", False)
         if device is not None:
             values["device"] = device
         config = parse_generative_config(values)

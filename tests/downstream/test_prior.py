@@ -180,8 +180,9 @@ def test_a_model_without_the_prior_has_no_item_embeddings_to_make(rq_ids, item_t
     with pytest.raises(ConfigError, match="no dense prior"):
         model.embed_items(item_texts)
     snapshot, table, _ = movielens_small
-    recommender = GenerativeModel.create(table, snapshot, {**PRIOR_OPTIONS, "task": "recommendation"})
-    assert recommender.prior is None  # the prior reads a query's text; a recommender reads a history
+    options = {**PRIOR_OPTIONS, "task": "recommendation", "item_prior": False}
+    recommender = GenerativeModel.create(table, snapshot, options)
+    assert recommender.prior is None  # the dense prior reads a query's text; a recommender reads a history
 
 
 def test_items_a_sync_adds_are_embedded_from_their_own_texts(wiki_sample_path, item_texts, tmp_path):
@@ -347,12 +348,35 @@ def test_an_interrupted_training_leaves_the_item_vectors_as_they_were():
     assert torch.allclose(prior.vectors(prior.item_ids()), -before, atol=1e-6)
 
 
-def test_the_item_prior_is_a_recommenders_option_and_its_vectors_are_not_text_embeddings(
+def test_the_item_prior_is_a_recommenders_and_its_vectors_are_not_text_embeddings(
     rq_ids, item_texts, item_prior_recommender
 ):
     snapshot, table = rq_ids
-    with pytest.raises(ConfigError, match="item_prior is a recommender's option"):
-        GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "item_prior": True})
+    retriever = GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "dense_prior": False, "item_prior": True})
+    assert retriever.prior is None and retriever.network.prior_weight is None
     model, _, _ = item_prior_recommender
     with pytest.raises(ConfigError, match="no dense prior"):
         model.embed_items({item_id: "a text" for item_id in model.prior.item_ids()[:3]})
+
+
+def test_a_recommender_saved_before_the_item_prior_existed_loads_without_one_and_ranks_the_same(
+    movielens_small, tmp_path
+):
+    """The item prior is on by default; a recommender whose saved options do not name it was trained without it."""
+    import json
+
+    from lmindexer.downstream.generative import _EXPANDED, DOCUMENT
+    from lmindexer.integrity import INTEGRITY_KEY, seal
+
+    snapshot, table, sequences = movielens_small
+    options = {**ITEM_PRIOR_OPTIONS, "item_prior": False}
+    model = GenerativeModel.create(table, snapshot, options)
+    path = model.save(tmp_path / "model")
+    document = json.loads((path / DOCUMENT).read_text())
+    del document["config"]["item_prior"], document[INTEGRITY_KEY]
+    document[INTEGRITY_KEY] = seal(path, document, document_file=DOCUMENT, expand=_EXPANDED)
+    (path / DOCUMENT).write_text(json.dumps(document))
+    loaded = GenerativeModel.load(path)
+    assert loaded.prior is None and loaded.network.prior_weight is None
+    histories = [s[:-1] for s in sequences[:10]]
+    assert loaded.recommend(histories, k=5) == model.recommend(histories, k=5)
