@@ -380,3 +380,45 @@ def test_a_recommender_saved_before_the_item_prior_existed_loads_without_one_and
     assert loaded.prior is None and loaded.network.prior_weight is None
     histories = [s[:-1] for s in sequences[:10]]
     assert loaded.recommend(histories, k=5) == model.recommend(histories, k=5)
+
+
+def test_a_recommender_with_the_item_prior_resumes_from_its_checkpoint_to_the_same_vectors(
+    movielens_small, movielens_subset_parts, tmp_path, monkeypatch
+):
+    """The learned item vectors are in the checkpoint with the weights: a training that crashed after a checkpoint
+    resumes to exactly the vectors and weights of a training never interrupted."""
+    from testsupport.retriever_state import one_torch_thread
+
+    from lmindexer.downstream.model import GenerativeIdModel
+
+    snapshot, table, sequences = movielens_small
+    texts = _movie_texts(snapshot, table, movielens_subset_parts)
+    # 60 users x 5 steps = 300 examples: 5 batches of 64 per epoch, 10 steps, a checkpoint every 2.
+    options = {**ITEM_PRIOR_OPTIONS, "epochs": 2, "checkpoint_every": 2, "examples_per_history": 5}
+    histories = [s[:-1] for s in sequences[:60]]
+
+    def fit(checkpoint):
+        model = GenerativeModel.create(table, snapshot, options)
+        return model, model.fit_recommendation(histories, texts, checkpoint_dir=checkpoint)
+
+    real_loss, calls = GenerativeIdModel.loss, {"n": 0}
+
+    def crashing_loss(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # step 5: the checkpoint of step 4 is on disk
+            raise RuntimeError("worker lost")
+        return real_loss(self, *args, **kwargs)
+
+    with one_torch_thread():
+        monkeypatch.setattr(GenerativeIdModel, "loss", crashing_loss)
+        with pytest.raises(RuntimeError, match="worker lost"):
+            fit(tmp_path / "checkpoint")
+        monkeypatch.setattr(GenerativeIdModel, "loss", real_loss)
+        resumed, stats = fit(tmp_path / "checkpoint")
+        reference, reference_stats = fit(None)
+    assert stats["resumed_at_step"] == 4 and reference_stats["resumed_at_step"] is None
+    ids = reference.prior.item_ids()
+    assert torch.equal(resumed.prior.vectors(ids), reference.prior.vectors(ids))
+    expected = dict(reference.network.named_parameters())
+    assert all(torch.equal(p.detach(), expected[n].detach()) for n, p in resumed.network.named_parameters())
+    assert "prior_items" not in expected  # the vectors left the network when the training ended
