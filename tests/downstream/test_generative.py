@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_GENERATIVE
+from testsupport.downstream_models import teacher_forced_log_probability
 
 from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.errors import ConfigError
@@ -331,30 +332,18 @@ def test_incremental_beam_search_scores_equal_teacher_forced_scores_from_scratch
     softmax over the trie's allowed tokens (the dense prior's scores included: the model has the default one)."""
     model, _, _ = trained
     monkeypatch.setattr(model, "precision", "fp32")
-    network, trie, prior = model.network, model.trie, model.prior
-    assert prior is not None
+    assert model.prior is not None
     queries = [q for q, _ in title_pairs[:12]]
     found = model.search(queries, k=model.config.beam_size)
-    batch = network.backbone.tokenize(queries, model.config.max_length)
+    batch = model.network.backbone.tokenize(queries, model.config.max_length)
+    mask = batch["attention_mask"]
     with torch.no_grad():
-        memory = network.encode(batch["input_ids"], batch["attention_mask"])
-        summaries = network.summary(memory, batch["attention_mask"])
-
-        def exact(source: int, tokens: tuple[int, ...]) -> float:
-            target = torch.tensor([tokens])
-            states = network.states(memory[source : source + 1], batch["attention_mask"][source : source + 1], target)
-            total = 0.0
-            for position in range(network.depth):
-                scores = prior.scores(trie, position, summaries[source : source + 1], target[:, :position])
-                logits = network.logits(states[:, position], position, target, scores)[0]
-                allowed = trie.allowed(tokens[:position])
-                total += float(torch.log_softmax(logits[allowed], dim=-1)[allowed.index(tokens[position])])
-            return total
-
+        memory = model.network.encode(batch["input_ids"], mask)
         for source, ranked in enumerate(found):
             assert len(ranked) == model.config.beam_size
             for item_id, score in ranked[:5] + ranked[-2:]:
-                assert score == pytest.approx(exact(source, trie.tokens_of(item_id)), abs=1e-4)
+                exact = teacher_forced_log_probability(model, memory, mask, source, model.trie.tokens_of(item_id))
+                assert score == pytest.approx(exact, abs=1e-4)
 
 
 def test_with_train_layers_only_the_top_encoder_layers_train_over_cached_lower_states(rq_ids, title_pairs, item_texts):

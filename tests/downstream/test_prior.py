@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TINY_GENERATIVE
+from testsupport.downstream_models import teacher_forced_log_probability
 
 from lmindexer.downstream.generative import GenerativeModel
 from lmindexer.downstream.prior import TEMPERATURE, DensePrior
@@ -291,28 +292,16 @@ def test_a_recommender_with_the_item_prior_decodes_exactly_and_keeps_its_vectors
     _, table, sequences = movielens_small
     model, _, _ = item_prior_recommender
     monkeypatch.setattr(model, "precision", "fp32")
-    network, trie, prior = model.network, model.trie, model.prior
+    assert model.prior is not None
     histories = [s[:-1] for s in sequences[:8]]
     found = model.recommend(histories, k=model.config.beam_size)
     tokens, item_mask = model._history_tensors(histories)
     with torch.no_grad():
-        memory, mask = network.encode_history(tokens, item_mask)
-        summaries = network.summary(memory, mask)
-
-        def exact(source: int, ids: tuple[int, ...]) -> float:
-            target = torch.tensor([ids])
-            states = network.states(memory[source : source + 1], mask[source : source + 1], target)
-            total = 0.0
-            for position in range(network.depth):
-                scores = prior.scores(trie, position, summaries[source : source + 1], target[:, :position])
-                logits = network.logits(states[:, position], position, target, scores)[0]
-                allowed = trie.allowed(ids[:position])
-                total += float(torch.log_softmax(logits[allowed], dim=-1)[allowed.index(ids[position])])
-            return total
-
+        memory, mask = model.network.encode_history(tokens, item_mask)
         for source, ranked in enumerate(found):
             for item_id, score in ranked[:5] + ranked[-2:]:
-                assert score == pytest.approx(exact(source, trie.tokens_of(item_id)), abs=1e-4)
+                exact = teacher_forced_log_probability(model, memory, mask, source, model.trie.tokens_of(item_id))
+                assert score == pytest.approx(exact, abs=1e-4)
     loaded = GenerativeModel.load(model.save(tmp_path / "model"))
     loaded.use_precision("fp32")
     ids = model.prior.item_ids()

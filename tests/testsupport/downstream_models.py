@@ -54,3 +54,23 @@ def movielens_subset(root: Path, movies: int = 300) -> tuple[Indexer, IdTable, l
     snapshot, table = snapshot_and_ids("rq-kmeans", RQ_OPTIONS, catalogue, root)
     sequences = [kept[-20:] for kept in ([i for i in seq if i in popular] for seq in full) if len(kept) >= 3]
     return snapshot, table, sequences, catalogue
+
+
+def teacher_forced_log_probability(model: Any, memory: Any, mask: Any, source: int, tokens: tuple[int, ...]) -> float:
+    """The log-probability of the ID ``tokens`` for row ``source`` of (``memory``, ``mask``), every position
+    recomputed from scratch (no decoder cache), the softmax over the trie's allowed tokens and the model's prior
+    scores included when it has a prior: what beam search must give that ID."""
+    import torch
+
+    network, trie, prior = model.network, model.trie, model.prior
+    row_memory, row_mask = memory[source : source + 1], mask[source : source + 1]
+    summary = network.summary(row_memory, row_mask)
+    target = torch.tensor([tokens])
+    states = network.states(row_memory, row_mask, target)
+    total = 0.0
+    for position in range(network.depth):
+        scores = None if prior is None else prior.scores(trie, position, summary, target[:, :position])
+        logits = network.logits(states[:, position], position, target, scores)[0]
+        allowed = trie.allowed(tokens[:position])
+        total += float(torch.log_softmax(logits[allowed], dim=-1)[allowed.index(tokens[position])])
+    return total
