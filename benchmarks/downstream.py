@@ -102,10 +102,17 @@ def timed_baseline(name: str, rank) -> dict:
     return {"name": name, "ranked": ranked, "train_s": round(time.perf_counter() - started, 1)}
 
 
+def item_texts(snapshot, table: IdTable, items: dict) -> dict[str, str]:
+    """Each item of ``table`` as ``snapshot``'s indexer renders it: what the generative models' priors embed."""
+    return dict(zip(table.item_ids, snapshot.texts([items[i] for i in table.item_ids]), strict=True))
+
+
 def run_generative(method: str, snapshot, table: IdTable, options: dict, train, evaluate, save_to: Path) -> dict:
+    qualifiers = [", from its snapshot"] if options.get("from_snapshot") else []
+    qualifiers += [", no item prior"] if options.get("item_prior") is False else []
+    name = f"generative ({method} IDs{''.join(qualifiers)})"
+    print(f"-- {name}", flush=True)
     model = GenerativeModel.create(table, snapshot, options)
-    name = f"generative ({method} IDs" + (", from its snapshot" if options.get("from_snapshot") else "")
-    name += ", no item prior)" if options.get("item_prior") is False else ")"
     print(
         f"   {method} IDs: vocabulary {model.vocabulary.sizes}, initialised from {model.initialised_from}", flush=True
     )
@@ -142,7 +149,7 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
             method, catalogue, {**id_options, **_method_options(method, args)}, work, args.refit
         )
         id_reports[method] = report
-        texts = dict(zip(table.item_ids, snapshot.texts([items[i] for i in table.item_ids]), strict=True))
+        texts = item_texts(snapshot, table, items)
         sids = table.sid_map()
 
         def fit(model, texts=texts):
@@ -153,9 +160,6 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
             return model.search(queries, model.config.beam_size, progress=True)
 
         for variant in _variants(method, gen_options, args.no_snapshot_variant):
-            print(
-                f"-- generative model on {method} IDs (from {'snapshot' if variant['from_snapshot'] else 'backbone'})"
-            )
             row = run_generative(method, snapshot, table, variant, fit, search, _model_dir(work, method, variant))
             beam = row.pop("ranked")
             row["ranked"] = [[item_id for item_id, _ in ranked[:TOP_K]] for ranked in beam]
@@ -322,8 +326,7 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
         )
         id_reports[method] = report
 
-        # The item prior's vectors start from the items' texts as this ID kind's indexer renders them.
-        texts = dict(zip(table.item_ids, snapshot.texts([items[i] for i in table.item_ids]), strict=True))
+        texts = item_texts(snapshot, table, items)  # where the item prior's vectors start
 
         def fit(model, texts=texts):
             return model.fit_recommendation(histories, texts, progress=True)
@@ -339,10 +342,6 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
             }
 
         for variant in _variants(method, gen_options, args.no_snapshot_variant, recommendation=True):
-            print(
-                f"-- generative model on {method} IDs (from {'snapshot' if variant['from_snapshot'] else 'backbone'}"
-                + (", no item prior)" if variant.get("item_prior") is False else ")")
-            )
             rows.append(
                 run_generative(method, snapshot, table, variant, fit, recommend, _model_dir(work, method, variant))
             )

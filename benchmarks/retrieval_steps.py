@@ -50,7 +50,7 @@ from _harness import (
     stamp_figure,
     write_results,
 )
-from downstream import ids_for
+from downstream import ids_for, item_texts
 
 from lmindexer import datasets
 from lmindexer.cache import cache_root
@@ -136,7 +136,7 @@ def main() -> int:
         # Each seed fits its own IDs as well as its own model: both vary in what a user would run.
         id_options = {"levels": 3, "codebook_size": 32, "seed": seed, **ID_KIND_OPTIONS[args.ids]}
         snapshot, table, id_reports[seed] = ids_for(args.ids, catalogue, id_options, work, refit=False)
-        texts = dict(zip(table.item_ids, snapshot.texts([items[i] for i in table.item_ids]), strict=True))
+        texts = item_texts(snapshot, table, items)
         for rung in rungs:
             name, _, options = LADDER[rung - 1]
             print(f"-- seed {seed}, generative retriever, rung {rung}: {name} {options}", flush=True)
