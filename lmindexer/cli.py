@@ -41,6 +41,8 @@ pipeline_app = typer.Typer(help="The reindex pipeline's state.", no_args_is_help
 app.add_typer(pipeline_app, name="pipeline")
 retriever_app = typer.Typer(help="The generative retriever: train, evaluate, refresh.", no_args_is_help=True)
 app.add_typer(retriever_app, name="retriever")
+recommender_app = typer.Typer(help="The generative recommender: train, evaluate.", no_args_is_help=True)
+app.add_typer(recommender_app, name="recommender")
 dense_app = typer.Typer(help="The dense index that serve's dense and hybrid search use.", no_args_is_help=True)
 app.add_typer(dense_app, name="dense")
 SearchUrlOption = Annotated[
@@ -556,43 +558,62 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-@retriever_app.command("train")
-def retriever_train(
-    snapshot: Annotated[str, typer.Option("--snapshot", help="Snapshot (directory or s3://) that made the IDs.")],
-    ids: Annotated[str, typer.Option("--ids", help=IDS_HELP + ".")],
-    catalog: CatalogVersionOption,
-    queries: Annotated[str, typer.Option("--queries", help="Training queries: JSONL of {query, item_id} rows.")],
-    out: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
-    options: Annotated[
-        Path | None, typer.Option("--options", help="YAML or JSON file of generative model options.")
-    ] = None,
-    checkpoint_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint-dir",
-            help="Keep resumable training state here (default: <out>.checkpoint); rerunning the same training resumes.",
-        ),
-    ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary to this file.")] = None,
-    quiet: QuietOption = False,
-) -> None:
-    """Train a generative retriever for the catalogue's items in the ID table's ID space; print a JSON summary
-    (works under `accelerate launch`)."""
-    from lmindexer.downstream.jobs import train_model
+# The options of the commands that train a generative model (`retriever train`, `recommender train`).
+SnapshotOption = Annotated[str, typer.Option("--snapshot", help="Snapshot (directory or s3://) that made the IDs.")]
+IdsOption = Annotated[str, typer.Option("--ids", help=IDS_HELP + ".")]
+ModelOutOption = Annotated[Path, typer.Option("--out", help="Model directory to write.")]
+ModelOptionsOption = Annotated[
+    Path | None, typer.Option("--options", help="YAML or JSON file of generative model options.")
+]
+CheckpointDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint-dir",
+        help="Keep resumable training state here (default: <out>.checkpoint); rerunning the same training resumes.",
+    ),
+]
+SummaryJsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the summary to this file.")]
+ModelInOption = Annotated[str, typer.Option("--model", help="Model directory or s3:// prefix.")]
+
+
+def _model_options(options: Path | None, out: Path, checkpoint_dir: Path | None) -> tuple[dict[str, Any], Path]:
+    """The options file's values and the checkpoint directory of a training writing ``out``."""
     from lmindexer.jobs import load_config_file
 
-    values = load_config_file(options) if options else {}
-    checkpoint = checkpoint_dir or out.with_name(out.name + ".checkpoint")
-    summary = train_model(snapshot, ids, catalog, queries, out, values, checkpoint_dir=checkpoint, progress=not quiet)
+    return (load_config_file(options) if options else {}), checkpoint_dir or out.with_name(out.name + ".checkpoint")
+
+
+def _report_training(summary: dict[str, Any] | None, json_out: Path | None) -> None:
     if summary is None:
         return  # a non-main process of a multi-process training: the main process saves and reports
     _write_json(json_out, summary)
     _print_json(summary)
 
 
+@retriever_app.command("train")
+def retriever_train(
+    snapshot: SnapshotOption,
+    ids: IdsOption,
+    catalog: CatalogVersionOption,
+    queries: Annotated[str, typer.Option("--queries", help="Training queries: JSONL of {query, item_id} rows.")],
+    out: ModelOutOption,
+    options: ModelOptionsOption = None,
+    checkpoint_dir: CheckpointDirOption = None,
+    json_out: SummaryJsonOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Train a generative retriever for the catalogue's items in the ID table's ID space; print a JSON summary
+    (works under `accelerate launch`)."""
+    from lmindexer.downstream.jobs import train_model
+
+    values, checkpoint = _model_options(options, out, checkpoint_dir)
+    summary = train_model(snapshot, ids, catalog, queries, out, values, checkpoint_dir=checkpoint, progress=not quiet)
+    _report_training(summary, json_out)
+
+
 @retriever_app.command("evaluate")
 def retriever_evaluate(
-    model: Annotated[str, typer.Option("--model", help="Model directory or s3:// prefix.")],
+    model: ModelInOption,
     queries: Annotated[str, typer.Option("--queries", help="Evaluation queries: JSONL of {query, item_id} rows.")],
     quiet: QuietOption = False,
 ) -> None:
@@ -602,6 +623,64 @@ def retriever_evaluate(
 
     pairs = read_queries(queries)  # before the model, which takes a while to load
     _print_json(evaluate_model(GenerativeModel.load(model), pairs, progress=not quiet))
+
+
+HISTORIES_HELP = "JSONL of {user_id, items} rows, one per user, items most recent last"
+
+
+@recommender_app.command("train")
+def recommender_train(
+    snapshot: SnapshotOption,
+    ids: IdsOption,
+    catalog: CatalogVersionOption,
+    histories: Annotated[str, typer.Option("--histories", help=f"Users' histories: {HISTORIES_HELP}.")],
+    out: ModelOutOption,
+    options: ModelOptionsOption = None,
+    hold_out_last: Annotated[
+        bool,
+        typer.Option(
+            "--hold-out-last",
+            help="Leave each history's last item out of training, so that `recommender evaluate` on the same file "
+            "is a leave-last-out test.",
+        ),
+    ] = False,
+    checkpoint_dir: CheckpointDirOption = None,
+    json_out: SummaryJsonOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Train a generative recommender for the catalogue's items in the ID table's ID space on users' histories;
+    print a JSON summary (works under `accelerate launch`)."""
+    from lmindexer.downstream.recommender_jobs import train_recommender
+
+    values, checkpoint = _model_options(options, out, checkpoint_dir)
+    summary = train_recommender(
+        snapshot, ids, catalog, histories, out, values,
+        hold_out_last=hold_out_last, checkpoint_dir=checkpoint, progress=not quiet,
+    )  # fmt: skip
+    _report_training(summary, json_out)
+
+
+@recommender_app.command("evaluate")
+def recommender_evaluate(
+    model: ModelInOption,
+    histories: Annotated[
+        str, typer.Option("--histories", help=f"{HISTORIES_HELP}; each user's last item is the one to predict.")
+    ],
+    exclude_seen: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-seen/--include-seen",
+            help="Leave each history's items out of its ranking (the default, as /recommend does) or rank them too.",
+        ),
+    ] = True,
+    quiet: QuietOption = False,
+) -> None:
+    """Print leave-last-out Recall/NDCG/MRR at 10 of a recommender on users' histories as JSON."""
+    from lmindexer.downstream.generative import GenerativeModel
+    from lmindexer.downstream.recommender_jobs import evaluate_recommender, read_histories
+
+    users = read_histories(histories)  # before the model, which takes a while to load
+    _print_json(evaluate_recommender(GenerativeModel.load(model), users, exclude_seen=exclude_seen, progress=not quiet))
 
 
 @retriever_app.command("refresh")

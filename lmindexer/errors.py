@@ -41,6 +41,10 @@ class RetrieverGateFailed(RetrieverError):
     """A newly trained retriever failed a gate; the live retriever stays in charge."""
 
 
+class RecommenderError(UserError):
+    """A recommender cannot be trained or evaluated: unreadable histories, or none with items the model knows."""
+
+
 # -- failures of the environment --------------------------------------------------------------------------------------
 
 _DISK_FAILURES = {

@@ -39,7 +39,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmindexer.catalog.store import catalog_file, is_catalog_version, read_catalog_table
-from lmindexer.downstream.generative import GenerativeModel, parse_generative_config
+from lmindexer.downstream.generative import GenerativeConfig, GenerativeModel, parse_generative_config
 from lmindexer.downstream.results import (
     Action,
     EvaluatedRetriever,
@@ -52,7 +52,7 @@ from lmindexer.downstream.results import (
     SyncedRetriever,
     TrainedRetriever,
 )
-from lmindexer.errors import ConfigError, RetrieverError, RetrieverGateFailed
+from lmindexer.errors import ConfigError, RetrieverError, RetrieverGateFailed, UserError
 from lmindexer.idtable import IdTable, id_table_file
 from lmindexer.layout import CURRENT
 from lmindexer.options import parse_config
@@ -235,39 +235,70 @@ def fit_retriever(
     them) are the indexing pairs. The vocabulary is sized on the whole table, deleted items included, so every
     suffix handed out so far fits; the trie holds the live items only.
     """
-    from lmindexer.catalog.store import read_catalog
-    from lmindexer.indexers import load_snapshot
-
     config = parse_generative_config(options)  # before the slow loads: bad options fail at once
     pairs = read_queries(queries)
-    indexer = load_snapshot(snapshot)
-    table = IdTable.read(ids)
-    catalogue = read_catalog(catalog)
-    live = table.restricted(set(catalogue))
-    if not len(live):
-        raise RetrieverError(f"no item of the catalogue {catalog} has an ID in {ids}")
-    known = [(query, item_id) for query, item_id in pairs if item_id in live]
+    start = model_for_catalogue(snapshot, ids, catalog, config, error=RetrieverError)
+    known = [(query, item_id) for query, item_id in pairs if item_id in start.model.trie]
     if not known:
         raise RetrieverError(f"none of the {len(pairs)} queries in {queries} is about an item with a live ID")
-    model = GenerativeModel.create(table, indexer, config)
-    model.sync(live)
-    item_ids = live.item_ids
-    texts = dict(zip(item_ids, indexer.texts([catalogue[i] for i in item_ids]), strict=True))
     checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    stats = model.fit_retrieval(known, texts, checkpoint_dir=checkpoint, progress=progress)
+    stats = start.model.fit_retrieval(known, start.texts, checkpoint_dir=checkpoint, progress=progress)
     summary = {
-        "snapshot_version": table.space.snapshot_version,
-        "method": table.space.method,
-        "initialised_from": model.initialised_from,
-        "items": len(live),
-        "ids_fingerprint": ids_fingerprint(live),
-        "suffix_capacity": model.vocabulary.sizes[-1],
+        **start.summary(),
         "train_queries": str(queries),
         "train_pairs": len(known),
         "train_pairs_skipped": len(pairs) - len(known),
         "training": stats,
     }
-    return model, summary
+    return start.model, summary
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogueModel:
+    """A new generative model for a catalogue's live items, before training: its trie holds the items with a live
+    ID, and ``texts`` their texts as the snapshot renders them (what the model's prior starts from)."""
+
+    model: GenerativeModel
+    live: IdTable
+    texts: dict[str, str]
+
+    def summary(self) -> dict[str, Any]:
+        """What a training summary says of the model's start: the ID space, the items and how it was initialised."""
+        return {
+            "snapshot_version": self.live.space.snapshot_version,
+            "method": self.live.space.method,
+            "initialised_from": self.model.initialised_from,
+            "items": len(self.live),
+            "ids_fingerprint": ids_fingerprint(self.live),
+            "suffix_capacity": self.model.vocabulary.sizes[-1],
+        }
+
+
+def model_for_catalogue(
+    snapshot: str | Path,
+    ids: str | Path,
+    catalog: str | Path,
+    config: GenerativeConfig,
+    *,
+    error: type[UserError] = ConfigError,
+) -> CatalogueModel:
+    """A model of ``config`` for the catalogue's items in the ID space of ``ids`` (made by ``snapshot``). The
+    vocabulary is sized on the whole table, deleted items included, so every suffix handed out so far fits; the trie
+    holds the catalogue's items only. ``error`` is raised when no item of the catalogue has an ID."""
+    from lmindexer.catalog.store import read_catalog
+    from lmindexer.indexers import load_snapshot
+
+    indexer = load_snapshot(snapshot)
+    table = IdTable.read(ids)
+    catalogue = read_catalog(catalog)
+    live = table.restricted(set(catalogue))
+    if not len(live):
+        raise error(f"no item of the catalogue {catalog} has an ID in {ids}")
+    model = GenerativeModel.create(table, indexer, config)
+    model.sync(live)
+    item_ids = live.item_ids
+    texts = dict(zip(item_ids, indexer.texts([catalogue[i] for i in item_ids]), strict=True))
+    return CatalogueModel(model, live, texts)
 
 
 def train_model(
@@ -287,6 +318,15 @@ def train_model(
     model, summary = fit_retriever(
         snapshot, ids, catalog, queries, options, checkpoint_dir=checkpoint_dir, progress=progress
     )
+    return save_trained(model, summary, out, checkpoint_dir)
+
+
+def save_trained(
+    model: GenerativeModel, summary: dict[str, Any], out: str | Path, checkpoint_dir: str | Path | None
+) -> dict[str, Any] | None:
+    """Save a trained model to ``out`` (a directory or s3:// prefix), then remove its checkpoint (a rerun trains
+    anew); ``summary`` with the model's URI first. None in every process of a multi-process training but the first,
+    which alone saves."""
     if not model.is_main_process:
         return None
     saved = {"model_uri": save_model(model, str(out)), **summary}

@@ -31,13 +31,18 @@ def snapshot_and_ids(method: str, options: dict[str, Any], catalogue: Path, root
     """Fit ``method`` on ``catalogue``, save and reload the snapshot, and assign every item its ID."""
     from lmindexer.catalog import read_items
 
-    items_dir = root / method
+    snapshot_dir, ids_path = snapshot_files(root, method)
     indexer = create_indexer(method, options)
     indexer.fit(read_items(catalogue)[0], progress=False)
-    indexer.save(items_dir / "snapshot")
-    snapshot = load_snapshot(items_dir / "snapshot")
-    assign_ids(snapshot, catalogue, items_dir / "ids.parquet", progress=False)
-    return snapshot, IdTable.read(items_dir / "ids.parquet")
+    indexer.save(snapshot_dir)
+    snapshot = load_snapshot(snapshot_dir)
+    assign_ids(snapshot, catalogue, ids_path, progress=False)
+    return snapshot, IdTable.read(ids_path)
+
+
+def snapshot_files(root: Path, method: str) -> tuple[Path, Path]:
+    """Where :func:`snapshot_and_ids` saves ``method``'s snapshot directory and ID table under ``root``."""
+    return root / method / "snapshot", root / method / "ids.parquet"
 
 
 def movielens_subset(root: Path, movies: int = 300) -> tuple[Indexer, IdTable, list[list[str]], Path]:
