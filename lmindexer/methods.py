@@ -33,8 +33,11 @@ class IndexerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     levels: int = Field(3, ge=1, le=MAX_LEVELS, description="number of learned code positions L")
+    # validate_default: the default's one K, like a given one, is repeated for every level.
     codebook_size: list[int] = Field(
-        default_factory=lambda: [32], description="K per level (a single value applies to every level)"
+        default_factory=lambda: [32],
+        validate_default=True,
+        description="K per level (a single value applies to every level)",
     )
     text_template: str = Field(DEFAULT_TEMPLATE, description="how an item's fields become the indexed text")
     seed: int = Field(0, ge=0, description="random seed for fitting")

@@ -13,6 +13,7 @@ from lmindexer.errors import ConfigError, SnapshotError
 from lmindexer.idtable import IdTable
 from lmindexer.indexers import available_methods, create_indexer, load_snapshot
 from lmindexer.indexers.base import SNAPSHOT_FILE, WEIGHTS_FILE
+from lmindexer.methods import INDEXER_METHODS
 
 METHODS = ["rq-kmeans", "hkmeans", "rqvae"]
 
@@ -153,6 +154,19 @@ def test_unknown_method():
     available = "hkmeans, lmindexer, rq-kmeans, rqvae"
     with pytest.raises(ConfigError, match=f"unknown indexer method 'nope'; available: {available}"):
         create_indexer("nope")
+
+
+@pytest.mark.parametrize("method", INDEXER_METHODS)
+def test_the_default_codebook_size_applies_to_every_level(method):
+    for levels in (1, 2, 3):
+        assert create_indexer(method, {"levels": levels}).codebook_sizes == (32,) * levels
+
+
+def test_an_indexer_fitted_with_the_default_codebook_size_writes_every_level(wiki_items):
+    indexer = create_indexer("rq-kmeans", {"levels": 2})
+    indexer.fit(wiki_items, progress=False)
+    codes = indexer.codes(wiki_items)
+    assert codes.shape == (len(wiki_items), 2) and codes.max() < 32 and len(np.unique(codes[:, 1])) > 1
 
 
 def test_per_level_codebook_sizes(wiki_items):
