@@ -170,4 +170,10 @@ def evaluate_recommender(
             f"none of the {len(users)} histories has a last item the model can return after an item it knows"
         )
     metrics = model.evaluate_recommendation(histories, targets, progress=progress, exclude_seen=exclude_seen)
-    return {**metrics, "exclude_seen": exclude_seen, "skipped_users": len(users) - len(histories)}
+    scores = {name: value for name, value in metrics.items() if name != "queries"}  # a ranking metric's count
+    return {
+        **scores,
+        "users": len(histories),
+        "skipped_users": len(users) - len(histories),
+        "exclude_seen": exclude_seen,
+    }

@@ -79,7 +79,7 @@ def test_train_holding_out_the_last_items_then_evaluate_leave_last_out(capsys, f
         results[flag] = json.loads(out)
     assert results["--exclude-seen"]["exclude_seen"] is True and results["--include-seen"]["exclude_seen"] is False
     for metrics in results.values():
-        assert metrics["queries"] == 120 and metrics["skipped_users"] == 0
+        assert metrics["users"] == 120 and metrics["skipped_users"] == 0
         assert all(0.0 <= metrics[k] <= 1.0 for k in ("recall@1", "recall@10", "ndcg@10", "mrr@10"))
 
 

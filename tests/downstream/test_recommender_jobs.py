@@ -113,7 +113,9 @@ def test_evaluation_is_leave_last_out_over_the_users_the_model_can_score(files, 
             [items[:-1] for items in eligible], [items[-1] for items in eligible], exclude_seen=exclude_seen
         )
         found = evaluate_recommender(model, users, exclude_seen=exclude_seen)
-        assert found == {**expected, "exclude_seen": exclude_seen, "skipped_users": 2}
+        scored = expected.pop("queries")
+        assert found == {**expected, "users": scored, "skipped_users": 2, "exclude_seen": exclude_seen}
+        assert scored == len(eligible) == len(users) - 2
     # Leaving the history out is the default, as in /recommend.
     assert evaluate_recommender(model, users)["exclude_seen"] is True
 
