@@ -31,7 +31,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -131,23 +131,29 @@ def parse_retriever_config(values: Mapping[str, Any] | RetrieverConfig | None) -
 def read_queries(location: str | Path) -> list[tuple[str, str]]:
     """(query, item_id) pairs from a JSONL file (local or s3://) of ``{"query": ..., "item_id": ...}`` objects."""
     pairs: list[tuple[str, str]] = []
+    for number, row in json_lines(location, RetrieverError):
+        query = row.get("query") if isinstance(row, dict) else None
+        item_id = row.get("item_id") if isinstance(row, dict) else None
+        if not isinstance(query, str) or not query.strip() or not isinstance(item_id, str) or not item_id:
+            raise RetrieverError(f"{location} line {number}: needs a non-empty string 'query' and 'item_id'")
+        pairs.append((query, item_id))
+    if not pairs:
+        raise RetrieverError(f"{location} holds no queries")
+    return pairs
+
+
+def json_lines(location: str | Path, error: type[UserError]) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of a JSONL file, local or s3://; a line that is not JSON raises
+    ``error`` naming it."""
     with open_binary(str(location)) as stream:
         for number, raw in enumerate(stream, 1):
             line = raw.strip()
             if not line:
                 continue
             try:
-                row = json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise RetrieverError(f"{location} line {number}: not a JSON object ({exc.msg})") from None
-            query = row.get("query") if isinstance(row, dict) else None
-            item_id = row.get("item_id") if isinstance(row, dict) else None
-            if not isinstance(query, str) or not query.strip() or not isinstance(item_id, str) or not item_id:
-                raise RetrieverError(f"{location} line {number}: needs a non-empty string 'query' and 'item_id'")
-            pairs.append((query, item_id))
-    if not pairs:
-        raise RetrieverError(f"{location} holds no queries")
-    return pairs
+                raise error(f"{location} line {number}: not a JSON object ({exc.msg})") from None
 
 
 def _catalogue_ids(location: str) -> set[str]:

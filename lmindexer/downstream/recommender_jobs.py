@@ -16,15 +16,13 @@ histories: a JSONL file of ``{"user_id": ..., "items": [item_id, ...]}`` objects
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lmindexer.downstream.generative import GenerativeModel, parse_generative_config
-from lmindexer.downstream.jobs import model_for_catalogue, save_trained
+from lmindexer.downstream.jobs import json_lines, model_for_catalogue, save_trained
 from lmindexer.errors import ConfigError, RecommenderError
-from lmindexer.storage.s3 import open_binary
 
 
 def read_histories(location: str | Path) -> list[tuple[str, list[str]]]:
@@ -33,35 +31,27 @@ def read_histories(location: str | Path) -> list[tuple[str, list[str]]]:
     (read as train, valid, test). A malformed line, or a user on two lines, is an error naming the line."""
     histories: list[tuple[str, list[str]]] = []
     lines: dict[str, int] = {}
-    with open_binary(str(location)) as stream:
-        for number, raw in enumerate(stream, 1):
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecommenderError(f"{location} line {number}: not a JSON object ({exc.msg})") from None
-            user = row.get("user_id") if isinstance(row, dict) else None
-            items = _items(row) if isinstance(row, dict) else None
-            if (
-                not isinstance(user, str)
-                or not user
-                or not isinstance(items, list)
-                or not items
-                or not all(isinstance(item, str) and item for item in items)
-            ):
-                raise RecommenderError(
-                    f"{location} line {number}: needs a non-empty string 'user_id' and a non-empty list 'items' of "
-                    "item_id strings (or a data set's 'train' list, 'valid' and 'test')"
-                )
-            if user in lines:
-                raise RecommenderError(
-                    f"{location} line {number}: user {user!r} already has a history on line {lines[user]} "
-                    "(one line per user, items most recent last)"
-                )
-            lines[user] = number
-            histories.append((user, items))
+    for number, row in json_lines(location, RecommenderError):
+        user = row.get("user_id") if isinstance(row, dict) else None
+        items = _items(row) if isinstance(row, dict) else None
+        if (
+            not isinstance(user, str)
+            or not user
+            or not isinstance(items, list)
+            or not items
+            or not all(isinstance(item, str) and item for item in items)
+        ):
+            raise RecommenderError(
+                f"{location} line {number}: needs a non-empty string 'user_id' and a non-empty list 'items' of "
+                "item_id strings (or a data set's 'train' list, 'valid' and 'test')"
+            )
+        if user in lines:
+            raise RecommenderError(
+                f"{location} line {number}: user {user!r} already has a history on line {lines[user]} "
+                "(one line per user, items most recent last)"
+            )
+        lines[user] = number
+        histories.append((user, items))
     if not histories:
         raise RecommenderError(f"{location} holds no histories")
     return histories

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testsupport.cli import run_cli
 
 from lmindexer.catalog.items import Item
-from lmindexer.cli import main
 from lmindexer.downstream.baselines import DenseRetriever
 from lmindexer.downstream.dense import DOCUMENT, WEIGHTS, DenseIndex, parse_dense_config
 from lmindexer.embeddings import TextEncoder
@@ -118,18 +118,9 @@ def test_options_are_validated_once_with_clear_messages():
         parse_dense_config({"text_template": "no fields"})
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # typer exits on success
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_dense_build_writes_an_index_serve_can_load(wiki_sample_path, tmp_path, capsys):
     out = tmp_path / "dense"
-    code, printed, _ = run(capsys, "dense", "build", "--catalog", str(wiki_sample_path), "--out", str(out), "-q")
+    code, printed, _ = run_cli(capsys, "dense", "build", "--catalog", str(wiki_sample_path), "--out", str(out), "-q")
     assert code == 0
     summary = json.loads(printed)
     loaded = DenseIndex.load(out)
@@ -144,11 +135,11 @@ def test_dense_build_writes_an_index_serve_can_load(wiki_sample_path, tmp_path, 
     drop = [Item(gone, deleted=True), Item("added", text="A new item")]
     version, _ = merge_into_version(str(tmp_path / "catalog" / "r0" / "items.parquet"), [drop],
                                     str(tmp_path / "catalog" / "r1"), max_parts=16)  # fmt: skip
-    code, printed, _ = run(capsys, "dense", "build", "--catalog", version.uri, "--out", str(tmp_path / "v"), "-q")
+    code, printed, _ = run_cli(capsys, "dense", "build", "--catalog", version.uri, "--out", str(tmp_path / "v"), "-q")
     assert code == 0
     assert set(DenseIndex.load(tmp_path / "v").item_ids) == (set(first) - {gone}) | {"added"}
     options = tmp_path / "options.json"
     options.write_text(json.dumps({"max_length": 3}))
-    code, _, err = run(capsys, "dense", "build", "--catalog", str(wiki_sample_path), "--out", str(out), "--options",
+    code, _, err = run_cli(capsys, "dense", "build", "--catalog", str(wiki_sample_path), "--out", str(out), "--options",
                        str(options))  # fmt: skip
     assert code == 2 and err.startswith("error: invalid dense index options: max_length")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from testsupport.cli import run_cli
 from testsupport.downstream_models import TINY_GENERATIVE, snapshot_files
 from testsupport.retriever_state import one_torch_thread
 
-from lmindexer.cli import main
 from lmindexer.downstream.generative import GenerativeModel
 
 OPTIONS = {**TINY_GENERATIVE, "history_window": 8, "epochs": 1, "batch_size": 128}  # no task: the command sets it
@@ -20,15 +20,6 @@ OPTIONS = {**TINY_GENERATIVE, "history_window": 8, "epochs": 1, "batch_size": 12
 def _one_thread():
     with one_torch_thread():
         yield
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +40,14 @@ def files(movielens_subset_parts, tmp_path_factory):
 
 @pytest.mark.parametrize("command", [["recommender"], ["recommender", "train"], ["recommender", "evaluate"]])
 def test_help(capsys, command):
-    code, out, _ = run(capsys, *command, "--help")
+    code, out, _ = run_cli(capsys, *command, "--help")
     assert code == 0 and "Usage" in out
 
 
 def test_train_holding_out_the_last_items_then_evaluate_leave_last_out(capsys, files):
     root, train, histories, options = files
     out_dir = root / "model"
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "recommender", "train", *train, "--out", str(out_dir), "--options", options, "--hold-out-last",
         "--json", str(root / "summary.json"), "--quiet",
     )  # fmt: skip
@@ -73,7 +64,7 @@ def test_train_holding_out_the_last_items_then_evaluate_leave_last_out(capsys, f
 
     results = {}
     for flag in ("--exclude-seen", "--include-seen"):
-        code, out, err = run(capsys, "recommender", "evaluate", "--model", str(out_dir), "--histories", histories,
+        code, out, err = run_cli(capsys, "recommender", "evaluate", "--model", str(out_dir), "--histories", histories,
                              flag, "-q")  # fmt: skip
         assert code == 0, err
         results[flag] = json.loads(out)
@@ -87,14 +78,14 @@ def test_bad_inputs_fail_with_one_line(capsys, files):
     root, train, histories, _ = files
     retrieval = root / "retrieval.yaml"
     retrieval.write_text(yaml.safe_dump({**OPTIONS, "task": "retrieval"}))
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "recommender", "train", *train, "--out", str(root / "never"), "--options", str(retrieval), "-q"
     )
     assert code == 2 and err.startswith("error: a recommender's options name task 'retrieval'")
     assert not (root / "never").exists()
     broken = root / "broken.jsonl"
     broken.write_text('{"user_id": "a", "items": ["1"]}\n{"user_id": "a", "items": ["2"]}\n')
-    code, _, err = run(capsys, "recommender", "evaluate", "--model", str(root / "none"), "--histories", str(broken))
+    code, _, err = run_cli(capsys, "recommender", "evaluate", "--model", str(root / "none"), "--histories", str(broken))
     assert code == 2 and err.startswith(f"error: {broken} line 2: user 'a' already has a history on line 1")
-    code, _, err = run(capsys, "recommender", "evaluate", "--model", str(root / "none"), "--histories", histories)
+    code, _, err = run_cli(capsys, "recommender", "evaluate", "--model", str(root / "none"), "--histories", histories)
     assert code == 2 and "error: not a generative model directory" in err
