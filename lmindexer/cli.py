@@ -165,7 +165,8 @@ def fit(
     warm = result.manifest.get("warm_start")
     if warm:
         stdout.print(
-            f"warm start from {warm['previous_version']}: {warm['code_stability']:.2%} of items kept their codes",
+            f"warm start from {warm['previous_version']}: {warm['first_code_agreement']:.2%} of items kept the "
+            "first code the previous snapshot gave them",
             highlight=False,
             markup=False,
         )

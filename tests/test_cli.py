@@ -12,30 +12,22 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from testsupport.cli import run_cli
 
 from lmindexer.cli import main
 from lmindexer.errors import ConfigError
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # click exits on its own for --help and usage errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("command", [[], ["fit"], ["assign"], ["evaluate"], ["validate"], ["datasets", "fetch"]])
 def test_help_on_every_command(capsys, command):
-    code, out, _ = run(capsys, *command, "--help")
+    code, out, _ = run_cli(capsys, *command, "--help")
     assert code == 0
     assert "Usage" in out
 
 
 @pytest.mark.parametrize("command", [["validate"], ["fit"], ["assign"], ["serve"], ["retriever", "train"]])
 def test_help_shows_flags_as_taking_no_value(capsys, command):
-    code, out, _ = run(capsys, *command, "--help")
+    code, out, _ = run_cli(capsys, *command, "--help")
     assert code == 0
     flags = [line for line in out.splitlines() if re.search(r"--(strict|quiet|search|help)\b", line)]
     assert any("--help" in line for line in flags)
@@ -45,7 +37,7 @@ def test_help_shows_flags_as_taking_no_value(capsys, command):
 def test_fit_assign_evaluate_round_trip(capsys, wiki_sample_path, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text("codebook_size: 8\nlevels: 2\n")
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "fit",
         "--method",
@@ -60,7 +52,7 @@ def test_fit_assign_evaluate_round_trip(capsys, wiki_sample_path, tmp_path):
     )
     assert code == 0, err
     assert "fitted rq-kmeans on 320 items" in out
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "assign",
         "--snapshot",
@@ -77,13 +69,13 @@ def test_fit_assign_evaluate_round_trip(capsys, wiki_sample_path, tmp_path):
     assert "320 new IDs" in out
     assert json.loads((tmp_path / "assign.json").read_text())["rows_after"] == 320
     # the same into a table stored as parts (a manifest): the same IDs
-    code, out, err = run(capsys, "assign", "--snapshot", str(tmp_path / "snap"), "--catalog", str(wiki_sample_path),
+    code, out, err = run_cli(capsys, "assign", "--snapshot", str(tmp_path / "snap"), "--catalog", str(wiki_sample_path),
                          "--ids", str(tmp_path / "ids.json"), "--quiet")  # fmt: skip
     assert code == 0, err
     from lmindexer.idtable import IdTable
 
     assert IdTable.read(tmp_path / "ids.json").sid_map() == IdTable.read(tmp_path / "ids.parquet").sid_map()
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "evaluate",
         "--ids",
@@ -103,10 +95,33 @@ def test_fit_assign_evaluate_round_trip(capsys, wiki_sample_path, tmp_path):
     assert json.loads((tmp_path / "q.json").read_text())["items"] == 320
 
 
+def test_a_warm_retrain_reports_how_many_items_kept_their_first_code(capsys, wiki_sample_path, tmp_path):
+    import yaml
+    from testsupport.lm import TINY_LM
+
+    first = tmp_path / "first.jsonl"
+    first.write_text("".join(wiki_sample_path.read_text().splitlines(keepends=True)[:200]))
+    config = tmp_path / "tiny-lm.yaml"
+    config.write_text(yaml.safe_dump({**TINY_LM, "encoder_epochs": 0, "train_layers": 0}))
+    fit = ["fit", "--config", str(config), "--quiet", "--out"]
+    code, _, err = run_cli(capsys, *fit, str(tmp_path / "v1"), "--method", "lmindexer", "--catalog", str(first))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, *fit, str(tmp_path / "v2"), "--warm-from", str(tmp_path / "v1"),
+                             "--catalog", str(wiki_sample_path))  # fmt: skip
+    assert code == 0, err
+    warm = json.loads((tmp_path / "v2" / "snapshot.json").read_text())["manifest"]["warm_start"]
+    previous = json.loads((tmp_path / "v1" / "snapshot.json").read_text())["version"]
+    assert warm["previous_version"] == previous
+    assert (
+        f"warm start from {previous}: {warm['first_code_agreement']:.2%} of items kept the first code the previous "
+        "snapshot gave them" in out
+    )
+
+
 def test_validate_writes_rejects(capsys, tmp_path):
     catalogue = tmp_path / "c.jsonl"
     catalogue.write_text('{"item_id": "a", "text": "x"}\n{"item_id": "a", "text": "y"}\nnot json\n')
-    code, _, err = run(capsys, "validate", "--catalog", str(catalogue), "--rejects", str(tmp_path / "rej.jsonl"))
+    code, _, err = run_cli(capsys, "validate", "--catalog", str(catalogue), "--rejects", str(tmp_path / "rej.jsonl"))
     assert code == 0
     assert "3 rows in, 1 accepted, 2 rejected" in err
     rejects = [json.loads(line) for line in (tmp_path / "rej.jsonl").read_text().splitlines()]
@@ -114,7 +129,7 @@ def test_validate_writes_rejects(capsys, tmp_path):
         (2, "item_id", "duplicate_item_id"),
         (3, "(row)", "malformed_json"),
     ]
-    code, _, err = run(capsys, "validate", "--catalog", str(catalogue), "--strict")
+    code, _, err = run_cli(capsys, "validate", "--catalog", str(catalogue), "--strict")
     assert code == 2
     assert (
         err.strip() == "error: invalid row (strict mode): c.jsonl:2: item_id: duplicate_item_id: "
@@ -134,7 +149,7 @@ def test_validate_writes_rejects(capsys, tmp_path):
 )
 def test_user_errors_are_one_line(capsys, tmp_path, wiki_sample_path, args, message):
     args = [a.replace("{catalogue}", str(wiki_sample_path)) for a in args]
-    code, _, err = run(capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     assert code == 2
     assert err.startswith(message)
     assert len(err.strip().splitlines()) == 1
@@ -142,13 +157,13 @@ def test_user_errors_are_one_line(capsys, tmp_path, wiki_sample_path, args, mess
 
 
 def test_usage_errors_exit_2(capsys):
-    code, _, err = run(capsys, "fit", "--bogus")
+    code, _, err = run_cli(capsys, "fit", "--bogus")
     assert code == 2
     assert "No such option" in err
 
 
 def test_methods_lists_options(capsys):
-    code, out, _ = run(capsys, "methods")
+    code, out, _ = run_cli(capsys, "methods")
     assert code == 0
     assert "rqvae" in out and "commitment_weight" in out
 
@@ -188,7 +203,7 @@ def _no_credentials():
 def test_missing_aws_credentials_are_one_line_with_a_hint(capsys, tmp_path, monkeypatch):
     _no_aws_configuration(monkeypatch, tmp_path)
     _raise_from_the_command(monkeypatch, _no_credentials)
-    code, _, err = run(capsys, "evaluate", "--ids", "s3://lmindexer-nowhere/ids.parquet")
+    code, _, err = run_cli(capsys, "evaluate", "--ids", "s3://lmindexer-nowhere/ids.parquet")
     line = _one_line_error(code, err, "error: AWS credentials are missing or incomplete (Unable to locate credentials)")
     assert "AWS_ACCESS_KEY_ID" in line and "AWS_PROFILE" in line
 
@@ -197,7 +212,7 @@ def test_pipeline_status_without_credentials_names_the_store_and_what_to_start(c
     _no_aws_configuration(monkeypatch, tmp_path)
     config = tmp_path / "pipeline.json"
     config.write_text(json.dumps({"base_uri": "s3://lmindexer-nowhere/platform"}))
-    code, _, err = run(capsys, "pipeline", "status", "--config", str(config))
+    code, _, err = run_cli(capsys, "pipeline", "status", "--config", str(config))
     line = _one_line_error(
         code, err, "error: cannot reach the pipeline's object store s3://lmindexer-nowhere/platform: no AWS credentials"
     )
@@ -216,7 +231,7 @@ def test_pipeline_status_with_the_local_stack_gone_names_the_store_and_what_to_s
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
     config = tmp_path / "pipeline.json"
     config.write_text(json.dumps({"base_uri": "s3://lmindexer-demo"}))
-    code, _, err = run(capsys, "pipeline", "status", "--config", str(config))
+    code, _, err = run_cli(capsys, "pipeline", "status", "--config", str(config))
     expected = "error: cannot reach the pipeline's object store s3://lmindexer-demo: no connection"
     line = _one_line_error(code, err, expected)
     assert "`lmindexer stack up`" in line
@@ -226,7 +241,7 @@ def test_pipeline_status_with_the_local_stack_gone_names_the_store_and_what_to_s
 def test_a_full_disk_is_one_line_with_a_hint(capsys, tmp_path):
     catalogue = tmp_path / "c.jsonl"
     catalogue.write_text('{"item_id": "a", "text": "x"}\nnot json\n')
-    code, _, err = run(capsys, "validate", "--catalog", str(catalogue), "--rejects", "/dev/full")
+    code, _, err = run_cli(capsys, "validate", "--catalog", str(catalogue), "--rejects", "/dev/full")
     line = _one_line_error(code, err, "error: no space left on device")
     assert line.endswith("free some space or write somewhere else")
 
@@ -355,7 +370,7 @@ def _raise_from_the_command(monkeypatch, make_exception):
 )  # fmt: skip
 def test_environment_failures_escaping_a_command_are_one_line(capsys, monkeypatch, make_exception, expected):
     _raise_from_the_command(monkeypatch, make_exception)
-    code, _, err = run(capsys, "evaluate", "--ids", "ids.parquet")
+    code, _, err = run_cli(capsys, "evaluate", "--ids", "ids.parquet")
     _one_line_error(code, err, expected)
 
 
