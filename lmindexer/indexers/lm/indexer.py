@@ -68,6 +68,7 @@ class LMIndexer(Indexer):
             model = LMIndexerModel(copy.deepcopy(previous.model.encoder), self.codebook_sizes, seed=self.config.seed)
         else:
             model = self._new_model()
+        previous_codes = previous.codes_for_texts(texts) if previous is not None else None
         trainer = Trainer(
             model,
             self.config,
@@ -75,18 +76,21 @@ class LMIndexer(Indexer):
             checkpoint_dir=self.checkpoint_dir,
             progress=progress,
             warm_version=previous.version if previous is not None else None,
+            # What the previous snapshot writes first for each item: a warm retrain numbers its first codes after it.
+            previous_first_codes=torch.as_tensor(previous_codes[:, 0]) if previous_codes is not None else None,
         )
         stats = trainer.run()
         self._model = trainer.model.cpu().eval()
         self.is_main_process = trainer.is_main
         result: dict[str, Any] = {"training": stats}
-        if previous is not None:
-            old, new = previous.codes_for_texts(texts), self.encode_texts(texts, progress=False)
+        if previous is not None and previous_codes is not None:
+            new = self.encode_texts(texts, progress=False)
             result["warm_start"] = {
                 "previous_version": previous.version,
                 # Items whose first code is what the previous snapshot gave them (a retrain defines a new ID
-                # space, so this is a measure of continuity, not a promise).
-                "first_code_agreement": round(float((old[:, 0] == new[:, 0]).mean()), 4),
+                # space, so this is a measure of continuity, not a promise; the first codes are numbered after the
+                # previous snapshot's where their groups overlap).
+                "first_code_agreement": round(float((previous_codes[:, 0] == new[:, 0]).mean()), 4),
             }
         self._previous = None
         return result

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 from testsupport.lm import TINY_LM
 
 from lmindexer.catalog import read_items
@@ -148,6 +149,34 @@ def test_a_warm_retrain_starts_from_the_previous_encoder(tiny_lm, wiki_items, wi
     after = retrained.model.encoder.model.state_dict()
     assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
     assert 0.0 <= warm["first_code_agreement"] <= 1.0
+
+
+def test_a_warm_retrain_numbers_its_first_codes_as_the_previous_snapshot_did(tiny_lm, wiki_items, wiki_dir, tmp_path):
+    tiny_lm.save(tmp_path / "previous")
+    previous = load_snapshot(tmp_path / "previous")
+    everything, _ = read_items(wiki_dir / "items.jsonl")
+    known = {item.item_id for item in wiki_items}
+    grown = wiki_items + [item for item in everything if item.item_id not in known][:80]
+    retrained = create_indexer("lmindexer", {**TINY_LM, "encoder_epochs": 0, "train_layers": 0})
+    retrained.warm_start(previous)
+    retrained.fit(grown, progress=False)
+    position_one = next(p for p in retrained.manifest["training"]["phases"] if "first_code_agreement" in p)
+    agreement = position_one["first_code_agreement"]
+    # k-means numbers its clusters arbitrarily; renumbered after the previous codes, more items keep theirs ...
+    assert agreement["renumbered"] > agreement["as_fitted"]
+    old, new = previous.codes(grown), retrained.codes(grown)
+    kept = int((old[:, 0] == new[:, 0]).sum())
+    assert retrained.manifest["warm_start"]["first_code_agreement"] == round(kept / len(grown), 4)
+    # ... as many as any numbering of the new groups could keep: the overlap's best one-to-one matching.
+    size = TINY_LM["codebook_size"]
+    overlap = np.zeros((size, size), dtype=np.int64)
+    np.add.at(overlap, (new[:, 0], old[:, 0]), 1)
+    rows, columns = linear_sum_assignment(overlap, maximize=True)
+    assert kept == overlap[rows, columns].sum()
+    # Only the numbers changed: what the saved model writes is what training assigned (no drift at any position).
+    assert retrained.manifest["training"]["earlier_codes_changed"] == [0.0, 0.0, 0.0]
+    retrained.save(tmp_path / "retrained")
+    assert np.array_equal(load_snapshot(tmp_path / "retrained").codes(grown), new)
 
 
 def test_a_warm_start_needs_the_same_architecture(tiny_lm, fitted):
