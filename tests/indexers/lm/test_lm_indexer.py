@@ -133,15 +133,24 @@ def _edit_document(directory, edit):
     (directory / SNAPSHOT_FILE).write_text(json.dumps(document))
 
 
-def test_a_warm_retrain_starts_from_the_previous_encoder(tiny_lm, wiki_items, wiki_dir, tmp_path):
-    tiny_lm.save(tmp_path / "previous")
-    previous = load_snapshot(tmp_path / "previous")
+@pytest.fixture(scope="module")
+def warm_retrain(tiny_lm, wiki_items, wiki_dir, tmp_path_factory):
+    """The tiny LMIndexer saved and loaded as the previous snapshot, the catalogue grown by 80 items, and a warm
+    retrain on it (encoder kept as it was): (previous, grown items, retrained)."""
+    directory = tmp_path_factory.mktemp("warm") / "previous"
+    tiny_lm.save(directory)
+    previous = load_snapshot(directory)
     everything, _ = read_items(wiki_dir / "items.jsonl")
     known = {item.item_id for item in wiki_items}
     grown = wiki_items + [item for item in everything if item.item_id not in known][:80]
     retrained = create_indexer("lmindexer", {**TINY_LM, "encoder_epochs": 0, "train_layers": 0})
     retrained.warm_start(previous)
     retrained.fit(grown, progress=False)
+    return previous, grown, retrained
+
+
+def test_a_warm_retrain_starts_from_the_previous_encoder(warm_retrain):
+    previous, _, retrained = warm_retrain
     warm = retrained.manifest["warm_start"]
     assert warm["previous_version"] == previous.version
     # the retrain keeps the previous encoder: the same summaries, so position 1 is k-means on the same space
@@ -151,15 +160,8 @@ def test_a_warm_retrain_starts_from_the_previous_encoder(tiny_lm, wiki_items, wi
     assert 0.0 <= warm["first_code_agreement"] <= 1.0
 
 
-def test_a_warm_retrain_numbers_its_first_codes_as_the_previous_snapshot_did(tiny_lm, wiki_items, wiki_dir, tmp_path):
-    tiny_lm.save(tmp_path / "previous")
-    previous = load_snapshot(tmp_path / "previous")
-    everything, _ = read_items(wiki_dir / "items.jsonl")
-    known = {item.item_id for item in wiki_items}
-    grown = wiki_items + [item for item in everything if item.item_id not in known][:80]
-    retrained = create_indexer("lmindexer", {**TINY_LM, "encoder_epochs": 0, "train_layers": 0})
-    retrained.warm_start(previous)
-    retrained.fit(grown, progress=False)
+def test_a_warm_retrain_numbers_its_first_codes_as_the_previous_snapshot_did(warm_retrain, tmp_path):
+    previous, grown, retrained = warm_retrain
     position_one = next(p for p in retrained.manifest["training"]["phases"] if "first_code_agreement" in p)
     agreement = position_one["first_code_agreement"]
     # k-means numbers its clusters arbitrarily; renumbered after the previous codes, more items keep theirs ...
