@@ -166,7 +166,7 @@ def fit(
     if warm:
         stdout.print(
             f"warm start from {warm['previous_version']}: {warm['first_code_agreement']:.2%} of items kept the "
-            "first code the previous snapshot gave them",
+            f"first code the previous snapshot gave them, {warm['code_agreement']:.2%} all their learned codes",
             highlight=False,
             markup=False,
         )

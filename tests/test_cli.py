@@ -114,7 +114,7 @@ def test_a_warm_retrain_reports_how_many_items_kept_their_first_code(capsys, wik
     assert warm["previous_version"] == previous
     assert (
         f"warm start from {previous}: {warm['first_code_agreement']:.2%} of items kept the first code the previous "
-        "snapshot gave them" in out
+        f"snapshot gave them, {warm['code_agreement']:.2%} all their learned codes" in out
     )
 
 

@@ -76,8 +76,8 @@ class LMIndexer(Indexer):
             checkpoint_dir=self.checkpoint_dir,
             progress=progress,
             warm_version=previous.version if previous is not None else None,
-            # What the previous snapshot writes first for each item: a warm retrain numbers its first codes after it.
-            previous_first_codes=torch.as_tensor(previous_codes[:, 0]) if previous_codes is not None else None,
+            # What the previous snapshot writes for each item: a warm retrain numbers its codes after it.
+            previous_codes=torch.as_tensor(previous_codes) if previous_codes is not None else None,
         )
         stats = trainer.run()
         self._model = trainer.model.cpu().eval()
@@ -88,9 +88,11 @@ class LMIndexer(Indexer):
             result["warm_start"] = {
                 "previous_version": previous.version,
                 # Items whose first code is what the previous snapshot gave them (a retrain defines a new ID
-                # space, so this is a measure of continuity, not a promise; the first codes are numbered after the
-                # previous snapshot's where their groups overlap).
+                # space, so this is a measure of continuity, not a promise; every position's codes are numbered
+                # after the previous snapshot's where their groups overlap).
                 "first_code_agreement": round(float((previous_codes[:, 0] == new[:, 0]).mean()), 4),
+                # Items whose every learned code is the previous snapshot's (each position is numbered after it).
+                "code_agreement": round(float((previous_codes == new).all(axis=1).mean()), 4),
             }
         self._previous = None
         return result

@@ -292,13 +292,14 @@ class Trainer:
         checkpoint_dir: Path | None,
         progress: bool,
         warm_version: str | None = None,
-        previous_first_codes: torch.Tensor | None = None,
+        previous_codes: torch.Tensor | None = None,
     ) -> None:
         from accelerate.utils import set_seed
 
         self.config = config
-        # A warm retrain's items' first codes under the previous snapshot: position 1 numbers its codes after them.
-        self.previous_first_codes = previous_first_codes
+        # A warm retrain's items' codes under the previous snapshot (items x positions): each position numbers its
+        # codes after them.
+        self.previous_codes = previous_codes
         self.accelerator = create_accelerator(config.mixed_precision, config.device)
         self.is_main = self.accelerator.is_main_process
         self.progress = progress and self.is_main
@@ -433,29 +434,33 @@ class Trainer:
         return centres, codebook, codes
 
     @torch.no_grad()
-    def _number_as_before(self) -> dict[str, float]:
-        """Renumber position 1's codes so that each takes the number of the previous snapshot's code its items
-        overlap most (one-to-one, the most items kept in all: a linear assignment on the overlap counts). Only the
-        numbers change: the codebook's rows are permuted with the codes, before any later position reads them, so
-        the groups, and everything trained after, are what they would have been under the new numbering."""
+    def _number_as_before(self, level: int) -> dict[str, Any]:
+        """Renumber position ``level``'s codes so that each takes the number of the previous snapshot's code its items
+        overlap most (one-to-one, the most items kept in all: a linear assignment on the overlap counts). Overlaps are
+        counted over the items whose earlier codes are all the previous snapshot's (at position 1, every item): for
+        any other item no numbering here keeps its codes. Only the numbers change: the codebook's rows are permuted
+        with the codes before any later position reads them (node centres are keyed by earlier codes only), so the
+        groups, and everything trained after, are what they would have been under the new numbering."""
         from scipy.optimize import linear_sum_assignment
 
-        assert self.previous_first_codes is not None
-        size = self.config.codebook_size[0]
-        codes, previous = self.codes[:, 0].numpy(), self.previous_first_codes.numpy()
+        assert self.previous_codes is not None
+        size = self.config.codebook_size[level]
+        codes, previous = self.codes[:, level].numpy(), self.previous_codes[:, level].numpy()
+        same_prefix = (self.codes[:, :level] == self.previous_codes[:, :level]).all(dim=1).numpy()
         overlap = np.zeros((size, size), dtype=np.int64)
-        np.add.at(overlap, (codes, previous), 1)
+        np.add.at(overlap, (codes[same_prefix], previous[same_prefix]), 1)
         new_codes, old_codes = linear_sum_assignment(overlap, maximize=True)
         number = np.empty(size, dtype=np.int64)
         number[new_codes] = old_codes
-        codebook = self.model.codebooks[0]
+        codebook = self.model.codebooks[level]
         renumbered = torch.empty_like(codebook)
         renumbered[torch.as_tensor(number, device=codebook.device)] = codebook
         codebook.copy_(renumbered)
-        before = float((codes == previous).mean())
-        self.codes[:, 0] = torch.as_tensor(number[codes])
-        after = float((self.codes[:, 0].numpy() == previous).mean())
-        return {"first_code_agreement": {"as_fitted": round(before, 4), "renumbered": round(after, 4)}}
+        before = float((same_prefix & (codes == previous)).mean())
+        self.codes[:, level] = torch.as_tensor(number[codes])
+        after = float((same_prefix & (self.codes[:, level].numpy() == previous)).mean())
+        # The share of items whose codes up to this position are all the previous snapshot's.
+        return {"prefix_agreement": {"as_fitted": round(before, 4), "renumbered": round(after, 4)}}
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
@@ -669,8 +674,8 @@ class Trainer:
                     model.codebooks[level].copy_(initial[1].to(self.device))
                 self.codes[:, level] = initial[2]
             record.update(heldout_cross_entropy=criterion, kept=kept)
-        if level == 0 and self.previous_first_codes is not None:
-            record.update(self._number_as_before())
+        if self.previous_codes is not None:
+            record.update(self._number_as_before(level))
         for parameter in writer.parameters():
             parameter.requires_grad_(False)
         model.codebooks[level].requires_grad_(False)

@@ -160,21 +160,29 @@ def test_a_warm_retrain_starts_from_the_previous_encoder(warm_retrain):
     assert 0.0 <= warm["first_code_agreement"] <= 1.0
 
 
-def test_a_warm_retrain_numbers_its_first_codes_as_the_previous_snapshot_did(warm_retrain, tmp_path):
+def test_a_warm_retrain_numbers_every_position_as_the_previous_snapshot_did(warm_retrain, tmp_path):
     previous, grown, retrained = warm_retrain
-    position_one = next(p for p in retrained.manifest["training"]["phases"] if "first_code_agreement" in p)
-    agreement = position_one["first_code_agreement"]
-    # k-means numbers its clusters arbitrarily; renumbered after the previous codes, more items keep theirs ...
-    assert agreement["renumbered"] > agreement["as_fitted"]
     old, new = previous.codes(grown), retrained.codes(grown)
-    kept = int((old[:, 0] == new[:, 0]).sum())
-    assert retrained.manifest["warm_start"]["first_code_agreement"] == round(kept / len(grown), 4)
-    # ... as many as any numbering of the new groups could keep: the overlap's best one-to-one matching.
+    positions = [p for p in retrained.manifest["training"]["phases"] if "prefix_agreement" in p]
+    assert len(positions) == TINY_LM["levels"]
     size = TINY_LM["codebook_size"]
-    overlap = np.zeros((size, size), dtype=np.int64)
-    np.add.at(overlap, (new[:, 0], old[:, 0]), 1)
-    rows, columns = linear_sum_assignment(overlap, maximize=True)
-    assert kept == overlap[rows, columns].sum()
+    for level, phase in enumerate(positions):
+        agreement = phase["prefix_agreement"]
+        same_prefix = (new[:, :level] == old[:, :level]).all(axis=1)
+        kept = int((same_prefix & (new[:, level] == old[:, level])).sum())
+        assert agreement["renumbered"] == round(kept / len(grown), 4)
+        assert agreement["renumbered"] >= agreement["as_fitted"]
+        # As many items keep their codes up to here as any numbering of this position's codes could keep: the best
+        # one-to-one matching of the overlap, over the items whose earlier codes are the previous snapshot's.
+        overlap = np.zeros((size, size), dtype=np.int64)
+        np.add.at(overlap, (new[same_prefix, level], old[same_prefix, level]), 1)
+        rows, columns = linear_sum_assignment(overlap, maximize=True)
+        assert kept == overlap[rows, columns].sum(), f"position {level + 1}"
+    # k-means numbers its clusters arbitrarily: renumbered, more items keep their first code.
+    assert positions[0]["prefix_agreement"]["renumbered"] > positions[0]["prefix_agreement"]["as_fitted"]
+    warm = retrained.manifest["warm_start"]
+    assert warm["first_code_agreement"] == round(float((old[:, 0] == new[:, 0]).mean()), 4)
+    assert warm["code_agreement"] == round(float((old == new).all(axis=1).mean()), 4)
     # Only the numbers changed: what the saved model writes is what training assigned (no drift at any position).
     assert retrained.manifest["training"]["earlier_codes_changed"] == [0.0, 0.0, 0.0]
     retrained.save(tmp_path / "retrained")

@@ -51,10 +51,21 @@ def _fit_command(catalogue: Path, options: Path, out: Path, checkpoint: Path) ->
 
 
 @pytest.mark.slow
-def test_a_killed_fit_resumes_from_its_checkpoint(wiki_sample_path, wiki_items, tmp_path):
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_a_killed_fit_resumes_from_its_checkpoint(warm, wiki_sample_path, wiki_items, tmp_path):
     options = _config_file(tmp_path, checkpoint_every=3, encoder_epochs=2, writer_epochs=2)
+    warm_from: list[str] = []
+    if warm:
+        # A warm retrain renumbers each position's codes after the previous snapshot's when the position ends: the
+        # resumed fit must number them as the uninterrupted one does.
+        first = tmp_path / "first.jsonl"
+        first.write_text("".join(wiki_sample_path.read_text().splitlines(keepends=True)[:200]))
+        fit_previous = _fit_command(first, options, tmp_path / "previous", tmp_path / "previous-ckpt")
+        previous = subprocess.run(fit_previous, env=_environment(), capture_output=True, text=True, timeout=300)
+        assert previous.returncode == 0, previous.stderr[-2000:]
+        warm_from = ["--warm-from", str(tmp_path / "previous")]
     out, checkpoint = tmp_path / "snap", tmp_path / "ckpt"
-    command = _fit_command(wiki_sample_path, options, out, checkpoint)
+    command = _fit_command(wiki_sample_path, options, out, checkpoint) + warm_from
     process = subprocess.Popen(command, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     # Kill it once it has got past the first phase: a checkpoint at step > 0 of a later phase.
@@ -82,11 +93,14 @@ def test_a_killed_fit_resumes_from_its_checkpoint(wiki_sample_path, wiki_items, 
     assert not checkpoint.exists(), "the checkpoint is removed once the snapshot is written"
     # the phases finished before the kill are reported from the checkpoint, not redone
     assert len(document["manifest"]["training"]["phases"]) == 4
+    if warm:
+        renumbered = [phase for phase in document["manifest"]["training"]["phases"] if "prefix_agreement" in phase]
+        assert len(renumbered) == 3
 
     # The same fit, never killed: resuming continues the very same training (weights, optimizer state, step,
     # assigned codes), so both snapshots hold the same weights and give every item the same codes.
     reference = tmp_path / "uninterrupted"
-    command = _fit_command(wiki_sample_path, options, reference, tmp_path / "uninterrupted-ckpt")
+    command = _fit_command(wiki_sample_path, options, reference, tmp_path / "uninterrupted-ckpt") + warm_from
     uninterrupted = subprocess.run(
         command, env=_environment(), capture_output=True, text=True, timeout=300, check=False
     )
