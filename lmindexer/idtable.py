@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmindexer.errors import IdTableError
-from lmindexer.layout import is_s3_uri, join_uri
+from lmindexer.layout import DEFAULT_MAX_PARTS, is_s3_uri, join_uri
 from lmindexer.storage.parquet import prefetch_columns
 from lmindexer.storage.s3 import StorageError, exists, local_copy, open_random_access, read_bytes, write_bytes
 from lmindexer.storage.versioned import VersionConflict, read_versioned, write_if_version
@@ -66,10 +66,6 @@ _REPEATING_COLUMNS = ["codes.list.element", "suffix", "snapshot_version", "assig
 # A table stored as parts (:func:`is_parted`): its manifest format, its parts' folder beside the manifest.
 MANIFEST_FORMAT = "lmindexer.id-table"
 PARTS_FOLDER = "parts"
-# Parts a table stored as parts may have before a write compacts it: each part costs a reader a request or two, and
-# compaction rewrites the whole table once in this many writes.
-DEFAULT_MAX_PARTS = 16
-
 # Looking up fewer ids than a table's rows / this: the ids are hashed, not the table's item_id column.
 _FEW_ROWS_RATIO = 8
 

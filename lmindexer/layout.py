@@ -19,6 +19,10 @@ MODELS_PREFIX = "models/"
 STATE_PREFIX = "state/"
 # What is live: the pipeline's pointer under its state prefix, the retriever's under the retriever's prefix.
 CURRENT = "current.json"
+# Parts a catalogue version or an ID table stored as parts may have before a write compacts it into one: each part
+# costs a reader a request or two, and compaction rewrites the whole of it once in this many writes. Declared here,
+# not beside the ID table, so that loading a pipeline config does not import Arrow, numpy and boto3.
+DEFAULT_MAX_PARTS = 16
 
 
 def is_s3_uri(location: str | os.PathLike[str]) -> bool:

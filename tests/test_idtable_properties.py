@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from lmindexer.idtable import DEFAULT_MAX_PARTS, Candidate, IdSpace, IdTable, parse_sid, store_allocation
+from lmindexer.idtable import Candidate, IdSpace, IdTable, parse_sid, store_allocation
+from lmindexer.layout import DEFAULT_MAX_PARTS
 
 SPACE = IdSpace("rq-kmeans-20260101T000000Z-abcd1234", "rq-kmeans", (3, 2), "argmax")
 ITEMS = [f"item-{n}" for n in range(12)]

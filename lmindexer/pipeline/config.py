@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
 from lmindexer import layout
-from lmindexer.idtable import DEFAULT_MAX_PARTS
+from lmindexer.layout import DEFAULT_MAX_PARTS
 from lmindexer.methods import DEFAULT_METHOD, INDEXER_CONFIGS, INDEXER_METHODS, IndexerConfig, MixedPrecision
 from lmindexer.options import describe_validation_error
 
@@ -70,8 +70,9 @@ class PipelineConfig(BaseModel):
     )
     shard_size: int = Field(5000, ge=1, description="items per mapped assignment task")
     catalog_max_parts: int = Field(
-        16, ge=1, description="parts a catalogue version may have before a run compacts it into one (1: every run)"
-    )
+        DEFAULT_MAX_PARTS, ge=1,
+        description="parts a catalogue version may have before a run compacts it into one (1: every run)",
+    )  # fmt: skip
     ids_max_parts: int = Field(
         DEFAULT_MAX_PARTS, ge=1,
         description="parts an ID table may have before a run compacts it into one (1: every run rewrites it whole)",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from testsupport.imports import model_stack_loaded_by
+from testsupport.imports import MODEL_STACK, STORAGE_STACK, model_stack_loaded_by
 
 from lmindexer.cli import main
 from lmindexer.errors import ConfigError
@@ -62,13 +62,14 @@ def test_the_options_the_training_task_receives_are_the_ones_loaded():
     assert PipelineConfig(**json.loads(config.model_dump_json())) == config
 
 
-def test_loading_a_config_does_not_load_the_model_stack():
+def test_loading_a_config_loads_neither_the_model_nor_the_storage_stack():
+    """Every task and every parse of the DAG files loads the config: it needs pydantic, not torch, Arrow or boto3."""
     code = (
         "from lmindexer.pipeline import PipelineConfig\n"
         "c = PipelineConfig(base_uri='s3://b', method='lmindexer', indexer={'preset': 'default'})\n"
         "assert c.indexer.train_layers == -1"
     )
-    assert model_stack_loaded_by(code) == []
+    assert model_stack_loaded_by(code, MODEL_STACK + STORAGE_STACK) == []
 
 
 def test_pipeline_run_refuses_a_bad_option_before_any_step(tmp_path, capsys):
