@@ -54,3 +54,44 @@ def test_modules_and_scripts_a_run_names_in_its_strings_are_on_its_path(provenan
 )
 def test_a_result_is_traced_to_the_script_that_wrote_it(provenance, result, script):
     assert provenance.script_of(Path(result)) == ROOT / "benchmarks" / script
+
+
+PAGE = """# Benchmarks
+
+## What each stored figure predates
+
+**Re-measured in this change.** At `aaaaaaa`: `fresh`.
+
+**Recent commits on many files' paths**:
+
+- `1111111`: a refactor.
+
+**Older figures, file by file.**
+
+| result file | measured at | on its path since | effect |
+|---|---|---|---|
+| `old.json` | `0000000` | `2222222` | none |
+
+**Historical records, not judged commit by commit.**
+
+| `kept.json` | `0000000` | 9 | a record |
+
+## Next section
+
+| `old.json` | `3333333` | named outside the section |
+"""
+
+
+@pytest.mark.parametrize(
+    ("on_path", "missing"),
+    [
+        ({"old.json": ["1111111", "2222222"]}, {}),  # one named in the recent list, one in the file's row
+        ({"old.json": ["3333333"]}, {"old.json": ["3333333"]}),  # named only outside the section
+        ({"fresh.json": ["1111111"]}, {}),  # re-measured: its later commits are in the recent list
+        ({"fresh.json": ["2222222"]}, {"fresh.json": ["2222222"]}),  # another file's row does not judge it
+        ({"kept.json": ["4444444"]}, {}),  # a historical record is not judged commit by commit
+        ({"other.json": ["1111111"]}, {"other.json": ["(no row names the file)"]}),
+    ],
+)
+def test_every_on_path_commit_must_be_judged_where_the_page_says(provenance, on_path, missing):
+    assert provenance.unjudged(PAGE, on_path) == missing
