@@ -84,7 +84,9 @@ class LMIndexer(Indexer):
         self.is_main_process = trainer.is_main
         result: dict[str, Any] = {"training": stats}
         if previous is not None and previous_codes is not None:
-            new = self.encode_texts(texts, progress=False)
+            # The codes training assigned are what the model writes (drift is 0 by construction and reported), so
+            # the agreement needs no second pass of the encoder over the catalogue.
+            new = trainer.codes.numpy()
             result["warm_start"] = {
                 "previous_version": previous.version,
                 # Items whose first code is what the previous snapshot gave them (a retrain defines a new ID

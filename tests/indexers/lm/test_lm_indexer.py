@@ -145,7 +145,18 @@ def warm_retrain(tiny_lm, wiki_items, wiki_dir, tmp_path_factory):
     grown = wiki_items + [item for item in everything if item.item_id not in known][:80]
     retrained = create_indexer("lmindexer", {**TINY_LM, "encoder_epochs": 0, "train_layers": 0})
     retrained.warm_start(previous)
-    retrained.fit(grown, progress=False)
+    decoded_by_retrained = []
+    decode = type(retrained)._decode
+
+    def counting_decode(self, texts, **kwargs):
+        if self is retrained:
+            decoded_by_retrained.append(len(texts))
+        return decode(self, texts, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(retrained), "_decode", counting_decode)
+        retrained.fit(grown, progress=False)
+    retrained.decoded_while_fitting = decoded_by_retrained
     return previous, grown, retrained
 
 
@@ -158,6 +169,14 @@ def test_a_warm_retrain_starts_from_the_previous_encoder(warm_retrain):
     after = retrained.model.encoder.model.state_dict()
     assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
     assert 0.0 <= warm["first_code_agreement"] <= 1.0
+
+
+def test_a_warm_retrain_reports_its_agreement_without_encoding_the_catalogue_again(warm_retrain):
+    # The previous snapshot encodes the catalogue once (its codes are what the new ones are numbered after); the
+    # retrained model's codes are the ones training assigned, so the new model decodes nothing while fitting.
+    _, _, retrained = warm_retrain
+    assert retrained.decoded_while_fitting == []
+    assert "code_agreement" in retrained.manifest["warm_start"]
 
 
 def test_a_warm_retrain_numbers_every_position_as_the_previous_snapshot_did(warm_retrain, tmp_path):
