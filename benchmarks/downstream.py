@@ -11,18 +11,21 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
   lmindexer.downstream.fusion, with bm25s's scores in place of the engine's), RRF(BM25 + ID-prefix boost, dense)
   and score fusion(BM25 + ID-prefix boost, dense) (`serve` mode=hybrid, with a dense index of the same
   embeddings);
-- recommendation (movielens-100k, leave-last-out): vs popularity and Cornac's peers (SASRec, TIGER), and the model
-  on rq-kmeans IDs without the item prior (the library's default has it: what it adds, in the same run), under both
-  protocols (the full ranking, and with each user's history left out, `exclude_seen`, as `/recommend` answers).
+- recommendation (movielens-100k, leave-last-out): vs popularity and Cornac's peers (SASRec, TIGER, LETTER), and the
+  model on rq-kmeans IDs without the item prior (the library's default has it: what it adds, in the same run), under
+  both protocols (the full ranking, and with each user's history left out, `exclude_seen`, as `/recommend` answers).
 
     python benchmarks/downstream.py                                  # wiki-topics document retrieval
     python benchmarks/downstream.py --dataset clothing-reviews       # product search
     python benchmarks/downstream.py --dataset movielens-100k         # sequential recommendation
     python benchmarks/downstream.py --methods rq-kmeans --no-snapshot-variant   # one ID kind (about half the time)
+    python benchmarks/downstream.py --dataset movielens-100k --peers letter --peers-only   # a peer alone
 
 Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
 the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
-Writes <out>/downstream-<dataset>.json, .md and .png (downstream-<dataset>-seed-<N>.* for --seed N other than 0).
+Writes <out>/downstream-<dataset>.json, .md and .png (downstream-<dataset>-seed-<N>.* for --seed N other than 0;
+--peers-only writes downstream-<dataset>-peers[-seed-<N>].*: the peers and popularity on the same split, for
+comparison with a full run's file of the same seed).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
 from lmindexer.idtable import IdTable
 from lmindexer.indexers import create_indexer, load_snapshot
 from lmindexer.jobs import assign_ids
+from lmindexer.methods import RQVAEConfig
 from lmindexer.serving.limits import ServingLimits
 
 ID_METHODS = ("lmindexer", "rq-kmeans")
@@ -319,7 +323,7 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
     items = {item.item_id: item for item in read_items(catalogue)[0]}
     rows, id_reports = [], {}
     peers = peer_rows(args, catalogue, histories, gen_options)  # first: the cheaper models fail fast
-    for method in args.methods:
+    for method in [] if args.peers_only else args.methods:
         print(f"-- {method}: snapshot and IDs", flush=True)
         snapshot, table, report = ids_for(
             method, catalogue, {**id_options, **_method_options(method, args)}, work, args.refit
@@ -361,9 +365,10 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
 
 
 def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: dict) -> list[dict]:
-    """Cornac's SASRec and TIGER (its GRID recipe) on the same histories, with the generative model's training budget:
-    the same next-item steps per user (each history cut to its last examples_per_history + 1 items) for the same
-    number of epochs. They read each full history when recommending (their own max_len)."""
+    """Cornac's SASRec, TIGER (its GRID recipe) and LETTER (its released recipe) on the same histories, with the
+    generative model's training budget: the same next-item steps per user (each history cut to its last
+    examples_per_history + 1 items) for the same number of epochs; LETTER's tokenizer trains for as many epochs as the
+    platform's RQ-VAE indexer. They read each full history when recommending (their own max_len)."""
     if not args.peers:
         return []
     window = gen_options["examples_per_history"] + 1
@@ -376,7 +381,13 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
     rows = []
     peers = {"sasrec": ("SASRec (cornac)", CornacRecommender.sasrec)}
     peers["tiger"] = ("TIGER (cornac, GRID recipe)", CornacRecommender.tiger)
-    for name, build in (peers[peer] for peer in args.peers):
+    tokenizer_epochs = RQVAEConfig().epochs
+    peers["letter"] = (
+        "LETTER (cornac, released recipe)",
+        lambda **budget: CornacRecommender.letter(tokenizer_epochs=tokenizer_epochs, **budget),
+    )
+    for peer_name in args.peers:
+        name, build = peers[peer_name]
         print(f"-- {name}", flush=True)
         peer = build(seed=args.seed, n_epochs=gen_options["epochs"])
         started = time.perf_counter()
@@ -389,7 +400,11 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
             "ranked": ranked,
             "train_s": round(train_s, 1),
             "eval_s": round(time.perf_counter() - started, 1),
-            "budget": {"epochs": gen_options["epochs"], "next_item_steps_per_user": window - 1},
+            "budget": {
+                "epochs": gen_options["epochs"],
+                "next_item_steps_per_user": window - 1,
+                **({"tokenizer_epochs": tokenizer_epochs} if peer_name == "letter" else {}),
+            },
         })  # fmt: skip
     return rows
 
@@ -497,9 +512,14 @@ def main() -> int:
     parser.add_argument(
         "--peers",
         nargs="*",
-        default=["sasrec", "tiger"],
-        choices=["sasrec", "tiger"],
-        help="recommendation: which of Cornac's peers to train (TIGER takes most of the run's time on a CPU)",
+        default=["sasrec", "tiger", "letter"],
+        choices=["sasrec", "tiger", "letter"],
+        help="recommendation: which of Cornac's peers to train (TIGER and LETTER take most of the run's time on a CPU)",
+    )
+    parser.add_argument(
+        "--peers-only",
+        action="store_true",
+        help="recommendation: only the peers and popularity (no IDs, no generative models); a file of its own",
     )
     parser.add_argument("--no-peers", action="store_true", help="recommendation: no Cornac peers (--peers with none)")
     parser.add_argument(
@@ -520,6 +540,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.no_peers:
         args.peers = []
+    if args.peers_only and (args.dataset != "movielens-100k" or not args.peers):
+        parser.error("--peers-only needs --dataset movielens-100k and at least one peer")
     args.methods = [method for method in ID_METHODS if method in {*args.methods, "rq-kmeans"}]
     env = environment()
 
@@ -547,19 +569,24 @@ def main() -> int:
     for row in rows:
         row["ndcg@10_ratio_to_" + anchor.split()[0]] = round(row["metrics"]["ndcg@10"] / base, 3) if base else None
     hybrid_aim = None if is_recommendation else hybrid_summary(rows)
-    peer_aim = peer_summary(rows) if is_recommendation and args.peers else None
+    peer_aim = peer_summary(rows) if is_recommendation and args.peers and not args.peers_only else None
     similar = id_reports.pop("similar_items", None)
 
     # Seed 0 is the reference run; other seeds write files of their own, for mean +- SD over seeds.
-    stem = args.out / (f"downstream-{args.dataset}" + (f"-seed-{args.seed}" if args.seed else ""))
+    stem = args.out / (
+        f"downstream-{args.dataset}"
+        + ("-peers" if args.peers_only else "")
+        + (f"-seed-{args.seed}" if args.seed else "")
+    )
     document = {
         "dataset": args.dataset,
         "task": gen_options["task"],
         "levels": args.levels,
         "codebook_size": args.codebook_size,
         "lm_preset": args.lm_preset,
-        "id_methods": args.methods,
+        "id_methods": [] if args.peers_only else args.methods,
         "peers": args.peers if is_recommendation else None,
+        "peers_only": args.peers_only,
         "generative_options": parse_generative_config(gen_options).model_dump(mode="json"),  # defaults included
         "ids": id_reports,
         "results": rows,

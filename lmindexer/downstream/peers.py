@@ -1,4 +1,5 @@
-"""Maintained sequential recommenders as peers: Cornac's SASRec and TIGER on our histories, ranked as ours are.
+"""Maintained sequential recommenders as peers: Cornac's SASRec, TIGER and LETTER on our histories, ranked as ours
+are.
 
 The downstream benchmark compares the generative recommender with these on exactly its split: each model trains on
 the same histories (item_ids, most recent last) and ranks the whole catalogue for each of them; ``recommend`` returns
@@ -9,6 +10,12 @@ item_ids best first, like :meth:`lmindexer.downstream.generative.GenerativeModel
 - :meth:`CornacRecommender.tiger`: TIGER (Rajput et al. 2023, generative retrieval over semantic IDs) with Cornac's
   ``GRID_CONFIG`` recipe (residual k-means tokenizer over the item content embeddings given, no tokenizer training),
   the recipe Cornac ships for a short budget. It needs item content embeddings (one row per item_id).
+- :meth:`CornacRecommender.letter`: LETTER (Wang et al. 2024, a learnable tokenizer for generative recommendation)
+  with Cornac's ``LETTER_CONFIG`` (the released recipe with the paper-wide regularisation weights): a four-level
+  RQ-VAE tokenizer over the item content embeddings, aligned with collaborative item embeddings and kept diverse by
+  constrained k-means over its codebooks, then TIGER's generator. As in the paper, the collaborative embeddings are a
+  SASRec's item vectors at the tokenizer's latent width, that SASRec trained first on the same histories for the same
+  epochs (:class:`LetterRecommender`). Its tokenizer's epochs are a budget the caller gives.
 
 Both train on all the histories given and are not selected on a validation split (``model_selection="last"``): the
 benchmark's split holds out only each user's last item, which is the test target, so there is nothing else to select
@@ -46,6 +53,27 @@ class CornacRecommender:
         return cls(SASRec(**options))
 
     @classmethod
+    def letter(cls, *, seed: int = 0, n_epochs: int, tokenizer_epochs: int, **overrides: Any) -> LetterRecommender:
+        from cornac.models import LETTER
+        from cornac.models.letter import LETTER_CONFIG
+
+        options = {
+            **LETTER_CONFIG,
+            "seed": seed,
+            "model_selection": "last",
+            "device": "cpu",
+            # The constrained k-means' restarts in 2 processes, not the released 10: any count above 1 draws their
+            # seeds up front as the release does (1 would run them on another random stream), so only speed changes.
+            "rqvae_kmeans_jobs": 2,
+            "n_epochs": n_epochs,
+            "rqvae_n_epochs": tokenizer_epochs,
+            **overrides,
+        }
+        model = LETTER(**options)
+        collaborative = cls.sasrec(seed=seed, n_epochs=n_epochs, embedding_dim=model.rqvae_latent_dim)
+        return LetterRecommender(model, collaborative=collaborative)
+
+    @classmethod
     def tiger(cls, *, seed: int = 0, **overrides: Any) -> CornacRecommender:
         from cornac.models import TIGER
         from cornac.models.tiger import GRID_CONFIG
@@ -57,6 +85,16 @@ class CornacRecommender:
         self, histories: Sequence[Sequence[str]], item_features: Mapping[str, np.ndarray] | None = None
     ) -> CornacRecommender:
         """Train on ``histories`` (one per user, most recent last); ``item_features`` maps item_id -> embedding."""
+        self._fit_train_set(self._train_set(histories, item_features))
+        return self
+
+    def _fit_train_set(self, train_set: Any) -> None:
+        self.model.fit(train_set)
+        self._index = dict(train_set.iid_map)
+        self._item_ids = [item_id for item_id, _ in sorted(self._index.items(), key=lambda pair: pair[1])]
+
+    def _train_set(self, histories: Sequence[Sequence[str]], item_features: Mapping[str, np.ndarray] | None) -> Any:
+        """Cornac's dataset of ``histories`` (validated), with the item features where the model needs them."""
         from cornac.data import FeatureModality, SequentialDataset
 
         if isinstance(histories, str) or any(isinstance(h, str) for h in histories):
@@ -76,10 +114,17 @@ class CornacRecommender:
             modality = FeatureModality(features=np.stack([item_features[i] for i in ids]).astype("float32"), ids=ids)
             modality.build(id_map=train_set.iid_map)
             train_set.add_modalities(item_feature=modality)
-        self.model.fit(train_set)
-        self._index = dict(train_set.iid_map)
-        self._item_ids = [item_id for item_id, _ in sorted(self._index.items(), key=lambda pair: pair[1])]
-        return self
+        return train_set
+
+    def item_embeddings(self) -> tuple[np.ndarray, list[str]]:
+        """The trained item vectors of a model that has them (SASRec's input embeddings), row i for item_ids[i]."""
+        if not self._item_ids:
+            raise ConfigError(f"{self.name} is not fitted: call fit() first")
+        table = getattr(getattr(self.model, "model", None), "item_emb", None)
+        if table is None:
+            raise ConfigError(f"{self.name} has no item embedding table")
+        weights = table.weight.detach().cpu().numpy()
+        return weights[[self._index[item_id] for item_id in self._item_ids]].astype("float32"), list(self._item_ids)
 
     def recommend(self, histories: Sequence[Sequence[str]], k: int, *, exclude_seen: bool = False) -> list[list[str]]:
         """The ``k`` best item_ids for each history (items never seen in training cannot be recommended, and
@@ -98,3 +143,22 @@ class CornacRecommender:
             order = np.argsort(-scores, kind="stable")[:k]
             results.append([self._item_ids[i] for i in order if np.isfinite(scores[i]) and scores[i] > -1e9])
         return results
+
+
+class LetterRecommender(CornacRecommender):
+    """Cornac's LETTER with the collaborative embeddings its tokenizer aligns to: a SASRec's item vectors, trained
+    first on the same histories (the paper's source of them), row for row by item_id."""
+
+    def __init__(self, model: Any, *, collaborative: CornacRecommender) -> None:
+        super().__init__(model, needs_item_features=True)
+        self.collaborative = collaborative
+
+    def fit(
+        self, histories: Sequence[Sequence[str]], item_features: Mapping[str, np.ndarray] | None = None
+    ) -> LetterRecommender:
+        train_set = self._train_set(histories, item_features)  # refuses bad input before anything trains
+        self.collaborative.fit(histories)
+        embeddings, item_ids = self.collaborative.item_embeddings()
+        self.model.cf_embeddings, self.model.cf_embedding_ids = embeddings, item_ids
+        self._fit_train_set(train_set)
+        return self

@@ -1,7 +1,9 @@
-"""Cornac's SASRec and TIGER behind the platform's recommender interface, trained in seconds on real histories."""
+"""Cornac's SASRec, TIGER and LETTER behind the platform's recommender interface, trained in seconds on real
+histories."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from lmindexer.catalog import read_items
@@ -22,6 +24,29 @@ TINY_TIGER = {
     "rqvae_codebook_size": 16,
     "n_beams": 10,
 }
+
+# LETTER's constrained k-means splits each codebook into n_clusters groups of at least 2 codes, hence 32 codes here.
+TINY_LETTER = {
+    **{option: value for option, value in TINY_TIGER.items() if option != "n_epochs"},
+    "rqvae_codebook_size": 32,
+    "rqvae_hidden_dims": (64, 32),
+    "rqvae_latent_dim": 8,
+    "rqvae_batch_size": 128,
+    "n_clusters": 4,
+    "batch_size": 128,
+    "gradient_accumulation_steps": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def features(movielens_subset_parts):
+    """Every catalogue item's content embedding (frozen MiniLM over title and text)."""
+    catalogue = {item.item_id: item for item in read_items(movielens_subset_parts[3])[0]}
+    ids = sorted(catalogue)
+    vectors = TextEncoder(DEFAULT_ENCODER, max_length=64).encode(
+        [f"{catalogue[i].title}. {catalogue[i].text}" for i in ids]
+    )
+    return dict(zip(ids, vectors, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -57,20 +82,36 @@ def test_history_items_unknown_to_the_model_are_skipped(sasrec, histories):
     assert sasrec.recommend([[*history, "not-an-item"]], k=5) == sasrec.recommend([history], k=5)
 
 
-def test_tiger_writes_semantic_ids_of_existing_items_from_content_embeddings(histories, movielens_subset_parts):
+def test_tiger_writes_semantic_ids_of_existing_items_from_content_embeddings(histories, features):
     with pytest.raises(ConfigError, match="needs item content embeddings"):
         CornacRecommender.tiger(seed=0, **TINY_TIGER).fit(histories)
-    catalogue = {item.item_id: item for item in read_items(movielens_subset_parts[3])[0]}
-    ids = sorted(catalogue)
-    vectors = TextEncoder(DEFAULT_ENCODER, max_length=64).encode(
-        [f"{catalogue[i].title}. {catalogue[i].text}" for i in ids]
-    )
-    features = dict(zip(ids, vectors, strict=True))
+    ids = sorted(features)
     with pytest.raises(ConfigError, match="no embedding"):
         CornacRecommender.tiger(seed=0, **TINY_TIGER).fit(histories, {i: features[i] for i in ids[:10]})
     tiger = CornacRecommender.tiger(seed=0, **TINY_TIGER).fit(histories, features)
     known = {item for history in histories for item in history}
     for history, ranked in zip(histories[:10], tiger.recommend(histories[:10], k=10, exclude_seen=True), strict=True):
+        assert 1 <= len(ranked) <= 10 and len(set(ranked)) == len(ranked)
+        assert set(ranked) <= known and not set(ranked) & set(history)
+
+
+def test_letter_aligns_its_tokenizer_with_a_sasrec_trained_on_the_same_histories(histories, features):
+    with pytest.raises(ConfigError, match="needs item content embeddings"):
+        CornacRecommender.letter(seed=0, n_epochs=1, tokenizer_epochs=2, **TINY_LETTER).fit(histories)
+    letter = CornacRecommender.letter(seed=0, n_epochs=1, tokenizer_epochs=2, **TINY_LETTER)
+    letter.fit(histories, features)
+    known = {item for history in histories for item in history}
+    # The collaborative embeddings are the SASRec's item vectors at the tokenizer's width, row for row by item_id.
+    sasrec = letter.collaborative
+    assert sasrec.model.embedding_dim == TINY_LETTER["rqvae_latent_dim"]
+    table = sasrec.model.model.item_emb.weight.detach().numpy()
+    assert sorted(letter.model.cf_embedding_ids) == sorted(known)
+    for item_id, row in zip(letter.model.cf_embedding_ids, letter.model.cf_embeddings, strict=True):
+        assert np.array_equal(row, table[sasrec._index[item_id]])
+    # A four-level semantic ID for every item, in the codebook's range, and recommendations of known unseen items.
+    codes = letter.model.sid_table
+    assert codes.shape == (len(known), 4) and codes.min() >= 0 and codes.max() < TINY_LETTER["rqvae_codebook_size"]
+    for history, ranked in zip(histories[:10], letter.recommend(histories[:10], k=10, exclude_seen=True), strict=True):
         assert 1 <= len(ranked) <= 10 and len(set(ranked)) == len(ranked)
         assert set(ranked) <= known and not set(ranked) & set(history)
 
