@@ -144,9 +144,11 @@ def later_commits(commit: str) -> list[tuple[str, str, list[str]]]:
     return commits
 
 
-def split_later_commits(result: Path) -> tuple[str, list[tuple[str, str, list[str]]], list[str], list[str]] | None:
-    """``result``'s commit, and its later commits: on its path (hash, subject, files of the run changed), results
-    only, off its path. None where the file names no commit or no script wrote it."""
+def split_later_commits(
+    result: Path,
+) -> tuple[str, Path, list[tuple[str, str, list[str]]], list[str], list[str]] | None:
+    """``result``'s commit and the script that wrote it, and its later commits: on its path (hash, subject, files of
+    the run changed), results only, off its path. None where the file names no commit or no script wrote it."""
     document = json.loads(result.read_text())
     commit = str(document.get("commit") or document.get("git_commit") or "")[:7]
     script = script_of(result)
@@ -162,7 +164,7 @@ def split_later_commits(result: Path) -> tuple[str, list[tuple[str, str, list[st
             results_only.append(short)
         else:
             off_path.append(short)
-    return commit, on_path, results_only, off_path
+    return commit, script, on_path, results_only, off_path
 
 
 def unjudged(page: str, on_path: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -205,8 +207,8 @@ def check(page: Path) -> int:
     on_path = {}
     for result in sorted(RESULTS.glob("*.json")):
         split = split_later_commits(result)
-        if split is not None and split[1]:
-            on_path[result.name] = [short for short, _, _ in split[1]]
+        if split is not None and split[2]:
+            on_path[result.name] = [short for short, _, _ in split[2]]
     missing = unjudged(page.read_text(), on_path)
     for name, commits in missing.items():
         print(f"{name}: on its path, not judged in {page}: {', '.join(commits)}")
@@ -236,9 +238,7 @@ def main() -> int:
         if split is None:
             lines += [f"## `{result.name}`", "", "No commit or no script recorded.", ""]
             continue
-        commit, on_path, results_only, off_path = split
-        script = script_of(result)
-        assert script is not None
+        commit, script, on_path, results_only, off_path = split
         lines += [f"## `{result.name}`", "",
                   f"Measured at `{commit}` by `benchmarks/{script.name}`; later commits: {len(on_path)} on its path, "
                   f"{len(results_only)} results only, {len(off_path)} off its path.", ""]  # fmt: skip
