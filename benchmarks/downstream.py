@@ -40,6 +40,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import RESULTS, environment, stamp_figure, write_results
@@ -364,6 +365,13 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
     return rows, id_reports
 
 
+def content_embeddings(catalogue: Path, max_length: int) -> dict[str, np.ndarray]:
+    """Every item's frozen-MiniLM embedding of the text the indexers read (TIGER's and LETTER's content input)."""
+    items, _ = read_items(catalogue)
+    vectors = TextEncoder(DEFAULT_ENCODER, max_length=max_length).encode(create_indexer("rq-kmeans").texts(items))
+    return dict(zip([item.item_id for item in items], vectors, strict=True))
+
+
 def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: dict) -> list[dict]:
     """Cornac's SASRec, TIGER (its GRID recipe) and LETTER (its released recipe) on the same histories, with the
     generative model's training budget: the same next-item steps per user (each history cut to its last
@@ -373,11 +381,6 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
         return []
     window = gen_options["examples_per_history"] + 1
     train = [history[-window:] for history in histories]
-    items, _ = read_items(catalogue)
-    # TIGER's content embeddings: the frozen MiniLM over the text the indexers read.
-    encoder = TextEncoder(DEFAULT_ENCODER, max_length=args.dense_max_length)
-    vectors = encoder.encode(create_indexer("rq-kmeans").texts(items))
-    features = dict(zip([item.item_id for item in items], vectors, strict=True))
     rows = []
     peers = {"sasrec": ("SASRec (cornac)", CornacRecommender.sasrec)}
     peers["tiger"] = ("TIGER (cornac, GRID recipe)", CornacRecommender.tiger)
@@ -386,10 +389,13 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
         "LETTER (cornac, released recipe)",
         lambda **budget: CornacRecommender.letter(tokenizer_epochs=tokenizer_epochs, **budget),
     )
+    features = None
     for peer_name in args.peers:
         name, build = peers[peer_name]
         print(f"-- {name}", flush=True)
         peer = build(seed=args.seed, n_epochs=gen_options["epochs"])
+        if peer.needs_item_features and features is None:
+            features = content_embeddings(catalogue, args.dense_max_length)
         started = time.perf_counter()
         peer.fit(train, features)
         train_s = time.perf_counter() - started
@@ -603,7 +609,10 @@ def main() -> int:
             f"History items left out (`exclude_seen`, as /recommend answers):\n\n"
             f"{markdown(rows, keys, 'metrics_exclude_seen')}"
         )
-    title = f"{args.dataset}: {gen_options['task']}, L={args.levels}, K={args.codebook_size}"
+    # The peers write their own IDs (or none), so the ID space's L and K name only the platform's runs.
+    title = f"{args.dataset}: {gen_options['task']}" + (
+        ", peers" if args.peers_only else f", L={args.levels}, K={args.codebook_size}"
+    )
     ids_table = "\n".join(
         f"- {m} IDs: fit {r['fit_s']} s, {r['items']} items, collision rate {r['collision_rate']:.2%}, "
         f"largest suffix {r['largest_suffix']}"

@@ -93,6 +93,9 @@ def test_tiger_writes_semantic_ids_of_existing_items_from_content_embeddings(his
     for history, ranked in zip(histories[:10], tiger.recommend(histories[:10], k=10, exclude_seen=True), strict=True):
         assert 1 <= len(ranked) <= 10 and len(set(ranked)) == len(ranked)
         assert set(ranked) <= known and not set(ranked) & set(history)
+    # TIGER ranks by generated IDs and keeps no item vectors to hand out (LETTER's alignment needs SASRec's).
+    with pytest.raises(ConfigError, match="no item embedding table"):
+        tiger.item_embeddings()
 
 
 def test_letter_aligns_its_tokenizer_with_a_sasrec_trained_on_the_same_histories(histories, features):
@@ -123,6 +126,8 @@ def test_peers_refuse_bad_input(sasrec, histories):
         CornacRecommender.sasrec(**TINY_SASREC).fit([[], []])
     with pytest.raises(ConfigError, match="not fitted"):
         CornacRecommender.sasrec(**TINY_SASREC).recommend(histories[:1], k=5)
+    with pytest.raises(ConfigError, match="not fitted"):
+        CornacRecommender.sasrec(**TINY_SASREC).item_embeddings()
     for k in (0, True, 2.5):
         with pytest.raises(ConfigError, match="k must be"):
             sasrec.recommend(histories[:1], k=k)
