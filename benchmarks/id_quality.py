@@ -16,8 +16,10 @@ and its assign throughput is compared with the frozen encoder's on the same text
     python benchmarks/id_quality.py                                   # wiki-topics, L=3, K=32, 3 seeds
     python benchmarks/id_quality.py --dataset clothing-reviews
     python benchmarks/id_quality.py --dataset clothing-reviews --lm-preset tuned --seeds 0 1 2
+    python benchmarks/id_quality.py --dataset clothing-reviews --lm-preset tuned --lm-max-length 128
 
-Writes <out>/id_quality-<dataset>[-<preset>].json, .md and .png (the fast preset has no suffix).
+Writes <out>/id_quality-<dataset>[-<preset>][-max-length-<N>].json, .md and .png (the fast preset has no suffix;
+``--lm-max-length`` overrides the preset's tokens per text for ``lmindexer`` only, to see what the length moves).
 """
 
 from __future__ import annotations
@@ -246,6 +248,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N items (quick runs)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lm-preset", default="fast", choices=["fast", "tuned", "default"])
+    parser.add_argument(
+        "--lm-max-length", type=int, default=None, help="lmindexer's tokens per text (default: the preset's)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -272,6 +277,8 @@ def main() -> int:
                 options = {**common, "seed": seed}
                 if method == LM_METHOD:
                     options["preset"] = args.lm_preset
+                    if args.lm_max_length is not None:
+                        options["max_length"] = args.lm_max_length
                 run = run_once(method, items, labels, options, Path(tmp) / f"seed-{seed}")
                 run["seed"] = seed
                 runs[method].append(run)
@@ -282,6 +289,8 @@ def main() -> int:
     comparison = compare(summaries, encoder_speed)
 
     suffix = "" if args.lm_preset == "fast" else f"-{args.lm_preset}"
+    if args.lm_max_length is not None:
+        suffix += f"-max-length-{args.lm_max_length}"
     stem = args.out / f"id_quality-{args.dataset}{suffix}"
     document = {
         "dataset": args.dataset,
@@ -291,6 +300,7 @@ def main() -> int:
         "codebook_size": args.codebook_size,
         "seeds": args.seeds,
         "lm_preset": args.lm_preset,
+        "lm_max_length": args.lm_max_length,
         "environment": env,
         "comparison": comparison,
         "summaries": summaries,
@@ -299,6 +309,8 @@ def main() -> int:
     title = f"{args.dataset}: {len(items)} items, L={args.levels}, K={args.codebook_size}, seeds {args.seeds}"
     if LM_METHOD in runs:
         title += f", lmindexer preset {args.lm_preset}"
+        if args.lm_max_length is not None:
+            title += f" at {args.lm_max_length} tokens"
     table = methods_markdown(summaries, args.levels)
     if comparison is not None:
         table += "\n\n" + comparison_markdown(comparison)
