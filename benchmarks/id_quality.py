@@ -44,9 +44,11 @@ from lmindexer import datasets
 from lmindexer.assign import code_items
 from lmindexer.catalog import read_items
 from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
+from lmindexer.errors import ConfigError
 from lmindexer.idtable import Candidate, IdSpace, IdTable
 from lmindexer.indexers import available_methods, create_indexer, load_snapshot
 from lmindexer.indexers.embedding import EmbeddingIndexer
+from lmindexer.methods import indexer_options
 from lmindexer.metrics import evaluate_codes
 
 ENCODER_SAMPLE = 512
@@ -261,6 +263,16 @@ def main() -> int:
     labels = [item.field_value(label) for item in items]
     methods = args.methods or available_methods()
     common = {"levels": args.levels, "codebook_size": args.codebook_size}
+    lm_options = {"preset": args.lm_preset}
+    if args.lm_max_length is not None:
+        if LM_METHOD not in methods:
+            parser.error(f"--lm-max-length applies to {LM_METHOD}, which --methods leaves out")
+        lm_options["max_length"] = args.lm_max_length
+    if LM_METHOD in methods:
+        try:  # refuse bad options before any method trains, not after the first baselines
+            indexer_options(LM_METHOD, {**common, **lm_options})
+        except ConfigError as error:
+            parser.error(str(error))
 
     # Warm the shared embedding cache once so that fit/assign times measure the methods, not the encoder.
     probe = create_indexer("rq-kmeans", common)
@@ -276,9 +288,7 @@ def main() -> int:
                 print(f"-- {method}, seed {seed}", flush=True)
                 options = {**common, "seed": seed}
                 if method == LM_METHOD:
-                    options["preset"] = args.lm_preset
-                    if args.lm_max_length is not None:
-                        options["max_length"] = args.lm_max_length
+                    options.update(lm_options)
                 run = run_once(method, items, labels, options, Path(tmp) / f"seed-{seed}")
                 run["seed"] = seed
                 runs[method].append(run)
