@@ -20,12 +20,13 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
     python benchmarks/downstream.py --dataset movielens-100k         # sequential recommendation
     python benchmarks/downstream.py --methods rq-kmeans --no-snapshot-variant   # one ID kind (about half the time)
     python benchmarks/downstream.py --dataset movielens-100k --peers letter --peers-only   # a peer alone
+    python benchmarks/downstream.py --dataset movielens-100k --peers sasrec --peers-only --peer-budget own
 
 Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
 the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
 Writes <out>/downstream-<dataset>.json, .md and .png (downstream-<dataset>-seed-<N>.* for --seed N other than 0;
---peers-only writes downstream-<dataset>-peers[-seed-<N>].*: the peers and popularity on the same split, for
-comparison with a full run's file of the same seed).
+--peers-only writes downstream-<dataset>-peers[-own-recipe][-seed-<N>].*: the peers and popularity on the same split,
+for comparison with a full run's file of the same seed; -own-recipe with --peer-budget own).
 """
 
 from __future__ import annotations
@@ -373,27 +374,35 @@ def content_embeddings(catalogue: Path, max_length: int) -> dict[str, np.ndarray
 
 
 def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: dict) -> list[dict]:
-    """Cornac's SASRec, TIGER (its GRID recipe) and LETTER (its released recipe) on the same histories, with the
-    generative model's training budget: the same next-item steps per user (each history cut to its last
-    examples_per_history + 1 items) for the same number of epochs; LETTER's tokenizer trains for as many epochs as the
-    platform's RQ-VAE indexer. They read each full history when recommending (their own max_len)."""
+    """Cornac's SASRec, TIGER (its GRID recipe) and LETTER (its released recipe) on the same histories. With
+    ``--peer-budget ours`` they get the generative model's training budget: the same next-item steps per user (each
+    history cut to its last examples_per_history + 1 items) for the same number of epochs; LETTER's tokenizer trains
+    for as many epochs as the platform's RQ-VAE indexer. With ``--peer-budget own`` each trains on every next-item
+    step of the whole histories for its own recipe's epochs (Cornac's defaults: SASRec 10, TIGER's GRID recipe 50,
+    LETTER's release 200 and its tokenizer 10,000), still without a validation split to select on. They read each
+    full history when recommending (their own max_len)."""
     if not args.peers:
         return []
-    window = gen_options["examples_per_history"] + 1
-    train = [history[-window:] for history in histories]
+    if args.peer_budget == "own":
+        train, budget, steps, suffix = histories, {}, "all", ", own recipe"
+    else:
+        window = gen_options["examples_per_history"] + 1
+        train = [history[-window:] for history in histories]
+        budget, steps, suffix = {"n_epochs": gen_options["epochs"]}, window - 1, ""
     rows = []
-    peers = {"sasrec": ("SASRec (cornac)", CornacRecommender.sasrec)}
-    peers["tiger"] = ("TIGER (cornac, GRID recipe)", CornacRecommender.tiger)
-    tokenizer_epochs = RQVAEConfig().epochs
+    peers = {"sasrec": ("SASRec (cornac{})", CornacRecommender.sasrec)}
+    peers["tiger"] = ("TIGER (cornac, GRID recipe{})", CornacRecommender.tiger)
+    letter_budget = {} if args.peer_budget == "own" else {"tokenizer_epochs": RQVAEConfig().epochs}
     peers["letter"] = (
-        "LETTER (cornac, released recipe)",
-        lambda **budget: CornacRecommender.letter(tokenizer_epochs=tokenizer_epochs, **budget),
+        "LETTER (cornac, released recipe{})",
+        lambda **options: CornacRecommender.letter(**letter_budget, **options),
     )
     features = None
     for peer_name in args.peers:
         name, build = peers[peer_name]
+        name = name.format(suffix)
         print(f"-- {name}", flush=True)
-        peer = build(seed=args.seed, n_epochs=gen_options["epochs"])
+        peer = build(seed=args.seed, **budget)
         if peer.needs_item_features and features is None:
             features = content_embeddings(catalogue, args.dense_max_length)
         started = time.perf_counter()
@@ -406,10 +415,11 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
             "ranked": ranked,
             "train_s": round(train_s, 1),
             "eval_s": round(time.perf_counter() - started, 1),
-            "budget": {
-                "epochs": gen_options["epochs"],
-                "next_item_steps_per_user": window - 1,
-                **({"tokenizer_epochs": tokenizer_epochs} if peer_name == "letter" else {}),
+            "budget": {  # what the peer actually trained with, read back from the Cornac model
+                "recipe": args.peer_budget,
+                "epochs": peer.model.n_epochs,
+                "next_item_steps_per_user": steps,
+                **({"tokenizer_epochs": peer.model.rqvae_n_epochs} if peer_name == "letter" else {}),
             },
         })  # fmt: skip
     return rows
@@ -529,6 +539,14 @@ def main() -> int:
     )
     parser.add_argument("--no-peers", action="store_true", help="recommendation: no Cornac peers (--peers with none)")
     parser.add_argument(
+        "--peer-budget",
+        default="ours",
+        choices=["ours", "own"],
+        help="recommendation: the peers train with the generative model's budget (ours: its epochs over the same "
+        "next-item steps per user) or with their own recipe's epochs over every step of the whole histories (own; "
+        "with --peers-only only, a file of its own)",
+    )
+    parser.add_argument(
         "--no-snapshot-variant",
         action="store_true",
         help="skip the model that starts from the LMIndexer snapshot (a third of the run's training time)",
@@ -548,6 +566,9 @@ def main() -> int:
         args.peers = []
     if args.peers_only and (args.dataset != "movielens-100k" or not args.peers):
         parser.error("--peers-only needs --dataset movielens-100k and at least one peer")
+    if args.peer_budget == "own" and not args.peers_only:
+        # A full run's file is the comparison at one budget; the peers at theirs are a file of their own.
+        parser.error("--peer-budget own needs --peers-only")
     args.methods = [method for method in ID_METHODS if method in {*args.methods, "rq-kmeans"}]
     env = environment()
 
@@ -582,6 +603,7 @@ def main() -> int:
     stem = args.out / (
         f"downstream-{args.dataset}"
         + ("-peers" if args.peers_only else "")
+        + ("-own-recipe" if args.peer_budget == "own" else "")
         + (f"-seed-{args.seed}" if args.seed else "")
     )
     document = {
@@ -593,6 +615,7 @@ def main() -> int:
         "id_methods": [] if args.peers_only else args.methods,
         "peers": args.peers if is_recommendation else None,
         "peers_only": args.peers_only,
+        "peer_budget": args.peer_budget if is_recommendation and args.peers else None,
         "generative_options": parse_generative_config(gen_options).model_dump(mode="json"),  # defaults included
         "ids": id_reports,
         "results": rows,
@@ -611,7 +634,9 @@ def main() -> int:
         )
     # The peers write their own IDs (or none), so the ID space's L and K name only the platform's runs.
     title = f"{args.dataset}: {gen_options['task']}" + (
-        ", peers" if args.peers_only else f", L={args.levels}, K={args.codebook_size}"
+        (", peers at their own recipes" if args.peer_budget == "own" else ", peers")
+        if args.peers_only
+        else f", L={args.levels}, K={args.codebook_size}"
     )
     ids_table = "\n".join(
         f"- {m} IDs: fit {r['fit_s']} s, {r['items']} items, collision rate {r['collision_rate']:.2%}, "

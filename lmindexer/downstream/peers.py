@@ -15,7 +15,10 @@ item_ids best first, like :meth:`lmindexer.downstream.generative.GenerativeModel
   RQ-VAE tokenizer over the item content embeddings, aligned with collaborative item embeddings and kept diverse by
   constrained k-means over its codebooks, then TIGER's generator. As in the paper, the collaborative embeddings are a
   SASRec's item vectors at the tokenizer's latent width, that SASRec trained first on the same histories for the same
-  epochs (:class:`LetterRecommender`). Its tokenizer's epochs are a budget the caller gives.
+  epochs (:class:`LetterRecommender`).
+
+Each trains for its own recipe's epochs unless ``n_epochs`` (and LETTER's ``tokenizer_epochs``) say otherwise: the
+benchmark gives them either its generative model's budget or their own (``--peer-budget``).
 
 Both train on all the histories given and are not selected on a validation split (``model_selection="last"``): the
 benchmark's split holds out only each user's last item, which is the test target, so there is nothing else to select
@@ -53,7 +56,11 @@ class CornacRecommender:
         return cls(SASRec(**options))
 
     @classmethod
-    def letter(cls, *, seed: int = 0, n_epochs: int, tokenizer_epochs: int, **overrides: Any) -> LetterRecommender:
+    def letter(
+        cls, *, seed: int = 0, n_epochs: int | None = None, tokenizer_epochs: int | None = None, **overrides: Any
+    ) -> LetterRecommender:
+        """``n_epochs`` (the generator's, and the collaborative SASRec's) and ``tokenizer_epochs`` default to the
+        released recipe's (``LETTER_CONFIG``: 200 and 10,000)."""
         from cornac.models import LETTER
         from cornac.models.letter import LETTER_CONFIG
 
@@ -65,12 +72,12 @@ class CornacRecommender:
             # The constrained k-means' restarts in 2 processes, not the released 10: any count above 1 draws their
             # seeds up front as the release does (1 would run them on another random stream), so only speed changes.
             "rqvae_kmeans_jobs": 2,
-            "n_epochs": n_epochs,
-            "rqvae_n_epochs": tokenizer_epochs,
+            **({} if n_epochs is None else {"n_epochs": n_epochs}),
+            **({} if tokenizer_epochs is None else {"rqvae_n_epochs": tokenizer_epochs}),
             **overrides,
         }
         model = LETTER(**options)
-        collaborative = cls.sasrec(seed=seed, n_epochs=n_epochs, embedding_dim=model.rqvae_latent_dim)
+        collaborative = cls.sasrec(seed=seed, n_epochs=model.n_epochs, embedding_dim=model.rqvae_latent_dim)
         return LetterRecommender(model, collaborative=collaborative)
 
     @classmethod

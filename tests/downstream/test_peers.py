@@ -119,6 +119,25 @@ def test_letter_aligns_its_tokenizer_with_a_sasrec_trained_on_the_same_histories
         assert set(ranked) <= known and not set(ranked) & set(history)
 
 
+def test_each_peer_trains_for_its_own_recipe_unless_given_a_budget():
+    """What --peer-budget own relies on: no epochs given, each peer keeps its recipe's; given, the budget reaches the
+    model (LETTER's collaborative SASRec trains for the generator's epochs either way)."""
+    from cornac.models.letter import LETTER_CONFIG
+    from cornac.models.tiger import GRID_CONFIG
+
+    assert CornacRecommender.sasrec().model.n_epochs == 10  # Cornac's SASRec default
+    assert CornacRecommender.tiger().model.n_epochs == GRID_CONFIG["n_epochs"]
+    own = CornacRecommender.letter()
+    assert (own.model.n_epochs, own.model.rqvae_n_epochs) == (
+        LETTER_CONFIG["n_epochs"],
+        LETTER_CONFIG["rqvae_n_epochs"],
+    )
+    assert own.collaborative.model.n_epochs == LETTER_CONFIG["n_epochs"]
+    budget = CornacRecommender.letter(n_epochs=3, tokenizer_epochs=150)
+    assert (budget.model.n_epochs, budget.model.rqvae_n_epochs, budget.collaborative.model.n_epochs) == (3, 150, 3)
+    assert CornacRecommender.tiger(n_epochs=3).model.n_epochs == 3
+
+
 def test_peers_refuse_bad_input(sasrec, histories):
     with pytest.raises(ConfigError, match="not strings"):
         CornacRecommender.sasrec(**TINY_SASREC).fit(["ml-1", "ml-2"])
