@@ -21,12 +21,15 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
     python benchmarks/downstream.py --methods rq-kmeans --no-snapshot-variant   # one ID kind (about half the time)
     python benchmarks/downstream.py --dataset movielens-100k --peers letter --peers-only   # a peer alone
     python benchmarks/downstream.py --dataset movielens-100k --peers sasrec --peers-only --peer-budget own
+    python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
+        --examples-per-history all --epochs 1    # the recommender on every next-item step, one pass
 
 Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
 the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
 Writes <out>/downstream-<dataset>.json, .md and .png (downstream-<dataset>-seed-<N>.* for --seed N other than 0;
 --peers-only writes downstream-<dataset>-peers[-own-recipe][-seed-<N>].*: the peers and popularity on the same split,
-for comparison with a full run's file of the same seed; -own-recipe with --peer-budget own).
+for comparison with a full run's file of the same seed; -own-recipe with --peer-budget own). A recommendation budget
+other than 20 next-item steps per user for 3 epochs adds -steps-<N>-epochs-<E> to the name.
 """
 
 from __future__ import annotations
@@ -347,7 +350,9 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
                 for exclude_seen in (False, True)
             }
 
-        for variant in _variants(method, gen_options, args.no_snapshot_variant, recommendation=True):
+        for variant in _variants(
+            method, gen_options, args.no_snapshot_variant, recommendation=True, prior_ablation=not args.no_prior_variant
+        ):
             rows.append(
                 run_generative(method, snapshot, table, variant, fit, recommend, _model_dir(work, method, variant))
             )
@@ -386,9 +391,9 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
     if args.peer_budget == "own":
         train, budget, steps, suffix = histories, {}, "all", ", own recipe"
     else:
-        window = gen_options["examples_per_history"] + 1
-        train = [history[-window:] for history in histories]
-        budget, steps, suffix = {"n_epochs": gen_options["epochs"]}, window - 1, ""
+        steps = gen_options["examples_per_history"]  # None: every step, as the generative models then train
+        train = histories if steps is None else [history[-(steps + 1) :] for history in histories]
+        budget, steps, suffix = {"n_epochs": gen_options["epochs"]}, "all" if steps is None else steps, ""
     rows = []
     peers = {"sasrec": ("SASRec (cornac{})", CornacRecommender.sasrec)}
     peers["tiger"] = ("TIGER (cornac, GRID recipe{})", CornacRecommender.tiger)
@@ -426,7 +431,12 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
 
 
 def _variants(
-    method: str, options: dict, skip_snapshot_variant: bool = False, *, recommendation: bool = False
+    method: str,
+    options: dict,
+    skip_snapshot_variant: bool = False,
+    *,
+    recommendation: bool = False,
+    prior_ablation: bool = True,
 ) -> list[dict]:
     """Every ID kind's model from the backbone; for LMIndexer IDs also the one that starts from its snapshot; for
     recommendation also the anchor's (rq-kmeans IDs) model without the item prior (what the prior adds, in the same
@@ -434,7 +444,7 @@ def _variants(
     variants = [{**options, "from_snapshot": False}]
     if method == "lmindexer" and not skip_snapshot_variant:
         variants.append({**options, "from_snapshot": True})
-    if recommendation and method == "rq-kmeans":
+    if recommendation and method == "rq-kmeans" and prior_ablation:
         variants.append({**options, "from_snapshot": False, "item_prior": False})
     return variants
 
@@ -552,6 +562,17 @@ def main() -> int:
         help="skip the model that starts from the LMIndexer snapshot (a third of the run's training time)",
     )
     parser.add_argument(
+        "--no-prior-variant",
+        action="store_true",
+        help="recommendation: skip the model on rq-kmeans IDs without the item prior (a third of the run's time)",
+    )
+    parser.add_argument(
+        "--examples-per-history",
+        default="20",
+        help="recommendation: train the generative models on the last N next-item steps of each user, or on 'all' "
+        "(the peers' budget follows, with --peer-budget ours); default 20, sized for 2 CPU cores",
+    )
+    parser.add_argument(
         "--methods",
         nargs="+",
         default=list(ID_METHODS),
@@ -566,6 +587,8 @@ def main() -> int:
         args.peers = []
     if args.peers_only and (args.dataset != "movielens-100k" or not args.peers):
         parser.error("--peers-only needs --dataset movielens-100k and at least one peer")
+    if args.examples_per_history != "all" and not args.examples_per_history.isdigit():
+        parser.error(f"--examples-per-history must be a number or 'all', got {args.examples_per_history!r}")
     if args.peer_budget == "own" and not args.peers_only:
         # A full run's file is the comparison at one budget; the peers at theirs are a file of their own.
         parser.error("--peer-budget own needs --peers-only")
@@ -580,7 +603,8 @@ def main() -> int:
     gen_options = {"seed": args.seed, "task": "recommendation" if is_recommendation else "retrieval"}
     if is_recommendation:
         # Sized for a 2-core CPU: the 10 most recent items, the last 20 next-item steps of each user, 3 epochs.
-        gen_options.update({"history_window": 10, "examples_per_history": 20, "batch_size": 128})
+        steps = None if args.examples_per_history == "all" else int(args.examples_per_history)
+        gen_options.update({"history_window": 10, "examples_per_history": steps, "batch_size": 128})
     if args.epochs or is_recommendation:  # retrieval trains the library's defaults (benchmarks/retrieval_steps.py)
         gen_options["epochs"] = args.epochs or 3
     started = time.perf_counter()
@@ -604,6 +628,12 @@ def main() -> int:
         f"downstream-{args.dataset}"
         + ("-peers" if args.peers_only else "")
         + ("-own-recipe" if args.peer_budget == "own" else "")
+        # A recommendation budget other than the default is a file of its own.
+        + (
+            f"-steps-{args.examples_per_history}-epochs-{gen_options['epochs']}"
+            if is_recommendation and (args.examples_per_history != "20" or gen_options["epochs"] != 3)
+            else ""
+        )
         + (f"-seed-{args.seed}" if args.seed else "")
     )
     document = {
