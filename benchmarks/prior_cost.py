@@ -1,7 +1,9 @@
-"""What the dense prior costs a search: the same retriever decoding with its prior and with the decoder alone.
+"""What the prior costs a request: the same generative model decoding with its prior and with the decoder alone.
 
-Loads the retriever ``benchmarks/downstream.py`` trained on the data set (the library's defaults, so with the dense
-prior, :mod:`lmindexer.downstream.prior`) and times ``GenerativeModel.search`` on the held-out queries in batches of
+Loads the model ``benchmarks/downstream.py`` trained on the data set (the library's defaults, so with the prior,
+:mod:`lmindexer.downstream.prior`: the dense prior of a retriever, the item prior of a recommender) and times
+``GenerativeModel.search`` on the held-out queries (wiki-topics, clothing-reviews), or ``GenerativeModel.recommend``
+with each user's history left out, as ``/recommend`` answers, on every user's history (movielens-100k), in batches of
 1 and of 16 (the serving batcher's largest), in the model's default precision, with the prior and without it (the
 same weights; the prior's scores are simply not added, which is what a model trained without it does per step).
 The two variants alternate batch by batch within each of ``--repeats`` passes, so a host whose speed drifts weighs
@@ -11,6 +13,8 @@ quality itself is measured by ``benchmarks/downstream.py``).
 
     python benchmarks/downstream.py --dataset clothing-reviews     # once: trains and saves the retriever used here
     python benchmarks/prior_cost.py --dataset clothing-reviews      # ~2 min on 2 cores
+    python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers   # the recommender
+    python benchmarks/prior_cost.py --dataset movielens-100k
 
 Writes <out>/prior_cost-<dataset>.json, .md and .png.
 """
@@ -41,13 +45,17 @@ BATCH_SIZES = (1, 16)
 VARIANTS = ("with the prior", "decoder alone")
 
 
-def timed_search(model: GenerativeModel, batch: list[str], k: int, with_prior: bool) -> tuple[float, list]:
+def timed_request(model: GenerativeModel, batch: list, k: int, with_prior: bool) -> tuple[float, list]:
+    """One batch's search (queries) or recommendation (histories, their items left out, as /recommend answers)."""
     prior = model.prior
     if not with_prior:
         model.prior = None  # _prior() then passes no scores: each step is the decoder's alone
     try:
         started = time.perf_counter()
-        found = model.search(batch, k=k)
+        if model.config.task == "recommendation":
+            found = model.recommend(batch, k=k, exclude_seen=True)
+        else:
+            found = model.search(batch, k=k)
         return time.perf_counter() - started, found
     finally:
         model.prior = prior
@@ -55,25 +63,39 @@ def timed_search(model: GenerativeModel, batch: list[str], k: int, with_prior: b
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="clothing-reviews", choices=["wiki-topics", "clothing-reviews"])
-    parser.add_argument("--ids", default="rq-kmeans", help="which of downstream's retrievers: its ID method")
-    parser.add_argument("--model", type=Path, default=None, help="retriever directory (default: downstream's)")
-    parser.add_argument("--repeats", type=int, default=3, help="passes over the queries")
-    parser.add_argument("--limit-queries", type=int, default=None, help="time only the first N held-out queries")
+    parser.add_argument(
+        "--dataset", default="clothing-reviews", choices=["wiki-topics", "clothing-reviews", "movielens-100k"]
+    )
+    parser.add_argument("--ids", default="rq-kmeans", help="which of downstream's models: its ID method")
+    parser.add_argument("--model", type=Path, default=None, help="model directory (default: downstream's)")
+    parser.add_argument("--repeats", type=int, default=3, help="passes over the queries or histories")
+    parser.add_argument(
+        "--limit-queries", type=int, default=None, help="time only the first N held-out queries (or histories)"
+    )
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     model_dir = args.model or cache_root() / "benchmarks" / "downstream" / args.dataset / f"model-{args.ids}"
+    recommendation = args.dataset == "movielens-100k"
     if not (model_dir / "generative.json").is_file():
-        raise SystemExit(f"no retriever at {model_dir}: run `python benchmarks/downstream.py` first")
+        raise SystemExit(
+            f"no model at {model_dir}: run `python benchmarks/downstream.py --dataset {args.dataset}` first"
+        )
     env = environment()
     model = GenerativeModel.load(model_dir)
+    if model.config.task != ("recommendation" if recommendation else "retrieval"):
+        raise SystemExit(f"the model at {model_dir} is for {model.config.task}, not for {args.dataset}")
     if model.prior is None:
-        raise SystemExit(f"the retriever at {model_dir} has no dense prior (trained with dense_prior: false)")
+        option = "item_prior" if recommendation else "dense_prior"
+        raise SystemExit(f"the model at {model_dir} has no prior (trained with {option}: false)")
     data = datasets.fetch(args.dataset, progress=False)
-    queries = [query for query, _ in read_queries(data / "queries-test.jsonl")][: args.limit_queries]
-    model.search(queries[:16], k=args.k)  # warm-up: the prior's tables, the allocator, the kernels
+    if recommendation:  # every user's history, the evaluation's (the test item is what it predicts)
+        queries: list = [sequence.history for sequence in datasets.read_sequences(data / "sequences.jsonl")]
+    else:
+        queries = [query for query, _ in read_queries(data / "queries-test.jsonl")]
+    queries = queries[: args.limit_queries]
+    timed_request(model, queries[:16], args.k, True)  # warm-up: the prior's tables, the allocator, the kernels
 
     rows, per_pass = [], {}
     overlap: list[float] = []
@@ -88,7 +110,7 @@ def main() -> int:
                 order = (True, False) if (number + repeat) % 2 == 0 else (False, True)
                 found = {}
                 for with_prior in order:
-                    seconds, found[with_prior] = timed_search(model, batch, args.k, with_prior)
+                    seconds, found[with_prior] = timed_request(model, batch, args.k, with_prior)
                     this_pass[VARIANTS[0] if with_prior else VARIANTS[1]].append(seconds * 1000.0)
                 if repeat == 0 and size == BATCH_SIZES[-1]:
                     for a, b in zip(found[True], found[False], strict=True):
@@ -106,6 +128,14 @@ def main() -> int:
             })  # fmt: skip
 
     cost = {size: statistics.median(ratios) for size, ratios in per_pass.items()}
+    # The same words for both tasks: what is timed, on what, with which prior.
+    words = (
+        {"prior": "item prior", "request": "recommendation", "model": "recommender", "inputs": "user histories "
+         "(their items left out)", "call": "recommend", "per": "history"}
+        if recommendation
+        else {"prior": "dense prior", "request": "search", "model": "retriever", "inputs": "held-out queries",
+              "call": "search", "per": "query"}
+    )  # fmt: skip
     document = {
         "environment": env,
         "benchmark": "prior_cost",
@@ -114,7 +144,8 @@ def main() -> int:
         "items": len(model.trie),
         "beam_size": model.config.beam_size,
         "precision": model.precision,
-        "queries": len(queries),
+        "task": model.config.task,
+        "queries": len(queries),  # held-out queries, or user histories for a recommender
         "repeats": args.repeats,
         "results": rows,
         "cost_with_prior": {str(size): value for size, value in cost.items()},
@@ -122,15 +153,15 @@ def main() -> int:
         "top10_overlap_mean": statistics.fmean(overlap) if overlap else None,
     }
     table = markdown_table(
-        ["batch", "variant", "p50 ms per batch", "p90 ms", "ms per query (p50)"],
+        ["batch", "variant", "p50 ms per batch", "p90 ms", f"ms per {words['per']} (p50)"],
         [[r["batch_size"], r["variant"], f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['ms_per_query']:.2f}"]
          for r in rows],
     )  # fmt: skip
     lines = [
-        f"# What the dense prior costs a search: {args.dataset}",
+        f"# What the {words['prior']} costs a {words['request']}: {args.dataset}",
         "",
-        f"The retriever at `{model_dir.name}` ({len(model.trie)} items, beam {model.config.beam_size}, "
-        f"{model.precision}), {len(queries)} held-out queries, {args.repeats} passes, the two variants alternating "
+        f"The {words['model']} at `{model_dir.name}` ({len(model.trie)} items, beam {model.config.beam_size}, "
+        f"{model.precision}), {len(queries)} {words['inputs']}, {args.repeats} passes, the two variants alternating "
         "batch by batch.",
         "",
         table,
@@ -150,8 +181,8 @@ def main() -> int:
                   for s in BATCH_SIZES]  # fmt: skip
         axis.bar([i + (n - 0.5) * width for i in range(len(BATCH_SIZES))], values, width, label=variant)
     axis.set_xticks(range(len(BATCH_SIZES)), [f"batch of {s}" for s in BATCH_SIZES])
-    axis.set_ylabel("p50 ms per query")
-    axis.set_title(f"GenerativeModel.search on {args.dataset}: the dense prior's cost")
+    axis.set_ylabel(f"p50 ms per {words['per']}")
+    axis.set_title(f"GenerativeModel.{words['call']} on {args.dataset}: the {words['prior']}'s cost")
     axis.legend()
     fig.tight_layout()
     fig.savefig(stem.with_suffix(".png"), dpi=110)
