@@ -389,11 +389,10 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
     if not args.peers:
         return []
     if args.peer_budget == "own":
-        train, budget, steps, suffix = histories, {}, "all", ", own recipe"
-    else:
-        steps = gen_options["examples_per_history"]  # None: every step, as the generative models then train
-        train = histories if steps is None else [history[-(steps + 1) :] for history in histories]
-        budget, steps, suffix = {"n_epochs": gen_options["epochs"]}, "all" if steps is None else steps, ""
+        steps, budget, suffix = None, {}, ", own recipe"
+    else:  # None: every step, as the generative models then train
+        steps, budget, suffix = gen_options["examples_per_history"], {"n_epochs": gen_options["epochs"]}, ""
+    train = histories if steps is None else [history[-(steps + 1) :] for history in histories]
     rows = []
     peers = {"sasrec": ("SASRec (cornac{})", CornacRecommender.sasrec)}
     peers["tiger"] = ("TIGER (cornac, GRID recipe{})", CornacRecommender.tiger)
@@ -423,7 +422,7 @@ def peer_rows(args, catalogue: Path, histories: list[list[str]], gen_options: di
             "budget": {  # what the peer actually trained with, read back from the Cornac model
                 "recipe": args.peer_budget,
                 "epochs": peer.model.n_epochs,
-                "next_item_steps_per_user": steps,
+                "next_item_steps_per_user": "all" if steps is None else steps,
                 **({"tokenizer_epochs": peer.model.rqvae_n_epochs} if peer_name == "letter" else {}),
             },
         })  # fmt: skip
