@@ -23,13 +23,16 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
     python benchmarks/downstream.py --dataset movielens-100k --peers sasrec --peers-only --peer-budget own
     python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
         --examples-per-history all --epochs 1    # the recommender on every next-item step, one pass
+    python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
+        --sequence-training --examples-per-history all --epochs 10   # every step, in windows, SASRec's epochs
 
 Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
 the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
 Writes <out>/downstream-<dataset>.json, .md and .png (downstream-<dataset>-seed-<N>.* for --seed N other than 0;
 --peers-only writes downstream-<dataset>-peers[-own-recipe][-seed-<N>].*: the peers and popularity on the same split,
-for comparison with a full run's file of the same seed; -own-recipe with --peer-budget own). A recommendation budget
-other than 20 next-item steps per user for 3 epochs adds -steps-<N>-epochs-<E> to the name.
+for comparison with a full run's file of the same seed; -own-recipe with --peer-budget own). --sequence-training adds
+-sequence-training, and a recommendation budget other than 20 next-item steps per user for 3 epochs adds
+-steps-<N>-epochs-<E> to the name.
 """
 
 from __future__ import annotations
@@ -119,6 +122,7 @@ def item_texts(snapshot, table: IdTable, items: dict) -> dict[str, str]:
 def run_generative(method: str, snapshot, table: IdTable, options: dict, train, evaluate, save_to: Path) -> dict:
     qualifiers = [", from its snapshot"] if options.get("from_snapshot") else []
     qualifiers += [", no item prior"] if options.get("item_prior") is False else []
+    qualifiers += [", sequence-trained"] if options.get("sequence_training") else []
     name = f"generative ({method} IDs{''.join(qualifiers)})"
     print(f"-- {name}", flush=True)
     model = GenerativeModel.create(table, snapshot, options)
@@ -139,6 +143,8 @@ def run_generative(method: str, snapshot, table: IdTable, options: dict, train, 
         "eval_s": round(eval_s, 1),
         "epoch_loss": [round(x, 4) for x in stats["epoch_loss"]],
         "initialised_from": model.initialised_from,
+        **({"examples": stats["examples"]} if "examples" in stats else {}),
+        **({"windows": stats["windows"]} if "windows" in stats else {}),
     }
 
 
@@ -450,7 +456,8 @@ def _variants(
 
 def _model_dir(work: Path, method: str, options: dict) -> Path:
     name = f"model-{method}-from-snapshot" if options["from_snapshot"] else f"model-{method}"
-    return work / (name + "-no-item-prior" if options.get("item_prior") is False else name)
+    name += "-no-item-prior" if options.get("item_prior") is False else ""
+    return work / (name + "-sequence-trained" if options.get("sequence_training") else name)
 
 
 def _method_options(method: str, args) -> dict:
@@ -572,6 +579,12 @@ def main() -> int:
         "(the peers' budget follows, with --peer-budget ours); default 20, sized for 2 CPU cores",
     )
     parser.add_argument(
+        "--sequence-training",
+        action="store_true",
+        help="recommendation: the generative models learn every next-item step of a window in one pass, over a "
+        "causal history (the sequence_training option, as SASRec trains); a file of its own",
+    )
+    parser.add_argument(
         "--methods",
         nargs="+",
         default=list(ID_METHODS),
@@ -588,6 +601,10 @@ def main() -> int:
         parser.error("--peers-only needs --dataset movielens-100k and at least one peer")
     if args.examples_per_history != "all" and not args.examples_per_history.isdigit():
         parser.error(f"--examples-per-history must be a number or 'all', got {args.examples_per_history!r}")
+    if args.sequence_training and (args.dataset != "movielens-100k" or args.peers_only):
+        parser.error(
+            "--sequence-training trains the generative recommenders: --dataset movielens-100k, no --peers-only"
+        )
     if args.peer_budget == "own" and not args.peers_only:
         # A full run's file is the comparison at one budget; the peers at theirs are a file of their own.
         parser.error("--peer-budget own needs --peers-only")
@@ -604,6 +621,8 @@ def main() -> int:
         # Sized for a 2-core CPU: the 10 most recent items, the last 20 next-item steps of each user, 3 epochs.
         steps = None if args.examples_per_history == "all" else int(args.examples_per_history)
         gen_options.update({"history_window": 10, "examples_per_history": steps, "batch_size": 128})
+        if args.sequence_training:
+            gen_options["sequence_training"] = True
     if args.epochs or is_recommendation:  # retrieval trains the library's defaults (benchmarks/retrieval_steps.py)
         gen_options["epochs"] = args.epochs or 3
     started = time.perf_counter()
@@ -627,6 +646,7 @@ def main() -> int:
         f"downstream-{args.dataset}"
         + ("-peers" if args.peers_only else "")
         + ("-own-recipe" if args.peer_budget == "own" else "")
+        + ("-sequence-training" if args.sequence_training else "")
         # A recommendation budget other than the default is a file of its own.
         + (
             f"-steps-{args.examples_per_history}-epochs-{gen_options['epochs']}"

@@ -109,6 +109,13 @@ class GenerativeConfig(BaseModel):
     examples_per_history: int | None = Field(
         None, ge=1, description="train on only the last N next-item steps of each history (None: every step)"
     )
+    sequence_training: bool = Field(
+        False,
+        description="recommendation: read histories with a causal encoder (each item sees only the items before it, "
+        "histories left-aligned) and learn every next-item step of a window of history_window + 1 items in one "
+        "pass, as SASRec trains; batch_size then counts windows. Off: one (history -> next item) example at a time "
+        "over a right-aligned window",
+    )
     suffix_headroom: int = Field(16, ge=0, le=100000, description="spare suffix values for items indexed later")
     # 8: over three seeds on clothing-reviews, 16 epochs retrieved no better (Recall@10 -0.009 +- 0.034) at twice
     # the training time (docs/downstream.md, benchmarks/retrieval_steps.py).
@@ -211,6 +218,7 @@ class GenerativeModel:
             task=options.task,
             history_window=options.history_window,
             history_layers=options.history_layers,
+            causal_history=options.sequence_training,
             prior=_uses_prior(options),
         )
         model = cls(options, vocabulary, network, ids.sid_map())
@@ -403,7 +411,8 @@ class GenerativeModel:
         return lambda position, summaries, prefixes: prior.scores(trie, position, summaries, prefixes)
 
     def _history_tensors(self, histories: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-aligned windows of the most recent items; unknown items are skipped, like a deleted item."""
+        """Windows of the most recent items, right-aligned (left-aligned for a causal encoder: sequence_training);
+        unknown items are skipped, like a deleted item."""
         window = self.config.history_window
         tokens = torch.zeros((len(histories), window, self.vocabulary.depth), dtype=torch.long)
         mask = torch.zeros((len(histories), window), dtype=torch.long)
@@ -411,9 +420,27 @@ class GenerativeModel:
             known = [t for t in (self.trie.tokens_of(i) for i in history) if t is not None][-window:]
             if not known:
                 raise ConfigError(f"history {row} has no item with a semantic ID in this model")
-            tokens[row, window - len(known) :] = torch.tensor(known, dtype=torch.long)
-            mask[row, window - len(known) :] = 1
+            slots = slice(0, len(known)) if self.config.sequence_training else slice(window - len(known), window)
+            tokens[row, slots] = torch.tensor(known, dtype=torch.long)
+            mask[row, slots] = 1
         return tokens, mask
+
+    def _training_windows(self, sequences: Sequence[Sequence[str]]) -> list[tuple[list[str], int]]:
+        """Sequence training's windows: (up to history_window + 1 consecutive items, how many of its last steps to
+        learn). Each sequence is cut from its end into windows that overlap by one item, so that every step (the
+        last examples_per_history of them when set) is learnt exactly once, with the items before it in its window
+        as its history."""
+        window = self.config.history_window
+        windows = []
+        for sequence in sequences:
+            known = [item_id for item_id in sequence if item_id in self.trie]
+            first = 1 if self.config.examples_per_history is None else len(known) - self.config.examples_per_history
+            first, last = max(1, first), len(known) - 1
+            while last >= first:
+                start = max(0, last - window)
+                windows.append((known[start : last + 1], last - max(first, start + 1) + 1))
+                last = start
+        return windows
 
     def fit_recommendation(
         self,
@@ -428,6 +455,8 @@ class GenerativeModel:
         embedding where ``item_texts`` has it (else from a random direction)."""
         if self.config.task != "recommendation":
             raise ConfigError("this model is a retriever; train it with fit_retrieval")
+        if self.config.sequence_training:
+            return self._fit_sequences(sequences, item_texts, checkpoint_dir=checkpoint_dir, progress=progress)
         histories: list[Sequence[str]] = []
         nexts: list[str] = []
         for sequence in sequences:
@@ -457,6 +486,49 @@ class GenerativeModel:
                 described_examples=described, checkpoint_dir=checkpoint_dir, progress=progress,
             )  # fmt: skip
         stats.update({"examples": len(histories), "embedded_items": embedded})
+        self.training = stats
+        return stats
+
+    def _fit_sequences(
+        self,
+        sequences: Sequence[Sequence[str]],
+        item_texts: Mapping[str, str] | None,
+        *,
+        checkpoint_dir: Path | None,
+        progress: bool,
+    ) -> dict[str, Any]:
+        """:meth:`fit_recommendation` with sequence_training: batches of windows, every step of a window in one
+        pass (:meth:`GenerativeIdModel.sequence_loss`)."""
+        windows = self._training_windows(sequences)
+        if not windows:
+            raise ConfigError("no training examples: every sequence needs at least two items with IDs")
+        width, depth = self.config.history_window, self.vocabulary.depth
+        history, item_mask = self._history_tensors([items[:-1] for items, _ in windows])
+        targets = torch.zeros((len(windows), width, depth), dtype=torch.long)
+        target_mask = torch.zeros((len(windows), width), dtype=torch.bool)
+        for row, (items, learnt) in enumerate(windows):
+            steps = len(items) - 1
+            targets[row, :steps] = self._targets(items[1:])
+            target_mask[row, steps - learnt : steps] = True
+        self._freeze_encoder(self._encoder_stack())
+        embedded = self._start_item_vectors(item_texts, progress) if self.prior is not None else 0
+        accelerator = self._start_training()
+        prior = self._prior()
+
+        def batch_loss(index: list[int]) -> torch.Tensor:
+            memory, mask = self.network.encode_history(history[index].to(self.device), item_mask[index].to(self.device))
+            return self.network.sequence_loss(
+                memory, mask, targets[index].to(self.device), target_mask[index].to(self.device), prior
+            )
+
+        described = ("\x1d".join(items) + f"\x1f{learnt}" for items, learnt in windows)
+        learning = self.prior.learning(self.network, self.trie) if self.prior is not None else contextlib.nullcontext()
+        with learning:
+            stats = train_network(
+                self.network, self.config, accelerator, len(windows), batch_loss, trains_encoder=False,
+                described_examples=described, checkpoint_dir=checkpoint_dir, progress=progress,
+            )  # fmt: skip
+        stats.update({"examples": int(target_mask.sum()), "windows": len(windows), "embedded_items": embedded})
         self.training = stats
         return stats
 
@@ -644,6 +716,7 @@ class GenerativeModel:
             task=config.task,
             history_window=config.history_window,
             history_layers=config.history_layers,
+            causal_history=config.sequence_training,
             prior=_uses_prior(config),
         )
         try:

@@ -30,12 +30,27 @@ INITIAL_LOGIT_SCALE = 20.0
 
 
 class HistoryEncoder(nn.Module):
-    """Encodes a window of items, each written as its ID tokens, into states the decoder attends to."""
+    """Encodes a window of items, each written as its ID tokens, into states the decoder attends to.
 
-    def __init__(self, hidden: int, heads: int, layers: int, window: int, depth: int, dropout: float = 0.1) -> None:
+    ``causal``: each item's tokens attend only to the tokens of the items up to it (its own included), so the states
+    of a window's first ``t`` items do not depend on what follows them: one pass over a window then holds the
+    history of every next-item step in it (sequence training), as SASRec's causal self-attention does."""
+
+    def __init__(
+        self,
+        hidden: int,
+        heads: int,
+        layers: int,
+        window: int,
+        depth: int,
+        dropout: float = 0.1,
+        *,
+        causal: bool = False,
+    ) -> None:
         super().__init__()
         self.window = window
         self.depth = depth
+        self.causal = causal
         self.item_position = nn.Embedding(window, hidden)
         self.token_position = nn.Embedding(depth, hidden)
         # nn.Embedding's unit-variance default would drown the item vectors (norm ~ the word-embedding scale).
@@ -48,14 +63,19 @@ class HistoryEncoder(nn.Module):
         self.norm = nn.LayerNorm(hidden)
 
     def forward(self, token_vectors: torch.Tensor, item_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``token_vectors`` (B, W, depth, d) of a right-aligned window; ``item_mask`` (B, W), 1 for real items."""
+        """``token_vectors`` (B, W, depth, d) of a window (right-aligned; left-aligned when causal, so that padding
+        only follows real items); ``item_mask`` (B, W), 1 for real items."""
         batch, window, depth, hidden = token_vectors.shape
         positions = torch.arange(window, device=token_vectors.device)
         tokens = torch.arange(depth, device=token_vectors.device)
         states = token_vectors + self.item_position(positions)[None, :, None] + self.token_position(tokens)[None, None]
         states = states.reshape(batch, window * depth, hidden)
         mask = item_mask.repeat_interleave(depth, dim=1)
-        out = self.layers(states, src_key_padding_mask=mask == 0)
+        later = None
+        if self.causal:
+            item_of_token = positions.repeat_interleave(depth)
+            later = item_of_token[None, :] > item_of_token[:, None]  # True: a later item's token, hidden
+        out = self.layers(states, mask=later, src_key_padding_mask=mask == 0)
         return self.norm(out), mask
 
 
@@ -68,6 +88,7 @@ class GenerativeIdModel(nn.Module):
         task: Task = "retrieval",
         history_window: int = 20,
         history_layers: int = 2,
+        causal_history: bool = False,
         prior: bool = False,
     ) -> None:
         super().__init__()
@@ -100,7 +121,9 @@ class GenerativeIdModel(nn.Module):
             self.register_buffer(f"centre_{position}", torch.zeros(rows, hidden))
         self.history: HistoryEncoder | None = None
         if task == "recommendation":
-            self.history = HistoryEncoder(hidden, backbone.num_heads, history_layers, history_window, self.depth)
+            self.history = HistoryEncoder(
+                hidden, backbone.num_heads, history_layers, history_window, self.depth, causal=causal_history
+            )
 
     @property
     def depth(self) -> int:
@@ -176,12 +199,56 @@ class GenerativeIdModel(nn.Module):
         """Teacher-forced cross-entropy of the target IDs (B, depth), averaged over positions. With ``prior`` (see
         :meth:`beam_search`) the softmax runs over the tokens that continue an existing ID, as decoding does."""
         states = self.states(memory, memory_mask, targets[:, :-1])
-        summary = self.summary(memory, memory_mask) if prior is not None else None
+        return self._teacher_forced_loss(states, self.summary(memory, memory_mask), targets, prior)
+
+    def _teacher_forced_loss(
+        self, states: torch.Tensor, summary: torch.Tensor, targets: torch.Tensor, prior: PriorScores | None
+    ) -> torch.Tensor:
+        """Cross-entropy of ``targets`` (R, depth) from the decoder's states (R, depth, d), averaged over positions."""
         losses = []
         for p in range(self.depth):
-            scores = None if prior is None else prior(p, summary, targets[:, :p])  # type: ignore[arg-type]
+            scores = None if prior is None else prior(p, summary, targets[:, :p])
             losses.append(F.cross_entropy(self.logits(states[:, p], p, targets, scores), targets[:, p]))
         return torch.stack(losses).mean()
+
+    @staticmethod
+    def prefix_summaries(memory: torch.Tensor, memory_mask: torch.Tensor, depth: int) -> torch.Tensor:
+        """(B, W, d): for each item slot ``t`` of a window, :meth:`summary` of the memory of items 0..t alone."""
+        batch, tokens, hidden = memory.shape
+        weights = memory_mask.unsqueeze(-1).to(memory.dtype)
+        sums = (memory * weights).view(batch, tokens // depth, depth, hidden).sum(dim=2).cumsum(dim=1)
+        counts = weights.view(batch, tokens // depth, depth).sum(dim=2).cumsum(dim=1)
+        return F.normalize(sums / counts.clamp(min=1.0).unsqueeze(-1), dim=-1)
+
+    def sequence_loss(
+        self,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        targets: torch.Tensor,
+        target_mask: torch.Tensor,
+        prior: PriorScores | None = None,
+    ) -> torch.Tensor:
+        """:meth:`loss` of every next-item step of a window in one pass: ``memory`` (B, W x depth, d) comes from a
+        causal history encoder over W left-aligned items, ``targets`` (B, W, depth) holds the item that followed
+        each slot and ``target_mask`` (B, W) the slots that are steps to learn. Slot ``t`` is decoded against the
+        memory of items 0..t only, so each step's loss is the one :meth:`loss` gives for its history alone."""
+        batch, window, depth = targets.shape
+        item_of_token = torch.arange(window, device=memory.device).repeat_interleave(depth)
+        slots = torch.arange(window, device=memory.device)
+        visible = (item_of_token[None, :] <= slots[:, None])[None] & memory_mask.bool()[:, None, :]
+        summaries = self.prefix_summaries(memory, memory_mask, depth)
+        inputs = [F.normalize(summaries + self.start, dim=-1).unsqueeze(2)]
+        inputs += [self.embed_tokens(p, targets[..., p]).unsqueeze(2) for p in range(depth - 1)]
+        embeds = torch.cat(inputs, dim=2) * self.input_scale
+        states = self.backbone.decode_blocks(embeds.to(memory.dtype), memory, visible)
+        states = states + self.summary_scale * summaries.unsqueeze(2).to(states.dtype)
+        steps = target_mask.reshape(-1).bool()
+        return self._teacher_forced_loss(
+            states.reshape(batch * window, depth, -1)[steps],
+            summaries.reshape(batch * window, -1)[steps],
+            targets.reshape(batch * window, depth)[steps],
+            prior,
+        )
 
     # -- decoding --------------------------------------------------------------------------------------------------
 

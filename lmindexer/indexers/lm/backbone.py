@@ -26,7 +26,13 @@ from torch import nn
 from lmindexer.cache import cache_root
 from lmindexer.embeddings import resolve_encoder
 from lmindexer.errors import ConfigError, SnapshotError
-from lmindexer.indexers.lm.decoding import CachedDecoding, IncrementalDecoder, SharedMemoryDecoding, shares_memory
+from lmindexer.indexers.lm.decoding import (
+    CachedDecoding,
+    IncrementalDecoder,
+    SharedMemoryDecoding,
+    decode_blocks,
+    shares_memory,
+)
 from lmindexer.methods import PACKAGED_ENCODER
 from lmindexer.storage.s3 import is_s3_uri
 
@@ -127,6 +133,17 @@ class Seq2SeqBackbone(nn.Module):
             use_cache=False,
         )
         return out.last_hidden_state
+
+    def decode_blocks(self, inputs_embeds: torch.Tensor, memory: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """States (B, T, n, d) of ``T`` prefixes per source in one pass, prefix ``t`` attending the memory positions
+        ``visible[:, t]`` allows (see :func:`lmindexer.indexers.lm.decoding.decode_blocks`); BERT-style decoders."""
+        if not shares_memory(self._decoder):
+            raise ConfigError(
+                "training every next-item step of a history in one pass (sequence_training) needs a BERT-style "
+                "decoder (the packaged and tiny backbones); this backbone's decoder is "
+                f"{type(self._decoder).__name__}"
+            )
+        return decode_blocks(self._decoder, inputs_embeds, memory, visible)
 
     def incremental_decoder(
         self, memory: torch.Tensor, memory_mask: torch.Tensor, *, shared_memory: bool = True

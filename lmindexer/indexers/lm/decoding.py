@@ -132,6 +132,43 @@ class SharedMemoryDecoding:
         self.past = [None if past is None else (past[0][parents], past[1][parents]) for past in self.past]
 
 
+def decode_blocks(
+    decoder: nn.Module, inputs_embeds: torch.Tensor, memory: torch.Tensor, visible: torch.Tensor
+) -> torch.Tensor:
+    """A BERT-style decoder's states (B, T, n, d) for ``T`` prefixes per source at once, each of ``n`` positions
+    (``inputs_embeds`` (B, T, n, d)), prefix ``t`` attending only the memory positions ``visible[b, t]`` (B, T, S)
+    allows: every next-item step of a history in one pass, the states that decoding each prefix against only its
+    visible memory gives (the tests cross-check them). The memory's keys and values are projected once per source.
+    """
+    if not shares_memory(decoder):
+        raise ValueError("decoding blocks of prefixes needs a BERT-style decoder with cross-attention")
+    sources, prefixes, length, hidden_size = inputs_embeds.shape
+    rows = sources * prefixes
+    hidden = decoder.embeddings(inputs_embeds=inputs_embeds.reshape(rows, length, hidden_size).to(memory.dtype))
+    # (B, 1, T x n, S): each position of prefix t sees what prefix t sees; broadcast over heads.
+    cross_mask = visible.bool()[:, None, :, None, :].expand(-1, -1, -1, length, -1).flatten(2, 3)
+    for layer in decoder.encoder.layer:
+        own = layer.attention.self
+        heads = own.num_attention_heads
+        query, key, value = (_heads(projection(hidden), heads) for projection in (own.query, own.key, own.value))
+        attended = F.scaled_dot_product_attention(
+            query, key, value, is_causal=True, dropout_p=own.dropout.p if own.training else 0.0
+        )
+        hidden = layer.attention.output(_merge(attended), hidden)
+
+        cross = layer.crossattention.self
+        # (rows, n, d) -> (B, heads, T x n, d): a source's prefixes query its keys together.
+        query = cross.query(hidden).view(sources, prefixes * length, heads, -1).transpose(1, 2)
+        keys, values = _heads(cross.key(memory), heads), _heads(cross.value(memory), heads)
+        attended = F.scaled_dot_product_attention(
+            query, keys, values, attn_mask=cross_mask, dropout_p=cross.dropout.p if cross.training else 0.0
+        )
+        attended = attended.transpose(1, 2).reshape(rows, length, -1)
+        hidden = layer.crossattention.output(attended, hidden)
+        hidden = layer.output(layer.intermediate(hidden), hidden)
+    return hidden.view(sources, prefixes, length, -1)
+
+
 def _heads(states: torch.Tensor, heads: int) -> torch.Tensor:
     """(N, T, heads x d) -> (N, heads, T, d)."""
     return states.view(states.size(0), states.size(1), heads, -1).transpose(1, 2)

@@ -1,0 +1,127 @@
+"""Sequence training of a recommender: every next-item step of a window learnt in one pass (causal history)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_GENERATIVE
+from torch import nn
+
+from lmindexer.downstream.generative import GenerativeModel
+from lmindexer.indexers.lm.decoding import decode_blocks
+
+SEQUENCE_OPTIONS = {
+    **TINY_GENERATIVE,
+    "task": "recommendation",
+    "sequence_training": True,
+    "history_window": 6,
+    "epochs": 6,
+    "batch_size": 16,
+}
+
+
+@pytest.fixture(scope="module")
+def untrained(movielens_small):
+    snapshot, table, _ = movielens_small
+    model = GenerativeModel.create(table, snapshot, SEQUENCE_OPTIONS)
+    model._start_item_vectors(None, progress=False)  # the item prior's vectors (random directions), as training does
+    return model.network.eval(), model
+
+
+def test_a_causal_history_gives_earlier_items_the_same_states_whatever_follows(untrained, movielens_small):
+    network, model = untrained
+    sequence = movielens_small[2][0]
+    depth = model.vocabulary.depth
+    tokens, item_mask = model._history_tensors([sequence[:6], sequence[:3]])
+    assert item_mask[1].tolist() == [1, 1, 1, 0, 0, 0]  # left-aligned
+    with torch.no_grad():
+        memory, _ = network.encode_history(tokens, item_mask)
+    assert torch.allclose(memory[0, : 3 * depth], memory[1, : 3 * depth], atol=1e-5)
+    assert not torch.allclose(memory[0, 3 * depth :], memory[1, 3 * depth :], atol=1e-3)
+
+
+def test_one_pass_over_a_window_gives_each_step_the_loss_of_its_history_alone(untrained, movielens_small):
+    """The sequence loss of a window equals the mean of the one-example losses of its steps, each step decoded from
+    the window cut after its history (the memory, the summary and the item prior all see only that history)."""
+    network, model = untrained
+    window = movielens_small[2][1][:7]
+    history, item_mask = model._history_tensors([window[:-1]])
+    targets = model._targets(window[1:]).unsqueeze(0)
+    steps = torch.ones((1, 6), dtype=torch.bool)
+    prior = model._prior()
+    with torch.no_grad():
+        memory, mask = network.encode_history(history, item_mask)
+        together = network.sequence_loss(memory, mask, targets, steps, prior)
+        one_by_one = []
+        for t in range(6):
+            cut, cut_mask = model._history_tensors([window[: t + 1]])
+            cut_memory, cut_memory_mask = network.encode_history(cut, cut_mask)
+            one_by_one.append(network.loss(cut_memory, cut_memory_mask, targets[:, t], prior))
+        # Only the learnt steps count: the first three alone give their own mean.
+        first_three = network.sequence_loss(memory, mask, targets, torch.tensor([[1, 1, 1, 0, 0, 0]]).bool(), prior)
+    assert together.item() == pytest.approx(torch.stack(one_by_one).mean().item(), rel=1e-4)
+    assert first_three.item() == pytest.approx(torch.stack(one_by_one[:3]).mean().item(), rel=1e-4)
+
+
+def test_every_step_of_every_sequence_is_learnt_exactly_once(untrained):
+    _, model = untrained
+    window = model.config.history_window
+    items = sorted(item_id for item_id, _ in model.trie)
+    sequences = [items[:1], items[:2], items[:6], items[:7], items[:20], items[30:43]]
+
+    def learnt(sequence):
+        """(how many items before it its history holds, the step's index) of each step learnt from ``sequence``."""
+        steps = []
+        for items_of_window, count in model._training_windows([sequence]):
+            assert 2 <= len(items_of_window) <= window + 1 and 1 <= count <= len(items_of_window) - 1
+            offset = sequence.index(items_of_window[0])
+            assert sequence[offset : offset + len(items_of_window)] == items_of_window  # consecutive items
+            steps += [(t, offset + t) for t in range(len(items_of_window) - count, len(items_of_window))]
+        return steps
+
+    for sequence in sequences:
+        steps = learnt(sequence)
+        assert sorted(step for _, step in steps) == list(range(1, len(sequence)))  # each step once
+        assert all(1 <= history <= min(step, window) for history, step in steps)
+    model.config, kept = model.config.model_copy(update={"examples_per_history": 2}), model.config
+    try:
+        for sequence in sequences:
+            assert sorted(step for _, step in learnt(sequence)) == list(range(max(1, len(sequence) - 2), len(sequence)))
+    finally:
+        model.config = kept
+
+
+@pytest.fixture(scope="module")
+def sequence_recommender(movielens_small):
+    snapshot, table, sequences = movielens_small
+    model = GenerativeModel.create(table, snapshot, SEQUENCE_OPTIONS)
+    stats = model.fit_recommendation([s[:-1] for s in sequences])
+    return model, stats
+
+
+def test_a_sequence_trained_recommender_learns_next_items_from_real_histories(sequence_recommender, movielens_small):
+    _, table, sequences = movielens_small
+    model, stats = sequence_recommender
+    train = [s[:-1] for s in sequences]
+    assert stats["examples"] == sum(len(s) - 1 for s in train)
+    assert stats["windows"] < stats["examples"] / 3  # several steps per pass
+    assert stats["epoch_loss"][-1] < stats["epoch_loss"][0]
+    histories, targets = [s[:-1] for s in sequences], [s[-1] for s in sequences]
+    ranked = model.recommend(histories, k=10)
+    valid = set(table.sid_map())
+    assert all(1 <= len(r) <= 10 and {i for i, _ in r} <= valid for r in ranked)
+    metrics = model.evaluate_recommendation(histories, targets)
+    assert metrics["recall@10"] > 2 * 10 / len(valid)  # far above picking 10 of the catalogue at random
+
+
+def test_a_sequence_trained_recommender_reloads_as_it_was_trained(sequence_recommender, movielens_small, tmp_path):
+    model, _ = sequence_recommender
+    histories = [s[:-1] for s in movielens_small[2][:20]]
+    loaded = GenerativeModel.load(model.save(tmp_path / "model"))
+    assert loaded.config.sequence_training and loaded.network.history.causal
+    assert loaded.recommend(histories, k=10) == model.recommend(histories, k=10)
+
+
+def test_decoding_blocks_needs_a_bert_style_decoder():
+    with pytest.raises(ValueError, match="BERT-style decoder"):
+        decode_blocks(nn.Linear(2, 2), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 2), torch.ones(1, 1, 1))
