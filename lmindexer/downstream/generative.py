@@ -18,9 +18,9 @@ import functools
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ WEIGHTS = "weights.safetensors"
 # The items' embeddings behind the dense prior, saved with the weights (their item_ids in the document).
 ITEM_VECTORS = "dense_prior.item_vectors"
 FORMAT_VERSION = 1
+NO_RECOMMENDATION_EXAMPLES = "no training examples: every sequence needs at least two items with IDs"
 # Options are hashed one by one, so that a mismatch names the option.
 _EXPANDED = ("config",)
 
@@ -166,6 +167,16 @@ def _uses_prior(config: GenerativeConfig) -> bool:
 
 def _device(config: GenerativeConfig) -> torch.device:
     return torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else "cpu")
+
+
+class _Examples(NamedTuple):
+    """What a recommender trains on: how many examples (or windows) there are, the loss of a batch of them (indices),
+    one description per example for the checkpoint's fingerprint, and what the training summary reports of them."""
+
+    count: int
+    batch_loss: Callable[[list[int]], torch.Tensor]
+    described: Iterable[str]
+    summary: dict[str, int]
 
 
 class GenerativeModel:
@@ -455,8 +466,22 @@ class GenerativeModel:
         embedding where ``item_texts`` has it (else from a random direction)."""
         if self.config.task != "recommendation":
             raise ConfigError("this model is a retriever; train it with fit_retrieval")
-        if self.config.sequence_training:
-            return self._fit_sequences(sequences, item_texts, checkpoint_dir=checkpoint_dir, progress=progress)
+        examples = self._window_examples(sequences) if self.config.sequence_training else self._step_examples(sequences)
+        self._freeze_encoder(self._encoder_stack())
+        embedded = self._start_item_vectors(item_texts, progress) if self.prior is not None else 0
+        accelerator = self._start_training()
+        learning = self.prior.learning(self.network, self.trie) if self.prior is not None else contextlib.nullcontext()
+        with learning:
+            stats = train_network(
+                self.network, self.config, accelerator, examples.count, examples.batch_loss, trains_encoder=False,
+                described_examples=examples.described, checkpoint_dir=checkpoint_dir, progress=progress,
+            )  # fmt: skip
+        stats.update({**examples.summary, "embedded_items": embedded})
+        self.training = stats
+        return stats
+
+    def _step_examples(self, sequences: Sequence[Sequence[str]]) -> _Examples:
+        """One example per (history window -> next item), each decoded on its own (:meth:`GenerativeIdModel.loss`)."""
         histories: list[Sequence[str]] = []
         nexts: list[str] = []
         for sequence in sequences:
@@ -466,12 +491,9 @@ class GenerativeModel:
                 histories.append(known[max(0, t - self.config.history_window) : t])
                 nexts.append(known[t])
         if not histories:
-            raise ConfigError("no training examples: every sequence needs at least two items with IDs")
+            raise ConfigError(NO_RECOMMENDATION_EXAMPLES)
         history, item_mask = self._history_tensors(histories)
         targets = self._targets(nexts)
-        self._freeze_encoder(self._encoder_stack())
-        embedded = self._start_item_vectors(item_texts, progress) if self.prior is not None else 0
-        accelerator = self._start_training()
         prior = self._prior()
 
         def batch_loss(index: list[int]) -> torch.Tensor:
@@ -479,29 +501,14 @@ class GenerativeModel:
             return self.network.loss(memory, mask, targets[index].to(self.device), prior)
 
         described = ("\x1d".join(h) + f"\x1f{n}" for h, n in zip(histories, nexts, strict=True))
-        learning = self.prior.learning(self.network, self.trie) if self.prior is not None else contextlib.nullcontext()
-        with learning:
-            stats = train_network(
-                self.network, self.config, accelerator, len(histories), batch_loss, trains_encoder=False,
-                described_examples=described, checkpoint_dir=checkpoint_dir, progress=progress,
-            )  # fmt: skip
-        stats.update({"examples": len(histories), "embedded_items": embedded})
-        self.training = stats
-        return stats
+        return _Examples(len(histories), batch_loss, described, {"examples": len(histories)})
 
-    def _fit_sequences(
-        self,
-        sequences: Sequence[Sequence[str]],
-        item_texts: Mapping[str, str] | None,
-        *,
-        checkpoint_dir: Path | None,
-        progress: bool,
-    ) -> dict[str, Any]:
-        """:meth:`fit_recommendation` with sequence_training: batches of windows, every step of a window in one
-        pass (:meth:`GenerativeIdModel.sequence_loss`)."""
+    def _window_examples(self, sequences: Sequence[Sequence[str]]) -> _Examples:
+        """sequence_training's examples: windows, every step of a window learnt in one pass
+        (:meth:`GenerativeIdModel.sequence_loss`)."""
         windows = self._training_windows(sequences)
         if not windows:
-            raise ConfigError("no training examples: every sequence needs at least two items with IDs")
+            raise ConfigError(NO_RECOMMENDATION_EXAMPLES)
         width, depth = self.config.history_window, self.vocabulary.depth
         history, item_mask = self._history_tensors([items[:-1] for items, _ in windows])
         targets = torch.zeros((len(windows), width, depth), dtype=torch.long)
@@ -510,9 +517,6 @@ class GenerativeModel:
             steps = len(items) - 1
             targets[row, :steps] = self._targets(items[1:])
             target_mask[row, steps - learnt : steps] = True
-        self._freeze_encoder(self._encoder_stack())
-        embedded = self._start_item_vectors(item_texts, progress) if self.prior is not None else 0
-        accelerator = self._start_training()
         prior = self._prior()
 
         def batch_loss(index: list[int]) -> torch.Tensor:
@@ -522,15 +526,9 @@ class GenerativeModel:
             )
 
         described = ("\x1d".join(items) + f"\x1f{learnt}" for items, learnt in windows)
-        learning = self.prior.learning(self.network, self.trie) if self.prior is not None else contextlib.nullcontext()
-        with learning:
-            stats = train_network(
-                self.network, self.config, accelerator, len(windows), batch_loss, trains_encoder=False,
-                described_examples=described, checkpoint_dir=checkpoint_dir, progress=progress,
-            )  # fmt: skip
-        stats.update({"examples": int(target_mask.sum()), "windows": len(windows), "embedded_items": embedded})
-        self.training = stats
-        return stats
+        return _Examples(
+            len(windows), batch_loss, described, {"examples": int(target_mask.sum()), "windows": len(windows)}
+        )
 
     def _start_item_vectors(self, item_texts: Mapping[str, str] | None, progress: bool) -> int:
         """Give every item without a vector one to start learning from: its text's embedding where given, else a

@@ -79,3 +79,13 @@ def teacher_forced_log_probability(model: Any, memory: Any, mask: Any, source: i
         allowed = trie.allowed(tokens[:position])
         total += float(torch.log_softmax(logits[allowed], dim=-1)[allowed.index(tokens[position])])
     return total
+
+
+def recall_of_held_out_next_items(model: Any, table: IdTable, sequences: list[list[str]]) -> tuple[float, float]:
+    """Recall@10 of each sequence's last item from the items before it, and that of 10 items picked at random; checks
+    on the way that every recommendation list holds 1 to 10 items that have IDs."""
+    histories, targets = [s[:-1] for s in sequences], [s[-1] for s in sequences]
+    valid = set(table.sid_map())
+    ranked = model.recommend(histories, k=10)
+    assert all(1 <= len(r) <= 10 and {i for i, _ in r} <= valid for r in ranked)
+    return model.evaluate_recommendation(histories, targets)["recall@10"], 10 / len(valid)
