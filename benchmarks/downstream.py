@@ -143,8 +143,7 @@ def run_generative(method: str, snapshot, table: IdTable, options: dict, train, 
         "eval_s": round(eval_s, 1),
         "epoch_loss": [round(x, 4) for x in stats["epoch_loss"]],
         "initialised_from": model.initialised_from,
-        **({"examples": stats["examples"]} if "examples" in stats else {}),
-        **({"windows": stats["windows"]} if "windows" in stats else {}),
+        **{key: stats[key] for key in ("examples", "windows") if key in stats},  # windows: sequence training
     }
 
 
