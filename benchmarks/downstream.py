@@ -25,6 +25,8 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
         --examples-per-history all --epochs 1    # the recommender on every next-item step, one pass
     python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
         --sequence-training --examples-per-history all --epochs 10   # every step, in windows, SASRec's epochs
+    python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
+        --sequence-training --library-defaults   # the recommender as the library trains it by default
 
 Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
 the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
@@ -32,7 +34,7 @@ Writes <out>/downstream-<dataset>.json, .md and .png (downstream-<dataset>-seed-
 --peers-only writes downstream-<dataset>-peers[-own-recipe][-seed-<N>].*: the peers and popularity on the same split,
 for comparison with a full run's file of the same seed; -own-recipe with --peer-budget own). --sequence-training adds
 -sequence-training, and a recommendation budget other than 20 next-item steps per user for 3 epochs adds
--steps-<N>-epochs-<E> to the name.
+-steps-<N>-epochs-<E> to the name (--library-defaults: -library-defaults).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from lmindexer.catalog import read_items
 from lmindexer.downstream.baselines import BM25Retriever, DenseRetriever, PopularityRecommender
 from lmindexer.downstream.dense import DenseIndexConfig
 from lmindexer.downstream.fusion import boosted_scores, prefix_boosts, reciprocal_rank_fusion, score_fusion, top_items
-from lmindexer.downstream.generative import GenerativeModel, parse_generative_config
+from lmindexer.downstream.generative import GenerativeConfig, GenerativeModel, parse_generative_config
 from lmindexer.downstream.jobs import read_queries
 from lmindexer.downstream.peers import CornacRecommender
 from lmindexer.downstream.ranking import rank_metrics
@@ -358,9 +360,8 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
         for variant in _variants(
             method, gen_options, args.no_snapshot_variant, recommendation=True, prior_ablation=not args.no_prior_variant
         ):
-            rows.append(
-                run_generative(method, snapshot, table, variant, fit, recommend, _model_dir(work, method, variant))
-            )
+            save_to = _model_dir(work, method, variant, "-library-defaults" if args.library_defaults else "")
+            rows.append(run_generative(method, snapshot, table, variant, fit, recommend, save_to))
     rows += peers
     popularity = PopularityRecommender()
 
@@ -453,10 +454,10 @@ def _variants(
     return variants
 
 
-def _model_dir(work: Path, method: str, options: dict) -> Path:
+def _model_dir(work: Path, method: str, options: dict, budget: str = "") -> Path:
     name = f"model-{method}-from-snapshot" if options["from_snapshot"] else f"model-{method}"
     name += "-no-item-prior" if options.get("item_prior") is False else ""
-    return work / (name + "-sequence-trained" if options.get("sequence_training") else name)
+    return work / (name + ("-sequence-trained" if options.get("sequence_training") else "") + budget)
 
 
 def _method_options(method: str, args) -> dict:
@@ -584,6 +585,12 @@ def main() -> int:
         "causal history (the sequence_training option, as SASRec trains); a file of its own",
     )
     parser.add_argument(
+        "--library-defaults",
+        action="store_true",
+        help="recommendation: the generative models train at the library's own defaults (GenerativeConfig's history "
+        "window, every next-item step, its epochs and batch size) instead of the 2-core budget; a file of its own",
+    )
+    parser.add_argument(
         "--methods",
         nargs="+",
         default=list(ID_METHODS),
@@ -604,6 +611,13 @@ def main() -> int:
         parser.error(
             "--sequence-training trains the generative recommenders: --dataset movielens-100k, no --peers-only"
         )
+    if args.library_defaults and (
+        args.dataset != "movielens-100k" or args.peers_only or args.epochs or args.examples_per_history != "20"
+    ):
+        parser.error(
+            "--library-defaults trains the generative recommenders at GenerativeConfig's defaults: --dataset "
+            "movielens-100k, no --peers-only, --epochs or --examples-per-history"
+        )
     if args.peer_budget == "own" and not args.peers_only:
         # A full run's file is the comparison at one budget; the peers at theirs are a file of their own.
         parser.error("--peer-budget own needs --peers-only")
@@ -617,13 +631,16 @@ def main() -> int:
     is_recommendation = args.dataset == "movielens-100k"
     gen_options = {"seed": args.seed, "task": "recommendation" if is_recommendation else "retrieval"}
     if is_recommendation:
-        # Sized for a 2-core CPU: the 10 most recent items, the last 20 next-item steps of each user, 3 epochs.
-        steps = None if args.examples_per_history == "all" else int(args.examples_per_history)
-        gen_options.update({"history_window": 10, "examples_per_history": steps, "batch_size": 128})
+        budget = ("history_window", "examples_per_history", "batch_size", "epochs")
+        if args.library_defaults:  # spelled out, so that the peers' budget (--peer-budget ours) follows them
+            gen_options.update({key: GenerativeConfig.model_fields[key].default for key in budget})
+        else:  # sized for a 2-core CPU: the 10 most recent items, the last 20 next-item steps of each user, 3 epochs
+            steps = None if args.examples_per_history == "all" else int(args.examples_per_history)
+            gen_options.update(dict(zip(budget, (10, steps, 128, args.epochs or 3), strict=True)))
         if args.sequence_training:
             gen_options["sequence_training"] = True
-    if args.epochs or is_recommendation:  # retrieval trains the library's defaults (benchmarks/retrieval_steps.py)
-        gen_options["epochs"] = args.epochs or 3
+    elif args.epochs:  # retrieval trains the library's defaults otherwise (benchmarks/retrieval_steps.py)
+        gen_options["epochs"] = args.epochs
     started = time.perf_counter()
     if is_recommendation:
         rows, id_reports = recommendation(args, data_dir, work, id_options, gen_options)
@@ -647,9 +664,12 @@ def main() -> int:
         + ("-own-recipe" if args.peer_budget == "own" else "")
         + ("-sequence-training" if args.sequence_training else "")
         # A recommendation budget other than the default is a file of its own.
+        + ("-library-defaults" if args.library_defaults else "")
         + (
             f"-steps-{args.examples_per_history}-epochs-{gen_options['epochs']}"
-            if is_recommendation and (args.examples_per_history != "20" or gen_options["epochs"] != 3)
+            if is_recommendation
+            and not args.library_defaults
+            and (args.examples_per_history != "20" or gen_options["epochs"] != 3)
             else ""
         )
         + (f"-seed-{args.seed}" if args.seed else "")
