@@ -27,6 +27,8 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
         --sequence-training --examples-per-history all --epochs 10   # every step, in windows, SASRec's epochs
     python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
         --sequence-training --library-defaults   # the recommender as the library trains it by default
+    python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
+        --sequence-training --examples-per-history all --epochs 10 --history-window 20   # a longer history
 
 Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
 the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
@@ -34,7 +36,8 @@ Writes <out>/downstream-<dataset>.json, .md and .png (downstream-<dataset>-seed-
 --peers-only writes downstream-<dataset>-peers[-own-recipe][-seed-<N>].*: the peers and popularity on the same split,
 for comparison with a full run's file of the same seed; -own-recipe with --peer-budget own). --sequence-training adds
 -sequence-training, and a recommendation budget other than 20 next-item steps per user for 3 epochs adds
--steps-<N>-epochs-<E> to the name (--library-defaults: -library-defaults).
+-steps-<N>-epochs-<E> to the name (--library-defaults: -library-defaults), and a history window other than the
+budget's 10 items -window-<W>.
 """
 
 from __future__ import annotations
@@ -360,7 +363,9 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
         for variant in _variants(
             method, gen_options, args.no_snapshot_variant, recommendation=True, prior_ablation=not args.no_prior_variant
         ):
-            save_to = _model_dir(work, method, variant, "-library-defaults" if args.library_defaults else "")
+            budget = "-library-defaults" if args.library_defaults else ""
+            budget += f"-window-{args.history_window}" if args.history_window else ""
+            save_to = _model_dir(work, method, variant, budget)
             rows.append(run_generative(method, snapshot, table, variant, fit, recommend, save_to))
     rows += peers
     popularity = PopularityRecommender()
@@ -585,6 +590,13 @@ def main() -> int:
         "causal history (the sequence_training option, as SASRec trains); a file of its own",
     )
     parser.add_argument(
+        "--history-window",
+        type=int,
+        default=None,
+        help="recommendation: the most recent items the generative models read (default: the budget's 10; Cornac's "
+        "SASRec reads 50); a file of its own",
+    )
+    parser.add_argument(
         "--library-defaults",
         action="store_true",
         help="recommendation: the generative models train at the library's own defaults (GenerativeConfig's history "
@@ -612,12 +624,18 @@ def main() -> int:
             "--sequence-training trains the generative recommenders: --dataset movielens-100k, no --peers-only"
         )
     if args.library_defaults and (
-        args.dataset != "movielens-100k" or args.peers_only or args.epochs or args.examples_per_history != "20"
+        args.dataset != "movielens-100k"
+        or args.peers_only
+        or args.epochs
+        or args.examples_per_history != "20"
+        or args.history_window
     ):
         parser.error(
             "--library-defaults trains the generative recommenders at GenerativeConfig's defaults: --dataset "
-            "movielens-100k, no --peers-only, --epochs or --examples-per-history"
+            "movielens-100k, no --peers-only, --epochs, --examples-per-history or --history-window"
         )
+    if args.history_window and (args.dataset != "movielens-100k" or args.peers_only):
+        parser.error("--history-window sets the generative models' window: --dataset movielens-100k, no --peers-only")
     if args.peer_budget == "own" and not args.peers_only:
         # A full run's file is the comparison at one budget; the peers at theirs are a file of their own.
         parser.error("--peer-budget own needs --peers-only")
@@ -636,7 +654,8 @@ def main() -> int:
             gen_options.update({key: GenerativeConfig.model_fields[key].default for key in budget})
         else:  # sized for a 2-core CPU: the 10 most recent items, the last 20 next-item steps of each user, 3 epochs
             steps = None if args.examples_per_history == "all" else int(args.examples_per_history)
-            gen_options.update(dict(zip(budget, (10, steps, 128, args.epochs or 3), strict=True)))
+            window = args.history_window or 10
+            gen_options.update(dict(zip(budget, (window, steps, 128, args.epochs or 3), strict=True)))
         if args.sequence_training:
             gen_options["sequence_training"] = True
     elif args.epochs:  # retrieval trains the library's defaults otherwise (benchmarks/retrieval_steps.py)
@@ -672,6 +691,7 @@ def main() -> int:
             and (args.examples_per_history != "20" or gen_options["epochs"] != 3)
             else ""
         )
+        + (f"-window-{args.history_window}" if args.history_window else "")
         + (f"-seed-{args.seed}" if args.seed else "")
     )
     document = {
