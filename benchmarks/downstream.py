@@ -124,6 +124,10 @@ def item_texts(snapshot, table: IdTable, items: dict) -> dict[str, str]:
     return dict(zip(table.item_ids, snapshot.texts([items[i] for i in table.item_ids]), strict=True))
 
 
+# The recommenders' history window at the 2-core budget (the library's default reads 20).
+BUDGET_HISTORY_WINDOW = 10
+
+
 def run_generative(method: str, snapshot, table: IdTable, options: dict, train, evaluate, save_to: Path) -> dict:
     qualifiers = [", from its snapshot"] if options.get("from_snapshot") else []
     qualifiers += [", no item prior"] if options.get("item_prior") is False else []
@@ -363,9 +367,7 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
         for variant in _variants(
             method, gen_options, args.no_snapshot_variant, recommendation=True, prior_ablation=not args.no_prior_variant
         ):
-            budget = "-library-defaults" if args.library_defaults else ""
-            budget += f"-window-{args.history_window}" if args.history_window else ""
-            save_to = _model_dir(work, method, variant, budget)
+            save_to = _model_dir(work, method, variant, _budget_suffix(args))
             rows.append(run_generative(method, snapshot, table, variant, fit, recommend, save_to))
     rows += peers
     popularity = PopularityRecommender()
@@ -463,6 +465,14 @@ def _model_dir(work: Path, method: str, options: dict, budget: str = "") -> Path
     name = f"model-{method}-from-snapshot" if options["from_snapshot"] else f"model-{method}"
     name += "-no-item-prior" if options.get("item_prior") is False else ""
     return work / (name + ("-sequence-trained" if options.get("sequence_training") else "") + budget)
+
+
+def _budget_suffix(args) -> str:
+    """What names a recommendation budget's files and model directories apart from the 2-core budget's (the two
+    flags exclude each other)."""
+    if args.library_defaults:
+        return "-library-defaults"
+    return f"-window-{args.history_window}" if args.history_window not in (None, BUDGET_HISTORY_WINDOW) else ""
 
 
 def _method_options(method: str, args) -> dict:
@@ -654,7 +664,7 @@ def main() -> int:
             gen_options.update({key: GenerativeConfig.model_fields[key].default for key in budget})
         else:  # sized for a 2-core CPU: the 10 most recent items, the last 20 next-item steps of each user, 3 epochs
             steps = None if args.examples_per_history == "all" else int(args.examples_per_history)
-            window = args.history_window or 10
+            window = args.history_window or BUDGET_HISTORY_WINDOW
             gen_options.update(dict(zip(budget, (window, steps, 128, args.epochs or 3), strict=True)))
         if args.sequence_training:
             gen_options["sequence_training"] = True
@@ -683,7 +693,6 @@ def main() -> int:
         + ("-own-recipe" if args.peer_budget == "own" else "")
         + ("-sequence-training" if args.sequence_training else "")
         # A recommendation budget other than the default is a file of its own.
-        + ("-library-defaults" if args.library_defaults else "")
         + (
             f"-steps-{args.examples_per_history}-epochs-{gen_options['epochs']}"
             if is_recommendation
@@ -691,7 +700,7 @@ def main() -> int:
             and (args.examples_per_history != "20" or gen_options["epochs"] != 3)
             else ""
         )
-        + (f"-window-{args.history_window}" if args.history_window else "")
+        + _budget_suffix(args)
         + (f"-seed-{args.seed}" if args.seed else "")
     )
     document = {
