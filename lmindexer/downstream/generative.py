@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from lmindexer.downstream.dense import DenseIndexConfig
-from lmindexer.downstream.model import GenerativeIdModel, PriorScores, Task
+from lmindexer.downstream.model import GenerativeIdModel, HistorySummary, PriorScores, Task
 from lmindexer.downstream.prior import DensePrior
 from lmindexer.downstream.pseudo_queries import pseudo_query_pairs
 from lmindexer.downstream.ranking import rank_metrics
@@ -107,6 +107,12 @@ class GenerativeConfig(BaseModel):
     )
     history_window: int = Field(20, ge=1, le=512, description="most recent items of a history the model reads")
     history_layers: int = Field(2, ge=1, le=12)
+    history_summary: HistorySummary = Field(
+        "mean",
+        description="recommendation: what stands for a history where the decoder starts and as the item prior's query: "
+        "the mean of the history encoder's states over the window, or those of its most recent item (last-item, as "
+        "SASRec reads its last position)",
+    )
     examples_per_history: int | None = Field(
         None, ge=1, description="train on only the last N next-item steps of each history (None: every step)"
     )
@@ -230,6 +236,7 @@ class GenerativeModel:
             history_window=options.history_window,
             history_layers=options.history_layers,
             causal_history=options.sequence_training,
+            history_summary=options.history_summary,
             prior=_uses_prior(options),
         )
         model = cls(options, vocabulary, network, ids.sid_map())
@@ -715,6 +722,7 @@ class GenerativeModel:
             history_window=config.history_window,
             history_layers=config.history_layers,
             causal_history=config.sequence_training,
+            history_summary=config.history_summary,
             prior=_uses_prior(config),
         )
         try:

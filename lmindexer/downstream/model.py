@@ -24,6 +24,10 @@ from lmindexer.downstream.trie import IdTrie
 from lmindexer.indexers.lm.backbone import Seq2SeqBackbone
 
 Task = Literal["retrieval", "recommendation"]
+# What stands for a history where the decoder starts, in its residual and as the item prior's query: the mean of the
+# history encoder's states over the whole window, or over the tokens of its most recent item alone (SASRec reads the
+# last position's state: under a causal encoder it has attended to every item before it).
+HistorySummary = Literal["mean", "last-item"]
 # (position, source summaries (R, d), the rows' prefixes (R, position)) -> (R, sizes[position]) prior scores.
 PriorScores = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 INITIAL_LOGIT_SCALE = 20.0
@@ -89,11 +93,13 @@ class GenerativeIdModel(nn.Module):
         history_window: int = 20,
         history_layers: int = 2,
         causal_history: bool = False,
+        history_summary: HistorySummary = "mean",
         prior: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.task = task
+        self.history_summary = history_summary
         self.sizes = tuple(int(s) for s in sizes)
         hidden = backbone.hidden_size
         with torch.no_grad():
@@ -148,13 +154,25 @@ class GenerativeIdModel(nn.Module):
 
     @staticmethod
     def summary(memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """The normalised mean of the states under ``memory_mask``: a text's summary (and a history's, by default)."""
         weights = memory_mask.unsqueeze(-1).to(memory.dtype)
         pooled = (memory * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return F.normalize(pooled, dim=-1)
 
+    def source_summary(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """(B, d): the vector the decoder starts from, adds to its states and queries the prior with: a text's
+        :meth:`summary`; a history's, or with ``history_summary="last-item"`` that of its most recent item's tokens
+        (the last real item, wherever the window aligns its items)."""
+        if self.history is None or self.history_summary == "mean":
+            return self.summary(memory, memory_mask)
+        item_of_token = torch.arange(memory.size(1), device=memory.device).div(self.depth, rounding_mode="floor")
+        real = memory_mask.bool()
+        last = item_of_token.masked_fill(~real, -1).max(dim=1).values  # (B,): -1 for an empty history
+        return self.summary(memory, (item_of_token[None, :] == last[:, None]) & real)
+
     def states(self, memory: torch.Tensor, memory_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """Decoder states (B, t+1, d) after the start vector and the ``t`` tokens of ``prefix``."""
-        summary = self.summary(memory, memory_mask)
+        summary = self.source_summary(memory, memory_mask)
         inputs = [F.normalize(summary + self.start, dim=-1).unsqueeze(1)]
         inputs += [self.embed_tokens(p, prefix[:, p]).unsqueeze(1) for p in range(prefix.size(1))]
         embeds = torch.cat(inputs, dim=1) * self.input_scale
@@ -199,7 +217,7 @@ class GenerativeIdModel(nn.Module):
         """Teacher-forced cross-entropy of the target IDs (B, depth), averaged over positions. With ``prior`` (see
         :meth:`beam_search`) the softmax runs over the tokens that continue an existing ID, as decoding does."""
         states = self.states(memory, memory_mask, targets[:, :-1])
-        return self._teacher_forced_loss(states, self.summary(memory, memory_mask), targets, prior)
+        return self._teacher_forced_loss(states, self.source_summary(memory, memory_mask), targets, prior)
 
     def _teacher_forced_loss(
         self, states: torch.Tensor, summary: torch.Tensor, targets: torch.Tensor, prior: PriorScores | None
@@ -211,13 +229,16 @@ class GenerativeIdModel(nn.Module):
             losses.append(F.cross_entropy(self.logits(states[:, p], p, targets, scores), targets[:, p]))
         return torch.stack(losses).mean()
 
-    @staticmethod
-    def prefix_summaries(memory: torch.Tensor, memory_mask: torch.Tensor, depth: int) -> torch.Tensor:
-        """(B, W, d): for each item slot ``t`` of a window, :meth:`summary` of the memory of items 0..t alone."""
+    def prefix_summaries(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """(B, W, d): for each item slot ``t`` of a window, :meth:`source_summary` of the memory of items 0..t alone
+        (the mean over them, or item ``t``'s own tokens with ``history_summary="last-item"``)."""
         batch, tokens, hidden = memory.shape
+        depth = self.depth
         weights = memory_mask.unsqueeze(-1).to(memory.dtype)
-        sums = (memory * weights).view(batch, tokens // depth, depth, hidden).sum(dim=2).cumsum(dim=1)
-        counts = weights.view(batch, tokens // depth, depth).sum(dim=2).cumsum(dim=1)
+        sums = (memory * weights).view(batch, tokens // depth, depth, hidden).sum(dim=2)
+        counts = weights.view(batch, tokens // depth, depth).sum(dim=2)
+        if self.history_summary == "mean":
+            sums, counts = sums.cumsum(dim=1), counts.cumsum(dim=1)
         return F.normalize(sums / counts.clamp(min=1.0).unsqueeze(-1), dim=-1)
 
     def sequence_loss(
@@ -236,7 +257,7 @@ class GenerativeIdModel(nn.Module):
         item_of_token = torch.arange(window, device=memory.device).repeat_interleave(depth)
         slots = torch.arange(window, device=memory.device)
         visible = (item_of_token[None, :] <= slots[:, None])[None] & memory_mask.bool()[:, None, :]
-        summaries = self.prefix_summaries(memory, memory_mask, depth)
+        summaries = self.prefix_summaries(memory, memory_mask)
         inputs = [F.normalize(summaries + self.start, dim=-1).unsqueeze(2)]
         inputs += [self.embed_tokens(p, targets[..., p]).unsqueeze(2) for p in range(depth - 1)]
         embeds = torch.cat(inputs, dim=2) * self.input_scale
@@ -285,7 +306,7 @@ class GenerativeIdModel(nn.Module):
         if excluded is not None and len(excluded) != batch:
             raise ValueError(f"excluded holds {len(excluded)} collections for {batch} sources")
         pruned = [trie.excluded_counts(items) for items in excluded] if excluded is not None else [Counter()] * batch
-        summary = self.summary(memory, memory_mask)
+        summary = self.source_summary(memory, memory_mask)
         decoder = self.backbone.incremental_decoder(memory, memory_mask)
         row_summary = summary
         inputs = F.normalize(summary + self.start, dim=-1).unsqueeze(1) * self.input_scale

@@ -110,7 +110,7 @@ def test_with_a_silent_decoder_search_returns_the_items_nearest_to_the_query(rq_
     batch = model.network.backbone.tokenize(queries, model.config.max_length)
     with torch.no_grad():
         memory = model.network.encode(batch["input_ids"], batch["attention_mask"])
-        summaries = model.network.summary(memory, batch["attention_mask"])
+        summaries = model.network.source_summary(memory, batch["attention_mask"])
     cosines = summaries @ vectors.T
     for query, ranked in enumerate(found):
         want = [ids[i] for i in cosines[query].topk(10).indices.tolist()]
@@ -274,7 +274,7 @@ def test_a_recommenders_item_prior_learns_vectors_that_rank_the_next_items_highe
     tokens, item_mask = model._history_tensors(histories)
     with torch.no_grad():
         memory, mask = model.network.encode_history(tokens, item_mask)
-        summaries = model.network.summary(memory, mask)
+        summaries = model.network.source_summary(memory, mask)
 
     def mean_log_probability(vectors: torch.Tensor) -> float:
         log_probs = torch.log_softmax(TEMPERATURE * summaries @ vectors.T, dim=-1)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_GENERATIVE
-from testsupport.downstream_models import recall_of_held_out_next_items
+from testsupport.downstream_models import recall_of_held_out_next_items, teacher_forced_log_probability
 from torch import nn
 
 from lmindexer.downstream.generative import GenerativeModel
@@ -21,10 +22,10 @@ SEQUENCE_OPTIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def untrained(movielens_small):
+@pytest.fixture(scope="module", params=["mean", "last-item"])
+def untrained(movielens_small, request):
     snapshot, table, _ = movielens_small
-    model = GenerativeModel.create(table, snapshot, SEQUENCE_OPTIONS)
+    model = GenerativeModel.create(table, snapshot, {**SEQUENCE_OPTIONS, "history_summary": request.param})
     model._start_item_vectors(None, progress=False)  # the item prior's vectors (random directions), as training does
     return model.network.eval(), model
 
@@ -64,6 +65,31 @@ def test_one_pass_over_a_window_gives_each_step_the_loss_of_its_history_alone(un
     assert first_three.item() == pytest.approx(torch.stack(one_by_one[:3]).mean().item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["left-aligned", "right-aligned"])
+def test_a_last_item_summary_reads_the_most_recent_items_states_alone(movielens_small, causal):
+    """With ``history_summary="last-item"`` what the decoder starts from (and the item prior queries with) is the
+    mean of the most recent item's states, wherever the window puts it; the default is the mean over the window."""
+    snapshot, table, sequences = movielens_small
+    options = {**SEQUENCE_OPTIONS, "sequence_training": causal, "history_summary": "last-item"}
+    model = GenerativeModel.create(table, snapshot, options)
+    network, depth = model.network.eval(), model.vocabulary.depth
+    histories = [sequences[0][:6], sequences[1][:2], sequences[2][:4]]
+    tokens, item_mask = model._history_tensors(histories)
+    with torch.no_grad():
+        memory, mask = network.encode_history(tokens, item_mask)
+        last_item = network.source_summary(memory, mask)
+        network.history_summary = "mean"
+        mean = network.source_summary(memory, mask)
+    for row, history in enumerate(histories):
+        slot = len(history) - 1 if causal else item_mask.size(1) - 1
+        assert item_mask[row, slot] == 1 and (item_mask[row, slot + 1 :] == 0).all()
+        states = memory[row, slot * depth : (slot + 1) * depth]
+        assert torch.allclose(last_item[row], F.normalize(states.mean(dim=0), dim=-1), atol=1e-5)
+        window = memory[row][mask[row].bool()]
+        assert torch.allclose(mean[row], F.normalize(window.mean(dim=0), dim=-1), atol=1e-5)
+        assert not torch.allclose(last_item[row], mean[row], atol=1e-3)
+
+
 def test_every_step_of_every_sequence_is_learnt_exactly_once(untrained):
     _, model = untrained
     window = model.config.history_window
@@ -92,10 +118,10 @@ def test_every_step_of_every_sequence_is_learnt_exactly_once(untrained):
         model.config = kept
 
 
-@pytest.fixture(scope="module")
-def sequence_recommender(movielens_small):
+@pytest.fixture(scope="module", params=["mean", "last-item"])
+def sequence_recommender(movielens_small, request):
     snapshot, table, sequences = movielens_small
-    model = GenerativeModel.create(table, snapshot, SEQUENCE_OPTIONS)
+    model = GenerativeModel.create(table, snapshot, {**SEQUENCE_OPTIONS, "history_summary": request.param})
     stats = model.fit_recommendation([s[:-1] for s in sequences])
     return model, stats
 
@@ -116,7 +142,22 @@ def test_a_sequence_trained_recommender_reloads_as_it_was_trained(sequence_recom
     histories = [s[:-1] for s in movielens_small[2][:20]]
     loaded = GenerativeModel.load(model.save(tmp_path / "model"))
     assert loaded.config.sequence_training and loaded.network.history.causal
+    assert loaded.network.history_summary == model.config.history_summary
     assert loaded.recommend(histories, k=10) == model.recommend(histories, k=10)
+
+
+def test_a_sequence_trained_recommender_decodes_exactly(sequence_recommender, movielens_small, monkeypatch):
+    """Beam search's scores are the teacher-forced log-probabilities recomputed from scratch, with either summary."""
+    model, _ = sequence_recommender
+    monkeypatch.setattr(model, "precision", "fp32")
+    histories = [s[:-1] for s in movielens_small[2][:6]]
+    found = model.recommend(histories, k=model.config.beam_size)
+    with torch.no_grad():
+        memory, mask = model.network.encode_history(*model._history_tensors(histories))
+        for source, ranked in enumerate(found):
+            for item_id, score in ranked[:3] + ranked[-2:]:
+                exact = teacher_forced_log_probability(model, memory, mask, source, model.trie.tokens_of(item_id))
+                assert score == pytest.approx(exact, abs=1e-4)
 
 
 def test_decoding_blocks_needs_a_bert_style_decoder():

@@ -69,7 +69,7 @@ def teacher_forced_log_probability(model: Any, memory: Any, mask: Any, source: i
 
     network, trie, prior = model.network, model.trie, model.prior
     row_memory, row_mask = memory[source : source + 1], mask[source : source + 1]
-    summary = network.summary(row_memory, row_mask)
+    summary = network.source_summary(row_memory, row_mask)
     target = torch.tensor([tokens])
     states = network.states(row_memory, row_mask, target)
     total = 0.0
