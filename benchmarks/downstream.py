@@ -29,6 +29,8 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
         --sequence-training --library-defaults   # the recommender as the library trains it by default
     python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
         --sequence-training --examples-per-history all --epochs 10 --history-window 20   # a longer history
+    python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
+        --sequence-training --examples-per-history all --epochs 10 --history-summary last-item   # SASRec's query
 
 Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
 the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
@@ -36,8 +38,8 @@ Writes <out>/downstream-<dataset>.json, .md and .png (downstream-<dataset>-seed-
 --peers-only writes downstream-<dataset>-peers[-own-recipe][-seed-<N>].*: the peers and popularity on the same split,
 for comparison with a full run's file of the same seed; -own-recipe with --peer-budget own). --sequence-training adds
 -sequence-training, and a recommendation budget other than 20 next-item steps per user for 3 epochs adds
--steps-<N>-epochs-<E> to the name (--library-defaults: -library-defaults), and a history window other than the
-budget's 10 items -window-<W>.
+-steps-<N>-epochs-<E> to the name (--library-defaults: -library-defaults), a history window other than the
+budget's 10 items -window-<W>, and --history-summary other than the library's mean -<summary>-summary.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import matplotlib
 
@@ -65,6 +68,7 @@ from lmindexer.downstream.dense import DenseIndexConfig
 from lmindexer.downstream.fusion import boosted_scores, prefix_boosts, reciprocal_rank_fusion, score_fusion, top_items
 from lmindexer.downstream.generative import GenerativeConfig, GenerativeModel, parse_generative_config
 from lmindexer.downstream.jobs import read_queries
+from lmindexer.downstream.model import HistorySummary
 from lmindexer.downstream.peers import CornacRecommender
 from lmindexer.downstream.ranking import rank_metrics
 from lmindexer.embeddings import DEFAULT_ENCODER, TextEncoder
@@ -468,11 +472,14 @@ def _model_dir(work: Path, method: str, options: dict, budget: str = "") -> Path
 
 
 def _budget_suffix(args) -> str:
-    """What names a recommendation budget's files and model directories apart from the 2-core budget's (the two
-    flags exclude each other)."""
+    """What names a recommendation budget's files and model directories apart from the 2-core budget's
+    (--library-defaults and --history-window exclude each other)."""
     if args.library_defaults:
-        return "-library-defaults"
-    return f"-window-{args.history_window}" if args.history_window not in (None, BUDGET_HISTORY_WINDOW) else ""
+        suffix = "-library-defaults"
+    else:
+        suffix = f"-window-{args.history_window}" if args.history_window not in (None, BUDGET_HISTORY_WINDOW) else ""
+    default_summary = GenerativeConfig.model_fields["history_summary"].default
+    return suffix + (f"-{args.history_summary}-summary" if args.history_summary not in (None, default_summary) else "")
 
 
 def _method_options(method: str, args) -> dict:
@@ -607,6 +614,13 @@ def main() -> int:
         "SASRec reads 50); a file of its own",
     )
     parser.add_argument(
+        "--history-summary",
+        choices=get_args(HistorySummary),
+        default=None,
+        help="recommendation: what stands for a history where the generative models' decoder starts and as the item "
+        "prior's query (the history_summary option; default: the library's mean); a file of its own",
+    )
+    parser.add_argument(
         "--library-defaults",
         action="store_true",
         help="recommendation: the generative models train at the library's own defaults (GenerativeConfig's history "
@@ -646,6 +660,10 @@ def main() -> int:
         )
     if args.history_window and (args.dataset != "movielens-100k" or args.peers_only):
         parser.error("--history-window sets the generative models' window: --dataset movielens-100k, no --peers-only")
+    if args.history_summary and (args.dataset != "movielens-100k" or args.peers_only):
+        parser.error(
+            "--history-summary sets the generative recommenders' option: --dataset movielens-100k, no --peers-only"
+        )
     if args.peer_budget == "own" and not args.peers_only:
         # A full run's file is the comparison at one budget; the peers at theirs are a file of their own.
         parser.error("--peer-budget own needs --peers-only")
@@ -668,6 +686,8 @@ def main() -> int:
             gen_options.update(dict(zip(budget, (window, steps, 128, args.epochs or 3), strict=True)))
         if args.sequence_training:
             gen_options["sequence_training"] = True
+        if args.history_summary:
+            gen_options["history_summary"] = args.history_summary
     elif args.epochs:  # retrieval trains the library's defaults otherwise (benchmarks/retrieval_steps.py)
         gen_options["epochs"] = args.epochs
     started = time.perf_counter()
