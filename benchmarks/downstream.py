@@ -31,6 +31,9 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
         --sequence-training --examples-per-history all --epochs 10 --history-window 20   # a longer history
     python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
         --sequence-training --examples-per-history all --epochs 10 --history-summary last-item   # SASRec's query
+    python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
+        --sequence-training --examples-per-history all --epochs 10 --history-summary last-item \
+        --history-item-vectors   # histories also read the item prior's vectors (SASRec's tied item embeddings)
 
 Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
 the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
@@ -39,7 +42,8 @@ Writes <out>/downstream-<dataset>.json, .md and .png (downstream-<dataset>-seed-
 for comparison with a full run's file of the same seed; -own-recipe with --peer-budget own). --sequence-training adds
 -sequence-training, and a recommendation budget other than 20 next-item steps per user for 3 epochs adds
 -steps-<N>-epochs-<E> to the name (--library-defaults: -library-defaults), a history window other than the
-budget's 10 items -window-<W>, and --history-summary other than the library's mean -<summary>-summary.
+budget's 10 items -window-<W>, --history-summary other than the library's mean -<summary>-summary, and
+--history-item-vectors -item-vectors.
 """
 
 from __future__ import annotations
@@ -479,7 +483,8 @@ def _budget_suffix(args) -> str:
     else:
         suffix = f"-window-{args.history_window}" if args.history_window not in (None, BUDGET_HISTORY_WINDOW) else ""
     default_summary = GenerativeConfig.model_fields["history_summary"].default
-    return suffix + (f"-{args.history_summary}-summary" if args.history_summary not in (None, default_summary) else "")
+    suffix += f"-{args.history_summary}-summary" if args.history_summary not in (None, default_summary) else ""
+    return suffix + ("-item-vectors" if args.history_item_vectors else "")
 
 
 def _method_options(method: str, args) -> dict:
@@ -621,6 +626,12 @@ def main() -> int:
         "prior's query (the history_summary option; default: the library's mean); a file of its own",
     )
     parser.add_argument(
+        "--history-item-vectors",
+        action="store_true",
+        help="recommendation: each history item the generative models read also adds its item-prior vector (the "
+        "history_item_vectors option; default: the library's, off); a file of its own",
+    )
+    parser.add_argument(
         "--library-defaults",
         action="store_true",
         help="recommendation: the generative models train at the library's own defaults (GenerativeConfig's history "
@@ -664,6 +675,10 @@ def main() -> int:
         parser.error(
             "--history-summary sets the generative recommenders' option: --dataset movielens-100k, no --peers-only"
         )
+    if args.history_item_vectors and (args.dataset != "movielens-100k" or args.peers_only):
+        parser.error(
+            "--history-item-vectors sets the generative recommenders' option: --dataset movielens-100k, no --peers-only"
+        )
     if args.peer_budget == "own" and not args.peers_only:
         # A full run's file is the comparison at one budget; the peers at theirs are a file of their own.
         parser.error("--peer-budget own needs --peers-only")
@@ -688,6 +703,8 @@ def main() -> int:
             gen_options["sequence_training"] = True
         if args.history_summary:
             gen_options["history_summary"] = args.history_summary
+        if args.history_item_vectors:
+            gen_options["history_item_vectors"] = True
     elif args.epochs:  # retrieval trains the library's defaults otherwise (benchmarks/retrieval_steps.py)
         gen_options["epochs"] = args.epochs
     started = time.perf_counter()

@@ -113,6 +113,12 @@ class GenerativeConfig(BaseModel):
         "the mean of the history encoder's states over the window, or those of its most recent item (last-item, as "
         "SASRec reads its last position)",
     )
+    history_item_vectors: bool = Field(
+        False,
+        description="recommendation with item_prior: each item of a history also reads its item-prior vector (added "
+        "to its ID tokens' vectors), so that one learned vector per item is both read in histories and scored, as "
+        "SASRec ties its input and output item embeddings. Off: a history reads its items' ID tokens alone",
+    )
     examples_per_history: int | None = Field(
         None, ge=1, description="train on only the last N next-item steps of each history (None: every step)"
     )
@@ -154,6 +160,14 @@ class GenerativeConfig(BaseModel):
             values.setdefault("train_layers", -1 if whole else 0)
         return values
 
+    @model_validator(mode="after")
+    def _item_vectors_need_the_item_prior(self) -> GenerativeConfig:
+        if self.history_item_vectors and (self.task != "recommendation" or not self.item_prior):
+            raise ValueError(
+                "history_item_vectors reads the item prior's vectors: it needs task recommendation and item_prior"
+            )
+        return self
+
 
 def parse_generative_config(values: Mapping[str, Any] | GenerativeConfig | None) -> GenerativeConfig:
     if isinstance(values, GenerativeConfig):
@@ -173,6 +187,20 @@ def _uses_prior(config: GenerativeConfig) -> bool:
 
 def _device(config: GenerativeConfig) -> torch.device:
     return torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else "cpu")
+
+
+class _HistoryBatch(NamedTuple):
+    """Histories as the network reads them: each window's items' ID tokens (B, W, depth), which slots hold an item
+    (B, W) and, with history_item_vectors, each slot's row in the item prior's table (B, W; 0 on padding)."""
+
+    tokens: torch.Tensor
+    item_mask: torch.Tensor
+    item_rows: torch.Tensor | None
+
+    def select(self, index: list[int]) -> _HistoryBatch:
+        return _HistoryBatch(
+            self.tokens[index], self.item_mask[index], None if self.item_rows is None else self.item_rows[index]
+        )
 
 
 class _Examples(NamedTuple):
@@ -429,19 +457,36 @@ class GenerativeModel:
         return lambda position, summaries, prefixes: prior.scores(trie, position, summaries, prefixes)
 
     def _history_tensors(self, histories: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens and item mask of :meth:`_history_batch`."""
+        batch = self._history_batch(histories)
+        return batch.tokens, batch.item_mask
+
+    def _history_batch(self, histories: Sequence[Sequence[str]]) -> _HistoryBatch:
         """Windows of the most recent items, right-aligned (left-aligned for a causal encoder: sequence_training);
         unknown items are skipped, like a deleted item."""
         window = self.config.history_window
         tokens = torch.zeros((len(histories), window, self.vocabulary.depth), dtype=torch.long)
         mask = torch.zeros((len(histories), window), dtype=torch.long)
+        rows = torch.zeros((len(histories), window), dtype=torch.long) if self.config.history_item_vectors else None
         for row, history in enumerate(histories):
-            known = [t for t in (self.trie.tokens_of(i) for i in history) if t is not None][-window:]
+            known = [(i, t) for i in history if (t := self.trie.tokens_of(i)) is not None][-window:]
             if not known:
                 raise ConfigError(f"history {row} has no item with a semantic ID in this model")
             slots = slice(0, len(known)) if self.config.sequence_training else slice(window - len(known), window)
-            tokens[row, slots] = torch.tensor(known, dtype=torch.long)
+            tokens[row, slots] = torch.tensor([t for _, t in known], dtype=torch.long)
             mask[row, slots] = 1
-        return tokens, mask
+            if rows is not None:
+                assert self.prior is not None  # history_item_vectors needs item_prior (checked with the options)
+                rows[row, slots] = torch.tensor(self.prior.item_rows(self.trie, [i for i, _ in known]))
+        return _HistoryBatch(tokens, mask, rows)
+
+    def _encode_histories(self, batch: _HistoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The history encoder's states (and their mask) for ``batch``, on the model's device."""
+        vectors = None
+        if batch.item_rows is not None:
+            assert self.prior is not None
+            vectors = self.prior.item_matrix(self.trie, self.device)[batch.item_rows.to(self.device)]
+        return self.network.encode_history(batch.tokens.to(self.device), batch.item_mask.to(self.device), vectors)
 
     def _training_windows(self, sequences: Sequence[Sequence[str]]) -> list[tuple[list[str], int]]:
         """Sequence training's windows: (up to history_window + 1 consecutive items, how many of its last steps to
@@ -473,9 +518,10 @@ class GenerativeModel:
         embedding where ``item_texts`` has it (else from a random direction)."""
         if self.config.task != "recommendation":
             raise ConfigError("this model is a retriever; train it with fit_retrieval")
+        # The item vectors first: with history_item_vectors the examples' histories index them.
+        embedded = self._start_item_vectors(item_texts, progress) if self.prior is not None else 0
         examples = self._window_examples(sequences) if self.config.sequence_training else self._step_examples(sequences)
         self._freeze_encoder(self._encoder_stack())
-        embedded = self._start_item_vectors(item_texts, progress) if self.prior is not None else 0
         accelerator = self._start_training()
         learning = self.prior.learning(self.network, self.trie) if self.prior is not None else contextlib.nullcontext()
         with learning:
@@ -499,12 +545,12 @@ class GenerativeModel:
                 nexts.append(known[t])
         if not histories:
             raise ConfigError(NO_RECOMMENDATION_EXAMPLES)
-        history, item_mask = self._history_tensors(histories)
+        history = self._history_batch(histories)
         targets = self._targets(nexts)
         prior = self._prior()
 
         def batch_loss(index: list[int]) -> torch.Tensor:
-            memory, mask = self.network.encode_history(history[index].to(self.device), item_mask[index].to(self.device))
+            memory, mask = self._encode_histories(history.select(index))
             return self.network.loss(memory, mask, targets[index].to(self.device), prior)
 
         described = ("\x1d".join(h) + f"\x1f{n}" for h, n in zip(histories, nexts, strict=True))
@@ -517,7 +563,7 @@ class GenerativeModel:
         if not windows:
             raise ConfigError(NO_RECOMMENDATION_EXAMPLES)
         width, depth = self.config.history_window, self.vocabulary.depth
-        history, item_mask = self._history_tensors([items[:-1] for items, _ in windows])
+        history = self._history_batch([items[:-1] for items, _ in windows])
         targets = torch.zeros((len(windows), width, depth), dtype=torch.long)
         target_mask = torch.zeros((len(windows), width), dtype=torch.bool)
         for row, (items, learnt) in enumerate(windows):
@@ -527,7 +573,7 @@ class GenerativeModel:
         prior = self._prior()
 
         def batch_loss(index: list[int]) -> torch.Tensor:
-            memory, mask = self.network.encode_history(history[index].to(self.device), item_mask[index].to(self.device))
+            memory, mask = self._encode_histories(history.select(index))
             return self.network.sequence_loss(
                 memory, mask, targets[index].to(self.device), target_mask[index].to(self.device), prior
             )
@@ -617,9 +663,9 @@ class GenerativeModel:
         size = self.config.inference_batch_size
         for start in tqdm(range(0, len(histories), size), desc="recommending", disable=not progress, leave=False):
             chunk = histories[start : start + size]
-            tokens, item_mask = self._history_tensors(chunk)
+            history = self._history_batch(chunk)
             with inference_autocast(self.precision, self.device):
-                memory, mask = self.network.encode_history(tokens.to(self.device), item_mask.to(self.device))
+                memory, mask = self._encode_histories(history)
                 found = self.network.beam_search(
                     memory,
                     mask,

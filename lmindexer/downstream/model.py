@@ -143,11 +143,18 @@ class GenerativeIdModel(nn.Module):
     def embed_tokens(self, position: int, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.token_vectors[position], dim=-1)[tokens]
 
-    def encode_history(self, history: torch.Tensor, item_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``history`` (B, W, depth) tokens of the items (padding rows anything in range), ``item_mask`` (B, W)."""
+    def encode_history(
+        self, history: torch.Tensor, item_mask: torch.Tensor, item_vectors: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``history`` (B, W, depth) tokens of the items (padding rows anything in range), ``item_mask`` (B, W);
+        ``item_vectors`` (B, W, d): unit vectors of the items, added to each of their tokens' vectors (the item
+        prior's own vectors, so that one vector per item is both what a history reads and what is scored, as SASRec
+        ties its input and output item embeddings)."""
         if self.history is None:
             raise ValueError("this model reads text, not item histories")
         vectors = torch.stack([self.embed_tokens(p, history[..., p]) for p in range(self.depth)], dim=2)
+        if item_vectors is not None:
+            vectors = vectors + item_vectors.unsqueeze(2).to(vectors.dtype)
         return self.history(vectors * self.input_scale, item_mask)
 
     # -- the decoder -----------------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ class DensePrior:
         # node (prefix of that length) each item lies under, the parents' rows and each child token's node.
         self._built_for: tuple[int, int] | None = None
         self._items: torch.Tensor = torch.zeros(0)
+        self._row_of_item: dict[str, int] = {}
         self._node_of_item: list[torch.Tensor] = []
         self._node_counts: list[int] = []
         self._parents: list[dict[Prefix, int]] = []
@@ -113,6 +114,10 @@ class DensePrior:
             self._learned = None
         self.set_vectors([item_id for item_id, _ in sorted(trie)], learned)
 
+    def _ensure_built(self, trie: IdTrie) -> None:
+        if self._built_for != (id(trie), len(trie)):
+            self._build(trie)
+
     def _build(self, trie: IdTrie) -> None:
         if trie.depth != self.depth:
             raise ConfigError(f"the trie holds IDs of {trie.depth} tokens, the prior {self.depth}")
@@ -138,6 +143,7 @@ class DensePrior:
                 vector = F.normalize(sums[ancestor], dim=-1)
             rows.append(vector)
         self._items = torch.stack(rows) if rows else torch.zeros(0, hidden)
+        self._row_of_item = {item_id: row for row, (item_id, _) in enumerate(entries)}
         self._node_of_item, self._node_counts, self._parents, self._children = [], [], [], []
         for position in range(self.depth):
             nodes = sorted({tokens[: position + 1] for _, tokens in entries})
@@ -152,14 +158,29 @@ class DensePrior:
             self._children.append(children)
         self._built_for = (id(trie), len(trie))
 
+    def item_rows(self, trie: IdTrie, item_ids: Sequence[str]) -> list[int]:
+        """Each item's row in :meth:`item_matrix` (the items of ``trie`` in item_id order)."""
+        self._ensure_built(trie)
+        try:
+            return [self._row_of_item[item_id] for item_id in item_ids]
+        except KeyError as error:
+            raise ConfigError(f"item {error.args[0]!r} has no ID in this model") from None
+
+    def item_matrix(self, trie: IdTrie, device: torch.device) -> torch.Tensor:
+        """(items, d): the unit vector of every item of ``trie`` (rows as :meth:`item_rows` gives them); while
+        :meth:`learning`, the learned rows, with their gradient."""
+        self._ensure_built(trie)
+        if self._learned is not None:
+            return F.normalize(self._learned.float(), dim=-1)
+        return self._items.to(device)
+
     def scores(self, trie: IdTrie, position: int, summaries: torch.Tensor, prefixes: torch.Tensor) -> torch.Tensor:
         """(rows, sizes[position]): for each row's prefix (``prefixes``, rows x position tokens) and each token, the
         log-sum-exp of ``TEMPERATURE`` x cosine of the row's summary to the items under the prefix the token makes;
         -inf for a token that continues no existing ID."""
-        if self._built_for != (id(trie), len(trie)):
-            self._build(trie)
+        self._ensure_built(trie)
         device = summaries.device
-        items = self._items.to(device) if self._learned is None else F.normalize(self._learned.float(), dim=-1)
+        items = self.item_matrix(trie, device)
         node_of_item = self._node_of_item[position].to(device)
         # In decoding the beams of one source share its summary: each distinct summary is scored against the items
         # once. (In training every row is its own source, and a training encoder needs the gradient unique drops.)

@@ -10,6 +10,7 @@ from testsupport.downstream_models import recall_of_held_out_next_items, teacher
 from torch import nn
 
 from lmindexer.downstream.generative import GenerativeModel
+from lmindexer.errors import ConfigError
 from lmindexer.indexers.lm.decoding import decode_blocks
 
 SEQUENCE_OPTIONS = {
@@ -22,22 +23,30 @@ SEQUENCE_OPTIONS = {
 }
 
 
-@pytest.fixture(scope="module", params=["mean", "last-item"])
+# The history's summary, and whether a history also reads its items' item-prior vectors.
+VARIANTS = {
+    "mean": {"history_summary": "mean"},
+    "last-item": {"history_summary": "last-item"},
+    "last-item-item-vectors": {"history_summary": "last-item", "history_item_vectors": True},
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
 def untrained(movielens_small, request):
     snapshot, table, _ = movielens_small
-    model = GenerativeModel.create(table, snapshot, {**SEQUENCE_OPTIONS, "history_summary": request.param})
+    model = GenerativeModel.create(table, snapshot, {**SEQUENCE_OPTIONS, **VARIANTS[request.param]})
     model._start_item_vectors(None, progress=False)  # the item prior's vectors (random directions), as training does
     return model.network.eval(), model
 
 
 def test_a_causal_history_gives_earlier_items_the_same_states_whatever_follows(untrained, movielens_small):
-    network, model = untrained
+    _, model = untrained
     sequence = movielens_small[2][0]
     depth = model.vocabulary.depth
-    tokens, item_mask = model._history_tensors([sequence[:6], sequence[:3]])
-    assert item_mask[1].tolist() == [1, 1, 1, 0, 0, 0]  # left-aligned
+    history = model._history_batch([sequence[:6], sequence[:3]])
+    assert history.item_mask[1].tolist() == [1, 1, 1, 0, 0, 0]  # left-aligned
     with torch.no_grad():
-        memory, _ = network.encode_history(tokens, item_mask)
+        memory, _ = model._encode_histories(history)
     assert torch.allclose(memory[0, : 3 * depth], memory[1, : 3 * depth], atol=1e-5)
     assert not torch.allclose(memory[0, 3 * depth :], memory[1, 3 * depth :], atol=1e-3)
 
@@ -47,17 +56,15 @@ def test_one_pass_over_a_window_gives_each_step_the_loss_of_its_history_alone(un
     the window cut after its history (the memory, the summary and the item prior all see only that history)."""
     network, model = untrained
     window = movielens_small[2][1][:7]
-    history, item_mask = model._history_tensors([window[:-1]])
     targets = model._targets(window[1:]).unsqueeze(0)
     steps = torch.ones((1, 6), dtype=torch.bool)
     prior = model._prior()
     with torch.no_grad():
-        memory, mask = network.encode_history(history, item_mask)
+        memory, mask = model._encode_histories(model._history_batch([window[:-1]]))
         together = network.sequence_loss(memory, mask, targets, steps, prior)
         one_by_one = []
         for t in range(6):
-            cut, cut_mask = model._history_tensors([window[: t + 1]])
-            cut_memory, cut_memory_mask = network.encode_history(cut, cut_mask)
+            cut_memory, cut_memory_mask = model._encode_histories(model._history_batch([window[: t + 1]]))
             one_by_one.append(network.loss(cut_memory, cut_memory_mask, targets[:, t], prior))
         # Only the learnt steps count: the first three alone give their own mean.
         first_three = network.sequence_loss(memory, mask, targets, torch.tensor([[1, 1, 1, 0, 0, 0]]).bool(), prior)
@@ -90,6 +97,37 @@ def test_a_last_item_summary_reads_the_most_recent_items_states_alone(movielens_
         assert not torch.allclose(last_item[row], mean[row], atol=1e-3)
 
 
+def test_a_history_reads_its_items_vectors_only_with_history_item_vectors(movielens_small):
+    """With ``history_item_vectors`` each history item's input adds its item-prior vector (the one the prior scores
+    it with), so changing that vector changes what the history encoder reads; without the option it does not."""
+    snapshot, table, sequences = movielens_small
+    history = [sequences[0][:5]]
+    changed = {}
+    for on in (False, True):
+        model = GenerativeModel.create(table, snapshot, {**SEQUENCE_OPTIONS, "history_item_vectors": on})
+        model._start_item_vectors(None, progress=False)
+        model.network.eval()
+        with torch.no_grad():
+            before, _ = model._encode_histories(model._history_batch(history))
+            if on:  # the vector each slot reads is its own item's
+                rows = model._history_batch(history).item_rows[0, :5].tolist()
+                assert rows == model.prior.item_rows(model.trie, history[0])
+            model.prior.set_vectors([history[0][1]], torch.randn(1, model.network.backbone.hidden_size))
+            after, _ = model._encode_histories(model._history_batch(history))
+        depth = model.vocabulary.depth
+        # The first item's states (causal: they see no later item) never change; the second item's do, with the option.
+        assert torch.allclose(before[0, :depth], after[0, :depth], atol=1e-6)
+        changed[on] = not torch.allclose(before[0, depth : 2 * depth], after[0, depth : 2 * depth], atol=1e-4)
+    assert changed == {False: False, True: True}
+
+
+def test_history_item_vectors_need_a_recommender_with_the_item_prior(movielens_small):
+    snapshot, table, _ = movielens_small
+    for options in ({"item_prior": False}, {"task": "retrieval"}):
+        with pytest.raises(ConfigError, match="history_item_vectors reads the item prior's vectors"):
+            GenerativeModel.create(table, snapshot, {**SEQUENCE_OPTIONS, **options, "history_item_vectors": True})
+
+
 def test_every_step_of_every_sequence_is_learnt_exactly_once(untrained):
     _, model = untrained
     window = model.config.history_window
@@ -118,10 +156,10 @@ def test_every_step_of_every_sequence_is_learnt_exactly_once(untrained):
         model.config = kept
 
 
-@pytest.fixture(scope="module", params=["mean", "last-item"])
+@pytest.fixture(scope="module", params=list(VARIANTS))
 def sequence_recommender(movielens_small, request):
     snapshot, table, sequences = movielens_small
-    model = GenerativeModel.create(table, snapshot, {**SEQUENCE_OPTIONS, "history_summary": request.param})
+    model = GenerativeModel.create(table, snapshot, {**SEQUENCE_OPTIONS, **VARIANTS[request.param]})
     stats = model.fit_recommendation([s[:-1] for s in sequences])
     return model, stats
 
@@ -143,6 +181,7 @@ def test_a_sequence_trained_recommender_reloads_as_it_was_trained(sequence_recom
     loaded = GenerativeModel.load(model.save(tmp_path / "model"))
     assert loaded.config.sequence_training and loaded.network.history.causal
     assert loaded.network.history_summary == model.config.history_summary
+    assert loaded.config.history_item_vectors == model.config.history_item_vectors
     assert loaded.recommend(histories, k=10) == model.recommend(histories, k=10)
 
 
@@ -153,7 +192,7 @@ def test_a_sequence_trained_recommender_decodes_exactly(sequence_recommender, mo
     histories = [s[:-1] for s in movielens_small[2][:6]]
     found = model.recommend(histories, k=model.config.beam_size)
     with torch.no_grad():
-        memory, mask = model.network.encode_history(*model._history_tensors(histories))
+        memory, mask = model._encode_histories(model._history_batch(histories))
         for source, ranked in enumerate(found):
             for item_id, score in ranked[:3] + ranked[-2:]:
                 exact = teacher_forced_log_probability(model, memory, mask, source, model.trie.tokens_of(item_id))
