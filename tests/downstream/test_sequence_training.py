@@ -121,6 +121,30 @@ def test_a_history_reads_its_items_vectors_only_with_history_item_vectors(moviel
     assert changed == {False: False, True: True}
 
 
+def test_a_history_item_indexed_later_reads_its_prefixs_centroid(movielens_small):
+    """An item indexed after training has no learned vector: a history reads (as the prior scores) the centroid of the
+    items under its nearest ancestor prefix that has some, and the model still recommends from that history."""
+    snapshot, table, sequences = movielens_small
+    model = GenerativeModel.create(table, snapshot, {**SEQUENCE_OPTIONS, "history_item_vectors": True})
+    model._start_item_vectors(None, progress=False)
+    history = sequences[0][:5]
+    item_id = history[2]
+    sid = table.sid_map()[item_id]
+    model.remove(item_id)
+    model.insert(item_id, sid)  # back under its ID, without a vector
+    model.prior._vectors.pop(item_id)
+    tokens = model.trie.tokens_of(item_id)
+    for length in range(len(tokens) - 1, -1, -1):
+        under = [i for i, t in model.trie if t[:length] == tokens[:length] and i in model.prior]
+        if under:
+            break
+    centroid = F.normalize(F.normalize(model.prior.vectors(under), dim=-1).sum(dim=0), dim=0)
+    row = model._history_batch([history]).item_rows[0, 2]
+    assert torch.allclose(model.prior.item_matrix(model.trie, torch.device("cpu"))[row], centroid, atol=1e-6)
+    ranked = model.recommend([history], k=model.config.beam_size)[0]
+    assert len(ranked) == model.config.beam_size
+
+
 def test_history_item_vectors_need_a_recommender_with_the_item_prior(movielens_small):
     snapshot, table, _ = movielens_small
     for options in ({"item_prior": False}, {"task": "retrieval"}):
