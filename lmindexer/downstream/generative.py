@@ -456,11 +456,6 @@ class GenerativeModel:
             return None
         return lambda position, summaries, prefixes: prior.scores(trie, position, summaries, prefixes)
 
-    def _history_tensors(self, histories: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tokens and item mask of :meth:`_history_batch`."""
-        batch = self._history_batch(histories)
-        return batch.tokens, batch.item_mask
-
     def _history_batch(self, histories: Sequence[Sequence[str]]) -> _HistoryBatch:
         """Windows of the most recent items, right-aligned (left-aligned for a causal encoder: sequence_training);
         unknown items are skipped, like a deleted item."""

@@ -214,10 +214,9 @@ def test_excluding_items_in_the_beam_is_the_exact_ranking_without_them(recommend
     _, _, sequences = movielens_small
     model, _ = recommender
     histories = [s[:-1] for s in sequences[:6]]
-    tokens, item_mask = model._history_tensors(histories)
     everything = len(model.trie)
     with torch.no_grad():
-        memory, mask = model.network.encode_history(tokens, item_mask)
+        memory, mask = model._encode_histories(model._history_batch(histories))
         full = model.network.beam_search(memory, mask, model.trie, everything)
         pruned = model.network.beam_search(memory, mask, model.trie, everything, excluded=histories)
     for history, ranked, kept in zip(histories, full, pruned, strict=True):
@@ -239,7 +238,7 @@ def test_a_source_with_fewer_live_beams_is_padded_without_changing_any_ranking(
     _, _, sequences = movielens_small
     model, _ = recommender
     histories = [s[:-1] for s in sequences[:5]]
-    tokens, item_mask = model._history_tensors(histories)
+    batch = model._history_batch(histories)
     everything = len(model.trie)
     first = model.trie.allowed(())[0]
     subtree = {item_id for item_id, ids in model.trie if ids[0] == first}
@@ -248,7 +247,7 @@ def test_a_source_with_fewer_live_beams_is_padded_without_changing_any_ranking(
     def search(shared: bool) -> tuple[list, list]:
         monkeypatch.setattr(backbone_module, "shares_memory", lambda decoder: shared)
         with torch.no_grad():
-            memory, mask = model.network.encode_history(tokens, item_mask)
+            memory, mask = model._encode_histories(batch)
             full = model.network.beam_search(memory, mask, model.trie, everything)
             pruned = model.network.beam_search(memory, mask, model.trie, everything, excluded=excluded)
         return full, pruned

@@ -271,9 +271,8 @@ def test_a_recommenders_item_prior_learns_vectors_that_rank_the_next_items_highe
     assert not torch.allclose(learned, initial, atol=1e-3)
     histories = [s[:-2] for s in sequences if len(s) > 2]
     nexts = torch.tensor([ids.index(s[-2]) for s in sequences if len(s) > 2])
-    tokens, item_mask = model._history_tensors(histories)
     with torch.no_grad():
-        memory, mask = model.network.encode_history(tokens, item_mask)
+        memory, mask = model._encode_histories(model._history_batch(histories))
         summaries = model.network.source_summary(memory, mask)
 
     def mean_log_probability(vectors: torch.Tensor) -> float:
@@ -295,9 +294,8 @@ def test_a_recommender_with_the_item_prior_decodes_exactly_and_keeps_its_vectors
     assert model.prior is not None
     histories = [s[:-1] for s in sequences[:8]]
     found = model.recommend(histories, k=model.config.beam_size)
-    tokens, item_mask = model._history_tensors(histories)
     with torch.no_grad():
-        memory, mask = model.network.encode_history(tokens, item_mask)
+        memory, mask = model._encode_histories(model._history_batch(histories))
         for source, ranked in enumerate(found):
             for item_id, score in ranked[:5] + ranked[-2:]:
                 exact = teacher_forced_log_probability(model, memory, mask, source, model.trie.tokens_of(item_id))
@@ -316,7 +314,7 @@ def test_a_recommender_with_the_item_prior_decodes_exactly_and_keeps_its_vectors
     assert all(math.isfinite(score) for ranked in wide for _, score in ranked)
     everything = len(loaded.trie)
     with torch.no_grad():
-        memory, mask = loaded.network.encode_history(*loaded._history_tensors(histories[:1]))
+        memory, mask = loaded._encode_histories(loaded._history_batch(histories[:1]))
         ranked = loaded.network.beam_search(memory, mask, loaded.trie, everything, prior=loaded._prior())[0]
     assert item_id in {i for i, _ in ranked}
 

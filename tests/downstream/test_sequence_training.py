@@ -81,9 +81,10 @@ def test_a_last_item_summary_reads_the_most_recent_items_states_alone(movielens_
     model = GenerativeModel.create(table, snapshot, options)
     network, depth = model.network.eval(), model.vocabulary.depth
     histories = [sequences[0][:6], sequences[1][:2], sequences[2][:4]]
-    tokens, item_mask = model._history_tensors(histories)
+    batch = model._history_batch(histories)
+    item_mask = batch.item_mask
     with torch.no_grad():
-        memory, mask = network.encode_history(tokens, item_mask)
+        memory, mask = model._encode_histories(batch)
         last_item = network.source_summary(memory, mask)
         network.history_summary = "mean"
         mean = network.source_summary(memory, mask)
