@@ -484,7 +484,8 @@ def _budget_suffix(args) -> str:
         suffix = f"-window-{args.history_window}" if args.history_window not in (None, BUDGET_HISTORY_WINDOW) else ""
     default_summary = GenerativeConfig.model_fields["history_summary"].default
     suffix += f"-{args.history_summary}-summary" if args.history_summary not in (None, default_summary) else ""
-    return suffix + ("-item-vectors" if args.history_item_vectors else "")
+    suffix += "-item-vectors" if args.history_item_vectors else ""
+    return suffix + (f"-dropout-{args.dropout:g}" if args.dropout is not None else "")
 
 
 def _method_options(method: str, args) -> dict:
@@ -632,6 +633,13 @@ def main() -> int:
         "history_item_vectors option; default: the library's, off); a file of its own",
     )
     parser.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="recommendation: the generative recommenders' decoder and history encoder dropout (the dropout option; "
+        "default: the library's, the backbone's own); a file of its own",
+    )
+    parser.add_argument(
         "--library-defaults",
         action="store_true",
         help="recommendation: the generative models train at the library's own defaults (GenerativeConfig's history "
@@ -679,6 +687,8 @@ def main() -> int:
         parser.error(
             "--history-item-vectors sets the generative recommenders' option: --dataset movielens-100k, no --peers-only"
         )
+    if args.dropout is not None and (args.dataset != "movielens-100k" or args.peers_only):
+        parser.error("--dropout sets the generative recommenders' option: --dataset movielens-100k, no --peers-only")
     if args.peer_budget == "own" and not args.peers_only:
         # A full run's file is the comparison at one budget; the peers at theirs are a file of their own.
         parser.error("--peer-budget own needs --peers-only")
@@ -705,6 +715,8 @@ def main() -> int:
             gen_options["history_summary"] = args.history_summary
         if args.history_item_vectors:
             gen_options["history_item_vectors"] = True
+        if args.dropout is not None:
+            gen_options["dropout"] = args.dropout
     elif args.epochs:  # retrieval trains the library's defaults otherwise (benchmarks/retrieval_steps.py)
         gen_options["epochs"] = args.epochs
     started = time.perf_counter()

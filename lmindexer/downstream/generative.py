@@ -119,6 +119,14 @@ class GenerativeConfig(BaseModel):
         "to its ID tokens' vectors), so that one learned vector per item is both read in histories and scored, as "
         "SASRec ties its input and output item embeddings. Off: a history reads its items' ID tokens alone",
     )
+    dropout: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="dropout probability of every dropout in the decoder and the history encoder (attention, "
+        "feed-forward, residual), e.g. 0.2 as Cornac's SASRec trains; None: the backbone's own and the history "
+        "encoder's default",
+    )
     examples_per_history: int | None = Field(
         None, ge=1, description="train on only the last N next-item steps of each history (None: every step)"
     )
@@ -266,6 +274,7 @@ class GenerativeModel:
             causal_history=options.sequence_training,
             history_summary=options.history_summary,
             prior=_uses_prior(options),
+            dropout=options.dropout,
         )
         model = cls(options, vocabulary, network, ids.sid_map())
         if options.from_snapshot:
@@ -765,6 +774,7 @@ class GenerativeModel:
             causal_history=config.sequence_training,
             history_summary=config.history_summary,
             prior=_uses_prior(config),
+            dropout=config.dropout,
         )
         try:
             tensors = load_file(str(path / WEIGHTS))

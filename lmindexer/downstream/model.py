@@ -95,6 +95,7 @@ class GenerativeIdModel(nn.Module):
         causal_history: bool = False,
         history_summary: HistorySummary = "mean",
         prior: bool = False,
+        dropout: float | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -130,6 +131,14 @@ class GenerativeIdModel(nn.Module):
             self.history = HistoryEncoder(
                 hidden, backbone.num_heads, history_layers, history_window, self.depth, causal=causal_history
             )
+        if dropout is not None:  # None keeps what the backbone's config and the history encoder declare
+            # BERT-style attention reads its dropout module's p; torch's MultiheadAttention keeps a float of its own.
+            parts = [backbone.decoder_module, *([self.history] if self.history is not None else [])]
+            for module in (module for part in parts for module in part.modules()):
+                if isinstance(module, nn.Dropout):
+                    module.p = dropout
+                elif isinstance(module, nn.MultiheadAttention):
+                    module.dropout = dropout
 
     @property
     def depth(self) -> int:

@@ -153,6 +153,45 @@ def test_history_item_vectors_need_a_recommender_with_the_item_prior(movielens_s
             GenerativeModel.create(table, snapshot, {**SEQUENCE_OPTIONS, **options, "history_item_vectors": True})
 
 
+def _window_loss(model: GenerativeModel, window: list[str], *, training: bool) -> float:
+    """The sequence loss of one window with the network in training mode (dropouts active) or in eval mode."""
+    network = model.network.train(training)
+    targets = model._targets(window[1:]).unsqueeze(0)
+    steps = torch.ones((1, len(window) - 1), dtype=torch.bool)
+    with torch.no_grad():
+        memory, mask = model._encode_histories(model._history_batch([window[:-1]]))
+        return network.sequence_loss(memory, mask, targets, steps, model._prior()).item()
+
+
+def test_a_dropout_of_zero_turns_off_every_dropout_of_the_decoder_and_the_history_encoder(movielens_small, tmp_path):
+    """``dropout`` sets every dropout the decoder and the history encoder train with (attention included): at 0 a
+    training-mode pass is the eval-mode pass, where the default's dropouts make it differ; a saved model keeps it."""
+    snapshot, table, sequences = movielens_small
+    window = sequences[2][:7]
+    for dropout, deterministic in ((None, False), (0.0, True)):
+        model = GenerativeModel.create(table, snapshot, {**SEQUENCE_OPTIONS, "dropout": dropout})
+        model._start_item_vectors(None, progress=False)
+        torch.manual_seed(0)
+        trained_mode = [_window_loss(model, window, training=True) for _ in range(3)]
+        evaluated = _window_loss(model, window, training=False)
+        assert (trained_mode == pytest.approx([evaluated] * 3, rel=1e-5)) is deterministic, dropout
+    loaded = GenerativeModel.load(model.save(tmp_path / "model"))
+    assert loaded.config.dropout == 0.0
+    assert _window_loss(loaded, window, training=True) == pytest.approx(evaluated, rel=1e-5)
+
+
+def test_dropout_sets_the_probability_of_every_dropout_in_the_decoder_and_the_history_encoder(movielens_small):
+    snapshot, table, _ = movielens_small
+    network = GenerativeModel.create(table, snapshot, {**SEQUENCE_OPTIONS, "dropout": 0.2}).network
+    probabilities = [
+        module.p if isinstance(module, nn.Dropout) else module.dropout
+        for part in (network.backbone.decoder_module, network.history)
+        for module in part.modules()
+        if isinstance(module, (nn.Dropout, nn.MultiheadAttention))
+    ]
+    assert len(probabilities) > 8 and set(probabilities) == {0.2}
+
+
 def test_every_step_of_every_sequence_is_learnt_exactly_once(untrained):
     _, model = untrained
     window = model.config.history_window

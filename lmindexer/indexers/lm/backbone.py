@@ -107,8 +107,9 @@ class Seq2SeqBackbone(nn.Module):
         return self.model.get_encoder()
 
     @property
-    def _decoder(self) -> nn.Module:
-        # EncoderDecoderModel's decoder carries an LM head; the stack underneath returns hidden states.
+    def decoder_module(self) -> nn.Module:
+        """The decoder's stack of layers, which returns hidden states (EncoderDecoderModel's decoder carries an LM
+        head; this is the stack underneath)."""
         decoder = self.model.get_decoder()
         return getattr(decoder, "base_model", decoder)
 
@@ -120,13 +121,13 @@ class Seq2SeqBackbone(nn.Module):
         return list(self.encoder_module.parameters())
 
     def decoder_parameters(self) -> list[nn.Parameter]:
-        return list(self._decoder.parameters())
+        return list(self.decoder_module.parameters())
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.encoder_module(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def decode(self, inputs_embeds: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
-        out = self._decoder(
+        out = self.decoder_module(
             inputs_embeds=inputs_embeds,
             encoder_hidden_states=memory,
             encoder_attention_mask=memory_mask,
@@ -137,13 +138,13 @@ class Seq2SeqBackbone(nn.Module):
     def decode_blocks(self, inputs_embeds: torch.Tensor, memory: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """States (B, T, n, d) of ``T`` prefixes per source in one pass, prefix ``t`` attending the memory positions
         ``visible[:, t]`` allows (see :func:`lmindexer.indexers.lm.decoding.decode_blocks`); BERT-style decoders."""
-        if not shares_memory(self._decoder):
+        if not shares_memory(self.decoder_module):
             raise ConfigError(
                 "training every next-item step of a history in one pass (sequence_training) needs a BERT-style "
                 "decoder (the packaged and tiny backbones); this backbone's decoder is "
-                f"{type(self._decoder).__name__}"
+                f"{type(self.decoder_module).__name__}"
             )
-        return decode_blocks(self._decoder, inputs_embeds, memory, visible)
+        return decode_blocks(self.decoder_module, inputs_embeds, memory, visible)
 
     def incremental_decoder(
         self, memory: torch.Tensor, memory_mask: torch.Tensor, *, shared_memory: bool = True
@@ -151,9 +152,9 @@ class Seq2SeqBackbone(nn.Module):
         """A decoder that extends many prefixes per source one position at a time (see
         :mod:`lmindexer.indexers.lm.decoding`): with one copy of each source's cross-attention keys and values where
         the decoder is BERT-style and ``shared_memory`` holds, else through Hugging Face's cache."""
-        if shared_memory and shares_memory(self._decoder):
-            return SharedMemoryDecoding(self._decoder, memory, memory_mask)
-        return CachedDecoding(self._decoder, memory, memory_mask)
+        if shared_memory and shares_memory(self.decoder_module):
+            return SharedMemoryDecoding(self.decoder_module, memory, memory_mask)
+        return CachedDecoding(self.decoder_module, memory, memory_mask)
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         return self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")

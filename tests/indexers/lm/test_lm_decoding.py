@@ -77,13 +77,13 @@ def test_the_bert_style_backbones_share_memory_and_others_take_the_cache(tiny, t
     assert isinstance(tiny.incremental_decoder(memory, mask), SharedMemoryDecoding)
     assert isinstance(tiny.incremental_decoder(memory, mask, shared_memory=False), CachedDecoding)
     t5 = load_backbone(str(_tiny_t5(tmp_path / "t5")), decoder_layers=1, seed=0)
-    assert not shares_memory(t5._decoder)
+    assert not shares_memory(t5.decoder_module)
     batch = t5.tokenize(["a moth", "a bridge over the thames"], 16)
     with torch.no_grad():
         t5_memory = t5.encode(batch["input_ids"], batch["attention_mask"])
     assert isinstance(t5.incremental_decoder(t5_memory, batch["attention_mask"]), CachedDecoding)
     with pytest.raises(ValueError, match="BERT-style"):
-        SharedMemoryDecoding(t5._decoder, t5_memory, batch["attention_mask"])
+        SharedMemoryDecoding(t5.decoder_module, t5_memory, batch["attention_mask"])
 
 
 def test_rows_must_divide_evenly_among_the_sources(tiny):
