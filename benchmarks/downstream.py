@@ -34,6 +34,9 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
     python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
         --sequence-training --examples-per-history all --epochs 10 --history-summary last-item \
         --history-item-vectors   # histories also read the item prior's vectors (SASRec's tied item embeddings)
+    python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
+        --sequence-training --examples-per-history all --epochs 10 --history-summary last-item \
+        --dropout 0.2   # the decoder's and history encoder's dropout at Cornac's SASRec's
 
 Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
 the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
@@ -42,8 +45,8 @@ Writes <out>/downstream-<dataset>.json, .md and .png (downstream-<dataset>-seed-
 for comparison with a full run's file of the same seed; -own-recipe with --peer-budget own). --sequence-training adds
 -sequence-training, and a recommendation budget other than 20 next-item steps per user for 3 epochs adds
 -steps-<N>-epochs-<E> to the name (--library-defaults: -library-defaults), a history window other than the
-budget's 10 items -window-<W>, --history-summary other than the library's mean -<summary>-summary, and
---history-item-vectors -item-vectors.
+budget's 10 items -window-<W>, --history-summary other than the library's mean -<summary>-summary,
+--history-item-vectors -item-vectors, and --dropout P -dropout-<P>.
 """
 
 from __future__ import annotations
