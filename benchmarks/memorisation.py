@@ -18,7 +18,7 @@ every next-item step of the whole histories, as ``--peer-budget own``) for each 
     python benchmarks/memorisation.py --sasrec-seeds 0 \\
         --model "last-item, dropout 0.2=$work/model-rq-kmeans-sequence-trained-last-item-summary-dropout-0.2"
 
-Writes <out>/memorisation-movielens-100k.json, .md and .png.
+Writes <out>/memorisation-movielens-100k[-<name>].json, .md and .png.
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=parse_model, action="append", default=[], help="LABEL=DIR, repeatable")
     parser.add_argument("--sasrec-seeds", type=int, nargs="*", default=[], help="Cornac's SASRec at its own recipe")
+    parser.add_argument("--name", default="", help="a part of the files' names after the data set's, e.g. dropout")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not args.model and not args.sasrec_seeds:
@@ -185,7 +186,7 @@ def main() -> int:
     for row in rows:
         row["training_over_test_ndcg@10"] = ratios(row["metrics"])
     summary = summarise(rows)
-    stem = args.out / "memorisation-movielens-100k"
+    stem = args.out / ("memorisation-movielens-100k" + (f"-{args.name}" if args.name else ""))
     document = {"dataset": "movielens-100k", "top_k": TOP_K, "results": rows, "summary": summary,
                 "wall_s": round(time.perf_counter() - started, 1), "environment": env}  # fmt: skip
     write_results(stem, document, markdown(summary))
