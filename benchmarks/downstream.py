@@ -46,7 +46,7 @@ for comparison with a full run's file of the same seed; -own-recipe with --peer-
 -sequence-training, and a recommendation budget other than 20 next-item steps per user for 3 epochs adds
 -steps-<N>-epochs-<E> to the name (--library-defaults: -library-defaults), a history window other than the
 budget's 10 items -window-<W>, --history-summary other than the library's mean -<summary>-summary,
---history-item-vectors -item-vectors, and --dropout P -dropout-<P>.
+--history-item-vectors -item-vectors, and --dropout P -dropout-<P, its dot a p: 0p2>.
 """
 
 from __future__ import annotations
@@ -488,7 +488,8 @@ def _budget_suffix(args) -> str:
     default_summary = GenerativeConfig.model_fields["history_summary"].default
     suffix += f"-{args.history_summary}-summary" if args.history_summary not in (None, default_summary) else ""
     suffix += "-item-vectors" if args.history_item_vectors else ""
-    return suffix + (f"-dropout-{args.dropout:g}" if args.dropout is not None else "")
+    # No dot in a name: the files are written through Path.with_suffix, which would take ".2..." for an extension.
+    return suffix + (f"-dropout-{args.dropout:g}".replace(".", "p") if args.dropout is not None else "")
 
 
 def _method_options(method: str, args) -> dict:
