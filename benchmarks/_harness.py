@@ -152,8 +152,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def result_file(stem: Path, extension: str) -> Path:
+    """``<stem><extension>``: the extension appended, never replacing part of the stem. A result's stem may hold a
+    dot (``downstream-movielens-100k-dropout-0.2-seed-1``) that ``Path.with_suffix`` would take for an extension
+    and cut off, so that runs differing only after the dot would write one file."""
+    return stem.with_name(stem.name + extension)
+
+
 def write_results(stem: Path, document: dict[str, Any], markdown: str) -> None:
-    """``<stem>.json`` (with the load at the end) and ``<stem>.md``; the caller writes ``<stem>.png``."""
+    """``<stem>.json`` (with the load at the end) and ``<stem>.md``; the caller writes ``result_file(stem, ".png")``."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     finish(document)
     # At the top level too, so that a reader (or a check) ties the figures to code without knowing the layout: under
@@ -163,7 +170,7 @@ def write_results(stem: Path, document: dict[str, Any], markdown: str) -> None:
                 "uncommitted_changes": env.get("uncommitted_changes"),
                 "load_average": {"start": env["load_average_at_start"], "end": env["load_average_at_end"]},
                 **document}  # fmt: skip
-    stem.with_suffix(".json").write_text(json.dumps(document, indent=2, default=str) + "\n")
+    result_file(stem, ".json").write_text(json.dumps(document, indent=2, default=str) + "\n")
     env = document["environment"]
     footer = (
         f"\n\nMeasured at commit `{(env.get('commit') or 'unknown')[:12]}`"
@@ -171,7 +178,7 @@ def write_results(stem: Path, document: dict[str, Any], markdown: str) -> None:
         f"{env['load_average_at_start'][0]:.2f} at the start, {env['load_average_at_end'][0]:.2f} at the end "
         f"({env['cpu_threads_available']} CPU threads). Command: `{env['command']}`\n"
     )
-    stem.with_suffix(".md").write_text(markdown.rstrip() + footer)
+    result_file(stem, ".md").write_text(markdown.rstrip() + footer)
 
 
 def stamp_figure(png: Path) -> None:

@@ -47,7 +47,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, stamp_figure, write_results
+from _harness import RESULTS, environment, result_file, stamp_figure, write_results
 
 # Only light modules at the top: the measuring processes import torch themselves (see the module docstring).
 from lmindexer import datasets
@@ -369,8 +369,8 @@ def main() -> int:
         "The tracemalloc peak (Python objects and numpy buffers) was taken in one more fresh process.\n\n"
         f"![assign memory]({stem.name}.png)\n",
     )
-    plot(rows, stem.with_suffix(".png"), title)
-    stamp_figure(stem.with_suffix(".png"))
+    plot(rows, result_file(stem, ".png"), title)
+    stamp_figure(result_file(stem, ".png"))
     print(table)
     print(f"written: {stem}.json, .md, .png")
     return 0

@@ -65,7 +65,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, stamp_figure, write_results
+from _harness import RESULTS, environment, result_file, stamp_figure, write_results
 
 from lmindexer import datasets
 from lmindexer.cache import cache_root
@@ -488,7 +488,7 @@ def _budget_suffix(args) -> str:
     default_summary = GenerativeConfig.model_fields["history_summary"].default
     suffix += f"-{args.history_summary}-summary" if args.history_summary not in (None, default_summary) else ""
     suffix += "-item-vectors" if args.history_item_vectors else ""
-    # No dot in a name: the files are written through Path.with_suffix, which would take ".2..." for an extension.
+    # The dot written as p: the name the stored results carry (``-dropout-0p2``), and one a shell glob reads plainly.
     return suffix + (f"-dropout-{args.dropout:g}".replace(".", "p") if args.dropout is not None else "")
 
 
@@ -819,8 +819,8 @@ def main() -> int:
         document,
         f"# Downstream — {title}\n\n{table}{aim_line}\n\n{ids_table}\n\n![metrics]({stem.name}.png)\n",
     )
-    plot(rows, keys, stem.with_suffix(".png"), title)
-    stamp_figure(stem.with_suffix(".png"))
+    plot(rows, keys, result_file(stem, ".png"), title)
+    stamp_figure(result_file(stem, ".png"))
     print(table)
     print(ids_table + aim_line)
     print(f"written: {stem}.json, .md, .png")

@@ -38,7 +38,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, format_mean_sd, markdown_table, mean_sd, stamp_figure, write_results
+from _harness import (
+    RESULTS,
+    environment,
+    format_mean_sd,
+    markdown_table,
+    mean_sd,
+    result_file,
+    stamp_figure,
+    write_results,
+)
 
 from lmindexer import datasets
 from lmindexer.assign import code_items
@@ -330,8 +339,8 @@ def main() -> int:
         f"![AMI@1 and collision rate per method and last-level policy]({stem.name}.png)\n"
     )
     write_results(stem, document, markdown)
-    plot(summaries, stem.with_suffix(".png"), title)
-    stamp_figure(stem.with_suffix(".png"))
+    plot(summaries, result_file(stem, ".png"), title)
+    stamp_figure(result_file(stem, ".png"))
     print(table)
     print(f"written: {stem}.json, .md, .png")
     return 0

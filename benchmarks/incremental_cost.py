@@ -48,7 +48,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, stamp_figure, write_results
+from _harness import RESULTS, environment, result_file, stamp_figure, write_results
 
 from lmindexer import datasets, devstack
 from lmindexer.cache import cache_root
@@ -323,8 +323,8 @@ def main() -> int:
         f"{new_embeddings}.\n\n"
         f"![incremental cost]({stem.name}.png)\n",
     )
-    plot(measured, sizes, stem.with_suffix(".png"), title)
-    stamp_figure(stem.with_suffix(".png"))
+    plot(measured, sizes, result_file(stem, ".png"), title)
+    stamp_figure(result_file(stem, ".png"))
     print(table_md)
     print(f"written: {stem}.json, .md, .png")
     return 0

@@ -36,7 +36,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, format_mean_sd, markdown_table, mean_sd, stamp_figure, write_results
+from _harness import (
+    RESULTS,
+    environment,
+    format_mean_sd,
+    markdown_table,
+    mean_sd,
+    result_file,
+    stamp_figure,
+    write_results,
+)
 
 from lmindexer import datasets
 from lmindexer.downstream.generative import GenerativeModel
@@ -190,8 +199,8 @@ def main() -> int:
     document = {"dataset": "movielens-100k", "top_k": TOP_K, "results": rows, "summary": summary,
                 "wall_s": round(time.perf_counter() - started, 1), "environment": env}  # fmt: skip
     write_results(stem, document, markdown(summary))
-    plot(summary, stem.with_suffix(".png"))
-    stamp_figure(stem.with_suffix(".png"))
+    plot(summary, result_file(stem, ".png"))
+    stamp_figure(result_file(stem, ".png"))
     print(markdown(summary), flush=True)
     return 0
 

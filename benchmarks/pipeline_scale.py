@@ -43,7 +43,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, markdown_table, stamp_figure, write_results
+from _harness import RESULTS, environment, markdown_table, result_file, stamp_figure, write_results
 from incremental_cost import write_jsonl
 
 from lmindexer import datasets, devstack
@@ -366,8 +366,8 @@ def main() -> int:
         "process, then one compacting run.\n\n"
         f"![pipeline scale]({stem.name}.png)\n",
     )
-    plot(results, sizes, stem.with_suffix(".png"))
-    stamp_figure(stem.with_suffix(".png"))
+    plot(results, sizes, result_file(stem, ".png"))
+    stamp_figure(result_file(stem, ".png"))
     print(table)
     print(f"written: {stem}.json, .md, .png")
     return 0

@@ -35,7 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, markdown_table, stamp_figure, write_results
+from _harness import RESULTS, environment, markdown_table, result_file, stamp_figure, write_results
 
 from lmindexer import datasets
 from lmindexer.cache import cache_root
@@ -311,8 +311,8 @@ def main() -> int:
         )
     stem = args.out / f"precision-{args.dataset}"
     write_results(stem, document, "\n".join(lines))
-    plot(speed, stem.with_suffix(".png"))
-    stamp_figure(stem.with_suffix(".png"))
+    plot(speed, result_file(stem, ".png"))
+    stamp_figure(result_file(stem, ".png"))
     print("\n".join(lines))
     return 0
 

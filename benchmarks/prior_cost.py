@@ -34,7 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, markdown_table, stamp_figure, write_results
+from _harness import RESULTS, environment, markdown_table, result_file, stamp_figure, write_results
 
 from lmindexer import datasets
 from lmindexer.cache import cache_root
@@ -185,10 +185,10 @@ def main() -> int:
     axis.set_title(f"GenerativeModel.{words['call']} on {args.dataset}: the {words['prior']}'s cost")
     axis.legend()
     fig.tight_layout()
-    fig.savefig(stem.with_suffix(".png"), dpi=110)
+    fig.savefig(result_file(stem, ".png"), dpi=110)
     plt.close(fig)
-    stamp_figure(stem.with_suffix(".png"))
-    print(stem.with_suffix(".md").read_text())
+    stamp_figure(result_file(stem, ".png"))
+    print(result_file(stem, ".md").read_text())
     return 0
 
 

@@ -42,7 +42,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, stamp_figure, write_results
+from _harness import RESULTS, environment, result_file, stamp_figure, write_results
 
 from lmindexer import datasets, devstack
 from lmindexer.catalog import read_items
@@ -334,8 +334,8 @@ def main() -> int:
         f"{env['cpu_threads_available']} CPU threads shared by client and server.\n\n"
         f"![throughput]({stem.name}.png)\n",
     )
-    plot(summary, runs, len(docs), stem.with_suffix(".png"), title)
-    stamp_figure(stem.with_suffix(".png"))
+    plot(summary, runs, len(docs), result_file(stem, ".png"), title)
+    stamp_figure(result_file(stem, ".png"))
     print(table_md)
     print(f"platform / raw: {ratio:.2f}x")
     print(f"written: {stem}.json, .md, .png")

@@ -47,6 +47,7 @@ from _harness import (
     format_mean_sd,
     markdown_table,
     mean_sd,
+    result_file,
     stamp_figure,
     write_results,
 )
@@ -263,9 +264,9 @@ def main() -> int:
     ax.set_title(f"{args.dataset}: generative retrieval step by step")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(stem.with_suffix(".png"), dpi=110)
+    fig.savefig(result_file(stem, ".png"), dpi=110)
     plt.close(fig)
-    stamp_figure(stem.with_suffix(".png"))
+    stamp_figure(result_file(stem, ".png"))
     print(table_md)
     print(verdict)
     return 0

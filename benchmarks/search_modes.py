@@ -41,7 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import environment, markdown_table, medians_over_passes, stamp_figure, write_results
+from _harness import environment, markdown_table, medians_over_passes, result_file, stamp_figure, write_results
 from serving import add_load_options, free_port, locust_run, wait_until_up
 
 from lmindexer import datasets, devstack
@@ -177,8 +177,8 @@ def main() -> int:
         f"{config['beam_size']}, k={args.k}, {os.cpu_count()} CPUs shared by the server, the local engine and "
         f"locust.\n\n![throughput and latency]({stem.name}.png)\n",
     )
-    plot(summary, args.modes, args.users, stem.with_suffix(".png"))
-    stamp_figure(stem.with_suffix(".png"))
+    plot(summary, args.modes, args.users, result_file(stem, ".png"))
+    stamp_figure(result_file(stem, ".png"))
     print(table)
     print(f"written: {stem}.json, .md, .png")
     return 0

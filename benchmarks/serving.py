@@ -55,7 +55,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, markdown_table, medians_over_passes, stamp_figure, write_results
+from _harness import RESULTS, environment, markdown_table, medians_over_passes, result_file, stamp_figure, write_results
 
 from lmindexer import datasets
 from lmindexer.cache import cache_root
@@ -333,8 +333,8 @@ def main() -> int:
         f"{len(queries)} held-out queries per setting and pass, beam size {config['beam_size']}, k={args.k}, "
         f"{os.cpu_count()} CPUs shared by the server and locust.\n\n![throughput and latency]({stem.name}.png)\n",
     )
-    plot(rows, args.users, stem.with_suffix(".png"))
-    stamp_figure(stem.with_suffix(".png"))
+    plot(rows, args.users, result_file(stem, ".png"))
+    stamp_figure(result_file(stem, ".png"))
     print(table + verdict)
     print(f"written: {stem}.json, .md, .png")
     return 0

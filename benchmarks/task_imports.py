@@ -31,7 +31,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, ROOT, environment, format_mean_sd, markdown_table, mean_sd, stamp_figure, write_results
+from _harness import (
+    RESULTS,
+    ROOT,
+    environment,
+    format_mean_sd,
+    markdown_table,
+    mean_sd,
+    result_file,
+    stamp_figure,
+    write_results,
+)
 
 HEAVY = ("torch", "transformers", "faiss", "sklearn", "great_expectations", "opensearchpy", "elasticsearch", "fastapi")
 CONFIG = "{'base_uri': 's3://b', 'method': 'lmindexer', 'indexer': {'levels': 2, 'codebook_size': 8}}"
@@ -149,9 +159,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "task_imports"
     write_results(stem, document, markdown)
-    plot(summary, stem.with_suffix(".png"))
-    stamp_figure(stem.with_suffix(".png"))
-    print(stem.with_suffix(".md").read_text())
+    plot(summary, result_file(stem, ".png"))
+    stamp_figure(result_file(stem, ".png"))
+    print(result_file(stem, ".md").read_text())
 
 
 if __name__ == "__main__":

@@ -82,6 +82,24 @@ def test_a_new_figure_names_its_commit_at_the_top_level_under_both_names(monkeyp
     assert list(document)[:2] == ["git_commit", "commit"]
 
 
+def test_runs_whose_names_differ_only_after_a_dot_write_separate_files(monkeypatch, tmp_path):
+    """A result's stem may hold a dot (an option's value, ``-dropout-0.2-seed-1``): the extension is appended, so
+    the seeds' files neither overwrite each other nor lose the part after the dot."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("_harness", None)
+    import _harness
+
+    for seed in (1, 2):
+        stem = tmp_path / f"downstream-dropout-0.2-seed-{seed}"
+        _harness.write_results(stem, {"environment": _harness.environment(), "seed": seed}, f"# seed {seed}")
+        assert _harness.result_file(stem, ".png").name == f"downstream-dropout-0.2-seed-{seed}.png"
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == [f"downstream-dropout-0.2-seed-{seed}{ext}" for seed in (1, 2) for ext in (".json", ".md")]
+    assert json.loads((tmp_path / "downstream-dropout-0.2-seed-1.json").read_text())["seed"] == 1
+
+
 def test_a_figure_from_one_seed_shows_no_spread_it_does_not_have(monkeypatch):
     import sys
 
