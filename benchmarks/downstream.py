@@ -55,6 +55,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
 
@@ -343,6 +344,15 @@ def prefix_boost_row(method: str, beams: list, bm25_scores: list[dict[str, float
     }
 
 
+def recommended_item_ids(
+    model: GenerativeModel, histories: Sequence[Sequence[str]], k: int, exclude_seen: bool, *, progress: bool = False
+) -> list[list[str]]:
+    """A generative recommender's top ``k`` item_ids per history, its scores dropped: what the peers' and the
+    popularity baseline's ``recommend`` return, so that one ranking metric reads them all."""
+    found = model.recommend(histories, k, progress=progress, exclude_seen=exclude_seen)
+    return [[item_id for item_id, _ in ranked] for ranked in found]
+
+
 def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_options: dict) -> tuple[list[dict], dict]:
     catalogue = data_dir / "items.jsonl"
     sequences = datasets.read_sequences(data_dir / "sequences.jsonl")
@@ -367,13 +377,7 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
 
         def recommend(model):
             # Both protocols: the full ranking, and with each user's history left out (what /recommend returns).
-            return {
-                exclude_seen: [
-                    [i for i, _ in r]
-                    for r in model.recommend(histories, TOP_K, progress=True, exclude_seen=exclude_seen)
-                ]
-                for exclude_seen in (False, True)
-            }
+            return {e: recommended_item_ids(model, histories, TOP_K, e, progress=True) for e in (False, True)}
 
         for variant in _variants(
             method, gen_options, args.no_snapshot_variant, recommendation=True, prior_ablation=not args.no_prior_variant

@@ -46,6 +46,7 @@ from _harness import (
     stamp_figure,
     write_results,
 )
+from downstream import recommended_item_ids
 
 from lmindexer import datasets
 from lmindexer.downstream.generative import GenerativeModel
@@ -78,13 +79,6 @@ def measure(recommend: Recommend, cases: dict[str, tuple[list[list[str]], list[s
             found = rank_metrics(ranked, relevant)
             metrics[f"{step}, {protocol}"] = {key: round(found[key], 4) for key in ("ndcg@10", "recall@10")}
     return metrics
-
-
-def generative_recommend(model: GenerativeModel) -> Recommend:
-    def recommend(histories, k, exclude_seen):
-        return [[i for i, _ in r] for r in model.recommend(histories, k, exclude_seen=exclude_seen)]
-
-    return recommend
 
 
 def ratios(metrics: dict[str, dict]) -> dict[str, float]:
@@ -181,7 +175,7 @@ def main() -> int:
         model = GenerativeModel.load(directory)
         row = {"label": label, "model_dir": str(directory), "seed": model.config.seed,
                "options": model.config.model_dump(mode="json")}  # fmt: skip
-        row["metrics"] = measure(generative_recommend(model), cases)
+        row["metrics"] = measure(lambda h, k, e, model=model: recommended_item_ids(model, h, k, e), cases)
         rows.append(row)
     for seed in args.sasrec_seeds:
         print(f"-- SASRec (cornac, own recipe), seed {seed}", flush=True)
