@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from lmindexer.downstream.dense import DenseIndexConfig
 from lmindexer.downstream.model import GenerativeIdModel, HistorySummary, PriorScores, Task
+from lmindexer.downstream.prior import TEMPERATURE as PRIOR_TEMPERATURE
 from lmindexer.downstream.prior import DensePrior
 from lmindexer.downstream.pseudo_queries import pseudo_query_pairs
 from lmindexer.downstream.ranking import rank_metrics
@@ -679,6 +680,43 @@ class GenerativeModel:
                     prior=self._prior(),
                 )
             results.extend(ranked[:k] for ranked in found)
+        return results
+
+    def rank_by_item_prior(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int = 10,
+        *,
+        exclude_seen: bool = False,
+    ) -> list[list[tuple[str, float]]]:
+        """The top ``k`` items per history by the item prior alone: ``TEMPERATURE`` x the cosine of the history's
+        summary to each item's vector, over every item (no beam, no decoder). It is the two-tower part of the
+        recommender, what :meth:`recommend`'s scores would rank by with the decoder's own scores silenced, and says
+        how much of a ranking the spelled-out IDs add. ``exclude_seen`` as for :meth:`recommend`."""
+        if self.config.task != "recommendation":
+            raise ConfigError("this model is a retriever, not a recommender")
+        if self.prior is None:
+            raise ConfigError("this recommender has no item prior to rank by (it was trained with item_prior: false)")
+        if k < 1:  # no beam bounds it: every item is scored
+            raise ConfigError(f"k must be at least 1, got {k}")
+        self.network.eval()
+        item_ids = [item_id for item_id, _ in sorted(self.trie)]  # the rows of the prior's item matrix
+        items = self.prior.item_matrix(self.trie, self.device).float()
+        results: list[list[tuple[str, float]]] = []
+        size = self.config.inference_batch_size
+        for start in range(0, len(histories), size):
+            chunk = histories[start : start + size]
+            with torch.inference_mode(), inference_autocast(self.precision, self.device):
+                memory, mask = self._encode_histories(self._history_batch(chunk))
+                summaries = self.network.source_summary(memory, mask)
+            scores = PRIOR_TEMPERATURE * (torch.nn.functional.normalize(summaries.float(), dim=-1) @ items.T)
+            if exclude_seen:
+                for row, history in enumerate(chunk):
+                    seen = [item_id for item_id in set(history) if item_id in self.trie]
+                    scores[row, self.prior.item_rows(self.trie, seen)] = float("-inf")
+            top = scores.topk(min(k, len(item_ids)), dim=1)
+            for values, rows in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                results.append([(item_ids[j], v) for v, j in zip(values, rows, strict=True) if v != float("-inf")])
         return results
 
     def evaluate_retrieval(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False) -> dict[str, float]:

@@ -409,3 +409,39 @@ def test_a_recommender_with_the_item_prior_resumes_from_its_checkpoint_to_the_sa
     expected = dict(reference.network.named_parameters())
     assert all(torch.equal(p.detach(), expected[n].detach()) for n, p in resumed.network.named_parameters())
     assert "prior_items" not in expected  # the vectors left the network when the training ended
+
+
+def test_ranking_by_the_item_prior_alone_is_what_a_silent_decoders_widest_beam_returns(movielens_small):
+    """The exhaustive two-tower ranking cross-checked against the beam search: with the decoder's own scores scaled
+    to nothing, the prior at weight 1 and a beam as wide as the catalogue, the search returns the same items in the
+    same order, its scores the prior's minus one log-normaliser per history; and neither returns a seen item when
+    the history is left out."""
+    snapshot, table, sequences = movielens_small
+    options = {**TINY_GENERATIVE, "task": "recommendation", "beam_size": 400, "inference_precision": "fp32"}
+    model = GenerativeModel.create(table, snapshot, options)
+    assert len(model.trie) <= 400
+    model._start_item_vectors(None, progress=False)  # the item prior's vectors (random directions), as training does
+    with torch.no_grad():
+        model.network.logit_scale.fill_(-30.0)
+        model.network.prior_weight.zero_()  # exp(0): weight 1
+    histories = [sequence[:-1] for sequence in sequences[:6]]
+    for exclude_seen in (False, True):
+        searched = model.recommend(histories, k=25, exclude_seen=exclude_seen)
+        ranked = model.rank_by_item_prior(histories, k=25, exclude_seen=exclude_seen)
+        for history, by_search, by_prior in zip(histories, searched, ranked, strict=True):
+            assert [item_id for item_id, _ in by_prior] == [item_id for item_id, _ in by_search]
+            offsets = [prior - search for (_, prior), (_, search) in zip(by_prior, by_search, strict=True)]
+            assert max(offsets) - min(offsets) == pytest.approx(0.0, abs=1e-3)
+            assert not exclude_seen or not set(history) & {item_id for item_id, _ in by_prior}
+        if not exclude_seen:
+            assert any(set(h) & {i for i, _ in r} for h, r in zip(histories, ranked, strict=True))
+
+
+def test_ranking_by_the_item_prior_needs_a_recommender_that_has_one(rq_ids, movielens_small):
+    snapshot, table = rq_ids
+    with pytest.raises(ConfigError, match="retriever"):
+        GenerativeModel.create(table, snapshot, TINY_GENERATIVE).rank_by_item_prior([["x"]])
+    snapshot, table, sequences = movielens_small
+    options = {**TINY_GENERATIVE, "task": "recommendation", "item_prior": False}
+    with pytest.raises(ConfigError, match="no item prior"):
+        GenerativeModel.create(table, snapshot, options).rank_by_item_prior([sequences[0]])
