@@ -1,0 +1,164 @@
+"""Where a generative recommender's ranking comes from, on MovieLens-100k's held-out test step.
+
+For each saved recommender, the same test step (each user's last item from every item before it, as
+benchmarks/downstream.py scores it) ranked three ways, over the full ranking and with the history left out:
+
+- the **whole model** with the beam it was trained and served with (``beam_size``, 20 by default): what
+  benchmarks/downstream.py reports, measured again from the saved model;
+- the whole model with a **wider beam** (each of ``--beams``): whether the search misses items the model scores
+  higher (if the figures do not move, the search is not what limits the ranking);
+- the **item prior alone** (``GenerativeModel.rank_by_item_prior``): every item scored by the cosine of the
+  history's summary to its learned vector, exhaustively, the decoder and its ID tokens left out: the two-tower part
+  of the model, and so how much the spelled-out IDs add on top of it.
+
+Recommenders are loaded from the directories benchmarks/downstream.py saves (--model LABEL=DIR, repeatable: models
+with the same label are seeds of one recipe, summarised as mean +- SD).
+
+    work=~/.cache/lmindexer/benchmarks/downstream/movielens-100k
+    python benchmarks/recommender_parts.py \\
+        --model "last-item, dropout 0.2=$work/model-rq-kmeans-sequence-trained-last-item-summary-dropout-0.2"
+
+Writes <out>/recommender_parts-movielens-100k[-<name>].json, .md and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import (
+    RESULTS,
+    environment,
+    format_mean_sd,
+    markdown_table,
+    mean_sd,
+    result_file,
+    stamp_figure,
+    write_results,
+)
+from downstream import recommended_item_ids
+from memorisation import PROTOCOLS, parse_model
+
+from lmindexer import datasets
+from lmindexer.downstream.generative import GenerativeConfig, GenerativeModel
+from lmindexer.downstream.ranking import rank_metrics
+
+TOP_K = 10
+ITEM_PRIOR = "item prior alone"
+METRICS = ("ndcg@10", "recall@10")
+
+
+def measure(model: GenerativeModel, beams: list[int], histories: list[list[str]], relevant: list[set[str]]) -> dict:
+    """NDCG@10 and Recall@10 of each way to rank under both protocols, keyed "<way>, <protocol>": the model at its
+    own beam, at each wider one (its options with only the beam changed, for the measurement's length), and the item
+    prior alone."""
+    own = model.config.beam_size
+    ways: dict[str, int | None] = {f"whole model, beam {own} (as trained)": own}
+    ways.update({f"whole model, beam {beam}": beam for beam in sorted(set(beams) - {own})})
+    ways[ITEM_PRIOR] = None
+    trained = model.config
+    metrics = {}
+    for way, beam in ways.items():
+        for protocol, exclude_seen in PROTOCOLS.items():
+            if beam is None:
+                found = model.rank_by_item_prior(histories, TOP_K, exclude_seen=exclude_seen)
+                ranked = [[item_id for item_id, _ in items] for items in found]
+            else:
+                model.config = GenerativeConfig.model_validate({**trained.model_dump(), "beam_size": beam})
+                try:
+                    ranked = recommended_item_ids(model, histories, TOP_K, exclude_seen, progress=True)
+                finally:
+                    model.config = trained
+            scores = rank_metrics(ranked, relevant)
+            metrics[f"{way}, {protocol}"] = {key: round(scores[key], 4) for key in METRICS}
+            print(f"   {way}, {protocol}: {metrics[f'{way}, {protocol}']}", flush=True)
+    return metrics
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean +- SD over the rows of each label (its seeds), in the order the labels first appear."""
+    summary = []
+    for label in dict.fromkeys(row["label"] for row in rows):
+        found = [row for row in rows if row["label"] == label]
+        summary.append({
+            "label": label,
+            "seeds": [row["seed"] for row in found],
+            "metrics": {key: {m: mean_sd([r["metrics"][key][m] for r in found]) for m in METRICS}
+                        for key in found[0]["metrics"]},
+        })  # fmt: skip
+    return summary
+
+
+def markdown(summary: list[dict]) -> str:
+    header = ["model (seeds)", "ranked by"] + [f"{protocol}: {m}" for protocol in PROTOCOLS for m in METRICS]
+    rows = []
+    for entry in summary:
+        for way in dict.fromkeys(key.rpartition(", ")[0] for key in entry["metrics"]):
+            cells = [f"{entry['label']} ({', '.join(str(s) for s in entry['seeds'])})", way]
+            cells += [format_mean_sd(entry["metrics"][f"{way}, {p}"][m]) for p in PROTOCOLS for m in METRICS]
+            rows.append(cells)
+    return (
+        "# Where the recommender's ranking comes from: the whole model at its beam and a wider one, and its item "
+        "prior alone (MovieLens-100k, test step)\n\n" + markdown_table(header, rows)
+    )
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(PROTOCOLS), figsize=(11, 4.5), sharey=True)
+    for ax, protocol in zip(axes, PROTOCOLS, strict=True):
+        ways_of = [list(dict.fromkeys(key.rpartition(", ")[0] for key in entry["metrics"])) for entry in summary]
+        names = list(dict.fromkeys(way for found in ways_of for way in found))
+        width = 0.8 / len(names)
+        for n, way in enumerate(names):
+            means = [e["metrics"].get(f"{way}, {protocol}", {}).get("ndcg@10", {}).get("mean", 0.0) for e in summary]
+            sds = [e["metrics"].get(f"{way}, {protocol}", {}).get("ndcg@10", {}).get("sd", 0.0) for e in summary]
+            ax.bar([i + n * width for i in range(len(summary))], means, width, yerr=sds, label=way)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(summary))], [e["label"] for e in summary], fontsize=7)
+        ax.set_title(protocol)
+    axes[0].set_ylabel("NDCG@10 (test step)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=parse_model, action="append", required=True, help="LABEL=DIR, repeatable")
+    parser.add_argument("--beams", type=int, nargs="*", default=[100], help="wider beams to search with")
+    parser.add_argument("--name", default="", help="a part of the files' names after the data set's")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    env = environment()
+    started = time.perf_counter()
+    sequences = datasets.read_sequences(datasets.fetch("movielens-100k") / "sequences.jsonl")
+    histories, relevant = [list(s.history) for s in sequences], [{s.test} for s in sequences]
+    rows = []
+    for label, directory in args.model:
+        print(f"-- {label}: {directory}", flush=True)
+        model = GenerativeModel.load(directory)
+        rows.append({"label": label, "model_dir": str(directory), "seed": model.config.seed,
+                     "options": model.config.model_dump(mode="json"),
+                     "metrics": measure(model, args.beams, histories, relevant)})  # fmt: skip
+    summary = summarise(rows)
+    stem = args.out / ("recommender_parts-movielens-100k" + (f"-{args.name}" if args.name else ""))
+    document = {"dataset": "movielens-100k", "top_k": TOP_K, "beams": args.beams, "results": rows,
+                "summary": summary, "wall_s": round(time.perf_counter() - started, 1), "environment": env}  # fmt: skip
+    write_results(stem, document, markdown(summary))
+    plot(summary, result_file(stem, ".png"))
+    stamp_figure(result_file(stem, ".png"))
+    print(markdown(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
