@@ -91,19 +91,15 @@ def ratios(metrics: dict[str, dict]) -> dict[str, float]:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean +- SD over the rows of each label (its seeds), in the order the labels first appear."""
-    labels = list(dict.fromkeys(row["label"] for row in rows))
+    """Mean +- SD of every metric over the rows of each label (its seeds), in the order the labels first appear."""
     summary = []
-    for label in labels:
+    for label in dict.fromkeys(row["label"] for row in rows):
         found = [row for row in rows if row["label"] == label]
-        keys = found[0]["metrics"]
         summary.append({
             "label": label,
             "seeds": [row["seed"] for row in found],
             "metrics": {key: {m: mean_sd([r["metrics"][key][m] for r in found]) for m in ("ndcg@10", "recall@10")}
-                        for key in keys},
-            "training_over_test_ndcg@10": {p: mean_sd([r["training_over_test_ndcg@10"][p] for r in found])
-                                           for p in PROTOCOLS},
+                        for key in found[0]["metrics"]},
         })  # fmt: skip
     return summary
 
@@ -189,6 +185,11 @@ def main() -> int:
     for row in rows:
         row["training_over_test_ndcg@10"] = ratios(row["metrics"])
     summary = summarise(rows)
+    for entry in summary:
+        found = [row for row in rows if row["label"] == entry["label"]]
+        entry["training_over_test_ndcg@10"] = {
+            protocol: mean_sd([row["training_over_test_ndcg@10"][protocol] for row in found]) for protocol in PROTOCOLS
+        }
     stem = args.out / ("memorisation-movielens-100k" + (f"-{args.name}" if args.name else ""))
     document = {"dataset": "movielens-100k", "top_k": TOP_K, "results": rows, "summary": summary,
                 "wall_s": round(time.perf_counter() - started, 1), "environment": env}  # fmt: skip

@@ -40,13 +40,12 @@ from _harness import (
     environment,
     format_mean_sd,
     markdown_table,
-    mean_sd,
     result_file,
     stamp_figure,
     write_results,
 )
 from downstream import recommended_item_ids
-from memorisation import PROTOCOLS, parse_model
+from memorisation import PROTOCOLS, parse_model, summarise
 
 from lmindexer import datasets
 from lmindexer.downstream.generative import GenerativeConfig, GenerativeModel
@@ -82,20 +81,6 @@ def measure(model: GenerativeModel, beams: list[int], histories: list[list[str]]
             metrics[f"{way}, {protocol}"] = {key: round(scores[key], 4) for key in METRICS}
             print(f"   {way}, {protocol}: {metrics[f'{way}, {protocol}']}", flush=True)
     return metrics
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean +- SD over the rows of each label (its seeds), in the order the labels first appear."""
-    summary = []
-    for label in dict.fromkeys(row["label"] for row in rows):
-        found = [row for row in rows if row["label"] == label]
-        summary.append({
-            "label": label,
-            "seeds": [row["seed"] for row in found],
-            "metrics": {key: {m: mean_sd([r["metrics"][key][m] for r in found]) for m in METRICS}
-                        for key in found[0]["metrics"]},
-        })  # fmt: skip
-    return summary
 
 
 def markdown(summary: list[dict]) -> str:
