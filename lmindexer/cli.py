@@ -637,6 +637,14 @@ def recommender_train(
     histories: Annotated[str, typer.Option("--histories", help=f"Users' histories: {HISTORIES_HELP}.")],
     out: ModelOutOption,
     options: ModelOptionsOption = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            help="A validated recipe to train with: 'sequence' (every next-item step of each window, 10 epochs, "
+            "dropout 0.2: the best measured, docs/downstream.md); --options override its values.",
+        ),
+    ] = None,
     hold_out_last: Annotated[
         bool,
         typer.Option(
@@ -656,7 +664,7 @@ def recommender_train(
     values, checkpoint = _model_options(options, out, checkpoint_dir)
     summary = train_recommender(
         snapshot, ids, catalog, histories, out, values,
-        hold_out_last=hold_out_last, checkpoint_dir=checkpoint, progress=not quiet,
+        preset=preset, hold_out_last=hold_out_last, checkpoint_dir=checkpoint, progress=not quiet,
     )  # fmt: skip
     _report_training(summary, json_out)
 

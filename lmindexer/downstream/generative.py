@@ -178,6 +178,35 @@ class GenerativeConfig(BaseModel):
         return self
 
 
+# Validated recipes for a recommender: options over GenerativeConfig's defaults, one set per preset (never one per data
+# set). Each is exactly the options of a run measured over three seeds (the test in
+# tests/downstream/test_recommender_jobs.py holds it to the stored result files; docs/downstream.md has the figures).
+RECOMMENDER_PRESETS: dict[str, dict[str, Any]] = {
+    # The best recommender measured: SASRec's way of training over ID tokens (every next-item step of a window
+    # learnt in one causal pass, 10 epochs, dropout 0.2, the most recent item's states as the history's query, one
+    # vector per item both read in histories and scored), at a window of 10 sized for CPU training. The defaults
+    # stay cheaper (one history -> next item example at a time) because this recipe trains every step 10 times.
+    "sequence": {
+        "task": "recommendation",
+        "sequence_training": True,
+        "history_window": 10,
+        "examples_per_history": None,
+        "batch_size": 128,
+        "epochs": 10,
+        "history_summary": "last-item",
+        "history_item_vectors": True,
+        "dropout": 0.2,
+    },
+}
+
+
+def recommender_preset(name: str) -> dict[str, Any]:
+    """The options of the recommender preset ``name`` (a copy); an unknown name is an error naming the known ones."""
+    if name not in RECOMMENDER_PRESETS:
+        raise ConfigError(f"unknown recommender preset {name!r}; presets: {', '.join(sorted(RECOMMENDER_PRESETS))}")
+    return dict(RECOMMENDER_PRESETS[name])
+
+
 def parse_generative_config(values: Mapping[str, Any] | GenerativeConfig | None) -> GenerativeConfig:
     if isinstance(values, GenerativeConfig):
         return values

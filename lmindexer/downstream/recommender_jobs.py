@@ -6,9 +6,11 @@ histories: a JSONL file of ``{"user_id": ..., "items": [item_id, ...]}`` objects
 ``sequences.jsonl`` of an interaction data set, whose ``train``, ``valid`` and ``test`` are read in that order).
 
 - :func:`fit_recommender` trains on every (history prefix -> the item that followed it) of every history, over the
-  items with a live ID (others are skipped, like a deleted item, and counted). The item prior's vectors start from
-  the items' texts as the snapshot renders them. ``hold_out_last`` leaves each history's last item out of training,
-  so that :func:`evaluate_recommender` on the same file is the leave-last-out protocol of the benchmarks.
+  items with a live ID (others are skipped, like a deleted item, and counted). A ``preset``
+  (``RECOMMENDER_PRESETS``: ``sequence``, the best recipe measured) supplies validated options that the given options
+  override. The item prior's vectors start from the items' texts as the snapshot renders them. ``hold_out_last``
+  leaves each history's last item out of training, so that :func:`evaluate_recommender` on the same file is the
+  leave-last-out protocol of the benchmarks.
 - :func:`evaluate_recommender` ranks, for each history, the items after all but its last, and scores the ranking
   against that last item (Recall/NDCG/MRR at 10); ``exclude_seen`` (on by default, as in ``/recommend``) leaves the
   history's items out of the ranking.
@@ -20,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmindexer.downstream.generative import GenerativeModel, parse_generative_config
+from lmindexer.downstream.generative import GenerativeModel, parse_generative_config, recommender_preset
 from lmindexer.downstream.jobs import json_lines, model_for_catalogue, save_trained
 from lmindexer.errors import ConfigError, RecommenderError
 
@@ -66,9 +68,10 @@ def _items(row: dict[str, Any]) -> Any:
     return [*train, valid, test] if isinstance(train, list) else None
 
 
-def recommender_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The options with ``task: recommendation`` (named or not); options for another task are an error."""
-    values = dict(options or {})
+def recommender_options(options: Mapping[str, Any] | None, preset: str | None = None) -> dict[str, Any]:
+    """The options with ``task: recommendation`` (named or not); options for another task are an error. With
+    ``preset`` (a name of ``RECOMMENDER_PRESETS``) its options come first and ``options`` override them."""
+    values = {**(recommender_preset(preset) if preset is not None else {}), **dict(options or {})}
     task = values.setdefault("task", "recommendation")
     if task != "recommendation":
         raise ConfigError(f"a recommender's options name task {task!r}; leave it out or make it 'recommendation'")
@@ -82,14 +85,17 @@ def fit_recommender(
     histories: str | Path,
     options: Mapping[str, Any] | None = None,
     *,
+    preset: str | None = None,
     hold_out_last: bool = False,
     checkpoint_dir: str | Path | None = None,
     progress: bool = False,
 ) -> tuple[GenerativeModel, dict[str, Any]]:
     """Train a recommender for the catalogue's items in the ID space of ``ids`` (made by ``snapshot``) on the
     histories in ``histories``; resumable with ``checkpoint_dir``, and the same code on a CPU, a GPU or several
-    processes under ``accelerate launch``. Returns the model and a summary of what it trained on."""
-    config = parse_generative_config(recommender_options(options))  # before the slow loads: bad options fail at once
+    processes under ``accelerate launch``. ``preset`` names a recommender preset that ``options`` override.
+    Returns the model and a summary of what it trained on."""
+    # Before the slow loads: bad options fail at once.
+    config = parse_generative_config(recommender_options(options, preset))
     users = read_histories(histories)
     start = model_for_catalogue(snapshot, ids, catalog, config, error=RecommenderError)
     trie = start.model.trie
@@ -112,6 +118,7 @@ def fit_recommender(
         "users_skipped": len(users) - len(trained),
         "history_items_unknown": unknown,
         "held_out_last": hold_out_last,
+        "preset": preset,
         "training": stats,
     }
     return start.model, summary
@@ -125,6 +132,7 @@ def train_recommender(
     out: str | Path,
     options: Mapping[str, Any] | None = None,
     *,
+    preset: str | None = None,
     hold_out_last: bool = False,
     checkpoint_dir: str | Path | None = None,
     progress: bool = False,
@@ -133,7 +141,7 @@ def train_recommender(
     checkpoint; returns the summary (None in every process of a multi-process training but the first)."""
     model, summary = fit_recommender(
         snapshot, ids, catalog, histories, options,
-        hold_out_last=hold_out_last, checkpoint_dir=checkpoint_dir, progress=progress,
+        preset=preset, hold_out_last=hold_out_last, checkpoint_dir=checkpoint_dir, progress=progress,
     )  # fmt: skip
     return save_trained(model, summary, out, checkpoint_dir)
 

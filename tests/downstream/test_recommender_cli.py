@@ -89,3 +89,18 @@ def test_bad_inputs_fail_with_one_line(capsys, files):
     assert code == 2 and err.startswith(f"error: {broken} line 2: user 'a' already has a history on line 1")
     code, _, err = run_cli(capsys, "recommender", "evaluate", "--model", str(root / "none"), "--histories", histories)
     assert code == 2 and "error: not a generative model directory" in err
+
+
+def test_train_with_a_preset_under_the_options_file(capsys, files):
+    root, train, _, options = files
+    out_dir = root / "preset-model"
+    code, out, err = run_cli(capsys, "recommender", "train", *train, "--out", str(out_dir), "--preset", "sequence",
+                             "--options", options, "-q")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["preset"] == "sequence"
+    config = GenerativeModel.load(out_dir).config
+    assert (config.sequence_training, config.history_item_vectors, config.dropout) == (True, True, 0.2)  # the preset
+    assert (config.epochs, config.history_window) == (OPTIONS["epochs"], OPTIONS["history_window"])  # the file
+    code, _, err = run_cli(capsys, "recommender", "train", *train, "--out", str(root / "never"), "--preset", "sasrec")
+    assert code == 2 and err.startswith("error: unknown recommender preset 'sasrec'; presets: sequence")
+    assert not (root / "never").exists()

@@ -4,18 +4,30 @@ every next item of the known items trained on, the last one held out on request,
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from testsupport.downstream_models import TINY_GENERATIVE, snapshot_files
 from testsupport.retriever_state import one_torch_thread
 
-from lmindexer.downstream.generative import GenerativeModel
-from lmindexer.downstream.recommender_jobs import evaluate_recommender, fit_recommender, read_histories
+from lmindexer.downstream.generative import RECOMMENDER_PRESETS, GenerativeConfig, GenerativeModel
+from lmindexer.downstream.recommender_jobs import (
+    evaluate_recommender,
+    fit_recommender,
+    read_histories,
+    recommender_options,
+)
 from lmindexer.errors import ConfigError, RecommenderError
 
 OPTIONS = {**TINY_GENERATIVE, "task": "recommendation", "history_window": 8, "epochs": 1, "batch_size": 128}
 UNKNOWN = "no-such-movie"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+# The three seeds of the recipe the "sequence" preset names (benchmarks/downstream.py on MovieLens-100k).
+SEQUENCE_RECIPE = (
+    "downstream-movielens-100k-sequence-training-steps-all-epochs-10-last-item-summary-item-vectors-dropout-0p2"
+)
+SEQUENCE_RESULTS = [RESULTS / f"{SEQUENCE_RECIPE}{seed}.json" for seed in ("", "-seed-1", "-seed-2")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -133,3 +145,40 @@ def test_histories_without_two_known_items_or_a_retriever_are_refused(files, mov
     retriever = GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "dense_prior": False})
     with pytest.raises(ConfigError, match="a retriever, not a recommender"):
         evaluate_recommender(retriever, files.users)
+
+
+@pytest.mark.parametrize("path", SEQUENCE_RESULTS, ids=lambda path: path.stem[-6:])
+def test_the_sequence_preset_is_exactly_the_recipe_whose_three_seeds_were_measured(path):
+    """The preset's claim to be the measured recipe: over the library's defaults it gives the very options each
+    stored seed trained with (a change to the preset or to a default it leaves alone breaks the claim)."""
+    stored = json.loads(path.read_text())["generative_options"]
+    options = {**recommender_options({}, "sequence"), "seed": stored["seed"]}
+    assert GenerativeConfig(**options).model_dump(mode="json") == stored
+
+
+def test_a_preset_trains_with_its_options_and_given_options_override_them(files):
+    model, summary = fit_recommender(files.snapshot, files.ids, files.catalog, files.histories, OPTIONS,
+                                     preset="sequence")  # fmt: skip
+    preset = RECOMMENDER_PRESETS["sequence"]
+    config = model.config
+    assert (config.sequence_training, config.history_summary, config.history_item_vectors, config.dropout) == (
+        preset["sequence_training"],
+        preset["history_summary"],
+        preset["history_item_vectors"],
+        preset["dropout"],
+    )
+    # OPTIONS name these too, and win.
+    assert (
+        (config.epochs, config.history_window)
+        == (OPTIONS["epochs"], OPTIONS["history_window"])
+        != (preset["epochs"], preset["history_window"])
+    )
+    assert summary["preset"] == "sequence"
+    # Trained as a sequence (windows, which only sequence training reports) over every next item of the known items.
+    assert summary["training"]["windows"] >= 1
+    assert summary["training"]["examples"] == sum(len(items) - 1 for items in _known(files.users) if len(items) >= 2)
+
+
+def test_an_unknown_preset_fails_before_anything_is_loaded_naming_the_presets(files, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown recommender preset 'sasrec'; presets: sequence"):
+        fit_recommender(tmp_path / "no-snapshot", files.ids, files.catalog, files.histories, preset="sasrec")
