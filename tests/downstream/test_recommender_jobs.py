@@ -25,7 +25,8 @@ UNKNOWN = "no-such-movie"
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 # The three seeds of the recipe the "sequence" preset names (benchmarks/downstream.py on MovieLens-100k).
 SEQUENCE_RECIPE = (
-    "downstream-movielens-100k-sequence-training-steps-all-epochs-10-last-item-summary-item-vectors-dropout-0p2"
+    "downstream-movielens-100k-sequence-training-steps-all-epochs-10-window-20"
+    "-last-item-summary-item-vectors-dropout-0p2"
 )
 SEQUENCE_RESULTS = [RESULTS / f"{SEQUENCE_RECIPE}{seed}.json" for seed in ("", "-seed-1", "-seed-2")]
 
@@ -167,12 +168,9 @@ def test_a_preset_trains_with_its_options_and_given_options_override_them(files)
         preset["history_item_vectors"],
         preset["dropout"],
     )
-    # OPTIONS name these too, and win.
-    assert (
-        (config.epochs, config.history_window)
-        == (OPTIONS["epochs"], OPTIONS["history_window"])
-        != (preset["epochs"], preset["history_window"])
-    )
+    # OPTIONS name these too, and win (the preset trains 10 epochs over a window of the default 20).
+    assert (config.epochs, config.history_window) == (OPTIONS["epochs"], OPTIONS["history_window"]) == (1, 8)
+    assert preset["epochs"] == 10 and "history_window" not in preset
     assert summary["preset"] == "sequence"
     # Trained as a sequence (windows, which only sequence training reports) over every next item of the known items.
     assert summary["training"]["windows"] >= 1
