@@ -184,13 +184,12 @@ class GenerativeConfig(BaseModel):
 RECOMMENDER_PRESETS: dict[str, dict[str, Any]] = {
     # The best recommender measured: SASRec's way of training over ID tokens (every next-item step of a window
     # learnt in one causal pass, 10 epochs, dropout 0.2, the most recent item's states as the history's query, one
-    # vector per item both read in histories and scored), over the default window of 20 items (ahead of a window of
-    # 10 with the history left out on three seeds). The defaults stay cheaper (one history -> next item example at a
-    # time) because this recipe trains every step 10 times.
+    # vector per item both read in histories and scored), over the defaults' window of 20 items (ahead of a window
+    # of 10 with the history left out on three seeds) and every next-item step. The defaults stay cheaper (one
+    # history -> next item example at a time) because this recipe trains every step 10 times.
     "sequence": {
         "task": "recommendation",
         "sequence_training": True,
-        "examples_per_history": None,
         "batch_size": 128,
         "epochs": 10,
         "history_summary": "last-item",
