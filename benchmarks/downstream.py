@@ -37,6 +37,9 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
     python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
         --sequence-training --examples-per-history all --epochs 10 --history-summary last-item \
         --dropout 0.2   # the decoder's and history encoder's dropout at Cornac's SASRec's
+    python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
+        --sequence-training --examples-per-history all --epochs 10 --history-window 20 --history-summary last-item \
+        --history-item-vectors --dropout 0.2 --history-input-dropout   # the sequence preset + SASRec's input dropout
 
 Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
 the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
@@ -46,7 +49,8 @@ for comparison with a full run's file of the same seed; -own-recipe with --peer-
 -sequence-training, and a recommendation budget other than 20 next-item steps per user for 3 epochs adds
 -steps-<N>-epochs-<E> to the name (--library-defaults: -library-defaults), a history window other than the
 budget's 10 items -window-<W>, --history-summary other than the library's mean -<summary>-summary,
---history-item-vectors -item-vectors, and --dropout P -dropout-<P, its dot a p: 0p2>.
+--history-item-vectors -item-vectors, --dropout P -dropout-<P, its dot a p: 0p2>, and --history-input-dropout
+-input-dropout.
 """
 
 from __future__ import annotations
@@ -493,7 +497,8 @@ def _budget_suffix(args) -> str:
     suffix += f"-{args.history_summary}-summary" if args.history_summary not in (None, default_summary) else ""
     suffix += "-item-vectors" if args.history_item_vectors else ""
     # The dot written as p: the name the stored results carry (``-dropout-0p2``), and one a shell glob reads plainly.
-    return suffix + (f"-dropout-{args.dropout:g}".replace(".", "p") if args.dropout is not None else "")
+    suffix += f"-dropout-{args.dropout:g}".replace(".", "p") if args.dropout is not None else ""
+    return suffix + ("-input-dropout" if args.history_input_dropout else "")
 
 
 def _method_options(method: str, args) -> dict:
@@ -648,6 +653,12 @@ def main() -> int:
         "default: the library's, the backbone's own); a file of its own",
     )
     parser.add_argument(
+        "--history-input-dropout",
+        action="store_true",
+        help="recommendation: the generative recommenders' history encoder also drops out its inputs, as SASRec "
+        "does (the history_input_dropout option; default: the library's, off); a file of its own",
+    )
+    parser.add_argument(
         "--library-defaults",
         action="store_true",
         help="recommendation: the generative models train at the library's own defaults (GenerativeConfig's history "
@@ -697,6 +708,11 @@ def main() -> int:
         )
     if args.dropout is not None and (args.dataset != "movielens-100k" or args.peers_only):
         parser.error("--dropout sets the generative recommenders' option: --dataset movielens-100k, no --peers-only")
+    if args.history_input_dropout and (args.dataset != "movielens-100k" or args.peers_only):
+        parser.error(
+            "--history-input-dropout sets the generative recommenders' option: --dataset movielens-100k, "
+            "no --peers-only"
+        )
     if args.peer_budget == "own" and not args.peers_only:
         # A full run's file is the comparison at one budget; the peers at theirs are a file of their own.
         parser.error("--peer-budget own needs --peers-only")
@@ -725,6 +741,8 @@ def main() -> int:
             gen_options["history_item_vectors"] = True
         if args.dropout is not None:
             gen_options["dropout"] = args.dropout
+        if args.history_input_dropout:
+            gen_options["history_input_dropout"] = True
     elif args.epochs:  # retrieval trains the library's defaults otherwise (benchmarks/retrieval_steps.py)
         gen_options["epochs"] = args.epochs
     started = time.perf_counter()

@@ -128,6 +128,12 @@ class GenerativeConfig(BaseModel):
         "feed-forward, residual), e.g. 0.2 as Cornac's SASRec trains; None: the backbone's own and the history "
         "encoder's default",
     )
+    history_input_dropout: bool = Field(
+        False,
+        description="recommendation: the history encoder also drops out its inputs (each item's token and item "
+        "vectors with their positions) at its dropout, as SASRec drops out its input item embeddings; off: the inputs "
+        "reach its layers whole (its pre-norm layers drop out only what each layer adds)",
+    )
     examples_per_history: int | None = Field(
         None, ge=1, description="train on only the last N next-item steps of each history (None: every step)"
     )
@@ -175,6 +181,8 @@ class GenerativeConfig(BaseModel):
             raise ValueError(
                 "history_item_vectors reads the item prior's vectors: it needs task recommendation and item_prior"
             )
+        if self.history_input_dropout and self.task != "recommendation":
+            raise ValueError("history_input_dropout drops out a history's inputs: it needs task recommendation")
         return self
 
 
@@ -304,6 +312,7 @@ class GenerativeModel:
             history_summary=options.history_summary,
             prior=_uses_prior(options),
             dropout=options.dropout,
+            history_input_dropout=options.history_input_dropout,
         )
         model = cls(options, vocabulary, network, ids.sid_map())
         if options.from_snapshot:
@@ -841,6 +850,7 @@ class GenerativeModel:
             history_summary=config.history_summary,
             prior=_uses_prior(config),
             dropout=config.dropout,
+            history_input_dropout=config.history_input_dropout,
         )
         try:
             tensors = load_file(str(path / WEIGHTS))

@@ -50,6 +50,7 @@ class HistoryEncoder(nn.Module):
         dropout: float = 0.1,
         *,
         causal: bool = False,
+        input_dropout: bool = False,
     ) -> None:
         super().__init__()
         self.window = window
@@ -65,6 +66,9 @@ class HistoryEncoder(nn.Module):
         )
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden)
+        # Pre-norm layers drop out only what their sublayers add, so the inputs (the items' vectors) otherwise
+        # reach every layer whole; SASRec drops them out too (its emb_dropout). No weights: saved models load alike.
+        self.input_dropout = nn.Dropout(dropout) if input_dropout else nn.Identity()
 
     def forward(self, token_vectors: torch.Tensor, item_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``token_vectors`` (B, W, depth, d) of a window (right-aligned; left-aligned when causal, so that padding
@@ -73,7 +77,7 @@ class HistoryEncoder(nn.Module):
         positions = torch.arange(window, device=token_vectors.device)
         tokens = torch.arange(depth, device=token_vectors.device)
         states = token_vectors + self.item_position(positions)[None, :, None] + self.token_position(tokens)[None, None]
-        states = states.reshape(batch, window * depth, hidden)
+        states = self.input_dropout(states.reshape(batch, window * depth, hidden))
         mask = item_mask.repeat_interleave(depth, dim=1)
         later = None
         if self.causal:
@@ -96,6 +100,7 @@ class GenerativeIdModel(nn.Module):
         history_summary: HistorySummary = "mean",
         prior: bool = False,
         dropout: float | None = None,
+        history_input_dropout: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -129,7 +134,13 @@ class GenerativeIdModel(nn.Module):
         self.history: HistoryEncoder | None = None
         if task == "recommendation":
             self.history = HistoryEncoder(
-                hidden, backbone.num_heads, history_layers, history_window, self.depth, causal=causal_history
+                hidden,
+                backbone.num_heads,
+                history_layers,
+                history_window,
+                self.depth,
+                causal=causal_history,
+                input_dropout=history_input_dropout,
             )
         if dropout is not None:  # None keeps what the backbone's config and the history encoder declare
             # BERT-style attention reads its dropout module's p; torch's MultiheadAttention keeps a float of its own.

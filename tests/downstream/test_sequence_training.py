@@ -10,6 +10,7 @@ from testsupport.downstream_models import recall_of_held_out_next_items, teacher
 from torch import nn
 
 from lmindexer.downstream.generative import GenerativeModel
+from lmindexer.downstream.model import HistoryEncoder
 from lmindexer.errors import ConfigError
 from lmindexer.indexers.lm.decoding import decode_blocks
 
@@ -190,6 +191,47 @@ def test_dropout_sets_the_probability_of_every_dropout_in_the_decoder_and_the_hi
         if isinstance(module, (nn.Dropout, nn.MultiheadAttention))
     ]
     assert len(probabilities) > 8 and set(probabilities) == {0.2}
+
+
+def _history_states(encoder: HistoryEncoder, vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return encoder(vectors, mask)[0]
+
+
+def test_history_input_dropout_drops_out_what_the_history_encoder_reads(movielens_small, tmp_path):
+    """With ``history_input_dropout`` the history encoder drops out its inputs at its dropout, before its first layer
+    (SASRec's emb_dropout): with its layers' own dropouts idle, two training-mode passes differ, and the inputs that
+    reach the first layer are zero or scaled by 1 / (1 - p); off, they reach it whole."""
+    snapshot, table, _ = movielens_small
+    torch.manual_seed(0)
+    vectors, mask = torch.randn(2, 6, 3, 32), torch.ones(2, 6, dtype=torch.long)
+    for on in (False, True):
+        encoder = HistoryEncoder(32, 2, 1, 6, 3, dropout=0.5, causal=True, input_dropout=on).train()
+        encoder.layers.eval()  # only the input dropout, where there is one, is left to vary
+        first, second = _history_states(encoder, vectors, mask), _history_states(encoder, vectors, mask)
+        assert torch.equal(first, second) is not on, on
+        reached = []
+        hook = encoder.layers.layers[0].register_forward_pre_hook(lambda _, args: reached.append(args[0]))
+        _history_states(encoder, vectors, mask)
+        hook.remove()
+        items, tokens = encoder.item_position(torch.arange(6)), encoder.token_position(torch.arange(3))
+        whole = (vectors + items[None, :, None] + tokens[None, None]).reshape(2, 18, 32)
+        kept = reached[0] != 0
+        assert torch.allclose(reached[0][kept], (whole * (2.0 if on else 1.0))[kept], atol=1e-5), on
+        assert (kept.float().mean().item() < 0.7) is on, on
+    options = {**SEQUENCE_OPTIONS, "dropout": 0.3, "history_input_dropout": True}
+    model = GenerativeModel.create(table, snapshot, options)
+    assert isinstance(model.network.history.input_dropout, nn.Dropout) and model.network.history.input_dropout.p == 0.3
+    loaded = GenerativeModel.load(model.save(tmp_path / "model"))
+    assert loaded.config.history_input_dropout and loaded.network.history.input_dropout.p == 0.3
+    off = GenerativeModel.create(table, snapshot, SEQUENCE_OPTIONS).network.history
+    assert not any(isinstance(module, nn.Dropout) for module in off.input_dropout.modules())
+
+
+def test_history_input_dropout_needs_a_recommender(movielens_small):
+    snapshot, table, _ = movielens_small
+    with pytest.raises(ConfigError, match="history_input_dropout drops out a history's inputs"):
+        GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "history_input_dropout": True})
 
 
 def test_every_step_of_every_sequence_is_learnt_exactly_once(untrained):
