@@ -41,7 +41,7 @@ from lmindexer.downstream.vocabulary import IdVocabulary
 from lmindexer.errors import ConfigError, SnapshotError
 from lmindexer.idtable import IdTable
 from lmindexer.indexers.base import Indexer
-from lmindexer.indexers.lm.backbone import backbone_from_snapshot, load_backbone
+from lmindexer.indexers.lm.backbone import Seq2SeqBackbone, backbone_from_snapshot, load_backbone
 from lmindexer.indexers.lm.encoder import EncoderStack
 from lmindexer.indexers.lm.indexer import LMIndexer
 from lmindexer.indexers.lm.model import tied_names
@@ -302,18 +302,7 @@ class GenerativeModel:
             made_by = "no snapshot was given" if snapshot is None else f"the IDs come from {snapshot.method}"
             raise ConfigError(f"from_snapshot needs the LMIndexer snapshot that made the IDs; {made_by}")
         backbone = load_backbone(options.backbone, decoder_layers=options.decoder_layers, seed=options.seed)
-        network = GenerativeIdModel(
-            backbone,
-            vocabulary.sizes,
-            task=options.task,
-            history_window=options.history_window,
-            history_layers=options.history_layers,
-            causal_history=options.sequence_training,
-            history_summary=options.history_summary,
-            prior=_uses_prior(options),
-            dropout=options.dropout,
-            history_input_dropout=options.history_input_dropout,
-        )
+        network = _network(backbone, vocabulary.sizes, options)
         model = cls(options, vocabulary, network, ids.sid_map())
         if options.from_snapshot:
             _copy_indexer(network, snapshot)  # type: ignore[arg-type]
@@ -840,18 +829,7 @@ class GenerativeModel:
             values["device"] = device
         config = parse_generative_config(values)
         vocabulary = IdVocabulary.from_dict(document["vocabulary"])
-        network = GenerativeIdModel(
-            backbone_from_snapshot(path, dict(document["backbone_config"])),
-            vocabulary.sizes,
-            task=config.task,
-            history_window=config.history_window,
-            history_layers=config.history_layers,
-            causal_history=config.sequence_training,
-            history_summary=config.history_summary,
-            prior=_uses_prior(config),
-            dropout=config.dropout,
-            history_input_dropout=config.history_input_dropout,
-        )
+        network = _network(backbone_from_snapshot(path, dict(document["backbone_config"])), vocabulary.sizes, config)
         try:
             tensors = load_file(str(path / WEIGHTS))
         except (OSError, SafetensorError) as exc:
@@ -871,6 +849,22 @@ class GenerativeModel:
         model.initialised_from = document.get("initialised_from", "backbone")
         model.training = document.get("training", {})
         return model
+
+
+def _network(backbone: Seq2SeqBackbone, sizes: Sequence[int], config: GenerativeConfig) -> GenerativeIdModel:
+    """The network ``config`` describes over ``backbone`` (a new model and a loaded one are built alike)."""
+    return GenerativeIdModel(
+        backbone,
+        sizes,
+        task=config.task,
+        history_window=config.history_window,
+        history_layers=config.history_layers,
+        causal_history=config.sequence_training,
+        history_summary=config.history_summary,
+        prior=_uses_prior(config),
+        dropout=config.dropout,
+        history_input_dropout=config.history_input_dropout,
+    )
 
 
 def _copy_indexer(network: GenerativeIdModel, indexer: LMIndexer) -> None:
