@@ -49,8 +49,8 @@ for comparison with a full run's file of the same seed; -own-recipe with --peer-
 -sequence-training, and a recommendation budget other than 20 next-item steps per user for 3 epochs adds
 -steps-<N>-epochs-<E> to the name (--library-defaults: -library-defaults), a history window other than the
 budget's 10 items -window-<W>, --history-summary other than the library's mean -<summary>-summary,
---history-item-vectors -item-vectors, --dropout P -dropout-<P, its dot a p: 0p2>, and --history-input-dropout
--input-dropout.
+--history-item-vectors -item-vectors, --dropout P -dropout-<P, its dot a p: 0p2>, --history-input-dropout
+-input-dropout, and --label-smoothing E -label-smoothing-<E, likewise: 0p1>.
 """
 
 from __future__ import annotations
@@ -498,7 +498,8 @@ def _budget_suffix(args) -> str:
     suffix += "-item-vectors" if args.history_item_vectors else ""
     # The dot written as p: the name the stored results carry (``-dropout-0p2``), and one a shell glob reads plainly.
     suffix += f"-dropout-{args.dropout:g}".replace(".", "p") if args.dropout is not None else ""
-    return suffix + ("-input-dropout" if args.history_input_dropout else "")
+    suffix += "-input-dropout" if args.history_input_dropout else ""
+    return suffix + (f"-label-smoothing-{args.label_smoothing:g}".replace(".", "p") if args.label_smoothing else "")
 
 
 def _method_options(method: str, args) -> dict:
@@ -659,6 +660,13 @@ def main() -> int:
         "does (the history_input_dropout option; default: the library's, off); a file of its own",
     )
     parser.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=None,
+        help="recommendation: the generative recommenders' training loss smooths each target token by this share "
+        "(the label_smoothing option; default: the library's, 0); a file of its own",
+    )
+    parser.add_argument(
         "--library-defaults",
         action="store_true",
         help="recommendation: the generative models train at the library's own defaults (GenerativeConfig's history "
@@ -713,6 +721,10 @@ def main() -> int:
             "--history-input-dropout sets the generative recommenders' option: --dataset movielens-100k, "
             "no --peers-only"
         )
+    if args.label_smoothing is not None and (args.dataset != "movielens-100k" or args.peers_only):
+        parser.error(
+            "--label-smoothing sets the generative recommenders' option: --dataset movielens-100k, no --peers-only"
+        )
     if args.peer_budget == "own" and not args.peers_only:
         # A full run's file is the comparison at one budget; the peers at theirs are a file of their own.
         parser.error("--peer-budget own needs --peers-only")
@@ -743,6 +755,8 @@ def main() -> int:
             gen_options["dropout"] = args.dropout
         if args.history_input_dropout:
             gen_options["history_input_dropout"] = True
+        if args.label_smoothing is not None:
+            gen_options["label_smoothing"] = args.label_smoothing
     elif args.epochs:  # retrieval trains the library's defaults otherwise (benchmarks/retrieval_steps.py)
         gen_options["epochs"] = args.epochs
     started = time.perf_counter()

@@ -134,6 +134,14 @@ class GenerativeConfig(BaseModel):
         "vectors with their positions) at its dropout, as SASRec drops out its input item embeddings; off: the inputs "
         "reach its layers whole (its pre-norm layers drop out only what each layer adds)",
     )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="training loss: at each ID position this share of the target's probability is spread evenly over "
+        "the tokens the model may emit there (those that continue an existing ID where the prior restricts them), as "
+        "in cross-entropy with label smoothing; 0: plain cross-entropy",
+    )
     examples_per_history: int | None = Field(
         None, ge=1, description="train on only the last N next-item steps of each history (None: every step)"
     )
@@ -442,7 +450,7 @@ class GenerativeModel:
                 memory = stack.upper(batch["memory"].to(dtype), mask, split, batch["input_ids"])
             else:
                 memory = self.network.encode(batch["input_ids"], mask)
-            return self.network.loss(memory, mask, targets[index].to(self.device), prior)
+            return self.network.loss(memory, mask, targets[index].to(self.device), prior, self.config.label_smoothing)
 
         prior = self._prior()
         described = (
@@ -585,7 +593,7 @@ class GenerativeModel:
 
         def batch_loss(index: list[int]) -> torch.Tensor:
             memory, mask = self._encode_histories(history.select(index))
-            return self.network.loss(memory, mask, targets[index].to(self.device), prior)
+            return self.network.loss(memory, mask, targets[index].to(self.device), prior, self.config.label_smoothing)
 
         described = ("\x1d".join(h) + f"\x1f{n}" for h, n in zip(histories, nexts, strict=True))
         return _Examples(len(histories), batch_loss, described, {"examples": len(histories)})
@@ -609,7 +617,12 @@ class GenerativeModel:
         def batch_loss(index: list[int]) -> torch.Tensor:
             memory, mask = self._encode_histories(history.select(index))
             return self.network.sequence_loss(
-                memory, mask, targets[index].to(self.device), target_mask[index].to(self.device), prior
+                memory,
+                mask,
+                targets[index].to(self.device),
+                target_mask[index].to(self.device),
+                prior,
+                self.config.label_smoothing,
             )
 
         described = ("\x1d".join(items) + f"\x1f{learnt}" for items, learnt in windows)

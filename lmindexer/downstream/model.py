@@ -33,6 +33,21 @@ PriorScores = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 INITIAL_LOGIT_SCALE = 20.0
 
 
+def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Mean cross-entropy of ``targets`` (R,) under ``logits`` (R, C), the target's probability smoothed: a share
+    ``label_smoothing`` of it spread evenly over the tokens each row may emit, those with a finite logit (a token
+    masked to -inf, one that continues no existing ID, gets none). ``F.cross_entropy(label_smoothing=...)`` spreads
+    it over every class, so a masked token's -inf log-probability would make the loss infinite; with no token masked
+    the two are the same loss."""
+    if label_smoothing == 0.0:
+        return F.cross_entropy(logits, targets)
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    allowed = torch.isfinite(logits)
+    target_term = -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
+    uniform_term = -log_probs.masked_fill(~allowed, 0.0).sum(dim=-1) / allowed.sum(dim=-1)
+    return ((1.0 - label_smoothing) * target_term + label_smoothing * uniform_term).mean()
+
+
 class HistoryEncoder(nn.Module):
     """Encodes a window of items, each written as its ID tokens, into states the decoder attends to.
 
@@ -240,20 +255,29 @@ class GenerativeIdModel(nn.Module):
         memory_mask: torch.Tensor,
         targets: torch.Tensor,
         prior: PriorScores | None = None,
+        label_smoothing: float = 0.0,
     ) -> torch.Tensor:
         """Teacher-forced cross-entropy of the target IDs (B, depth), averaged over positions. With ``prior`` (see
-        :meth:`beam_search`) the softmax runs over the tokens that continue an existing ID, as decoding does."""
+        :meth:`beam_search`) the softmax runs over the tokens that continue an existing ID, as decoding does;
+        ``label_smoothing`` see :func:`smoothed_cross_entropy`."""
         states = self.states(memory, memory_mask, targets[:, :-1])
-        return self._teacher_forced_loss(states, self.source_summary(memory, memory_mask), targets, prior)
+        summary = self.source_summary(memory, memory_mask)
+        return self._teacher_forced_loss(states, summary, targets, prior, label_smoothing)
 
     def _teacher_forced_loss(
-        self, states: torch.Tensor, summary: torch.Tensor, targets: torch.Tensor, prior: PriorScores | None
+        self,
+        states: torch.Tensor,
+        summary: torch.Tensor,
+        targets: torch.Tensor,
+        prior: PriorScores | None,
+        label_smoothing: float,
     ) -> torch.Tensor:
         """Cross-entropy of ``targets`` (R, depth) from the decoder's states (R, depth, d), averaged over positions."""
         losses = []
         for p in range(self.depth):
             scores = None if prior is None else prior(p, summary, targets[:, :p])
-            losses.append(F.cross_entropy(self.logits(states[:, p], p, targets, scores), targets[:, p]))
+            logits = self.logits(states[:, p], p, targets, scores)
+            losses.append(smoothed_cross_entropy(logits, targets[:, p], label_smoothing))
         return torch.stack(losses).mean()
 
     def prefix_summaries(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
@@ -275,6 +299,7 @@ class GenerativeIdModel(nn.Module):
         targets: torch.Tensor,
         target_mask: torch.Tensor,
         prior: PriorScores | None = None,
+        label_smoothing: float = 0.0,
     ) -> torch.Tensor:
         """:meth:`loss` of every next-item step of a window in one pass: ``memory`` (B, W x depth, d) comes from a
         causal history encoder over W left-aligned items, ``targets`` (B, W, depth) holds the item that followed
@@ -296,6 +321,7 @@ class GenerativeIdModel(nn.Module):
             summaries.reshape(batch * window, -1)[steps],
             targets.reshape(batch * window, depth)[steps],
             prior,
+            label_smoothing,
         )
 
     # -- decoding --------------------------------------------------------------------------------------------------
