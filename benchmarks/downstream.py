@@ -486,6 +486,21 @@ def _model_dir(work: Path, method: str, options: dict, budget: str = "") -> Path
     return work / (name + ("-sequence-trained" if options.get("sequence_training") else "") + budget)
 
 
+# Flags that set the generative recommenders' option of the same name, left to the library's default when not given.
+RECOMMENDER_OPTION_FLAGS = (
+    "history_summary",
+    "history_item_vectors",
+    "dropout",
+    "history_input_dropout",
+    "label_smoothing",
+)
+
+
+def _given(value: object) -> bool:
+    """Whether a flag was given: a value (0.0 included) or a switch turned on."""
+    return value is not None and value is not False
+
+
 def _budget_suffix(args) -> str:
     """What names a recommendation budget's files and model directories apart from the 2-core budget's
     (--library-defaults and --history-window exclude each other)."""
@@ -706,25 +721,12 @@ def main() -> int:
         )
     if args.history_window and (args.dataset != "movielens-100k" or args.peers_only):
         parser.error("--history-window sets the generative models' window: --dataset movielens-100k, no --peers-only")
-    if args.history_summary and (args.dataset != "movielens-100k" or args.peers_only):
-        parser.error(
-            "--history-summary sets the generative recommenders' option: --dataset movielens-100k, no --peers-only"
-        )
-    if args.history_item_vectors and (args.dataset != "movielens-100k" or args.peers_only):
-        parser.error(
-            "--history-item-vectors sets the generative recommenders' option: --dataset movielens-100k, no --peers-only"
-        )
-    if args.dropout is not None and (args.dataset != "movielens-100k" or args.peers_only):
-        parser.error("--dropout sets the generative recommenders' option: --dataset movielens-100k, no --peers-only")
-    if args.history_input_dropout and (args.dataset != "movielens-100k" or args.peers_only):
-        parser.error(
-            "--history-input-dropout sets the generative recommenders' option: --dataset movielens-100k, "
-            "no --peers-only"
-        )
-    if args.label_smoothing is not None and (args.dataset != "movielens-100k" or args.peers_only):
-        parser.error(
-            "--label-smoothing sets the generative recommenders' option: --dataset movielens-100k, no --peers-only"
-        )
+    for option in RECOMMENDER_OPTION_FLAGS:
+        if _given(getattr(args, option)) and (args.dataset != "movielens-100k" or args.peers_only):
+            parser.error(
+                f"--{option.replace('_', '-')} sets the generative recommenders' option: --dataset movielens-100k, "
+                "no --peers-only"
+            )
     if args.peer_budget == "own" and not args.peers_only:
         # A full run's file is the comparison at one budget; the peers at theirs are a file of their own.
         parser.error("--peer-budget own needs --peers-only")
@@ -747,16 +749,7 @@ def main() -> int:
             gen_options.update(dict(zip(budget, (window, steps, 128, args.epochs or 3), strict=True)))
         if args.sequence_training:
             gen_options["sequence_training"] = True
-        if args.history_summary:
-            gen_options["history_summary"] = args.history_summary
-        if args.history_item_vectors:
-            gen_options["history_item_vectors"] = True
-        if args.dropout is not None:
-            gen_options["dropout"] = args.dropout
-        if args.history_input_dropout:
-            gen_options["history_input_dropout"] = True
-        if args.label_smoothing is not None:
-            gen_options["label_smoothing"] = args.label_smoothing
+        gen_options.update({o: getattr(args, o) for o in RECOMMENDER_OPTION_FLAGS if _given(getattr(args, o))})
     elif args.epochs:  # retrieval trains the library's defaults otherwise (benchmarks/retrieval_steps.py)
         gen_options["epochs"] = args.epochs
     started = time.perf_counter()

@@ -166,19 +166,8 @@ def test_a_preset_trains_with_its_options_and_given_options_override_them(files)
                                      preset="sequence")  # fmt: skip
     preset = RECOMMENDER_PRESETS["sequence"]
     config = model.config
-    assert (
-        config.sequence_training,
-        config.history_summary,
-        config.history_item_vectors,
-        config.dropout,
-        config.history_input_dropout,
-    ) == (
-        preset["sequence_training"],
-        preset["history_summary"],
-        preset["history_item_vectors"],
-        preset["dropout"],
-        preset["history_input_dropout"],
-    )
+    trained = ("sequence_training", "history_summary", "history_item_vectors", "dropout", "history_input_dropout")
+    assert {option: getattr(config, option) for option in trained} == {option: preset[option] for option in trained}
     # OPTIONS name these too, and win (the preset trains 10 epochs over a window of the default 20).
     assert (config.epochs, config.history_window) == (OPTIONS["epochs"], OPTIONS["history_window"]) == (1, 8)
     assert preset["epochs"] == 10 and "history_window" not in preset
