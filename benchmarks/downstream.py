@@ -40,6 +40,13 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
     python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
         --sequence-training --examples-per-history all --epochs 10 --history-window 20 --history-summary last-item \
         --history-item-vectors --dropout 0.2 --history-input-dropout   # the sequence preset + SASRec's input dropout
+    python benchmarks/downstream.py --dataset ~/data/books --label genre   # a catalogue of any other domain
+
+``--dataset`` also takes a directory of the same files from any other domain: ``items.jsonl`` (the catalogue
+contract) with either ``queries-train.jsonl`` and ``queries-test.jsonl`` (``{"query", "item_id"}`` lines: retrieval,
+against BM25, dense and the hybrids) or ``sequences.jsonl`` (``{"user_id", "train": [...], "valid", "test"}`` lines,
+each user's items in time order: recommendation, against popularity and the peers); its files and work directory
+are named after it, and ``--label`` names the item field the similar-items precision is scored against.
 
 Snapshots and ID tables are kept under --work and reused by later runs with the same options (--refit redoes them);
 the trained generative models are saved there too (model-<method>/), for benchmarks/serving.py.
@@ -94,6 +101,8 @@ ID_METHODS = ("lmindexer", "rq-kmeans")
 RETRIEVAL_KEYS = ("recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
 RECOMMENDATION_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
 TOP_K = 10
+# What the recommendation-only flags ask for, in their errors.
+RECOMMENDATION_SET = f"a recommendation data set (movielens-100k, or a directory with {datasets.SEQUENCES_FILE})"
 # How deep each single system's ranking goes into a fusion (the generative one: its whole beam): the depth `serve`
 # fuses at, so the served hybrids are the measured ones.
 FUSION_DEPTH = ServingLimits().blend_candidates
@@ -172,11 +181,12 @@ def run_generative(method: str, snapshot, table: IdTable, options: dict, train, 
     }
 
 
-def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: dict) -> tuple[list[dict], dict]:
-    catalogue = data_dir / "items.jsonl"
+def retrieval(
+    args, data_dir: Path, work: Path, id_options: dict, gen_options: dict, label_field: str
+) -> tuple[list[dict], dict]:
+    catalogue = data_dir / datasets.ITEMS_FILE
     items = {item.item_id: item for item in read_items(catalogue)[0]}
-    train = read_queries(data_dir / "queries-train.jsonl")
-    test = read_queries(data_dir / "queries-test.jsonl")
+    train, test = (read_queries(data_dir / name) for name in datasets.QUERY_FILES)
     if args.limit_queries:
         test = test[: args.limit_queries]
     relevant = [{item_id} for _, item_id in test]
@@ -232,7 +242,7 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
     dense_row = timed_baseline("dense MiniLM", dense)
     dense_scored = dense_row.pop("ranked")
     dense_ranked = [[item_id for item_id, _ in ranked] for ranked in dense_scored]
-    similar = similar_items(args.dataset, items, id_codes, dense_index["retriever"], dense_index["matrix"], ids)
+    similar = similar_items(label_field, items, id_codes, dense_index["retriever"], dense_index["matrix"], ids)
     rows.append({**dense_row, "ranked": [r[:TOP_K] for r in dense_ranked], "kind": "single"})
 
     print("-- hybrids", flush=True)
@@ -268,11 +278,10 @@ def retrieval(args, data_dir: Path, work: Path, id_options: dict, gen_options: d
     return rows, {**id_reports, "similar_items": similar}
 
 
-def similar_items(dataset: str, items: dict, id_codes: dict, dense: DenseRetriever, matrix, ids: list[str]) -> dict:
+def similar_items(label_field: str, items: dict, id_codes: dict, dense: DenseRetriever, matrix, ids: list[str]) -> dict:
     """Precision@10 against the data set's label of `/items/{id}/similar` for each ID kind (the longest shared ID
     prefix first, then by codes; the endpoint breaks ties within a level by sid) and of the dense nearest neighbours,
     over every item."""
-    label_field = datasets.dataset_info(dataset).label_field
     labels = {item_id: item.field_value(label_field) for item_id, item in items.items()}
     report: dict = {"label": label_field, "k": TOP_K}
     neighbours = dense.search_embeddings(matrix, TOP_K + 1)
@@ -358,8 +367,8 @@ def recommended_item_ids(
 
 
 def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_options: dict) -> tuple[list[dict], dict]:
-    catalogue = data_dir / "items.jsonl"
-    sequences = datasets.read_sequences(data_dir / "sequences.jsonl")
+    catalogue = data_dir / datasets.ITEMS_FILE
+    sequences = datasets.read_sequences(data_dir / datasets.SEQUENCES_FILE)
     # Training and evaluation histories are the same: the test item is the only thing held out.
     histories = [sequence.history for sequence in sequences]
     targets = [sequence.test for sequence in sequences]
@@ -587,7 +596,14 @@ def plot(rows: list[dict], keys: tuple[str, ...], path: Path, title: str) -> Non
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--dataset", default="wiki-topics", choices=["wiki-topics", "clothing-reviews", "movielens-100k"]
+        "--dataset",
+        default="wiki-topics",
+        help=f"a built-in data set ({', '.join(datasets.DATASET_NAMES)}) or a directory of the same files",
+    )
+    parser.add_argument(
+        "--label",
+        default=None,
+        help="retrieval: the item field similar items are scored against (default: the data set's; category)",
     )
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--codebook-size", type=int, default=32)
@@ -698,33 +714,41 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None, help="where snapshots and ID tables are kept")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    try:
+        source = datasets.data_source(args.dataset, label_field=args.label)
+    except ValueError as error:
+        parser.error(str(error))
+    if source.task is None:
+        parser.error(
+            f"data set {source.name} has no task to measure: add {' and '.join(datasets.QUERY_FILES)} (retrieval) "
+            f"or {datasets.SEQUENCES_FILE} (recommendation) beside its {datasets.ITEMS_FILE}"
+        )
+    is_recommendation = source.task == "recommendation"
     if args.no_peers:
         args.peers = []
-    if args.peers_only and (args.dataset != "movielens-100k" or not args.peers):
-        parser.error("--peers-only needs --dataset movielens-100k and at least one peer")
+    if args.peers_only and (not is_recommendation or not args.peers):
+        parser.error(f"--peers-only needs {RECOMMENDATION_SET} and at least one peer")
     if args.examples_per_history != "all" and not args.examples_per_history.isdigit():
         parser.error(f"--examples-per-history must be a number or 'all', got {args.examples_per_history!r}")
-    if args.sequence_training and (args.dataset != "movielens-100k" or args.peers_only):
-        parser.error(
-            "--sequence-training trains the generative recommenders: --dataset movielens-100k, no --peers-only"
-        )
+    if args.sequence_training and (not is_recommendation or args.peers_only):
+        parser.error(f"--sequence-training trains the generative recommenders: {RECOMMENDATION_SET}, no --peers-only")
     if args.library_defaults and (
-        args.dataset != "movielens-100k"
+        not is_recommendation
         or args.peers_only
         or args.epochs
         or args.examples_per_history != "20"
         or args.history_window
     ):
         parser.error(
-            "--library-defaults trains the generative recommenders at GenerativeConfig's defaults: --dataset "
-            "movielens-100k, no --peers-only, --epochs, --examples-per-history or --history-window"
+            "--library-defaults trains the generative recommenders at GenerativeConfig's defaults: "
+            f"{RECOMMENDATION_SET}, no --peers-only, --epochs, --examples-per-history or --history-window"
         )
-    if args.history_window and (args.dataset != "movielens-100k" or args.peers_only):
-        parser.error("--history-window sets the generative models' window: --dataset movielens-100k, no --peers-only")
+    if args.history_window and (not is_recommendation or args.peers_only):
+        parser.error(f"--history-window sets the generative models' window: {RECOMMENDATION_SET}, no --peers-only")
     for option in RECOMMENDER_OPTION_FLAGS:
-        if _given(getattr(args, option)) and (args.dataset != "movielens-100k" or args.peers_only):
+        if _given(getattr(args, option)) and (not is_recommendation or args.peers_only):
             parser.error(
-                f"--{option.replace('_', '-')} sets the generative recommenders' option: --dataset movielens-100k, "
+                f"--{option.replace('_', '-')} sets the generative recommenders' option: {RECOMMENDATION_SET}, "
                 "no --peers-only"
             )
     if args.peer_budget == "own" and not args.peers_only:
@@ -733,11 +757,10 @@ def main() -> int:
     args.methods = [method for method in ID_METHODS if method in {*args.methods, "rq-kmeans"}]
     env = environment()
 
-    data_dir = datasets.fetch(args.dataset)
-    work = args.work or cache_root() / "benchmarks" / "downstream" / args.dataset
+    data_dir = source.path()
+    work = args.work or cache_root() / "benchmarks" / "downstream" / source.name
     work.mkdir(parents=True, exist_ok=True)
     id_options = {"levels": args.levels, "codebook_size": args.codebook_size, "seed": args.seed}
-    is_recommendation = args.dataset == "movielens-100k"
     gen_options = {"seed": args.seed, "task": "recommendation" if is_recommendation else "retrieval"}
     if is_recommendation:
         budget = ("history_window", "examples_per_history", "batch_size", "epochs")
@@ -758,7 +781,7 @@ def main() -> int:
         keys = RECOMMENDATION_KEYS
         anchor = "popularity"
     else:
-        rows, id_reports = retrieval(args, data_dir, work, id_options, gen_options)
+        rows, id_reports = retrieval(args, data_dir, work, id_options, gen_options, source.label_field)
         keys = RETRIEVAL_KEYS
         anchor = "generative (rq-kmeans IDs)"
     base = next(r for r in rows if r["name"] == anchor)["metrics"]["ndcg@10"]
@@ -770,7 +793,7 @@ def main() -> int:
 
     # Seed 0 is the reference run; other seeds write files of their own, for mean +- SD over seeds.
     stem = args.out / (
-        f"downstream-{args.dataset}"
+        f"downstream-{source.name}"
         + ("-peers" if args.peers_only else "")
         + ("-own-recipe" if args.peer_budget == "own" else "")
         + ("-sequence-training" if args.sequence_training else "")
@@ -786,7 +809,8 @@ def main() -> int:
         + (f"-seed-{args.seed}" if args.seed else "")
     )
     document = {
-        "dataset": args.dataset,
+        "dataset": source.name,
+        "built_in": source.directory is None,
         "task": gen_options["task"],
         "levels": args.levels,
         "codebook_size": args.codebook_size,
@@ -812,7 +836,7 @@ def main() -> int:
             f"{markdown(rows, keys, 'metrics_exclude_seen')}"
         )
     # The peers write their own IDs (or none), so the ID space's L and K name only the platform's runs.
-    title = f"{args.dataset}: {gen_options['task']}" + (
+    title = f"{source.name}: {gen_options['task']}" + (
         (", peers at their own recipes" if args.peer_budget == "own" else ", peers")
         if args.peers_only
         else f", L={args.levels}, K={args.codebook_size}"

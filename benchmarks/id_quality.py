@@ -17,6 +17,11 @@ and its assign throughput is compared with the frozen encoder's on the same text
     python benchmarks/id_quality.py --dataset clothing-reviews
     python benchmarks/id_quality.py --dataset clothing-reviews --lm-preset tuned --seeds 0 1 2
     python benchmarks/id_quality.py --dataset clothing-reviews --lm-preset tuned --lm-max-length 128
+    python benchmarks/id_quality.py --dataset ~/data/books --label genre   # a catalogue of any other domain
+
+``--dataset`` takes a built-in name or a directory holding an ``items.jsonl`` in the catalogue contract (what
+``lmindexer validate`` checks); ``--label`` names the item field the IDs are scored against (a directory's default:
+``category``). A directory's results are named after it.
 
 Writes <out>/id_quality-<dataset>[-<preset>][-max-length-<N>].json, .md and .png (the fast preset has no suffix;
 ``--lm-max-length`` overrides the preset's tokens per text for ``lmindexer`` only, to see what the length moves).
@@ -251,8 +256,14 @@ def plot(summaries: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="wiki-topics", choices=datasets.DATASET_NAMES)
-    parser.add_argument("--label", default=None, help="item field the IDs are scored against (default: the data set's)")
+    parser.add_argument(
+        "--dataset",
+        default="wiki-topics",
+        help=f"a built-in data set ({', '.join(datasets.DATASET_NAMES)}) or a directory holding an items.jsonl",
+    )
+    parser.add_argument(
+        "--label", default=None, help="item field the IDs are scored against (default: the data set's; category)"
+    )
     parser.add_argument("--methods", nargs="+", default=None, help=f"default: all ({', '.join(available_methods())})")
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--codebook-size", type=int, default=32)
@@ -265,11 +276,19 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    try:
+        source = datasets.data_source(args.dataset, label_field=args.label)
+    except ValueError as error:
+        parser.error(str(error))
     env = environment()
-    label = args.label or datasets.dataset_info(args.dataset).label_field
-    items, _ = read_items(datasets.items_path(args.dataset, progress=False))
+    label = source.label_field
+    items, read = read_items(source.path(progress=False) / datasets.ITEMS_FILE)
+    if not items:
+        parser.error(f"no item of {source.name} meets the catalogue contract ({read.rejected} rows rejected)")
     items = items[: args.limit] if args.limit else items
     labels = [item.field_value(label) for item in items]
+    if all(value is None for value in labels):  # AMI would have nothing to score against
+        parser.error(f"no item of {source.name} has a {label!r} field to score the IDs against: name one with --label")
     methods = args.methods or available_methods()
     common = {"levels": args.levels, "codebook_size": args.codebook_size}
     lm_options = {"preset": args.lm_preset}
@@ -287,7 +306,7 @@ def main() -> int:
     probe = create_indexer("rq-kmeans", common)
     assert isinstance(probe, EmbeddingIndexer)
     texts = probe.texts(items)
-    print(f"{args.dataset}: {len(items)} items; embedding once (cached)", flush=True)
+    print(f"{source.name}: {len(items)} items; embedding once (cached)", flush=True)
     probe.embed(texts, progress=True)
 
     runs: dict[str, list[dict[str, Any]]] = {method: [] for method in methods}
@@ -310,9 +329,10 @@ def main() -> int:
     suffix = "" if args.lm_preset == "fast" else f"-{args.lm_preset}"
     if args.lm_max_length is not None:
         suffix += f"-max-length-{args.lm_max_length}"
-    stem = args.out / f"id_quality-{args.dataset}{suffix}"
+    stem = args.out / f"id_quality-{source.name}{suffix}"
     document = {
-        "dataset": args.dataset,
+        "dataset": source.name,
+        "built_in": source.directory is None,
         "label": label,
         "items": len(items),
         "levels": args.levels,
@@ -325,7 +345,7 @@ def main() -> int:
         "summaries": summaries,
         "runs": runs,
     }
-    title = f"{args.dataset}: {len(items)} items, L={args.levels}, K={args.codebook_size}, seeds {args.seeds}"
+    title = f"{source.name}: {len(items)} items, L={args.levels}, K={args.codebook_size}, seeds {args.seeds}"
     if LM_METHOD in runs:
         title += f", lmindexer preset {args.lm_preset}"
         if args.lm_max_length is not None:

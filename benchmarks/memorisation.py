@@ -18,7 +18,8 @@ every next-item step of the whole histories, as ``--peer-budget own``) for each 
     python benchmarks/memorisation.py --sasrec-seeds 0 \\
         --model "last-item, dropout 0.2=$work/model-rq-kmeans-sequence-trained-last-item-summary-dropout-0.2"
 
-Writes <out>/memorisation-movielens-100k[-<name>].json, .md and .png.
+Writes <out>/memorisation-<dataset>[-<name>].json, .md and .png (--dataset: movielens-100k by default, or a
+directory of another interaction log with its sequences.jsonl, as benchmarks/downstream.py reads it).
 """
 
 from __future__ import annotations
@@ -156,14 +157,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=parse_model, action="append", default=[], help="LABEL=DIR, repeatable")
     parser.add_argument("--sasrec-seeds", type=int, nargs="*", default=[], help="Cornac's SASRec at its own recipe")
+    parser.add_argument(
+        "--dataset",
+        default="movielens-100k",
+        help="the data set the models were trained on: movielens-100k or a directory with a sequences.jsonl",
+    )
     parser.add_argument("--name", default="", help="a part of the files' names after the data set's, e.g. dropout")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    try:
+        source = datasets.data_source(args.dataset, task="recommendation")
+    except ValueError as error:
+        parser.error(str(error))
     if not args.model and not args.sasrec_seeds:
         parser.error("nothing to measure: give --model LABEL=DIR and/or --sasrec-seeds")
     env = environment(["cornac"])
     started = time.perf_counter()
-    sequences = datasets.read_sequences(datasets.fetch("movielens-100k") / "sequences.jsonl")
+    sequences = datasets.read_sequences(source.path() / datasets.SEQUENCES_FILE)
     cases = steps(sequences)
     rows = []
     for label, directory in args.model:
@@ -190,8 +200,8 @@ def main() -> int:
         entry["training_over_test_ndcg@10"] = {
             protocol: mean_sd([row["training_over_test_ndcg@10"][protocol] for row in found]) for protocol in PROTOCOLS
         }
-    stem = args.out / ("memorisation-movielens-100k" + (f"-{args.name}" if args.name else ""))
-    document = {"dataset": "movielens-100k", "top_k": TOP_K, "results": rows, "summary": summary,
+    stem = args.out / (f"memorisation-{source.name}" + (f"-{args.name}" if args.name else ""))
+    document = {"dataset": source.name, "top_k": TOP_K, "results": rows, "summary": summary,
                 "wall_s": round(time.perf_counter() - started, 1), "environment": env}  # fmt: skip
     write_results(stem, document, markdown(summary))
     plot(summary, result_file(stem, ".png"))

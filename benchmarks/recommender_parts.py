@@ -18,7 +18,8 @@ with the same label are seeds of one recipe, summarised as mean +- SD).
     python benchmarks/recommender_parts.py \\
         --model "last-item, dropout 0.2=$work/model-rq-kmeans-sequence-trained-last-item-summary-dropout-0.2"
 
-Writes <out>/recommender_parts-movielens-100k[-<name>].json, .md and .png.
+Writes <out>/recommender_parts-<dataset>[-<name>].json, .md and .png (--dataset: movielens-100k by default, or a
+directory of another interaction log with its sequences.jsonl, as benchmarks/downstream.py reads it).
 """
 
 from __future__ import annotations
@@ -120,12 +121,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=parse_model, action="append", required=True, help="LABEL=DIR, repeatable")
     parser.add_argument("--beams", type=int, nargs="*", default=[100], help="wider beams to search with")
+    parser.add_argument(
+        "--dataset",
+        default="movielens-100k",
+        help="the data set the models were trained on: movielens-100k or a directory with a sequences.jsonl",
+    )
     parser.add_argument("--name", default="", help="a part of the files' names after the data set's")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    try:
+        source = datasets.data_source(args.dataset, task="recommendation")
+    except ValueError as error:
+        parser.error(str(error))
     env = environment()
     started = time.perf_counter()
-    sequences = datasets.read_sequences(datasets.fetch("movielens-100k") / "sequences.jsonl")
+    sequences = datasets.read_sequences(source.path() / datasets.SEQUENCES_FILE)
     histories, relevant = [list(s.history) for s in sequences], [{s.test} for s in sequences]
     rows = []
     for label, directory in args.model:
@@ -135,8 +145,8 @@ def main() -> int:
                      "options": model.config.model_dump(mode="json"),
                      "metrics": measure(model, args.beams, histories, relevant)})  # fmt: skip
     summary = summarise(rows)
-    stem = args.out / ("recommender_parts-movielens-100k" + (f"-{args.name}" if args.name else ""))
-    document = {"dataset": "movielens-100k", "top_k": TOP_K, "beams": args.beams, "results": rows,
+    stem = args.out / (f"recommender_parts-{source.name}" + (f"-{args.name}" if args.name else ""))
+    document = {"dataset": source.name, "top_k": TOP_K, "beams": args.beams, "results": rows,
                 "summary": summary, "wall_s": round(time.perf_counter() - started, 1), "environment": env}  # fmt: skip
     write_results(stem, document, markdown(summary))
     plot(summary, result_file(stem, ".png"))

@@ -34,6 +34,8 @@ from lmindexer.cache import cache_root
 DATASET_NAMES: tuple[str, ...] = ("wiki-topics", "clothing-reviews", "movielens-100k")
 
 MANIFEST = "manifest.json"
+# The item field ID quality is scored against unless a data set names another.
+DEFAULT_LABEL_FIELD = "category"
 
 # Bumped whenever a derivation changes, so caches written by older code are rebuilt rather than silently reused.
 _FORMAT_VERSION = 1
@@ -59,7 +61,7 @@ class DatasetInfo:
     source_version: str
     source_file: str
     files: tuple[str, ...]
-    label_field: str = "category"
+    label_field: str = DEFAULT_LABEL_FIELD
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,71 @@ def dataset_info(name: str) -> DatasetInfo:
         return _INFOS[name]
     except KeyError:
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASET_NAMES)}") from None
+
+
+# The files that make a directory a data set the benchmarks can read, and the task each set of them serves.
+ITEMS_FILE = "items.jsonl"
+QUERY_FILES = ("queries-train.jsonl", "queries-test.jsonl")
+SEQUENCES_FILE = "sequences.jsonl"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A data set a benchmark reads: one of :data:`DATASET_NAMES` (fetched on first use) or a directory of the same
+    files from any other domain, so the benchmarks run unchanged on catalogues and interaction logs that are not
+    built in."""
+
+    name: str  # what result files and work directories are named after
+    # retrieval: queries-train.jsonl and queries-test.jsonl beside items.jsonl; recommendation: sequences.jsonl;
+    # None: a catalogue alone (ID quality needs nothing more).
+    task: str | None
+    label_field: str  # the item field ID quality is scored against
+    directory: Path | None  # a local directory; None for a built-in set
+
+    def path(self, *, progress: bool = True) -> Path:
+        """The directory holding the files (a built-in set is fetched the first time)."""
+        return self.directory if self.directory is not None else fetch(self.name, progress=progress)
+
+
+def data_source(spec: str, *, label_field: str | None = None, task: str | None = None) -> DataSource:
+    """A built-in data set by name, or a directory holding ``items.jsonl`` and, for a downstream task, either
+    ``queries-train.jsonl`` and ``queries-test.jsonl`` (``{"query", "item_id"}`` lines: retrieval) or
+    ``sequences.jsonl`` (``{"user_id", "train", "valid", "test"}`` lines: recommendation). A built-in name is the
+    built-in set even where a directory of that name is at hand (give that as ``./wiki-topics``). ``label_field``
+    overrides the data set's label (a directory's default is ``category``); ``task`` refuses a data set for any other
+    task. Raises ``ValueError`` naming what is missing."""
+    source = _data_source(spec, label_field)
+    if task is not None and source.task != task:
+        needs = SEQUENCES_FILE if task == "recommendation" else " and ".join(QUERY_FILES)
+        raise ValueError(f"data set {source.name} is not a {task} data set: it needs {needs} beside {ITEMS_FILE}")
+    return source
+
+
+def _data_source(spec: str, label_field: str | None) -> DataSource:
+    if spec in _INFOS:
+        info = _INFOS[spec]
+        task = "recommendation" if SEQUENCES_FILE in info.files else "retrieval"
+        return DataSource(spec, task, label_field or info.label_field, None)
+    directory = Path(spec).expanduser()
+    if not directory.is_dir():
+        raise ValueError(
+            f"unknown data set {spec!r}: neither a built-in name ({', '.join(DATASET_NAMES)}) nor a directory"
+        )
+    if not (directory / ITEMS_FILE).is_file():
+        raise ValueError(f"data set directory {directory} has no {ITEMS_FILE} (one JSON item per line)")
+    queries = [name for name in QUERY_FILES if (directory / name).is_file()]
+    if len(queries) == 1:
+        missing = next(name for name in QUERY_FILES if name not in queries)
+        raise ValueError(f"data set directory {directory} has {queries[0]} but no {missing}: retrieval needs both")
+    has_sequences = (directory / SEQUENCES_FILE).is_file()
+    if queries and has_sequences:
+        raise ValueError(
+            f"data set directory {directory} holds both retrieval queries and {SEQUENCES_FILE}: put each task's "
+            "files in a directory of its own"
+        )
+    task = "retrieval" if queries else "recommendation" if has_sequences else None
+    name = directory.resolve().name
+    return DataSource(name, task, label_field or DEFAULT_LABEL_FIELD, directory)
 
 
 def fetch(

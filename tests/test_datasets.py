@@ -269,3 +269,79 @@ def test_outputs_are_not_left_half_written(wiki: Path) -> None:
     leftovers = [p.name for p in wiki.iterdir() if p.name.startswith(".")]
     assert leftovers == []
     assert all(os.access(wiki / f, os.R_OK) for f in datasets.dataset_info("wiki-topics").files)
+
+
+# -- data sources: a built-in name or a directory of the same files ---------------------------------------------------
+
+
+def test_a_built_in_name_is_a_source_for_its_task_without_fetching(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datasets, "fetch", no_download)
+    tasks = {name: datasets.data_source(name).task for name in datasets.DATASET_NAMES}
+    assert tasks == {"wiki-topics": "retrieval", "clothing-reviews": "retrieval", "movielens-100k": "recommendation"}
+    assert datasets.data_source("clothing-reviews").label_field == datasets.dataset_info("clothing-reviews").label_field
+    assert datasets.data_source("wiki-topics", label_field="title").label_field == "title"
+    assert datasets.data_source("movielens-100k").directory is None
+
+
+@pytest.mark.parametrize(
+    ("files", "task"),
+    [
+        (["items.jsonl"], None),
+        (["items.jsonl", "queries-train.jsonl", "queries-test.jsonl"], "retrieval"),
+        (["items.jsonl", "sequences.jsonl"], "recommendation"),
+    ],
+)
+def test_a_directory_is_a_source_for_the_task_its_files_serve(tmp_path: Path, files: list[str], task: str) -> None:
+    directory = tmp_path / "books"
+    directory.mkdir()
+    for name in files:
+        (directory / name).write_text("", encoding="utf-8")
+    source = datasets.data_source(str(directory))
+    assert (source.name, source.task, source.directory) == ("books", task, directory)
+    assert source.label_field == datasets.DEFAULT_LABEL_FIELD
+    assert source.path() == directory
+    assert datasets.data_source(str(directory), label_field="genre").label_field == "genre"
+
+
+def test_a_directory_named_like_a_built_in_set_is_read_when_given_as_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(datasets, "fetch", no_download)
+    (tmp_path / "movielens-100k").mkdir()
+    (tmp_path / "movielens-100k" / "items.jsonl").write_text("", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    source = datasets.data_source(os.path.join(".", "movielens-100k"))
+    assert (source.directory, source.task) == (Path(".", "movielens-100k"), None)
+    assert datasets.data_source("movielens-100k").directory is None
+
+
+@pytest.mark.parametrize(
+    ("files", "error"),
+    [
+        ([], "has no items.jsonl"),
+        (["items.jsonl", "queries-train.jsonl"], "has queries-train.jsonl but no queries-test.jsonl"),
+        (["items.jsonl", "queries-test.jsonl"], "has queries-test.jsonl but no queries-train.jsonl"),
+        (["items.jsonl", "queries-train.jsonl", "queries-test.jsonl", "sequences.jsonl"], "holds both"),
+    ],
+)
+def test_a_directory_missing_a_file_is_refused_naming_it(tmp_path: Path, files: list[str], error: str) -> None:
+    for name in files:
+        (tmp_path / name).write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match=error):
+        datasets.data_source(str(tmp_path))
+
+
+def test_a_source_that_is_neither_a_name_nor_a_directory_is_refused_listing_the_names(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"neither a built-in name \(wiki-topics, clothing-reviews, movielens-100k\)"):
+        datasets.data_source(str(tmp_path / "absent"))
+    with pytest.raises(ValueError, match="neither a built-in name"):
+        datasets.data_source("movielens-1m")
+
+
+def test_a_source_for_another_task_is_refused_naming_the_file_it_lacks(tmp_path: Path) -> None:
+    (tmp_path / "items.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"not a recommendation data set: it needs sequences\.jsonl"):
+        datasets.data_source(str(tmp_path), task="recommendation")
+    with pytest.raises(ValueError, match="not a recommendation data set"):
+        datasets.data_source("wiki-topics", task="recommendation")
+    assert datasets.data_source("movielens-100k", task="recommendation").task == "recommendation"

@@ -1,0 +1,144 @@
+"""The benchmarks run unchanged on a data set from another domain: a directory of the built-in sets' files.
+
+Each test runs a benchmark script as a user would (a subprocess, tiny settings) on real item texts (a sample of
+wiki-topics under other names and another label field) and reads back the result file it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ITEMS = 48
+USERS = 24
+
+
+def run_benchmark(script: str, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def write_lines(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def books(wiki_sample_path: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Real item texts whose label lives in a field the built-in sets do not have (``genre``)."""
+    rows = [json.loads(line) for line in wiki_sample_path.read_text().splitlines()[:ITEMS]]
+    return [{**{k: v for k, v in row.items() if k != "category"}, "genre": row["category"]} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def catalogue_dir(books: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("domains") / "books"
+    directory.mkdir()
+    write_lines(directory / "items.jsonl", books)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def interaction_log_dir(books: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The catalogue with a leave-last-out interaction log: each user's items in time order."""
+    directory = tmp_path_factory.mktemp("domains") / "book-loans"
+    directory.mkdir()
+    write_lines(directory / "items.jsonl", books)
+    generator = random.Random(7)
+    ids = [row["item_id"] for row in books]
+    sequences = []
+    for user in range(USERS):
+        # Each user reads mostly within one genre band of the catalogue, so there is something to learn.
+        start = generator.randrange(len(ids))
+        items = [ids[(start + generator.randrange(8)) % len(ids)] for _ in range(8)]
+        sequences.append({"user_id": f"u{user}", "train": items[:-2], "valid": items[-2], "test": items[-1]})
+    write_lines(directory / "sequences.jsonl", sequences)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def search_log_dir(books: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The catalogue with search queries: each item's title finds it, half of them held out."""
+    directory = tmp_path_factory.mktemp("domains") / "book-search"
+    directory.mkdir()
+    write_lines(directory / "items.jsonl", books)
+    pairs = [{"query": row["title"], "item_id": row["item_id"]} for row in books]
+    write_lines(directory / "queries-train.jsonl", pairs[::2])
+    write_lines(directory / "queries-test.jsonl", pairs[1::2])
+    return directory
+
+
+def test_id_quality_scores_a_catalogue_directory_against_the_label_it_names(catalogue_dir: Path, tmp_path: Path):
+    common = ["--methods", "rq-kmeans", "--seeds", "0", "--levels", "2", "--codebook-size", "4", "--out", str(tmp_path)]
+    run = run_benchmark("id_quality.py", "--dataset", str(catalogue_dir), "--label", "genre", *common)
+    assert run.returncode == 0, run.stderr[-3000:]
+    document = json.loads((tmp_path / "id_quality-books.json").read_text())
+    assert (document["dataset"], document["built_in"], document["label"]) == ("books", False, "genre")
+    assert document["items"] == ITEMS
+    ami = document["summaries"][0]["policies"]["argmax"]["ami"][0]["mean"]
+    assert 0 < ami <= 1  # scored against the genres: 4 codes over 12 topics group some of them
+
+
+def test_id_quality_refuses_a_catalogue_whose_items_lack_the_label(catalogue_dir: Path, tmp_path: Path):
+    run = run_benchmark(
+        "id_quality.py", "--dataset", str(catalogue_dir), "--methods", "rq-kmeans", "--out", str(tmp_path)
+    )
+    assert run.returncode == 2
+    assert "no item of books has a 'category' field" in run.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_downstream_recommends_on_an_interaction_log_directory(interaction_log_dir: Path, tmp_path: Path):
+    run = run_benchmark(
+        "downstream.py", "--dataset", str(interaction_log_dir), "--methods", "rq-kmeans", "--no-peers",
+        "--no-prior-variant", "--epochs", "1", "--levels", "2", "--codebook-size", "4",
+        "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    # Named after the directory (its one epoch, a budget of its own, adds -steps-20-epochs-1).
+    (written,) = (tmp_path / "out").glob("*.json")
+    assert written.name == "downstream-book-loans-steps-20-epochs-1.json"
+    document = json.loads(written.read_text())
+    assert (document["dataset"], document["built_in"], document["task"]) == ("book-loans", False, "recommendation")
+    rows = {row["name"]: row for row in document["results"]}
+    assert "popularity" in rows and any(name.startswith("generative") for name in rows)
+    assert {row["metrics"]["queries"] for row in rows.values()} == {USERS}  # every user's test item, scored
+    assert (tmp_path / "work" / "ids-rq-kmeans.parquet").is_file()
+
+
+def test_downstream_searches_a_query_log_directory_scoring_similar_items_against_its_label(
+    search_log_dir: Path, tmp_path: Path
+):
+    run = run_benchmark(
+        "downstream.py", "--dataset", str(search_log_dir), "--label", "genre", "--methods", "rq-kmeans",
+        "--no-snapshot-variant", "--epochs", "1", "--levels", "2", "--codebook-size", "4",
+        "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    document = json.loads((tmp_path / "out" / "downstream-book-search.json").read_text())
+    assert (document["dataset"], document["built_in"], document["task"]) == ("book-search", False, "retrieval")
+    rows = {row["name"]: row for row in document["results"]}
+    assert {"BM25", "dense MiniLM"} <= set(rows)
+    assert {row["metrics"]["queries"] for row in rows.values()} == {ITEMS // 2}
+    similar = document["similar_items_precision@10"]
+    assert similar["label"] == "genre" and 0 < similar["dense MiniLM"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("script", "extra"),
+    [("downstream.py", []), ("memorisation.py", ["--sasrec-seeds", "0"]), ("recommender_parts.py", ["--model", "m=."])],
+)
+def test_a_benchmark_refuses_a_directory_without_the_files_its_task_reads(catalogue_dir: Path, script, extra):
+    run = run_benchmark(script, "--dataset", str(catalogue_dir), *extra)
+    assert run.returncode == 2
+    assert "sequences.jsonl" in run.stderr
