@@ -40,6 +40,7 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
     python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
         --sequence-training --examples-per-history all --epochs 10 --history-window 20 --history-summary last-item \
         --history-item-vectors --dropout 0.2 --history-input-dropout   # the sequence preset + SASRec's input dropout
+    python benchmarks/downstream.py --dataset movielens-100k --peers sasrec --split valid   # choose on validation
     python benchmarks/downstream.py --dataset ~/data/books --label genre   # a catalogue of any other domain
 
 ``--dataset`` also takes a directory of the same files from any other domain: ``items.jsonl`` (the catalogue
@@ -57,7 +58,9 @@ for comparison with a full run's file of the same seed; -own-recipe with --peer-
 -steps-<N>-epochs-<E> to the name (--library-defaults: -library-defaults), a history window other than the
 budget's 10 items -window-<W>, --history-summary other than the library's mean -<summary>-summary,
 --history-item-vectors -item-vectors, --dropout P -dropout-<P, its dot a p: 0p2>, --history-input-dropout
--input-dropout, and --label-smoothing E -label-smoothing-<E, likewise: 0p1>.
+-input-dropout, --label-smoothing E -label-smoothing-<E, likewise: 0p1>, and --split valid -valid (every model
+trained on the items before each user's validation item and scored on it, the test item never read: the step to
+choose a recipe on, so that the test step stays a measurement).
 """
 
 from __future__ import annotations
@@ -369,9 +372,9 @@ def recommended_item_ids(
 def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_options: dict) -> tuple[list[dict], dict]:
     catalogue = data_dir / datasets.ITEMS_FILE
     sequences = datasets.read_sequences(data_dir / datasets.SEQUENCES_FILE)
-    # Training and evaluation histories are the same: the test item is the only thing held out.
-    histories = [sequence.history for sequence in sequences]
-    targets = [sequence.test for sequence in sequences]
+    # Training and evaluation histories are the same: the held-out item (the test item, or at --split valid the
+    # validation item, the test item then never read) is the only thing left out.
+    histories, targets = (list(part) for part in zip(*(s.held_out(args.split) for s in sequences), strict=True))
     relevant = [{t} for t in targets]
     items = {item.item_id: item for item in read_items(catalogue)[0]}
     rows, id_reports = [], {}
@@ -395,7 +398,7 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
         for variant in _variants(
             method, gen_options, args.no_snapshot_variant, recommendation=True, prior_ablation=not args.no_prior_variant
         ):
-            save_to = _model_dir(work, method, variant, _budget_suffix(args))
+            save_to = _model_dir(work, method, variant, _budget_suffix(args) + _split_suffix(args))
             rows.append(run_generative(method, snapshot, table, variant, fit, recommend, save_to))
     rows += peers
     popularity = PopularityRecommender()
@@ -524,6 +527,11 @@ def _budget_suffix(args) -> str:
     suffix += f"-dropout-{args.dropout:g}".replace(".", "p") if args.dropout is not None else ""
     suffix += "-input-dropout" if args.history_input_dropout else ""
     return suffix + (f"-label-smoothing-{args.label_smoothing:g}".replace(".", "p") if args.label_smoothing else "")
+
+
+def _split_suffix(args) -> str:
+    """What names a run scored at the validation step apart from one scored at the test step (files and models)."""
+    return "" if args.split == "test" else f"-{args.split}"
 
 
 def _method_options(method: str, args) -> dict:
@@ -710,6 +718,14 @@ def main() -> int:
         choices=ID_METHODS,
         help="ID kinds to train generative models on (rq-kmeans, the ratios' anchor, always runs)",
     )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=datasets.SPLITS,
+        help="recommendation: score every model on each user's test item (default) or on the validation item, "
+        "training on the items before it and never reading the test item: where to choose between recipes; a file "
+        "of its own (-valid)",
+    )
     parser.add_argument("--refit", action="store_true", help="refit snapshots even if matching ones are kept")
     parser.add_argument("--work", type=Path, default=None, help="where snapshots and ID tables are kept")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -751,6 +767,8 @@ def main() -> int:
                 f"--{option.replace('_', '-')} sets the generative recommenders' option: {RECOMMENDATION_SET}, "
                 "no --peers-only"
             )
+    if args.split != "test" and not is_recommendation:
+        parser.error(f"--split {args.split} scores an interaction log's validation step: {RECOMMENDATION_SET}")
     if args.peer_budget == "own" and not args.peers_only:
         # A full run's file is the comparison at one budget; the peers at theirs are a file of their own.
         parser.error("--peer-budget own needs --peers-only")
@@ -806,11 +824,13 @@ def main() -> int:
             else ""
         )
         + _budget_suffix(args)
+        + _split_suffix(args)
         + (f"-seed-{args.seed}" if args.seed else "")
     )
     document = {
         "dataset": source.name,
         "built_in": source.directory is None,
+        "split": args.split if is_recommendation else "test",
         "task": gen_options["task"],
         "levels": args.levels,
         "codebook_size": args.codebook_size,

@@ -41,6 +41,8 @@ DEFAULT_LABEL_FIELD = "category"
 _FORMAT_VERSION = 1
 # Seed of every random split, so the splits are the same on every machine.
 SPLIT_SEED = 2024
+# Where a leave-last-out interaction log is scored (UserSequence.held_out): the last item, or the one before it.
+SPLITS = ("test", "valid")
 
 # clothing-reviews: products with at least this many reviews give one test and one train query.
 CLOTHING_MIN_REVIEWS_FOR_QUERIES = 3
@@ -130,6 +132,16 @@ class UserSequence:
     def history(self) -> list[str]:
         """What a model may see when it is tested: everything before the test item."""
         return [*self.train, self.valid]
+
+    def held_out(self, split: str = "test") -> tuple[list[str], str]:
+        """(what a model may see, the item it is scored on) at ``split``: ``test``: everything before the test item,
+        and the test item; ``valid``: the train items alone, and the validation item. At ``valid`` the test item is
+        never read, so a choice made there leaves the test step untouched."""
+        if split == "test":
+            return self.history, self.test
+        if split == "valid":
+            return list(self.train), self.valid
+        raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
 
 
 def read_sequences(path: str | os.PathLike[str]) -> list[UserSequence]:

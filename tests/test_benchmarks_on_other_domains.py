@@ -50,20 +50,31 @@ def catalogue_dir(books: list[dict], tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def interaction_log_dir(books: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The catalogue with a leave-last-out interaction log: each user's items in time order."""
+    """The catalogue with a leave-last-out interaction log, built so that a popularity ranking shows which items a
+    run read: every user's validation item is the same one (also among half the users' training items, so it is the
+    most popular training item), and so is every test item (in nobody's training items: a run that read it in place
+    of the validation item would find it the most popular item)."""
     directory = tmp_path_factory.mktemp("domains") / "book-loans"
     directory.mkdir()
     write_lines(directory / "items.jsonl", books)
     generator = random.Random(7)
     ids = [row["item_id"] for row in books]
+    others = [item for item in ids if item not in (the_validation_item(books), the_test_item(books))]
     sequences = []
     for user in range(USERS):
-        # Each user reads mostly within one genre band of the catalogue, so there is something to learn.
-        start = generator.randrange(len(ids))
-        items = [ids[(start + generator.randrange(8)) % len(ids)] for _ in range(8)]
-        sequences.append({"user_id": f"u{user}", "train": items[:-2], "valid": items[-2], "test": items[-1]})
+        train = generator.sample(others, 6) + ([the_validation_item(books)] if user % 2 else [])
+        sequences.append({"user_id": f"u{user}", "train": train, "valid": the_validation_item(books),
+                          "test": the_test_item(books)})  # fmt: skip
     write_lines(directory / "sequences.jsonl", sequences)
     return directory
+
+
+def the_validation_item(books: list[dict]) -> str:
+    return books[0]["item_id"]
+
+
+def the_test_item(books: list[dict]) -> str:
+    return books[1]["item_id"]
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +143,34 @@ def test_downstream_searches_a_query_log_directory_scoring_similar_items_against
     assert {row["metrics"]["queries"] for row in rows.values()} == {ITEMS // 2}
     similar = document["similar_items_precision@10"]
     assert similar["label"] == "genre" and 0 < similar["dense MiniLM"] <= 1
+
+
+def test_downstream_at_the_validation_split_trains_before_the_validation_item_and_scores_it(
+    interaction_log_dir: Path, tmp_path: Path
+):
+    """Every model trains on the items before each user's validation item and is scored on it, in files of their
+    own. Popularity shows what was read (see ``interaction_log_dir``): it ranks the validation item first, which it
+    would not if the scored item were the test item, or if the test item (then the most popular) had been read."""
+    run = run_benchmark(
+        "downstream.py", "--dataset", str(interaction_log_dir), "--methods", "rq-kmeans", "--no-peers",
+        "--no-prior-variant", "--epochs", "1", "--levels", "2", "--codebook-size", "4", "--split", "valid",
+        "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    (written,) = (tmp_path / "out").glob("*.json")
+    assert written.name == "downstream-book-loans-steps-20-epochs-1-valid.json"
+    document = json.loads(written.read_text())
+    assert document["split"] == "valid"
+    popularity = next(row for row in document["results"] if row["name"] == "popularity")
+    assert popularity["metrics"]["recall@1"] == 1.0
+    assert popularity["metrics"]["queries"] == USERS
+    assert [path.name for path in (tmp_path / "work").glob("model-*")] == ["model-rq-kmeans-valid"]
+
+
+def test_downstream_refuses_the_validation_split_for_retrieval(search_log_dir: Path):
+    run = run_benchmark("downstream.py", "--dataset", str(search_log_dir), "--split", "valid")
+    assert run.returncode == 2
+    assert "--split valid scores an interaction log's validation step" in run.stderr
 
 
 @pytest.mark.parametrize(

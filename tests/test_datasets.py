@@ -345,3 +345,14 @@ def test_a_source_for_another_task_is_refused_naming_the_file_it_lacks(tmp_path:
     with pytest.raises(ValueError, match="not a recommendation data set"):
         datasets.data_source("wiki-topics", task="recommendation")
     assert datasets.data_source("movielens-100k", task="recommendation").task == "recommendation"
+
+
+def test_the_validation_split_never_reads_the_test_item() -> None:
+    sequence = datasets.UserSequence("u", ("a", "b", "c"), "d", "e")
+    assert sequence.held_out("test") == (["a", "b", "c", "d"], "e")
+    assert sequence.held_out() == sequence.held_out("test")
+    history, item = sequence.held_out("valid")
+    assert (history, item) == (["a", "b", "c"], "d")
+    assert "e" not in history
+    with pytest.raises(ValueError, match="unknown split 'train'; splits: test, valid"):
+        sequence.held_out("train")
