@@ -42,8 +42,10 @@ airflow: venv
 ui-check: venv
 	$(BIN)/python scripts/ui_check.py
 
+# make bench DATASET=~/data/books LABEL=genre: the same benchmark on a catalogue of your own (docs/datasets.md).
+DATASET ?= wiki-topics
 bench: venv
-	$(BIN)/python benchmarks/id_quality.py
+	$(BIN)/python benchmarks/id_quality.py --dataset $(DATASET) $(if $(LABEL),--label $(LABEL))
 
 infra-check:
 	bash scripts/infra_check.sh
