@@ -29,6 +29,13 @@ def run_benchmark(script: str, *arguments: str) -> subprocess.CompletedProcess:
     )
 
 
+def run_downstream(dataset_dir: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    """benchmarks/downstream.py on one ID kind at tiny settings, its work and results under ``tmp_path``."""
+    tiny = ["--methods", "rq-kmeans", "--epochs", "1", "--levels", "2", "--codebook-size", "4"]
+    places = ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    return run_benchmark("downstream.py", "--dataset", str(dataset_dir), *tiny, *extra, *places)
+
+
 def write_lines(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
@@ -110,11 +117,7 @@ def test_id_quality_refuses_a_catalogue_whose_items_lack_the_label(catalogue_dir
 
 
 def test_downstream_recommends_on_an_interaction_log_directory(interaction_log_dir: Path, tmp_path: Path):
-    run = run_benchmark(
-        "downstream.py", "--dataset", str(interaction_log_dir), "--methods", "rq-kmeans", "--no-peers",
-        "--no-prior-variant", "--epochs", "1", "--levels", "2", "--codebook-size", "4",
-        "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-    )  # fmt: skip
+    run = run_downstream(interaction_log_dir, tmp_path, "--no-peers", "--no-prior-variant")
     assert run.returncode == 0, run.stderr[-3000:]
     # Named after the directory (its one epoch, a budget of its own, adds -steps-20-epochs-1).
     (written,) = (tmp_path / "out").glob("*.json")
@@ -130,11 +133,7 @@ def test_downstream_recommends_on_an_interaction_log_directory(interaction_log_d
 def test_downstream_searches_a_query_log_directory_scoring_similar_items_against_its_label(
     search_log_dir: Path, tmp_path: Path
 ):
-    run = run_benchmark(
-        "downstream.py", "--dataset", str(search_log_dir), "--label", "genre", "--methods", "rq-kmeans",
-        "--no-snapshot-variant", "--epochs", "1", "--levels", "2", "--codebook-size", "4",
-        "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-    )  # fmt: skip
+    run = run_downstream(search_log_dir, tmp_path, "--label", "genre", "--no-snapshot-variant")
     assert run.returncode == 0, run.stderr[-3000:]
     document = json.loads((tmp_path / "out" / "downstream-book-search.json").read_text())
     assert (document["dataset"], document["built_in"], document["task"]) == ("book-search", False, "retrieval")
@@ -150,12 +149,8 @@ def test_downstream_at_the_validation_split_trains_before_the_validation_item_an
 ):
     """Every model trains on the items before each user's validation item and is scored on it, in files of their
     own. Popularity shows what was read (see ``interaction_log_dir``): it ranks the validation item first, which it
-    would not if the scored item were the test item, or if the test item (then the most popular) had been read."""
-    run = run_benchmark(
-        "downstream.py", "--dataset", str(interaction_log_dir), "--methods", "rq-kmeans", "--no-peers",
-        "--no-prior-variant", "--epochs", "1", "--levels", "2", "--codebook-size", "4", "--split", "valid",
-        "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-    )  # fmt: skip
+    would not if the scored item were the test item, or if the test item had been read in its place."""
+    run = run_downstream(interaction_log_dir, tmp_path, "--no-peers", "--no-prior-variant", "--split", "valid")
     assert run.returncode == 0, run.stderr[-3000:]
     (written,) = (tmp_path / "out").glob("*.json")
     assert written.name == "downstream-book-loans-steps-20-epochs-1-valid.json"
