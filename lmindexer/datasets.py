@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal, get_args
 
 from lmindexer.cache import cache_root
 
@@ -42,7 +42,10 @@ _FORMAT_VERSION = 1
 # Seed of every random split, so the splits are the same on every machine.
 SPLIT_SEED = 2024
 # Where a leave-last-out interaction log is scored (UserSequence.held_out): the last item, or the one before it.
-SPLITS = ("test", "valid")
+Split = Literal["test", "valid"]
+SPLITS: tuple[str, ...] = get_args(Split)
+# What a data set's files let a benchmark measure beyond ID quality.
+DataTask = Literal["retrieval", "recommendation"]
 
 # clothing-reviews: products with at least this many reviews give one test and one train query.
 CLOTHING_MIN_REVIEWS_FOR_QUERIES = 3
@@ -133,7 +136,7 @@ class UserSequence:
         """What a model may see when it is tested: everything before the test item."""
         return [*self.train, self.valid]
 
-    def held_out(self, split: str = "test") -> tuple[list[str], str]:
+    def held_out(self, split: Split = "test") -> tuple[list[str], str]:
         """(what a model may see, the item it is scored on) at ``split``: ``test``: everything before the test item,
         and the test item; ``valid``: the train items alone, and the validation item. At ``valid`` the test item is
         never read, so a choice made there leaves the test step untouched."""
@@ -191,7 +194,7 @@ class DataSource:
     name: str  # what result files and work directories are named after
     # retrieval: queries-train.jsonl and queries-test.jsonl beside items.jsonl; recommendation: sequences.jsonl;
     # None: a catalogue alone (ID quality needs nothing more).
-    task: str | None
+    task: DataTask | None
     label_field: str  # the item field ID quality is scored against
     directory: Path | None  # a local directory; None for a built-in set
 
@@ -200,7 +203,7 @@ class DataSource:
         return self.directory if self.directory is not None else fetch(self.name, progress=progress)
 
 
-def data_source(spec: str, *, label_field: str | None = None, task: str | None = None) -> DataSource:
+def data_source(spec: str, *, label_field: str | None = None, task: DataTask | None = None) -> DataSource:
     """A built-in data set by name, or a directory holding ``items.jsonl`` and, for a downstream task, either
     ``queries-train.jsonl`` and ``queries-test.jsonl`` (``{"query", "item_id"}`` lines: retrieval) or
     ``sequences.jsonl`` (``{"user_id", "train", "valid", "test"}`` lines: recommendation). A built-in name is the
@@ -217,8 +220,8 @@ def data_source(spec: str, *, label_field: str | None = None, task: str | None =
 def _data_source(spec: str, label_field: str | None) -> DataSource:
     if spec in _INFOS:
         info = _INFOS[spec]
-        task = "recommendation" if SEQUENCES_FILE in info.files else "retrieval"
-        return DataSource(spec, task, label_field or info.label_field, None)
+        built_in: DataTask = "recommendation" if SEQUENCES_FILE in info.files else "retrieval"
+        return DataSource(spec, built_in, label_field or info.label_field, None)
     directory = Path(spec).expanduser()
     if not directory.is_dir():
         raise ValueError(
@@ -236,9 +239,8 @@ def _data_source(spec: str, label_field: str | None) -> DataSource:
             f"data set directory {directory} holds both retrieval queries and {SEQUENCES_FILE}: put each task's "
             "files in a directory of its own"
         )
-    task = "retrieval" if queries else "recommendation" if has_sequences else None
-    name = directory.resolve().name
-    return DataSource(name, task, label_field or DEFAULT_LABEL_FIELD, directory)
+    task: DataTask | None = "retrieval" if queries else "recommendation" if has_sequences else None
+    return DataSource(directory.resolve().name, task, label_field or DEFAULT_LABEL_FIELD, directory)
 
 
 def fetch(
