@@ -69,7 +69,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import get_args
 
@@ -369,15 +369,39 @@ def recommended_item_ids(
     return [[item_id for item_id, _ in ranked] for ranked in found]
 
 
+def scored_users(
+    sequences: Sequence[datasets.UserSequence], split: str, catalogue: Collection[str]
+) -> tuple[list[list[str]], list[str], dict[str, int]]:
+    """Every model's histories (to train on and to recommend from) and held-out items, and the users' counts.
+    Training and evaluation histories are the same: the held-out item (the test item, or at ``split`` valid the
+    validation item, the test item then never read) is the only thing left out. Every model reads the same items:
+    those of the catalogue (an interaction with an item the catalogue lacks, or rejected, is left out of its history,
+    as a deleted item is). A user with no catalogued item before the held-out one has nothing to recommend from and is
+    not scored (MovieLens-100k has none), so every model is scored on the same users."""
+    histories, targets = [], []
+    for sequence in sequences:
+        history, held_out = sequence.held_out(split)
+        known = [item_id for item_id in history if item_id in catalogue]
+        if known:
+            histories.append(known)
+            targets.append(held_out)
+    users = {
+        "users": len(sequences),
+        "scored": len(histories),
+        "without_catalogued_history": len(sequences) - len(histories),
+    }
+    if not histories:
+        raise SystemExit(f"no user has a catalogued item before the held-out one at split {split}: nothing to score")
+    return histories, targets, users
+
+
 def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_options: dict) -> tuple[list[dict], dict]:
     catalogue = data_dir / datasets.ITEMS_FILE
-    sequences = datasets.read_sequences(data_dir / datasets.SEQUENCES_FILE)
-    # Training and evaluation histories are the same: the held-out item (the test item, or at --split valid the
-    # validation item, the test item then never read) is the only thing left out.
-    histories, targets = (list(part) for part in zip(*(s.held_out(args.split) for s in sequences), strict=True))
-    relevant = [{t} for t in targets]
     items = {item.item_id: item for item in read_items(catalogue)[0]}
-    rows, id_reports = [], {}
+    sequences = datasets.read_sequences(data_dir / datasets.SEQUENCES_FILE)
+    histories, targets, users = scored_users(sequences, args.split, items)
+    relevant = [{t} for t in targets]
+    rows, id_reports = [], {"users": users}
     peers = peer_rows(args, catalogue, histories, gen_options)  # first: the cheaper models fail fast
     for method in [] if args.peers_only else args.methods:
         print(f"-- {method}: snapshot and IDs", flush=True)
@@ -808,6 +832,7 @@ def main() -> int:
     hybrid_aim = None if is_recommendation else hybrid_summary(rows)
     peer_aim = peer_summary(rows) if is_recommendation and args.peers and not args.peers_only else None
     similar = id_reports.pop("similar_items", None)
+    users = id_reports.pop("users", None)
 
     # Seed 0 is the reference run; other seeds write files of their own, for mean +- SD over seeds.
     stem = args.out / (
@@ -845,6 +870,7 @@ def main() -> int:
         "hybrid_aim": hybrid_aim,
         "peer_aim": peer_aim,
         "similar_items_precision@10": similar,
+        "users": users,
         "wall_s": round(time.perf_counter() - started, 1),
         "environment": env,
     }
@@ -884,6 +910,11 @@ def main() -> int:
                 )
                 + "."
             )
+    if users:
+        aim_line += (
+            f"\n\nUsers scored at the {args.split} step: {users['scored']:,} of {users['users']:,} "
+            f"({users['without_catalogued_history']:,} without a catalogued item before the held-out one)."
+        )
     if similar:
         shares = ", ".join(f"{name} {value:.4f}" for name, value in similar.items() if name not in ("label", "k"))
         aim_line += f"\n\nSimilar items, precision@10 against `{similar['label']}` over every item: {shares}."

@@ -60,7 +60,8 @@ def interaction_log_dir(books: list[dict], tmp_path_factory: pytest.TempPathFact
     """The catalogue with a leave-last-out interaction log, built so that a popularity ranking shows which items a
     run read: every user's validation item is the same one (also among half the users' training items, so it is the
     most popular training item), and so is every test item (in nobody's training items: a run that read it in place
-    of the validation item would find it the most popular item)."""
+    of the validation item would find it the most popular item). One more user's training items are not in the
+    catalogue."""
     directory = tmp_path_factory.mktemp("domains") / "book-loans"
     directory.mkdir()
     write_lines(directory / "items.jsonl", books)
@@ -72,6 +73,9 @@ def interaction_log_dir(books: list[dict], tmp_path_factory: pytest.TempPathFact
         train = generator.sample(others, 6) + ([the_validation_item(books)] if user % 2 else [])
         sequences.append({"user_id": f"u{user}", "train": train, "valid": the_validation_item(books),
                           "test": the_test_item(books)})  # fmt: skip
+    # A user whose training items the catalogue lacks: at the validation step there is nothing to recommend from.
+    sequences.append({"user_id": "lost", "train": ["no-such-item-1", "no-such-item-2"],
+                      "valid": the_validation_item(books), "test": the_test_item(books)})  # fmt: skip
     write_lines(directory / "sequences.jsonl", sequences)
     return directory
 
@@ -126,7 +130,9 @@ def test_downstream_recommends_on_an_interaction_log_directory(interaction_log_d
     assert (document["dataset"], document["built_in"], document["task"]) == ("book-loans", False, "recommendation")
     rows = {row["name"]: row for row in document["results"]}
     assert "popularity" in rows and any(name.startswith("generative") for name in rows)
-    assert {row["metrics"]["queries"] for row in rows.values()} == {USERS}  # every user's test item, scored
+    # Every user's test item, scored: the lost user too, whose validation item is catalogued.
+    assert {row["metrics"]["queries"] for row in rows.values()} == {USERS + 1}
+    assert document["users"] == {"users": USERS + 1, "scored": USERS + 1, "without_catalogued_history": 0}
     assert (tmp_path / "work" / "ids-rq-kmeans.parquet").is_file()
 
 
@@ -159,6 +165,7 @@ def test_downstream_at_the_validation_split_trains_before_the_validation_item_an
     popularity = next(row for row in document["results"] if row["name"] == "popularity")
     assert popularity["metrics"]["recall@1"] == 1.0
     assert popularity["metrics"]["queries"] == USERS
+    assert document["users"] == {"users": USERS + 1, "scored": USERS, "without_catalogued_history": 1}
     assert [path.name for path in (tmp_path / "work").glob("model-*")] == ["model-rq-kmeans-valid"]
 
 
