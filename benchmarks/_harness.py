@@ -8,6 +8,7 @@ process on a 2-core machine changes timings several-fold. So every JSON carries 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from lmindexer import datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -195,3 +198,12 @@ def stamp_figure(png: Path) -> None:
     with Image.open(png) as image:
         image.load()
         image.save(png, pnginfo=info)
+
+
+def data_source(parser: argparse.ArgumentParser, spec: str, **options: Any) -> datasets.DataSource:
+    """``--dataset``'s data set (:func:`lmindexer.datasets.data_source` with ``options``); one it refuses is a usage
+    error of the script, naming what is missing."""
+    try:
+        return datasets.data_source(spec, **options)
+    except ValueError as error:
+        parser.error(str(error))

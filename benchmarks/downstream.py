@@ -80,7 +80,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, environment, result_file, stamp_figure, write_results
+from _harness import RESULTS, data_source, environment, result_file, stamp_figure, write_results
 
 from lmindexer import datasets
 from lmindexer.cache import cache_root
@@ -754,10 +754,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None, help="where snapshots and ID tables are kept")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    try:
-        source = datasets.data_source(args.dataset, label_field=args.label)
-    except ValueError as error:
-        parser.error(str(error))
+    source = data_source(parser, args.dataset, label_field=args.label)
     if source.task is None:
         parser.error(
             f"data set {source.name} has no task to measure: add {' and '.join(datasets.QUERY_FILES)} (retrieval) "

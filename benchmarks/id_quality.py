@@ -45,6 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
     RESULTS,
+    data_source,
     environment,
     format_mean_sd,
     markdown_table,
@@ -276,10 +277,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    try:
-        source = datasets.data_source(args.dataset, label_field=args.label)
-    except ValueError as error:
-        parser.error(str(error))
+    source = data_source(parser, args.dataset, label_field=args.label)
     env = environment()
     label = source.label_field
     items, read = read_items(source.path(progress=False) / datasets.ITEMS_FILE)

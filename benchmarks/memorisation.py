@@ -39,6 +39,7 @@ import matplotlib.pyplot as plt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
     RESULTS,
+    data_source,
     environment,
     format_mean_sd,
     markdown_table,
@@ -165,10 +166,7 @@ def main() -> int:
     parser.add_argument("--name", default="", help="a part of the files' names after the data set's, e.g. dropout")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    try:
-        source = datasets.data_source(args.dataset, task="recommendation")
-    except ValueError as error:
-        parser.error(str(error))
+    source = data_source(parser, args.dataset, task="recommendation")
     if not args.model and not args.sasrec_seeds:
         parser.error("nothing to measure: give --model LABEL=DIR and/or --sasrec-seeds")
     env = environment(["cornac"])

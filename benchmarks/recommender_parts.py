@@ -38,6 +38,7 @@ import matplotlib.pyplot as plt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
     RESULTS,
+    data_source,
     environment,
     format_mean_sd,
     markdown_table,
@@ -129,10 +130,7 @@ def main() -> int:
     parser.add_argument("--name", default="", help="a part of the files' names after the data set's")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    try:
-        source = datasets.data_source(args.dataset, task="recommendation")
-    except ValueError as error:
-        parser.error(str(error))
+    source = data_source(parser, args.dataset, task="recommendation")
     env = environment()
     started = time.perf_counter()
     sequences = datasets.read_sequences(source.path() / datasets.SEQUENCES_FILE)

