@@ -1,7 +1,7 @@
 """Where a generative recommender's ranking comes from, on MovieLens-100k's held-out test step.
 
 For each saved recommender, the same test step (each user's last item from every item before it, as
-benchmarks/downstream.py scores it) ranked three ways, over the full ranking and with the history left out:
+benchmarks/downstream.py scores it) ranked five ways, over the full ranking and with the history left out:
 
 - the **whole model** with the beam it was trained and served with (``beam_size``, 20 by default): what
   benchmarks/downstream.py reports, measured again from the saved model;
@@ -9,7 +9,13 @@ benchmarks/downstream.py scores it) ranked three ways, over the full ranking and
   higher (if the figures do not move, the search is not what limits the ranking);
 - the **item prior alone** (``GenerativeModel.rank_by_item_prior``): every item scored by the cosine of the
   history's summary to its learned vector, exhaustively, the decoder and its ID tokens left out: the two-tower part
-  of the model, and so how much the spelled-out IDs add on top of it.
+  of the model, and so how much the spelled-out IDs add on top of it;
+- the **whole model and its item prior fused** (``GenerativeModel.recommend_fused``), by score fusion and by
+  reciprocal rank fusion of the beam's items and the prior's top as many: whether the two parts, which rank about
+  equally well alone, rank better together.
+
+``--split valid`` scores each user's validation item from the items before it instead (for models trained with
+benchmarks/downstream.py ``--split valid``: the test item is then never read), where a way to rank is chosen.
 
 Recommenders are loaded from the directories benchmarks/downstream.py saves (--model LABEL=DIR, repeatable: models
 with the same label are seeds of one recipe, summarised as mean +- SD).
@@ -18,7 +24,7 @@ with the same label are seeds of one recipe, summarised as mean +- SD).
     python benchmarks/recommender_parts.py \\
         --model "last-item, dropout 0.2=$work/model-rq-kmeans-sequence-trained-last-item-summary-dropout-0.2"
 
-Writes <out>/recommender_parts-<dataset>[-<name>].json, .md and .png (--dataset: movielens-100k by default, or a
+Writes <out>/recommender_parts-<dataset>[-<name>][-valid].json, .md and .png (--dataset: movielens-100k by default, or a
 directory of another interaction log with its sequences.jsonl, as benchmarks/downstream.py reads it).
 """
 
@@ -46,32 +52,42 @@ from _harness import (
     stamp_figure,
     write_results,
 )
-from downstream import recommended_item_ids
+from downstream import recommended_item_ids, scored_users
 from memorisation import PROTOCOLS, parse_model, summarise
 
 from lmindexer import datasets
+from lmindexer.catalog import read_items
 from lmindexer.downstream.generative import GenerativeConfig, GenerativeModel
 from lmindexer.downstream.ranking import rank_metrics
 
 TOP_K = 10
 ITEM_PRIOR = "item prior alone"
+# Each way recommend_fused combines the beam with the item prior, by its row's name.
+FUSED = {
+    "score": "whole model and item prior, score fusion",
+    "rrf": "whole model and item prior, reciprocal rank fusion",
+}
 METRICS = ("ndcg@10", "recall@10")
 
 
 def measure(model: GenerativeModel, beams: list[int], histories: list[list[str]], relevant: list[set[str]]) -> dict:
     """NDCG@10 and Recall@10 of each way to rank under both protocols, keyed "<way>, <protocol>": the model at its
-    own beam, at each wider one (its options with only the beam changed, for the measurement's length), and the item
-    prior alone."""
+    own beam, at each wider one (its options with only the beam changed, for the measurement's length), the item
+    prior alone, and the two fused each way."""
     own = model.config.beam_size
-    ways: dict[str, int | None] = {f"whole model, beam {own} (as trained)": own}
+    ways: dict[str, int | str | None] = {f"whole model, beam {own} (as trained)": own}
     ways.update({f"whole model, beam {beam}": beam for beam in sorted(set(beams) - {own})})
     ways[ITEM_PRIOR] = None
+    ways.update({name: fusion for fusion, name in FUSED.items()})
     trained = model.config
     metrics = {}
     for way, beam in ways.items():
         for protocol, exclude_seen in PROTOCOLS.items():
             if beam is None:
                 found = model.rank_by_item_prior(histories, TOP_K, exclude_seen=exclude_seen)
+                ranked = [[item_id for item_id, _ in items] for items in found]
+            elif isinstance(beam, str):
+                found = model.recommend_fused(histories, TOP_K, fusion=beam, exclude_seen=exclude_seen)
                 ranked = [[item_id for item_id, _ in items] for items in found]
             else:
                 model.config = GenerativeConfig.model_validate({**trained.model_dump(), "beam_size": beam})
@@ -85,7 +101,7 @@ def measure(model: GenerativeModel, beams: list[int], histories: list[list[str]]
     return metrics
 
 
-def markdown(summary: list[dict]) -> str:
+def markdown(summary: list[dict], dataset: str, split: str) -> str:
     header = ["model (seeds)", "ranked by"] + [f"{protocol}: {m}" for protocol in PROTOCOLS for m in METRICS]
     rows = []
     for entry in summary:
@@ -94,12 +110,12 @@ def markdown(summary: list[dict]) -> str:
             cells += [format_mean_sd(entry["metrics"][f"{way}, {p}"][m]) for p in PROTOCOLS for m in METRICS]
             rows.append(cells)
     return (
-        "# Where the recommender's ranking comes from: the whole model at its beam and a wider one, and its item "
-        "prior alone (MovieLens-100k, test step)\n\n" + markdown_table(header, rows)
+        "# Where the recommender's ranking comes from: the whole model at its beam and a wider one, its item "
+        f"prior alone, and the two fused ({dataset}, {split} step)\n\n" + markdown_table(header, rows)
     )
 
 
-def plot(summary: list[dict], path: Path) -> None:
+def plot(summary: list[dict], path: Path, split: str) -> None:
     fig, axes = plt.subplots(1, len(PROTOCOLS), figsize=(11, 4.5), sharey=True)
     for ax, protocol in zip(axes, PROTOCOLS, strict=True):
         ways_of = [list(dict.fromkeys(key.rpartition(", ")[0] for key in entry["metrics"])) for entry in summary]
@@ -111,7 +127,7 @@ def plot(summary: list[dict], path: Path) -> None:
             ax.bar([i + n * width for i in range(len(summary))], means, width, yerr=sds, label=way)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(summary))], [e["label"] for e in summary], fontsize=7)
         ax.set_title(protocol)
-    axes[0].set_ylabel("NDCG@10 (test step)")
+    axes[0].set_ylabel(f"NDCG@10 ({split} step)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -127,6 +143,13 @@ def main() -> int:
         default="movielens-100k",
         help="the data set the models were trained on: movielens-100k or a directory with a sequences.jsonl",
     )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=datasets.SPLITS,
+        help="score each user's test item (default) or validation item (models trained with benchmarks/downstream.py "
+        "--split valid): where to choose a way to rank; a file of its own (-valid)",
+    )
     parser.add_argument("--name", default="", help="a part of the files' names after the data set's")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -134,7 +157,9 @@ def main() -> int:
     env = environment()
     started = time.perf_counter()
     sequences = datasets.read_sequences(source.path() / datasets.SEQUENCES_FILE)
-    histories, relevant = [list(s.history) for s in sequences], [{s.test} for s in sequences]
+    catalogue = {item.item_id for item in read_items(source.path() / datasets.ITEMS_FILE)[0]}
+    histories, targets, users = scored_users(sequences, args.split, catalogue)
+    relevant = [{target} for target in targets]
     rows = []
     for label, directory in args.model:
         print(f"-- {label}: {directory}", flush=True)
@@ -143,13 +168,15 @@ def main() -> int:
                      "options": model.config.model_dump(mode="json"),
                      "metrics": measure(model, args.beams, histories, relevant)})  # fmt: skip
     summary = summarise(rows)
-    stem = args.out / (f"recommender_parts-{source.name}" + (f"-{args.name}" if args.name else ""))
-    document = {"dataset": source.name, "top_k": TOP_K, "beams": args.beams, "results": rows,
+    split_suffix = "" if args.split == "test" else f"-{args.split}"
+    stem = args.out / (f"recommender_parts-{source.name}" + (f"-{args.name}" if args.name else "") + split_suffix)
+    document = {"dataset": source.name, "split": args.split, "users": users, "top_k": TOP_K, "beams": args.beams,
+                "results": rows,
                 "summary": summary, "wall_s": round(time.perf_counter() - started, 1), "environment": env}  # fmt: skip
-    write_results(stem, document, markdown(summary))
-    plot(summary, result_file(stem, ".png"))
+    write_results(stem, document, markdown(summary, source.name, args.split))
+    plot(summary, result_file(stem, ".png"), args.split)
     stamp_figure(result_file(stem, ".png"))
-    print(markdown(summary), flush=True)
+    print(markdown(summary, source.name, args.split), flush=True)
     return 0
 
 

@@ -150,15 +150,22 @@ def test_downstream_searches_a_query_log_directory_scoring_similar_items_against
     assert similar["label"] == "genre" and 0 < similar["dense MiniLM"] <= 1
 
 
+@pytest.fixture(scope="module")
+def validation_split_run(interaction_log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """benchmarks/downstream.py at the validation split on the interaction log: its work and results directory."""
+    directory = tmp_path_factory.mktemp("validation-split")
+    run = run_downstream(interaction_log_dir, directory, "--no-peers", "--no-prior-variant", "--split", "valid")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return directory
+
+
 def test_downstream_at_the_validation_split_trains_before_the_validation_item_and_scores_it(
-    interaction_log_dir: Path, tmp_path: Path
+    validation_split_run: Path,
 ):
     """Every model trains on the items before each user's validation item and is scored on it, in files of their
     own. Popularity shows what was read (see ``interaction_log_dir``): it ranks the validation item first, which it
     would not if the scored item were the test item, or if the test item had been read in its place."""
-    run = run_downstream(interaction_log_dir, tmp_path, "--no-peers", "--no-prior-variant", "--split", "valid")
-    assert run.returncode == 0, run.stderr[-3000:]
-    (written,) = (tmp_path / "out").glob("*.json")
+    (written,) = (validation_split_run / "out").glob("*.json")
     assert written.name == "downstream-book-loans-steps-20-epochs-1-valid.json"
     document = json.loads(written.read_text())
     assert document["split"] == "valid"
@@ -166,7 +173,36 @@ def test_downstream_at_the_validation_split_trains_before_the_validation_item_an
     assert popularity["metrics"]["recall@1"] == 1.0
     assert popularity["metrics"]["queries"] == USERS
     assert document["users"] == {"users": USERS + 1, "scored": USERS, "without_catalogued_history": 1}
-    assert [path.name for path in (tmp_path / "work").glob("model-*")] == ["model-rq-kmeans-valid"]
+    assert [path.name for path in (validation_split_run / "work").glob("model-*")] == ["model-rq-kmeans-valid"]
+
+
+def test_recommender_parts_at_the_validation_split_ranks_the_validation_item_every_way(
+    interaction_log_dir: Path, validation_split_run: Path, tmp_path: Path
+):
+    """The saved validation-split model re-scored at the same step: the users downstream.py scored (the lost user,
+    with no catalogued item before the validation item, left out), the whole model's figures as downstream.py
+    measured them, and the item prior and both fusions with it under both protocols, in a file of its own."""
+    model = validation_split_run / "work" / "model-rq-kmeans-valid"
+    run = run_benchmark("recommender_parts.py", "--dataset", str(interaction_log_dir), "--split", "valid",
+                        "--beams", "--model", f"tiny={model}", "--out", str(tmp_path))  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    document = json.loads((tmp_path / "recommender_parts-book-loans-valid.json").read_text())
+    assert document["split"] == "valid"
+    assert document["users"] == {"users": USERS + 1, "scored": USERS, "without_catalogued_history": 1}
+    (row,) = document["results"]
+    ways = {key.rpartition(", ")[0] for key in row["metrics"]}
+    beam = row["options"]["beam_size"]
+    assert ways == {
+        f"whole model, beam {beam} (as trained)",
+        "item prior alone",
+        "whole model and item prior, score fusion",
+        "whole model and item prior, reciprocal rank fusion",
+    }
+    (downstream,) = (validation_split_run / "out").glob("*.json")
+    generative = next(r for r in json.loads(downstream.read_text())["results"] if r["name"].startswith("generative"))
+    for protocol, key in (("full ranking", "metrics"), ("history left out", "metrics_exclude_seen")):
+        measured = row["metrics"][f"whole model, beam {beam} (as trained), {protocol}"]
+        assert measured == {metric: round(generative[key][metric], 4) for metric in ("ndcg@10", "recall@10")}
 
 
 def test_downstream_refuses_the_validation_split_for_retrieval(search_log_dir: Path):

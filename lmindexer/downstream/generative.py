@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from lmindexer.downstream.dense import DenseIndexConfig
+from lmindexer.downstream.fusion import reciprocal_rank_fusion, score_fusion
 from lmindexer.downstream.model import GenerativeIdModel, HistorySummary, PriorScores, Task
 from lmindexer.downstream.prior import TEMPERATURE as PRIOR_TEMPERATURE
 from lmindexer.downstream.prior import DensePrior
@@ -55,6 +56,9 @@ WEIGHTS = "weights.safetensors"
 ITEM_VECTORS = "dense_prior.item_vectors"
 FORMAT_VERSION = 1
 NO_RECOMMENDATION_EXAMPLES = "no training examples: every sequence needs at least two items with IDs"
+# How recommend_fused combines the beam's ranking with the item prior's (lmindexer.downstream.fusion).
+RecommendationFusion = Literal["score", "rrf"]
+RECOMMENDATION_FUSIONS: tuple[RecommendationFusion, ...] = ("score", "rrf")
 # Options are hashed one by one, so that a mismatch names the option.
 _EXPANDED = ("config",)
 
@@ -760,6 +764,35 @@ class GenerativeModel:
             for values, rows in zip(top.values.tolist(), top.indices.tolist(), strict=True):
                 results.append([(item_ids[j], v) for v, j in zip(values, rows, strict=True) if v != float("-inf")])
         return results
+
+    def recommend_fused(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int = 10,
+        *,
+        fusion: RecommendationFusion = "score",
+        exclude_seen: bool = False,
+        progress: bool = False,
+    ) -> list[list[tuple[str, float]]]:
+        """The top ``k`` next items per history by the model's two rankings fused: the beam's ``beam_size`` items
+        (:meth:`recommend`, scored by log-probability) and the item prior's top ``beam_size``
+        (:meth:`rank_by_item_prior`, every item scored by one cosine), combined by ``fusion`` at the one
+        configuration of :mod:`lmindexer.downstream.fusion`: ``"score"`` (``score_fusion``, equal weights) or
+        ``"rrf"`` (``reciprocal_rank_fusion``). The beam's items crowd into the few prefixes it spells out; the prior
+        ranks across all of them, so the fused list reaches items the beam left. Scores are the fusion's, not
+        log-probabilities. ``exclude_seen`` applies to both rankings, as for :meth:`recommend`."""
+        self._check_k(k)
+        if fusion not in RECOMMENDATION_FUSIONS:
+            raise ConfigError(f"fusion must be one of {list(RECOMMENDATION_FUSIONS)}, got {fusion!r}")
+        depth = self.config.beam_size
+        beams = self.recommend(histories, depth, exclude_seen=exclude_seen, progress=progress)
+        priors = self.rank_by_item_prior(histories, depth, exclude_seen=exclude_seen)
+        if fusion == "rrf":
+            return [
+                reciprocal_rank_fusion([[i for i, _ in beam], [i for i, _ in prior]], k=k)
+                for beam, prior in zip(beams, priors, strict=True)
+            ]
+        return [score_fusion([beam, prior], k=k) for beam, prior in zip(beams, priors, strict=True)]
 
     def evaluate_retrieval(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False) -> dict[str, float]:
         ranked = self.search([q for q, _ in pairs], k=min(10, self.config.beam_size), progress=progress)

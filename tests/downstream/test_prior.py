@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from conftest import TINY_GENERATIVE
 from testsupport.downstream_models import teacher_forced_log_probability
 
-from lmindexer.downstream.generative import GenerativeModel
+from lmindexer.downstream.fusion import reciprocal_rank_fusion, score_fusion
+from lmindexer.downstream.generative import RECOMMENDATION_FUSIONS, GenerativeModel
 from lmindexer.downstream.prior import TEMPERATURE, DensePrior
 from lmindexer.downstream.trie import IdTrie
 from lmindexer.errors import ConfigError, SnapshotError
@@ -445,3 +446,61 @@ def test_ranking_by_the_item_prior_needs_a_recommender_that_has_one(rq_ids, movi
     options = {**TINY_GENERATIVE, "task": "recommendation", "item_prior": False}
     with pytest.raises(ConfigError, match="no item prior"):
         GenerativeModel.create(table, snapshot, options).rank_by_item_prior([sequences[0]])
+
+
+def test_the_fused_recommendation_is_the_fusion_of_the_beams_items_and_the_item_priors_top(movielens_small):
+    """recommend_fused cross-checked against its parts: the beam's beam_size items and the prior's top beam_size,
+    fused by the library's own functions; the fused top reaches items that the beam's own top k left out, and never
+    a seen item when the history is left out."""
+    snapshot, table, sequences = movielens_small
+    options = {**TINY_GENERATIVE, "task": "recommendation", "beam_size": 20, "inference_precision": "fp32"}
+    model = GenerativeModel.create(table, snapshot, options)
+    model._start_item_vectors(None, progress=False)
+    histories = [sequence[:-1] for sequence in sequences[:8]]
+    reached_past_the_beam = False
+    for exclude_seen in (False, True):
+        beams = model.recommend(histories, k=20, exclude_seen=exclude_seen)
+        priors = model.rank_by_item_prior(histories, k=20, exclude_seen=exclude_seen)
+        expected = {
+            "score": [score_fusion([b, p], k=10) for b, p in zip(beams, priors, strict=True)],
+            "rrf": [
+                reciprocal_rank_fusion([[i for i, _ in b], [i for i, _ in p]], k=10)
+                for b, p in zip(beams, priors, strict=True)
+            ],
+        }
+        for fusion, wanted in expected.items():
+            fused = model.recommend_fused(histories, k=10, fusion=fusion, exclude_seen=exclude_seen)
+            assert [[i for i, _ in r] for r in fused] == [[i for i, _ in r] for r in wanted]
+            for history, ranked, beam in zip(histories, fused, beams, strict=True):
+                assert len(ranked) == 10
+                assert not exclude_seen or not set(history) & {i for i, _ in ranked}
+                reached_past_the_beam |= bool({i for i, _ in ranked} - {i for i, _ in beam[:10]})
+    assert reached_past_the_beam
+
+
+def test_when_the_beam_and_the_item_prior_agree_fusion_changes_no_order(movielens_small):
+    """With the decoder's own scores silenced and the prior at weight 1 the beam ranks as the prior does (above), so
+    both fusions must return that same ranking."""
+    snapshot, table, sequences = movielens_small
+    options = {**TINY_GENERATIVE, "task": "recommendation", "beam_size": 30, "inference_precision": "fp32"}
+    model = GenerativeModel.create(table, snapshot, options)
+    model._start_item_vectors(None, progress=False)
+    with torch.no_grad():
+        model.network.logit_scale.fill_(-30.0)
+        model.network.prior_weight.zero_()
+    histories = [sequence[:-1] for sequence in sequences[:6]]
+    alone = [[i for i, _ in r] for r in model.rank_by_item_prior(histories, k=10)]
+    for fusion in RECOMMENDATION_FUSIONS:
+        assert [[i for i, _ in r] for r in model.recommend_fused(histories, k=10, fusion=fusion)] == alone
+
+
+def test_a_fused_recommendation_refuses_an_unknown_fusion_a_k_past_the_beam_and_a_retriever(rq_ids, movielens_small):
+    snapshot, table, sequences = movielens_small
+    model = GenerativeModel.create(table, snapshot, {**TINY_GENERATIVE, "task": "recommendation", "beam_size": 10})
+    with pytest.raises(ConfigError, match="fusion must be one of"):
+        model.recommend_fused([sequences[0]], fusion="mean")
+    with pytest.raises(ConfigError, match="beam size 10"):
+        model.recommend_fused([sequences[0]], k=11)
+    snapshot, table = rq_ids
+    with pytest.raises(ConfigError, match="retriever"):
+        GenerativeModel.create(table, snapshot, TINY_GENERATIVE).recommend_fused([["x"]])
