@@ -58,9 +58,9 @@ for comparison with a full run's file of the same seed; -own-recipe with --peer-
 -steps-<N>-epochs-<E> to the name (--library-defaults: -library-defaults), a history window other than the
 budget's 10 items -window-<W>, --history-summary other than the library's mean -<summary>-summary,
 --history-item-vectors -item-vectors, --dropout P -dropout-<P, its dot a p: 0p2>, --history-input-dropout
--input-dropout, --label-smoothing E -label-smoothing-<E, likewise: 0p1>, and --split valid -valid (every model
-trained on the items before each user's validation item and scored on it, the test item never read: the step to
-choose a recipe on, so that the test step stays a measurement).
+-input-dropout, --label-smoothing E -label-smoothing-<E, likewise: 0p1>, --batch-size B -batch-<B>, and --split valid
+-valid (every model trained on the items before each user's validation item and scored on it, the test item never
+read: the step to choose a recipe on, so that the test step stays a measurement).
 """
 
 from __future__ import annotations
@@ -152,8 +152,10 @@ def item_texts(snapshot, table: IdTable, items: dict) -> dict[str, str]:
     return dict(zip(table.item_ids, snapshot.texts([items[i] for i in table.item_ids]), strict=True))
 
 
-# The recommenders' history window at the 2-core budget (the library's default reads 20).
+# The recommenders' history window at the 2-core budget (the library's default reads 20) and their batch (the
+# library's default is 64).
 BUDGET_HISTORY_WINDOW = 10
+BUDGET_BATCH_SIZE = 128
 
 
 def run_generative(method: str, snapshot, table: IdTable, options: dict, train, evaluate, save_to: Path) -> dict:
@@ -180,7 +182,8 @@ def run_generative(method: str, snapshot, table: IdTable, options: dict, train, 
         "eval_s": round(eval_s, 1),
         "epoch_loss": [round(x, 4) for x in stats["epoch_loss"]],
         "initialised_from": model.initialised_from,
-        **{key: stats[key] for key in ("examples", "windows") if key in stats},  # windows: sequence training
+        # steps: optimiser steps; windows: sequence training's
+        **{key: stats[key] for key in ("steps", "examples", "windows") if key in stats},
     }
 
 
@@ -524,6 +527,7 @@ def _model_dir(work: Path, method: str, options: dict, budget: str = "") -> Path
 
 # Flags that set the generative recommenders' option of the same name, left to the library's default when not given.
 RECOMMENDER_OPTION_FLAGS = (
+    "batch_size",
     "history_summary",
     "history_item_vectors",
     "dropout",
@@ -550,7 +554,8 @@ def _budget_suffix(args) -> str:
     # The dot written as p: the name the stored results carry (``-dropout-0p2``), and one a shell glob reads plainly.
     suffix += f"-dropout-{args.dropout:g}".replace(".", "p") if args.dropout is not None else ""
     suffix += "-input-dropout" if args.history_input_dropout else ""
-    return suffix + (f"-label-smoothing-{args.label_smoothing:g}".replace(".", "p") if args.label_smoothing else "")
+    suffix += f"-label-smoothing-{args.label_smoothing:g}".replace(".", "p") if args.label_smoothing else ""
+    return suffix + (f"-batch-{args.batch_size}" if args.batch_size is not None else "")
 
 
 def _split_suffix(args) -> str:
@@ -710,6 +715,13 @@ def main() -> int:
         "history_item_vectors option; default: the library's, off); a file of its own",
     )
     parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"recommendation: windows (with --sequence-training) or examples per optimiser step of the generative "
+        f"recommenders (default: the budget's {BUDGET_BATCH_SIZE}, Cornac's SASRec's too); a file of its own",
+    )
+    parser.add_argument(
         "--dropout",
         type=float,
         default=None,
@@ -808,7 +820,7 @@ def main() -> int:
         else:  # sized for a 2-core CPU: the 10 most recent items, the last 20 next-item steps of each user, 3 epochs
             steps = None if args.examples_per_history == "all" else int(args.examples_per_history)
             window = args.history_window or BUDGET_HISTORY_WINDOW
-            gen_options.update(dict(zip(budget, (window, steps, 128, args.epochs or 3), strict=True)))
+            gen_options.update(dict(zip(budget, (window, steps, BUDGET_BATCH_SIZE, args.epochs or 3), strict=True)))
         if args.sequence_training:
             gen_options["sequence_training"] = True
         gen_options.update({o: getattr(args, o) for o in RECOMMENDER_OPTION_FLAGS if _given(getattr(args, o))})

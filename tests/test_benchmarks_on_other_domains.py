@@ -7,6 +7,7 @@ wiki-topics under other names and another label field) and reads back the result
 from __future__ import annotations
 
 import json
+import math
 import random
 import subprocess
 import sys
@@ -134,6 +135,23 @@ def test_downstream_recommends_on_an_interaction_log_directory(interaction_log_d
     assert {row["metrics"]["queries"] for row in rows.values()} == {USERS + 1}
     assert document["users"] == {"users": USERS + 1, "scored": USERS + 1, "without_catalogued_history": 0}
     assert (tmp_path / "work" / "ids-rq-kmeans.parquet").is_file()
+
+
+def test_downstream_trains_the_recommender_at_the_batch_size_given_in_files_of_its_own(
+    interaction_log_dir: Path, tmp_path: Path
+):
+    """--batch-size reaches the training: one optimiser step per batch of that many examples, in a file and a model
+    directory of their own."""
+    run = run_downstream(interaction_log_dir, tmp_path, "--no-peers", "--no-prior-variant", "--batch-size", "4")
+    assert run.returncode == 0, run.stderr[-3000:]
+    (written,) = (tmp_path / "out").glob("*.json")
+    assert written.name == "downstream-book-loans-steps-20-epochs-1-batch-4.json"
+    document = json.loads(written.read_text())
+    generative = next(row for row in document["results"] if row["name"].startswith("generative"))
+    assert generative["examples"] > 4
+    assert generative["steps"] == math.ceil(generative["examples"] / 4)  # one epoch
+    assert document["generative_options"]["batch_size"] == 4
+    assert [path.name for path in (tmp_path / "work").glob("model-*")] == ["model-rq-kmeans-batch-4"]
 
 
 def test_downstream_searches_a_query_log_directory_scoring_similar_items_against_its_label(
