@@ -425,7 +425,7 @@ def recommendation(args, data_dir: Path, work: Path, id_options: dict, gen_optio
         for variant in _variants(
             method, gen_options, args.no_snapshot_variant, recommendation=True, prior_ablation=not args.no_prior_variant
         ):
-            save_to = _model_dir(work, method, variant, _budget_suffix(args) + _split_suffix(args))
+            save_to = _model_dir(work, method, variant, _budget_suffix(args) + split_suffix(args.split))
             rows.append(run_generative(method, snapshot, table, variant, fit, recommend, save_to))
     rows += peers
     popularity = PopularityRecommender()
@@ -558,9 +558,10 @@ def _budget_suffix(args) -> str:
     return suffix + (f"-batch-{args.batch_size}" if args.batch_size is not None else "")
 
 
-def _split_suffix(args) -> str:
-    """What names a run scored at the validation step apart from one scored at the test step (files and models)."""
-    return "" if args.split == "test" else f"-{args.split}"
+def split_suffix(split: str) -> str:
+    """What names a run scored at the validation step apart from one scored at the test step (files and models; also
+    benchmarks/recommender_parts.py's files)."""
+    return "" if split == "test" else f"-{split}"
 
 
 def _method_options(method: str, args) -> dict:
@@ -858,7 +859,7 @@ def main() -> int:
             else ""
         )
         + _budget_suffix(args)
-        + _split_suffix(args)
+        + split_suffix(args.split)
         + (f"-seed-{args.seed}" if args.seed else "")
     )
     document = {

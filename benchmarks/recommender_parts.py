@@ -1,7 +1,8 @@
-"""Where a generative recommender's ranking comes from, on MovieLens-100k's held-out test step.
+"""Where a generative recommender's ranking comes from, on a held-out step of MovieLens-100k (or another log).
 
 For each saved recommender, the same test step (each user's last item from every item before it, as
-benchmarks/downstream.py scores it) ranked five ways, over the full ranking and with the history left out:
+benchmarks/downstream.py scores it; the validation step with ``--split valid``) ranked five ways, over the full
+ranking and with the history left out:
 
 - the **whole model** with the beam it was trained and served with (``beam_size``, 20 by default): what
   benchmarks/downstream.py reports, measured again from the saved model;
@@ -52,7 +53,7 @@ from _harness import (
     stamp_figure,
     write_results,
 )
-from downstream import recommended_item_ids, scored_users
+from downstream import recommended_item_ids, scored_users, split_suffix
 from memorisation import PROTOCOLS, parse_model, summarise
 
 from lmindexer import datasets
@@ -168,8 +169,8 @@ def main() -> int:
                      "options": model.config.model_dump(mode="json"),
                      "metrics": measure(model, args.beams, histories, relevant)})  # fmt: skip
     summary = summarise(rows)
-    split_suffix = "" if args.split == "test" else f"-{args.split}"
-    stem = args.out / (f"recommender_parts-{source.name}" + (f"-{args.name}" if args.name else "") + split_suffix)
+    named = f"recommender_parts-{source.name}" + (f"-{args.name}" if args.name else "")
+    stem = args.out / (named + split_suffix(args.split))
     document = {"dataset": source.name, "split": args.split, "users": users, "top_k": TOP_K, "beams": args.beams,
                 "results": rows,
                 "summary": summary, "wall_s": round(time.perf_counter() - started, 1), "environment": env}  # fmt: skip
