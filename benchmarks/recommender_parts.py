@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -69,34 +70,46 @@ FUSED = {
     "rrf": "whole model and item prior, reciprocal rank fusion",
 }
 METRICS = ("ndcg@10", "recall@10")
+# One way to rank: each history's top item_ids, with or without its own items.
+Rank = Callable[[bool], list[list[str]]]
+
+
+def item_ids(found: list[list[tuple[str, float]]]) -> list[list[str]]:
+    return [[item_id for item_id, _ in ranked] for ranked in found]
 
 
 def measure(model: GenerativeModel, beams: list[int], histories: list[list[str]], relevant: list[set[str]]) -> dict:
     """NDCG@10 and Recall@10 of each way to rank under both protocols, keyed "<way>, <protocol>": the model at its
     own beam, at each wider one (its options with only the beam changed, for the measurement's length), the item
     prior alone, and the two fused each way."""
-    own = model.config.beam_size
-    ways: dict[str, int | str | None] = {f"whole model, beam {own} (as trained)": own}
-    ways.update({f"whole model, beam {beam}": beam for beam in sorted(set(beams) - {own})})
-    ways[ITEM_PRIOR] = None
-    ways.update({name: fusion for fusion, name in FUSED.items()})
     trained = model.config
+
+    def at_beam(beam: int) -> Rank:
+        def rank(exclude_seen: bool) -> list[list[str]]:
+            model.config = GenerativeConfig.model_validate({**trained.model_dump(), "beam_size": beam})
+            try:
+                return recommended_item_ids(model, histories, TOP_K, exclude_seen, progress=True)
+            finally:
+                model.config = trained
+
+        return rank
+
+    def fused(fusion: str) -> Rank:
+        return lambda exclude_seen: item_ids(
+            model.recommend_fused(histories, TOP_K, fusion=fusion, exclude_seen=exclude_seen)
+        )
+
+    own = trained.beam_size
+    ways: dict[str, Rank] = {f"whole model, beam {own} (as trained)": at_beam(own)}
+    ways.update({f"whole model, beam {beam}": at_beam(beam) for beam in sorted(set(beams) - {own})})
+    ways[ITEM_PRIOR] = lambda exclude_seen: item_ids(
+        model.rank_by_item_prior(histories, TOP_K, exclude_seen=exclude_seen)
+    )
+    ways.update({name: fused(fusion) for fusion, name in FUSED.items()})
     metrics = {}
-    for way, beam in ways.items():
+    for way, rank in ways.items():
         for protocol, exclude_seen in PROTOCOLS.items():
-            if beam is None:
-                found = model.rank_by_item_prior(histories, TOP_K, exclude_seen=exclude_seen)
-                ranked = [[item_id for item_id, _ in items] for items in found]
-            elif isinstance(beam, str):
-                found = model.recommend_fused(histories, TOP_K, fusion=beam, exclude_seen=exclude_seen)
-                ranked = [[item_id for item_id, _ in items] for items in found]
-            else:
-                model.config = GenerativeConfig.model_validate({**trained.model_dump(), "beam_size": beam})
-                try:
-                    ranked = recommended_item_ids(model, histories, TOP_K, exclude_seen, progress=True)
-                finally:
-                    model.config = trained
-            scores = rank_metrics(ranked, relevant)
+            scores = rank_metrics(rank(exclude_seen), relevant)
             metrics[f"{way}, {protocol}"] = {key: round(scores[key], 4) for key in METRICS}
             print(f"   {way}, {protocol}: {metrics[f'{way}, {protocol}']}", flush=True)
     return metrics
