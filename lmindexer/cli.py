@@ -642,7 +642,7 @@ def recommender_train(
         typer.Option(
             "--preset",
             help="A validated recipe to train with: 'sequence' (every next-item step of each window, 10 epochs, "
-            "dropout 0.2: the best measured, docs/downstream.md); --options override its values.",
+            "dropout 0.3: the best measured, docs/downstream.md); --options override its values.",
         ),
     ] = None,
     hold_out_last: Annotated[

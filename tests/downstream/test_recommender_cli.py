@@ -99,7 +99,7 @@ def test_train_with_a_preset_under_the_options_file(capsys, files):
     assert code == 0, err
     assert json.loads(out)["preset"] == "sequence"
     config = GenerativeModel.load(out_dir).config
-    assert (config.sequence_training, config.history_item_vectors, config.dropout) == (True, True, 0.2)  # the preset
+    assert (config.sequence_training, config.history_item_vectors, config.dropout) == (True, True, 0.3)  # the preset
     assert (config.epochs, config.history_window) == (OPTIONS["epochs"], OPTIONS["history_window"])  # the file
     code, _, err = run_cli(capsys, "recommender", "train", *train, "--out", str(root / "never"), "--preset", "sasrec")
     assert code == 2 and err.startswith("error: unknown recommender preset 'sasrec'; presets: sequence")
