@@ -39,7 +39,7 @@ them (its encoder and codebooks, the paper's recipe), and evaluates everything o
         --dropout 0.2   # the decoder's and history encoder's dropout at Cornac's SASRec's
     python benchmarks/downstream.py --dataset movielens-100k --methods rq-kmeans --no-peers --no-prior-variant \
         --sequence-training --examples-per-history all --epochs 10 --history-window 20 --history-summary last-item \
-        --history-item-vectors --dropout 0.2 --history-input-dropout   # the sequence preset + SASRec's input dropout
+        --history-item-vectors --dropout 0.3 --history-input-dropout   # the sequence preset
     python benchmarks/downstream.py --dataset movielens-100k --peers sasrec --split valid   # choose on validation
     python benchmarks/downstream.py --dataset ~/data/books --label genre   # a catalogue of any other domain
 
