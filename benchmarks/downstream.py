@@ -58,9 +58,10 @@ for comparison with a full run's file of the same seed; -own-recipe with --peer-
 -steps-<N>-epochs-<E> to the name (--library-defaults: -library-defaults), a history window other than the
 budget's 10 items -window-<W>, --history-summary other than the library's mean -<summary>-summary,
 --history-item-vectors -item-vectors, --dropout P -dropout-<P, its dot a p: 0p2>, --history-input-dropout
--input-dropout, --label-smoothing E -label-smoothing-<E, likewise: 0p1>, --batch-size B -batch-<B>, and --split valid
--valid (every model trained on the items before each user's validation item and scored on it, the test item never
-read: the step to choose a recipe on, so that the test step stays a measurement).
+-input-dropout, --label-smoothing E -label-smoothing-<E, likewise: 0p1>, --weight-decay D -weight-decay-<D, likewise>,
+--batch-size B -batch-<B>, and --split valid -valid (every model trained on the items before each user's validation
+item and scored on it, the test item never read: the step to choose a recipe on, so that the test step stays a
+measurement).
 """
 
 from __future__ import annotations
@@ -533,6 +534,7 @@ RECOMMENDER_OPTION_FLAGS = (
     "dropout",
     "history_input_dropout",
     "label_smoothing",
+    "weight_decay",
 )
 
 
@@ -555,6 +557,7 @@ def _budget_suffix(args) -> str:
     suffix += f"-dropout-{args.dropout:g}".replace(".", "p") if args.dropout is not None else ""
     suffix += "-input-dropout" if args.history_input_dropout else ""
     suffix += f"-label-smoothing-{args.label_smoothing:g}".replace(".", "p") if args.label_smoothing else ""
+    suffix += f"-weight-decay-{args.weight_decay:g}".replace(".", "p") if args.weight_decay is not None else ""
     return suffix + (f"-batch-{args.batch_size}" if args.batch_size is not None else "")
 
 
@@ -741,6 +744,13 @@ def main() -> int:
         default=None,
         help="recommendation: the generative recommenders' training loss smooths each target token by this share "
         "(the label_smoothing option; default: the library's, 0); a file of its own",
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="recommendation: the generative recommenders' AdamW weight decay (the weight_decay option; default: the "
+        f"library's, {GenerativeConfig.model_fields['weight_decay'].default:g}); a file of its own",
     )
     parser.add_argument(
         "--library-defaults",

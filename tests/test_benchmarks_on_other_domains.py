@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from lmindexer.downstream.generative import GenerativeModel
+
 ROOT = Path(__file__).resolve().parents[1]
 ITEMS = 48
 USERS = 24
@@ -152,6 +154,21 @@ def test_downstream_trains_the_recommender_at_the_batch_size_given_in_files_of_i
     assert generative["steps"] == math.ceil(generative["examples"] / 4)  # one epoch
     assert document["generative_options"]["batch_size"] == 4
     assert [path.name for path in (tmp_path / "work").glob("model-*")] == ["model-rq-kmeans-batch-4"]
+
+
+def test_downstream_trains_the_recommender_at_the_weight_decay_given_in_files_of_its_own(
+    interaction_log_dir: Path, tmp_path: Path
+):
+    """--weight-decay reaches the trained model's options (what its optimiser is built from), in a file and a model
+    directory of their own."""
+    run = run_downstream(interaction_log_dir, tmp_path, "--no-peers", "--no-prior-variant", "--weight-decay", "0.1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    (written,) = (tmp_path / "out").glob("*.json")
+    assert written.name == "downstream-book-loans-steps-20-epochs-1-weight-decay-0p1.json"
+    assert json.loads(written.read_text())["generative_options"]["weight_decay"] == 0.1
+    (model_dir,) = (tmp_path / "work").glob("model-*")
+    assert model_dir.name == "model-rq-kmeans-weight-decay-0p1"
+    assert GenerativeModel.load(model_dir).config.weight_decay == 0.1
 
 
 def test_downstream_searches_a_query_log_directory_scoring_similar_items_against_its_label(
