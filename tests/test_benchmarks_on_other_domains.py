@@ -39,6 +39,15 @@ def run_downstream(dataset_dir: Path, tmp_path: Path, *extra: str) -> subprocess
     return run_benchmark("downstream.py", "--dataset", str(dataset_dir), *tiny, *extra, *places)
 
 
+def recommend_on(dataset_dir: Path, tmp_path: Path, *extra: str) -> tuple[str, dict]:
+    """benchmarks/downstream.py's recommenders alone (no peers, no prior variant) on an interaction log: the name of
+    the one result file it writes and that file's document."""
+    run = run_downstream(dataset_dir, tmp_path, "--no-peers", "--no-prior-variant", *extra)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (written,) = (tmp_path / "out").glob("*.json")
+    return written.name, json.loads(written.read_text())
+
+
 def write_lines(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
@@ -124,12 +133,9 @@ def test_id_quality_refuses_a_catalogue_whose_items_lack_the_label(catalogue_dir
 
 
 def test_downstream_recommends_on_an_interaction_log_directory(interaction_log_dir: Path, tmp_path: Path):
-    run = run_downstream(interaction_log_dir, tmp_path, "--no-peers", "--no-prior-variant")
-    assert run.returncode == 0, run.stderr[-3000:]
+    name, document = recommend_on(interaction_log_dir, tmp_path)
     # Named after the directory (its one epoch, a budget of its own, adds -steps-20-epochs-1).
-    (written,) = (tmp_path / "out").glob("*.json")
-    assert written.name == "downstream-book-loans-steps-20-epochs-1.json"
-    document = json.loads(written.read_text())
+    assert name == "downstream-book-loans-steps-20-epochs-1.json"
     assert (document["dataset"], document["built_in"], document["task"]) == ("book-loans", False, "recommendation")
     rows = {row["name"]: row for row in document["results"]}
     assert "popularity" in rows and any(name.startswith("generative") for name in rows)
@@ -144,11 +150,8 @@ def test_downstream_trains_the_recommender_at_the_batch_size_given_in_files_of_i
 ):
     """--batch-size reaches the training: one optimiser step per batch of that many examples, in a file and a model
     directory of their own."""
-    run = run_downstream(interaction_log_dir, tmp_path, "--no-peers", "--no-prior-variant", "--batch-size", "4")
-    assert run.returncode == 0, run.stderr[-3000:]
-    (written,) = (tmp_path / "out").glob("*.json")
-    assert written.name == "downstream-book-loans-steps-20-epochs-1-batch-4.json"
-    document = json.loads(written.read_text())
+    name, document = recommend_on(interaction_log_dir, tmp_path, "--batch-size", "4")
+    assert name == "downstream-book-loans-steps-20-epochs-1-batch-4.json"
     generative = next(row for row in document["results"] if row["name"].startswith("generative"))
     assert generative["examples"] > 4
     assert generative["steps"] == math.ceil(generative["examples"] / 4)  # one epoch
@@ -161,11 +164,9 @@ def test_downstream_trains_the_recommender_at_the_weight_decay_given_in_files_of
 ):
     """--weight-decay reaches the trained model's options (what its optimiser is built from), in a file and a model
     directory of their own."""
-    run = run_downstream(interaction_log_dir, tmp_path, "--no-peers", "--no-prior-variant", "--weight-decay", "0.1")
-    assert run.returncode == 0, run.stderr[-3000:]
-    (written,) = (tmp_path / "out").glob("*.json")
-    assert written.name == "downstream-book-loans-steps-20-epochs-1-weight-decay-0p1.json"
-    assert json.loads(written.read_text())["generative_options"]["weight_decay"] == 0.1
+    name, document = recommend_on(interaction_log_dir, tmp_path, "--weight-decay", "0.1")
+    assert name == "downstream-book-loans-steps-20-epochs-1-weight-decay-0p1.json"
+    assert document["generative_options"]["weight_decay"] == 0.1
     (model_dir,) = (tmp_path / "work").glob("model-*")
     assert model_dir.name == "model-rq-kmeans-weight-decay-0p1"
     assert GenerativeModel.load(model_dir).config.weight_decay == 0.1
