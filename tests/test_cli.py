@@ -34,6 +34,19 @@ def test_help_shows_flags_as_taking_no_value(capsys, command):
     assert not any("<bool>" in line for line in flags), "\n".join(flags)
 
 
+def test_recommender_train_help_states_the_sequence_presets_own_epochs_and_dropout(capsys):
+    # The help is written out by hand (the CLI does not import the torch-heavy module at start-up), so it is held to
+    # the preset here: a preset changed without its help fails.
+    from lmindexer.downstream.generative import RECOMMENDER_PRESETS
+
+    code, out, _ = run_cli(capsys, "recommender", "train", "--help")
+    assert code == 0
+    help_text = " ".join(out.replace("│", " ").split())
+    preset = RECOMMENDER_PRESETS["sequence"]
+    assert f"{preset['epochs']} epochs" in help_text
+    assert f"dropout {preset['dropout']:g}:" in help_text
+
+
 def test_fit_assign_evaluate_round_trip(capsys, wiki_sample_path, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text("codebook_size: 8\nlevels: 2\n")
