@@ -23,8 +23,10 @@ and its assign throughput is compared with the frozen encoder's on the same text
 ``lmindexer validate`` checks); ``--label`` names the item field the IDs are scored against (a directory's default:
 ``category``). A directory's results are named after it.
 
-Writes <out>/id_quality-<dataset>[-<preset>][-max-length-<N>].json, .md and .png (the fast preset has no suffix;
-``--lm-max-length`` overrides the preset's tokens per text for ``lmindexer`` only, to see what the length moves).
+Writes <out>/id_quality-<dataset>[-<preset>][-max-length-<N>][-seeds-<first>-<last>].json, .md and .png (the fast
+preset has no suffix; ``--lm-max-length`` overrides the preset's tokens per text for ``lmindexer`` only, to see what
+the length moves; seeds other than the reference 0 1 2, or 0 alone, name themselves, as in ``--seeds 0 1 2 3 4 5 6 7
+8 9`` -> ``-seeds-0-9``).
 """
 
 from __future__ import annotations
@@ -69,6 +71,17 @@ from lmindexer.metrics import evaluate_codes
 ENCODER_SAMPLE = 512
 LM_METHOD = "lmindexer"
 POLICIES = ("argmax", "balanced")
+REFERENCE_SEEDS = [0, 1, 2]
+
+
+def seeds_suffix(seeds: list[int]) -> str:
+    """The file-name suffix of a run over ``seeds``: none for the reference seeds (0 1 2) or seed 0 alone (the
+    reference seed of one-seed runs), so that a run over other seeds never overwrites the reference figures;
+    ``-seeds-<first>-<last>`` for consecutive seeds, every seed named otherwise."""
+    if seeds in (REFERENCE_SEEDS, REFERENCE_SEEDS[:1]):
+        return ""
+    consecutive = len(seeds) > 1 and seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    return "-seeds-" + (f"{seeds[0]}-{seeds[-1]}" if consecutive else "-".join(str(seed) for seed in seeds))
 
 
 def encoder_throughput(texts: list[str], max_length: int) -> float:
@@ -269,7 +282,13 @@ def main() -> int:
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--codebook-size", type=int, default=32)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N items (quick runs)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=REFERENCE_SEEDS,
+        help="default: 0 1 2; other seeds than these (or 0 alone) write files of their own (-seeds-<first>-<last>)",
+    )
     parser.add_argument("--lm-preset", default="fast", choices=["fast", "tuned", "default"])
     parser.add_argument(
         "--lm-max-length", type=int, default=None, help="lmindexer's tokens per text (default: the preset's)"
@@ -327,6 +346,7 @@ def main() -> int:
     suffix = "" if args.lm_preset == "fast" else f"-{args.lm_preset}"
     if args.lm_max_length is not None:
         suffix += f"-max-length-{args.lm_max_length}"
+    suffix += seeds_suffix(args.seeds)
     stem = args.out / f"id_quality-{source.name}{suffix}"
     document = {
         "dataset": source.name,

@@ -123,6 +123,23 @@ def test_id_quality_scores_a_catalogue_directory_against_the_label_it_names(cata
     assert 0 < ami <= 1  # scored against the genres: 4 codes over 12 topics group some of them
 
 
+def test_id_quality_writes_a_run_over_other_seeds_to_files_of_its_own(catalogue_dir: Path, tmp_path: Path):
+    """Seeds other than the reference 0 1 2 never overwrite the reference figures: they name themselves."""
+    common = ["--methods", "rq-kmeans", "--levels", "2", "--codebook-size", "4", "--label", "genre"]
+    run = run_benchmark(
+        "id_quality.py", "--dataset", str(catalogue_dir), "--seeds", "1", "2", *common, "--out", str(tmp_path)
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "id_quality-books-seeds-1-2.json",
+        "id_quality-books-seeds-1-2.md",
+        "id_quality-books-seeds-1-2.png",
+    ]
+    document = json.loads((tmp_path / "id_quality-books-seeds-1-2.json").read_text())
+    assert document["seeds"] == [1, 2]
+    assert [run["seed"] for run in document["runs"]["rq-kmeans"]] == [1, 2]
+
+
 def test_id_quality_refuses_a_catalogue_whose_items_lack_the_label(catalogue_dir: Path, tmp_path: Path):
     run = run_benchmark(
         "id_quality.py", "--dataset", str(catalogue_dir), "--methods", "rq-kmeans", "--out", str(tmp_path)
