@@ -137,7 +137,7 @@ def test_id_quality_writes_a_run_over_other_seeds_to_files_of_its_own(catalogue_
     ]
     document = json.loads((tmp_path / "id_quality-books-seeds-1-2.json").read_text())
     assert document["seeds"] == [1, 2]
-    assert [run["seed"] for run in document["runs"]["rq-kmeans"]] == [1, 2]
+    assert [seed_run["seed"] for seed_run in document["runs"]["rq-kmeans"]] == [1, 2]
 
 
 def test_id_quality_refuses_a_catalogue_whose_items_lack_the_label(catalogue_dir: Path, tmp_path: Path):
