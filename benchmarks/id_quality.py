@@ -17,6 +17,7 @@ and its assign throughput is compared with the frozen encoder's on the same text
     python benchmarks/id_quality.py --dataset clothing-reviews
     python benchmarks/id_quality.py --dataset clothing-reviews --lm-preset tuned --seeds 0 1 2
     python benchmarks/id_quality.py --dataset clothing-reviews --lm-preset tuned --lm-max-length 128
+    python benchmarks/id_quality.py --dataset movielens-100k --lm-option keep_learned=always   # an ablation
     python benchmarks/id_quality.py --dataset ~/data/books --label genre   # a catalogue of any other domain
 
 ``--dataset`` takes a built-in name or a directory holding an ``items.jsonl`` in the catalogue contract (what
@@ -25,13 +26,15 @@ and its assign throughput is compared with the frozen encoder's on the same text
 
 Writes <out>/id_quality-<dataset>[-<preset>][-max-length-<N>][-seeds-<first>-<last>].json, .md and .png (the fast
 preset has no suffix; ``--lm-max-length`` overrides the preset's tokens per text for ``lmindexer`` only, to see what
-the length moves; seeds other than the reference 0 1 2, or 0 alone, name themselves, as in ``--seeds 0 1 2 3 4 5 6 7
-8 9`` -> ``-seeds-0-9``).
+the length moves; ``--lm-option KEY=VALUE`` likewise sets any other ``lmindexer`` option over the preset's and names
+the files after it, ``keep_learned=always`` -> ``-keep-learned-always``; seeds other than the reference 0 1 2, or 0
+alone, name themselves, as in ``--seeds 0 1 2 3 4 5 6 7 8 9`` -> ``-seeds-0-9``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -82,6 +85,24 @@ def seeds_suffix(seeds: list[int]) -> str:
         return ""
     consecutive = len(seeds) > 1 and seeds == list(range(seeds[0], seeds[0] + len(seeds)))
     return "-seeds-" + (f"{seeds[0]}-{seeds[-1]}" if consecutive else "-".join(str(seed) for seed in seeds))
+
+
+def lm_option_overrides(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, Any]:
+    """``--lm-option KEY=VALUE`` pairs as options (a value that reads as JSON, a number say, is taken as such;
+    otherwise as text), in the order given; a pair without ``=`` or a key given twice is a usage error."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, separator, text = pair.partition("=")
+        if not separator or not key.strip():
+            parser.error(f"--lm-option takes KEY=VALUE, not {pair!r}")
+        if key.strip() in options:
+            parser.error(f"--lm-option {key.strip()} is given twice")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        options[key.strip()] = value
+    return options
 
 
 def encoder_throughput(texts: list[str], max_length: int) -> float:
@@ -293,6 +314,14 @@ def main() -> int:
     parser.add_argument(
         "--lm-max-length", type=int, default=None, help="lmindexer's tokens per text (default: the preset's)"
     )
+    parser.add_argument(
+        "--lm-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an lmindexer option over the preset's, e.g. keep_learned=always (repeatable; a measurement, not a "
+        "preset: each names the result files, -keep-learned-always)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -313,6 +342,10 @@ def main() -> int:
         if LM_METHOD not in methods:
             parser.error(f"--lm-max-length applies to {LM_METHOD}, which --methods leaves out")
         lm_options["max_length"] = args.lm_max_length
+    extra_options = lm_option_overrides(parser, args.lm_option)
+    if extra_options and LM_METHOD not in methods:
+        parser.error(f"--lm-option applies to {LM_METHOD}, which --methods leaves out")
+    lm_options.update(extra_options)
     if LM_METHOD in methods:
         try:  # refuse bad options before any method trains, not after the first baselines
             indexer_options(LM_METHOD, {**common, **lm_options})
@@ -346,6 +379,7 @@ def main() -> int:
     suffix = "" if args.lm_preset == "fast" else f"-{args.lm_preset}"
     if args.lm_max_length is not None:
         suffix += f"-max-length-{args.lm_max_length}"
+    suffix += "".join(f"-{key}-{value}".replace("_", "-") for key, value in extra_options.items())
     suffix += seeds_suffix(args.seeds)
     stem = args.out / f"id_quality-{source.name}{suffix}"
     document = {
@@ -358,6 +392,7 @@ def main() -> int:
         "seeds": args.seeds,
         "lm_preset": args.lm_preset,
         "lm_max_length": args.lm_max_length,
+        "lm_options": extra_options,
         "environment": env,
         "comparison": comparison,
         "summaries": summaries,
@@ -368,6 +403,8 @@ def main() -> int:
         title += f", lmindexer preset {args.lm_preset}"
         if args.lm_max_length is not None:
             title += f" at {args.lm_max_length} tokens"
+        if extra_options:
+            title += ", " + ", ".join(f"{key}={value}" for key, value in extra_options.items())
     table = methods_markdown(summaries, args.levels)
     if comparison is not None:
         table += "\n\n" + comparison_markdown(comparison)

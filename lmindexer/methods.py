@@ -181,6 +181,13 @@ class LMIndexerConfig(IndexerConfig):
     heldout_share: float = Field(
         0.1, gt=0, lt=0.5, description="items kept out of training to judge, without labels, whether a change helped"
     )
+    keep_learned: Literal["if_criterion_improves", "always"] = Field(
+        "if_criterion_improves",
+        description=(
+            "when a trained encoder or writer is kept: only if the label-free criterion improves (the presets), or "
+            "always, whatever it says (an ablation that measures what the criterion's decisions are worth)"
+        ),
+    )
     kmeans_iterations: int = Field(25, ge=1, le=1000)
     inference_batch_size: int = Field(128, ge=1, le=65536)
     checkpoint_every: int = Field(100, ge=1, description="training steps between checkpoints")

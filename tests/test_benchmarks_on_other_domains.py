@@ -140,6 +140,33 @@ def test_id_quality_writes_a_run_over_other_seeds_to_files_of_its_own(catalogue_
     assert [seed_run["seed"] for seed_run in document["runs"]["rq-kmeans"]] == [1, 2]
 
 
+def test_id_quality_passes_an_lmindexer_option_to_the_method_and_names_its_files_after_it(
+    catalogue_dir: Path, tmp_path: Path
+):
+    tiny = ["--methods", "lmindexer", "--levels", "2", "--codebook-size", "4", "--label", "genre", "--seeds", "0"]
+    options = ["--lm-option", "backbone=tiny-random", "--lm-option", "keep_learned=always"]
+    run = run_benchmark("id_quality.py", "--dataset", str(catalogue_dir), *tiny, *options, "--out", str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    stem = "id_quality-books-backbone-tiny-random-keep-learned-always"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f"{stem}.json", f"{stem}.md", f"{stem}.png"]
+    document = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert document["lm_options"] == {"backbone": "tiny-random", "keep_learned": "always"}
+    (lm_run,) = document["runs"]["lmindexer"]
+    # The option reached the method: the fit ran with it and kept every trained writer.
+    assert (lm_run["config"]["backbone"], lm_run["config"]["keep_learned"]) == ("tiny-random", "always")
+    assert [phase["kept"] for phase in lm_run["phases"]] == [True, True]
+
+
+def test_id_quality_refuses_an_lmindexer_option_the_method_does_not_have(catalogue_dir: Path, tmp_path: Path):
+    run = run_benchmark(
+        "id_quality.py", "--dataset", str(catalogue_dir), "--label", "genre", "--methods", "lmindexer",
+        "--lm-option", "keep_learned=never", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "keep_learned" in run.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_id_quality_refuses_a_catalogue_whose_items_lack_the_label(catalogue_dir: Path, tmp_path: Path):
     run = run_benchmark(
         "id_quality.py", "--dataset", str(catalogue_dir), "--methods", "rq-kmeans", "--out", str(tmp_path)

@@ -12,7 +12,8 @@
 
 Every learned change is kept only where a label-free criterion says it helped: the cross-entropy of held-out items'
 content words under a smoothed word distribution per code prefix fitted on the other items (how much the codes say
-about the text). Otherwise the initial (k-means) state is restored. Both values are reported.
+about the text). Otherwise the initial (k-means) state is restored. Both values are reported. (``keep_learned:
+always`` keeps every change whatever the criterion says: an ablation that measures what its decisions are worth.)
 
 One AdamW optimiser and one schedule (linear warm-up, cosine decay) run across all phases, through the platform's one
 training loop (:mod:`lmindexer.training.loop`); the parameters of a phase not running get no gradient. Whole-catalogue
@@ -609,7 +610,7 @@ class Trainer:
         tuned_codes = self._position_one_codes(self._summaries())
         criterion = {"frozen_encoder": heldout_cross_entropy(frozen_codes, self.items),
                      "trained_encoder": heldout_cross_entropy(tuned_codes, self.items)}  # fmt: skip
-        kept = criterion["trained_encoder"] < criterion["frozen_encoder"]
+        kept = self._keeps(criterion["trained_encoder"], criterion["frozen_encoder"])
         if not kept:
             model.encoder.load_state_dict(self._pristine)
             self.top = self._cache("top")
@@ -619,6 +620,10 @@ class Trainer:
         self.history.append(record)
         log.info("encoder done: %s", record)
         self._checkpoint(index + 1, 0)
+
+    def _keeps(self, trained: float, initial: float) -> bool:
+        """Whether a phase's learned change is kept, given the criterion after and before it (lower is better)."""
+        return self.config.keep_learned == "always" or trained < initial
 
     def _position_one_codes(self, summaries: torch.Tensor) -> torch.Tensor:
         """k-means codes at position 1 on ``summaries`` (the criterion compares the frozen and the trained encoder
@@ -661,7 +666,7 @@ class Trainer:
             initial_codes = torch.cat([self.codes[:, :level], initial[2].unsqueeze(1)], dim=1)
             criterion = {"initial": heldout_cross_entropy(initial_codes, self.items),
                          "trained": heldout_cross_entropy(prefix_codes, self.items)}  # fmt: skip
-            kept = criterion["trained"] < criterion["initial"]
+            kept = self._keeps(criterion["trained"], criterion["initial"])
             if kept:
                 model.centres[level] = centres
                 with torch.no_grad():

@@ -32,6 +32,7 @@ def test_a_saved_config_reloads_to_the_same_options():
         ({"token_dropout": 1.0}, "token_dropout"),
         ({"mixed_precision": "fp8"}, "mixed_precision"),
         ({"last_level": "sometimes"}, "last_level"),
+        ({"keep_learned": "never"}, "keep_learned"),
         ({"no_such_option": 1}, "no_such_option"),
     ],
 )

@@ -42,6 +42,27 @@ def test_every_phase_trains_and_reports_its_label_free_criterion(tiny_lm):
         assert phase["codes_used"] >= 2
 
 
+@pytest.mark.parametrize("keep_learned", ["if_criterion_improves", "always"])
+def test_a_change_the_criterion_turns_down_is_kept_only_when_told_to_keep_every_change(
+    keep_learned, wiki_items, monkeypatch
+):
+    """The criterion says every trained writer made the codes worse: the default restores the k-means start (the
+    writer back to its untrained state), ``always`` keeps the trained writer regardless."""
+    import lmindexer.indexers.lm.training as training
+
+    verdicts = iter([1.0, 2.0] * 3)  # (initial, trained) per position: training always looks worse
+    monkeypatch.setattr(training, "heldout_cross_entropy", lambda codes, items: next(verdicts))
+    options = {**TINY_LM, "train_layers": 0, "encoder_epochs": 0, "keep_learned": keep_learned}
+    indexer = create_indexer("lmindexer", options)
+    indexer.fit(wiki_items, progress=False)
+    keep = keep_learned == "always"
+    assert [p["kept"] for p in indexer.manifest["training"]["phases"]] == [keep] * 3
+    # An untrained writer has a zero query and a zero correction: it writes the summary itself.
+    writers = indexer.model.writers
+    trained = [bool(writer.query.abs().sum() + writer.correction.weight.abs().sum() > 0) for writer in writers]
+    assert trained == [keep] * 3
+
+
 def test_earlier_codes_never_move_while_later_positions_train(tiny_lm):
     # decoded again with the final model, every item has the codes each position gave it when it was trained
     assert tiny_lm.manifest["training"]["earlier_codes_changed"] == [0.0, 0.0, 0.0]
