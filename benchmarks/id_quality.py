@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -103,6 +104,14 @@ def lm_option_overrides(parser: argparse.ArgumentParser, pairs: list[str]) -> di
             value = text
         options[key.strip()] = value
     return options
+
+
+def options_suffix(options: dict[str, Any]) -> str:
+    """The file-name suffix of ``--lm-option`` overrides: ``-<key>-<value>`` each, in the order given, with a decimal
+    point as ``p`` and any other run of characters that are not letters or digits as one ``-`` (a value may be a
+    path or an ``s3://`` address), so ``keep_learned=always`` -> ``-keep-learned-always``."""
+    parts = (f"{key}-{value}".replace(".", "p") for key, value in options.items())
+    return "".join("-" + re.sub(r"[^A-Za-z0-9]+", "-", part).strip("-") for part in parts)
 
 
 def encoder_throughput(texts: list[str], max_length: int) -> float:
@@ -379,7 +388,7 @@ def main() -> int:
     suffix = "" if args.lm_preset == "fast" else f"-{args.lm_preset}"
     if args.lm_max_length is not None:
         suffix += f"-max-length-{args.lm_max_length}"
-    suffix += "".join(f"-{key}-{value}".replace("_", "-") for key, value in extra_options.items())
+    suffix += options_suffix(extra_options)
     suffix += seeds_suffix(args.seeds)
     stem = args.out / f"id_quality-{source.name}{suffix}"
     document = {

@@ -157,6 +157,17 @@ def test_id_quality_passes_an_lmindexer_option_to_the_method_and_names_its_files
     assert [phase["kept"] for phase in lm_run["phases"]] == [True, True]
 
 
+def test_id_quality_names_files_after_options_whatever_characters_their_values_hold(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from id_quality import options_suffix
+
+    assert options_suffix({"keep_learned": "always", "learning_rate": 0.0005}) == (
+        "-keep-learned-always-learning-rate-0p0005"
+    )
+    # A path or an address as a value never puts a separator into the file name.
+    assert options_suffix({"backbone": "s3://models/encoder/"}) == "-backbone-s3-models-encoder"
+
+
 def test_id_quality_refuses_an_lmindexer_option_the_method_does_not_have(catalogue_dir: Path, tmp_path: Path):
     run = run_benchmark(
         "id_quality.py", "--dataset", str(catalogue_dir), "--label", "genre", "--methods", "lmindexer",
