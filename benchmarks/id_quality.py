@@ -387,7 +387,7 @@ def main() -> int:
 
     suffix = "" if args.lm_preset == "fast" else f"-{args.lm_preset}"
     if args.lm_max_length is not None:
-        suffix += f"-max-length-{args.lm_max_length}"
+        suffix += options_suffix({"max_length": args.lm_max_length})
     suffix += options_suffix(extra_options)
     suffix += seeds_suffix(args.seeds)
     stem = args.out / f"id_quality-{source.name}{suffix}"

@@ -164,6 +164,7 @@ def test_id_quality_names_files_after_options_whatever_characters_their_values_h
     assert options_suffix({"keep_learned": "always", "learning_rate": 0.0005}) == (
         "-keep-learned-always-learning-rate-0p0005"
     )
+    assert options_suffix({"max_length": 128}) == "-max-length-128"  # --lm-max-length's name, as before
     # A path or an address as a value never puts a separator into the file name.
     assert options_suffix({"backbone": "s3://models/encoder/"}) == "-backbone-s3-models-encoder"
 
